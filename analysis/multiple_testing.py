@@ -1,0 +1,102 @@
+"""Family-wise error control for several treatment-versus-control comparisons.
+
+An experiment with m treatments makes m comparisons against control; testing each at
+alpha lets the chance of at least one false winner grow towards m * alpha. Bonferroni
+tests each at alpha / m; Holm's step-down procedure (Holm 1979) controls the same
+family-wise error rate and is never less powerful, so it is the default for decisions.
+Bonferroni's alpha split is still the simple way to plan: size each comparison at
+alpha / m (see :func:`bonferroni_alpha`) and the Holm analysis keeps that power or more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MultipleTestingResult:
+    """Adjusted p-values and reject decisions, in the order the p-values were given."""
+
+    method: str
+    alpha_family: float
+    p_values_raw: tuple[float, ...]
+    p_values_adjusted: tuple[float, ...]
+    reject: tuple[bool, ...]
+
+
+def bonferroni_alpha(alpha: float, comparisons: int) -> float:
+    """Return the per-comparison level alpha / m that bounds the family-wise error by alpha.
+
+    Bonferroni inequality, P(union A_i) <= sum P(A_i) (Dunn 1961, JASA 56:52).
+    """
+    _check_alpha(alpha)
+    if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
+        raise ValueError(f"comparisons must be an integer >= 1, got {comparisons!r}")
+    return alpha / comparisons
+
+
+def bonferroni(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResult:
+    """Adjust p-values by Bonferroni: p_adj = min(1, m p); reject when p <= alpha / m.
+
+    Equals ``statsmodels.stats.multitest.multipletests(method="bonferroni")``.
+    """
+    raw = _check_p_values(p_values)
+    _check_alpha(alpha)
+    m = len(raw)
+    return MultipleTestingResult(
+        method="bonferroni",
+        alpha_family=alpha,
+        p_values_raw=tuple(raw),
+        p_values_adjusted=tuple(min(1.0, p * m) for p in raw),
+        reject=tuple(p <= alpha / m for p in raw),
+    )
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResult:
+    """Apply Holm's step-down procedure.
+
+    With p-values sorted ascending, p_(1) <= ... <= p_(m), reject H_(1), ..., H_(j) while
+    p_(i) <= alpha / (m - i + 1), stopping at the first that fails (Holm 1979, Scand. J.
+    Statist. 6:65, section 2). Adjusted p-values are
+    p_adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)) (Wright 1992, Biometrics 48:1005),
+    so H_(i) is rejected exactly when p_adj_(i) <= alpha. Equals
+    ``statsmodels.stats.multitest.multipletests(method="holm")``.
+    """
+    raw = _check_p_values(p_values)
+    _check_alpha(alpha)
+    m = len(raw)
+    order = sorted(range(m), key=lambda i: raw[i])
+    adjusted = [0.0] * m
+    reject = [False] * m
+    running_max = 0.0
+    still_rejecting = True
+    for rank, index in enumerate(order):
+        remaining = m - rank
+        running_max = max(running_max, raw[index] * remaining)
+        adjusted[index] = min(1.0, running_max)
+        # Compare by division, as statsmodels does, so decisions agree at exact ties.
+        still_rejecting = still_rejecting and raw[index] <= alpha / remaining
+        reject[index] = still_rejecting
+    return MultipleTestingResult(
+        method="holm",
+        alpha_family=alpha,
+        p_values_raw=tuple(raw),
+        p_values_adjusted=tuple(adjusted),
+        reject=tuple(reject),
+    )
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
+def _check_p_values(p_values: Sequence[float]) -> list[float]:
+    raw = [float(p) for p in p_values]
+    if not raw:
+        raise ValueError("need at least one p-value")
+    if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in raw):
+        raise ValueError(f"p-values must lie in [0, 1], got {raw}")
+    return raw

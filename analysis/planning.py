@@ -1,0 +1,311 @@
+"""Sample size and duration planning for two-arm comparisons.
+
+A plan answers: how many units per arm are needed to detect a minimum detectable effect
+(MDE) with a given power at a two-sided level alpha, and how many days of traffic that
+takes. Fixed designs use the normal approximation; a group-sequential design needs its
+fixed sample size multiplied by an inflation factor, computed here with the same
+recursive integration as the boundaries (Jennison & Turnbull 2000, section 2.5).
+
+For m treatments against one control, plan each comparison at
+``multiple_testing.bonferroni_alpha(alpha, m)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import optimize, special
+
+from analysis import group_sequential
+
+WEIGHT_SUM_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class SampleSizePlan:
+    """Units needed per arm (rounded up), for control (a) and treatment (b).
+
+    ``n_control_exact`` is the unrounded requirement; ``inflation_factor`` is 1 for a
+    fixed design and the maximum-sample-size ratio for a group-sequential one.
+    """
+
+    n_control: int
+    n_treatment: int
+    n_total: int
+    n_control_exact: float
+    effect_absolute: float
+    alpha: float
+    power: float
+    allocation_ratio: float
+    inflation_factor: float
+
+
+@dataclass(frozen=True)
+class DurationEstimate:
+    """Days of traffic until every variant has the units it needs."""
+
+    days: int
+    days_exact: float
+    units_per_day_by_variant: tuple[float, ...]
+    limiting_variant: int
+
+
+def sample_size_proportions(
+    baseline_rate: float,
+    minimum_detectable_effect: float,
+    *,
+    relative: bool = False,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    allocation_ratio: float = 1.0,
+) -> SampleSizePlan:
+    """Return the fixed-design sample size for a difference of two proportions.
+
+    For the pooled z-test of :func:`analysis.fixed.two_proportion_z`, with
+    r = n_b / n_a, p_b = p_a + delta and pbar = (p_a + r p_b) / (1 + r),
+
+        n_a = [z_{1-alpha/2} sqrt(pbar (1 - pbar) (1 + 1/r))
+               + z_{1-beta} sqrt(p_a (1 - p_a) + p_b (1 - p_b) / r)]^2 / delta^2
+
+    (Fleiss, Levin & Paik 2003, "Statistical Methods for Rates and Proportions", 3rd ed.,
+    chapter 4, without continuity correction). At r = 1 this is R's ``power.prop.test``;
+    in general it equals ``statsmodels.stats.proportion.samplesize_proportions_2indep_onetail``.
+
+    Parameters
+    ----------
+    baseline_rate : float
+        Control rate p_a, in (0, 1).
+    minimum_detectable_effect : float
+        delta = p_b - p_a (or delta / p_a when ``relative``), non-zero, with p_b in (0, 1).
+    relative : bool
+        Read the MDE as a relative lift of the baseline.
+    alpha, power : float
+        Two-sided level and power, both in (0, 1).
+    allocation_ratio : float
+        n_treatment / n_control, > 0.
+    """
+    _check_probability(baseline_rate, "baseline_rate")
+    delta = _absolute_effect(minimum_detectable_effect, baseline_rate, relative)
+    treatment_rate = baseline_rate + delta
+    if not 0.0 < treatment_rate < 1.0:
+        raise ValueError(f"baseline + effect must lie in (0, 1), got {treatment_rate}")
+    z_alpha, z_power = _critical_values(alpha, power)
+    r = _check_ratio(allocation_ratio)
+    pooled = (baseline_rate + r * treatment_rate) / (1.0 + r)
+    null_sd = math.sqrt(pooled * (1.0 - pooled) * (1.0 + 1.0 / r))
+    alternative_sd = math.sqrt(
+        baseline_rate * (1.0 - baseline_rate) + treatment_rate * (1.0 - treatment_rate) / r
+    )
+    n_control = ((z_alpha * null_sd + z_power * alternative_sd) / delta) ** 2
+    return _plan(n_control, delta, alpha, power, r, 1.0)
+
+
+def sample_size_means(
+    standard_deviation: float,
+    minimum_detectable_effect: float,
+    *,
+    baseline_mean: float | None = None,
+    relative: bool = False,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    allocation_ratio: float = 1.0,
+) -> SampleSizePlan:
+    """Return the fixed-design sample size for a difference of two means.
+
+    n_a = (z_{1-alpha/2} + z_{1-beta})^2 sigma^2 (1 + 1/r) / delta^2, the normal
+    approximation with a common standard deviation sigma and r = n_b / n_a (Chow, Shao &
+    Wang 2008, "Sample Size Calculations in Clinical Research", 2nd ed., section 3.2.1).
+    It equals ``statsmodels.stats.power.NormalIndPower().solve_power`` with
+    ``alternative="larger"`` at alpha / 2 (the two-sided version there adds the
+    negligible opposite tail). For small samples the t-test needs a few units more.
+
+    Parameters
+    ----------
+    standard_deviation : float
+        Outcome standard deviation sigma, > 0.
+    minimum_detectable_effect : float
+        delta = mean_b - mean_a, or a relative lift of ``baseline_mean`` when ``relative``.
+    baseline_mean : float, optional
+        Control mean, required (and non-zero) when ``relative``.
+    relative, alpha, power, allocation_ratio
+        As in :func:`sample_size_proportions`.
+    """
+    if not (math.isfinite(standard_deviation) and standard_deviation > 0.0):
+        raise ValueError(f"standard_deviation must be finite and > 0, got {standard_deviation}")
+    if relative and (baseline_mean is None or not math.isfinite(baseline_mean)):
+        raise ValueError("a relative effect needs a finite baseline_mean")
+    delta = _absolute_effect(minimum_detectable_effect, baseline_mean or 0.0, relative)
+    z_alpha, z_power = _critical_values(alpha, power)
+    r = _check_ratio(allocation_ratio)
+    n_control = ((z_alpha + z_power) * standard_deviation / delta) ** 2 * (1.0 + 1.0 / r)
+    return _plan(n_control, delta, alpha, power, r, 1.0)
+
+
+def sequential_inflation_factor(
+    information_fractions: Sequence[float],
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    spending: str = "obf",
+    two_sided: bool = True,
+    gamma: float | None = None,
+) -> float:
+    """Return I_max / I_fixed for an error-spending design with the given looks.
+
+    The drift delta = theta sqrt(I_max) that gives the requested probability of crossing
+    the upper boundary is found by root-finding on the recursive-integration power; the
+    factor is (delta / (z_{1-alpha/2} + z_{1-beta}))^2 (Jennison & Turnbull 2000, section
+    2.5 and chapter 7; rpact's ``inflationFactor``). Fractions must end at 1.
+    """
+    fractions = [float(t) for t in information_fractions]
+    if not fractions or fractions[-1] != 1.0:
+        raise ValueError("information fractions of a plan must end at 1")
+    bounds = group_sequential.spending_boundaries(fractions, alpha, spending, two_sided, gamma)
+    return _inflation(fractions, bounds, alpha, power, two_sided)
+
+
+def classic_inflation_factor(
+    k: int, *, alpha: float = 0.05, power: float = 0.8, kind: str = "obf", two_sided: bool = True
+) -> float:
+    """Return R_P(K, alpha, beta) or R_B(K, alpha, beta) of a classic design.
+
+    The ratio of the maximum sample size of a Pocock or O'Brien-Fleming design with K
+    equally spaced looks to the fixed sample size (Jennison & Turnbull 2000, Tables 2.2
+    and 2.4).
+    """
+    bounds = group_sequential.classic_boundaries(k, alpha, kind, two_sided)
+    fractions = [(look + 1) / k for look in range(k)]
+    return _inflation(fractions, bounds, alpha, power, two_sided)
+
+
+def inflate(plan: SampleSizePlan, inflation_factor: float) -> SampleSizePlan:
+    """Return the maximum sample size of a group-sequential design built on ``plan``."""
+    if not (math.isfinite(inflation_factor) and inflation_factor >= 1.0):
+        raise ValueError(f"inflation_factor must be finite and >= 1, got {inflation_factor}")
+    return _plan(
+        plan.n_control_exact * inflation_factor,
+        plan.effect_absolute,
+        plan.alpha,
+        plan.power,
+        plan.allocation_ratio,
+        plan.inflation_factor * inflation_factor,
+    )
+
+
+def expected_duration(
+    units_needed_by_variant: Sequence[float],
+    weights: Sequence[float],
+    daily_eligible_units: float,
+    coverage: float = 1.0,
+) -> DurationEstimate:
+    """Return the days until each variant reaches its required number of units.
+
+    Variant i receives daily_eligible_units * coverage * w_i new units a day, so it needs
+    n_i / (daily * coverage * w_i) days; the experiment runs until the slowest is done.
+    For a two-arm plan pass ``(plan.n_control, plan.n_treatment)``; for m treatments
+    pass ``(plan.n_control,) + (plan.n_treatment,) * m``.
+
+    Parameters
+    ----------
+    units_needed_by_variant : sequence of float
+        Required units per variant, >= 0, in the order of ``weights``.
+    weights : sequence of float
+        Traffic share of each variant, positive, summing to 1 within 1e-9.
+    daily_eligible_units : float
+        New eligible units per day, > 0.
+    coverage : float
+        Share of eligible units that enter the experiment, in (0, 1].
+    """
+    needed = [float(n) for n in units_needed_by_variant]
+    shares = [float(w) for w in weights]
+    if len(needed) != len(shares) or not needed:
+        raise ValueError("need one weight per variant")
+    if not all(math.isfinite(n) and n >= 0.0 for n in needed):
+        raise ValueError(f"units needed must be finite and >= 0, got {needed}")
+    if not all(math.isfinite(w) and w > 0.0 for w in shares):
+        raise ValueError(f"weights must be positive, got {shares}")
+    if abs(math.fsum(shares) - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise ValueError(f"weights must sum to 1 within 1e-9, got sum {math.fsum(shares)!r}")
+    if not (math.isfinite(daily_eligible_units) and daily_eligible_units > 0.0):
+        raise ValueError(f"daily_eligible_units must be > 0, got {daily_eligible_units}")
+    if not (math.isfinite(coverage) and 0.0 < coverage <= 1.0):
+        raise ValueError(f"coverage must lie in (0, 1], got {coverage}")
+    per_day = [daily_eligible_units * coverage * w for w in shares]
+    days_by_variant = [n / rate for n, rate in zip(needed, per_day, strict=True)]
+    days_exact = max(days_by_variant)
+    return DurationEstimate(
+        days=_ceil(days_exact),
+        days_exact=days_exact,
+        units_per_day_by_variant=tuple(per_day),
+        limiting_variant=days_by_variant.index(days_exact),
+    )
+
+
+def _inflation(
+    fractions: list[float], bounds: list[float], alpha: float, power: float, two_sided: bool
+) -> float:
+    """Solve the drift giving ``power`` through the upper boundary; return the size ratio."""
+    _check_probability(power, "power")
+    side_alpha = alpha / 2.0 if two_sided else alpha
+    if power <= side_alpha:
+        raise ValueError("power must exceed the one-sided type I error")
+    fixed_drift = float(special.ndtri(power) - special.ndtri(side_alpha))
+    lower = [-b for b in bounds] if two_sided else None
+
+    def shortfall(drift: float) -> float:
+        crossing = group_sequential.crossing_probabilities(fractions, bounds, lower, drift)
+        return crossing.upper_total - power
+
+    drift = optimize.brentq(shortfall, 0.0, 3.0 * fixed_drift + 3.0, xtol=1e-10)
+    return float((drift / fixed_drift) ** 2)
+
+
+def _plan(
+    n_control: float, delta: float, alpha: float, power: float, ratio: float, inflation: float
+) -> SampleSizePlan:
+    control = _ceil(n_control)
+    treatment = _ceil(n_control * ratio)
+    return SampleSizePlan(
+        n_control=control,
+        n_treatment=treatment,
+        n_total=control + treatment,
+        n_control_exact=n_control,
+        effect_absolute=delta,
+        alpha=alpha,
+        power=power,
+        allocation_ratio=ratio,
+        inflation_factor=inflation,
+    )
+
+
+def _ceil(value: float) -> int:
+    # Round up, but not past a value that is integral up to floating-point noise.
+    return math.ceil(value * (1.0 - 1e-12))
+
+
+def _critical_values(alpha: float, power: float) -> tuple[float, float]:
+    _check_probability(alpha, "alpha")
+    _check_probability(power, "power")
+    return float(-special.ndtri(alpha / 2.0)), float(special.ndtri(power))
+
+
+def _absolute_effect(effect: float, baseline: float, relative: bool) -> float:
+    if not math.isfinite(effect) or effect == 0.0:
+        raise ValueError(f"minimum_detectable_effect must be finite and non-zero, got {effect}")
+    delta = effect * baseline if relative else effect
+    if delta == 0.0:
+        raise ValueError("a relative effect of a zero baseline is zero")
+    return delta
+
+
+def _check_probability(value: float, name: str) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+
+
+def _check_ratio(ratio: float) -> float:
+    if not (math.isfinite(ratio) and ratio > 0.0):
+        raise ValueError(f"allocation_ratio must be finite and > 0, got {ratio}")
+    return float(ratio)

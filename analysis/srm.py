@@ -1,0 +1,182 @@
+"""Sample ratio mismatch (SRM): do the observed variant counts fit the configured split?
+
+An SRM means assignment, logging or filtering is broken, and every other result of the
+experiment is suspect (Fabijan et al. 2019, "Diagnosing Sample Ratio Mismatch in Online
+Controlled Experiments", KDD). The test is Pearson's chi-square goodness of fit against
+the configured weights, which need not be equal. Because the check runs on every
+analysis and a false alarm is cheap to investigate but a missed SRM invalidates a
+decision, the default threshold is strict: p < 0.001.
+
+Expected weights must be the weights in force when the counted units were assigned; after
+a ramp, sticky units keep their variant, so counts over the whole experiment follow a mix
+of old and new weights. Count units assigned under one weight configuration at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import special
+
+DEFAULT_THRESHOLD = 0.001
+WEIGHT_SUM_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """Chi-square goodness-of-fit of observed variant counts to the configured weights."""
+
+    chi2: float
+    degrees_of_freedom: int
+    p_value: float
+    flagged: bool
+    threshold: float
+    total_units: int
+    observed_counts: tuple[int, ...]
+    expected_counts: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DailySrmResult:
+    """SRM checks per day and on the running total, so a late imbalance is seen.
+
+    Day indices are 0-based positions in the input. A day without units has ``None`` in
+    ``by_day`` (nothing to test); ``cumulative[d]`` covers days 0..d.
+    """
+
+    by_day: tuple[SrmResult | None, ...]
+    cumulative: tuple[SrmResult | None, ...]
+    flagged_days: tuple[int, ...]
+    flagged_cumulative_days: tuple[int, ...]
+
+    @property
+    def flagged(self) -> bool:
+        """True when any single day or any running total is flagged."""
+        return bool(self.flagged_days or self.flagged_cumulative_days)
+
+
+def srm_p_value(observed_counts: Sequence[int], expected_weights: Sequence[float]) -> float:
+    """Return the chi-square goodness-of-fit p-value of counts against weights.
+
+    X^2 = sum_i (O_i - N w_i)^2 / (N w_i) with N = sum_i O_i, referred to chi-square with
+    m - 1 degrees of freedom (Pearson 1900; Agresti 2013, "Categorical Data Analysis",
+    3rd ed., section 1.5.2). Equals ``scipy.stats.chisquare(counts, N * weights)``.
+
+    Parameters
+    ----------
+    observed_counts : sequence of int
+        Units per variant, non-negative, at least two variants, total > 0.
+    expected_weights : sequence of float
+        Configured share of each variant, positive, summing to 1 within 1e-9.
+    """
+    return srm_check(observed_counts, expected_weights).p_value
+
+
+def srm_check(
+    observed_counts: Sequence[int],
+    expected_weights: Sequence[float],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> SrmResult:
+    """Test for sample ratio mismatch and flag it when p < ``threshold``.
+
+    See :func:`srm_p_value` for the statistic. ``threshold`` defaults to 0.001.
+    """
+    counts = _check_counts(observed_counts)
+    weights = _check_weights(expected_weights, len(counts))
+    _check_threshold(threshold)
+    total = sum(counts)
+    if total == 0:
+        raise ValueError("cannot test sample ratio: no units observed")
+    return _chi_square(counts, weights, threshold)
+
+
+def srm_check_daily(
+    daily_counts: Sequence[Sequence[int]],
+    expected_weights: Sequence[float],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> DailySrmResult:
+    """Test each day's counts and each running total for sample ratio mismatch.
+
+    A bug that starts late (a new deployment, a broken logger on one platform) is diluted
+    in the cumulative counts but shows on the days it happens. Each test uses
+    ``threshold``; with many days consider a smaller one, since at 0.001 about one
+    healthy experiment in 1000 per day checked is flagged by chance.
+
+    Parameters
+    ----------
+    daily_counts : sequence of sequences of int
+        ``daily_counts[d][i]`` is the number of units of variant i first assigned on day d.
+    expected_weights : sequence of float
+        Configured weights, as in :func:`srm_p_value`.
+    threshold : float
+        Flag when p < threshold.
+    """
+    if len(daily_counts) == 0:
+        raise ValueError("daily_counts must contain at least one day")
+    days = [_check_counts(day) for day in daily_counts]
+    weights = _check_weights(expected_weights, len(days[0]))
+    _check_threshold(threshold)
+    if any(len(day) != len(weights) for day in days):
+        raise ValueError("every day must have one count per variant")
+    running = [0] * len(weights)
+    by_day: list[SrmResult | None] = []
+    cumulative: list[SrmResult | None] = []
+    for day in days:
+        running = [a + b for a, b in zip(running, day, strict=True)]
+        by_day.append(_chi_square(day, weights, threshold) if sum(day) else None)
+        cumulative.append(_chi_square(running, weights, threshold) if sum(running) else None)
+    return DailySrmResult(
+        by_day=tuple(by_day),
+        cumulative=tuple(cumulative),
+        flagged_days=tuple(d for d, r in enumerate(by_day) if r is not None and r.flagged),
+        flagged_cumulative_days=tuple(
+            d for d, r in enumerate(cumulative) if r is not None and r.flagged
+        ),
+    )
+
+
+def _chi_square(counts: list[int], weights: list[float], threshold: float) -> SrmResult:
+    total = sum(counts)
+    expected = [total * w for w in weights]
+    chi2 = math.fsum((o - e) ** 2 / e for o, e in zip(counts, expected, strict=True))
+    degrees_of_freedom = len(counts) - 1
+    p_value = float(special.chdtrc(degrees_of_freedom, chi2))
+    return SrmResult(
+        chi2=chi2,
+        degrees_of_freedom=degrees_of_freedom,
+        p_value=p_value,
+        flagged=p_value < threshold,
+        threshold=threshold,
+        total_units=total,
+        observed_counts=tuple(counts),
+        expected_counts=tuple(expected),
+    )
+
+
+def _check_counts(observed_counts: Sequence[int]) -> list[int]:
+    counts = list(observed_counts)
+    if len(counts) < 2:
+        raise ValueError("need counts for at least two variants")
+    for count in counts:
+        if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"counts must be non-negative integers, got {count!r}")
+    return [int(count) for count in counts]
+
+
+def _check_weights(expected_weights: Sequence[float], variants: int) -> list[float]:
+    weights = [float(w) for w in expected_weights]
+    if len(weights) != variants:
+        raise ValueError(f"got {len(weights)} weights for {variants} variants")
+    if not all(math.isfinite(w) and w > 0.0 for w in weights):
+        raise ValueError(f"weights must be positive (leave out variants with weight 0): {weights}")
+    if abs(math.fsum(weights) - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise ValueError(f"weights must sum to 1 within 1e-9, got sum {math.fsum(weights)!r}")
+    return weights
+
+
+def _check_threshold(threshold: float) -> None:
+    if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")

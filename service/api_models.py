@@ -1,0 +1,37 @@
+"""Request bodies of the HTTP API, validated strictly (the OpenAPI description mirrors them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+
+MAX_UNIT_LENGTH = 256
+
+
+def _unit_text(value: Any) -> str:
+    """Integers are accepted as unit ids and hashed as their decimal text (docs/hashing.md)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_UNIT_LENGTH:
+        raise ValueError(
+            f"must be a non-empty string of at most {MAX_UNIT_LENGTH} characters, or an integer"
+        )
+    return value
+
+
+UnitId = Annotated[str, PlainValidator(_unit_text)]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AssignRequest(ApiModel):
+    experiment: Annotated[str, Field(min_length=1, max_length=64)]
+    unit: UnitId
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class AssignBatchRequest(ApiModel):
+    items: list[AssignRequest] = Field(min_length=1)

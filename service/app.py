@@ -1,0 +1,120 @@
+"""Flask application factory: wires settings, storage, the registry and the blueprints."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, request
+
+from service import errors
+from service.assignment_service import AssignmentService
+from service.batch_writer import BatchWriter
+from service.database import Database
+from service.embedded_postgres import database_url
+from service.experiment_validation import load_experiments
+from service.registry import Registry
+from service.routes import assignments, experiments, health, openapi
+from service.settings import Settings
+from service.state_sync import StateSync, sync_experiments
+from service.sticky_store import ASSIGNMENTS, EXPOSURES, StickyStore
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(RuntimeError):
+    """The experiment files are invalid: the service refuses to start on them."""
+
+
+@dataclass
+class Runtime:
+    """The collaborators of one process, closed together at shutdown."""
+
+    settings: Settings
+    registry: Registry
+    database: Database
+    writer: BatchWriter
+    sticky: StickyStore
+    state: StateSync
+    assignments: AssignmentService
+
+    def close(self) -> None:
+        self.writer.close()
+        self.state.close()
+        self.database.close()
+
+
+def _load_registry(settings: Settings) -> Registry:
+    loaded = load_experiments([settings.experiments])
+    if not loaded.ok:
+        raise ConfigurationError(
+            "invalid experiment files:\n" + "\n".join(str(p) for p in loaded.problems)
+        )
+    return Registry(loaded)
+
+
+def _sync(database: Database, registry: Registry) -> None:
+    try:
+        with database.pool.connection(timeout=5.0) as conn:
+            sync_experiments(
+                conn, [(e, registry.sources[k]) for k, e in registry.experiments.items()]
+            )
+    except Exception as error:
+        log.warning("could not sync experiments to PostgreSQL (serving from YAML): %s", error)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    registry = _load_registry(settings)
+    database = Database(database_url(settings.database_url, settings.data_dir))
+    database.open()
+    writer = BatchWriter(
+        database,
+        {ASSIGNMENTS.table: ASSIGNMENTS, EXPOSURES.table: EXPOSURES},
+        flush_interval=settings.flush_interval_seconds,
+        max_rows=settings.flush_max_rows,
+        max_pending=settings.max_pending_rows,
+    )
+    sticky = StickyStore(
+        database, writer, settings.sticky_cache_size, settings.lookup_timeout_seconds
+    )
+    state = StateSync(database, registry, writer, settings.state_poll_seconds)
+    _sync(database, registry)
+    state.poll_once()
+    writer.start()
+    state.start()
+    return Runtime(
+        settings, registry, database, writer, sticky, state, AssignmentService(registry, sticky)
+    )
+
+
+def _require_api_key(expected: str) -> None:
+    presented = request.headers.get("X-API-Key", "")
+    authorization = request.headers.get("Authorization", "")
+    if authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise errors.Unauthorized(
+            "Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'."
+        )
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings()
+    app = Flask("abx")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    errors.init_app(app)
+    runtime = build_runtime(settings)
+    app.extensions["abx"] = runtime
+    if settings.api_key:
+        api_key = settings.api_key
+
+        @app.before_request
+        def _authenticate() -> None:
+            if request.path.startswith("/v1/"):
+                _require_api_key(api_key)
+
+    for blueprint in (assignments.bp, experiments.bp, health.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    return app

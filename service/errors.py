@@ -1,0 +1,136 @@
+"""Every error a client can get, rendered as RFC 9457 ``application/problem+json``.
+
+    AbxError (500 internal-error)
+    ├── BadRequest (400 bad-request)
+    │   └── MalformedJson (400 malformed-json)
+    ├── Unauthorized (401 unauthorized)
+    ├── NotFound (404 not-found)
+    │   └── UnknownExperiment (404 unknown-experiment)
+    ├── MethodNotAllowed (405 method-not-allowed)
+    ├── PayloadTooLarge (413 payload-too-large)
+    ├── UnsupportedMediaType (415 unsupported-media-type)
+    ├── InvalidRequest (422 invalid-request)  — carries one entry per offending field
+    └── ServiceUnavailable (503 service-unavailable)
+
+A client never sees a stack trace: anything unexpected becomes a bare 500
+problem and is logged here with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+PROBLEM_TYPE_BASE = "https://abx.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+
+class AbxError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+
+class BadRequest(AbxError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class MalformedJson(BadRequest):
+    slug, title = "malformed-json", "Malformed JSON"
+
+
+class Unauthorized(AbxError):
+    status, slug, title = 401, "unauthorized", "Missing or wrong API key"
+
+
+class NotFound(AbxError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class UnknownExperiment(NotFound):
+    slug, title = "unknown-experiment", "Unknown experiment"
+
+
+class MethodNotAllowed(AbxError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class PayloadTooLarge(AbxError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(AbxError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class InvalidRequest(AbxError):
+    status, slug, title = 422, "invalid-request", "Invalid request"
+
+
+class ServiceUnavailable(AbxError):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+_HTTP_STATUS: dict[int, type[AbxError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidRequest,
+    503: ServiceUnavailable,
+}
+
+
+def problem_response(error: AbxError, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(error.problem()), status=error.status, mimetype=PROBLEM_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Render every error, ours or werkzeug's, as a problem document."""
+
+    @app.errorhandler(AbxError)
+    def _abx(error: AbxError) -> Response:
+        return problem_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        status = error.code or 500
+        kind = _HTTP_STATUS.get(status, AbxError)
+        problem = kind(error.description or kind.title)
+        response = problem_response(problem)
+        response.status_code = status
+        if status == 405 and error.response is None:
+            allowed = getattr(error, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem_response(AbxError("The server failed to handle this request."))

@@ -1,0 +1,144 @@
+"""Shape of one experiment file (experiments/README.md documents every field).
+
+Only shape and types live here; checks that relate fields to each other
+(weights summing to 1, the control naming a variant...) are in
+``experiment_rules`` so that each problem can point at its own YAML line.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Scalar = str | int | float | bool
+
+EQUALITY_OPS = ("eq", "neq")
+LIST_OPS = ("in", "not_in")
+NUMERIC_OPS = ("gt", "gte", "lt", "lte")
+VERSION_OPS = ("version_eq", "version_gt", "version_gte", "version_lt", "version_lte")
+TARGETING_OPS = (*EQUALITY_OPS, *LIST_OPS, *NUMERIC_OPS, *VERSION_OPS, "exists")
+Operator = Literal[
+    "eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte",
+    "version_eq", "version_gt", "version_gte", "version_lt", "version_lte", "exists",
+]  # fmt: skip
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors, and YAML strings are never coerced to numbers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelRef(StrictModel):
+    path: str = Field(min_length=1)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class Variant(StrictModel):
+    key: Key
+    weight: Fraction
+    description: str = ""
+    model: ModelRef | None = None
+
+
+class Layer(StrictModel):
+    name: Key
+    range: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+
+
+class Condition(StrictModel):
+    attribute: str = Field(min_length=1)
+    op: Operator
+    value: Scalar | None = None
+    values: list[Scalar] | None = None
+
+
+class AllOf(StrictModel):
+    all: list[TargetingNode] = Field(min_length=1)
+
+
+class AnyOf(StrictModel):
+    any: list[TargetingNode] = Field(min_length=1)
+
+
+class NotOf(StrictModel):
+    not_: TargetingNode = Field(alias="not")
+
+
+def _node_kind(node: Any) -> str | None:
+    """Dispatch a targeting node on its single group key, else treat it as a condition."""
+    if isinstance(node, dict):
+        for group in ("all", "any", "not"):
+            if group in node:
+                return f"<{group}>"
+        return "<condition>"
+    if isinstance(node, BaseModel):
+        return {AllOf: "<all>", AnyOf: "<any>", NotOf: "<not>"}.get(type(node), "<condition>")
+    return None
+
+
+TargetingNode = Annotated[
+    Annotated[Condition, Tag("<condition>")]
+    | Annotated[AllOf, Tag("<all>")]
+    | Annotated[AnyOf, Tag("<any>")]
+    | Annotated[NotOf, Tag("<not>")],
+    Discriminator(
+        _node_kind,
+        custom_error_type="targeting_node",
+        custom_error_message="a targeting rule must be a mapping: a condition, or all/any/not",
+    ),
+]
+
+
+class Metric(StrictModel):
+    name: Key
+    type: Literal["binary", "count", "continuous"]
+    direction: Literal["increase", "decrease"] = "increase"
+    description: str = ""
+
+
+class Guardrail(Metric):
+    direction: Literal["increase", "decrease"] = "decrease"
+    margin: Annotated[float, Field(gt=0.0)]
+    margin_type: Literal["relative", "absolute"] = "relative"
+
+
+class Metrics(StrictModel):
+    primary: Metric
+    secondary: list[Metric] = Field(default_factory=list)
+    guardrails: list[Guardrail] = Field(default_factory=list)
+
+    def all_metrics(self) -> list[Metric]:
+        return [self.primary, *self.secondary, *self.guardrails]
+
+
+class Experiment(StrictModel):
+    key: Key
+    description: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    status: Literal["draft", "running", "paused", "concluded"]
+    salt: Key | None = None
+    version: Annotated[int, Field(ge=1)] = 1
+    control: Key
+    variants: list[Variant] = Field(min_length=2)
+    coverage: Fraction = 1.0
+    layer: Layer | None = None
+    targeting: TargetingNode | None = None
+    forced: dict[str, Key] = Field(default_factory=dict)
+    metrics: Metrics
+
+    @property
+    def seed(self) -> str:
+        """Randomization seed: changing salt or version is the only way to re-randomize."""
+        return f"{self.salt or self.key}.v{self.version}"
+
+    @property
+    def variant_keys(self) -> tuple[str, ...]:
+        return tuple(variant.key for variant in self.variants)
+
+
+for _group in (AllOf, AnyOf, NotOf):
+    _group.model_rebuild()

@@ -1,0 +1,63 @@
+"""Deterministic bucketing, spec version 1 (docs/hashing.md).
+
+The spec is versioned because changing it moves users between variants: a new
+way of hashing must get a new version, never replace this one in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+HASH_SPEC_VERSION = 1
+_SCALE = float(1 << 53)
+
+
+def hash_prefix(purpose: str, *parts: str) -> bytes:
+    """Return the UTF-8 prefix that precedes the unit id in the hashed string.
+
+    Purposes are ``variant``, ``coverage`` (keyed by experiment and seed) and
+    ``layer`` (keyed by layer name only, so all experiments of a layer share
+    one hash space). Keys and seeds are validated to exclude ``|``, and the
+    unit id comes last, so the joined string is unambiguous.
+    """
+    return ("|".join(("abx1", purpose, *parts)) + "|").encode()
+
+
+def unit_fraction(prefix: bytes, unit_id: str) -> float:
+    """Map a unit to a uniform double in [0, 1).
+
+    The first 8 bytes of SHA-256, big-endian, keep their top 53 bits and are
+    divided by 2**53: every value is exactly representable as an IEEE-754
+    double, so clients in any language reproduce it bit for bit.
+    """
+    digest = hashlib.sha256(prefix + unit_id.encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / _SCALE
+
+
+def pick_index(fraction: float, cumulative_upper_bounds: tuple[float, ...]) -> int:
+    """Return the first index whose cumulative upper bound exceeds ``fraction``.
+
+    Bounds are cumulative weights summed left to right; the last one is forced
+    to 1.0 so rounding in the sum can never leave a unit without a variant.
+    """
+    for index, upper in enumerate(cumulative_upper_bounds):
+        if fraction < upper:
+            return index
+    return len(cumulative_upper_bounds) - 1
+
+
+def cumulative_bounds(weights: tuple[float, ...]) -> tuple[float, ...]:
+    """Sum weights left to right in double precision, ending exactly at 1.0.
+
+    From the last variant with a positive weight on, bounds are set to 1.0, so
+    a zero-weight variant at the end never receives rounding leftovers.
+    """
+    bounds: list[float] = []
+    total = 0.0
+    for weight in weights:
+        total += weight
+        bounds.append(total)
+    last_positive = max(i for i, weight in enumerate(weights) if weight > 0)
+    for i in range(last_positive, len(bounds)):
+        bounds[i] = 1.0
+    return tuple(bounds)
