@@ -169,6 +169,7 @@ def spending_boundaries(
     list of float
         One critical value per look, each at most :data:`Z_MAX`.
     """
+    _check_alpha(alpha)
     fractions = _check_fractions(information_fractions)
     side_alpha = alpha / 2.0 if two_sided else alpha
     cumulative = [alpha_spent(t, side_alpha, spending, gamma) for t in fractions]
@@ -212,6 +213,7 @@ def boundary_at_look(
         The current critical value, its nominal p-value threshold, alpha spent, and the
         critical values of all looks so far (for the audit log).
     """
+    _check_alpha(alpha)
     if not (math.isfinite(information_max) and information_max > 0.0):
         raise ValueError(f"information_max must be finite and > 0, got {information_max}")
     information = _check_increasing_positive(information_observed, "information_observed")

@@ -47,9 +47,9 @@ def log_mixture_likelihood_ratio(
 
     Notes
     -----
-    Johari et al. (2022), Section 4 (the mSPRT with mixing distribution
-    ``H = N(theta0, tau2)`` for normal data): for two streams of ``n`` pairs
-    with variance ``sigma2`` each,
+    Johari et al. (2022), the normal-mixture mSPRT (mixing distribution
+    ``H = N(theta0, tau2)``) for two normal streams of ``n`` pairs with
+    variance ``sigma2`` each:
     ``Lambda_n = sqrt(2 sigma2 / (2 sigma2 + n tau2))
     * exp(n^2 tau2 (ybar - xbar - theta0)^2 / (4 sigma2 (2 sigma2 + n tau2)))``.
     Substituting ``V = 2 sigma2 / n`` gives the form used here, which holds for
@@ -85,7 +85,7 @@ def log_one_sided_mixture_likelihood_ratio(
     Mixing ``exp(theta S / V - theta^2 / (2 V))`` over the half-normal
     ``2 N(0, tau2)`` on ``theta >= 0`` (Howard, Ramdas, McAuliffe & Sekhon,
     "Time-uniform, nonparametric, nonasymptotic confidence sequences", Annals
-    of Statistics 49(2), 2021, the one-sided normal mixture of Section 3)
+    of Statistics 49(2), 2021; ``OneSidedNormalMixture`` in their ``confseq``)
     gives, with ``x = tau2 / V`` and ``z = (estimate - theta0) / sqrt(V)``::
 
         log Lambda+ = log 2 - log(1 + x) / 2 + x z^2 / (2 (1 + x)) + log Phi(z sqrt(x / (1 + x)))
@@ -123,8 +123,7 @@ def always_valid_p_values(
 
     Notes
     -----
-    Johari et al. (2022), Section 3 (always-valid p-values from a sequential
-    test): ``p_0 = 1`` and ``p_n = min(p_{n-1}, 1 / Lambda_n)``. They never
+    Johari et al. (2022), the always-valid p-value of the mSPRT: ``p_0 = 1`` and ``p_n = min(p_{n-1}, 1 / Lambda_n)``. They never
     increase, and ``P(p_n <= alpha for some n) <= alpha`` under the null.
     """
     if len(estimates) != len(variances):
@@ -139,7 +138,7 @@ def confidence_halfwidth(variance: float, tau2: float, alpha: float = 0.05) -> f
 
     Notes
     -----
-    Johari et al. (2022), Section 3: the always-valid interval is the set of
+    Johari et al. (2022): the always-valid interval is the set of
     ``theta0`` with ``Lambda_n(theta0) < 1/alpha``. Solving the quadratic in
     ``theta0`` from :func:`log_mixture_likelihood_ratio`::
 
@@ -171,9 +170,9 @@ def tau2_from_expected_effect(expected_effect: float) -> float:
 
     Notes
     -----
-    Johari et al. (2022), Section 4 (choosing the mixing distribution) match
-    ``H`` to the distribution of true effects seen across past experiments:
-    with ``H = N(0, tau2)`` that means ``tau2 = E[theta^2]``, the mean squared
+    Johari et al. (2022) choose the mixing distribution by matching ``H`` to
+    the distribution of true effects seen across past experiments: with
+    ``H = N(0, tau2)`` that means ``tau2 = E[theta^2]``, the mean squared
     effect. A single anticipated effect size (in metric units, e.g. the
     minimum effect worth detecting) gives ``tau2 = effect^2``; the test then
     has most power for differences of that order. Any ``tau2 > 0`` keeps the

@@ -49,7 +49,7 @@ def ratio_estimate(
 
     Notes
     -----
-    Deng et al. (2018), Section 2 (the delta method for a ratio of means)::
+    Deng et al. (2018), the delta method for a ratio of means::
 
         Var(xbar / ybar) ~ (1 / (n mu_y^2)) (var_x - 2 R cov_xy + R^2 var_y)
 
@@ -89,7 +89,7 @@ def compare_ratios(control: RatioEstimate, treatment: RatioEstimate) -> RatioCom
     -----
     Arms are independent, so ``Var(R_b - R_a) = Var(R_a) + Var(R_b)``. The
     relative lift ``R_b / R_a - 1`` gets the delta method again (Deng et al.
-    2018, Section 3, percent change)::
+    2018, percent change)::
 
         Var(R_b / R_a) ~ Var(R_b) / R_a^2 + R_b^2 Var(R_a) / R_a^4
     """

@@ -19,14 +19,17 @@ package is a large-sample method where ``n`` versus ``n - 1`` is immaterial.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 # Relative slack for the Cauchy-Schwarz checks: sums computed in floating
 # point (or by a database) can violate sum(x)^2 <= n sum(x^2) by rounding.
 _ROUNDING_SLACK = 1e-9
+# A variance below this fraction of the mean square is cancellation noise.
+_CANCELLATION = 1e-12
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class SufficientStats:
 
     @classmethod
     def from_values(
-        cls, values: Sequence[float], covariates: Sequence[float] | None = None
+        cls, values: npt.ArrayLike, covariates: npt.ArrayLike | None = None
     ) -> SufficientStats:
         """Build the sums from raw per-unit values (tests, demos, small samples)."""
         metric = np.asarray(values, dtype=np.float64)
@@ -157,8 +160,11 @@ class SufficientStats:
     def variance(self) -> float:
         """Plug-in variance ``total_squares / n - mean**2``; ``p (1 - p)`` when binary."""
         self._require_units()
-        # Clamp: cancellation can leave a tiny negative number for constant data.
-        return max(self.total_squares / self.n - self.mean**2, 0.0)
+        mean_square = self.total_squares / self.n
+        variance = mean_square - self.mean**2
+        # For constant data cancellation leaves rounding noise of either sign;
+        # report an exact zero so callers can detect a degenerate variant.
+        return variance if variance > _CANCELLATION * mean_square else 0.0
 
     @property
     def sample_variance(self) -> float:

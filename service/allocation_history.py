@@ -1,10 +1,14 @@
-"""Decide which stored allocation is in force. Pure: rows and times in, an ``Allocation`` out.
+"""Decide which stored allocation is in force. Pure: rows and times in, a plan out.
 
-A newer allocation becomes current only once every live serving process has
-(a) read the state after the allocation became due and (b) flushed every first
-assignment it made before that read. Until then it is *pending*: first
-assignments that the change would affect wait, so no unit can get one variant
-from a buffered write in one process and another from a different process.
+A weight change is announced ahead: its row gets ``effective_at`` a few
+seconds in the future, so every serving process knows the switch time before
+it comes. From that moment first assignments that the change would affect
+stop being made under the old weights (they wait: control, unexposed), and a
+lookup for such a unit first waits out one flush interval, so a first
+assignment still buffered in another process reaches PostgreSQL before the
+lookup reads it. The new weights become current once every live process has
+(a) read the state after the switch time and (b) flushed every first
+assignment it made before that read (its heartbeat's ``flushed_through``).
 """
 
 from __future__ import annotations
@@ -22,17 +26,26 @@ class AllocationRow:
     effective_at: datetime
 
 
+@dataclass(frozen=True)
+class AllocationPlan:
+    """What to serve now (``before_switch``) and from ``switch_at`` on (``after_switch``)."""
+
+    before_switch: Allocation
+    after_switch: Allocation | None = None
+    switch_at: datetime | None = None
+
+
 def resolve_allocation(
     rows: Sequence[AllocationRow],
     variant_keys: Sequence[str],
     database_now: datetime,
     writers_flushed_through: datetime | None,
-) -> Allocation | None:
-    """Pick current, earlier and pending weights from the allocation history of one seed.
+) -> AllocationPlan | None:
+    """Plan the allocation from the history of one seed (rows in creation order).
 
-    ``rows`` are in creation order; ``writers_flushed_through`` is the least
-    flushed-through time over live writers (None when none is alive, so
-    nothing can be buffered anywhere). Returns None when there is no history.
+    ``writers_flushed_through`` is the least flushed-through time over live
+    writers (None when none is alive, so nothing can be buffered anywhere).
+    Returns None when there is no history.
     """
     if not rows:
         return None
@@ -48,9 +61,10 @@ def resolve_allocation(
         )
         if due and flushed:
             current_index = index
-    latest = len(rows) - 1
-    pending = None
-    if latest != current_index and rows[latest].effective_at <= database_now:
-        pending = ordered(rows[latest])
     earlier = tuple(ordered(row) for i, row in enumerate(rows) if i != current_index)
-    return Allocation(ordered(rows[current_index]), earlier, pending)
+    current = Allocation(ordered(rows[current_index]), earlier)
+    latest = len(rows) - 1
+    if latest == current_index:
+        return AllocationPlan(current)
+    switching = Allocation(current.weights, earlier, pending_weights=ordered(rows[latest]))
+    return AllocationPlan(current, switching, rows[latest].effective_at)

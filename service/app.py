@@ -17,7 +17,7 @@ from service.experiment_validation import load_experiments
 from service.registry import Registry
 from service.routes import assignments, experiments, health, openapi
 from service.settings import Settings
-from service.state_sync import StateSync, sync_experiments
+from service.state_sync import StateSync
 from service.sticky_store import ASSIGNMENTS, EXPOSURES, StickyStore
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,6 @@ def _load_registry(settings: Settings) -> Registry:
     return Registry(loaded)
 
 
-def _sync(database: Database, registry: Registry) -> None:
-    try:
-        with database.pool.connection(timeout=5.0) as conn:
-            sync_experiments(
-                conn, [(e, registry.sources[k]) for k, e in registry.experiments.items()]
-            )
-    except Exception as error:
-        log.warning("could not sync experiments to PostgreSQL (serving from YAML): %s", error)
-
-
 def build_runtime(settings: Settings) -> Runtime:
     registry = _load_registry(settings)
     database = Database(database_url(settings.database_url, settings.data_dir))
@@ -78,13 +68,24 @@ def build_runtime(settings: Settings) -> Runtime:
     sticky = StickyStore(
         database, writer, settings.sticky_cache_size, settings.lookup_timeout_seconds
     )
-    state = StateSync(database, registry, writer, settings.state_poll_seconds)
-    _sync(database, registry)
-    state.poll_once()
+    state = StateSync(
+        database,
+        registry,
+        writer,
+        settings.state_poll_seconds,
+        settings.allocation_settle_seconds,
+    )
+    state.poll_once(timeout=1.0)
     writer.start()
     state.start()
     return Runtime(
-        settings, registry, database, writer, sticky, state, AssignmentService(registry, sticky)
+        settings,
+        registry,
+        database,
+        writer,
+        sticky,
+        state,
+        AssignmentService(registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1),
     )
 
 

@@ -52,11 +52,10 @@ class Assignment:
 class Allocation:
     """The weights in force, those used before under the same seed, and any due to replace them.
 
-    ``pending_weights`` is set from the moment a new allocation is due until
-    every worker has flushed the first assignments it made under the old one;
-    in between, units whose variant would differ and who have no stored
-    assignment wait (they get the control, unexposed) so nobody can see two
-    variants because a write was still buffered.
+    ``pending_weights`` is set from a new allocation's switch time until every
+    process has flushed the first assignments it made under the old one (see
+    ``allocation_history``); meanwhile units whose variant would differ and who
+    have no stored assignment wait: they get the control, unexposed.
     """
 
     weights: tuple[float, ...]

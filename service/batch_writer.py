@@ -95,7 +95,8 @@ class BatchWriter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.flush()
+        if self.pending_rows():
+            self.flush()
         if self.pending_rows():
             log.warning("shutting down with %d rows not written", self.pending_rows())
 
@@ -118,7 +119,7 @@ class BatchWriter:
         if not taken:
             return True
         try:
-            with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
+            with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
                 for name, buffer in taken.items():
                     self._copy(conn, self._streams[name], buffer.rows)
         except Exception as error:  # the database is away or refused: keep the rows

@@ -26,7 +26,7 @@ class Database:
         self.pool.open(wait=False)
 
     def close(self) -> None:
-        self.pool.close(timeout=5)
+        self.pool.close(timeout=1)
 
     def is_reachable(self, timeout: float = 1.0) -> bool:
         try:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from service.assignment import Allocation, CompiledExperiment, compile_experiment
+from service.allocation_history import AllocationPlan
+from service.assignment import CompiledExperiment, compile_experiment
 from service.experiment_schema import Experiment
 from service.experiment_validation import LoadResult
+
+
+@dataclass(frozen=True)
+class ServedExperiment:
+    """The compiled experiment now and, when a weight change is announced, from when on."""
+
+    before_switch: CompiledExperiment
+    after_switch: CompiledExperiment | None = None
+    switch_at_epoch: float = float("inf")
+
+    def at(self, epoch: float) -> CompiledExperiment:
+        if self.after_switch is not None and epoch >= self.switch_at_epoch:
+            return self.after_switch
+        return self.before_switch
 
 
 class Registry:
@@ -15,21 +32,44 @@ class Registry:
             item.experiment.key: item.experiment for item in loaded.experiments
         }
         self.sources = {item.experiment.key: str(item.source.path) for item in loaded.experiments}
-        self._compiled = {key: compile_experiment(e) for key, e in self.experiments.items()}
+        self._served = {
+            key: ServedExperiment(compile_experiment(e)) for key, e in self.experiments.items()
+        }
+        self._plans: dict[str, AllocationPlan] = {}
         self.allocations_loaded = False
 
-    def get(self, key: str) -> CompiledExperiment | None:
-        return self._compiled.get(key)
+    def served(self, key: str) -> ServedExperiment | None:
+        return self._served.get(key)
+
+    def get(self, key: str, epoch: float | None = None) -> CompiledExperiment | None:
+        """The compiled experiment in force at ``epoch`` (local time.time(); default now)."""
+        served = self._served.get(key)
+        if served is None:
+            return None
+        return served.at(time.time() if epoch is None else epoch)
 
     def all(self) -> list[CompiledExperiment]:
-        return list(self._compiled.values())
+        now = time.time()
+        return [served.at(now) for served in self._served.values()]
 
-    def apply_allocations(self, allocations: Mapping[str, Allocation]) -> None:
-        """Recompile experiments whose allocation changed; replace the table in one step."""
-        compiled = dict(self._compiled)
-        for key, allocation in allocations.items():
-            current = compiled.get(key)
-            if current is not None and current.allocation != allocation:
-                compiled[key] = compile_experiment(current.experiment, allocation)
-        self._compiled = compiled
+    def apply_plans(self, plans: Mapping[str, AllocationPlan], clock_offset: float) -> None:
+        """Recompile experiments whose plan changed; replace the table in one step.
+
+        ``clock_offset`` is the database clock minus this process's clock, in seconds.
+        """
+        served = dict(self._served)
+        for key, plan in plans.items():
+            experiment = self.experiments.get(key)
+            if experiment is None or self._plans.get(key) == plan:
+                continue
+            after = None
+            switch_at = float("inf")
+            if plan.after_switch is not None and plan.switch_at is not None:
+                after = compile_experiment(experiment, plan.after_switch)
+                switch_at = plan.switch_at.timestamp() - clock_offset
+            served[key] = ServedExperiment(
+                compile_experiment(experiment, plan.before_switch), after, switch_at
+            )
+            self._plans[key] = plan
+        self._served = served
         self.allocations_loaded = True

@@ -41,6 +41,7 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
             "timeout": 30,
             "accesslog": None,
             "worker_exit": _close_runtime,
+            "control_socket_disable": True,  # several servers may run side by side
         }
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -29,5 +29,8 @@ class Settings(BaseSettings):
     flush_max_rows: int = Field(default=5000, ge=1)
     max_pending_rows: int = Field(default=1_000_000, ge=1)
     state_poll_seconds: float = Field(default=1.0, gt=0)
+    allocation_settle_seconds: float = Field(
+        default=3.0, ge=0, description="Notice given to every process before new weights apply."
+    )
     sticky_cache_size: int = Field(default=100_000, ge=0)
     lookup_timeout_seconds: float = Field(default=0.25, gt=0)

@@ -19,12 +19,12 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from service.allocation_history import AllocationRow, resolve_allocation
-from service.assignment import Allocation
+from service.allocation_history import AllocationPlan, AllocationRow, resolve_allocation
 from service.batch_writer import BatchWriter
 from service.database import Database
 from service.experiment_schema import Experiment
@@ -43,8 +43,14 @@ def _fingerprint(weights: dict[str, float]) -> str:
     return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()
 
 
-def sync_experiments(conn: Any, experiments: Iterable[tuple[Experiment, str]]) -> None:
-    """Upsert experiment rows and append an allocation wherever the weights changed."""
+def sync_experiments(
+    conn: Any, experiments: Iterable[tuple[Experiment, str]], settle_seconds: float
+) -> None:
+    """Upsert experiment rows and append an allocation wherever the weights changed.
+
+    A changed allocation takes effect ``settle_seconds`` from now, so that every
+    serving process hears of it before it starts (``allocation_history``).
+    """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SYNC_LOCK_KEY,))
         for experiment, source in experiments:
@@ -72,15 +78,22 @@ def sync_experiments(conn: Any, experiments: Iterable[tuple[Experiment, str]]) -
                 (experiment.key, experiment.seed),
             ).fetchone()
             if latest is None or latest[0] != _fingerprint(weights):
+                settle = 0.0 if latest is None else settle_seconds
                 conn.execute(
                     "INSERT INTO allocations (experiment_key, seed, weights, fingerprint,"
-                    " effective_at) VALUES (%s, %s, %s, %s, now())",
-                    (experiment.key, experiment.seed, Jsonb(weights), _fingerprint(weights)),
+                    " effective_at) VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
+                    (
+                        experiment.key,
+                        experiment.seed,
+                        Jsonb(weights),
+                        _fingerprint(weights),
+                        settle,
+                    ),
                 )
 
 
-def read_allocations(conn: Any, registry: Registry) -> dict[str, Allocation]:
-    """Resolve the allocation in force for every experiment of the registry."""
+def read_allocations(conn: Any, registry: Registry) -> tuple[dict[str, AllocationPlan], datetime]:
+    """Plan the allocation of every experiment of the registry; also return the database time."""
     now, flushed_through = conn.execute(
         "SELECT now(), min(flushed_through) FROM writer_heartbeats"
         " WHERE seen_at > now() - make_interval(secs => %s)",
@@ -93,22 +106,28 @@ def read_allocations(conn: Any, registry: Registry) -> dict[str, Allocation]:
         (list(registry.experiments),),
     ):
         rows[(key, seed)].append(AllocationRow(weights, effective_at))
-    resolved = {}
+    plans = {}
     for key, experiment in registry.experiments.items():
-        allocation = resolve_allocation(
+        plan = resolve_allocation(
             rows[(key, experiment.seed)], experiment.variant_keys, now, flushed_through
         )
-        if allocation is not None:
-            resolved[key] = allocation
-    return resolved
+        if plan is not None:
+            plans[key] = plan
+    return plans, now
 
 
 class StateSync:
     """Background heartbeat and allocation refresh for one serving process."""
 
     def __init__(
-        self, database: Database, registry: Registry, writer: BatchWriter, interval: float
+        self,
+        database: Database,
+        registry: Registry,
+        writer: BatchWriter,
+        interval: float,
+        settle_seconds: float,
     ) -> None:
+        self._settle_seconds = settle_seconds
         self._database = database
         self._registry = registry
         self._writer = writer
@@ -117,6 +136,7 @@ class StateSync:
         self._thread: threading.Thread | None = None
         self._last_applied: float | None = None
         self._created = time.monotonic()
+        self._synced = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def start(self) -> None:
@@ -135,17 +155,29 @@ class StateSync:
         except Exception as error:
             log.info("could not remove heartbeat: %s", error)
 
-    def poll_once(self) -> bool:
-        """Heartbeat, then read and apply allocations; False when PostgreSQL is away."""
+    def poll_once(self, timeout: float = 2.0) -> bool:
+        """Sync experiments (until done once), heartbeat, then read and apply allocations.
+
+        Returns False when PostgreSQL is away; the next poll tries again, so a
+        process started while the database was down catches up when it is back.
+        """
         started = time.monotonic()
         try:
-            with self._database.pool.connection(timeout=2.0) as conn:
+            with self._database.pool.connection(timeout=timeout) as conn:
+                if not self._synced:
+                    registry = self._registry
+                    sync_experiments(
+                        conn,
+                        [(e, registry.sources[k]) for k, e in registry.experiments.items()],
+                        self._settle_seconds,
+                    )
+                    self._synced = True
                 self._heartbeat(conn)
-                allocations = read_allocations(conn, self._registry)
+                plans, database_now = read_allocations(conn, self._registry)
         except Exception as error:
             log.warning("state refresh failed: %s", error)
             return False
-        self._registry.apply_allocations(allocations)
+        self._registry.apply_plans(plans, database_now.timestamp() - time.time())
         self._last_applied = started
         return True
 

@@ -1,0 +1,224 @@
+"""Sample size, inflation factors and duration against published numbers, statsmodels, and
+simulated power of the planned designs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
+
+from analysis.fixed import two_proportion_z
+from analysis.group_sequential import spending_boundaries
+from analysis.planning import (
+    SampleSizePlan,
+    classic_inflation_factor,
+    expected_duration,
+    inflate,
+    sample_size_means,
+    sample_size_proportions,
+    sequential_inflation_factor,
+)
+
+CASES = json.loads((Path(__file__).parents[1] / "cases" / "planning.json").read_text())
+TRIALS = 20_000
+
+
+@pytest.mark.parametrize(
+    "case", CASES["classic_inflation"], ids=lambda c: f"{c['kind']}-{c['k']}-{c['power']}"
+)
+def test_classic_inflation_matches_published_tables(case: dict[str, Any]) -> None:
+    factor = classic_inflation_factor(
+        case["k"], alpha=case["alpha"], power=case["power"], kind=case["kind"]
+    )
+    assert factor == pytest.approx(case["inflation_factor"], abs=case["atol"])
+
+
+@pytest.mark.parametrize("case", CASES["spending_inflation"], ids=lambda c: c["source"][:30])
+def test_spending_inflation_matches_published_values(case: dict[str, Any]) -> None:
+    factor = sequential_inflation_factor(
+        case["information_fractions"],
+        alpha=case["alpha"],
+        power=case["power"],
+        spending=case["spending"],
+        two_sided=case["two_sided"],
+        gamma=case["gamma"],
+    )
+    assert factor == pytest.approx(case["inflation_factor"], abs=case["atol"])
+
+
+@pytest.mark.parametrize("case", CASES["sample_size_proportions"], ids=lambda c: c["source"][:30])
+def test_proportion_sample_size_matches_published_value(case: dict[str, Any]) -> None:
+    plan = sample_size_proportions(
+        case["baseline_rate"],
+        case["minimum_detectable_effect"],
+        alpha=case["alpha"],
+        power=case["power"],
+        allocation_ratio=case["allocation_ratio"],
+    )
+    assert plan.n_control_exact == pytest.approx(case["n_control_exact"], abs=case["atol"])
+    assert plan.n_control == math.ceil(plan.n_control_exact)
+
+
+@pytest.mark.parametrize("case", CASES["sample_size_means"], ids=lambda c: c["source"][:30])
+def test_mean_sample_size_matches_hand_calculation(case: dict[str, Any]) -> None:
+    plan = sample_size_means(
+        case["standard_deviation"],
+        case["minimum_detectable_effect"],
+        alpha=case["alpha"],
+        power=case["power"],
+        allocation_ratio=case["allocation_ratio"],
+    )
+    assert plan.n_control_exact == pytest.approx(case["n_control_exact"], abs=case["atol"])
+
+
+@pytest.mark.parametrize(
+    ("baseline", "effect", "ratio", "power"),
+    [(0.1, 0.02, 1.0, 0.8), (0.1, 0.02, 2.0, 0.8), (0.3, -0.05, 0.5, 0.9), (0.02, 0.004, 1.5, 0.8)],
+)
+def test_proportion_sample_size_equals_statsmodels(
+    baseline: float, effect: float, ratio: float, power: float
+) -> None:
+    plan = sample_size_proportions(baseline, effect, power=power, allocation_ratio=ratio)
+    # statsmodels sizes sample 1 (rate baseline + diff) with nobs2 = ratio_sm * nobs1.
+    n_treatment = samplesize_proportions_2indep_onetail(effect, baseline, power, ratio=1 / ratio)
+    assert plan.n_control_exact * ratio == pytest.approx(float(n_treatment), rel=1e-10)
+    assert plan.n_treatment == math.ceil(plan.n_control_exact * ratio)
+
+
+@pytest.mark.parametrize(("effect_size", "ratio"), [(0.5, 1.0), (0.2, 2.0), (0.05, 0.75)])
+def test_mean_sample_size_equals_statsmodels(effect_size: float, ratio: float) -> None:
+    plan = sample_size_means(2.0, 2.0 * effect_size, allocation_ratio=ratio)
+    one_tail = NormalIndPower().solve_power(
+        effect_size, alpha=0.025, power=0.8, ratio=ratio, alternative="larger"
+    )
+    two_tails = NormalIndPower().solve_power(effect_size, alpha=0.05, power=0.8, ratio=ratio)
+    assert plan.n_control_exact == pytest.approx(float(one_tail), rel=1e-6)
+    assert plan.n_control_exact == pytest.approx(float(two_tails), rel=1e-4)
+
+
+def test_relative_effects_equal_their_absolute_versions() -> None:
+    relative = sample_size_proportions(0.1, 0.2, relative=True)
+    absolute = sample_size_proportions(0.1, 0.02)
+    assert relative.n_control == absolute.n_control
+    assert relative.n_control_exact == pytest.approx(absolute.n_control_exact, rel=1e-12)
+    relative = sample_size_means(4.0, 0.05, baseline_mean=20.0, relative=True)
+    absolute = sample_size_means(4.0, 1.0)
+    assert relative.n_total == absolute.n_total
+    assert relative.n_control_exact == pytest.approx(absolute.n_control_exact, rel=1e-12)
+
+
+def test_inflate_scales_the_exact_requirement() -> None:
+    plan = sample_size_proportions(0.1, 0.02)
+    factor = classic_inflation_factor(5, kind="obf")
+    sequential = inflate(plan, factor)
+    assert sequential.n_control_exact == pytest.approx(plan.n_control_exact * factor)
+    assert sequential.n_control == math.ceil(plan.n_control_exact * factor)
+    assert sequential.inflation_factor == pytest.approx(factor)
+    assert sequential.n_total == sequential.n_control + sequential.n_treatment
+
+
+def test_duration_uses_coverage_weights_and_slowest_variant() -> None:
+    estimate = expected_duration([3_000, 3_000, 3_000], [0.5, 0.25, 0.25], 2_000, coverage=0.5)
+    assert estimate.units_per_day_by_variant == pytest.approx((500.0, 250.0, 250.0))
+    assert estimate.days_exact == pytest.approx(12.0)
+    assert estimate.days == 12
+    assert estimate.limiting_variant == 1
+    assert expected_duration([1_001, 1_001], [0.5, 0.5], 200).days == 11
+
+
+def _binomial_z(n_a: np.ndarray, x_a: np.ndarray, n_b: np.ndarray, x_b: np.ndarray) -> np.ndarray:
+    """Apply analysis.fixed.two_proportion_z to arrays (one call per simulated trial)."""
+    return np.array(
+        [
+            two_proportion_z(int(a), int(na), int(b), int(nb))
+            for a, na, b, nb in zip(x_a, n_a, x_b, n_b, strict=True)
+        ]
+    )[:, 0]
+
+
+def _within_monte_carlo_error(rate: float, expected: float) -> bool:
+    return abs(rate - expected) <= 4 * math.sqrt(expected * (1 - expected) / TRIALS)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 2.0])
+def test_fixed_design_reaches_planned_power_in_simulation(ratio: float) -> None:
+    plan = sample_size_proportions(0.10, 0.02, alpha=0.05, power=0.8, allocation_ratio=ratio)
+    rng = np.random.default_rng(42)
+    x_a = rng.binomial(plan.n_control, 0.10, TRIALS)
+    x_b = rng.binomial(plan.n_treatment, 0.12, TRIALS)
+    n_a, n_b = np.full(TRIALS, plan.n_control), np.full(TRIALS, plan.n_treatment)
+    z = _binomial_z(n_a, x_a, n_b, x_b)
+    rate = float(np.mean(np.abs(z) >= stats.norm.isf(0.025)))
+    assert _within_monte_carlo_error(rate, 0.8), rate
+
+
+def _simulate_sequential(
+    plan: SampleSizePlan, rate_a: float, rate_b: float, looks: int, seed: int
+) -> np.ndarray:
+    """Return z at each of ``looks`` equally spaced looks, trials in rows."""
+    rng = np.random.default_rng(seed)
+    n_a = np.round(plan.n_control * np.arange(1, looks + 1) / looks).astype(int)
+    n_b = np.round(plan.n_treatment * np.arange(1, looks + 1) / looks).astype(int)
+    x_a = np.cumsum(rng.binomial(np.diff(n_a, prepend=0), rate_a, (TRIALS, looks)), axis=1)
+    x_b = np.cumsum(rng.binomial(np.diff(n_b, prepend=0), rate_b, (TRIALS, looks)), axis=1)
+    columns = [
+        _binomial_z(np.full(TRIALS, n_a[k]), x_a[:, k], np.full(TRIALS, n_b[k]), x_b[:, k])
+        for k in range(looks)
+    ]
+    return np.column_stack(columns)
+
+
+def test_sequential_design_keeps_alpha_and_reaches_planned_power_in_simulation() -> None:
+    looks, fractions = 5, [0.2, 0.4, 0.6, 0.8, 1.0]
+    fixed = sample_size_proportions(0.10, 0.02, alpha=0.05, power=0.8)
+    plan = inflate(fixed, sequential_inflation_factor(fractions, alpha=0.05, power=0.8))
+    bounds = np.asarray(spending_boundaries(fractions, alpha=0.05, spending="obf"))
+
+    z_alternative = _simulate_sequential(plan, 0.10, 0.12, looks, seed=1)
+    power = float(np.mean(np.any(z_alternative >= bounds, axis=1)))
+    assert _within_monte_carlo_error(power, 0.8), power
+
+    z_null = _simulate_sequential(plan, 0.10, 0.10, looks, seed=2)
+    false_positive = float(np.mean(np.any(np.abs(z_null) >= bounds, axis=1)))
+    naive = float(np.mean(np.any(np.abs(z_null) >= stats.norm.isf(0.025), axis=1)))
+    assert false_positive <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / TRIALS), false_positive
+    assert naive > 0.10, naive
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: sample_size_proportions(0.0, 0.02), "baseline_rate must be in"),
+        (lambda: sample_size_proportions(0.1, 0.0), "non-zero"),
+        (lambda: sample_size_proportions(0.95, 0.1), r"baseline \+ effect must lie"),
+        (lambda: sample_size_proportions(0.1, 0.02, alpha=1.2), "alpha must be in"),
+        (lambda: sample_size_proportions(0.1, 0.02, power=1.0), "power must be in"),
+        (lambda: sample_size_proportions(0.1, 0.02, allocation_ratio=0.0), "allocation_ratio"),
+        (lambda: sample_size_means(0.0, 1.0), "standard_deviation must be"),
+        (lambda: sample_size_means(1.0, 1.0, relative=True), "needs a finite baseline_mean"),
+        (lambda: sample_size_means(1.0, 0.1, baseline_mean=0.0, relative=True), "zero baseline"),
+        (lambda: sample_size_means(1.0, math.nan), "non-zero"),
+        (lambda: sequential_inflation_factor([0.5, 0.9]), "must end at 1"),
+        (lambda: sequential_inflation_factor([0.5, 1.0], power=0.02), "must exceed"),
+        (lambda: sequential_inflation_factor([0.5, 1.0], spending="hsd"), "gamma is required"),
+        (lambda: classic_inflation_factor(0), "integer >= 1"),
+        (lambda: inflate(sample_size_means(1.0, 0.5), 0.9), "inflation_factor must be"),
+        (lambda: expected_duration([10, 10], [0.5, 0.6], 100), "sum to 1 within 1e-9"),
+        (lambda: expected_duration([10, 10], [1.0, 0.0], 100), "weights must be positive"),
+        (lambda: expected_duration([10], [0.5, 0.5], 100), "one weight per variant"),
+        (lambda: expected_duration([10, -1], [0.5, 0.5], 100), "units needed must be"),
+        (lambda: expected_duration([10, 10], [0.5, 0.5], 0), "daily_eligible_units"),
+        (lambda: expected_duration([10, 10], [0.5, 0.5], 100, coverage=0.0), "coverage"),
+        (lambda: expected_duration([10, 10], [0.5, 0.5], 100, coverage=1.5), "coverage"),
+    ],
+)
+def test_invalid_input_raises_value_error(call: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -1,0 +1,251 @@
+"""Shared fixtures: a fresh PostgreSQL database per test cloned from a migrated template,
+a real gunicorn server on a free port, and an ``api`` helper that adds the API key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from click.testing import CliRunner
+
+from service.schema_migrations import apply_migrations
+from service.settings import PROJECT_ROOT
+
+ADMIN_URL = os.environ.get("ABX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MIGRATIONS = PROJECT_ROOT / "migrations"
+EXAMPLES = PROJECT_ROOT / "experiments"
+TEMPLATE_LOCK = 0x616278_7E
+
+
+def _url_for(database: str) -> str:
+    return psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=database)
+
+
+def _migrations_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def template_database() -> str:
+    """A migrated database to clone; built once per migrations content, shared by workers."""
+    name = f"abx_template_{_migrations_digest()}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+                try:
+                    apply_migrations(_url_for(name), MIGRATIONS)
+                except Exception:
+                    conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                    raise
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
+    return name
+
+
+def create_database(template: str | None) -> str:
+    name = f"abx_test_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for attempt in range(20):
+            try:
+                conn.execute(f'CREATE DATABASE "{name}"{clause}')
+                break
+            except psycopg.errors.ObjectInUse:  # another worker is cloning the template
+                time.sleep(0.1 * (attempt + 1))
+        else:
+            raise RuntimeError("could not clone the template database")
+    return name
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(template_database: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test alone."""
+    name = create_database(template_database)
+    yield _url_for(name)
+    drop_database(name)
+
+
+@pytest.fixture
+def empty_db() -> Iterator[str]:
+    """URL of a fresh database with no schema (for migration tests)."""
+    name = create_database(None)
+    yield _url_for(name)
+    drop_database(name)
+
+
+@pytest.fixture
+def experiments_dir(tmp_path: Path) -> Path:
+    """A private copy of the example experiments that a test may edit."""
+    target = tmp_path / "experiments"
+    target.mkdir()
+    for path in EXAMPLES.glob("*.yaml"):
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: Any
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+        return self.process.returncode
+
+
+def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ABX_BIND": f"127.0.0.1:{port}",
+        "ABX_WORKERS": str(workers),
+        "ABX_FLUSH_INTERVAL_SECONDS": "0.05",
+        "ABX_STATE_POLL_SECONDS": "0.2",
+        **env_overrides,
+    }
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--no-migrate"],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=PROJECT_ROOT,
+    )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log_file.close()
+            raise RuntimeError(f"server exited during start-up:\n{server.log()}")
+        try:
+            if requests.get(f"{server.base_url}/healthz", timeout=0.5).status_code == 200:
+                return server
+        except requests.RequestException:
+            time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server did not start:\n{server.log()}")
+
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, db: str) -> Iterator[ServerFactory]:
+    """Start real gunicorn servers; every one is stopped at the end of the test.
+
+    It depends on ``db`` only so that servers stop before their database is dropped.
+    """
+    started: list[Server] = []
+
+    def start(database_url: str, experiments: Path, **env: str) -> Server:
+        overrides = {
+            "ABX_DATABASE_URL": database_url,
+            "ABX_EXPERIMENTS": str(experiments),
+            "ABX_DATA_DIR": str(tmp_path / "data"),
+            **env,
+        }
+        server = start_server(overrides, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+API_KEY = "test-key-7f3a"
+
+
+class Api:
+    """requests against a server with the API key added."""
+
+    def __init__(self, base_url: str, key: str | None = API_KEY) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        return self.session.post(self.base_url + path, json=body, timeout=10, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.get(self.base_url + path, timeout=10, **kwargs)
+
+    def assign(self, experiment: str, unit: str | int, **attributes: Any) -> dict[str, Any]:
+        response = self.post(
+            "/v1/assign", {"experiment": experiment, "unit": unit, "attributes": attributes}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory, db: str, experiments_dir: Path) -> Server:
+    return server_factory(db, experiments_dir, ABX_API_KEY=API_KEY)
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[Api]:
+    client = Api(server.base_url)
+    yield client
+    client.session.close()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,69 @@
+"""The README's first command: ``abx demo`` on embedded defaults, and the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service.settings import PROJECT_ROOT
+
+from .conftest import free_port
+
+
+def abx(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env={**os.environ, **env},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """World-readable: as root, the embedded server runs as its own system user."""
+    folder = Path(tempfile.mkdtemp(prefix="abx-data-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_demo_serves_assignments_and_stores_exposures(db: str) -> None:
+    result = abx(
+        "demo",
+        "--duration",
+        "4",
+        "--port",
+        str(free_port()),
+        "--users",
+        "300",
+        "--clients",
+        "2",
+        env={"ABX_DATABASE_URL": db},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "units that changed variant: 0" in result.stdout
+    assert "exposures stored in PostgreSQL" in result.stdout
+    with psycopg.connect(db) as conn:
+        (exposures,) = conn.execute("SELECT count(*) FROM exposures").fetchone()  # type: ignore[misc]
+    assert exposures > 0
+
+
+def test_embedded_postgres_when_no_url_is_configured(data_dir: Path) -> None:
+    env = {"ABX_DATABASE_URL": "", "ABX_DATA_DIR": str(data_dir)}
+    first = abx("migrate", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "applied 1 migration(s): 0001_core.sql" in first.stdout
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
+    again = abx("migrate", env=env)
+    assert again.returncode == 0 and "applied 0 migration(s)" in again.stdout
