@@ -12,6 +12,11 @@ sampling variance ``V``, so unequal arms, proportions and CUPED-adjusted
 differences all plug in. The mixing distribution is ``N(theta0, tau2)``;
 ``tau2`` is in squared metric units (see :func:`tau2_from_expected_effect`
 and :func:`tau2_for_horizon`).
+
+The mixture likelihood ratio itself (:func:`log_mixture_likelihood_ratio` and
+its one-sided and vectorised forms) lives in :mod:`analysis.normal_mixture`,
+which the confidence sequences share; this module re-exports it, so callers
+need only ``analysis.msprt``.
 """
 
 from __future__ import annotations
@@ -21,99 +26,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
-from scipy import special
 
+from analysis.normal_mixture import (
+    FloatArray,
+    intersect_intervals,
+    log_mixture_likelihood_ratio,
+    log_mixture_likelihood_ratios,
+    log_one_sided_mixture_likelihood_ratio,
+    log_one_sided_mixture_z,
+    log_two_sided_mixture_z,
+    mixture_likelihood_ratio,
+    optimal_variance_ratio,
+    two_sided_boundary_z,
+)
 from analysis.sufficient_stats import SufficientStats
+from analysis.validation import check_alpha, check_finite, check_positive
 
-FloatArray = npt.NDArray[np.float64]
-
-
-def log_mixture_likelihood_ratio(
-    estimate: float, variance: float, tau2: float, null_value: float = 0.0
-) -> float:
-    """Return log Lambda, the log normal-mixture likelihood ratio at one look.
-
-    Parameters
-    ----------
-    estimate : float
-        Observed difference, treatment minus control.
-    variance : float
-        Sampling variance ``V`` of ``estimate`` (> 0).
-    tau2 : float
-        Variance of the normal mixing distribution over the true difference (> 0).
-    null_value : float
-        The null difference ``theta0`` (0 for "no effect").
-
-    Notes
-    -----
-    Johari et al. (2022), the normal-mixture mSPRT (mixing distribution
-    ``H = N(theta0, tau2)``) for two normal streams of ``n`` pairs with
-    variance ``sigma2`` each:
-    ``Lambda_n = sqrt(2 sigma2 / (2 sigma2 + n tau2))
-    * exp(n^2 tau2 (ybar - xbar - theta0)^2 / (4 sigma2 (2 sigma2 + n tau2)))``.
-    Substituting ``V = 2 sigma2 / n`` gives the form used here, which holds for
-    any estimate that is approximately ``N(theta, V)``::
-
-        Lambda = sqrt(V / (V + tau2)) * exp(tau2 (estimate - theta0)^2 / (2 V (V + tau2)))
-
-    Computed in log space: Lambda overflows a float once the z statistic
-    passes about 38.
-    """
-    _check_positive("variance", variance)
-    _check_positive("tau2", tau2)
-    _check_finite("estimate", estimate)
-    z_squared = (estimate - null_value) ** 2 / variance
-    return float(log_two_sided_mixture_z(z_squared, tau2 / variance))
-
-
-def mixture_likelihood_ratio(
-    estimate: float, variance: float, tau2: float, null_value: float = 0.0
-) -> float:
-    """Return Lambda (see :func:`log_mixture_likelihood_ratio`); ``inf`` on overflow."""
-    log_ratio = log_mixture_likelihood_ratio(estimate, variance, tau2, null_value)
-    return math.exp(log_ratio) if log_ratio < _LOG_MAX_FLOAT else math.inf
-
-
-def log_one_sided_mixture_likelihood_ratio(
-    estimate: float, variance: float, tau2: float, null_value: float = 0.0
-) -> float:
-    """Return the log likelihood ratio mixing only over differences above ``null_value``.
-
-    Notes
-    -----
-    Mixing ``exp(theta S / V - theta^2 / (2 V))`` over the half-normal
-    ``2 N(0, tau2)`` on ``theta >= 0`` (Howard, Ramdas, McAuliffe & Sekhon,
-    "Time-uniform, nonparametric, nonasymptotic confidence sequences", Annals
-    of Statistics 49(2), 2021; ``OneSidedNormalMixture`` in their ``confseq``)
-    gives, with ``x = tau2 / V`` and ``z = (estimate - theta0) / sqrt(V)``::
-
-        log Lambda+ = log 2 - log(1 + x) / 2 + x z^2 / (2 (1 + x)) + log Phi(z sqrt(x / (1 + x)))
-
-    It is a nonnegative supermartingale under ``theta <= theta0``, so
-    ``Lambda+ >= 1/alpha`` is a one-sided always-valid test at level alpha.
-    """
-    _check_positive("variance", variance)
-    _check_positive("tau2", tau2)
-    _check_finite("estimate", estimate)
-    z = (estimate - null_value) / math.sqrt(variance)
-    return float(log_one_sided_mixture_z(z, tau2 / variance))
-
-
-def log_mixture_likelihood_ratios(
-    estimates: npt.ArrayLike, variances: npt.ArrayLike, tau2: float
-) -> FloatArray:
-    """Vectorised :func:`log_mixture_likelihood_ratio` (null 0) over arrays of looks."""
-    estimate = np.asarray(estimates, dtype=np.float64)
-    variance = np.asarray(variances, dtype=np.float64)
-    _check_positive("tau2", tau2)
-    if not np.all(np.isfinite(estimate)):
-        raise ValueError("estimates must be finite")
-    if not np.all(variance > 0) or not np.all(np.isfinite(variance)):
-        raise ValueError("variances must be finite and > 0")
-    return np.asarray(
-        log_two_sided_mixture_z(estimate**2 / variance, tau2 / variance), dtype=np.float64
-    )
+__all__ = [
+    "FloatArray",
+    "MsprtResult",
+    "always_valid_confidence_intervals",
+    "always_valid_p_values",
+    "compare_means",
+    "compare_proportions",
+    "confidence_halfwidth",
+    "intersect_intervals",
+    "log_mixture_likelihood_ratio",
+    "log_mixture_likelihood_ratios",
+    "log_one_sided_mixture_likelihood_ratio",
+    "log_one_sided_mixture_z",
+    "log_two_sided_mixture_z",
+    "mixture_likelihood_ratio",
+    "msprt_look",
+    "optimal_variance_ratio",
+    "tau2_for_horizon",
+    "tau2_from_expected_effect",
+    "two_sided_boundary_z",
+]
 
 
 def always_valid_p_values(
@@ -123,8 +72,9 @@ def always_valid_p_values(
 
     Notes
     -----
-    Johari et al. (2022), the always-valid p-value of the mSPRT: ``p_0 = 1`` and ``p_n = min(p_{n-1}, 1 / Lambda_n)``. They never
-    increase, and ``P(p_n <= alpha for some n) <= alpha`` under the null.
+    Johari et al. (2022), the always-valid p-value of the mSPRT: ``p_0 = 1``
+    and ``p_n = min(p_{n-1}, 1 / Lambda_n)``. They never increase, and
+    ``P(p_n <= alpha for some n) <= alpha`` under the null.
     """
     if len(estimates) != len(variances):
         raise ValueError("estimates and variances must have the same length")
@@ -144,9 +94,9 @@ def confidence_halfwidth(variance: float, tau2: float, alpha: float = 0.05) -> f
 
         halfwidth = sqrt(V (V + tau2) / tau2 * (2 log(1/alpha) + log((V + tau2) / V)))
     """
-    _check_positive("variance", variance)
-    _check_positive("tau2", tau2)
-    _check_alpha(alpha)
+    check_positive("variance", variance)
+    check_positive("tau2", tau2)
+    check_alpha(alpha)
     return math.sqrt(variance) * float(two_sided_boundary_z(tau2 / variance, alpha))
 
 
@@ -158,7 +108,7 @@ def always_valid_confidence_intervals(
         raise ValueError("estimates and variances must have the same length")
     intervals: list[tuple[float, float]] = []
     for estimate, variance in zip(estimates, variances, strict=True):
-        _check_finite("estimate", estimate)
+        check_finite("estimate", estimate)
         halfwidth = confidence_halfwidth(variance, tau2, alpha)
         current = (estimate - halfwidth, estimate + halfwidth)
         intervals.append(intersect_intervals(intervals[-1] if intervals else None, current))
@@ -178,7 +128,7 @@ def tau2_from_expected_effect(expected_effect: float) -> float:
     has most power for differences of that order. Any ``tau2 > 0`` keeps the
     type-I guarantee; only power and time to detection depend on it.
     """
-    _check_finite("expected_effect", expected_effect)
+    check_finite("expected_effect", expected_effect)
     if expected_effect == 0:
         raise ValueError("expected_effect must be nonzero (tau2 must be > 0)")
     return float(expected_effect) ** 2
@@ -200,25 +150,8 @@ def tau2_for_horizon(variance_at_horizon: float, alpha: float = 0.05) -> float:
     see :func:`optimal_variance_ratio`. Equivalent to the ``planned_n`` rule
     for confidence sequences (Waudby-Smith et al. 2024).
     """
-    _check_positive("variance_at_horizon", variance_at_horizon)
+    check_positive("variance_at_horizon", variance_at_horizon)
     return optimal_variance_ratio(alpha) * variance_at_horizon
-
-
-def optimal_variance_ratio(alpha: float = 0.05) -> float:
-    """Return ``x* = tau2 / V`` that minimises the two-sided normal-mixture half-width.
-
-    Notes
-    -----
-    Setting the derivative of ``(1 + x) / x * (a + log(1 + x))`` with
-    ``a = 2 log(1/alpha)`` to zero gives ``x = a + log(1 + x)``, i.e.
-    ``u = 1 + x`` solves ``u e^{-u} = alpha^2 / e``, so
-    ``x* = -W_{-1}(-alpha^2 / e) - 1`` (Lambert W, lower branch). One
-    fixed-point step from ``x = a`` gives the approximation
-    ``a + log(1 + a)`` that Waudby-Smith et al. (2024) give for tuning rho
-    after their Theorem 2.2, and that Howard et al. (2021) use in ``confseq``.
-    """
-    _check_alpha(alpha)
-    return float(-special.lambertw(-(alpha**2) / math.e, k=-1).real - 1.0)
 
 
 @dataclass(frozen=True)
@@ -312,55 +245,6 @@ def compare_proportions(
     return compare_means(control, treatment, tau2, alpha, previous)
 
 
-_LOG_MAX_FLOAT = math.log(np.finfo(np.float64).max)
-
-# The normal-mixture kernels below work on floats and on arrays alike, in
-# standardised units: ``x = tau2 / V`` (the mixing variance over the sampling
-# variance; ``n rho^2`` in the confidence-sequence parameterisation) and
-# ``z = (estimate - theta0) / sqrt(V)``.
-
-
-def log_two_sided_mixture_z(z_squared: npt.ArrayLike, ratio: npt.ArrayLike) -> FloatArray:
-    """Return log Lambda from ``z^2`` and ``x = tau2 / V``: ``-log(1+x)/2 + x z^2 / (2 (1+x))``."""
-    x = np.asarray(ratio, dtype=np.float64)
-    return np.asarray(-0.5 * np.log1p(x) + x * np.asarray(z_squared) / (2.0 * (1.0 + x)))
-
-
-def log_one_sided_mixture_z(z: npt.ArrayLike, ratio: npt.ArrayLike) -> FloatArray:
-    """Return log Lambda+ (:func:`log_one_sided_mixture_likelihood_ratio`) from ``z``, ``x``."""
-    x = np.asarray(ratio, dtype=np.float64)
-    z_value = np.asarray(z, dtype=np.float64)
-    shrink = x / (1.0 + x)
-    return np.asarray(
-        math.log(2.0)
-        - 0.5 * np.log1p(x)
-        + shrink * z_value**2 / 2.0
-        + special.log_ndtr(z_value * np.sqrt(shrink))
-    )
-
-
-def two_sided_boundary_z(ratio: npt.ArrayLike, alpha: float) -> FloatArray:
-    """Return the z at which Lambda = 1/alpha: ``sqrt((1+x)/x (2 log(1/alpha) + log(1+x)))``."""
-    x = np.asarray(ratio, dtype=np.float64)
-    return np.asarray(np.sqrt((1.0 + x) / x * (2.0 * math.log(1.0 / alpha) + np.log1p(x))))
-
-
-def intersect_intervals(
-    previous: tuple[float, float] | None, current: tuple[float, float]
-) -> tuple[float, float]:
-    """Return the running intersection of two always-valid intervals.
-
-    Johari et al. (2022) intersect the intervals of all looks so far. An
-    empty intersection has probability <= alpha when the model holds (it
-    signals, e.g., an effect drifting over time); the current interval, valid
-    on its own, is reported then rather than an empty set.
-    """
-    if previous is None:
-        return current
-    low, high = max(previous[0], current[0]), min(previous[1], current[1])
-    return (low, high) if low <= high else current
-
-
 def _difference_variance(control: SufficientStats, treatment: SufficientStats) -> float:
     variance = control.variance_of_mean + treatment.variance_of_mean
     if variance <= 0:
@@ -369,18 +253,3 @@ def _difference_variance(control: SufficientStats, treatment: SufficientStats) -
             "same value); wait for more data"
         )
     return variance
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0; got {value}")
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")

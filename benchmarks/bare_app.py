@@ -21,8 +21,8 @@ from flask import Flask, request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.server import AbxServer  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.server import AbxServer
+from service.settings import Settings
 
 
 def create_bare_app() -> Flask:

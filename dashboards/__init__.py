@@ -1,0 +1,1 @@
+"""Analyst dashboards (plotly pages served under /dashboards/); filled in by the dashboards issue."""
