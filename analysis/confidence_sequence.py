@@ -7,10 +7,11 @@ intervals that covers the true value at *all* sample sizes simultaneously
 with probability 1 - alpha (asymptotically), so it may be checked after
 every batch of data and the experiment stopped whenever it excludes zero.
 
-The CS uses the Gaussian-mixture boundary with a scale-free tuning parameter
-``rho`` (per-unit, relative to the metric's standard deviation); choose it
-with ``planned_n``, the sample size per arm at which the sequence should be
-tightest. One-sided bounds (for guardrails) use the one-sided normal mixture
+The CS uses the Gaussian-mixture boundary of :mod:`analysis.normal_mixture`
+with a scale-free tuning parameter ``rho`` (per-unit, relative to the
+metric's standard deviation); choose it with ``planned_n``, the sample size
+per arm at which the sequence should be tightest (:func:`optimal_rho`, from
+:mod:`analysis.mixture_tuning` and re-exported here). One-sided bounds (for guardrails) use the one-sided normal mixture
 of Howard, Ramdas, McAuliffe & Sekhon (Annals of Statistics 49(2), 2021).
 """
 
@@ -21,33 +22,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize
 
-from analysis.msprt import (
+from analysis.mixture_tuning import one_sided_rho, optimal_rho, resolve_rho
+from analysis.normal_mixture import (
     FloatArray,
     intersect_intervals,
-    log_one_sided_mixture_z,
-    optimal_variance_ratio,
+    one_sided_boundary_z,
+    one_sided_boundary_zs,
     two_sided_boundary_z,
 )
 from analysis.sufficient_stats import SufficientStats
+from analysis.validation import check_alpha, check_finite, check_positive, check_positive_array
 
-
-def optimal_rho(planned_n: float, alpha: float = 0.05) -> float:
-    """Return the ``rho`` that makes the two-sided CS narrowest at ``n = planned_n``.
-
-    Notes
-    -----
-    The half-width depends on ``rho`` only through ``x = n rho^2``; its exact
-    minimiser at ``n = planned_n`` is ``x* = -W_{-1}(-alpha^2 / e) - 1``
-    (:func:`analysis.msprt.optimal_variance_ratio`), so
-    ``rho = sqrt(x* / planned_n)``. Waudby-Smith et al. (2024) give the
-    closed-form approximation ``rho = sqrt((-2 log alpha + log(-2 log alpha + 1)) / planned_n)``,
-    one fixed-point step away; at alpha = 0.05 the two half-widths at
-    ``planned_n`` differ by less than 0.1 %.
-    """
-    _check_positive("planned_n", planned_n)
-    return math.sqrt(optimal_variance_ratio(alpha) / planned_n)
+__all__ = [
+    "ConfidenceSequenceInterval",
+    "difference_interval",
+    "halfwidth",
+    "halfwidths",
+    "interval",
+    "mean_interval",
+    "one_sided_halfwidth",
+    "one_sided_halfwidths",
+    "one_sided_rho",
+    "optimal_rho",
+    "two_sample_scale",
+]
 
 
 def halfwidth(
@@ -82,22 +81,18 @@ def halfwidth(
     also the form in the authors' R package ``drconfseq``
     (``std_conjmix_margin``).
     """
-    _check_positive("n", n)
-    _check_positive("sigma", sigma)
-    _check_alpha(alpha)
-    ratio = n * _resolve_rho(rho, planned_n, alpha) ** 2
+    check_positive("n", n)
+    check_positive("sigma", sigma)
+    check_alpha(alpha)
+    ratio = n * resolve_rho(rho, planned_n, alpha) ** 2
+    check_positive("n rho^2", ratio)
     return sigma / math.sqrt(n) * float(two_sided_boundary_z(ratio, alpha))
 
 
 def halfwidths(n: npt.ArrayLike, sigma: npt.ArrayLike, alpha: float, rho: float) -> FloatArray:
     """Vectorised :func:`halfwidth` over arrays of looks (``rho`` given)."""
-    size = np.asarray(n, dtype=np.float64)
-    scale = np.asarray(sigma, dtype=np.float64)
-    _check_positive_array("n", size)
-    _check_positive_array("sigma", scale)
-    _check_alpha(alpha)
-    _check_positive("rho", rho)
-    return np.asarray(scale / np.sqrt(size) * two_sided_boundary_z(size * rho**2, alpha))
+    size, scale, ratio = _look_arrays(n, sigma, alpha, rho)
+    return np.asarray(scale / np.sqrt(size) * two_sided_boundary_z(ratio, alpha))
 
 
 def one_sided_halfwidth(
@@ -116,52 +111,26 @@ def one_sided_halfwidth(
     Notes
     -----
     Solves ``Lambda+ = 1/alpha`` for the one-sided normal mixture of Howard
-    et al. (2021) (see :func:`analysis.msprt.log_one_sided_mixture_likelihood_ratio`)
+    et al. (2021) (see :func:`analysis.normal_mixture.log_one_sided_mixture_likelihood_ratio`)
     in z units, with the sigma plug-in of Waudby-Smith et al. (2024). The
     root lies between the two-sided boundaries at levels ``2 alpha`` and
     ``alpha``. With ``planned_n``, ``rho`` is tuned as for the two-sided CS
     at level ``2 alpha`` (the rule ``confseq`` uses), so ``alpha < 0.5``.
     """
-    _check_positive("n", n)
-    _check_positive("sigma", sigma)
-    _check_alpha(alpha)
-    if planned_n is not None and rho is None and not alpha < 0.5:
-        raise ValueError("planned_n tuning of a one-sided bound needs alpha < 0.5")
-    tuning_alpha = 2 * alpha if rho is None else alpha
-    ratio = n * _resolve_rho(rho, planned_n, tuning_alpha) ** 2
-    target = math.log(1.0 / alpha)
-    upper = float(two_sided_boundary_z(ratio, alpha))
-
-    def excess(z: float) -> float:
-        return float(log_one_sided_mixture_z(z, ratio)) - target
-
-    z_bound = (
-        optimize.brentq(excess, 0.0, upper, xtol=1e-13, rtol=1e-13) if excess(upper) > 0 else upper
-    )
-    return sigma / math.sqrt(n) * float(z_bound)
+    check_positive("n", n)
+    check_positive("sigma", sigma)
+    check_alpha(alpha)
+    ratio = n * one_sided_rho(rho, planned_n, alpha) ** 2
+    check_positive("n rho^2", ratio)
+    return sigma / math.sqrt(n) * one_sided_boundary_z(ratio, alpha)
 
 
 def one_sided_halfwidths(
     n: npt.ArrayLike, sigma: npt.ArrayLike, alpha: float, rho: float
 ) -> FloatArray:
     """Vectorised :func:`one_sided_halfwidth` (``rho`` given), by bisection."""
-    size = np.asarray(n, dtype=np.float64)
-    scale = np.asarray(sigma, dtype=np.float64)
-    _check_positive_array("n", size)
-    _check_positive_array("sigma", scale)
-    _check_alpha(alpha)
-    _check_positive("rho", rho)
-    ratio = size * rho**2
-    target = math.log(1.0 / alpha)
-    low = np.zeros_like(ratio)
-    high = np.array(two_sided_boundary_z(ratio, alpha))
-    # 60 halvings shrink the bracket by 1e-18: float resolution for any start.
-    for _ in range(60):
-        middle = 0.5 * (low + high)
-        above = log_one_sided_mixture_z(middle, ratio) > target
-        high = np.where(above, middle, high)
-        low = np.where(above, low, middle)
-    return np.asarray(scale / np.sqrt(size) * 0.5 * (low + high))
+    size, scale, ratio = _look_arrays(n, sigma, alpha, rho)
+    return np.asarray(scale / np.sqrt(size) * one_sided_boundary_zs(ratio, alpha))
 
 
 @dataclass(frozen=True)
@@ -197,10 +166,10 @@ def interval(
     ``previous`` (the last look's interval) is intersected in, so the
     interval only shrinks.
     """
-    _check_finite("estimate", estimate)
-    _check_positive("estimate_variance", estimate_variance)
-    _check_positive("effective_n", effective_n)
-    resolved_rho = _resolve_rho(rho, planned_n, alpha)
+    check_finite("estimate", estimate)
+    check_positive("estimate_variance", estimate_variance)
+    check_positive("effective_n", effective_n)
+    resolved_rho = resolve_rho(rho, planned_n, alpha)
     sigma = math.sqrt(estimate_variance * effective_n)
     width = halfwidth(effective_n, sigma, alpha, rho=resolved_rho)
     bounds = (estimate - width, estimate + width)
@@ -269,41 +238,29 @@ def two_sample_scale(
     differences with variance ``var_a + var_b`` (the sum of variances over
     ``n``); with equal arms ``effective_n`` is the per-arm count.
     """
-    _check_positive("control_n", control_n)
-    _check_positive("treatment_n", treatment_n)
+    check_positive("control_n", control_n)
+    check_positive("treatment_n", treatment_n)
     if control_variance < 0 or treatment_variance < 0:
         raise ValueError("variances must be >= 0")
+    # An infinite variance would make effective_n inf / inf = NaN.
+    check_finite("control_variance", control_variance)
+    check_finite("treatment_variance", treatment_variance)
     variance = control_variance / control_n + treatment_variance / treatment_n
     if not variance > 0:
         raise ValueError("the difference has zero estimated variance; wait for more data")
     return variance, (control_variance + treatment_variance) / variance
 
 
-def _resolve_rho(rho: float | None, planned_n: float | None, alpha: float) -> float:
-    if (rho is None) == (planned_n is None):
-        raise ValueError("give exactly one of rho and planned_n")
-    if rho is not None:
-        _check_positive("rho", rho)
-        return rho
-    assert planned_n is not None
-    return optimal_rho(planned_n, alpha)
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0; got {value}")
-
-
-def _check_positive_array(name: str, values: FloatArray) -> None:
-    if not (np.all(np.isfinite(values)) and np.all(values > 0)):
-        raise ValueError(f"{name} must be finite and > 0 everywhere")
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
+def _look_arrays(
+    n: npt.ArrayLike, sigma: npt.ArrayLike, alpha: float, rho: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Return ``n``, ``sigma`` and ``x = n rho^2`` as arrays, checking every look."""
+    size = np.asarray(n, dtype=np.float64)
+    scale = np.asarray(sigma, dtype=np.float64)
+    check_positive_array("n", size)
+    check_positive_array("sigma", scale)
+    check_alpha(alpha)
+    check_positive("rho", rho)
+    ratio = np.asarray(size * rho**2, dtype=np.float64)
+    check_positive_array("n rho^2", ratio)
+    return size, scale, ratio

@@ -19,10 +19,10 @@ on that choice.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from analysis.sufficient_stats import SufficientStats
+from analysis.validation import check_finite, check_positive
 
 # A covariate whose centred sum of squares is below this fraction of its raw
 # sum of squares is constant up to rounding error.
@@ -39,10 +39,10 @@ def theta(n: float, sum_x: float, sum_y: float, sum_x2: float, sum_xy: float) ->
 
         theta = (sum_xy - sum_x sum_y / n) / (sum_x2 - sum_x^2 / n)
     """
-    _check_n(n)
+    check_positive("n", n)
     for name, value in (("sum_x", sum_x), ("sum_y", sum_y), ("sum_x2", sum_x2)):
-        _check_finite(name, value)
-    _check_finite("sum_xy", sum_xy)
+        check_finite(name, value)
+    check_finite("sum_xy", sum_xy)
     centred_xx = _centred_squares(n, sum_x, sum_x2)
     return (sum_xy - sum_x * sum_y / n) / centred_xx
 
@@ -97,9 +97,9 @@ def adjust(
     paper.
     """
     own_theta = theta(n, sum_x, sum_y, sum_x2, sum_xy)
-    _check_finite("sum_y2", sum_y2)
+    check_finite("sum_y2", sum_y2)
     used_theta = own_theta if shared_theta is None else shared_theta
-    _check_finite("shared_theta", used_theta)
+    check_finite("shared_theta", used_theta)
     mean_x, mean_y = sum_x / n, sum_y / n
     variance_x = _centred_squares(n, sum_x, sum_x2) / n
     variance_y = (sum_y2 - sum_y * mean_y) / n
@@ -110,7 +110,7 @@ def adjust(
         variance_y - 2 * used_theta * covariance + used_theta**2 * variance_x, 0.0
     )
     centre = mean_x if covariate_mean is None else covariate_mean
-    _check_finite("covariate_mean", centre)
+    check_finite("covariate_mean", centre)
     return CupedAdjustment(
         theta=used_theta,
         adjusted_mean=mean_y - used_theta * (mean_x - centre),
@@ -151,7 +151,7 @@ def pooled_theta(control: SufficientStats, treatment: SufficientStats) -> float:
     cross, squares = 0.0, 0.0
     for stats in (control, treatment):
         sum_x, sum_x2, sum_xy = _covariate_sums(stats)
-        _check_n(stats.n)
+        check_positive("n", stats.n)
         squares += _centred_squares(stats.n, sum_x, sum_x2)
         cross += sum_xy - sum_x * stats.total / stats.n
     return cross / squares
@@ -217,13 +217,3 @@ def _centred_squares(n: float, total: float, total_squares: float) -> float:
     if not centred > _ZERO_VARIANCE * abs(total_squares):
         raise ValueError("the covariate has zero variance; theta is undefined")
     return centred
-
-
-def _check_n(n: float) -> None:
-    if not (math.isfinite(n) and n > 0):
-        raise ValueError(f"n must be finite and > 0; got {n}")
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")

@@ -9,11 +9,12 @@ positive value means the treatment has the higher rate or mean.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from scipy import special
+
+from analysis.validation import check_finite, check_integer, check_probability, is_integer
 
 
 class ZTest(NamedTuple):
@@ -128,7 +129,7 @@ def mean_difference_ci(
     ``CompareMeans.tconfint_diff(usevar="unequal")``.
     """
     standard_error, df = _welch_parts(mean_a, var_a, n_a, mean_b, var_b, n_b)
-    _check_confidence(confidence_level)
+    check_probability("confidence_level", confidence_level)
     critical = float(special.stdtrit(df, 0.5 + confidence_level / 2.0))
     return _interval(mean_b - mean_a, standard_error, critical, confidence_level)
 
@@ -137,15 +138,13 @@ def _welch_parts(
     mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int
 ) -> tuple[float, float]:
     """Return the standard error of the difference and the Welch-Satterthwaite df."""
-    for name, value in (("mean_a", mean_a), ("mean_b", mean_b)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
+    check_finite("mean_a", mean_a)
+    check_finite("mean_b", mean_b)
     for name, value in (("var_a", var_a), ("var_b", var_b)):
         if not (math.isfinite(value) and value >= 0.0):
             raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    for name, n in (("n_a", n_a), ("n_b", n_b)):
-        if not _is_integer(n) or n < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {n!r}")
+    check_integer("n_a", n_a, 2)
+    check_integer("n_b", n_b, 2)
     share_a, share_b = var_a / n_a, var_b / n_b
     if share_a + share_b <= 0.0:
         raise ValueError("t-test undefined: both variances are zero")
@@ -172,21 +171,11 @@ def _two_sided_normal_p(z: float) -> float:
 
 
 def _normal_critical(confidence_level: float) -> float:
-    _check_confidence(confidence_level)
+    check_probability("confidence_level", confidence_level)
     return float(special.ndtri(0.5 + confidence_level / 2.0))
 
 
-def _check_confidence(confidence_level: float) -> None:
-    if not (isinstance(confidence_level, (int, float)) and 0.0 < confidence_level < 1.0):
-        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_counts(successes: int, n: int, arm: str) -> None:
-    if not _is_integer(n) or n < 1:
-        raise ValueError(f"n_{arm} must be an integer >= 1, got {n!r}")
-    if not _is_integer(successes) or not 0 <= successes <= n:
+    check_integer(f"n_{arm}", n, 1)
+    if not is_integer(successes) or not 0 <= successes <= n:
         raise ValueError(f"successes_{arm} must be an integer in [0, n_{arm}], got {successes!r}")

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from analysis.confidence_sequence import one_sided_halfwidth, one_sided_halfwidths, optimal_rho
-from analysis.msprt import FloatArray
+from analysis.confidence_sequence import one_sided_halfwidth, one_sided_halfwidths
+from analysis.mixture_tuning import one_sided_rho
+from analysis.normal_mixture import FloatArray
 from analysis.sufficient_stats import SufficientStats
 
 BoolArray = npt.NDArray[np.bool_]
@@ -91,7 +92,7 @@ def check_guardrail(
         The last look's result; bounds are intersected so they only tighten.
     """
     _check_margin(margin)
-    tuned_rho = _tuned_rho(alpha, rho, planned_n)
+    tuned_rho = one_sided_rho(rho, planned_n, alpha)
     harm, variance, effective_n = _harm_scale(
         *_arm(control), *_arm(treatment), relative=relative, higher_is_better=higher_is_better
     )
@@ -221,17 +222,6 @@ def _arm_arrays(
     mean = np.asarray(total, dtype=np.float64) / size
     variance = np.maximum(np.asarray(total_squares, dtype=np.float64) / size - mean**2, 0.0)
     return size, mean, variance
-
-
-def _tuned_rho(alpha: float, rho: float | None, planned_n: float | None) -> float:
-    if (rho is None) == (planned_n is None):
-        raise ValueError("give exactly one of rho and planned_n")
-    if rho is not None:
-        return rho
-    assert planned_n is not None
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"alpha must lie in (0, 0.5) when planned_n tunes rho; got {alpha}")
-    return optimal_rho(planned_n, 2 * alpha)
 
 
 def _check_margin(margin: float) -> None:

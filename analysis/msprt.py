@@ -11,12 +11,13 @@ Everything is expressed through the estimate of the difference and its
 sampling variance ``V``, so unequal arms, proportions and CUPED-adjusted
 differences all plug in. The mixing distribution is ``N(theta0, tau2)``;
 ``tau2`` is in squared metric units (see :func:`tau2_from_expected_effect`
-and :func:`tau2_for_horizon`).
+and :func:`tau2_for_horizon`, from :mod:`analysis.mixture_tuning`).
 
 The mixture likelihood ratio itself (:func:`log_mixture_likelihood_ratio` and
 its one-sided and vectorised forms) lives in :mod:`analysis.normal_mixture`,
-which the confidence sequences share; this module re-exports it, so callers
-need only ``analysis.msprt``.
+which the confidence sequences share, and the choice of ``tau2`` in
+:mod:`analysis.mixture_tuning`; this module re-exports both, so callers need
+only ``analysis.msprt``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.mixture_tuning import (
+    optimal_variance_ratio,
+    tau2_for_horizon,
+    tau2_from_expected_effect,
+)
 from analysis.normal_mixture import (
     FloatArray,
     intersect_intervals,
@@ -36,11 +42,11 @@ from analysis.normal_mixture import (
     log_one_sided_mixture_z,
     log_two_sided_mixture_z,
     mixture_likelihood_ratio,
-    optimal_variance_ratio,
     two_sided_boundary_z,
+    variance_ratio,
 )
 from analysis.sufficient_stats import SufficientStats
-from analysis.validation import check_alpha, check_finite, check_positive
+from analysis.validation import check_alpha, check_finite
 
 __all__ = [
     "FloatArray",
@@ -94,10 +100,9 @@ def confidence_halfwidth(variance: float, tau2: float, alpha: float = 0.05) -> f
 
         halfwidth = sqrt(V (V + tau2) / tau2 * (2 log(1/alpha) + log((V + tau2) / V)))
     """
-    check_positive("variance", variance)
-    check_positive("tau2", tau2)
+    ratio = variance_ratio(tau2, variance)
     check_alpha(alpha)
-    return math.sqrt(variance) * float(two_sided_boundary_z(tau2 / variance, alpha))
+    return math.sqrt(variance) * float(two_sided_boundary_z(ratio, alpha))
 
 
 def always_valid_confidence_intervals(
@@ -113,45 +118,6 @@ def always_valid_confidence_intervals(
         current = (estimate - halfwidth, estimate + halfwidth)
         intervals.append(intersect_intervals(intervals[-1] if intervals else None, current))
     return intervals
-
-
-def tau2_from_expected_effect(expected_effect: float) -> float:
-    """Return the mixing variance ``tau2 = expected_effect**2``.
-
-    Notes
-    -----
-    Johari et al. (2022) choose the mixing distribution by matching ``H`` to
-    the distribution of true effects seen across past experiments: with
-    ``H = N(0, tau2)`` that means ``tau2 = E[theta^2]``, the mean squared
-    effect. A single anticipated effect size (in metric units, e.g. the
-    minimum effect worth detecting) gives ``tau2 = effect^2``; the test then
-    has most power for differences of that order. Any ``tau2 > 0`` keeps the
-    type-I guarantee; only power and time to detection depend on it.
-    """
-    check_finite("expected_effect", expected_effect)
-    if expected_effect == 0:
-        raise ValueError("expected_effect must be nonzero (tau2 must be > 0)")
-    return float(expected_effect) ** 2
-
-
-def tau2_for_horizon(variance_at_horizon: float, alpha: float = 0.05) -> float:
-    """Return the ``tau2`` whose always-valid interval is narrowest at a planned horizon.
-
-    Parameters
-    ----------
-    variance_at_horizon : float
-        Expected sampling variance of the difference at the planned sample
-        size, e.g. ``(sigma_a**2 + sigma_b**2) / n_per_arm``.
-
-    Notes
-    -----
-    The half-width ``sqrt(V (1 + x) / x (2 log(1/alpha) + log(1 + x)))`` with
-    ``x = tau2 / V`` is minimised where ``x = 2 log(1/alpha) + log(1 + x)``;
-    see :func:`optimal_variance_ratio`. Equivalent to the ``planned_n`` rule
-    for confidence sequences (Waudby-Smith et al. 2024).
-    """
-    check_positive("variance_at_horizon", variance_at_horizon)
-    return optimal_variance_ratio(alpha) * variance_at_horizon
 
 
 @dataclass(frozen=True)

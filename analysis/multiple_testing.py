@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from analysis.validation import check_integer, check_probability
+
 
 @dataclass(frozen=True)
 class MultipleTestingResult:
@@ -31,9 +33,8 @@ def bonferroni_alpha(alpha: float, comparisons: int) -> float:
 
     Bonferroni inequality, P(union A_i) <= sum P(A_i) (Dunn 1961, JASA 56:52).
     """
-    _check_alpha(alpha)
-    if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
-        raise ValueError(f"comparisons must be an integer >= 1, got {comparisons!r}")
+    check_probability("alpha", alpha)
+    check_integer("comparisons", comparisons, 1)
     return alpha / comparisons
 
 
@@ -43,7 +44,7 @@ def bonferroni(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestin
     Equals ``statsmodels.stats.multitest.multipletests(method="bonferroni")``.
     """
     raw = _check_p_values(p_values)
-    _check_alpha(alpha)
+    check_probability("alpha", alpha)
     m = len(raw)
     return MultipleTestingResult(
         method="bonferroni",
@@ -65,7 +66,7 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResul
     ``statsmodels.stats.multitest.multipletests(method="holm")``.
     """
     raw = _check_p_values(p_values)
-    _check_alpha(alpha)
+    check_probability("alpha", alpha)
     m = len(raw)
     order = sorted(range(m), key=lambda i: raw[i])
     adjusted = [0.0] * m
@@ -86,11 +87,6 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResul
         p_values_adjusted=tuple(adjusted),
         reject=tuple(reject),
     )
-
-
-def _check_alpha(alpha: float) -> None:
-    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
 def _check_p_values(p_values: Sequence[float]) -> list[float]:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, special
 
-from analysis.validation import check_alpha, check_finite, check_positive
+from analysis.validation import check_finite, check_positive
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -69,9 +69,9 @@ def log_mixture_likelihood_ratio(
     Computed in log space: Lambda overflows a float once the z statistic
     passes about 38.
     """
-    _check_look(estimate, variance, tau2, null_value)
+    ratio = _check_look(estimate, variance, tau2, null_value)
     z_squared = (estimate - null_value) ** 2 / variance
-    return float(log_two_sided_mixture_z(z_squared, tau2 / variance))
+    return float(log_two_sided_mixture_z(z_squared, ratio))
 
 
 def mixture_likelihood_ratio(
@@ -100,9 +100,11 @@ def log_one_sided_mixture_likelihood_ratio(
     It is a nonnegative supermartingale under ``theta <= theta0``, so
     ``Lambda+ >= 1/alpha`` is a one-sided always-valid test at level alpha.
     """
-    _check_look(estimate, variance, tau2, null_value)
+    ratio = _check_look(estimate, variance, tau2, null_value)
     z = (estimate - null_value) / math.sqrt(variance)
-    return float(log_one_sided_mixture_z(z, tau2 / variance))
+    # An infinite z would meet log Phi(-inf) = -inf in the kernel: inf - inf = NaN.
+    check_finite("(estimate - null_value) / sqrt(variance)", z)
+    return float(log_one_sided_mixture_z(z, ratio))
 
 
 def log_mixture_likelihood_ratios(
@@ -176,23 +178,6 @@ def one_sided_boundary_zs(ratio: FloatArray, alpha: float) -> FloatArray:
     return np.asarray(0.5 * (low + high))
 
 
-def optimal_variance_ratio(alpha: float = 0.05) -> float:
-    """Return ``x* = tau2 / V`` that minimises the two-sided normal-mixture half-width.
-
-    Notes
-    -----
-    Setting the derivative of ``(1 + x) / x * (a + log(1 + x))`` with
-    ``a = 2 log(1/alpha)`` to zero gives ``x = a + log(1 + x)``, i.e.
-    ``u = 1 + x`` solves ``u e^{-u} = alpha^2 / e``, so
-    ``x* = -W_{-1}(-alpha^2 / e) - 1`` (Lambert W, lower branch). One
-    fixed-point step from ``x = a`` gives the approximation
-    ``a + log(1 + a)`` that Waudby-Smith et al. (2024) give for tuning rho
-    after their Theorem 2.2, and that Howard et al. (2021) use in ``confseq``.
-    """
-    check_alpha(alpha)
-    return float(-special.lambertw(-(alpha**2) / math.e, k=-1).real - 1.0)
-
-
 def intersect_intervals(
     previous: tuple[float, float] | None, current: tuple[float, float]
 ) -> tuple[float, float]:
@@ -209,9 +194,23 @@ def intersect_intervals(
     return (low, high) if low <= high else current
 
 
-def _check_look(estimate: float, variance: float, tau2: float, null_value: float) -> None:
+def variance_ratio(tau2: float, variance: float) -> float:
+    """Return ``x = tau2 / V``, the mixing variance in units of the sampling variance.
+
+    Refuses a ratio that over- or underflows (``tau2`` and ``V`` some 300 orders of
+    magnitude apart): at ``x = inf`` the kernels would compute ``inf / inf = NaN``.
+    """
     check_positive("variance", variance)
     check_positive("tau2", tau2)
+    ratio = tau2 / variance
+    check_positive("tau2 / variance", ratio)
+    return ratio
+
+
+def _check_look(estimate: float, variance: float, tau2: float, null_value: float) -> float:
+    """Check one look's inputs and return ``x = tau2 / V``."""
+    ratio = variance_ratio(tau2, variance)
     check_finite("estimate", estimate)
     # A NaN null would give a NaN ratio, and an infinite one an infinite ratio (p = 0).
     check_finite("null_value", null_value)
+    return ratio

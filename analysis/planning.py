@@ -3,8 +3,9 @@
 A plan answers: how many units per arm are needed to detect a minimum detectable effect
 (MDE) with a given power at a two-sided level alpha, and how many days of traffic that
 takes. Fixed designs use the normal approximation; a group-sequential design needs its
-fixed sample size multiplied by an inflation factor, computed here with the same
-recursive integration as the boundaries (Jennison & Turnbull 2000, section 2.5).
+fixed sample size multiplied by an inflation factor (:func:`inflate`), computed with the
+same recursive integration as the boundaries (Jennison & Turnbull 2000, section 2.5) in
+:mod:`analysis.inflation_factor` and re-exported here.
 
 For m treatments against one control, plan each comparison at
 ``multiple_testing.bonferroni_alpha(alpha, m)``.
@@ -16,11 +17,27 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy import optimize, special
+from scipy import special
 
-from analysis import group_sequential
+from analysis.inflation_factor import classic_inflation_factor, sequential_inflation_factor
+from analysis.validation import (
+    WEIGHT_SUM_TOLERANCE,
+    check_positive,
+    check_probability,
+    check_weights,
+)
 
-WEIGHT_SUM_TOLERANCE = 1e-9
+__all__ = [
+    "WEIGHT_SUM_TOLERANCE",
+    "DurationEstimate",
+    "SampleSizePlan",
+    "classic_inflation_factor",
+    "expected_duration",
+    "inflate",
+    "sample_size_means",
+    "sample_size_proportions",
+    "sequential_inflation_factor",
+]
 
 
 @dataclass(frozen=True)
@@ -86,13 +103,14 @@ def sample_size_proportions(
     allocation_ratio : float
         n_treatment / n_control, > 0.
     """
-    _check_probability(baseline_rate, "baseline_rate")
+    check_probability("baseline_rate", baseline_rate)
     delta = _absolute_effect(minimum_detectable_effect, baseline_rate, relative)
     treatment_rate = baseline_rate + delta
     if not 0.0 < treatment_rate < 1.0:
         raise ValueError(f"baseline + effect must lie in (0, 1), got {treatment_rate}")
     z_alpha, z_power = _critical_values(alpha, power)
-    r = _check_ratio(allocation_ratio)
+    check_positive("allocation_ratio", allocation_ratio)
+    r = float(allocation_ratio)
     pooled = (baseline_rate + r * treatment_rate) / (1.0 + r)
     null_sd = math.sqrt(pooled * (1.0 - pooled) * (1.0 + 1.0 / r))
     alternative_sd = math.sqrt(
@@ -132,52 +150,15 @@ def sample_size_means(
     relative, alpha, power, allocation_ratio
         As in :func:`sample_size_proportions`.
     """
-    if not (math.isfinite(standard_deviation) and standard_deviation > 0.0):
-        raise ValueError(f"standard_deviation must be finite and > 0, got {standard_deviation}")
+    check_positive("standard_deviation", standard_deviation)
     if relative and (baseline_mean is None or not math.isfinite(baseline_mean)):
         raise ValueError("a relative effect needs a finite baseline_mean")
     delta = _absolute_effect(minimum_detectable_effect, baseline_mean or 0.0, relative)
     z_alpha, z_power = _critical_values(alpha, power)
-    r = _check_ratio(allocation_ratio)
+    check_positive("allocation_ratio", allocation_ratio)
+    r = float(allocation_ratio)
     n_control = ((z_alpha + z_power) * standard_deviation / delta) ** 2 * (1.0 + 1.0 / r)
     return _plan(n_control, delta, alpha, power, r, 1.0)
-
-
-def sequential_inflation_factor(
-    information_fractions: Sequence[float],
-    *,
-    alpha: float = 0.05,
-    power: float = 0.8,
-    spending: str = "obf",
-    two_sided: bool = True,
-    gamma: float | None = None,
-) -> float:
-    """Return I_max / I_fixed for an error-spending design with the given looks.
-
-    The drift delta = theta sqrt(I_max) that gives the requested probability of crossing
-    the upper boundary is found by root-finding on the recursive-integration power; the
-    factor is (delta / (z_{1-alpha/2} + z_{1-beta}))^2 (Jennison & Turnbull 2000, section
-    2.5 and chapter 7; rpact's ``inflationFactor``). Fractions must end at 1.
-    """
-    fractions = [float(t) for t in information_fractions]
-    if not fractions or fractions[-1] != 1.0:
-        raise ValueError("information fractions of a plan must end at 1")
-    bounds = group_sequential.spending_boundaries(fractions, alpha, spending, two_sided, gamma)
-    return _inflation(fractions, bounds, alpha, power, two_sided)
-
-
-def classic_inflation_factor(
-    k: int, *, alpha: float = 0.05, power: float = 0.8, kind: str = "obf", two_sided: bool = True
-) -> float:
-    """Return R_P(K, alpha, beta) or R_B(K, alpha, beta) of a classic design.
-
-    The ratio of the maximum sample size of a Pocock or O'Brien-Fleming design with K
-    equally spaced looks to the fixed sample size (Jennison & Turnbull 2000, Tables 2.2
-    and 2.4).
-    """
-    bounds = group_sequential.classic_boundaries(k, alpha, kind, two_sided)
-    fractions = [(look + 1) / k for look in range(k)]
-    return _inflation(fractions, bounds, alpha, power, two_sided)
 
 
 def inflate(plan: SampleSizePlan, inflation_factor: float) -> SampleSizePlan:
@@ -224,10 +205,7 @@ def expected_duration(
         raise ValueError("need one weight per variant")
     if not all(math.isfinite(n) and n >= 0.0 for n in needed):
         raise ValueError(f"units needed must be finite and >= 0, got {needed}")
-    if not all(math.isfinite(w) and w > 0.0 for w in shares):
-        raise ValueError(f"weights must be positive, got {shares}")
-    if abs(math.fsum(shares) - 1.0) > WEIGHT_SUM_TOLERANCE:
-        raise ValueError(f"weights must sum to 1 within 1e-9, got sum {math.fsum(shares)!r}")
+    check_weights(shares)
     if not (math.isfinite(daily_eligible_units) and daily_eligible_units > 0.0):
         raise ValueError(f"daily_eligible_units must be > 0, got {daily_eligible_units}")
     if not (math.isfinite(coverage) and 0.0 < coverage <= 1.0):
@@ -241,25 +219,6 @@ def expected_duration(
         units_per_day_by_variant=tuple(per_day),
         limiting_variant=days_by_variant.index(days_exact),
     )
-
-
-def _inflation(
-    fractions: list[float], bounds: list[float], alpha: float, power: float, two_sided: bool
-) -> float:
-    """Solve the drift giving ``power`` through the upper boundary; return the size ratio."""
-    _check_probability(power, "power")
-    side_alpha = alpha / 2.0 if two_sided else alpha
-    if power <= side_alpha:
-        raise ValueError("power must exceed the one-sided type I error")
-    fixed_drift = float(special.ndtri(power) - special.ndtri(side_alpha))
-    lower = [-b for b in bounds] if two_sided else None
-
-    def shortfall(drift: float) -> float:
-        crossing = group_sequential.crossing_probabilities(fractions, bounds, lower, drift)
-        return crossing.upper_total - power
-
-    drift = optimize.brentq(shortfall, 0.0, 3.0 * fixed_drift + 3.0, xtol=1e-10)
-    return float((drift / fixed_drift) ** 2)
 
 
 def _plan(
@@ -286,8 +245,8 @@ def _ceil(value: float) -> int:
 
 
 def _critical_values(alpha: float, power: float) -> tuple[float, float]:
-    _check_probability(alpha, "alpha")
-    _check_probability(power, "power")
+    check_probability("alpha", alpha)
+    check_probability("power", power)
     return float(-special.ndtri(alpha / 2.0)), float(special.ndtri(power))
 
 
@@ -298,14 +257,3 @@ def _absolute_effect(effect: float, baseline: float, relative: bool) -> float:
     if delta == 0.0:
         raise ValueError("a relative effect of a zero baseline is zero")
     return delta
-
-
-def _check_probability(value: float, name: str) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-
-
-def _check_ratio(ratio: float) -> float:
-    if not (math.isfinite(ratio) and ratio > 0.0):
-        raise ValueError(f"allocation_ratio must be finite and > 0, got {ratio}")
-    return float(ratio)

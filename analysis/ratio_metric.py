@@ -15,8 +15,9 @@ Notation follows the paper: ``x`` numerator, ``y`` denominator (unlike
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from analysis.validation import check_finite, check_positive
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,10 @@ def ratio_estimate(
     exactly to ``(sum_x2 - 2 R sum_xy + R^2 sum_y2) / sum_y^2``, which is how
     it is computed (no cancellation between means).
     """
-    if not (math.isfinite(n) and n > 0):
-        raise ValueError(f"n must be finite and > 0; got {n}")
+    check_positive("n", n)
     sums = {"sum_x": sum_x, "sum_y": sum_y, "sum_x2": sum_x2, "sum_y2": sum_y2, "sum_xy": sum_xy}
     for name, value in sums.items():
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite; got {value}")
+        check_finite(name, value)
     if sum_x2 < 0 or sum_y2 < 0:
         raise ValueError("sums of squares must be >= 0")
     if sum_y == 0:
@@ -93,6 +92,9 @@ def compare_ratios(control: RatioEstimate, treatment: RatioEstimate) -> RatioCom
 
         Var(R_b / R_a) ~ Var(R_b) / R_a^2 + R_b^2 Var(R_a) / R_a^4
     """
+    for arm, estimate in (("control", control), ("treatment", treatment)):
+        check_finite(f"{arm} ratio", estimate.ratio)
+        check_finite(f"{arm} variance", estimate.variance)
     if control.ratio == 0:
         raise ValueError("the control ratio is zero; the relative lift is undefined")
     variance = control.variance + treatment.variance

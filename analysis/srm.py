@@ -15,14 +15,24 @@ of old and new weights. Count units assigned under one weight configuration at a
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scipy import special
 
+from analysis.validation import WEIGHT_SUM_TOLERANCE, check_probability, check_weights, is_integer
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "WEIGHT_SUM_TOLERANCE",
+    "DailySrmResult",
+    "SrmResult",
+    "srm_check",
+    "srm_check_daily",
+    "srm_p_value",
+]
+
 DEFAULT_THRESHOLD = 0.001
-WEIGHT_SUM_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ def srm_check(
     """
     counts = _check_counts(observed_counts)
     weights = _check_weights(expected_weights, len(counts))
-    _check_threshold(threshold)
+    check_probability("threshold", threshold)
     total = sum(counts)
     if total == 0:
         raise ValueError("cannot test sample ratio: no units observed")
@@ -118,7 +128,7 @@ def srm_check_daily(
         raise ValueError("daily_counts must contain at least one day")
     days = [_check_counts(day) for day in daily_counts]
     weights = _check_weights(expected_weights, len(days[0]))
-    _check_threshold(threshold)
+    check_probability("threshold", threshold)
     if any(len(day) != len(weights) for day in days):
         raise ValueError("every day must have one count per variant")
     running = [0] * len(weights)
@@ -161,22 +171,12 @@ def _check_counts(observed_counts: Sequence[int]) -> list[int]:
     if len(counts) < 2:
         raise ValueError("need counts for at least two variants")
     for count in counts:
-        if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 0:
+        if not is_integer(count) or count < 0:
             raise ValueError(f"counts must be non-negative integers, got {count!r}")
     return [int(count) for count in counts]
 
 
 def _check_weights(expected_weights: Sequence[float], variants: int) -> list[float]:
-    weights = [float(w) for w in expected_weights]
-    if len(weights) != variants:
-        raise ValueError(f"got {len(weights)} weights for {variants} variants")
-    if not all(math.isfinite(w) and w > 0.0 for w in weights):
-        raise ValueError(f"weights must be positive (leave out variants with weight 0): {weights}")
-    if abs(math.fsum(weights) - 1.0) > WEIGHT_SUM_TOLERANCE:
-        raise ValueError(f"weights must sum to 1 within 1e-9, got sum {math.fsum(weights)!r}")
-    return weights
-
-
-def _check_threshold(threshold: float) -> None:
-    if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    if len(expected_weights) != variants:
+        raise ValueError(f"got {len(expected_weights)} weights for {variants} variants")
+    return check_weights(expected_weights)

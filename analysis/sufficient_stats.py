@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from analysis.validation import check_finite, is_integer
+
 # Relative slack for the Cauchy-Schwarz checks: sums computed in floating
 # point (or by a database) can violate sum(x)^2 <= n sum(x^2) by rounding.
 _ROUNDING_SLACK = 1e-9
@@ -75,7 +77,7 @@ class SufficientStats:
         assert self.covariate_total_squares is not None
         assert self.covariate_cross_total is not None
         _check_moments("covariate", self.n, self.covariate_total, self.covariate_total_squares)
-        _check_finite("covariate_cross_total", self.covariate_cross_total)
+        check_finite("covariate_cross_total", self.covariate_cross_total)
         bound = math.sqrt(self.total_squares * self.covariate_total_squares)
         if abs(self.covariate_cross_total) > bound * (1 + _ROUNDING_SLACK) + 1e-300:
             raise ValueError(
@@ -184,20 +186,15 @@ class SufficientStats:
 
 
 def _check_count(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+    if not is_integer(n):
         raise ValueError(f"n must be an integer; got {n!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0; got {n}")
 
 
-def _check_finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-
-
 def _check_moments(name: str, n: int, total: float, total_squares: float) -> None:
-    _check_finite(f"{name} total", total)
-    _check_finite(f"{name} total of squares", total_squares)
+    check_finite(f"{name} total", total)
+    check_finite(f"{name} total of squares", total_squares)
     if total_squares < 0:
         raise ValueError(f"{name} total of squares must be >= 0; got {total_squares}")
     if n == 0 and (total != 0 or total_squares != 0):

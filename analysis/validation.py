@@ -27,8 +27,12 @@ WEIGHT_SUM_TOLERANCE = 1e-9
 """How far configured traffic weights may sum away from 1 (rounding in YAML or JSON)."""
 
 
-def is_integer(value: object) -> TypeGuard[numbers.Integral]:
-    """Return whether ``value`` is a whole number (Python or numpy integer, not a bool)."""
+def is_integer(value: object) -> TypeGuard[int]:
+    """Return whether ``value`` is a whole number (Python or numpy integer, not a bool).
+
+    Counts often arrive as numpy integers (from arrays or database drivers); they are
+    accepted like ``int``. Booleans, though ``int`` subclasses, are refused.
+    """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

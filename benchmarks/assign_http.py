@@ -104,6 +104,7 @@ end
 
 @dataclass(frozen=True)
 class LoadResult:
+    round: int
     server: str
     connections: int
     requests: int
@@ -182,6 +183,22 @@ def machine_busy_ticks() -> tuple[int, int]:
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])  # user..steal; guest time is already in user
     return total - idle, total
+
+
+def wait_for_quiet(threshold: float = 0.15, max_wait: float = 60.0) -> float:
+    """Wait (bounded) until the machine is nearly idle for a second; return the busy share seen.
+
+    The servers are idle between runs, so anything busy now is someone else's work,
+    which would take cores from the run about to start.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy_before, total_before = machine_busy_ticks()
+        time.sleep(1.0)
+        busy_after, total_after = machine_busy_ticks()
+        busy = (busy_after - busy_before) / max(1, total_after - total_before)
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
 
 
 def rss_mib(pid: int) -> float:
@@ -311,6 +328,7 @@ def backend_pids(database_url: str) -> list[int]:
 
 
 def measure(
+    round_index: int,
     server: Server,
     database_url: str,
     wrk: str,
@@ -321,6 +339,9 @@ def measure(
     duration: float,
     env: dict[str, str],
 ) -> LoadResult:
+    busy = wait_for_quiet()
+    if busy > 0.15:
+        print(f"  (machine still {busy:.0%} busy with other work after waiting; measuring anyway)")
     if warmup > 0:
         run_wrk(wrk, script, server.port, connections, wrk_threads, warmup, env)
     pids = [server.process.pid, *server.workers]
@@ -333,6 +354,7 @@ def measure(
     database_cpu = cpu_seconds(backends) - database_cpu_before
     errors = sum(int(summary[k]) for k in ("connect", "read", "write", "status", "timeout"))
     return LoadResult(
+        round=round_index + 1,
         server=server.name,
         connections=connections,
         requests=int(summary["requests"]),
@@ -378,7 +400,7 @@ def print_report(
     """Print the tables and the verdicts; True when every target is met."""
     print()
     header = (
-        f"{'server':<6} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'round':>5} {'server':<6} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
         f"{'errors':>6} | cores used: {'wrk':>5} {'gunicorn':>8} {'pg':>5} {'other':>5} "
         f"| CPU µs/req: {'gunicorn':>8} {'pg':>5}"
     )
@@ -386,7 +408,7 @@ def print_report(
     print("-" * len(header))
     for r in results:
         print(
-            f"{r.server:<6} {r.connections:>5} {r.requests_per_second:>8,.0f} {r.p50_ms:>7.2f} "
+            f"{r.round:>5} {r.server:<6} {r.connections:>5} {r.requests_per_second:>8,.0f} {r.p50_ms:>7.2f} "
             f"{r.p90_ms:>7.2f} {r.p99_ms:>7.2f} {r.errors:>6} | {'':>11} {r.wrk_cores:>5.2f} "
             f"{r.server_cpu_seconds / r.seconds:>8.2f} {r.database_cpu_seconds / r.seconds:>5.2f} "
             f"{r.other_cores(cores):>5.2f} | {'':>11} {r.server_cpu_us_per_request:>8,.0f} "
@@ -407,16 +429,30 @@ def print_report(
             r.requests_per_second for r in bare
         )
         p99 = statistics.median(r.p99_ms for r in ours) / statistics.median(r.p99_ms for r in bare)
+        # When the cores are saturated, throughput is inversely proportional to CPU per request;
+        # this ratio barely moves when other work steals cores, unlike req/s and p99.
+        cpu_ratio = statistics.median(
+            r.server_cpu_us_per_request for r in bare
+        ) / statistics.median(
+            r.server_cpu_us_per_request + r.database_cpu_us_per_request for r in ours
+        )
         ok_throughput = throughput >= TARGET_THROUGHPUT_RATIO
         ok_p99 = p99 <= TARGET_P99_RATIO
         met_all = met_all and ok_throughput and ok_p99
         print(
-            f"{connections:>3} connections: abx/bare throughput {throughput:.2f}x "
+            f"{connections:>3} connections (medians over rounds): abx/bare throughput {throughput:.2f}x "
             f"(target >= {TARGET_THROUGHPUT_RATIO}x: {'met' if ok_throughput else 'NOT met'}), "
-            f"p99 {p99:.2f}x (target <= {TARGET_P99_RATIO}x: {'met' if ok_p99 else 'NOT met'})"
+            f"p99 {p99:.2f}x (target <= {TARGET_P99_RATIO}x: {'met' if ok_p99 else 'NOT met'}); "
+            f"CPU per request bare/(abx + its PostgreSQL) {cpu_ratio:.2f}x"
         )
     wrk_share = statistics.median(r.wrk_cores for r in results) / cores
     print(f"wrk took a median {wrk_share:.0%} of the machine's {cores} cores")
+    other = statistics.median(r.other_cores(cores) for r in results)
+    if other > 0.15 * cores:
+        print(
+            f"warning: other work used a median {other:.2f} of {cores} cores during the runs; "
+            "req/s and latency are unreliable, prefer the CPU-per-request ratio or rerun"
+        )
     print()
     for name, sizes in rss.items():
         listed = ", ".join(f"{s:.1f}" for s in sizes[1:])
@@ -510,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for connections in args.connections:
                         env = {**base_env, "ABX_BENCH_RUN": f"{name}{round_index}c{connections}"}
                         result = measure(
+                            round_index,
                             server,
                             database_url,
                             wrk,

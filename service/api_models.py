@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainValidator
 
 MAX_UNIT_LENGTH = 256
 
@@ -35,3 +35,36 @@ class AssignRequest(ApiModel):
 
 class AssignBatchRequest(ApiModel):
     items: list[AssignRequest] = Field(min_length=1)
+
+
+def _outcome_value(value: Any) -> float | bool:
+    if isinstance(value, bool | int | float):
+        return value
+    raise ValueError("must be a number (or true/false for a binary metric)")
+
+
+OutcomeValue = Annotated[float | bool, PlainValidator(_outcome_value)]
+
+
+class OutcomeEvent(ApiModel):
+    """One outcome: a conversion, a revenue amount, a click, a label."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    experiment: Annotated[str, Field(min_length=1, max_length=64)]
+    unit: UnitId
+    metric: Annotated[str, Field(min_length=1, max_length=64)]
+    value: OutcomeValue
+    timestamp: Annotated[AwareDatetime, Field(strict=False)] | None = None
+    properties: dict[str, Any] | None = None
+
+
+class OutcomeBatch(ApiModel):
+    events: list[Any] = Field(min_length=1)
+
+
+class PredictRequest(ApiModel):
+    experiment: Annotated[str, Field(min_length=1, max_length=64)]
+    unit: UnitId
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Any]
+    """Model input name -> row-major nested list (one row or a batch)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import Flask, request
 
@@ -13,10 +14,16 @@ from service.assignment_service import AssignmentService
 from service.batch_writer import BatchWriter
 from service.database import Database
 from service.embedded_postgres import database_url
+from service.event_ingest import EventIngestor
 from service.experiment_validation import load_experiments
+from service.model_runtime import ModelRuntime, build_model_runtime
+from service.outcome_rollup import RollupScheduler, windows_from
+from service.prediction_log import PREDICTIONS
 from service.registry import Registry
-from service.routes import assignments, experiments, health, openapi
+from service.routes import assignments, experiments, health, openapi, predictions
+from service.routes import events as events_routes
 from service.settings import Settings
+from service.spool import Spool
 from service.state_sync import StateSync
 from service.sticky_store import ASSIGNMENTS, EXPOSURES, StickyStore
 
@@ -38,15 +45,21 @@ class Runtime:
     sticky: StickyStore
     state: StateSync
     assignments: AssignmentService
+    events: EventIngestor
+    rollup: RollupScheduler
+    models: ModelRuntime
 
     def close(self) -> None:
+        self.models.close()
+        self.events.close()
+        self.rollup.close()
         self.writer.close()
         self.state.close()
         self.database.close()
 
 
 def _load_registry(settings: Settings) -> Registry:
-    loaded = load_experiments([settings.experiments])
+    loaded = load_experiments([settings.experiments], settings.models)
     if not loaded.ok:
         raise ConfigurationError(
             "invalid experiment files:\n" + "\n".join(str(p) for p in loaded.problems)
@@ -60,7 +73,11 @@ def build_runtime(settings: Settings) -> Runtime:
     database.open()
     writer = BatchWriter(
         database,
-        {ASSIGNMENTS.table: ASSIGNMENTS, EXPOSURES.table: EXPOSURES},
+        {
+            ASSIGNMENTS.table: ASSIGNMENTS,
+            EXPOSURES.table: EXPOSURES,
+            PREDICTIONS.table: PREDICTIONS,
+        },
         flush_interval=settings.flush_interval_seconds,
         max_rows=settings.flush_max_rows,
         max_pending=settings.max_pending_rows,
@@ -76,8 +93,25 @@ def build_runtime(settings: Settings) -> Runtime:
         settings.allocation_settle_seconds,
     )
     state.poll_once(timeout=1.0)
+    events = EventIngestor(
+        database,
+        Spool(settings.spool_path, settings.spool_max_bytes),
+        wait_timeout=settings.event_wait_seconds,
+    )
+    rollup = RollupScheduler(
+        database,
+        windows_from(registry.experiments),
+        timedelta(seconds=settings.attribution_grace_seconds),
+        settings.rollup_interval_seconds,
+    )
+    assignment_service = AssignmentService(
+        registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1
+    )
+    models = build_model_runtime(settings, registry, state, writer, assignment_service)
     writer.start()
     state.start()
+    events.start()
+    rollup.start()
     return Runtime(
         settings,
         registry,
@@ -85,7 +119,10 @@ def build_runtime(settings: Settings) -> Runtime:
         writer,
         sticky,
         state,
-        AssignmentService(registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1),
+        assignment_service,
+        events,
+        rollup,
+        models,
     )
 
 
@@ -116,6 +153,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             if request.path.startswith("/v1/"):
                 _require_api_key(api_key)
 
-    for blueprint in (assignments.bp, experiments.bp, health.bp, openapi.bp):
+    for blueprint in (
+        assignments.bp,
+        events_routes.bp,
+        experiments.bp,
+        health.bp,
+        openapi.bp,
+        predictions.bp,
+    ):
         app.register_blueprint(blueprint)
     return app

@@ -141,8 +141,8 @@ class BatchWriter:
         stage = f"stage_{stream.table}"
         columns = ", ".join(stream.columns)
         conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-            f"(LIKE {stream.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+            f" AS SELECT {columns} FROM {stream.table} WITH NO DATA"
         )
         with conn.cursor().copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
             for row in rows:

@@ -1,4 +1,4 @@
-"""The ``abx`` command: validate, migrate, serve, demo."""
+"""The ``abx`` command: validate, migrate, serve, demo, models."""
 
 from __future__ import annotations
 
@@ -33,14 +33,15 @@ def main(verbose: bool) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def validate(paths: tuple[Path, ...]) -> None:
     """Check experiment files (default: ABX_EXPERIMENTS) and print file:line: field: message."""
-    targets = list(paths) or [_settings().experiments]
+    settings = _settings()
+    targets = list(paths) or [settings.experiments]
     files = experiment_files(targets)
     if not files:
         click.echo(
             f"no experiment files (*.yaml, *.yml) in {', '.join(map(str, targets))}", err=True
         )
         sys.exit(1)
-    result = load_experiments(targets)
+    result = load_experiments(targets, settings.models)
     for problem in result.problems:
         click.echo(str(problem), err=True)
     if not result.ok:
@@ -79,8 +80,13 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     """Serve the HTTP API under gunicorn."""
     from service.server import AbxServer
 
+    from service.demo_models import build_missing_demo_models
+
     settings = _settings(bind=bind, workers=workers)
-    result = load_experiments([settings.experiments])
+    built = build_missing_demo_models(settings.experiments, settings.models)
+    if built:
+        click.echo(f"built demo models into {settings.models}: {', '.join(built)}", err=True)
+    result = load_experiments([settings.experiments], settings.models)
     if not result.ok:
         for problem in result.problems:
             click.echo(str(problem), err=True)
@@ -89,6 +95,48 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     if run_migrations:
         apply_migrations(url, settings.migrations)
     AbxServer(settings.model_copy(update={"database_url": url})).run()
+
+
+@main.group()
+def events() -> None:
+    """Outcome events: backfill history."""
+
+
+@events.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_events(path: Path) -> None:
+    """Validate PATH (CSV or NDJSON) whole, then store its events idempotently."""
+    import psycopg
+
+    from service.event_import import import_rows, validate_file
+
+    settings = _settings()
+    result = load_experiments([settings.experiments])
+    if not result.ok:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    experiments = {item.experiment.key: item.experiment for item in result.experiments}
+    try:
+        rows, errors = validate_file(path, experiments)
+    except ValueError as unreadable:
+        click.echo(str(unreadable), err=True)
+        sys.exit(1)
+    if errors:
+        for event_error in errors[:50]:
+            click.echo(
+                f"{path}: event {event_error.index + 1}: {event_error.field}: {event_error.message}",
+                err=True,
+            )
+        click.echo(f"{len(errors)} problem(s); nothing was imported", err=True)
+        sys.exit(1)
+    url = database_url(settings.database_url, settings.data_dir)
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        click.progressbar(length=len(rows), label=f"importing {len(rows)} events") as bar,
+    ):
+        fresh = import_rows(conn, rows, bar.update)
+    click.echo(f"imported {fresh} new event(s), {len(rows) - fresh} duplicate(s)")
 
 
 @main.command()
@@ -113,6 +161,49 @@ def demo(duration: float, port: int, users: int, clients: int) -> None:
     from service.demo import run_demo
 
     sys.exit(run_demo(_settings(), duration=duration, port=port, users=users, clients=clients))
+
+
+@main.group()
+def models() -> None:
+    """ONNX models: build the demo models, quantize a model."""
+
+
+@models.command("demo")
+@click.option("--root", type=click.Path(path_type=Path), help="Default: ABX_MODELS.")
+@click.option("--force", is_flag=True, help="Rebuild files that exist.")
+def models_demo(root: Path | None, force: bool) -> None:
+    """Build the demo models (seeded: the checksums in experiments/*.yaml hold)."""
+    from service.demo_models import build_demo_models
+
+    target = root or _settings().models
+    for name, digest in build_demo_models(target, force=force).items():
+        click.echo(f"{target / name}  sha256 {digest}")
+
+
+@models.command("quantize")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+def models_quantize(source: Path, target: Path) -> None:
+    """Write SOURCE dynamically quantized to int8 as TARGET; compare them on the demo data."""
+    from service.model_refs import file_sha256
+    from service.quantization import compare_on_demo_data, quantize_model
+
+    quantize_model(source, target)
+    click.echo(
+        f"{target}: {target.stat().st_size:,} bytes (float: {source.stat().st_size:,}),"
+        f" sha256 {file_sha256(target)}"
+    )
+    try:
+        result = compare_on_demo_data(source, target)
+    except Exception as error:  # not a model of the demo data's shape
+        click.echo(f"(no comparison on the demo data: {error})")
+        return
+    click.echo(
+        f"demo data: accuracy {result.accuracy_float:.4f} -> {result.accuracy_quantized:.4f}"
+        f" (delta {result.accuracy_delta:+.4f}), largest probability difference"
+        f" {result.largest_difference:.4f}; batch {result.batch}: {result.float_ms:.3f} ms ->"
+        f" {result.quantized_ms:.3f} ms ({result.float_ms / result.quantized_ms:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

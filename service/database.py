@@ -19,6 +19,7 @@ class Database:
             open=False,
             kwargs={"autocommit": True, "connect_timeout": 3},
             name="abx",
+            check=ConnectionPool.check_connection,  # a restarted server leaves dead connections
             reconnect_timeout=0,  # keep retrying in the background for as long as it takes
         )
 

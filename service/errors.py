@@ -10,7 +10,9 @@
     ├── PayloadTooLarge (413 payload-too-large)
     ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── InvalidRequest (422 invalid-request)  — carries one entry per offending field
+    │   └── InputMismatch (422 input-mismatch)  — model inputs that do not fit its signature
     └── ServiceUnavailable (503 service-unavailable)
+        └── ModelUnavailable (503 model-unavailable)  — neither the variant's model nor the fallback
 
 A client never sees a stack trace: anything unexpected becomes a bare 500
 problem and is logged here with its traceback.
@@ -89,6 +91,14 @@ class InvalidRequest(AbxError):
 
 class ServiceUnavailable(AbxError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+class InputMismatch(InvalidRequest):
+    slug, title = "input-mismatch", "Inputs do not match the model"
+
+
+class ModelUnavailable(ServiceUnavailable):
+    slug, title = "model-unavailable", "No working model"
 
 
 _HTTP_STATUS: dict[int, type[AbxError]] = {

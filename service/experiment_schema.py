@@ -32,9 +32,32 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class InputSpec(StrictModel):
+    """How one request input feeds the model: its model-side name and scaling."""
+
+    model_input: str | None = None
+    """The model's input name; default: the request's name."""
+    offset: float | list[float] = 0.0
+    factor: float | list[float] = 1.0
+    """Preprocessing ``(x - offset) * factor``, per feature (a list) or for all (a number)."""
+
+
 class ModelRef(StrictModel):
     path: str = Field(min_length=1)
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    providers: list[Literal["CUDAExecutionProvider", "CPUExecutionProvider"]] | None = Field(
+        default=None, min_length=1
+    )
+    """Execution providers in order of preference; default: chosen by calibration at load."""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Model output name -> response name; default: every output under its own name."""
+    batching: bool = False
+    """Group concurrent requests into one run (ABX_BATCH_MAX_SIZE, ABX_BATCH_MAX_WAIT_MS)."""
+
+
+class Shadow(StrictModel):
+    sample_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
 class Variant(StrictModel):
@@ -42,6 +65,22 @@ class Variant(StrictModel):
     weight: Fraction
     description: str = ""
     model: ModelRef | None = None
+    shadow: Shadow | None = None
+    """A shadow runs on a sample of requests off the response path and is never served."""
+
+
+class PredictionCacheSpec(StrictModel):
+    max_entries: Annotated[int, Field(ge=1)] = 10_000
+    ttl_seconds: Annotated[float, Field(gt=0.0)] = 300.0
+
+
+class Serving(StrictModel):
+    """How ``/v1/predict`` serves this experiment's models."""
+
+    latency_budget_ms: Annotated[float, Field(gt=0.0)] | None = None
+    fallback: Key | None = None
+    """Variant whose model answers when the assigned one fails; default: the control."""
+    cache: PredictionCacheSpec | None = None
 
 
 class Layer(StrictModel):
@@ -129,6 +168,8 @@ class Experiment(StrictModel):
     targeting: TargetingNode | None = None
     forced: dict[str, Key] = Field(default_factory=dict)
     metrics: Metrics
+    serving: Serving = Field(default_factory=Serving)
+    outcome_window_hours: Annotated[float, Field(gt=0.0)] = 168.0
 
     @property
     def seed(self) -> str:

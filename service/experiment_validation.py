@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.experiment_rules import check_experiment
 from service.experiment_schema import TARGETING_OPS, Experiment
+from service.model_refs import model_file_problems, model_rule_problems
 from service.yaml_source import DataPath, PathElement, SourceDocument, YamlSyntaxError, load_yaml
 
 EXPERIMENT_SUFFIXES = (".yaml", ".yml")
@@ -80,8 +81,10 @@ def _pydantic_problems(source: SourceDocument, error: ValidationError) -> list[P
     return problems
 
 
-def validate_document(source: SourceDocument) -> tuple[Experiment | None, list[Problem]]:
-    """Validate one parsed file on its own."""
+def validate_document(
+    source: SourceDocument, models_root: Path | None = None, checked: dict[Path, str] | None = None
+) -> tuple[Experiment | None, list[Problem]]:
+    """Validate one parsed file on its own (and its model files, given the models root)."""
     if not isinstance(source.data, dict):
         return None, [Problem(source.path, 1, "experiment", "the file must hold one YAML mapping")]
     try:
@@ -90,8 +93,13 @@ def validate_document(source: SourceDocument) -> tuple[Experiment | None, list[P
         return None, _pydantic_problems(source, error)
     problems = [
         Problem(source.path, source.line_of(p.path), field_name(p.path), p.message)
-        for p in check_experiment(experiment)
+        for p in [*check_experiment(experiment), *model_rule_problems(experiment)]
     ]
+    if not problems and models_root is not None:
+        problems = [
+            Problem(source.path, source.line_of(p.path), field_name(p.path), p.message)
+            for p in model_file_problems(experiment, models_root, checked)
+        ]
     return (None if problems else experiment), problems
 
 
@@ -133,9 +141,13 @@ def _cross_file_problems(loaded: Sequence[LoadedExperiment]) -> list[Problem]:
     return problems
 
 
-def load_experiments(paths: Iterable[Path]) -> LoadResult:
-    """Load and validate every experiment file under ``paths``; any problem is reported."""
+def load_experiments(paths: Iterable[Path], models_root: Path | None = None) -> LoadResult:
+    """Load and validate every experiment file under ``paths``; any problem is reported.
+
+    With ``models_root``, every model a variant names is checked too (path, SHA-256, signature).
+    """
     loaded: list[LoadedExperiment] = []
+    checked: dict[Path, str] = {}
     problems: list[Problem] = []
     for path in experiment_files(paths):
         try:
@@ -146,7 +158,7 @@ def load_experiments(paths: Iterable[Path]) -> LoadResult:
         except (OSError, UnicodeDecodeError) as error:
             problems.append(Problem(path, 1, "experiment", f"cannot read file: {error}"))
             continue
-        experiment, file_problems = validate_document(source)
+        experiment, file_problems = validate_document(source, models_root, checked)
         problems.extend(sorted(file_problems, key=lambda p: p.line))
         if experiment is not None:
             loaded.append(LoadedExperiment(experiment, source))

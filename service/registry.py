@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class Registry:
             key: ServedExperiment(compile_experiment(e)) for key, e in self.experiments.items()
         }
         self._plans: dict[str, AllocationPlan] = {}
+        self._clock_offset = 0.0
+        self._lock = threading.Lock()
         self.allocations_loaded = False
 
     def served(self, key: str) -> ServedExperiment | None:
@@ -57,19 +60,43 @@ class Registry:
 
         ``clock_offset`` is the database clock minus this process's clock, in seconds.
         """
-        served = dict(self._served)
-        for key, plan in plans.items():
-            experiment = self.experiments.get(key)
-            if experiment is None or self._plans.get(key) == plan:
-                continue
-            after = None
-            switch_at = float("inf")
-            if plan.after_switch is not None and plan.switch_at is not None:
-                after = compile_experiment(experiment, plan.after_switch)
-                switch_at = plan.switch_at.timestamp() - clock_offset
-            served[key] = ServedExperiment(
-                compile_experiment(experiment, plan.before_switch), after, switch_at
-            )
-            self._plans[key] = plan
-        self._served = served
-        self.allocations_loaded = True
+        with self._lock:
+            served = dict(self._served)
+            for key, plan in plans.items():
+                experiment = self.experiments.get(key)
+                if experiment is None or self._plans.get(key) == plan:
+                    continue
+                served[key] = _serve(experiment, plan, clock_offset)
+                self._plans[key] = plan
+            self._served = served
+            self._clock_offset = clock_offset
+            self.allocations_loaded = True
+
+    def replace(self, loaded: LoadResult) -> None:
+        """Serve a reloaded configuration (hot reload) in one step.
+
+        An experiment whose seed and variants are unchanged keeps the allocation plan
+        in force (new weights wait for the state sync to announce them, as at start);
+        a new or re-randomized one starts from its YAML weights.
+        """
+        fresh = Registry(loaded)
+        with self._lock:
+            served, plans = dict(fresh._served), {}
+            for key, experiment in fresh.experiments.items():
+                old, plan = self.experiments.get(key), self._plans.get(key)
+                if old is None or plan is None or old.seed != experiment.seed:
+                    continue
+                if old.variant_keys == experiment.variant_keys:
+                    served[key] = _serve(experiment, plan, self._clock_offset)
+                    plans[key] = plan
+            self.experiments, self.sources = fresh.experiments, fresh.sources
+            self._served, self._plans = served, plans
+
+
+def _serve(experiment: Experiment, plan: AllocationPlan, clock_offset: float) -> ServedExperiment:
+    after = None
+    switch_at = float("inf")
+    if plan.after_switch is not None and plan.switch_at is not None:
+        after = compile_experiment(experiment, plan.after_switch)
+        switch_at = plan.switch_at.timestamp() - clock_offset
+    return ServedExperiment(compile_experiment(experiment, plan.before_switch), after, switch_at)

@@ -17,6 +17,19 @@ class Settings(BaseSettings):
         default=None, description="PostgreSQL URL; unset starts an embedded server in data_dir."
     )
     experiments: Path = Field(default=Path("experiments"), description="Folder of experiment YAML.")
+    models: Path = Field(
+        default=Path("experiments/models"), description="Models root: variants' ONNX files."
+    )
+    model_threads: int | None = Field(
+        default=None, ge=1, description="onnxruntime intra-op threads; None: cores / workers"
+    )
+    batch_max_size: int = Field(default=64, ge=1, description="Rows per micro-batch run.")
+    batch_max_wait_ms: float = Field(default=2.0, ge=0, description="Longest wait to fill one.")
+    batching: bool = Field(default=True, description="False: no model micro-batches.")
+    reload_poll_seconds: float = Field(
+        default=1.0, ge=0, description="How often YAML and model files are checked; 0: never."
+    )
+    shadow_queue_size: int = Field(default=1000, ge=1)
     data_dir: Path = Field(default=Path(".abx"), description="Embedded PostgreSQL and local state.")
     migrations: Path = Field(default=PROJECT_ROOT / "migrations")
     bind: str = "127.0.0.1:8000"
@@ -33,4 +46,26 @@ class Settings(BaseSettings):
         default=3.0, ge=0, description="Notice given to every process before new weights apply."
     )
     sticky_cache_size: int = Field(default=100_000, ge=0)
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where events are spooled while PostgreSQL is away (data_dir/spool).",
+    )
+    spool_max_bytes: int = Field(default=1_073_741_824, ge=1024)
+    max_events_per_request: int = Field(default=10_000, ge=1)
+    max_events_body_bytes: int = Field(default=33_554_432, ge=1024)
+    max_future_seconds: float = Field(
+        default=300.0, ge=0, description="Clock skew allowed for events."
+    )
+    attribution_grace_seconds: float = Field(
+        default=3600.0, ge=0, description="How long an outcome may wait for its unit's exposure."
+    )
+    rollup_interval_seconds: float = Field(default=1.0, gt=0)
+    event_wait_seconds: float = Field(
+        default=10.0, gt=0, description="Longest wait for durability."
+    )
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
     lookup_timeout_seconds: float = Field(default=0.25, gt=0)

@@ -181,6 +181,11 @@ class StateSync:
         self._last_applied = started
         return True
 
+    def resync(self) -> bool:
+        """After a hot reload: upsert the experiments again and re-read their allocations."""
+        self._synced = False
+        return self.poll_once()
+
     def _heartbeat(self, conn: Any) -> None:
         # Flushed through: nothing this process may have assigned under an older view of
         # the allocations is still buffered. Ages, not clock readings, cross to the server.

@@ -207,6 +207,8 @@ class Api:
     def __init__(self, base_url: str, key: str | None = API_KEY) -> None:
         self.base_url = base_url
         self.session = requests.Session()
+        # No idle keep-alive connections: a stopping gthread worker would wait for them.
+        self.session.headers["Connection"] = "close"
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
 

@@ -30,6 +30,8 @@ EXPECTED_STATUS = {
     "UnsupportedMediaType": 415,
     "InvalidRequest": 422,
     "ServiceUnavailable": 503,
+    "InputMismatch": 422,
+    "ModelUnavailable": 503,
 }
 
 

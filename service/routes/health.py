@@ -24,6 +24,7 @@ def readyz() -> Response | dict[str, Any]:
         "database": "reachable" if runtime.database.is_reachable(timeout=1.0) else "unreachable",
         "allocations_loaded": runtime.registry.allocations_loaded,
         "pending_writes": runtime.writer.pending_rows(),
+        **runtime.models.status(),
     }
     if checks["database"] != "reachable":
         problem = ServiceUnavailable("Not ready: " + json.dumps(checks)).problem()

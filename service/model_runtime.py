@@ -1,0 +1,93 @@
+"""The model side of one serving process: sessions, catalog, runner, shadows, hot reload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.assignment_service import AssignmentService
+from service.batch_writer import BatchWriter
+from service.experiment_validation import LoadResult
+from service.hot_reload import HotReloader
+from service.model_catalog import BatchingConfig, build_catalog
+from service.model_runner import SessionRunner
+from service.model_sessions import SessionPool, default_threads
+from service.prediction_log import PredictionLog
+from service.prediction_service import PredictionService
+from service.registry import Registry
+from service.settings import Settings
+from service.shadow import ShadowRunner
+from service.state_sync import StateSync
+
+
+@dataclass
+class ModelRuntime:
+    predictions: PredictionService
+    pool: SessionPool
+    shadows: ShadowRunner
+    reloader: HotReloader
+
+    def close(self) -> None:
+        self.reloader.close()
+        self.shadows.close()
+        for batcher in self.predictions.catalog.batchers().values():
+            batcher.close()
+
+    def status(self) -> dict[str, Any]:
+        """Per model: provider and calibration; per variant: failures (for /readyz)."""
+        return {
+            "models": {
+                model.name: {
+                    "sha256": model.sha256,
+                    "provider": model.provider,
+                    "calibration_ms": model.timings_ms,
+                }
+                for model in self.predictions.catalog.models().values()
+            },
+            "model_failures": self.predictions.failures.snapshot(),
+            "reloads": self.reloader.reloads,
+            "reloads_rejected": self.reloader.rejected,
+            "shadow_runs_dropped": self.shadows.dropped,
+        }
+
+
+def build_model_runtime(
+    settings: Settings,
+    registry: Registry,
+    state: StateSync,
+    writer: BatchWriter,
+    assignments: AssignmentService,
+) -> ModelRuntime:
+    from service.server import default_workers
+
+    pool = SessionPool(
+        default_threads(settings.workers or default_workers(), settings.model_threads)
+    )
+    batching = BatchingConfig(
+        settings.batching, settings.batch_max_size, settings.batch_max_wait_ms / 1000
+    )
+    catalog = build_catalog(registry.experiments.values(), settings.models, pool, batching)
+    predictions_log = PredictionLog(writer)
+    shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
+    service = PredictionService(
+        assignments,
+        catalog,
+        SessionRunner(settings.batch_max_size),
+        predictions_log,
+        shadows,
+        settings.max_batch_items,
+    )
+
+    def apply(loaded: LoadResult) -> None:
+        experiments = [item.experiment for item in loaded.experiments]
+        service.catalog = build_catalog(
+            experiments, settings.models, pool, batching, previous=service.catalog
+        )
+        registry.replace(loaded)
+        state.resync()
+
+    reloader = HotReloader(
+        settings.experiments, settings.models, apply, settings.reload_poll_seconds
+    )
+    reloader.start()
+    return ModelRuntime(service, pool, shadows, reloader)

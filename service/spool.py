@@ -1,0 +1,127 @@
+"""A local, fsynced, append-only spool for outcome events while PostgreSQL is away.
+
+Each process appends to its own segment file, holding an exclusive ``flock`` on
+it while it is open; a batch is one JSON line, written and ``fsync``ed before
+the request is acknowledged. Sealed segments (and those left by a killed
+process, whose lock died with it) are replayed in name order by whoever takes
+the lock, then deleted. A torn last line is a batch that was never
+acknowledged, so it is skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+
+class SpoolError(OSError):
+    """The spool cannot keep this batch (unwritable, full, or over its size limit)."""
+
+
+def _encode(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._prefix = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._sequence = 0
+        self._segment: IO[str] | None = None
+
+    def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write one batch durably, or raise ``SpoolError``."""
+        line = json.dumps([[_encode(v) for v in row] for row in rows], separators=(",", ":"))
+        try:
+            if self.size_bytes() + len(line) + 1 > self.max_bytes:
+                raise SpoolError(f"spool would exceed its limit of {self.max_bytes} bytes")
+            segment = self._open_segment()
+            segment.write(line + "\n")
+            segment.flush()
+            os.fsync(segment.fileno())
+        except SpoolError:
+            raise
+        except OSError as error:
+            self.seal()
+            raise SpoolError(f"cannot write to spool {self.directory}: {error}") from error
+
+    def _open_segment(self) -> IO[str]:
+        if self._segment is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._sequence += 1
+            path = self.directory / f"{self._prefix}-{self._sequence:06d}.spool"
+            segment = path.open("a", encoding="utf-8")
+            fcntl.flock(segment.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._segment = segment
+        return self._segment
+
+    def seal(self) -> None:
+        """Close the current segment so that it can be replayed."""
+        if self._segment is not None:
+            self._segment.close()  # closing releases the flock
+            self._segment = None
+
+    def size_bytes(self) -> int:
+        try:
+            return sum(p.stat().st_size for p in self.directory.glob("*.spool"))
+        except OSError:
+            return 0
+
+    def has_segments(self) -> bool:
+        return self.directory.is_dir() and any(self.directory.glob("*.spool"))
+
+    def replay(self, ingest: Callable[[list[list[Any]]], None]) -> int:
+        """Ingest every sealed segment in order; return the batches replayed.
+
+        ``ingest`` must be idempotent (event ids make it so): a crash between
+        the commit and the unlink replays the segment again harmlessly.
+        """
+        replayed = 0
+        for path in sorted(self.directory.glob("*.spool")) if self.directory.is_dir() else []:
+            if self._segment is not None and path.name == Path(self._segment.name).name:
+                continue
+            with self._locked(path) as handle:
+                if handle is None:
+                    continue  # another process owns or replays it
+                for batch in _batches(handle):
+                    ingest(batch)
+                    replayed += 1
+                path.unlink()
+        return replayed
+
+    @staticmethod
+    @contextmanager
+    def _locked(path: Path) -> Iterator[IO[str] | None]:
+        """Open ``path`` under an exclusive lock, or yield None if someone else holds it."""
+        try:
+            handle = path.open("r", encoding="utf-8")
+        except FileNotFoundError:
+            yield None
+            return
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            yield handle
+
+
+def _batches(handle: IO[str]) -> Iterator[list[list[Any]]]:
+    for number, line in enumerate(handle, start=1):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s:%d: skipping a torn batch (never acknowledged)", handle.name, number)

@@ -1,0 +1,224 @@
+"""The model runtime without a server: signatures, sessions, batching, cache, fallback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.errors import InputMismatch, ModelUnavailable
+from service.experiment_schema import ModelRef
+from service.micro_batching import MicroBatcher
+from service.model_catalog import ExperimentModels, ServingModel, input_plans
+from service.model_runner import FailureCounts, SessionRunner, run_with_fallback
+from service.model_sessions import CPU, CUDA, choose_provider, intra_op_threads, load_model
+from service.model_signature import InputPlan, TensorSpec, convert_inputs
+from service.prediction_cache import PredictionCache, input_digest
+from service.shadow import agreement
+
+from .model_fixtures import MODELS, corrupt_model, demo_models, nan_model, raising_model, slow_model
+
+FEATURES = TensorSpec("features", np.float32, (None, 20))
+PLANS = (InputPlan("features", FEATURES),)
+
+
+@pytest.fixture(scope="session")
+def built() -> dict[str, str]:
+    return demo_models()
+
+
+def served(name: str, path: Path, sha: str, threads: int = 1) -> ServingModel:
+    ref = ModelRef(path=path.name, sha256=sha)
+    try:
+        model = load_model(path, sha, None, threads)
+    except Exception as error:
+        return ServingModel(name, ref, None, str(error), ())
+    return ServingModel(name, ref, model, None, input_plans(ref, model.inputs))
+
+
+def test_inputs_convert_to_the_models_dtype_and_shape() -> None:
+    feeds, rows = convert_inputs({"features": [[1] * 20, [2.5] * 20]}, PLANS, 100)
+    assert rows == 2 and feeds["features"].dtype == np.float32
+    assert feeds["features"].shape == (2, 20)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "inputs.features: missing; expected float32 [N, 20]"),
+        ({"features": [[1.0] * 19]}, "shape [1, 19] does not match float32 [N, 20]"),
+        ({"features": [1.0] * 20}, "shape [20] does not match"),
+        ({"features": [[1.0] * 20, [1.0] * 3]}, "not a rectangular list of numbers"),
+        ({"features": [["a"] * 20]}, "not a rectangular list of numbers"),
+        ({"features": [[float("nan")] * 20]}, "values must be finite numbers"),
+        ({"features": [[1.0] * 20] * 101}, "101 rows; expected 1 to 100"),
+        ({"features": [[1.0] * 20], "extra": [1]}, "inputs.extra: unknown input"),
+    ],
+)
+def test_mismatched_inputs_are_named_and_nothing_runs(inputs: dict, message: str) -> None:
+    with pytest.raises(InputMismatch) as caught:
+        convert_inputs(inputs, PLANS, 100)
+    assert caught.value.status == 422
+    assert message in str(caught.value)
+
+
+def test_integer_inputs_refuse_fractions() -> None:
+    plans = (InputPlan("ids", TensorSpec("ids", np.int64, (None,))),)
+    assert convert_inputs({"ids": [1, 2]}, plans, 10)[0]["ids"].dtype == np.int64
+    with pytest.raises(InputMismatch, match="values must be integers"):
+        convert_inputs({"ids": [1.5]}, plans, 10)
+
+
+def test_preprocessing_scales_before_the_model_sees_the_inputs() -> None:
+    ref = ModelRef.model_validate(
+        {
+            "path": "m.onnx",
+            "sha256": "0" * 64,
+            "inputs": {"raw": {"model_input": "features", "offset": 1.0, "factor": 0.5}},
+        }
+    )
+    plans = input_plans(ref, [FEATURES])
+    feeds, _ = convert_inputs({"raw": [[3.0] * 20]}, plans, 10)
+    assert np.allclose(feeds["features"], 1.0)
+
+
+def test_provider_choice_and_threads() -> None:
+    assert choose_provider({CUDA: {1: 0.2, 64: 0.3}, CPU: {1: 0.05, 64: 2.0}}) == CUDA
+    assert choose_provider({CUDA: {1: 0.1}, CPU: {1: 0.02}}) == CPU
+    assert choose_provider({CUDA: {1: 0.1}, CPU: {1: 0.1}}) == CPU
+    assert intra_op_threads(cores=16, workers=4) == 4
+    assert intra_op_threads(cores=2, workers=4) == 1
+    assert intra_op_threads(cores=2, workers=2, override=3) == 3
+
+
+def test_cpu_serves_when_cuda_is_absent(built: dict[str, str]) -> None:
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    model = load_model(MODELS / "churn_logreg.onnx", built["churn_logreg.onnx"], [CUDA, CPU], 1)
+    assert model.provider == CPU
+
+
+@pytest.mark.gpu
+def test_cuda_is_chosen_for_the_heavy_model_at_large_batches(built: dict[str, str]) -> None:
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider here")
+    model = load_model(MODELS / "mlp_heavy.onnx", built["mlp_heavy.onnx"], None, 1, (1, 512))
+    assert set(model.timings_ms) == {CUDA, CPU}
+    assert model.provider == choose_provider(model.timings_ms) == CUDA
+
+
+def test_micro_batcher_groups_concurrent_rows_and_slices_outputs() -> None:
+    sizes: list[int] = []
+
+    def run(feeds: dict) -> dict:
+        sizes.append(len(feeds["x"]))
+        time.sleep(0.01)
+        return {"y": feeds["x"] * 2}
+
+    batcher = MicroBatcher(run, max_rows=8, max_wait=0.05)
+    results: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        results[i] = batcher.submit({"x": np.array([[i]])}, 1).wait(5)["y"]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+    assert all(results[i].tolist() == [[2 * i]] for i in range(16))
+    assert max(sizes) > 1 and all(size <= 8 for size in sizes) and sum(sizes) == 16
+
+
+def test_micro_batcher_hands_the_models_error_to_every_request() -> None:
+    def run(feeds: dict) -> dict:
+        raise RuntimeError("model exploded")
+
+    batcher = MicroBatcher(run, max_rows=4, max_wait=0.001)
+    with pytest.raises(RuntimeError, match="exploded"):
+        batcher.submit({"x": np.zeros((1, 1))}, 1).wait(5)
+    batcher.close()
+    assert batcher.submit({"x": np.zeros((1, 1))}, 1).error is not None  # closed: inline
+
+
+def test_prediction_cache_is_bounded_expires_and_keys_on_the_model() -> None:
+    now = [0.0]
+    cache = PredictionCache(max_entries=2, ttl_seconds=10, clock=lambda: now[0])
+    a, b, c = (input_digest({"x": np.array([[v]], dtype=np.float32)}) for v in (1, 2, 3))
+    assert a == input_digest({"x": np.array([[1.0]], dtype=np.float32)})
+    cache.put("m1", a, {"y": np.ones(1)})
+    assert cache.get("m1", a) is not None and cache.get("m2", a) is None
+    cache.put("m1", b, {"y": np.ones(1)})
+    cache.put("m1", c, {"y": np.ones(1)})
+    assert len(cache) == 2 and cache.get("m1", a) is None
+    now[0] = 11.0
+    assert cache.get("m1", c) is None
+
+
+def test_agreement_of_shadow_and_served_outputs() -> None:
+    served_out = {"probability": np.array([[0.2], [0.7], [0.9]])}
+    shadow_out = {"probability": np.array([[0.3], [0.4], [0.95]])}
+    share, largest = agreement(served_out, shadow_out)
+    assert share == pytest.approx(2 / 3) and largest == pytest.approx(0.3)
+
+
+@pytest.fixture(scope="module")
+def fault_models(
+    tmp_path_factory: pytest.TempPathFactory, built: dict[str, str]
+) -> dict[str, ServingModel]:
+    folder = tmp_path_factory.mktemp("faults")
+    models = {
+        "control": served("control", MODELS / "churn_logreg.onnx", built["churn_logreg.onnx"])
+    }
+    for name, make in [
+        ("nan", nan_model),
+        ("raises", raising_model),
+        ("slow", slow_model),
+        ("corrupt", corrupt_model),
+    ]:
+        path = folder / f"{name}.onnx"
+        models[name] = served(name, path, make(path))
+    return models
+
+
+@pytest.mark.parametrize("variant", ["nan", "raises", "slow", "corrupt"])
+def test_every_failure_is_answered_by_the_control(
+    fault_models: dict[str, ServingModel], variant: str
+) -> None:
+    experiment = ExperimentModels("faults", fault_models, "control", 0.05, None, ())
+    failures = FailureCounts()
+    feeds = {"features": np.ones((1, 20), dtype=np.float32)}
+    started = time.perf_counter()
+    result = run_with_fallback(
+        SessionRunner(64), experiment, fault_models[variant], feeds, 1, lambda s: feeds, failures
+    )
+    assert result.served_by is fault_models["control"]
+    expected = {"nan": "non-finite", "raises": "error", "slow": "timeout", "corrupt": "load-error"}[
+        variant
+    ]
+    assert result.failure == expected
+    assert failures.snapshot() == {"faults": {variant: {expected: 1}}}
+    direct = ort.InferenceSession(str(fault_models["control"].model.path)).run(None, feeds)[0]  # type: ignore[union-attr]
+    assert np.array_equal(result.outputs["probability"], direct)
+    if variant == "slow":
+        assert time.perf_counter() - started < 1.0  # the watchdog stopped the run
+
+
+def test_a_failing_fallback_is_a_503_never_a_500(fault_models: dict[str, ServingModel]) -> None:
+    experiment = ExperimentModels("faults", fault_models, "nan", None, None, ())
+    feeds = {"features": np.ones((1, 20), dtype=np.float32)}
+    with pytest.raises(ModelUnavailable):
+        run_with_fallback(
+            SessionRunner(64),
+            experiment,
+            fault_models["raises"],
+            feeds,
+            1,
+            lambda s: feeds,
+            FailureCounts(),
+        )
