@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -56,6 +57,26 @@ GROWTHBOOK_CONDITION = {
 }
 
 
+def code_version() -> str:
+    """The commit measured, marked when the working tree differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + (" + uncommitted changes" if dirty else "")
+
+
 def make_units(count: int, seed: int = 20240601) -> tuple[list[str], list[dict[str, Any]]]:
     """Unit ids and attributes drawn once; about half of the units pass the targeting."""
     rng = random.Random(seed)
@@ -75,15 +96,21 @@ Pass = Callable[[int], None]
 """Evaluate the first ``count`` units once."""
 
 
-def median_rate(run: Pass, count: int, repeats: int) -> tuple[float, list[float]]:
-    """Time ``repeats`` passes over ``count`` units after a short warm-up; median units/s."""
-    run(min(count, 2_000))  # first-call costs (caches, specialisation) are not what we measure
-    rates = []
+def measure_rates(passes: Sequence[Pass], count: int, repeats: int) -> list[list[float]]:
+    """Units per second of each pass, ``repeats`` times, after a short warm-up of each.
+
+    Passes take turns within each repeat, so a burst of other work on the machine
+    slows one repeat of every case rather than every repeat of one case.
+    """
+    for run in passes:
+        run(min(count, 2_000))  # first-call costs (caches, specialisation) are not measured
+    rates: list[list[float]] = [[] for _ in passes]
     for _ in range(repeats):
-        started = time.perf_counter()
-        run(count)
-        rates.append(count / (time.perf_counter() - started))
-    return statistics.median(rates), rates
+        for index, run in enumerate(passes):
+            started = time.perf_counter()
+            run(count)
+            rates[index].append(count / (time.perf_counter() - started))
+    return rates
 
 
 def abx_pass(
@@ -236,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(
         f"{args.units:,} units per pass, median of {args.repeats} passes, "
-        f"Python {sys.version.split()[0]}"
+        f"Python {sys.version.split()[0]}, code {code_version()}"
     )
     print("\n".join(check_equivalence(targeted, units, attributes, gb_attributes)))
     print()
@@ -270,12 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             described = "layered" + (", targeted" if by_key[key].targeting else "")
             cases.append(("abx", f"{key} ({described})", abx_pass(by_key[key], units, attributes)))
 
+    all_rates = measure_rates([run for _, _, run in cases], args.units, args.repeats)
     rates: dict[str, float] = {}
     print(f"{'engine':<11} {'experiment / pattern':<58} {'median/s':>11} {'µs each':>8}  runs/s")
-    for engine, label, run in cases:
-        median, all_rates = median_rate(run, args.units, args.repeats)
+    for (engine, label, _), case_rates in zip(cases, all_rates, strict=True):
+        median = statistics.median(case_rates)
         rates[label] = median
-        spread = ", ".join(f"{r:,.0f}" for r in all_rates)
+        spread = ", ".join(f"{r:,.0f}" for r in case_rates)
         print(f"{engine:<11} {label:<58} {median:>11,.0f} {1e6 / median:>8.2f}  [{spread}]")
 
     ours = rates["checkout_ranker (targeted, coverage 0.8)"]

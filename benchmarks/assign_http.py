@@ -58,7 +58,6 @@ from service.settings import Settings  # noqa: E402
 TARGET_THROUGHPUT_RATIO = 0.6
 TARGET_P99_RATIO = 1.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 # One Lua state per wrk thread: ``setup`` numbers the threads so unit ids never repeat
 # across threads; ``done`` prints the summary as one JSON line for the script to read.
@@ -140,6 +139,26 @@ class LoadResult:
         """Busy cores not explained by wrk, gunicorn or the benchmark's backends."""
         accounted = self.wrk_cpu_seconds + self.server_cpu_seconds + self.database_cpu_seconds
         return max(0.0, self.machine_busy_fraction * cores - accounted / self.seconds)
+
+
+def code_version() -> str:
+    """The commit measured, marked when the working tree differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
 # --- processes ------------------------------------------------------------------------
@@ -510,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"gunicorn: gthread, {workers} workers x {threads} threads, keepalive 5 s; "
         f"{cores} cores; load generator: wrk, {args.wrk_threads} threads; "
         f"{args.duration:g} s measured after {args.warmup:g} s warm-up; "
-        f"experiment {args.experiment}; load average {Path('/proc/loadavg').read_text().split()[0]}"
+        f"experiment {args.experiment}; load average {Path('/proc/loadavg').read_text().split()[0]}; "
+        f"code {code_version()}"
     )
 
     results: list[LoadResult] = []

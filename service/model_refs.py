@@ -44,6 +44,9 @@ def model_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         )
 
 
+DYNAMIC_QUANTIZATION_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul"})
+
+
 def _is_demo(path: str) -> bool:
     from service.demo_models import DEMO_FILES
 
@@ -88,6 +91,12 @@ def _signature_problems(ref: ModelRef, model: onnx.ModelProto) -> Iterator[tuple
                         f"{model_input.name!r} has {features} features"
                     ),
                 )
+    dynamic = {n.op_type for n in model.graph.node} & DYNAMIC_QUANTIZATION_OPS
+    if ref.batching and dynamic:
+        yield "batching", (
+            f"the model quantizes activations per run ({', '.join(sorted(dynamic))}): in a "
+            "shared batch one request's answer would depend on the others'; turn batching off"
+        )
     for name in ref.outputs:
         if name not in outputs:
             yield "outputs", f"{name!r} is not an output of the model; it has {sorted(outputs)}"

@@ -51,26 +51,43 @@ def nan_model(path: Path) -> str:
 
 
 def raising_model(path: Path) -> str:
-    """Reshapes 20 features into rows of 7: onnxruntime raises at run time."""
+    """Reshapes the row into rows of 2 * max(x) + 1 values: fine for the warm-up's zeros,
+    an onnxruntime error for a row of ones (20 values do not make rows of 3)."""
     source, target = _io()
-    shape = numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "shape")
-    nodes = [helper.make_node("Reshape", ["features", "shape"], ["probability"])]
-    return _save(helper.make_graph(nodes, "raises", [source], [target], [shape]), path)
-
-
-def slow_model(path: Path, steps: int = 20000) -> str:
-    """A chain of identity MatMuls: over 100 ms for one row."""
-    source, target = _io()
-    widen = numpy_helper.from_array(np.eye(20, 256, dtype=np.float32), "widen")
-    square = numpy_helper.from_array(np.eye(256, dtype=np.float32), "square")
-    nodes = [helper.make_node("MatMul", ["features", "widen"], ["h0"])]
-    nodes += [
-        helper.make_node(
-            "MatMul", [f"h{i}", "square"], [f"h{i + 1}" if i + 1 < steps else "probability"]
-        )
-        for i in range(steps)
+    constants = [
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([2.0], dtype=np.float32), "two"),
+        numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
     ]
-    return _save(helper.make_graph(nodes, "slow", [source], [target], [widen, square]), path)
+    nodes = [
+        helper.make_node("ReduceMax", ["features"], ["largest"], keepdims=0),
+        helper.make_node("Mul", ["largest", "two"], ["doubled"]),
+        helper.make_node("Add", ["doubled", "one"], ["width_float"]),
+        helper.make_node("Cast", ["width_float"], ["width"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["minus_one", "width"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["features", "shape"], ["probability"]),
+    ]
+    return _save(helper.make_graph(nodes, "raises", [source], [target], constants), path)
+
+
+def slow_model(path: Path, steps: int = 400) -> str:
+    """A chain of 512x512 MatMuls on tensors made at run time (nothing to fold or pre-pack):
+    a few hundred milliseconds for one row, in small steps the watchdog can stop between."""
+    source, target = _io()
+    constants = [
+        numpy_helper.from_array(np.array([512, 26], dtype=np.int64), "reps"),
+        numpy_helper.from_array(np.array([0, 0], dtype=np.int64), "starts"),
+        numpy_helper.from_array(np.array([512, 512], dtype=np.int64), "ends"),
+        numpy_helper.from_array(np.zeros(1, dtype=np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Tile", ["features", "reps"], ["tiled"]),
+        helper.make_node("Slice", ["tiled", "starts", "ends"], ["h0"]),
+        helper.make_node("Mul", ["h0", "zero"], ["z"]),
+    ]
+    nodes += [helper.make_node("MatMul", [f"h{i}", "z"], [f"h{i + 1}"]) for i in range(steps)]
+    nodes.append(helper.make_node("Identity", [f"h{steps}"], ["probability"]))
+    return _save(helper.make_graph(nodes, "slow", [source], [target], constants), path)
 
 
 def corrupt_model(path: Path) -> str:

@@ -63,7 +63,7 @@ def test_embedded_postgres_when_no_url_is_configured(data_dir: Path) -> None:
     env = {"ABX_DATABASE_URL": "", "ABX_DATA_DIR": str(data_dir)}
     first = abx("migrate", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "applied 1 migration(s): 0001_core.sql" in first.stdout
+    assert "migration(s): 0001_core.sql, " in first.stdout  # and every later one
     assert (data_dir / "pgdata" / "PG_VERSION").exists()
     again = abx("migrate", env=env)
     assert again.returncode == 0 and "applied 0 migration(s)" in again.stdout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from .conftest import Api, ServerFactory, wait_for
 
 SETTLE = {"ABX_ALLOCATION_SETTLE_SECONDS": "0.5"}
@@ -13,6 +15,13 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new))
+
+
+def set_weights(path: Path, weights: list[float]) -> None:
+    definition = yaml.safe_load(path.read_text())
+    for variant, weight in zip(definition["variants"], weights, strict=True):
+        variant["weight"] = weight
+    path.write_text(yaml.safe_dump(definition, sort_keys=False))
 
 
 def assign_all(api: Api, units: list[str]) -> dict[str, dict[str, object]]:
@@ -28,8 +37,7 @@ def test_units_keep_their_variant_across_a_weight_change_and_restart(
     assert first.stop() == 0  # graceful: buffered first assignments are flushed
 
     yaml_file = experiments_dir / "search_embeddings.yaml"
-    edit(yaml_file, "{key: baseline, weight: 0.5}", "{key: baseline, weight: 0.1}")
-    edit(yaml_file, "{key: embeddings_v2, weight: 0.5}", "{key: embeddings_v2, weight: 0.9}")
+    set_weights(yaml_file, [0.1, 0.9])
     second = server_factory(db, experiments_dir, **SETTLE)
     api = Api(second.base_url, key=None)
 

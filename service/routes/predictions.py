@@ -15,7 +15,7 @@ bp = Blueprint("predictions", __name__)
 @bp.post("/v1/predict")
 def predict() -> dict[str, Any]:
     body = parse_json_body(PredictRequest)
-    service = current_app.extensions["abx"].predictions
+    service = current_app.extensions["abx"].models.predictions
     prediction = service.predict(body.experiment, body.unit, body.attributes, body.inputs)
     model = prediction.model
     return {
