@@ -204,7 +204,7 @@ def machine_busy_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
-def wait_for_quiet(threshold: float = 0.15, max_wait: float = 60.0) -> float:
+def wait_for_quiet(threshold: float = 0.15, max_wait: float = 20.0) -> float:
     """Wait (bounded) until the machine is nearly idle for a second; return the busy share seen.
 
     The servers are idle between runs, so anything busy now is someone else's work,

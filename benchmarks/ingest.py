@@ -761,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--events", type=int, default=10_000_000, help="outcome events for the statistics part"
     )
     parser.add_argument(
-        "--rollup-timeout", type=float, default=900.0, help="stop the rollup after this many s"
+        "--rollup-timeout", type=float, default=600.0, help="stop the rollup after this many s"
     )
     parser.add_argument("--skip-big", action="store_true", help="only the ingest part")
     parser.add_argument("--skip-ingest", action="store_true", help="only the statistics part")

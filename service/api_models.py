@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainValidator
 
@@ -68,3 +68,12 @@ class PredictRequest(ApiModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, Any]
     """Model input name -> row-major nested list (one row or a batch)."""
+
+
+class ActionRequest(ApiModel):
+    """A human decision: approve, pause, resume, promote or roll back."""
+
+    action: Literal["approve", "pause", "resume", "promote", "rollback"]
+    variant: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    actor: Annotated[str, Field(min_length=1, max_length=128)]
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]

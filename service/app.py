@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from flask import Flask, request
 
+from dashboards import pages as dashboard_pages
 from service import errors
 from service.assignment_service import AssignmentService
 from service.batch_writer import BatchWriter
@@ -20,7 +21,9 @@ from service.model_runtime import ModelRuntime, build_model_runtime
 from service.outcome_rollup import RollupScheduler, windows_from
 from service.prediction_log import PREDICTIONS
 from service.registry import Registry
+from service.routes import analysis as analysis_routes
 from service.routes import assignments, experiments, health, openapi, predictions
+from service.routes import decisions as decision_routes
 from service.routes import events as events_routes
 from service.settings import Settings
 from service.spool import Spool
@@ -160,6 +163,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         health.bp,
         openapi.bp,
         predictions.bp,
+        analysis_routes.bp,
+        decision_routes.bp,
+        dashboard_pages.bp,
     ):
         app.register_blueprint(blueprint)
     return app

@@ -1,7 +1,8 @@
 """Assignment core: which variant a unit gets, and why. Pure: no I/O, no clock.
 
-Rules apply in this order: forced -> status -> targeting -> layer slice ->
-coverage -> sticky -> hash. Three independent hashes (docs/hashing.md) keep the
+Rules apply in this order: forced -> status (and a decision's stop) ->
+targeting -> layer slice -> promotion -> coverage (capped by a ramp step) ->
+sticky -> hash, and a rolled-back variant sends its units to the control. Three independent hashes (docs/hashing.md) keep the
 decisions apart: the layer hash is shared by a layer's experiments, the
 coverage hash makes ramps nested (raising coverage never drops anyone), and
 the variant hash alone picks the variant.
@@ -27,6 +28,11 @@ class Reason(StrEnum):
     NOT_IN_COVERAGE = "not-in-coverage"
     SWITCHING = "allocation-switching"
     VARIANT_REMOVED = "variant-removed"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled-back"
+    HALTED = "experiment-halted"
+    PAUSED = "experiment-paused"
+    CONCLUDED = "experiment-concluded"
     STICKY = "sticky"
     HASHED = "hashed"
 
@@ -64,6 +70,21 @@ class Allocation:
 
 
 @dataclass(frozen=True)
+class ServingOverride:
+    """What the decision workers (or a human) changed: read from ``experiment_state``."""
+
+    winner: str | None = None
+    rolled_back: frozenset[str] = frozenset()
+    stopped: Reason | None = None
+    """HALTED, PAUSED or CONCLUDED: everyone gets the control, unexposed."""
+    coverage_cap: float | None = None
+    """A ramp step: at most this share of eligible units enters."""
+
+
+NO_OVERRIDE = ServingOverride()
+
+
+@dataclass(frozen=True)
 class CompiledExperiment:
     """An experiment prepared once for fast assignment."""
 
@@ -75,11 +96,14 @@ class CompiledExperiment:
     layer_prefix: bytes | None
     bounds: tuple[float, ...]
     other_bounds: tuple[tuple[float, ...], ...]
+    serving: ServingOverride = NO_OVERRIDE
     """Bounds of earlier and pending allocations that differ from the current ones."""
 
 
 def compile_experiment(
-    experiment: Experiment, allocation: Allocation | None = None
+    experiment: Experiment,
+    allocation: Allocation | None = None,
+    serving: ServingOverride = NO_OVERRIDE,
 ) -> CompiledExperiment:
     """Precompute hash prefixes, cumulative bounds and the targeting predicate."""
     allocation = allocation or Allocation(tuple(v.weight for v in experiment.variants))
@@ -98,6 +122,7 @@ def compile_experiment(
         layer_prefix=hash_prefix("layer", layer.name) if layer is not None else None,
         bounds=current,
         other_bounds=tuple(sorted(other_bounds)),
+        serving=serving,
     )
 
 
@@ -118,22 +143,35 @@ def assign(
         return Assignment(key, forced, Reason.FORCED)
     if experiment.status != "running":
         return Assignment(key, control, Reason.NOT_RUNNING)
+    serving = compiled.serving
+    if serving.stopped is not None:
+        return Assignment(key, control, serving.stopped)
     if not compiled.eligible(attributes):
         return Assignment(key, control, Reason.TARGETED_OUT)
     if compiled.layer_prefix is not None and experiment.layer is not None:
         start, end = experiment.layer.range
         if not start <= unit_fraction(compiled.layer_prefix, unit_id) < end:
             return Assignment(key, control, Reason.NOT_IN_LAYER)
-    if unit_fraction(compiled.coverage_prefix, unit_id) >= experiment.coverage:
+    if serving.winner is not None:
+        return Assignment(key, serving.winner, Reason.PROMOTED)
+    coverage = experiment.coverage
+    if serving.coverage_cap is not None:
+        coverage = min(coverage, serving.coverage_cap)
+    if unit_fraction(compiled.coverage_prefix, unit_id) >= coverage:
         return Assignment(key, control, Reason.NOT_IN_COVERAGE)
     fraction = unit_fraction(compiled.variant_prefix, unit_id)
     index = pick_index(fraction, compiled.bounds)
     if any(pick_index(fraction, bounds) != index for bounds in compiled.other_bounds):
         stored = stored_variant()
         if stored is not None:
+            if stored in serving.rolled_back:
+                return Assignment(key, control, Reason.ROLLED_BACK)
             if stored in experiment.variant_keys:
                 return Assignment(key, stored, Reason.STICKY)
             return Assignment(key, control, Reason.VARIANT_REMOVED)
         if compiled.allocation.pending_weights is not None:
             return Assignment(key, control, Reason.SWITCHING)
-    return Assignment(key, experiment.variants[index].key, Reason.HASHED, record=True)
+    variant = experiment.variants[index].key
+    if variant in serving.rolled_back:
+        return Assignment(key, control, Reason.ROLLED_BACK)
+    return Assignment(key, variant, Reason.HASHED, record=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -178,6 +179,156 @@ def plan(
         click.echo(f"  expected duration    {result_plan.days} day(s)")
     else:
         click.echo("  expected duration    unknown: pass --daily-units or collect some traffic")
+
+
+@main.command()
+@click.option("--beat", is_flag=True, help="Also run the scheduler (one per deployment).")
+@click.option("--concurrency", type=int, default=2, show_default=True)
+def worker(beat: bool, concurrency: int) -> None:
+    """Run a Celery worker that analyses experiments and applies decisions."""
+    from service.celery_app import app
+
+    settings = _settings()
+    argv = [
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        f"--queues={settings.queue}",
+    ]
+    if beat:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    app.worker_main(argv=argv)
+
+
+@main.command()
+@click.argument("experiment_key")
+def analyze(experiment_key: str) -> None:
+    """Analyse one experiment now (the workers' own code) and print the decision."""
+    import json
+
+    from service.tasks import analyze_now, context, post_webhook
+
+    if experiment_key not in context().experiments:
+        click.echo(f"there is no experiment {experiment_key!r}", err=True)
+        sys.exit(1)
+    outcome = analyze_now(experiment_key)
+    decision = outcome.decision
+    click.echo(
+        f"{experiment_key}: {decision.kind}" + (f" {decision.variant}" if decision.variant else "")
+    )
+    click.echo(f"  reason: {decision.reason}")
+    click.echo(f"  state:  {decision.state_after.state}")
+    summary = {k: outcome.numbers[k] for k in ("units", "srm", "primary", "guardrails", "skipped")}
+    click.echo(json.dumps(summary, indent=2, default=str))
+    for delivery_id in outcome.deliveries:
+        post_webhook(delivery_id)
+
+
+@main.command()
+@click.argument("experiment_key")
+@click.argument("action", type=click.Choice(["approve", "pause", "resume", "promote", "rollback"]))
+@click.option("--variant", help="The variant to promote or roll back.")
+@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), help="Who acts.")
+@click.option("--reason", required=True, help="Why: kept in the audit log.")
+def action(experiment_key: str, action: str, variant: str | None, actor: str, reason: str) -> None:
+    """Approve, pause, resume, promote or roll back by hand (audited)."""
+    from service.human_actions import ActionRefused, act
+    from service.tasks import context, experiment, post_webhook
+
+    if experiment_key not in context().experiments:
+        click.echo(f"there is no experiment {experiment_key!r}", err=True)
+        sys.exit(1)
+    try:
+        with context().database.pool.connection(timeout=10.0) as conn:
+            decision_id, decision, deliveries = act(
+                conn, experiment(experiment_key), action, variant, actor, reason
+            )
+    except (ActionRefused, ValueError) as refused:
+        click.echo(f"refused: {refused}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{experiment_key}: {action} recorded as {decision_id}; state {decision.state_after.state}"
+    )
+    for delivery_id in deliveries:
+        post_webhook(delivery_id)
+
+
+@main.command("export-state")
+@click.option("--write", is_flag=True, help="Edit the YAML files (default: print a diff).")
+def export_state(write: bool) -> None:
+    """Write concluded decisions (promoted, rolled back, inconclusive) back into the YAML."""
+    import difflib
+
+    import psycopg
+
+    from service.registry import Registry
+    from service.state_export import export_change
+    from service.state_sync import read_states
+
+    settings = _settings()
+    result = load_experiments([settings.experiments])
+    if not result.ok:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    registry = Registry(result)
+    with psycopg.connect(database_url(settings.database_url, settings.data_dir)) as conn:
+        states = read_states(conn, registry)
+    changes = 0
+    for item in result.experiments:
+        state = states.get(item.experiment.key)
+        change = export_change(item.source.path, item.experiment, state) if state else None
+        if change is None:
+            continue
+        changes += 1
+        if write:
+            change.path.write_text(change.after, encoding="utf-8")
+            click.echo(f"updated {change.path}")
+        else:
+            diff = difflib.unified_diff(
+                change.before.splitlines(True),
+                change.after.splitlines(True),
+                str(change.path),
+                str(change.path),
+            )
+            click.echo("".join(diff), nl=False)
+    click.echo(f"{changes} experiment file(s) {'updated' if write else 'would change'}", err=True)
+
+
+@main.command()
+@click.argument("experiment_key")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="HTML file to write (default: EXPERIMENT_KEY-report.html).",
+)
+def report(experiment_key: str, output: Path | None) -> None:
+    """Write EXPERIMENT_KEY's dashboard as one self-contained HTML file (plotly.js inlined)."""
+    import psycopg
+
+    from dashboards.report import report_html
+
+    settings = _settings()
+    result = load_experiments([settings.experiments])
+    experiment = next(
+        (i.experiment for i in result.experiments if i.experiment.key == experiment_key), None
+    )
+    if experiment is None:
+        click.echo(f"no valid experiment {experiment_key!r} in {settings.experiments}", err=True)
+        sys.exit(1)
+    target = output or Path(f"{experiment_key}-report.html")
+    try:
+        url = database_url(settings.database_url, settings.data_dir)
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            html = report_html(conn, experiment)
+    except psycopg.Error as error:
+        click.echo(f"cannot read the experiment's data: {error}", err=True)
+        sys.exit(1)
+    target.write_text(html, encoding="utf-8")
+    click.echo(f"wrote {target} ({len(html.encode()):,} bytes, self-contained)")
 
 
 @main.group()

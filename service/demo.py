@@ -50,6 +50,10 @@ class Tally:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     first_seen: dict[tuple[str, str], str] = field(default_factory=dict)
     changed: int = 0
+    predictions: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """(variant, model name, provider) -> answers to /v1/predict on PREDICT_EXPERIMENT."""
+    fallbacks: int = 0
+    mean_probability: dict[str, float] = field(default_factory=dict)
 
 
 def _client(base: str, keys: list[str], users: int, tally: Tally, stop: threading.Event) -> None:
@@ -80,6 +84,34 @@ def _client(base: str, keys: list[str], users: int, tally: Tally, stop: threadin
                         (a["experiment"], user["unit"]), a["variant"]
                     )
                     tally.changed += seen != a["variant"]
+        _predict(session, base, user, rng, tally)
+
+
+PREDICT_EXPERIMENT = "checkout_ranker"
+
+
+def _predict(
+    session: requests.Session, base: str, user: dict[str, Any], rng: random.Random, tally: Tally
+) -> None:
+    """Ask the user's variant's model for a churn probability (raw features: 2z + 1)."""
+    row = [2 * rng.gauss(0, 1) + 1 for _ in range(20)]
+    body = {**user, "experiment": PREDICT_EXPERIMENT, "inputs": {"features": [row]}}
+    try:
+        response = session.post(f"{base}/v1/predict", json=body, timeout=5)
+        response.raise_for_status()
+        answer = response.json()
+    except requests.RequestException:
+        with tally.lock:
+            tally.errors += 1
+        return
+    key = (answer["variant"], answer["model"]["name"], answer["provider"])
+    with tally.lock:
+        tally.predictions[key] += 1
+        tally.fallbacks += answer["fallback"]
+        count = tally.predictions[key]
+        previous = tally.mean_probability.get(key[0], 0.0)
+        probability = answer["outputs"]["probability"][0][0]
+        tally.mean_probability[key[0]] = previous + (probability - previous) / count
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -95,6 +127,13 @@ def _report(tally: Tally, keys: list[str], elapsed: float) -> None:
             f"errors {tally.errors}, p50 {_percentile(latencies, 0.5):.1f} ms, "
             f"p99 {_percentile(latencies, 0.99):.1f} ms, units that changed variant: {tally.changed}"
         ]
+        for (variant, model, provider), n in sorted(tally.predictions.items()):
+            lines.append(
+                f"  predict {PREDICT_EXPERIMENT}: {variant:<11} model {model:<13} on {provider}:"
+                f" {n} answers, mean churn probability {tally.mean_probability[variant]:.3f}"
+            )
+        if tally.predictions:
+            lines.append(f"  predict fallbacks: {tally.fallbacks}")
         for key in keys:
             exposed = {v: n for (k, v), n in tally.variants.items() if k == key}
             total = sum(exposed.values()) or 1
@@ -128,7 +167,12 @@ def _stored_exposures(url: str) -> list[tuple[str, str, int]]:
 
 
 def run_demo(settings: Settings, duration: float, port: int, users: int, clients: int) -> int:
-    result = load_experiments([settings.experiments])
+    from service.demo_models import build_missing_demo_models
+
+    built = build_missing_demo_models(settings.experiments, settings.models)
+    if built:
+        click.echo(f"built demo models into {settings.models}: {', '.join(built)}")
+    result = load_experiments([settings.experiments], settings.models)
     if not result.ok:
         for problem in result.problems:
             click.echo(str(problem), err=True)

@@ -7,6 +7,7 @@
     ├── NotFound (404 not-found)
     │   └── UnknownExperiment (404 unknown-experiment)
     ├── MethodNotAllowed (405 method-not-allowed)
+    ├── Conflict (409 conflict)
     ├── PayloadTooLarge (413 payload-too-large)
     ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── InvalidRequest (422 invalid-request)  — carries one entry per offending field
@@ -77,6 +78,10 @@ class MethodNotAllowed(AbxError):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
 
 
+class Conflict(AbxError):
+    status, slug, title = 409, "conflict", "Conflict with the current state"
+
+
 class PayloadTooLarge(AbxError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
@@ -106,6 +111,7 @@ _HTTP_STATUS: dict[int, type[AbxError]] = {
     401: Unauthorized,
     404: NotFound,
     405: MethodNotAllowed,
+    409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: InvalidRequest,

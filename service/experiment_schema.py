@@ -154,6 +154,33 @@ class Metrics(StrictModel):
         return [self.primary, *self.secondary, *self.guardrails]
 
 
+class Ramp(StrictModel):
+    """Coverage steps taken one after another while every guardrail holds."""
+
+    steps: Annotated[list[Fraction], Field(min_length=1)]
+    hold_hours: Annotated[float, Field(ge=0.0)] = 24.0
+
+
+class Policy(StrictModel):
+    """How the decision workers judge and act on this experiment."""
+
+    method: Literal["msprt", "confidence_sequence", "group_sequential"] = "msprt"
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    expected_effect: Annotated[float, Field(gt=0.0)] | None = None
+    """Absolute effect on the primary metric the test is tuned for (mSPRT tau2 = effect**2)."""
+    planned_units: Annotated[int, Field(ge=2)] = 10_000
+    """Units per variant at the horizon (tunes the tests; the horizon for inconclusive)."""
+    looks: Annotated[int, Field(ge=1, le=100)] = 10
+    """Group-sequential only: planned looks, equally spaced in information."""
+    min_units: Annotated[int, Field(ge=0)] = 500
+    min_runtime_hours: Annotated[float, Field(ge=0.0)] = 24.0
+    horizon_days: Annotated[float, Field(gt=0.0)] | None = 28.0
+    auto_promote: bool = True
+    ramp: Ramp | None = None
+    srm_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
+    webhooks: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
+
+
 class Experiment(StrictModel):
     key: Key
     description: str = Field(min_length=1)
@@ -170,6 +197,7 @@ class Experiment(StrictModel):
     metrics: Metrics
     serving: Serving = Field(default_factory=Serving)
     outcome_window_hours: Annotated[float, Field(gt=0.0)] = 168.0
+    policy: Policy = Field(default_factory=Policy)
 
     @property
     def seed(self) -> str:

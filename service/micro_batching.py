@@ -49,6 +49,7 @@ class MicroBatcher:
         self._max_rows = max_rows
         self._max_wait = max_wait
         self._queue: deque[PendingRun] = deque()
+        self._queued_rows = 0
         self._ready = threading.Condition()
         self._closed = False
         self.batches = 0
@@ -61,7 +62,11 @@ class MicroBatcher:
         with self._ready:
             if not self._closed:
                 self._queue.append(pending)
-                self._ready.notify()
+                self._queued_rows += rows
+                # Wake the batch thread only to start a batch or to run a full one: a wake-up
+                # per request would cost a GIL hand-off each.
+                if len(self._queue) == 1 or self._queued_rows >= self._max_rows:
+                    self._ready.notify()
                 return pending
         self._run_batch([pending])  # replaced by a reload while this request was in flight
         return pending
@@ -79,7 +84,7 @@ class MicroBatcher:
             if not self._queue:
                 return []
             deadline = time.monotonic() + self._max_wait
-            while sum(p.rows for p in self._queue) < self._max_rows and not self._closed:
+            while self._queued_rows < self._max_rows and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -90,6 +95,7 @@ class MicroBatcher:
                 pending = self._queue.popleft()
                 taken.append(pending)
                 rows += pending.rows
+            self._queued_rows -= rows
             return taken
 
     def _loop(self) -> None:

@@ -93,9 +93,12 @@ def _signature_problems(ref: ModelRef, model: onnx.ModelProto) -> Iterator[tuple
                 )
     dynamic = {n.op_type for n in model.graph.node} & DYNAMIC_QUANTIZATION_OPS
     if ref.batching and dynamic:
-        yield "batching", (
-            f"the model quantizes activations per run ({', '.join(sorted(dynamic))}): in a "
-            "shared batch one request's answer would depend on the others'; turn batching off"
+        yield (
+            "batching",
+            (
+                f"the model quantizes activations per run ({', '.join(sorted(dynamic))}): in a "
+                "shared batch one request's answer would depend on the others'; turn batching off"
+            ),
         )
     for name in ref.outputs:
         if name not in outputs:

@@ -104,7 +104,7 @@ def load_model(
         sessions = {}
         for provider in (CUDA, CPU):
             try:
-                candidate = _session(path, [provider, CPU], threads)
+                candidate = _session(path, list(dict.fromkeys([provider, CPU])), threads)
             except Exception as error:  # CUDA present but unusable (driver, memory)
                 log.warning("%s: %s failed to initialise: %s", path.name, provider, error)
                 continue

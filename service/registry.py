@@ -11,6 +11,7 @@ from service.allocation_history import AllocationPlan
 from service.assignment import CompiledExperiment, compile_experiment
 from service.experiment_schema import Experiment
 from service.experiment_validation import LoadResult
+from service.serving_state import ExperimentState, override_for
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,11 @@ class Registry:
         }
         self.sources = {item.experiment.key: str(item.source.path) for item in loaded.experiments}
         self._served = {
-            key: ServedExperiment(compile_experiment(e)) for key, e in self.experiments.items()
+            key: ServedExperiment(compile_experiment(e, None, override_for(e, None)))
+            for key, e in self.experiments.items()
         }
         self._plans: dict[str, AllocationPlan] = {}
+        self._states: dict[str, ExperimentState] = {}
         self._clock_offset = 0.0
         self._lock = threading.Lock()
         self.allocations_loaded = False
@@ -55,19 +58,31 @@ class Registry:
         now = time.time()
         return [served.at(now) for served in self._served.values()]
 
-    def apply_plans(self, plans: Mapping[str, AllocationPlan], clock_offset: float) -> None:
-        """Recompile experiments whose plan changed; replace the table in one step.
+    def apply_plans(
+        self,
+        plans: Mapping[str, AllocationPlan],
+        clock_offset: float,
+        states: Mapping[str, ExperimentState] | None = None,
+    ) -> None:
+        """Recompile experiments whose plan or decision state changed; swap the table at once.
 
-        ``clock_offset`` is the database clock minus this process's clock, in seconds.
+        ``clock_offset`` is the database clock minus this process's clock, in seconds;
+        ``states`` (None: unchanged) are the decision states read from ``experiment_state``.
         """
         with self._lock:
             served = dict(self._served)
-            for key, plan in plans.items():
-                experiment = self.experiments.get(key)
-                if experiment is None or self._plans.get(key) == plan:
+            new_states = dict(self._states) if states is None else dict(states)
+            for key, experiment in self.experiments.items():
+                plan = plans.get(key, self._plans.get(key))
+                unchanged = plan == self._plans.get(key) and new_states.get(
+                    key
+                ) == self._states.get(key)
+                if unchanged and key in self._plans:
                     continue
-                served[key] = _serve(experiment, plan, clock_offset)
-                self._plans[key] = plan
+                served[key] = _serve(experiment, plan, clock_offset, new_states.get(key))
+                if plan is not None:
+                    self._plans[key] = plan
+            self._states = new_states
             self._served = served
             self._clock_offset = clock_offset
             self.allocations_loaded = True
@@ -87,16 +102,27 @@ class Registry:
                 if old is None or plan is None or old.seed != experiment.seed:
                     continue
                 if old.variant_keys == experiment.variant_keys:
-                    served[key] = _serve(experiment, plan, self._clock_offset)
+                    state = self._states.get(key)
+                    served[key] = _serve(experiment, plan, self._clock_offset, state)
                     plans[key] = plan
             self.experiments, self.sources = fresh.experiments, fresh.sources
             self._served, self._plans = served, plans
 
 
-def _serve(experiment: Experiment, plan: AllocationPlan, clock_offset: float) -> ServedExperiment:
+def _serve(
+    experiment: Experiment,
+    plan: AllocationPlan | None,
+    clock_offset: float,
+    state: ExperimentState | None,
+) -> ServedExperiment:
+    serving = override_for(experiment, state)
+    if plan is None:
+        return ServedExperiment(compile_experiment(experiment, None, serving))
     after = None
     switch_at = float("inf")
     if plan.after_switch is not None and plan.switch_at is not None:
-        after = compile_experiment(experiment, plan.after_switch)
+        after = compile_experiment(experiment, plan.after_switch, serving)
         switch_at = plan.switch_at.timestamp() - clock_offset
-    return ServedExperiment(compile_experiment(experiment, plan.before_switch), after, switch_at)
+    return ServedExperiment(
+        compile_experiment(experiment, plan.before_switch, serving), after, switch_at
+    )

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Longest wait for durability."
     )
 
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (redis:// or amqp://); unset: a folder broker."
+    )
+    queue: str = Field(default="abx", description="Celery queue the workers consume.")
+    analysis_interval_seconds: float = Field(default=60.0, gt=0)
+    webhook_secret: str = Field(default="", description="HMAC-SHA256 key for X-Abx-Signature.")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+
     @property
     def spool_path(self) -> Path:
         return self.spool_dir or self.data_dir / "spool"

@@ -29,6 +29,7 @@ from service.batch_writer import BatchWriter
 from service.database import Database
 from service.experiment_schema import Experiment
 from service.registry import Registry
+from service.serving_state import ExperimentState
 
 log = logging.getLogger(__name__)
 SYNC_LOCK_KEY = 0x616278_02
@@ -116,6 +117,19 @@ def read_allocations(conn: Any, registry: Registry) -> tuple[dict[str, Allocatio
     return plans, now
 
 
+def read_states(conn: Any, registry: Registry) -> dict[str, ExperimentState]:
+    """Decision states of the registry's experiments under their current seeds."""
+    states = {}
+    for key, seed, state, winner, rolled_back, step, started, version in conn.execute(
+        "SELECT experiment_key, seed, state, winner, rolled_back, ramp_step, ramp_started_at,"
+        " version FROM experiment_state WHERE experiment_key = ANY(%s)",
+        (list(registry.experiments),),
+    ):
+        if registry.experiments[key].seed == seed:
+            states[key] = ExperimentState(state, winner, tuple(rolled_back), step, started, version)
+    return states
+
+
 class StateSync:
     """Background heartbeat and allocation refresh for one serving process."""
 
@@ -174,10 +188,11 @@ class StateSync:
                     self._synced = True
                 self._heartbeat(conn)
                 plans, database_now = read_allocations(conn, self._registry)
+                states = read_states(conn, self._registry)
         except Exception as error:
             log.warning("state refresh failed: %s", error)
             return False
-        self._registry.apply_plans(plans, database_now.timestamp() - time.time())
+        self._registry.apply_plans(plans, database_now.timestamp() - time.time(), states)
         self._last_applied = started
         return True
 

@@ -54,6 +54,7 @@ def test_demo_serves_assignments_and_stores_exposures(db: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "units that changed variant: 0" in result.stdout
     assert "exposures stored in PostgreSQL" in result.stdout
+    assert "predict checkout_ranker: " in result.stdout and "predict fallbacks: 0" in result.stdout
     with psycopg.connect(db) as conn:
         (exposures,) = conn.execute("SELECT count(*) FROM exposures").fetchone()  # type: ignore[misc]
     assert exposures > 0

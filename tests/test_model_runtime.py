@@ -222,3 +222,22 @@ def test_a_failing_fallback_is_a_503_never_a_500(fault_models: dict[str, Serving
             lambda s: feeds,
             FailureCounts(),
         )
+
+
+def test_gpu_check_runs_on_the_cpu_alone(built: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    from service.settings import PROJECT_ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "gpu_check.py"), "--seconds", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for batch in (1, 8, 64, 512):
+        assert f"mlp_heavy.onnx         batch {batch:>4}:   CPU" in result.stdout
+    if CUDA not in ort.get_available_providers():
+        assert "measuring the CPU only" in result.stdout

@@ -1,0 +1,63 @@
+"""Gather what one analysis needs from PostgreSQL and run it (shared by workers and dashboards)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+from typing import Any
+
+from analysis.msprt import MsprtResult
+from analysis.sufficient_stats import SufficientStats
+from service.experiment_analysis import ExperimentAnalysis, StatsKey, analyze
+from service.experiment_schema import Experiment
+from service.stats_store import exposed_units, metric_stats
+
+
+def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT numbers FROM analysis_runs WHERE experiment_key = %s AND seed = %s"
+        " ORDER BY run_id DESC LIMIT 1",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    return dict(row[0]) if row else {}
+
+
+def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
+    states = {}
+    for item in numbers.get("msprt_states", []):
+        fields = {f.name: item[f.name] for f in dataclasses.fields(MsprtResult)}
+        states[(item["variant"], item["metric"])] = MsprtResult(**fields)
+    return states
+
+
+def run_analysis(
+    conn: Any,
+    experiment: Experiment,
+    weights: dict[str, float],
+    through: date | None = None,
+    use_history: bool = True,
+) -> tuple[ExperimentAnalysis, dict[str, Any]]:
+    """Analyse from the rollup tables; return the analysis and the numbers to store for the next run.
+
+    ``use_history`` carries the running mSPRT minimum and group-sequential looks over from the
+    previous stored run (what keeps p-values from going up between looks).
+    """
+    units = exposed_units(conn, experiment.key, experiment.seed, through)
+    stats = {
+        (s.variant_key, s.metric): s.stats
+        for s in metric_stats(conn, experiment.key, experiment.seed, through)
+    }
+    for variant, n in units.items():  # exposed units without any outcome count as zeros
+        for metric in experiment.metrics.all_metrics():
+            stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
+    previous = last_run_numbers(conn, experiment) if use_history else {}
+    looks = [float(x) for x in previous.get("gs_information", [])]
+    result, states = analyze(experiment, units, stats, weights, _previous_states(previous), looks)
+    numbers = dataclasses.asdict(result)
+    numbers["msprt_states"] = [
+        {"variant": variant, "metric": metric, **dataclasses.asdict(state)}
+        for (variant, metric), state in states.items()
+    ]
+    primary_looks = [c.information_looks for c in result.primary if c.information_looks]
+    numbers["gs_information"] = list(primary_looks[0]) if primary_looks else looks
+    return result, numbers
