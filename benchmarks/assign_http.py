@@ -52,7 +52,7 @@ import psycopg  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from service.schema_migrations import apply_migrations  # noqa: E402
-from service.server import default_workers  # noqa: E402
+from service.server import AbxServer, default_workers  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 TARGET_THROUGHPUT_RATIO = 0.6
@@ -524,9 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workers = args.workers or default_workers()
     cores = os.cpu_count() or 1
-    threads = Settings().threads
+    # The options both servers get, read from AbxServer itself rather than restated here.
+    gunicorn = AbxServer(Settings(workers=workers)).cfg
     print(
-        f"gunicorn: gthread, {workers} workers x {threads} threads, keepalive 5 s; "
+        f"gunicorn: {gunicorn.worker_class_str}, {gunicorn.workers} workers x {gunicorn.threads} "
+        f"threads, keepalive {gunicorn.keepalive} s; "
         f"{cores} cores; load generator: wrk, {args.wrk_threads} threads; "
         f"{args.duration:g} s measured after {args.warmup:g} s warm-up; "
         f"experiment {args.experiment}; load average {Path('/proc/loadavg').read_text().split()[0]}; "

@@ -309,6 +309,7 @@ def abx_server(
         env.pop(key, None)
     abx = Path(sys.executable).with_name("abx")
     command = [str(abx)] if abx.exists() else [sys.executable, "-m", "service.cli"]
+    scratch.mkdir(parents=True, exist_ok=True)
     log_path = scratch / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -27,6 +27,7 @@ from dashboards.sample_size import SampleSize, sample_size
 from service.analysis_inputs import run_analysis
 from service.experiment_analysis import Comparison, ExperimentAnalysis
 from service.experiment_schema import Experiment
+from service.serving_state import initial_state
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ExperimentPage:
     last_analysis_at: datetime | None
     sample_size: SampleSize
     days_running: int
+    state_name: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,13 @@ def _days_running(exposures: ExposureSeries | None, today: date) -> int:
     return (today - exposures.days[0]).days + 1 if exposures else 0
 
 
+def state_name(experiment: Experiment, state: audit_log.ServingState | None) -> str:
+    """The file's status unless it is running; then the decision state (as the decisions API says)."""
+    if experiment.status != "running":
+        return experiment.status
+    return state.state if state else initial_state(experiment).state
+
+
 def experiment_page(
     conn: Any, experiment: Experiment, weights: dict[str, float], now: datetime
 ) -> ExperimentPage:
@@ -108,6 +117,7 @@ def experiment_page(
         exposure_rows,
         _metric_buckets(conn, experiment, experiment.metrics.primary.name),
     )
+    state = audit_log.serving_state(conn, experiment.key, experiment.seed)
     return ExperimentPage(
         experiment,
         weights,
@@ -117,10 +127,11 @@ def experiment_page(
         exposures,
         model_health(conn, experiment),
         audit_log.decisions(conn, experiment.key),
-        audit_log.serving_state(conn, experiment.key, experiment.seed),
+        state,
         audit_log.last_analysis_at(conn, experiment.key, experiment.seed),
         sample_size(conn, experiment, exposures),
         _days_running(exposures, now.date()),
+        state_name(experiment, state),
     )
 
 

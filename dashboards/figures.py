@@ -50,7 +50,7 @@ def _layout(title: str, height: int = 380, **extra: Any) -> dict[str, Any]:
 
 def _axis(**extra: Any) -> dict[str, Any]:
     if extra.get("type") == "log":
-        extra = {"dtick": 1, "exponentformat": "power", **extra}
+        extra = {"dtick": 1, "exponentformat": "none", **extra}
     return {"gridcolor": "#e5e5e5", "zerolinecolor": "#999999", "linecolor": "#999999",
             "automargin": True, **extra}  # fmt: skip
 
@@ -164,6 +164,7 @@ def p_value_figure(
 ) -> Figure:  # fmt: skip
     """Always-valid p-value (Holm-adjusted across treatments) per day with the alpha boundary."""
     data = []
+    smallest = alpha
     for variant, style in styles.items():
         own = [p for p in points if p.variant == variant and p.p_value_adjusted is not None]
         if not own:
@@ -171,15 +172,18 @@ def p_value_figure(
         data.append({
             "type": "scatter", "mode": "lines+markers", "name": variant,
             "x": [_iso(p.day) for p in own],
-            "y": [max(p.p_value_adjusted or 0.0, 1e-12) for p in own],
+            "y": (shown := [max(p.p_value_adjusted or 0.0, 1e-12) for p in own]),
             "line": _line(style), "marker": {"symbol": style.marker, "size": 5},
             "hovertemplate": f"{variant}: p=%{{y:.3g}}<extra></extra>",
         })  # fmt: skip
+        smallest = min(smallest, *shown)
     layout = _layout(
         "Always-valid p-value (Holm-adjusted across treatments); below the line = significant",
         xaxis=_axis(**DAY_AXIS),
-        yaxis=_axis(type="log", title={"text": "p-value (log scale)"}),
-    )
+        # Log axes take their range in powers of ten; the boundary must always be in view.
+        yaxis=_axis(type="log", title={"text": "p-value (log scale)"},
+                    range=[math.log10(smallest) - 0.5, 0.1]),
+    )  # fmt: skip
     layout["shapes"] = [
         {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": alpha, "y1": alpha,
          "line": {"color": NEUTRAL, "width": 2, "dash": "dash"},

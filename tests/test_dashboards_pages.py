@@ -37,7 +37,6 @@ class _Numbers(HTMLParser):
             target = self._row if self._row is not None else self.page
             target[found["data-field"] or ""] = found.get("data-value") or ""
 
-
     def handle_endtag(self, tag: str) -> None:
         if tag in ("tr", "table"):
             self._row = None
@@ -89,6 +88,18 @@ def test_page_numbers_equal_the_analysis_api(api: Api, key: str) -> None:
     data = api.get(f"/dashboards/{key}/data.json").json()
     assert data["analysis"]["primary"] == expected["primary"]
     assert data["weights"] == expected["weights"]
+    # The decision timeline is the decisions API's audit log, number for number.
+    audit = api.get(f"/v1/experiments/{key}/decisions").json()
+    fields = ("decision_id", "kind", "variant", "status", "actor", "reason", "numbers",
+              "state_before", "state_after", "created_at", "applied_at", "seed")  # fmt: skip
+    assert [{f: d[f] for f in fields} for d in data["decisions"]] == [
+        {f: d[f] for f in fields} for d in audit["decisions"]
+    ]
+    assert len(audit["decisions"]) == 3
+    assert re.findall(r'data-decision="([^"]+)"', page.text) == [
+        d["decision_id"] for d in reversed(audit["decisions"])
+    ]
+    assert f'<span class="badge" id="state">{audit["current"]["state"]}</span>' in page.text
 
 
 def test_dashboards_need_the_key_when_one_is_set(dashboard_server: Server) -> None:

@@ -61,10 +61,23 @@ def env(db: str, tmp_path: Path, flaky: FlakyReceiver) -> dict[str, str]:
             "ABX_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
 
 
-def fresh_cli(runner: CliRunner, args: list[str], env: dict[str, str]) -> Any:
+def reset_worker_context() -> None:
+    """The worker context is per process: close it so the next command builds one for its settings."""
     from service.tasks import context
 
-    context.cache_clear()  # the worker context is per process: rebuild it for this test's settings
+    if context.cache_info().currsize:
+        context().database.close()
+    context.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _close_worker_context() -> Iterator[None]:
+    yield
+    reset_worker_context()
+
+
+def fresh_cli(runner: CliRunner, args: list[str], env: dict[str, str]) -> Any:
+    reset_worker_context()
     return runner.invoke(main, args, env=env)
 
 
