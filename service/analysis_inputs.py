@@ -10,7 +10,7 @@ from analysis.msprt import MsprtResult
 from analysis.sufficient_stats import SufficientStats
 from service.experiment_analysis import ExperimentAnalysis, StatsKey, analyze
 from service.experiment_schema import Experiment
-from service.stats_store import exposed_units, metric_stats
+from service.stats_store import exposed_units, exposed_units_by_day, metric_stats
 
 
 def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
@@ -52,7 +52,10 @@ def run_analysis(
             stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
     previous = last_run_numbers(conn, experiment) if use_history else {}
     looks = [float(x) for x in previous.get("gs_information", [])]
-    result, states = analyze(experiment, units, stats, weights, _previous_states(previous), looks)
+    daily = exposed_units_by_day(conn, experiment.key, experiment.seed, through)
+    result, states = analyze(
+        experiment, units, stats, weights, _previous_states(previous), looks, daily
+    )
     numbers = dataclasses.asdict(result)
     numbers["msprt_states"] = [
         {"variant": variant, "metric": metric, **dataclasses.asdict(state)}

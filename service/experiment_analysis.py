@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import date
 
 from analysis import confidence_sequence, cuped, guardrails, msprt, srm
 from analysis.group_sequential import boundary_at_look
@@ -64,9 +65,11 @@ class GuardrailCheck:
 class SrmCheck:
     p_value: float
     flagged: bool
+    """The cumulative test, or any single day's, is below the threshold."""
     threshold: float
     observed: dict[str, int]
     expected_weights: dict[str, float]
+    flagged_days: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,10 @@ class ExperimentAnalysis:
 
 
 def _srm(
-    experiment: Experiment, units: Mapping[str, int], weights: Mapping[str, float]
+    experiment: Experiment,
+    units: Mapping[str, int],
+    weights: Mapping[str, float],
+    daily: Mapping[date, Mapping[str, int]],
 ) -> SrmCheck | None:
     keys = [v.key for v in experiment.variants if weights.get(v.key, 0.0) > 0]
     observed = [units.get(key, 0) for key in keys]
@@ -93,9 +99,18 @@ def _srm(
         return None
     total = sum(weights[key] for key in keys)
     shares = [weights[key] / total for key in keys]
-    result = srm.srm_check(observed, shares, threshold=experiment.policy.srm_threshold)
-    return SrmCheck(result.p_value, result.flagged, experiment.policy.srm_threshold,
-                    dict(zip(keys, observed, strict=True)), dict(zip(keys, shares, strict=True)))  # fmt: skip
+    threshold = experiment.policy.srm_threshold
+    result = srm.srm_check(observed, shares, threshold=threshold)
+    days = sorted(daily)
+    flagged_days: list[str] = []
+    if days:
+        by_day = srm.srm_check_daily(
+            [[daily[d].get(k, 0) for k in keys] for d in days], shares, threshold
+        )
+        flagged_days = [days[i].isoformat() for i in by_day.flagged_days]
+    return SrmCheck(result.p_value, result.flagged or bool(flagged_days), threshold,
+                    dict(zip(keys, observed, strict=True)), dict(zip(keys, shares, strict=True)),
+                    flagged_days)  # fmt: skip
 
 
 def _compare(
@@ -179,13 +194,15 @@ def analyze(
     weights: Mapping[str, float],
     previous: Mapping[StatsKey, msprt.MsprtResult] | None = None,
     looks_so_far: list[float] | None = None,
+    daily_units: Mapping[date, Mapping[str, int]] | None = None,
 ) -> tuple[ExperimentAnalysis, dict[StatsKey, msprt.MsprtResult]]:
     """Compare every treatment with the control on every metric; return the new mSPRT states too."""
     previous = previous or {}
     control = experiment.control
     treatments = [v.key for v in experiment.variants if v.key != control and units.get(v.key)]
     result = ExperimentAnalysis(experiment.key, experiment.seed, experiment.policy.method,
-                                experiment.policy.alpha, dict(units), _srm(experiment, units, weights))  # fmt: skip
+                                experiment.policy.alpha, dict(units),
+                                _srm(experiment, units, weights, daily_units or {}))  # fmt: skip
     states: dict[StatsKey, msprt.MsprtResult] = {}
     metrics = experiment.metrics
     for metric, target in [(metrics.primary, result.primary)] + [
@@ -228,23 +245,20 @@ def analyze(
 
 
 def _adjust_primary(result: ExperimentAnalysis) -> None:
-    """Holm across the treatments' primary comparisons (family-wise error at alpha)."""
-    with_p = [c for c in result.primary if c.p_value is not None]
+    """Holm across the treatments' primary comparisons (family-wise error at alpha).
+
+    A Holm rejection implies the unadjusted test rejected too, so a comparison's
+    direction (``better``) carries over unchanged when it stays significant.
+    """
+    with_p = [(i, c) for i, c in enumerate(result.primary) if c.p_value is not None]
     if len(with_p) < 2:
         return
-    adjusted = holm([c.p_value for c in with_p if c.p_value is not None], alpha=result.alpha)
-    for index, comparison in enumerate(result.primary):
-        if comparison in with_p:
-            position = with_p.index(comparison)
-            significant = bool(adjusted.reject[position])
-            better = (
-                None
-                if not significant
-                else comparison.better
-                if comparison.significant
-                else ((comparison.difference > 0) == (comparison.better is not False))
-            )
-            result.primary[index] = Comparison(
-                **{**comparison.__dict__, "p_value_adjusted": float(adjusted.p_values_adjusted[position]),
-                   "significant": significant, "better": better}
-            )  # fmt: skip
+    adjusted = holm([c.p_value for _, c in with_p if c.p_value is not None], alpha=result.alpha)
+    for position, (index, comparison) in enumerate(with_p):
+        significant = bool(adjusted.reject[position])
+        result.primary[index] = replace(
+            comparison,
+            p_value_adjusted=float(adjusted.p_values_adjusted[position]),
+            significant=significant,
+            better=comparison.better if significant else None,
+        )

@@ -59,3 +59,17 @@ def outcome_status_counts(conn: Any, experiment_key: str) -> dict[str, int]:
         (experiment_key,),
     ).fetchall()
     return {status: int(n) for status, n in rows}
+
+
+def exposed_units_by_day(
+    conn: Any, experiment_key: str, seed: str, through: date | None = None
+) -> dict[date, dict[str, int]]:
+    """New exposed units per day of first exposure and variant (for the daily SRM check)."""
+    days: dict[date, dict[str, int]] = {}
+    for bucket, variant, units in conn.execute(
+        "SELECT bucket, variant_key, units FROM exposure_counts WHERE experiment_key = %s"
+        " AND seed = %s AND (%s::date IS NULL OR bucket <= %s::date) ORDER BY bucket",
+        (experiment_key, seed, through, through),
+    ):
+        days.setdefault(bucket, {})[variant] = int(units)
+    return days

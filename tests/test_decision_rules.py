@@ -107,3 +107,35 @@ def test_terminal_and_stopped_states_do_not_move_by_themselves() -> None:
             run(experiment(), ExperimentState(state=state), (5000, 5000), (500, 700)).kind
             == "continue"
         )
+
+
+def test_a_late_daily_imbalance_halts_even_when_the_total_looks_fine() -> None:
+    from datetime import date
+
+    exp = experiment()
+    units = {"a": 10_000, "b": 10_000}
+    stats = {
+        (v, m): SufficientStats.from_binary(10_000, 1000) for v in "ab" for m in ("conv", "errors")
+    }
+    daily = {date(2026, 5, d): {"a": 1000, "b": 1000} for d in range(1, 10)}
+    daily[date(2026, 5, 10)] = {"a": 1000 - 150, "b": 1000 + 150}
+    analysis, _ = analyze(exp, units, stats, {"a": 0.5, "b": 0.5}, daily_units=daily)
+    assert analysis.srm is not None and analysis.srm.flagged_days == ["2026-05-10"]
+    assert decide(exp, ExperimentState(), analysis, STARTED, NOW).kind == "halt"
+
+
+def test_holm_keeps_the_family_wise_error() -> None:
+    exp = Experiment.model_validate({
+        **experiment().model_dump(by_alias=True),
+        "variants": [{"key": "a", "weight": 0.34}, {"key": "b", "weight": 0.33}, {"key": "c", "weight": 0.33}],
+    })  # fmt: skip
+    stats = {("a", "conv"): SufficientStats.from_binary(5000, 500), ("b", "conv"): SufficientStats.from_binary(5000, 700),
+             ("c", "conv"): SufficientStats.from_binary(5000, 520)}  # fmt: skip
+    analysis, _ = analyze(
+        exp, {"a": 5000, "b": 5000, "c": 5000}, stats, {"a": 0.34, "b": 0.33, "c": 0.33}
+    )
+    by_variant = {c.variant: c for c in analysis.primary}
+    assert by_variant["b"].significant and by_variant["b"].better
+    assert by_variant["c"].p_value_adjusted is not None and by_variant["c"].p_value is not None
+    assert by_variant["c"].p_value_adjusted >= by_variant["c"].p_value
+    assert not by_variant["c"].significant
