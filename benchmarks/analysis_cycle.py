@@ -80,6 +80,7 @@ from assign_http import (
     bench_database,
     children_of,
     code_version,
+    cpu_seconds,
     rss_mib,
     stop,
     wait_for_quiet,
@@ -164,15 +165,16 @@ SELECT (%(keys)s::text[])[1 + u %% %(x)s], (%(seeds)s::text[])[1 + u %% %(x)s], 
 FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS u
 """
 
-# Event g goes to unit (g * 2654435761) mod units and metric g mod 5.
+# Event g goes to unit (g * 2654435761) mod units and metric (g / X) mod 5: not g mod 5, which
+# would tie each experiment to one metric whenever X divides the number of units.
 OUTCOMES_SQL = """
 WITH inserted AS (
     INSERT INTO outcomes (experiment_key, seed, event_id, unit_id, metric, aggregation, value,
                           occurred_at, received_at)
     SELECT (%(keys)s::text[])[1 + u %% %(x)s], (%(seeds)s::text[])[1 + u %% %(x)s],
-           'e-' || g, 'u-' || u, (%(metrics)s::text[])[1 + g %% 5],
-           CASE WHEN g %% 5 IN (0, 4) THEN 'max' ELSE 'sum' END,
-           CASE g %% 5
+           'e-' || g, 'u-' || u, (%(metrics)s::text[])[1 + m],
+           CASE WHEN m IN (0, 4) THEN 'max' ELSE 'sum' END,
+           CASE m
                WHEN 0 THEN (random() < 0.10 + CASE WHEN arm = 2 AND u %% %(x)s %% 4 = 0
                                                    THEN 0.04 ELSE 0 END)::int
                WHEN 1 THEN round((-ln(1 - random()) * 20)::numeric, 2)
@@ -185,7 +187,7 @@ WITH inserted AS (
            %(start)s::timestamptz + ((u * 7919) %% %(span)s) * interval '1 second'
                + (random() * 1.1 - 0.1) * %(window)s::interval,
            now()
-    FROM (SELECT g, u, (u / %(x)s) %% 4 AS arm
+    FROM (SELECT g, u, (u / %(x)s) %% 4 AS arm, (g / %(x)s) %% 5 AS m
           FROM (SELECT g, (g * 2654435761) %% %(units)s AS u
                 FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS g) AS e) AS s
     RETURNING experiment_key, event_id
@@ -303,14 +305,22 @@ def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
         for item in load_experiments([folder]).experiments
         if item.experiment.status == "running"
     ]
-    report: dict[str, Any] = {"cycles": [], "decisions": [], "slowest_ms": []}
+    report: dict[str, Any] = {
+        "cycles": [],
+        "cpu": [],
+        "backend_cpu": [],
+        "decisions": [],
+        "slowest_ms": [],
+    }
     failed: dict[str, str] = {}
     with psycopg.connect(url, autocommit=True) as conn:  # autocommit, as the worker's pool
         conn.execute("SELECT 1")
+        backend = [conn.info.backend_pid]
         report["rss_before_mib"] = rss_mib(os.getpid())
         for _ in range(cycles):
             per_experiment: list[tuple[float, str]] = []
             decisions: Counter[str] = Counter()
+            cpu_before, backend_before = time.process_time(), cpu_seconds(backend)
             started = time.perf_counter()
             for experiment in experiments:
                 one_started = time.perf_counter()
@@ -322,6 +332,8 @@ def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
                 per_experiment.append((time.perf_counter() - one_started, experiment.key))
                 decisions[kind] += 1
             report["cycles"].append(time.perf_counter() - started)
+            report["cpu"].append(time.process_time() - cpu_before)
+            report["backend_cpu"].append(cpu_seconds(backend) - backend_before)
             report["decisions"].append(dict(decisions))
             times = sorted(seconds for seconds, _ in per_experiment)
             report["median_ms"] = 1000 * statistics.median(times)
@@ -355,6 +367,10 @@ def peak_rss_mib(pid: int) -> float:
 @dataclass(frozen=True)
 class Cycles:
     seconds: list[float]
+    cpu_seconds: list[float]
+    """CPU of the cycle process per cycle (Python: psycopg, the analysis, the rules)."""
+    backend_cpu_seconds: list[float]
+    """CPU of its PostgreSQL backend per cycle (the queries)."""
     decisions: list[dict[str, int]]
     median_ms: float
     slowest_ms: list[tuple[float, str]]
@@ -368,6 +384,14 @@ class Cycles:
     def steady(self) -> list[float]:
         """The cycles after the first (which creates the states and takes the decisions)."""
         return self.seconds[1:] or self.seconds
+
+    @property
+    def steady_cpu(self) -> list[float]:
+        return self.cpu_seconds[1:] or self.cpu_seconds
+
+    @property
+    def steady_backend_cpu(self) -> list[float]:
+        return self.backend_cpu_seconds[1:] or self.backend_cpu_seconds
 
 
 def run_cycles(
@@ -391,6 +415,8 @@ def run_cycles(
     report = json.loads(found[-1].removeprefix("CYCLE_JSON "))
     return Cycles(
         seconds=report["cycles"],
+        cpu_seconds=report["cpu"],
+        backend_cpu_seconds=report["backend_cpu"],
         decisions=report["decisions"],
         median_ms=report["median_ms"],
         slowest_ms=[(ms, key) for ms, key in report["slowest_ms"]],
@@ -571,7 +597,7 @@ def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bo
     header = (
         f"{'events':>11} {'units':>9} {'load s':>7} {'rollup s':>8} {'rollup ev/s':>11} "
         f"{'stats rows':>10} | {'cycle s: 1st':>12} {'median':>7} {'unvac.':>7} "
-        f"{'ms/exp':>6} | {'worker s':>8} | {'RSS MiB':>7} {'peak':>5}"
+        f"{'ms/exp':>6} {'cpu py':>6} {'pg':>5} | {'worker s':>8} | {'RSS MiB':>7} {'peak':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -581,14 +607,18 @@ def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bo
             f"{r.events:>11,} {r.units:>9,} {r.load_seconds:>7.0f} {r.rollup.seconds:>8.0f} "
             f"{r.rollup.events_per_second:>11,.0f} {r.metric_stats_rows:>10,} | "
             f"{r.cycles.seconds[0]:>12.2f} {statistics.median(r.cycles.steady):>7.2f} "
-            f"{r.unvacuumed.seconds[0]:>7.2f} {r.cycles.median_ms:>6.1f} | {worker} | "
+            f"{r.unvacuumed.seconds[0]:>7.2f} {r.cycles.median_ms:>6.1f} "
+            f"{statistics.median(r.cycles.steady_cpu):>6.2f} "
+            f"{statistics.median(r.cycles.steady_backend_cpu):>5.2f} | {worker} | "
             f"{r.cycles.rss_after_mib:>7.0f} {r.cycles.hwm_mib:>5.0f}"
         )
     print(
         f"(cycle: analyze_and_decide for {experiments} experiments, sequentially, one connection, "
         f"a fresh process; 1st: from empty decision tables (creates the states, takes the "
         f"decisions); median: of cycles 2..{cycles}; unvac.: one cycle before VACUUM of the "
-        "rollup tables; ms/exp: median per experiment in the last cycle; worker: median of the "
+        "rollup tables; ms/exp: median per experiment in the last cycle; cpu py, pg: median CPU "
+        "seconds per cycle (2..) of the cycle process and of its PostgreSQL backend, which "
+        "other work on the machine does not inflate as it does wall time; worker: median of the "
         "timed cycles through abx worker --concurrency 2; RSS: VmRSS of the cycle process after "
         "its cycles, peak: its VmHWM)"
     )

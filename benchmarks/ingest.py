@@ -511,23 +511,34 @@ ORDER BY t.variant_key, t.metric
 
 
 @dataclass(frozen=True)
+class Rollup:
+    events: int
+    seconds: float
+    rounds_ms: list[float]
+    complete: bool
+    client_cpu_seconds: float
+    database_cpu_seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / max(1e-9, self.seconds)
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return 1e6 * (self.client_cpu_seconds + self.database_cpu_seconds) / max(1, self.events)
+
+
+@dataclass(frozen=True)
 class BigResult:
     events: int
     units: int
     load_seconds: float
-    rollup_events: int
-    rollup_seconds: float
-    rollup_rounds: int
-    rollup_complete: bool
-    round_ms_first: float
-    round_ms_last: float
+    rollup: Rollup
+    bucket_rows: int
+    """Rows metric_stats reads: metric_stats and exposure_counts of the experiment."""
     metric_stats_ms: list[float]
     raw_scan_ms: list[float]
     answers_match: bool | None
-
-    @property
-    def rollup_events_per_second(self) -> float:
-        return self.rollup_events / max(1e-9, self.rollup_seconds)
 
 
 def load_outcomes(
@@ -561,34 +572,38 @@ def load_outcomes(
         conn.execute("VACUUM ANALYZE outcomes")
 
 
-def roll_up(
-    url: str, window: timedelta, grace: timedelta, events: int, timeout: float
-) -> tuple[int, float, int, bool, list[float]]:
-    """``roll_up_once`` until idle or ``timeout``; (events, seconds, rounds, complete, round ms)."""
+def roll_up(url: str, window: timedelta, grace: timedelta, events: int, timeout: float) -> Rollup:
+    """``roll_up_once`` until idle or ``timeout``, from one connection."""
     rolled, rounds_ms = 0, []
     complete = False
     with psycopg.connect(url, autocommit=True) as conn:
+        backend = [conn.info.backend_pid]
+        client_before, database_before = time.process_time(), cpu_seconds(backend)
         started = time.perf_counter()
         for _ in range(events // EVENT_CHUNK + 50):
             round_started = time.perf_counter()
             done = roll_up_once(conn, lambda _key: window, grace)
-            rounds_ms.append(1000 * (time.perf_counter() - round_started))
             if done is None:
                 time.sleep(0.1)  # another process holds the rollup lock
                 continue
+            rounds_ms.append(1000 * (time.perf_counter() - round_started))
             rolled += done[1]
             if len(rounds_ms) % 20 == 0:
                 elapsed = time.perf_counter() - started
-                print(
-                    f"  rolled up {rolled:,} events in {elapsed:.0f} s ({rolled / elapsed:,.0f}/s)",
-                    flush=True,
-                )
+                print(f"  rolled up {rolled:,} events in {elapsed:.0f} s", flush=True)
             if done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 complete = True
                 break
             if time.perf_counter() - started > timeout:
                 break
-        return rolled, time.perf_counter() - started, len(rounds_ms), complete, rounds_ms
+        return Rollup(
+            events=rolled,
+            seconds=time.perf_counter() - started,
+            rounds_ms=rounds_ms,
+            complete=complete,
+            client_cpu_seconds=time.process_time() - client_before,
+            database_cpu_seconds=cpu_seconds(backend) - database_before,
+        )
 
 
 def timed(action: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
@@ -630,12 +645,15 @@ def big_phase(url: str, experiment: Experiment, events: int, rollup_timeout: flo
     print(f"  {events:,} events for {units:,} units loaded in {load_seconds:.0f} s", flush=True)
     grace = timedelta(seconds=Settings().attribution_grace_seconds)
     quiet()
-    rolled, seconds, rounds, complete, rounds_ms = roll_up(
-        url, window, grace, events, rollup_timeout
-    )
+    rollup = roll_up(url, window, grace, events, rollup_timeout)
     quiet()
     params = {"key": experiment.key, "seed": experiment.seed, "window": window}
     with psycopg.connect(url, autocommit=True) as conn:
+        (bucket_rows,) = conn.execute(
+            "SELECT (SELECT count(*) FROM metric_stats WHERE experiment_key = %(key)s)"
+            " + (SELECT count(*) FROM exposure_counts WHERE experiment_key = %(key)s)",
+            params,
+        ).fetchone() or (0,)
         metric_stats(conn, experiment.key, experiment.seed)  # warm the connection and cache
         fast_ms, fast = timed(lambda: metric_stats(conn, experiment.key, experiment.seed), 21)
         raw_ms, raw = timed(lambda: conn.execute(RAW_SCAN_SQL, params).fetchall(), 3)
@@ -643,15 +661,11 @@ def big_phase(url: str, experiment: Experiment, events: int, rollup_timeout: flo
         events=events,
         units=units,
         load_seconds=load_seconds,
-        rollup_events=rolled,
-        rollup_seconds=seconds,
-        rollup_rounds=rounds,
-        rollup_complete=complete,
-        round_ms_first=statistics.median(rounds_ms[:5]),
-        round_ms_last=statistics.median(rounds_ms[-6:-1] or rounds_ms[-1:]),
+        rollup=rollup,
+        bucket_rows=int(bucket_rows),
         metric_stats_ms=fast_ms,
         raw_scan_ms=raw_ms,
-        answers_match=compare(fast, raw) if complete else None,
+        answers_match=compare(fast, raw) if rollup.complete else None,
     )
 
 
@@ -737,38 +751,43 @@ def print_ingest(runs: list[Run], rss: dict[str, list[float]], connections: int)
 def print_big(result: BigResult) -> bool:
     fast = statistics.median(result.metric_stats_ms)
     raw = statistics.median(result.raw_scan_ms)
+    rollup = result.rollup
     print()
     print(
         f"statistics of {result.events:,} outcome events, {result.units:,} exposed units, 3 variants"
     )
-    print(f"  loaded (server-side INSERT … SELECT):  {result.load_seconds:,.0f} s")
-    state = "complete" if result.rollup_complete else "STOPPED at --rollup-timeout"
+    print(f"  loaded (server-side INSERT … SELECT): {result.load_seconds:,.0f} s")
+    state = "complete" if rollup.complete else "STOPPED at --rollup-timeout"
     print(
-        f"  rollup ({state}): {result.rollup_events:,} events in {result.rollup_seconds:,.0f} s = "
-        f"{result.rollup_events_per_second:,.0f} events/s over {result.rollup_rounds} rounds "
-        f"(median round of {EVENT_CHUNK:,} events: first 5 {result.round_ms_first:,.0f} ms, "
-        f"last 5 {result.round_ms_last:,.0f} ms)"
+        f"  rollup ({state}): {rollup.events:,} events in {rollup.seconds:,.0f} s = "
+        f"{rollup.events_per_second:,.0f} events/s; CPU {rollup.cpu_us_per_event:.0f} µs/event "
+        f"(Python {rollup.client_cpu_seconds:,.0f} s, PostgreSQL {rollup.database_cpu_seconds:,.0f} s)"
     )
-    if not result.rollup_complete:
-        remaining = result.events - result.rollup_events
-        print(
-            f"  extrapolated: {remaining / result.rollup_events_per_second:,.0f} s more for the rest"
-        )
+    rounds = rollup.rounds_ms
     print(
-        f"  metric_stats: median {fast:.2f} ms (min {min(result.metric_stats_ms):.2f}, "
-        f"max {max(result.metric_stats_ms):.2f}, 21 runs); target < {TARGET_STATS_MS:g} ms: "
-        f"{fast / TARGET_STATS_MS:.3f} of the budget, {verdict(fast < TARGET_STATS_MS)}"
+        f"  rounds of {EVENT_CHUNK:,} events: {len(rounds)}, median ms of the first 5 "
+        f"{statistics.median(rounds[:5]):,.0f}, of the last 5 full ones "
+        f"{statistics.median(rounds[-6:-1] or rounds[-1:]):,.0f}"
+    )
+    if not rollup.complete:
+        remaining = (result.events - rollup.events) / rollup.events_per_second
+        print(f"  extrapolated at that rate: {remaining:,.0f} s more for the rest")
+    print(
+        f"  metric_stats: median {fast:.2f} ms (min {min(result.metric_stats_ms):.2f}, max "
+        f"{max(result.metric_stats_ms):.2f}, 21 runs) reading {result.bucket_rows} bucket rows; "
+        f"target < {TARGET_STATS_MS:g} ms: {fast / TARGET_STATS_MS:.3f} of it, "
+        f"{verdict(fast < TARGET_STATS_MS)}"
     )
     print(
-        f"  raw scan (outcomes JOIN exposures GROUP BY unit): median {raw:,.0f} ms "
-        f"({', '.join(f'{t:,.0f}' for t in result.raw_scan_ms)}); metric_stats is {raw / fast:,.0f}x faster"
+        f"  raw scan (outcomes JOIN exposures, GROUP BY unit): median {raw:,.0f} ms "
+        f"({', '.join(f'{t:,.0f}' for t in result.raw_scan_ms)}); metric_stats {raw / fast:,.0f}x faster"
     )
     match = {
         True: "identical (rel 1e-6)",
         False: "DIFFERENT",
         None: "not compared (rollup incomplete)",
     }
-    print(f"  answers: {match[result.answers_match]}")
+    print(f"  metric_stats vs raw scan: {match[result.answers_match]}")
     return fast < TARGET_STATS_MS and result.answers_match is not False
 
 

@@ -377,9 +377,16 @@ def import_events(path: Path) -> None:
 @click.option(
     "--duration",
     type=float,
-    default=60.0,
+    default=180.0,
     show_default=True,
-    help="Seconds of simulated traffic (0: until Ctrl-C).",
+    help="Longest run in seconds (0: until Ctrl-C); it ends 10 s after the promotion.",
+)
+@click.option(
+    "--analysis-interval",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between the worker's analyses (production default: ABX_ANALYSIS_INTERVAL_SECONDS).",
 )
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--users", type=int, default=5000, show_default=True, help="Simulated web-app users.")
@@ -390,11 +397,25 @@ def import_events(path: Path) -> None:
     show_default=True,
     help="Concurrent simulated web-app clients.",
 )
-def demo(duration: float, port: int, users: int, clients: int) -> None:
-    """Start everything on embedded defaults and drive simulated web-app traffic."""
+def demo(duration: float, analysis_interval: float, port: int, users: int, clients: int) -> None:
+    """Start everything on embedded defaults and drive simulated web-app traffic.
+
+    The server, a Celery worker with its scheduler and PostgreSQL all run locally; a
+    simulated web app assigns users, asks their variants' models and reports outcomes,
+    until the worker promotes the better model.
+    """
     from service.demo import run_demo
 
-    sys.exit(run_demo(_settings(), duration=duration, port=port, users=users, clients=clients))
+    sys.exit(
+        run_demo(
+            _settings(),
+            duration=duration,
+            port=port,
+            users=users,
+            clients=clients,
+            analysis_interval=analysis_interval,
+        )
+    )
 
 
 @main.group()

@@ -85,9 +85,36 @@ def _client(base: str, keys: list[str], users: int, tally: Tally, stop: threadin
                     )
                     tally.changed += seen != a["variant"]
         _predict(session, base, user, rng, tally)
+        if LOOP_EXPERIMENT in keys:
+            _outcomes(session, base, user, tally)
 
 
 PREDICT_EXPERIMENT = "checkout_ranker"
+LOOP_EXPERIMENT = "retention_offer"
+TRUE_RETENTION = {"logistic": 0.10, "mlp": 0.14}
+"""The simulated effect: users served by the MLP churn model are retained more often."""
+
+
+def _outcomes(session: requests.Session, base: str, user: dict[str, Any], tally: Tally) -> None:
+    """Serve the user on the loop experiment, then report whether they were retained.
+
+    Each user's outcome is drawn once from their id, so a returning user reports the same
+    event (same event_id) and deduplication keeps it once.
+    """
+    try:
+        body = {**user, "experiment": LOOP_EXPERIMENT, "inputs": {"features": [[1.0] * 20]}}
+        answer = session.post(f"{base}/v1/predict", json=body, timeout=5).json()
+        variant = answer["variant"]
+        draw = random.Random(f"{user['unit']}-outcome")
+        events = [{"event_id": f"{user['unit']}-cost", "experiment": LOOP_EXPERIMENT,
+                   "unit": user["unit"], "metric": "offer_cost", "value": round(draw.gauss(5, 1), 2)}]  # fmt: skip
+        if variant in TRUE_RETENTION and draw.random() < TRUE_RETENTION[variant]:
+            events.append({"event_id": f"{user['unit']}-retained", "experiment": LOOP_EXPERIMENT,
+                           "unit": user["unit"], "metric": "retained", "value": 1})  # fmt: skip
+        session.post(f"{base}/v1/events", json={"events": events}, timeout=10).raise_for_status()
+    except (requests.RequestException, KeyError, ValueError):
+        with tally.lock:
+            tally.errors += 1
 
 
 def _predict(
@@ -145,6 +172,28 @@ def _report(tally: Tally, keys: list[str], elapsed: float) -> None:
     click.echo("\n".join(lines))
 
 
+def _loop_state(base: str) -> dict[str, Any]:
+    """The loop experiment's decision state and latest decision, as the API shows them."""
+    try:
+        audit = requests.get(f"{base}/v1/experiments/{LOOP_EXPERIMENT}/decisions", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return {}
+    latest = audit["decisions"][-1] if audit.get("decisions") else None
+    return {"current": audit.get("current", {}), "latest": latest}
+
+
+def _report_loop(state: dict[str, Any]) -> None:
+    if not state:
+        return
+    current, latest = state["current"], state["latest"]
+    line = f"  decisions {LOOP_EXPERIMENT}: state {current.get('state')}"
+    if current.get("winner"):
+        line += f", winner {current['winner']}"
+    if latest:
+        line += f"; last decision {latest['kind']} by {latest['actor']}: {latest['reason']}"
+    click.echo(line)
+
+
 def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,7 +215,14 @@ def _stored_exposures(url: str) -> list[tuple[str, str, int]]:
         ).fetchall()
 
 
-def run_demo(settings: Settings, duration: float, port: int, users: int, clients: int) -> int:
+def run_demo(
+    settings: Settings,
+    duration: float,
+    port: int,
+    users: int,
+    clients: int,
+    analysis_interval: float = 5.0,
+) -> int:
     from service.demo_models import build_missing_demo_models
 
     built = build_missing_demo_models(settings.experiments, settings.models)
@@ -188,6 +244,16 @@ def run_demo(settings: Settings, duration: float, port: int, users: int, clients
     server = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--no-migrate"], env=env
     )
+    worker_env = {**env, "ABX_ANALYSIS_INTERVAL_SECONDS": str(analysis_interval)}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker_log = (settings.data_dir / "demo-worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--beat", "--concurrency", "1"],
+        env=worker_env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    click.echo(f"worker log: {settings.data_dir / 'demo-worker.log'}")
     try:
         _wait_ready(base, server)
         keys = sorted(item.experiment.key for item in result.experiments)
@@ -197,11 +263,18 @@ def run_demo(settings: Settings, duration: float, port: int, users: int, clients
             threading.Thread(target=_client, args=(base, keys, users, tally, stop), daemon=True)
             for _ in range(clients)
         ]
+        click.echo(
+            f"a Celery worker analyses every {analysis_interval:g} s; users served by the MLP model on"
+            f" {LOOP_EXPERIMENT} are retained more often ({TRUE_RETENTION})"
+        )
         started = time.monotonic()
-        for worker in workers:
-            worker.start()
+        promoted_at: float | None = None
+        for thread in workers:
+            thread.start()
         try:
             while duration <= 0 or time.monotonic() - started < duration:
+                if promoted_at is not None and time.monotonic() - promoted_at > 10:
+                    break
                 time.sleep(
                     min(
                         3.0,
@@ -209,15 +282,26 @@ def run_demo(settings: Settings, duration: float, port: int, users: int, clients
                     )
                 )
                 _report(tally, keys, time.monotonic() - started)
+                loop = _loop_state(base)
+                _report_loop(loop)
+                if promoted_at is None and loop.get("current", {}).get("state") == "promoted":
+                    promoted_at = time.monotonic()
+                    click.echo(f"\n>>> {LOOP_EXPERIMENT}: the worker promoted {loop['current']['winner']}"
+                               " — every eligible user now gets it (reason 'promoted')\n")  # fmt: skip
         except KeyboardInterrupt:
             pass
         stop.set()
-        for worker in workers:
-            worker.join(10)
+        for thread in workers:
+            thread.join(10)
         time.sleep(2 * settings.flush_interval_seconds + 0.5)
         click.echo("\nexposures stored in PostgreSQL (one row per unit and variant):")
         for key, variant, count in _stored_exposures(url):
             click.echo(f"  {key:<20} {variant:<16} {count}")
+        click.echo(
+            f"\nWhere to look: {base}/dashboards/ (analyst pages),"
+            f" {base}/v1/experiments/{LOOP_EXPERIMENT}/decisions (audit log),"
+            " `abx export-state` (the decision as a YAML change to commit)"
+        )
         click.echo(
             f"\nTry it yourself while it runs: curl -s {base}/v1/experiments\n"
             f"  curl -s -X POST {base}/v1/assign -H 'Content-Type: application/json' "
@@ -226,6 +310,13 @@ def run_demo(settings: Settings, duration: float, port: int, users: int, clients
         )
         return 0 if tally.changed == 0 and tally.requests > 0 else 1
     finally:
+        for process in (worker, server):
+            process.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        worker_log.close()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(15)

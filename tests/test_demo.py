@@ -38,23 +38,21 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_demo_serves_assignments_and_stores_exposures(db: str) -> None:
+def test_demo_runs_the_whole_loop_until_the_better_model_is_promoted(
+    db: str, tmp_path: Path
+) -> None:
     result = abx(
-        "demo",
-        "--duration",
-        "4",
-        "--port",
-        str(free_port()),
-        "--users",
-        "300",
-        "--clients",
-        "2",
-        env={"ABX_DATABASE_URL": db},
-    )
+        "demo", "--duration", "150", "--analysis-interval", "2", "--port", str(free_port()),
+        "--users", "3000", "--clients", "4",
+        env={"ABX_DATABASE_URL": db, "ABX_DATA_DIR": str(tmp_path / "data")},
+        timeout=240,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "units that changed variant: 0" in result.stdout
     assert "exposures stored in PostgreSQL" in result.stdout
-    assert "predict checkout_ranker: " in result.stdout and "predict fallbacks: 0" in result.stdout
+    assert "predict checkout_ranker: " in result.stdout
+    assert ">>> retention_offer: the worker promoted mlp" in result.stdout
+    assert "Where to look:" in result.stdout
     with psycopg.connect(db) as conn:
         (exposures,) = conn.execute("SELECT count(*) FROM exposures").fetchone()  # type: ignore[misc]
     assert exposures > 0
