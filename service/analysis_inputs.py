@@ -10,7 +10,7 @@ from analysis.msprt import MsprtResult
 from analysis.sufficient_stats import SufficientStats
 from service.experiment_analysis import ExperimentAnalysis, StatsKey, analyze
 from service.experiment_schema import Experiment
-from service.stats_store import exposed_units, exposed_units_by_day, metric_stats
+from service.stats_store import exposed_units, exposed_units_by_day, metric_stats, model_health
 
 
 def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
@@ -53,8 +53,9 @@ def run_analysis(
     previous = last_run_numbers(conn, experiment) if use_history else {}
     looks = [float(x) for x in previous.get("gs_information", [])]
     daily = exposed_units_by_day(conn, experiment.key, experiment.seed, through)
+    health = model_health(conn, experiment.key, through)
     result, states = analyze(
-        experiment, units, stats, weights, _previous_states(previous), looks, daily
+        experiment, units, stats, weights, _previous_states(previous), looks, daily, health
     )
     numbers = dataclasses.asdict(result)
     numbers["msprt_states"] = [

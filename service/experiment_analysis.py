@@ -17,7 +17,9 @@ from analysis.group_sequential import boundary_at_look
 from analysis.mixture_tuning import tau2_for_horizon, tau2_from_expected_effect
 from analysis.multiple_testing import holm
 from analysis.sufficient_stats import SufficientStats
-from service.experiment_schema import Experiment, Metric
+from service import latency_histogram
+from service.experiment_schema import Experiment, Guardrail, Metric
+from service.stats_store import ModelHealth
 
 StatsKey = tuple[str, str]  # variant, metric
 
@@ -187,6 +189,54 @@ def _compare(
     )  # fmt: skip
 
 
+MODEL_FALLBACK_RATE = "model_fallback_rate"
+MODEL_LATENCY_P99 = "model_latency_p99_ms"
+MIN_LATENCY_REQUESTS = 200
+"""Requests per variant before the p99 latency guardrail may judge."""
+
+
+def _model_guardrail(
+    guardrail: Guardrail, variant: str, control: str, health: Mapping[str, ModelHealth], alpha: float,
+    planned_units: int,
+) -> GuardrailCheck | str:  # fmt: skip
+    """Guardrails on the model runtime's own signals (rolled up from every /v1/predict answer)."""
+    base, other = health.get(control), health.get(variant)
+    if base is None or other is None or not base.requests or not other.requests:
+        return f"{guardrail.name}/{variant}: no predictions yet"
+    relative = guardrail.margin_type == "relative"
+    if guardrail.name == MODEL_FALLBACK_RATE:
+        if base.fallbacks + other.fallbacks == 0:
+            return GuardrailCheck(
+                guardrail.name, variant, False, False, 0.0, 0.0, 0.0, guardrail.margin, relative
+            )
+        check = guardrails.check_guardrail(
+            SufficientStats.from_binary(base.requests, base.fallbacks),
+            SufficientStats.from_binary(other.requests, other.fallbacks),
+            margin=guardrail.margin, relative=relative, higher_is_better=False, alpha=alpha,
+            planned_n=planned_units,
+        )  # fmt: skip
+        return GuardrailCheck(guardrail.name, variant, check.breached, check.holds, check.harm,
+                              check.harm_lower_bound, check.harm_upper_bound, check.margin, relative)  # fmt: skip
+    # p99 latency: a threshold on histogram quantiles (no sequential test for quantiles here).
+    if min(base.requests, other.requests) < MIN_LATENCY_REQUESTS:
+        return f"{guardrail.name}/{variant}: fewer than {MIN_LATENCY_REQUESTS} predictions"
+    p99_base = latency_histogram.quantile(base.latency_counts, 0.99) or 0.0
+    p99_other = latency_histogram.quantile(other.latency_counts, 0.99) or 0.0
+    harm = (p99_other / p99_base - 1.0) if relative and p99_base > 0 else p99_other - p99_base
+    breached = harm > guardrail.margin
+    return GuardrailCheck(
+        guardrail.name,
+        variant,
+        breached,
+        not breached,
+        harm,
+        harm,
+        harm,
+        guardrail.margin,
+        relative,
+    )
+
+
 def analyze(
     experiment: Experiment,
     units: Mapping[str, int],
@@ -195,6 +245,7 @@ def analyze(
     previous: Mapping[StatsKey, msprt.MsprtResult] | None = None,
     looks_so_far: list[float] | None = None,
     daily_units: Mapping[date, Mapping[str, int]] | None = None,
+    health: Mapping[str, ModelHealth] | None = None,
 ) -> tuple[ExperimentAnalysis, dict[StatsKey, msprt.MsprtResult]]:
     """Compare every treatment with the control on every metric; return the new mSPRT states too."""
     previous = previous or {}
@@ -224,6 +275,15 @@ def analyze(
                 states[(variant, metric.name)] = state
     _adjust_primary(result)
     for guardrail in metrics.guardrails:
+        if guardrail.name in (MODEL_FALLBACK_RATE, MODEL_LATENCY_P99):
+            for variant in treatments:
+                found = _model_guardrail(guardrail, variant, control, health or {},
+                                         experiment.policy.alpha, experiment.policy.planned_units)  # fmt: skip
+                if isinstance(found, str):
+                    result.skipped.append(found)
+                else:
+                    result.guardrails.append(found)
+            continue
         for variant in treatments:
             base, other = stats.get((control, guardrail.name)), stats.get((variant, guardrail.name))
             if base is None or other is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from service.attribution import Event, Exposure, Status, UnitKey, UnitTotals, apply_events, classify
 from service.database import Database
+from service.latency_histogram import BIN_COUNT, bin_of
 
 log = logging.getLogger(__name__)
 ROLLUP_LOCK_KEY = 0x616278_03
@@ -45,6 +46,38 @@ def _roll_exposures(conn: Any) -> int:
             [(*key, n) for key, n in counts.items()],
         )
     conn.execute("UPDATE rollup_state SET value = %s WHERE name = 'exposures'", (rows[-1][0],))
+    return len(rows)
+
+
+def _roll_predictions(conn: Any) -> int:
+    """Fold new served predictions into per-day model health (requests, fallbacks, latency)."""
+    (watermark,) = conn.execute(
+        "SELECT value FROM rollup_state WHERE name = 'predictions'"
+    ).fetchone()
+    rows = conn.execute(
+        "SELECT prediction_id, experiment_key, variant_key, predicted_at::date, fallback, latency_ms"
+        " FROM predictions WHERE prediction_id > %s AND NOT shadow ORDER BY prediction_id LIMIT %s",
+        (watermark, EXPOSURE_CHUNK),
+    ).fetchall()
+    if not rows:
+        return 0
+    health: dict[tuple[str, str, Any], tuple[int, int, list[int]]] = {}
+    for _, key, variant, day, fallback, latency in rows:
+        requests, fallbacks, counts = health.get((key, variant, day), (0, 0, [0] * BIN_COUNT))
+        counts[bin_of(latency)] += 1
+        health[(key, variant, day)] = (requests + 1, fallbacks + int(fallback), counts)
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO model_health (experiment_key, variant_key, bucket, requests, fallbacks,"
+            " latency_counts) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (experiment_key, variant_key, bucket) DO UPDATE SET"
+            " requests = model_health.requests + EXCLUDED.requests,"
+            " fallbacks = model_health.fallbacks + EXCLUDED.fallbacks,"
+            " latency_counts = (SELECT array_agg(a + b ORDER BY i) FROM unnest("
+            "model_health.latency_counts, EXCLUDED.latency_counts) WITH ORDINALITY AS t(a, b, i))",
+            [(*key, n, f, counts) for key, (n, f, counts) in health.items()],
+        )
+    conn.execute("UPDATE rollup_state SET value = %s WHERE name = 'predictions'", (rows[-1][0],))
     return len(rows)
 
 
@@ -150,7 +183,7 @@ def roll_up_once(
         ).fetchone()
         if not locked:
             return None
-        exposures_done = _roll_exposures(conn)
+        exposures_done = _roll_exposures(conn) + _roll_predictions(conn)
         events = _load_events(conn)
         if not events:
             return exposures_done, 0

@@ -73,3 +73,31 @@ def exposed_units_by_day(
     ):
         days.setdefault(bucket, {})[variant] = int(units)
     return days
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    requests: int
+    fallbacks: int
+    latency_counts: list[int]
+
+
+def model_health(
+    conn: Any, experiment_key: str, through: date | None = None
+) -> dict[str, ModelHealth]:
+    """Served requests, fallbacks and the latency histogram of each variant's model."""
+    totals: dict[str, ModelHealth] = {}
+    for variant, requests, fallbacks, counts in conn.execute(
+        "SELECT variant_key, requests, fallbacks, latency_counts FROM model_health"
+        " WHERE experiment_key = %s AND (%s::date IS NULL OR bucket <= %s::date)",
+        (experiment_key, through, through),
+    ):
+        seen = totals.get(variant)
+        if seen is None:
+            totals[variant] = ModelHealth(int(requests), int(fallbacks), [int(c) for c in counts])
+        else:
+            merged = [a + int(b) for a, b in zip(seen.latency_counts, counts, strict=True)]
+            totals[variant] = ModelHealth(
+                seen.requests + requests, seen.fallbacks + fallbacks, merged
+            )
+    return totals
