@@ -253,13 +253,19 @@ def srm_figure(series: ExposureSeries, styles: Mapping[str, VariantStyle]) -> Fi
                  "x": days, "y": [None if p is None else max(p, 1e-300) for p in series.srm_p_values],
                  "xaxis": "x2", "yaxis": "y2", "line": {"color": NEUTRAL, "width": 2},
                  "marker": {"size": 4}, "hovertemplate": "SRM p=%{y:.3g}<extra></extra>"})  # fmt: skip
+    tested_p = [max(p, 1e-300) for p in series.srm_p_values if p is not None]
     layout = _layout(
         "Sample ratio: share of exposed units vs configured weight (dotted), and the SRM test",
         height=520,
         xaxis=_axis(anchor="y", type="date", showticklabels=False),
         yaxis=_axis(domain=[0.42, 1.0], title={"text": "share of exposed units (%)"}),
         xaxis2=_axis(anchor="y2", matches="x", **DAY_AXIS),
-        yaxis2=_axis(domain=[0.0, 0.32], type="log", title={"text": "SRM p-value (log)"}),
+        yaxis2=_axis(
+            domain=[0.0, 0.32],
+            type="log",
+            title={"text": "SRM p-value (log)"},
+            range=[math.log10(min([series.srm_threshold, *tested_p])) - 0.5, 0.1],
+        ),
     )
     layout["shapes"] = [
         {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y2",

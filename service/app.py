@@ -84,6 +84,7 @@ def build_runtime(settings: Settings) -> Runtime:
         flush_interval=settings.flush_interval_seconds,
         max_rows=settings.flush_max_rows,
         max_pending=settings.max_pending_rows,
+        spool=Spool(settings.writes_spool_path, settings.spool_max_bytes),
     )
     sticky = StickyStore(
         database, writer, settings.sticky_cache_size, settings.lookup_timeout_seconds

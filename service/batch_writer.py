@@ -3,8 +3,10 @@
 Rows go through a temporary staging table with ``COPY`` and then one
 ``INSERT ... SELECT ... ON CONFLICT`` per batch, so duplicates across retries
 and processes are harmless. When PostgreSQL is away, rows stay buffered and
-the flush is retried with backoff; past ``max_pending`` rows new ones are
-dropped and counted (durable spooling is the events pipeline's job).
+the flush is retried with backoff. With a spool, rows that cannot be flushed
+are appended to it (fsynced) and replayed in order once PostgreSQL is back, so
+they survive a restart; without one (or if the spool fails too) they stay in
+memory, and past ``max_pending`` rows new ones are dropped and counted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.database import Database
+from service.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,10 @@ class BatchWriter:
         flush_interval: float = 0.2,
         max_rows: int = 5000,
         max_pending: int = 1_000_000,
+        spool: Spool | None = None,
     ) -> None:
+        self._spool = spool
+        self._created = time.monotonic()
         self._database = database
         self._streams = streams
         self._flush_interval = flush_interval
@@ -75,6 +81,8 @@ class BatchWriter:
 
     def oldest_unflushed(self) -> float | None:
         """Monotonic time of the oldest row not yet committed, or None when all are."""
+        if self._spool is not None and self._spool.has_segments():
+            return self._created  # spooled rows are not in PostgreSQL yet
         with self._lock:
             times = [b.oldest for b in self._buffers.values() if b.oldest is not None]
             if self._in_flight_oldest is not None:
@@ -117,13 +125,17 @@ class BatchWriter:
             times = [b.oldest for b in taken.values() if b.oldest is not None]
             self._in_flight_oldest = min(times) if times else None
         if not taken:
-            return True
+            return self._replay_spool()
         try:
             with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
                 for name, buffer in taken.items():
                     self._copy(conn, self._streams[name], buffer.rows)
         except Exception as error:  # the database is away or refused: keep the rows
             log.warning("flush failed, will retry: %s", error)
+            if self._spool_rows(taken):
+                with self._lock:
+                    self._in_flight_oldest = None
+                return False
             with self._lock:
                 for name, buffer in taken.items():
                     current = self._buffers[name]
@@ -134,7 +146,39 @@ class BatchWriter:
         with self._lock:
             self._in_flight_oldest = None
             self.written += sum(len(b.rows) for b in taken.values())
+        return self._replay_spool()
+
+    def _spool_rows(self, taken: dict[str, _Buffer]) -> bool:
+        if self._spool is None:
+            return False
+        try:
+            self._spool.append(
+                [(name, *row) for name, buffer in taken.items() for row in buffer.rows]
+            )
+        except SpoolError as error:
+            log.error("cannot spool buffered rows, keeping them in memory: %s", error)
+            return False
         return True
+
+    def _replay_spool(self) -> bool:
+        """Write spooled rows (from this or an earlier process) once PostgreSQL answers again."""
+        if self._spool is None or not self._spool.has_segments():
+            return True
+        self._spool.seal()
+        try:
+            self._spool.replay(self._write_spooled)
+        except Exception as error:
+            log.warning("spool replay failed, will retry: %s", error)
+            return False
+        return True
+
+    def _write_spooled(self, batch: list[list[Any]]) -> None:
+        by_stream: dict[str, list[tuple[Any, ...]]] = {}
+        for stream, *row in batch:
+            by_stream.setdefault(stream, []).append(tuple(row))
+        with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+            for stream, rows in by_stream.items():
+                self._copy(conn, self._streams[stream], rows)
 
     @staticmethod
     def _copy(conn: Any, stream: Stream, rows: list[tuple[Any, ...]]) -> None:

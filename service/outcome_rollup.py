@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 ROLLUP_LOCK_KEY = 0x616278_03
 EVENT_CHUNK = 50_000
 EXPOSURE_CHUNK = 200_000
+PARTITION_CHECK_SECONDS = 3600.0
 
 
 def _roll_exposures(conn: Any) -> int:
@@ -248,9 +250,14 @@ class RollupScheduler:
                 return
 
     def _run(self) -> None:
+        next_partition_check = 0.0
         while not self._stop.wait(self._interval):
             try:
                 with self._database.pool.connection(timeout=1.0) as conn:
+                    if time.monotonic() >= next_partition_check:
+                        # Months of outcome partitions exist ahead; keep it so as time passes.
+                        conn.execute("SELECT abx_ensure_outcome_partitions()")
+                        next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
                     roll_up_once(conn, self._windows, self._grace)
             except Exception as error:
                 log.warning("rollup failed, will retry: %s", error)

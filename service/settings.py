@@ -74,6 +74,12 @@ class Settings(BaseSettings):
 
     @property
     def spool_path(self) -> Path:
+        """Where outcome events wait for PostgreSQL."""
         return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def writes_spool_path(self) -> Path:
+        """Where buffered assignments, exposures and predictions wait for PostgreSQL."""
+        return self.spool_path.with_name(self.spool_path.name + "-writes")
 
     lookup_timeout_seconds: float = Field(default=0.25, gt=0)

@@ -217,3 +217,33 @@ def test_a_full_spool_refuses_instead_of_acknowledging(
     assert small.status_code == 202 and small.json()["durable"] == "spooled"
     full = api.post("/v1/events", events("b", 40))
     assert_problem(full, 503, "exceed its limit")
+
+
+def test_exposures_made_while_postgres_is_down_survive_a_restart(
+    server_factory: ServerFactory, embedded_pg: tuple[Any, str], tmp_path: Path
+) -> None:
+    pg, url = embedded_pg
+    spool = str(tmp_path / "spool")
+    pg.stop()
+    down = server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=spool)
+    api = Api(down.base_url, key=None)
+    exposed = {}
+    for i in range(60):
+        body = api.assign("search_embeddings", f"offline-{i}")
+        if body["in_experiment"]:
+            exposed[f"offline-{i}"] = body["variant"]
+    assert exposed
+    assert wait_for(lambda: any((tmp_path / "spool-writes").glob("*.spool")), timeout=10)
+    down.stop()
+    pg.ensure_postgres_running()
+    server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=spool)
+
+    def stored() -> dict[str, str]:
+        with psycopg.connect(url) as conn:
+            return dict(
+                conn.execute(
+                    "SELECT unit_id, variant_key FROM exposures WHERE unit_id LIKE 'offline-%'"
+                ).fetchall()
+            )
+
+    assert wait_for(lambda: stored() == exposed, timeout=20)
