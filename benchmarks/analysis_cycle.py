@@ -338,6 +338,16 @@ def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
             times = sorted(seconds for seconds, _ in per_experiment)
             report["median_ms"] = 1000 * statistics.median(times)
             report["slowest_ms"] = [(1000 * s, key) for s, key in sorted(per_experiment)[-3:]]
+        # What every abx.analyze_experiment task does first (analyze_now): a rollup round,
+        # here with nothing left to do.
+        windows = windows_from({e.key: e for e in experiments})
+        grace = timedelta(seconds=Settings().attribution_grace_seconds)
+        idle_ms = []
+        for _ in range(5):
+            idle_started = time.perf_counter()
+            roll_up_once(conn, windows, grace)
+            idle_ms.append(1000 * (time.perf_counter() - idle_started))
+        report["idle_rollup_ms"] = statistics.median(idle_ms)
         report["failed"] = failed
         report["rss_after_mib"] = rss_mib(os.getpid())
         report["hwm_mib"] = peak_rss_mib(os.getpid())
@@ -379,6 +389,8 @@ class Cycles:
     hwm_mib: float
     failed: dict[str, str]
     """Experiments whose analysis raised, with the error."""
+    idle_rollup_ms: float
+    """One ``roll_up_once`` with nothing to do, as each worker task runs before analysing."""
 
     @property
     def steady(self) -> list[float]:
@@ -424,6 +436,7 @@ def run_cycles(
         rss_after_mib=report["rss_after_mib"],
         hwm_mib=report["hwm_mib"],
         failed=report["failed"],
+        idle_rollup_ms=report["idle_rollup_ms"],
     )
 
 
@@ -642,6 +655,13 @@ def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bo
             f"({r.dead_metric_stats_rows:,} dead before VACUUM), "
             f"exposure_counts {r.exposure_counts_rows:,} rows"
         )
+        print(
+            f"  cycle before VACUUM: {r.unvacuumed.seconds[0]:.2f} s (CPU: cycle process "
+            f"{r.unvacuumed.cpu_seconds[0]:.2f} s, its backend "
+            f"{r.unvacuumed.backend_cpu_seconds[0]:.2f} s); first cycle after: "
+            f"{r.cycles.seconds[0]:.2f} s ({r.cycles.cpu_seconds[0]:.2f} s, "
+            f"{r.cycles.backend_cpu_seconds[0]:.2f} s)"
+        )
         print("  decisions per cycle: " + "; ".join(map(str, r.cycles.decisions)))
         for key, error in sorted(r.cycles.failed.items())[:5]:
             print(f"  analysis FAILED: {key}: {error}")
@@ -654,6 +674,10 @@ def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bo
         print(
             f"  cycle process VmRSS: {r.cycles.rss_before_mib:.0f} MiB before the cycles, "
             f"{r.cycles.rss_after_mib:.0f} MiB after, peak {r.cycles.hwm_mib:.0f} MiB"
+        )
+        print(
+            f"  an idle roll_up_once (each worker task runs one before analysing): "
+            f"{r.cycles.idle_rollup_ms:.1f} ms"
         )
         if r.worker:
             rss = ", ".join(f"{s:.0f}" for s in r.worker.rss_mib[1:])
@@ -707,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-worker", action="store_true", help="skip the Celery worker part")
     parser.add_argument("--profile", action="store_true", help="profile one cycle (cProfile)")
     parser.add_argument(
-        "--rollup-timeout", type=float, default=1800.0, help="stop the rollup after this many s"
+        "--rollup-timeout", type=float, default=3600.0, help="stop the rollup after this many s"
     )
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument(

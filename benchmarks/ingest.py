@@ -4,28 +4,30 @@ Ingest. The ceiling is measured in the same run, on the same tables and
 indexes: one psycopg connection runs ``service.event_ingest.ingest_rows``
 (COPY into a temporary staging table, then ``INSERT … ON CONFLICT DO NOTHING``
 into ``event_ids`` and ``outcomes``: the service's own deduplication SQL), one
-transaction per batch of 500, and with 5,000 and 50,000 for reference. Then
-``abx serve --no-migrate`` (default workers and threads, rollup on) gets
-batches of 500 unique events from ``--connections`` client threads
-(``http.client`` keep-alive), first with PostgreSQL up, then with
-``ABX_DATABASE_URL`` pointing at a closed port, so that every batch goes to the
-fsynced spool. Events are ``checkout_ranker``'s ``checkout_conversion``
-(binary) and ``order_value`` (continuous), for units that have exposures, so
-that the rollup running inside the server attributes them as in production.
-Each phase starts from empty event tables (TRUNCATE, CHECKPOINT) and a quiet
-machine. Reported: events/s, p50/p99 per request (per transaction for COPY),
-the CPU the client, the gunicorn processes and PostgreSQL's backends took over
-the run, and the workers' VmRSS.
+transaction per batch of 500 (and, once, 5,000 and 50,000 for reference). The
+service is ``abx serve --no-migrate`` (default workers and threads, its rollup
+on), driven by ``--connections`` client threads (``http.client`` keep-alive)
+posting batches of 500 unique events, once with PostgreSQL up and once with
+``ABX_DATABASE_URL`` at a closed port, so that every batch goes to the fsynced
+spool. The three alternate for ``--rounds`` rounds, since other work on the
+machine comes and goes; targets use the per-round ratios' median. Events are
+``checkout_ranker``'s ``checkout_conversion`` (binary) and ``order_value``
+(continuous), for units exposed in the last week, so that the server's rollup
+attributes them as in production. Each run starts from empty event tables
+(TRUNCATE, CHECKPOINT) after waiting (at most 20 s) for a quiet machine.
+Reported: events/s, p50/p99 per request (per transaction for COPY), the CPU
+taken by the client, the gunicorn processes and the database's backends, and
+the workers' VmRSS.
 
 Statistics. A second database gets ``--events`` outcome events (default 10M)
-for ~``--events``/10 exposed units in 3 variants, generated server-side
-(``INSERT … SELECT generate_series``, faster than a COPY from Python since no
-row crosses the socket), 90 % after exposure and 10 % in the CUPED pre-period.
-``service.outcome_rollup.roll_up_once`` runs until idle (bounded by
-``--rollup-timeout``); then ``service.stats_store.metric_stats`` is timed
-(median of 21) against the raw scan it replaces (per-unit totals from
-``outcomes`` joined to first exposures, GROUP BY; median of 3), and both
-answers are compared.
+for ``--events``/10 exposed units in 3 variants, generated server-side
+(``INSERT … SELECT generate_series``: faster than COPY from Python, since no
+row crosses the socket), 10 % of them in the CUPED pre-period. Then
+``service.outcome_rollup.roll_up_once`` runs until idle or ``--rollup-timeout``,
+and ``service.stats_store.metric_stats`` is timed (median of 21) against the
+raw scan it replaces (per-unit totals from ``outcomes`` joined to first
+exposures, GROUP BY; median of 3); when the rollup completed, both answers
+are compared.
 
 Both databases are ``abx_bench_<random>``, created, migrated and dropped here.
 
@@ -87,6 +89,7 @@ BATCH_EVENTS = 500
 REFERENCE_BATCHES = (5_000, 50_000)
 TEMPLATES = 16
 HTTP_UNITS = 100_000
+BIG_EXPOSURE_DAYS = 10
 TARGET_CEILING_RATIO = 0.5
 TARGET_SPOOL_RATIO = 1.0
 TARGET_STATS_MS = 50.0
@@ -166,21 +169,24 @@ def reset_event_tables(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def insert_exposures(url: str, experiment: Experiment, units: int, start: datetime) -> None:
-    """One exposure per unit ``unit-<u>``: variant ``u % 3``, over 10 days from ``start``."""
+def insert_exposures(
+    url: str, experiment: Experiment, units: int, start: datetime, days: int
+) -> None:
+    """One exposure per unit ``unit-<u>``: variant ``u % 3``, over ``days`` days from ``start``."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
-            " SELECT %(key)s, %(seed)s, 'unit-' || u, (%(variants)s::text[])[1 + u %% 3],"
-            " %(start)s::timestamptz + (u %% 10) * interval '1 day'"
+            " SELECT %(key)s, %(seed)s, 'unit-' || u, (%(variants)s::text[])[(1 + u %% 3)::int],"
+            " %(start)s::timestamptz + (u %% %(days)s) * interval '1 day'"
             " + (u * 7919 %% 86400) * interval '1 second'"
-            " FROM generate_series(0, %(units)s - 1) AS u",
+            " FROM generate_series(0, %(units)s::bigint - 1) AS u",
             {
                 "key": experiment.key,
                 "seed": experiment.seed,
                 "variants": [v.key for v in experiment.variants],
                 "start": start,
                 "units": units,
+                "days": days,
             },
         )
         conn.execute("ANALYZE exposures")
@@ -471,7 +477,7 @@ SELECT %(key)s, %(seed)s, 'big-' || g, 'unit-' || u,
        CASE WHEN is_binary THEN 'max' ELSE 'sum' END,
        CASE WHEN is_binary THEN (random() < 0.10 + 0.01 * (u %% 3))::int
             ELSE round((-ln(1 - random()) * (50 + u %% 3))::numeric, 2) END,
-       %(start)s::timestamptz + (u %% 10) * interval '1 day'
+       %(start)s::timestamptz + (u %% %(days)s) * interval '1 day'
            + (u * 7919 %% 86400) * interval '1 second'
            + (random() * 1.1 - 0.1) * %(window)s::interval,
        now()
@@ -561,6 +567,7 @@ def load_outcomes(
                     "units": units,
                     "start": start,
                     "window": window,
+                    "days": BIG_EXPOSURE_DAYS,
                     "low": low,
                     "high": high,
                 },
@@ -639,7 +646,7 @@ def big_phase(url: str, experiment: Experiment, events: int, rollup_timeout: flo
     window = timedelta(hours=experiment.outcome_window_hours)
     start = datetime.now(UTC) - timedelta(days=20)
     started = time.perf_counter()
-    insert_exposures(url, experiment, units, start)
+    insert_exposures(url, experiment, units, start, BIG_EXPOSURE_DAYS)
     load_outcomes(url, experiment, events, units, start)
     load_seconds = time.perf_counter() - started
     print(f"  {events:,} events for {units:,} units loaded in {load_seconds:.0f} s", flush=True)
@@ -853,7 +860,8 @@ def ingest_part(args: argparse.Namespace, experiment: Experiment) -> bool:
         bench_database(None, args.admin_url) as url,
         tempfile.TemporaryDirectory(prefix="abx-bench-ingest-") as scratch,
     ):
-        insert_exposures(url, experiment, HTTP_UNITS, now - timedelta(days=12))
+        # Exposed 7 to 1 days ago: events of the last hour fall in the outcome window.
+        insert_exposures(url, experiment, HTTP_UNITS, now - timedelta(days=7), days=5)
         # Ceiling and service alternate, so that load from elsewhere hits both alike.
         for round_index in range(args.rounds):
             reset_event_tables(url)

@@ -136,7 +136,7 @@ def _compare(
     if policy.method == "msprt":
         tau2 = (
             tau2_from_expected_effect(policy.expected_effect)
-            if policy.expected_effect
+            if policy.expected_effect and metric.name == experiment.metrics.primary.name
             else tau2_for_horizon(
                 variance * min(control.n, treatment.n) / policy.planned_units, policy.alpha
             )

@@ -148,7 +148,7 @@ def test_experiments_resource(api: Api) -> None:
 def test_health_and_readiness(server: Server) -> None:
     assert requests.get(server.base_url + "/healthz", timeout=5).json() == {"status": "ok"}
     ready = requests.get(server.base_url + "/readyz", timeout=5).json()
-    assert ready["status"] == "ready" and ready["checks"]["experiments_loaded"] == 4
+    assert ready["status"] == "ready" and ready["checks"]["experiments_loaded"] == 5
 
 
 def test_openapi_is_served(server: Server) -> None:
