@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from service.embedded_postgres import database_url
-from service.experiment_validation import experiment_files, load_experiments
+from service.experiment_validation import LoadResult, experiment_files, load_experiments
 from service.schema_migrations import MigrationError, apply_migrations
 from service.settings import Settings
 
@@ -18,6 +18,20 @@ from service.settings import Settings
 def _settings(**overrides: object) -> Settings:
     values = {key: value for key, value in overrides.items() if value is not None}
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadResult:
+    """Load and validate the experiment folder; print every problem and exit 1 if any.
+
+    Commands that never load a model (importing events, exporting state) skip the model
+    file checks, so they work on a host without the model files.
+    """
+    result = load_experiments([settings.experiments], settings.models if check_models else None)
+    if not result.ok:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    return result
 
 
 @click.group()
@@ -87,11 +101,7 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     built = build_missing_demo_models(settings.experiments, settings.models)
     if built:
         click.echo(f"built demo models into {settings.models}: {', '.join(built)}", err=True)
-    result = load_experiments([settings.experiments], settings.models)
-    if not result.ok:
-        for problem in result.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
+    _experiments_or_exit(settings)
     url = database_url(settings.database_url, settings.data_dir)
     if run_migrations:
         apply_migrations(url, settings.migrations)
@@ -267,11 +277,7 @@ def export_state(write: bool) -> None:
     from service.state_sync import read_states
 
     settings = _settings()
-    result = load_experiments([settings.experiments])
-    if not result.ok:
-        for problem in result.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
+    result = _experiments_or_exit(settings, check_models=False)
     registry = Registry(result)
     with psycopg.connect(database_url(settings.database_url, settings.data_dir)) as conn:
         states = read_states(conn, registry)
@@ -345,11 +351,7 @@ def import_events(path: Path) -> None:
     from service.event_import import import_rows, validate_file
 
     settings = _settings()
-    result = load_experiments([settings.experiments])
-    if not result.ok:
-        for problem in result.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
+    result = _experiments_or_exit(settings, check_models=False)
     experiments = {item.experiment.key: item.experiment for item in result.experiments}
     try:
         rows, errors = validate_file(path, experiments)
