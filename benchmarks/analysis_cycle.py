@@ -328,7 +328,8 @@ def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
                     kind = analyze_and_decide(conn, experiment).decision.kind
                 except Exception as error:  # as in a worker: this task fails, the others run
                     kind = f"error ({type(error).__name__})"
-                    failed[experiment.key] = f"{type(error).__name__}: {error}"
+                    message = " ".join(str(error).splitlines()[:2])  # the message and DETAIL
+                    failed[experiment.key] = f"{type(error).__name__}: {message}"
                 per_experiment.append((time.perf_counter() - one_started, experiment.key))
                 decisions[kind] += 1
             report["cycles"].append(time.perf_counter() - started)
@@ -663,10 +664,15 @@ def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bo
             f"{r.cycles.backend_cpu_seconds[0]:.2f} s)"
         )
         print("  decisions per cycle: " + "; ".join(map(str, r.cycles.decisions)))
-        for key, error in sorted(r.cycles.failed.items())[:5]:
-            print(f"  analysis FAILED: {key}: {error}")
-        if len(r.cycles.failed) > 5:
-            print(f"  ... {len(r.cycles.failed) - 5} more failed")
+        by_error: dict[str, list[str]] = {}
+        for key, error in sorted(r.cycles.failed.items()):
+            by_error.setdefault(error.split(":")[0], []).append(key)
+        for kind, keys in by_error.items():
+            more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+            print(
+                f"  analysis FAILED with {kind} for {len(keys)} experiments "
+                f"({', '.join(keys[:4])}{more}), e.g. {r.cycles.failed[keys[0]][:300]}"
+            )
         print(
             "  slowest experiments (last cycle): "
             + ", ".join(f"{key} {ms:.1f} ms" for ms, key in r.cycles.slowest_ms)

@@ -23,6 +23,7 @@ import psutil
 import psycopg
 import pytest
 
+from service.decision_store import experiment_lock_key
 from service.settings import PROJECT_ROOT
 from service.webhooks import SIGNATURE_HEADER, verify
 
@@ -286,10 +287,16 @@ def test_a_worker_killed_mid_analysis_leaves_no_half_decision(
     )
     worker = start_worker(decision_setup, ABX_FAULT_SLEEP_IN_DECISION="4")
 
+    key = experiment_lock_key("lift") & 0xFFFFFFFFFFFFFFFF
+
     def in_decision() -> bool:
+        """The worker holds the experiment's advisory lock: it is inside the decision."""
         with psycopg.connect(db) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid::bigint = %s AND objid::bigint = %s",
+                (key >> 32, key & 0xFFFFFFFF),
             ).fetchone()
         return bool(row and row[0])
 
