@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import date
 
 from analysis import confidence_sequence, cuped, guardrails, msprt, srm
@@ -17,76 +17,13 @@ from analysis.group_sequential import boundary_at_look
 from analysis.mixture_tuning import tau2_for_horizon, tau2_from_expected_effect
 from analysis.multiple_testing import holm
 from analysis.sufficient_stats import SufficientStats
-from service import latency_histogram
-from service.experiment_schema import Experiment, Guardrail, Metric
+from service.analysis_results import Comparison, ExperimentAnalysis, GuardrailCheck, SrmCheck
+from service.experiment_schema import Experiment, Metric
+from service.model_guardrails import MODEL_FALLBACK_RATE, MODEL_LATENCY_P99, model_guardrail
 from service.stats_store import ModelHealth
 
 StatsKey = tuple[str, str]  # variant, metric
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Treatment minus control on one metric (always-valid unless the method is group-sequential)."""
-
-    metric: str
-    variant: str
-    control_units: int
-    treatment_units: int
-    control_mean: float
-    treatment_mean: float
-    difference: float
-    lift_relative: float | None
-    ci_low: float
-    ci_high: float
-    p_value: float | None
-    p_value_adjusted: float | None
-    significant: bool
-    better: bool | None
-    """True: significantly better in the metric's direction; False: significantly worse."""
-    cuped: bool
-    variance_reduction: float
-    method: str
-    information_looks: tuple[float, ...] = ()
-    """Group-sequential only: the information at each formal look so far."""
-
-
-@dataclass(frozen=True)
-class GuardrailCheck:
-    metric: str
-    variant: str
-    breached: bool
-    holds: bool
-    harm: float
-    harm_lower_bound: float
-    harm_upper_bound: float
-    margin: float
-    relative: bool
-
-
-@dataclass(frozen=True)
-class SrmCheck:
-    p_value: float
-    flagged: bool
-    """The cumulative test, or any single day's, is below the threshold."""
-    threshold: float
-    observed: dict[str, int]
-    expected_weights: dict[str, float]
-    flagged_days: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ExperimentAnalysis:
-    experiment: str
-    seed: str
-    method: str
-    alpha: float
-    units: dict[str, int]
-    srm: SrmCheck | None
-    primary: list[Comparison] = field(default_factory=list)
-    secondary: list[Comparison] = field(default_factory=list)
-    guardrails: list[GuardrailCheck] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    """Comparisons without enough data yet (e.g. no variance in an arm), with why."""
+__all__ = ["Comparison", "ExperimentAnalysis", "GuardrailCheck", "SrmCheck", "StatsKey", "analyze"]
 
 
 def _srm(
@@ -189,54 +126,6 @@ def _compare(
     )  # fmt: skip
 
 
-MODEL_FALLBACK_RATE = "model_fallback_rate"
-MODEL_LATENCY_P99 = "model_latency_p99_ms"
-MIN_LATENCY_REQUESTS = 200
-"""Requests per variant before the p99 latency guardrail may judge."""
-
-
-def _model_guardrail(
-    guardrail: Guardrail, variant: str, control: str, health: Mapping[str, ModelHealth], alpha: float,
-    planned_units: int,
-) -> GuardrailCheck | str:  # fmt: skip
-    """Guardrails on the model runtime's own signals (rolled up from every /v1/predict answer)."""
-    base, other = health.get(control), health.get(variant)
-    if base is None or other is None or not base.requests or not other.requests:
-        return f"{guardrail.name}/{variant}: no predictions yet"
-    relative = guardrail.margin_type == "relative"
-    if guardrail.name == MODEL_FALLBACK_RATE:
-        if base.fallbacks + other.fallbacks == 0:
-            return GuardrailCheck(
-                guardrail.name, variant, False, False, 0.0, 0.0, 0.0, guardrail.margin, relative
-            )
-        check = guardrails.check_guardrail(
-            SufficientStats.from_binary(base.requests, base.fallbacks),
-            SufficientStats.from_binary(other.requests, other.fallbacks),
-            margin=guardrail.margin, relative=relative, higher_is_better=False, alpha=alpha,
-            planned_n=planned_units,
-        )  # fmt: skip
-        return GuardrailCheck(guardrail.name, variant, check.breached, check.holds, check.harm,
-                              check.harm_lower_bound, check.harm_upper_bound, check.margin, relative)  # fmt: skip
-    # p99 latency: a threshold on histogram quantiles (no sequential test for quantiles here).
-    if min(base.requests, other.requests) < MIN_LATENCY_REQUESTS:
-        return f"{guardrail.name}/{variant}: fewer than {MIN_LATENCY_REQUESTS} predictions"
-    p99_base = latency_histogram.quantile(base.latency_counts, 0.99) or 0.0
-    p99_other = latency_histogram.quantile(other.latency_counts, 0.99) or 0.0
-    harm = (p99_other / p99_base - 1.0) if relative and p99_base > 0 else p99_other - p99_base
-    breached = harm > guardrail.margin
-    return GuardrailCheck(
-        guardrail.name,
-        variant,
-        breached,
-        not breached,
-        harm,
-        harm,
-        harm,
-        guardrail.margin,
-        relative,
-    )
-
-
 def analyze(
     experiment: Experiment,
     units: Mapping[str, int],
@@ -277,7 +166,7 @@ def analyze(
     for guardrail in metrics.guardrails:
         if guardrail.name in (MODEL_FALLBACK_RATE, MODEL_LATENCY_P99):
             for variant in treatments:
-                found = _model_guardrail(guardrail, variant, control, health or {},
+                found = model_guardrail(guardrail, variant, control, health or {},
                                          experiment.policy.alpha, experiment.policy.planned_units)  # fmt: skip
                 if isinstance(found, str):
                     result.skipped.append(found)

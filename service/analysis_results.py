@@ -1,0 +1,70 @@
+"""What one analysis of an experiment found: frozen results with units in their names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment minus control on one metric (always-valid unless the method is group-sequential)."""
+
+    metric: str
+    variant: str
+    control_units: int
+    treatment_units: int
+    control_mean: float
+    treatment_mean: float
+    difference: float
+    lift_relative: float | None
+    ci_low: float
+    ci_high: float
+    p_value: float | None
+    p_value_adjusted: float | None
+    significant: bool
+    better: bool | None
+    """True: significantly better in the metric's direction; False: significantly worse."""
+    cuped: bool
+    variance_reduction: float
+    method: str
+    information_looks: tuple[float, ...] = ()
+    """Group-sequential only: the information at each formal look so far."""
+
+
+@dataclass(frozen=True)
+class GuardrailCheck:
+    metric: str
+    variant: str
+    breached: bool
+    holds: bool
+    harm: float
+    harm_lower_bound: float
+    harm_upper_bound: float
+    margin: float
+    relative: bool
+
+
+@dataclass(frozen=True)
+class SrmCheck:
+    p_value: float
+    flagged: bool
+    """The cumulative test, or any single day's, is below the threshold."""
+    threshold: float
+    observed: dict[str, int]
+    expected_weights: dict[str, float]
+    flagged_days: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExperimentAnalysis:
+    experiment: str
+    seed: str
+    method: str
+    alpha: float
+    units: dict[str, int]
+    srm: SrmCheck | None
+    primary: list[Comparison] = field(default_factory=list)
+    secondary: list[Comparison] = field(default_factory=list)
+    guardrails: list[GuardrailCheck] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Comparisons without enough data yet (e.g. no variance in an arm), with why."""
