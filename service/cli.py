@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from service.cli_decisions import action, analyze, export_state, worker
+from service.cli_support import experiments_or_exit, settings_from_env
 from service.embedded_postgres import database_url
-from service.experiment_validation import LoadResult, experiment_files, load_experiments
+from service.experiment_validation import experiment_files, load_experiments
 from service.schema_migrations import MigrationError, apply_migrations
-from service.settings import Settings
-
-
-def _settings(**overrides: object) -> Settings:
-    values = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-def _experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadResult:
-    """Load and validate the experiment folder; print every problem and exit 1 if any.
-
-    Commands that never load a model (importing events, exporting state) skip the model
-    file checks, so they work on a host without the model files.
-    """
-    result = load_experiments([settings.experiments], settings.models if check_models else None)
-    if not result.ok:
-        for problem in result.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
-    return result
 
 
 @click.group()
@@ -49,7 +30,7 @@ def main(verbose: bool) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def validate(paths: tuple[Path, ...]) -> None:
     """Check experiment files (default: ABX_EXPERIMENTS) and print file:line: field: message."""
-    settings = _settings()
+    settings = settings_from_env()
     targets = list(paths) or [settings.experiments]
     files = experiment_files(targets)
     if not files:
@@ -69,7 +50,7 @@ def validate(paths: tuple[Path, ...]) -> None:
 @main.command()
 def migrate() -> None:
     """Apply pending PostgreSQL migrations (safe to run twice or concurrently)."""
-    settings = _settings()
+    settings = settings_from_env()
     try:
         applied = apply_migrations(
             database_url(settings.database_url, settings.data_dir), settings.migrations
@@ -97,11 +78,11 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     from service.demo_models import build_missing_demo_models
     from service.server import AbxServer
 
-    settings = _settings(bind=bind, workers=workers)
+    settings = settings_from_env(bind=bind, workers=workers)
     built = build_missing_demo_models(settings.experiments, settings.models)
     if built:
         click.echo(f"built demo models into {settings.models}: {', '.join(built)}", err=True)
-    _experiments_or_exit(settings)
+    experiments_or_exit(settings)
     url = database_url(settings.database_url, settings.data_dir)
     if run_migrations:
         apply_migrations(url, settings.migrations)
@@ -144,7 +125,7 @@ def plan(
     """Sample size per variant and expected duration of EXPERIMENT_KEY's primary metric."""
     from service.experiment_plan import PlanInputs, make_plan, observed_inputs
 
-    settings = _settings()
+    settings = settings_from_env()
     result = load_experiments([settings.experiments])
     experiment = next(
         (i.experiment for i in result.experiments if i.experiment.key == experiment_key), None
@@ -192,117 +173,6 @@ def plan(
 
 
 @main.command()
-@click.option("--beat", is_flag=True, help="Also run the scheduler (one per deployment).")
-@click.option("--concurrency", type=int, default=2, show_default=True)
-def worker(beat: bool, concurrency: int) -> None:
-    """Run a Celery worker that analyses experiments and applies decisions."""
-    from service.celery_app import app
-
-    settings = _settings()
-    argv = [
-        "worker",
-        "--loglevel=INFO",
-        f"--concurrency={concurrency}",
-        f"--queues={settings.queue}",
-    ]
-    if beat:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
-    app.worker_main(argv=argv)
-
-
-@main.command()
-@click.argument("experiment_key")
-def analyze(experiment_key: str) -> None:
-    """Analyse one experiment now (the workers' own code) and print the decision."""
-    import json
-
-    from service.tasks import analyze_now, context, post_webhook
-
-    if experiment_key not in context().experiments:
-        click.echo(f"there is no experiment {experiment_key!r}", err=True)
-        sys.exit(1)
-    outcome = analyze_now(experiment_key)
-    decision = outcome.decision
-    click.echo(
-        f"{experiment_key}: {decision.kind}" + (f" {decision.variant}" if decision.variant else "")
-    )
-    click.echo(f"  reason: {decision.reason}")
-    click.echo(f"  state:  {decision.state_after.state}")
-    summary = {k: outcome.numbers[k] for k in ("units", "srm", "primary", "guardrails", "skipped")}
-    click.echo(json.dumps(summary, indent=2, default=str))
-    for delivery_id in outcome.deliveries:
-        post_webhook(delivery_id)
-
-
-@main.command()
-@click.argument("experiment_key")
-@click.argument("action", type=click.Choice(["approve", "pause", "resume", "promote", "rollback"]))
-@click.option("--variant", help="The variant to promote or roll back.")
-@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), help="Who acts.")
-@click.option("--reason", required=True, help="Why: kept in the audit log.")
-def action(experiment_key: str, action: str, variant: str | None, actor: str, reason: str) -> None:
-    """Approve, pause, resume, promote or roll back by hand (audited)."""
-    from service.human_actions import ActionRefused, act
-    from service.tasks import context, experiment, post_webhook
-
-    if experiment_key not in context().experiments:
-        click.echo(f"there is no experiment {experiment_key!r}", err=True)
-        sys.exit(1)
-    try:
-        with context().database.pool.connection(timeout=10.0) as conn:
-            decision_id, decision, deliveries = act(
-                conn, experiment(experiment_key), action, variant, actor, reason
-            )
-    except (ActionRefused, ValueError) as refused:
-        click.echo(f"refused: {refused}", err=True)
-        sys.exit(1)
-    click.echo(
-        f"{experiment_key}: {action} recorded as {decision_id}; state {decision.state_after.state}"
-    )
-    for delivery_id in deliveries:
-        post_webhook(delivery_id)
-
-
-@main.command("export-state")
-@click.option("--write", is_flag=True, help="Edit the YAML files (default: print a diff).")
-def export_state(write: bool) -> None:
-    """Write concluded decisions (promoted, rolled back, inconclusive) back into the YAML."""
-    import difflib
-
-    import psycopg
-
-    from service.registry import Registry
-    from service.state_export import export_change
-    from service.state_sync import read_states
-
-    settings = _settings()
-    result = _experiments_or_exit(settings, check_models=False)
-    registry = Registry(result)
-    with psycopg.connect(database_url(settings.database_url, settings.data_dir)) as conn:
-        states = read_states(conn, registry)
-    changes = 0
-    for item in result.experiments:
-        state = states.get(item.experiment.key)
-        change = export_change(item.source.path, item.experiment, state) if state else None
-        if change is None:
-            continue
-        changes += 1
-        if write:
-            change.path.write_text(change.after, encoding="utf-8")
-            click.echo(f"updated {change.path}")
-        else:
-            diff = difflib.unified_diff(
-                change.before.splitlines(True),
-                change.after.splitlines(True),
-                str(change.path),
-                str(change.path),
-            )
-            click.echo("".join(diff), nl=False)
-    click.echo(f"{changes} experiment file(s) {'updated' if write else 'would change'}", err=True)
-
-
-@main.command()
 @click.argument("experiment_key")
 @click.option(
     "-o",
@@ -317,7 +187,7 @@ def report(experiment_key: str, output: Path | None) -> None:
 
     from dashboards.report import report_html
 
-    settings = _settings()
+    settings = settings_from_env()
     result = load_experiments([settings.experiments])
     experiment = next(
         (i.experiment for i in result.experiments if i.experiment.key == experiment_key), None
@@ -350,8 +220,8 @@ def import_events(path: Path) -> None:
 
     from service.event_import import import_rows, validate_file
 
-    settings = _settings()
-    result = _experiments_or_exit(settings, check_models=False)
+    settings = settings_from_env()
+    result = experiments_or_exit(settings, check_models=False)
     experiments = {item.experiment.key: item.experiment for item in result.experiments}
     try:
         rows, errors = validate_file(path, experiments)
@@ -410,7 +280,7 @@ def demo(duration: float, analysis_interval: float, port: int, users: int, clien
 
     sys.exit(
         run_demo(
-            _settings(),
+            settings_from_env(),
             duration=duration,
             port=port,
             users=users,
@@ -432,7 +302,7 @@ def models_demo(root: Path | None, force: bool) -> None:
     """Build the demo models (seeded: the checksums in experiments/*.yaml hold)."""
     from service.demo_models import build_demo_models
 
-    target = root or _settings().models
+    target = root or settings_from_env().models
     for name, digest in build_demo_models(target, force=force).items():
         click.echo(f"{target / name}  sha256 {digest}")
 
@@ -461,6 +331,10 @@ def models_quantize(source: Path, target: Path) -> None:
         f" {result.largest_difference:.4f}; batch {result.batch}: {result.float_ms:.3f} ms ->"
         f" {result.quantized_ms:.3f} ms ({result.float_ms / result.quantized_ms:.1f}x)"
     )
+
+
+for command in (worker, analyze, action, export_state):
+    main.add_command(command)
 
 
 if __name__ == "__main__":
