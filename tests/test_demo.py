@@ -43,7 +43,7 @@ def test_demo_runs_the_whole_loop_until_the_better_model_is_promoted(
 ) -> None:
     result = abx(
         "demo", "--duration", "150", "--analysis-interval", "2", "--port", str(free_port()),
-        "--users", "3000", "--clients", "4",
+        "--users", "8000", "--clients", "4",
         env={"ABX_DATABASE_URL": db, "ABX_DATA_DIR": str(tmp_path / "data")},
         timeout=240,
     )  # fmt: skip
