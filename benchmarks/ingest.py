@@ -295,11 +295,8 @@ def healthy(port: int) -> bool:
         return False
 
 
-@contextmanager
-def abx_server(
-    database_url: str, scratch: Path, name: str, extra: dict[str, str]
-) -> Iterator[Server]:
-    """``abx serve --no-migrate`` on a free port, default workers; stopped with SIGTERM."""
+def start_abx(database_url: str, scratch: Path, name: str, extra: dict[str, str]) -> Server:
+    """``abx serve --no-migrate`` on a free port, default workers, answering ``/healthz``."""
     port = free_port()
     env = {
         **os.environ,
@@ -316,24 +313,43 @@ def abx_server(
     abx = Path(sys.executable).with_name("abx")
     command = [str(abx)] if abx.exists() else [sys.executable, "-m", "service.cli"]
     scratch.mkdir(parents=True, exist_ok=True)
-    log_path = scratch / f"{name}.log"
+    log_path = scratch / f"{name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*command, "serve", "--no-migrate"], cwd=ROOT, env=env, stdout=log, stderr=log
         )
     server = Server(process, port, log_path)
+    deadline = time.monotonic() + 90
+    answered = 0
+    while answered < 10 or len(server.pids) < 1 + default_workers():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            # The spool run's log is mostly the pool's connection warnings: leave them out.
+            lines = log_path.read_text(errors="replace").splitlines()
+            kept = [
+                line for line in lines if "psycopg.pool" not in line and "Is the server" not in line
+            ]
+            raise RuntimeError(f"abx serve ({name}) did not start:\n" + "\n".join(kept[-40:]))
+        answered = answered + 1 if healthy(port) else 0
+        time.sleep(0.1)
+    return server
+
+
+@contextmanager
+def abx_server(
+    database_url: str, scratch: Path, name: str, extra: dict[str, str]
+) -> Iterator[Server]:
+    """A started server (a second try on a new port: another program may take the free port
+    first), stopped with SIGTERM afterwards."""
     try:
-        deadline = time.monotonic() + 90
-        answered = 0
-        while answered < 10 or len(server.pids) < 1 + default_workers():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"abx serve ({name}) did not start:\n{tail}")
-            answered = answered + 1 if healthy(port) else 0
-            time.sleep(0.1)
+        server = start_abx(database_url, scratch, name, extra)
+    except RuntimeError as error:
+        print(f"  {error}\n  (trying once more on another port)", flush=True)
+        server = start_abx(database_url, scratch, name, extra)
+    try:
         yield server
     finally:
-        stop(process)
+        stop(server.process)
 
 
 @dataclass

@@ -277,6 +277,12 @@ def test_keeps_answering_while_postgres_is_unreachable(
     assert_problem(api.get("/readyz"), 503, "unreachable")
     body = api.assign("search_embeddings", "user-1")
     assert body["reason"] in {"hashed", "not-in-layer"}
+    action = {"action": "pause", "actor": "ana", "reason": "db down"}
+    assert_problem(
+        api.post("/v1/experiments/retention_offer/actions", action), 503, "not reachable"
+    )
+    assert_problem(api.get("/v1/experiments/retention_offer/decisions"), 503, "not reachable")
+    assert_problem(api.get("/v1/experiments/retention_offer/metrics"), 503, "not reachable")
 
 
 def test_service_refuses_to_start_on_invalid_experiments(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from flask import Blueprint, current_app
+from psycopg_pool import PoolTimeout
 
 from service.api_models import ActionRequest
 from service.errors import Conflict, InvalidRequest, ServiceUnavailable, UnknownExperiment
@@ -83,6 +85,10 @@ def post_action(key: str) -> tuple[dict[str, Any], int]:
         raise InvalidRequest(
             str(invalid), [{"field": "variant", "message": str(invalid)}]
         ) from invalid
+    except (psycopg.Error, PoolTimeout) as error:
+        raise ServiceUnavailable(
+            f"The database is not reachable: {type(error).__name__}."
+        ) from error
     _enqueue_webhooks(deliveries)
     return {"decision_id": decision_id, "kind": decision.kind, "variant": decision.variant,
             "state": decision.state_after.state}, 201  # fmt: skip
