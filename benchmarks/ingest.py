@@ -358,10 +358,6 @@ class ClientTally:
     events: int = 0
     errors: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    round: int = 0
-
-    def in_round(self, index: int) -> Run:
-        return replace(self, round=index + 1)
 
 
 def post_batches(

@@ -83,12 +83,13 @@ class EventIngestor:
         self._cond = threading.Condition()
         self._stopping = False
         self._spooling = spool.has_segments()
-        self._next_probe = 0.0
+        self._database_answers = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="abx-event-ingest", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._probe, name="abx-event-probe", daemon=True).start()
 
     def close(self) -> None:
         with self._cond:
@@ -131,19 +132,36 @@ class EventIngestor:
                 return
 
     def _try_leave_spooling(self) -> None:
-        if time.monotonic() < self._next_probe:
+        """Replay the spool once the probe thread has seen PostgreSQL answer again.
+
+        Probing is not done here: a probe waits for a connection, and while the database
+        is away that wait would hold up every request queued behind it.
+        """
+        if not self._database_answers.is_set():
             return
-        self._next_probe = time.monotonic() + 1.0
         try:
-            with self._database.pool.connection(timeout=1.0) as conn:
-                conn.execute("SELECT 1")
             self._spool.seal()
             replayed = self._spool.replay(self._commit_replayed)
         except Exception as error:
             log.info("still spooling: %s", error)
+            self._database_answers.clear()
             return
         log.info("database is back: replayed %d spooled batch(es)", replayed)
         self._spooling = self._spool.has_segments()
+
+    def _probe(self) -> None:
+        """While spooling, check every second (off the writer thread) whether PostgreSQL answers."""
+        while not self._stopping:
+            if self._spooling and not self._database_answers.is_set():
+                try:
+                    with self._database.pool.connection(timeout=1.0) as conn:
+                        conn.execute("SELECT 1")
+                    self._database_answers.set()
+                    with self._cond:
+                        self._cond.notify()
+                except Exception as error:
+                    log.debug("database still away: %s", error)
+            time.sleep(1.0)
 
     def _commit_replayed(self, rows: list[list[Any]]) -> None:
         with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
@@ -159,8 +177,8 @@ class EventIngestor:
                 return
             except Exception as error:
                 log.warning("database write failed, spooling: %s", error)
+                self._database_answers.clear()
                 self._spooling = True
-                self._next_probe = time.monotonic() + 1.0
         try:
             self._spool.append(rows)
         except SpoolError as error:

@@ -24,6 +24,7 @@ from service.latency_histogram import BIN_COUNT, bin_of
 log = logging.getLogger(__name__)
 ROLLUP_LOCK_KEY = 0x616278_03
 EVENT_CHUNK = 50_000
+PENDING_CHUNK = 10_000
 EXPOSURE_CHUNK = 200_000
 PARTITION_CHECK_SECONDS = 3600.0
 
@@ -84,10 +85,20 @@ def _roll_predictions(conn: Any) -> int:
 
 
 def _load_events(conn: Any) -> list[Event]:
-    rows = conn.execute(
+    """New events in order, plus a bounded slice of pending ones (still waiting for exposures).
+
+    Pending events are read separately so that a large pending backlog can never starve the
+    new ones behind it.
+    """
+    columns = (
         "SELECT event_pk, experiment_key, seed, unit_id, metric, aggregation, value, occurred_at,"
-        " received_at, status FROM outcomes WHERE status IN ('new', 'pending') ORDER BY event_pk LIMIT %s",
-        (EVENT_CHUNK,),
+        " received_at, status FROM outcomes"
+    )
+    rows = conn.execute(
+        f"{columns} WHERE status = 'new' ORDER BY event_pk LIMIT %s", (EVENT_CHUNK,)
+    ).fetchall()
+    rows += conn.execute(
+        f"{columns} WHERE status = 'pending' ORDER BY event_pk LIMIT %s", (PENDING_CHUNK,)
     ).fetchall()
     return [Event(*row) for row in rows]
 
