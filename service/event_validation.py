@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.api_models import OutcomeEvent
-from service.experiment_schema import Experiment
+from service.experiment_schema import Experiment, Metric
 
 MAX_PROPERTIES_BYTES = 4096
 
@@ -84,6 +84,7 @@ def validate_events(
     """Return the rows to write, or the list of problems (then nothing may be written)."""
     rows: list[OutcomeRow] = []
     errors: list[EventError] = []
+    metrics_of: dict[str, dict[str, Metric]] = {}
     for index, raw in enumerate(raw_events):
         prefix = f"events[{index}]"
         try:
@@ -102,7 +103,12 @@ def validate_events(
                 )
             )
             continue
-        metric = next((m for m in experiment.metrics.all_metrics() if m.name == event.metric), None)
+        declared = metrics_of.get(experiment.key)
+        if declared is None:
+            declared = metrics_of[experiment.key] = {
+                m.name: m for m in experiment.metrics.all_metrics()
+            }
+        metric = declared.get(event.metric)
         if metric is None:
             known = ", ".join(m.name for m in experiment.metrics.all_metrics())
             errors.append(
