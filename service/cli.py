@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from service.cli_decisions import action, analyze, export_state, worker
-from service.cli_support import experiments_or_exit, settings_from_env
+from service.cli_support import experiment_or_exit, experiments_or_exit, settings_from_env
 from service.embedded_postgres import database_url
 from service.experiment_validation import experiment_files, load_experiments
 from service.schema_migrations import MigrationError, apply_migrations
@@ -126,13 +126,7 @@ def plan(
     from service.experiment_plan import PlanInputs, make_plan, observed_inputs
 
     settings = settings_from_env()
-    result = load_experiments([settings.experiments])
-    experiment = next(
-        (i.experiment for i in result.experiments if i.experiment.key == experiment_key), None
-    )
-    if experiment is None:
-        click.echo(f"no valid experiment {experiment_key!r} in {settings.experiments}", err=True)
-        sys.exit(1)
+    experiment = experiment_or_exit(settings, experiment_key)
     observed: dict[str, float] = {}
     if None in (
         daily_units,
@@ -188,13 +182,7 @@ def report(experiment_key: str, output: Path | None) -> None:
     from dashboards.report import report_html
 
     settings = settings_from_env()
-    result = load_experiments([settings.experiments])
-    experiment = next(
-        (i.experiment for i in result.experiments if i.experiment.key == experiment_key), None
-    )
-    if experiment is None:
-        click.echo(f"no valid experiment {experiment_key!r} in {settings.experiments}", err=True)
-        sys.exit(1)
+    experiment = experiment_or_exit(settings, experiment_key)
     target = output or Path(f"{experiment_key}-report.html")
     try:
         url = database_url(settings.database_url, settings.data_dir)

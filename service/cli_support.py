@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from service.experiment_schema import Experiment
 from service.experiment_validation import LoadResult, load_experiments
 from service.settings import Settings
 
@@ -27,3 +28,13 @@ def experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadRe
             click.echo(str(problem), err=True)
         sys.exit(1)
     return result
+
+
+def experiment_or_exit(settings: Settings, key: str) -> Experiment:
+    """One valid experiment by key (other files may be invalid), or exit 1 saying so."""
+    result = load_experiments([settings.experiments])
+    experiment = next((i.experiment for i in result.experiments if i.experiment.key == key), None)
+    if experiment is None:
+        click.echo(f"no valid experiment {key!r} in {settings.experiments}", err=True)
+        sys.exit(1)
+    return experiment
