@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import date
 from typing import Any
 
@@ -11,6 +12,17 @@ from analysis.sufficient_stats import SufficientStats
 from service.experiment_analysis import ExperimentAnalysis, StatsKey, analyze
 from service.experiment_schema import Experiment
 from service.stats_store import exposed_units, exposed_units_by_day, metric_stats, model_health
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats (an interval before any look is infinite) become JSON null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
@@ -26,6 +38,9 @@ def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
     states = {}
     for item in numbers.get("msprt_states", []):
         fields = {f.name: item[f.name] for f in dataclasses.fields(MsprtResult)}
+        # Stored as null when infinite (JSON has no infinity): an interval not yet bounded.
+        fields["ci_low"] = -math.inf if fields["ci_low"] is None else fields["ci_low"]
+        fields["ci_high"] = math.inf if fields["ci_high"] is None else fields["ci_high"]
         states[(item["variant"], item["metric"])] = MsprtResult(**fields)
     return states
 
@@ -57,9 +72,9 @@ def run_analysis(
     result, states = analyze(
         experiment, units, stats, weights, _previous_states(previous), looks, daily, health
     )
-    numbers = dataclasses.asdict(result)
+    numbers = json_safe(dataclasses.asdict(result))
     numbers["msprt_states"] = [
-        {"variant": variant, "metric": metric, **dataclasses.asdict(state)}
+        {"variant": variant, "metric": metric, **json_safe(dataclasses.asdict(state))}
         for (variant, metric), state in states.items()
     ]
     primary_looks = [c.information_looks for c in result.primary if c.information_looks]

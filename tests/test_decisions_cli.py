@@ -135,3 +135,39 @@ def test_action_and_export_state(runner: CliRunner, db: str, env: dict[str, str]
     assert check.exit_code == 0, check.output
     unknown = fresh_cli(runner, ["analyze", "ghost"], env)
     assert unknown.exit_code == 1 and "no experiment 'ghost'" in unknown.output
+
+
+@pytest.mark.parametrize("method", ["group_sequential", "confidence_sequence", "msprt"])
+def test_every_method_analyses_and_stores_its_numbers(
+    runner: CliRunner, db: str, tmp_path: Path, method: str
+) -> None:
+    """Intervals can be unbounded before the first formal look: they are stored as null."""
+    folder = tmp_path / f"experiments-{method}"
+    folder.mkdir()
+    text = (
+        TEMPLATE.format(key="early", webhook="http://127.0.0.1:9/unused") + f"  method: {method}\n"
+    )
+    (folder / "early.yaml").write_text(text)
+    simulate(
+        db,
+        "early",
+        "early.v1",
+        {"a": 300, "b": 300},
+        {"a": {"conversion": 0.1}, "b": {"conversion": 0.12}},
+        5,
+        "early",
+    )
+    env = {
+        "ABX_DATABASE_URL": db,
+        "ABX_EXPERIMENTS": str(folder),
+        "ABX_DATA_DIR": str(tmp_path / "data"),
+    }
+    for _ in range(2):  # the second run reads the first run's stored state back
+        result = fresh_cli(runner, ["analyze", "early"], env)
+        assert result.exit_code == 0, result.output
+        assert "early: continue" in result.output
+    with psycopg.connect(db) as conn:
+        (runs,) = conn.execute(
+            "SELECT count(*) FROM analysis_runs WHERE experiment_key = 'early'"
+        ).fetchone()  # type: ignore[misc]
+    assert runs == 2
