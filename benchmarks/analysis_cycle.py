@@ -523,7 +523,7 @@ def run_worker_cycles(
         import redis
 
         with redis.Redis.from_url(broker_url) as broker:
-            broker.delete(queue, f"_kombu.binding.{queue}")
+            broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
 
 
 # --- one size ---------------------------------------------------------------------------

@@ -27,7 +27,9 @@ CREATE TABLE outcomes (
     variant_key    text
 ) PARTITION BY RANGE (occurred_at);
 CREATE TABLE outcomes_default PARTITION OF outcomes DEFAULT;
-CREATE INDEX outcomes_unprocessed ON outcomes (event_pk) WHERE status IN ('new', 'pending');
+-- The rollup reads new and pending events separately; one small index each.
+CREATE INDEX outcomes_new ON outcomes (event_pk) WHERE status = 'new';
+CREATE INDEX outcomes_pending ON outcomes (event_pk) WHERE status = 'pending';
 
 CREATE FUNCTION abx_ensure_outcome_partitions(months_ahead integer DEFAULT 3)
 RETURNS void LANGUAGE plpgsql AS $$

@@ -59,6 +59,8 @@ def _compare(
     policy = experiment.policy
     difference = treatment.mean - control.mean
     variance = treatment.variance_of_mean + control.variance_of_mean
+    if not variance > 0:
+        raise ValueError("no variance in either arm yet (e.g. no conversions): wait for more data")
     reduction, used_cuped = 0.0, False
     if control.covariate_total is not None and treatment.covariate_total is not None:
         try:

@@ -139,3 +139,13 @@ def test_holm_keeps_the_family_wise_error() -> None:
     assert by_variant["c"].p_value_adjusted is not None and by_variant["c"].p_value is not None
     assert by_variant["c"].p_value_adjusted >= by_variant["c"].p_value
     assert not by_variant["c"].significant
+
+
+def test_arms_without_any_variance_are_skipped_not_crashed() -> None:
+    for method in ("msprt", "confidence_sequence", "group_sequential"):
+        exp = experiment(method=method)
+        stats = {
+            (v, m): SufficientStats.from_binary(400, 0) for v in "ab" for m in ("conv", "errors")
+        }
+        analysis, _ = analyze(exp, {"a": 400, "b": 400}, stats, {"a": 0.5, "b": 0.5})
+        assert analysis.primary == [] and any("no variance" in s for s in analysis.skipped), method
