@@ -19,8 +19,12 @@ from analysis.multiple_testing import holm
 from analysis.sufficient_stats import SufficientStats
 from service.analysis_results import Comparison, ExperimentAnalysis, GuardrailCheck, SrmCheck
 from service.experiment_schema import Experiment, Metric
-from service.model_guardrails import MODEL_FALLBACK_RATE, MODEL_LATENCY_P99, model_guardrail
-from service.stats_store import ModelHealth
+from service.model_guardrails import (
+    MODEL_FALLBACK_RATE,
+    MODEL_LATENCY_P99,
+    ModelHealth,
+    model_guardrail,
+)
 
 StatsKey = tuple[str, str]  # variant, metric
 __all__ = ["Comparison", "ExperimentAnalysis", "GuardrailCheck", "SrmCheck", "StatsKey", "analyze"]

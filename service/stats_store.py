@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from analysis.sufficient_stats import SufficientStats
+from service.model_guardrails import ModelHealth
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,6 @@ def exposed_units_by_day(
     ):
         days.setdefault(bucket, {})[variant] = int(units)
     return days
-
-
-@dataclass(frozen=True)
-class ModelHealth:
-    requests: int
-    fallbacks: int
-    latency_counts: list[int]
 
 
 def model_health(

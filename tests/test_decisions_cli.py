@@ -18,7 +18,7 @@ from service.webhooks import retry_delay_seconds
 
 from .conftest import free_port
 from .test_decisions_e2e import SECRET, TEMPLATE
-from .traffic import simulate
+from .traffic import simulate, simulate_lift
 
 
 class FlakyReceiver:
@@ -84,15 +84,7 @@ def fresh_cli(runner: CliRunner, args: list[str], env: dict[str, str]) -> Any:
 def test_analyze_prints_the_decision_and_delivers_webhooks(
     runner: CliRunner, db: str, env: dict[str, str], flaky: FlakyReceiver
 ) -> None:
-    simulate(
-        db,
-        "lift",
-        "lift.v1",
-        {"a": 2000, "b": 2000},
-        {"a": {"conversion": 0.10}, "b": {"conversion": 0.16}},
-        1,
-        "lift",
-    )
+    simulate_lift(db)
     result = fresh_cli(runner, ["analyze", "lift"], env)
     assert result.exit_code == 0, result.output
     assert "lift: promote b" in result.output and '"srm"' in result.output

@@ -28,7 +28,7 @@ from service.settings import PROJECT_ROOT
 from service.webhooks import SIGNATURE_HEADER, verify
 
 from .conftest import Api, ServerFactory, free_port, wait_for
-from .traffic import simulate
+from .traffic import simulate, simulate_lift
 
 SECRET = "webhook-secret-for-tests"
 TEMPLATE = """\
@@ -152,15 +152,7 @@ def test_the_loop_promotes_rolls_back_halts_and_leaves_aa_alone(
     start_worker: WorkerFactory,
     server_factory: ServerFactory,
 ) -> None:
-    simulate(
-        db,
-        "lift",
-        "lift.v1",
-        {"a": 2000, "b": 2000},
-        {"a": {"conversion": 0.10}, "b": {"conversion": 0.16}},
-        1,
-        "lift",
-    )
+    simulate_lift(db)
     simulate(
         db,
         "aa",
@@ -276,15 +268,7 @@ def test_humans_act_through_the_api_and_are_audited(
 def test_a_worker_killed_mid_analysis_leaves_no_half_decision(
     db: str, decision_setup: Path, start_worker: WorkerFactory
 ) -> None:
-    simulate(
-        db,
-        "lift",
-        "lift.v1",
-        {"a": 2000, "b": 2000},
-        {"a": {"conversion": 0.10}, "b": {"conversion": 0.16}},
-        1,
-        "lift",
-    )
+    simulate_lift(db)
     worker = start_worker(decision_setup, ABX_FAULT_SLEEP_IN_DECISION="4")
 
     key = experiment_lock_key("lift") & 0xFFFFFFFFFFFFFFFF

@@ -46,3 +46,9 @@ def simulate(
         if events:
             ingest_rows(conn, events)
         conn.commit()
+
+
+def simulate_lift(url: str, key: str = "lift", seed: int = 1) -> None:
+    """2,000 units per arm, conversion 10 % on the control and 16 % on treatment b."""
+    simulate(url, key, f"{key}.v1", {"a": 2000, "b": 2000},
+             {"a": {"conversion": 0.10}, "b": {"conversion": 0.16}}, seed, key)  # fmt: skip
