@@ -1,15 +1,20 @@
 """Dynamic micro-batching: concurrent requests for one model share one ``run`` call.
 
-A request's rows join a queue; one thread per model takes the first waiting
-request, keeps collecting until ``max_rows`` rows are queued or ``max_wait``
-has passed since that first request arrived, runs the concatenated batch once
-and hands each request its own slice of every output. A heavy model pays its
+A request's rows join a queue; one thread per model takes the waiting requests,
+keeps collecting until ``max_rows`` rows are queued or ``max_wait`` has passed
+since the oldest of them arrived, runs the concatenated batch once and hands
+each request the batch's outputs with its row range. A heavy model pays its
 weights' memory traffic once per batch instead of once per request.
+
+The hand-off is built for many waiting threads under one GIL: each request
+waits on a lock of its own, released once (no ``threading.Event``, whose
+condition makes the setter and the woken thread contend for a second lock),
+and each request slices its rows itself, off the batch thread, which can start
+the next batch at once.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import deque
@@ -22,23 +27,37 @@ Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 
 
-@dataclass
+def _locked() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(eq=False)
 class PendingRun:
     """One request's part of a batch; ``wait`` returns its outputs or raises its error."""
 
     feeds: Feeds
     rows: int
-    done: threading.Event = field(default_factory=threading.Event)
-    outputs: Outputs | None = None
+    arrived: float = field(default_factory=time.monotonic)
+    batch: Outputs | None = None
+    start: int = 0
+    """This request's first row in ``batch``."""
     error: BaseException | None = None
+    _done: threading.Lock = field(default_factory=_locked)
+
+    def finish(self) -> None:
+        self._done.release()
 
     def wait(self, timeout: float | None) -> Outputs:
-        if not self.done.wait(timeout):
+        if not self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError("the batched run did not finish within the latency budget")
+        self._done.release()  # a second ``wait`` returns at once
         if self.error is not None:
             raise self.error
-        assert self.outputs is not None
-        return self.outputs
+        assert self.batch is not None
+        end = self.start + self.rows
+        return {name: value[self.start : end] for name, value in self.batch.items()}
 
 
 class MicroBatcher:
@@ -83,7 +102,7 @@ class MicroBatcher:
                 self._ready.wait()
             if not self._queue:
                 return []
-            deadline = time.monotonic() + self._max_wait
+            deadline = self._queue[0].arrived + self._max_wait
             while self._queued_rows < self._max_rows and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -108,23 +127,18 @@ class MicroBatcher:
     def _run_batch(self, taken: list[PendingRun]) -> None:
         try:
             if len(taken) == 1:
-                results = [self._run(taken[0].feeds)]
+                batch = self._run(taken[0].feeds)
             else:
-                feeds = {
-                    name: np.concatenate([p.feeds[name] for p in taken]) for name in taken[0].feeds
-                }
-                outputs = self._run(feeds)
-                bounds = np.cumsum([0, *(p.rows for p in taken)])
-                results = [
-                    {name: value[start:end] for name, value in outputs.items()}
-                    for start, end in itertools.pairwise(bounds)
-                ]
-            for pending, result in zip(taken, results, strict=True):
-                pending.outputs = result
+                names = taken[0].feeds
+                batch = self._run({n: np.concatenate([p.feeds[n] for p in taken]) for n in names})
+            start = 0
+            for pending in taken:
+                pending.batch, pending.start = batch, start
+                start += pending.rows
         except Exception as error:  # every request of the batch gets the model's failure
             for pending in taken:
                 pending.error = error
         self.batches += 1
         self.rows += sum(p.rows for p in taken)
         for pending in taken:
-            pending.done.set()
+            pending.finish()

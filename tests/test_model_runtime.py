@@ -135,6 +135,26 @@ def test_micro_batcher_groups_concurrent_rows_and_slices_outputs() -> None:
     assert max(sizes) > 1 and all(size <= 8 for size in sizes) and sum(sizes) == 16
 
 
+def test_micro_batcher_gives_multi_row_requests_their_rows_and_times_out_a_slow_run() -> None:
+    release = threading.Event()
+
+    def run(feeds: dict) -> dict:
+        release.wait(5)
+        return {"y": feeds["x"] + 100}
+
+    batcher = MicroBatcher(run, max_rows=16, max_wait=0.3)
+    first = batcher.submit({"x": np.array([[1], [2], [3]])}, 3)
+    second = batcher.submit({"x": np.array([[4], [5]])}, 2)
+    with pytest.raises(TimeoutError, match="latency budget"):
+        first.wait(0.01)  # the run has not finished: the caller falls back
+    release.set()
+    assert second.wait(5)["y"].tolist() == [[104], [105]]
+    assert first.wait(5)["y"].tolist() == [[101], [102], [103]]  # still answered, once done
+    assert first.wait(0)["y"].tolist() == [[101], [102], [103]]
+    batcher.close()
+    assert (batcher.batches, batcher.rows) == (1, 5)
+
+
 def test_micro_batcher_hands_the_models_error_to_every_request() -> None:
     def run(feeds: dict) -> dict:
         raise RuntimeError("model exploded")
