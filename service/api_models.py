@@ -67,7 +67,8 @@ class PredictRequest(ApiModel):
     unit: UnitId
     attributes: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, Any]
-    """Model input name -> row-major nested list (one row or a batch)."""
+    """Model input name -> row-major nested list (one row or a batch), or, for an input whose
+    ``features`` the experiment names, an object of named values or a list of them."""
 
 
 class ActionRequest(ApiModel):

@@ -32,14 +32,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+FeatureName = Annotated[str, Field(min_length=1)]
+Scaling = float | list[float] | dict[FeatureName, float]
+
+
 class InputSpec(StrictModel):
-    """How one request input feeds the model: its model-side name and scaling."""
+    """How one request input feeds the model: its model-side name, columns and scaling."""
 
     model_input: str | None = None
     """The model's input name; default: the request's name."""
-    offset: float | list[float] = 0.0
-    factor: float | list[float] = 1.0
-    """Preprocessing ``(x - offset) * factor``, per feature (a list) or for all (a number)."""
+    features: list[FeatureName] | None = Field(default=None, min_length=1)
+    """The input's column names in the model's order: requests may then send named values."""
+    offset: Scaling = 0.0
+    factor: Scaling = 1.0
+    """Preprocessing ``(x - offset) * factor``: for all (a number), per column (a list, in
+    the model's order) or per feature name (a mapping; needs ``features``)."""
 
 
 class ModelRef(StrictModel):

@@ -9,9 +9,10 @@ the fallback, never refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,18 +52,37 @@ class ExperimentModels:
     shadows: tuple[ServingModel, ...]
 
 
+def _scaling(
+    value: float | list[float] | dict[str, float],
+    neutral: float,
+    features: Sequence[str] | None,
+    dtype: Any,
+) -> np.ndarray | None:
+    """One offset or factor as the array applied to every row (None: nothing to do).
+
+    Per-name values are laid out in the model's column order, ``neutral`` for the
+    names not given (the rules refuse a mapping without ``features``).
+    """
+    if isinstance(value, dict):
+        value = [value.get(name, neutral) for name in features or ()]
+    elif value == neutral:
+        return None
+    return np.asarray(value, dtype=dtype)
+
+
 def input_plans(ref: ModelRef, inputs: Iterable[TensorSpec]) -> tuple[InputPlan, ...]:
-    """Request-side names and scaling for every model input (YAML ``inputs``, else as is)."""
+    """Request-side names, column names and scaling for every model input (YAML ``inputs``)."""
     by_model_input = {spec.model_input or name: (name, spec) for name, spec in ref.inputs.items()}
     plans = []
     for tensor in inputs:
         name, spec = by_model_input.get(tensor.name, (tensor.name, None))
-        offset = factor = None
-        if spec is not None and spec.offset != 0.0:
-            offset = np.asarray(spec.offset, dtype=tensor.dtype)
-        if spec is not None and spec.factor != 1.0:
-            factor = np.asarray(spec.factor, dtype=tensor.dtype)
-        plans.append(InputPlan(name, tensor, offset, factor))
+        if spec is None:
+            plans.append(InputPlan(name, tensor))
+            continue
+        features = tuple(spec.features) if spec.features is not None else None
+        offset = _scaling(spec.offset, 0.0, features, tensor.dtype)
+        factor = _scaling(spec.factor, 1.0, features, tensor.dtype)
+        plans.append(InputPlan(name, tensor, offset, factor, features))
     return tuple(plans)
 
 

@@ -2,6 +2,13 @@
 
 Nothing is run on a request whose inputs do not match: every mismatch becomes
 one entry of a 422 problem that names the input and what the model expects.
+
+An input comes as row-major nested lists in the model's column order, or, when
+the experiment names the input's ``features``, as objects of named values (one
+object for one row, a list of them for a batch) that are put in that order here.
+Names the model does not use are ignored: that is what lets one request feed
+variants (and the fallback) whose models take other columns, or the same ones
+in another order.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class InputPlan:
     spec: TensorSpec
     offset: np.ndarray | None = None
     factor: np.ndarray | None = None
+    features: tuple[str, ...] | None = None
+    """The names of the input's columns in the model's order; None: rows come as lists only."""
 
 
 def tensor_spec(name: str, type_name: str, shape: Sequence[Any]) -> TensorSpec:
@@ -69,6 +78,93 @@ def _array(value: Any, spec: TensorSpec) -> np.ndarray:
     return array.astype(spec.dtype, copy=False)
 
 
+_MISSING = object()
+LISTED_PROBLEMS = 10
+"""Problems listed per named input; a batch of bad rows is summed up past that."""
+_JSON_TYPES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a decimal number",
+    type(None): "null",
+    list: "an array",
+}
+
+
+def _cell_rule(dtype: Any) -> tuple[frozenset[type], str]:
+    """The Python types a named value may have for ``dtype`` (exact: true is not 1)."""
+    if dtype is np.bool_:
+        return frozenset({bool}), "must be true or false"
+    if np.issubdtype(dtype, np.integer):
+        return frozenset({int}), "must be an integer"
+    return frozenset({int, float}), "must be a number"
+
+
+def _named_rows(
+    value: Any, plan: InputPlan, field: str, problems: list[dict[str, Any]]
+) -> list[list[Any]] | None:
+    """Rows sent as objects, their values in the model's column order; None when any is bad."""
+    if plan.features is None:
+        problems.append(
+            {
+                "field": field,
+                "message": "named values, but the experiment does not name this input's "
+                "features; send rows as lists of numbers in the model's order",
+            }
+        )
+        return None
+    single = isinstance(value, dict)
+    accepted, rule = _cell_rule(plan.spec.dtype)
+    rows: list[list[Any]] = []
+    found: list[dict[str, Any]] = []
+    for index, row in enumerate([value] if single else value):
+        where = field if single else f"{field}[{index}]"
+        if not isinstance(row, dict):
+            found.append({"field": where, "message": "not an object of named values"})
+            continue
+        cells = [row.get(name, _MISSING) for name in plan.features]
+        if accepted.issuperset(map(type, cells)):
+            rows.append(cells)
+            continue
+        for name, cell in zip(plan.features, cells, strict=True):
+            if cell is _MISSING:
+                found.append({"field": f"{where}.{name}", "message": "missing"})
+            elif type(cell) not in accepted:
+                kind = _JSON_TYPES.get(type(cell), "an object")
+                found.append({"field": f"{where}.{name}", "message": f"{rule}, not {kind}"})
+    if not found:
+        return rows
+    problems += found[:LISTED_PROBLEMS]
+    if len(found) > LISTED_PROBLEMS:
+        more = len(found) - LISTED_PROBLEMS
+        problems.append({"field": field, "message": f"{more} more problems not listed"})
+    return None
+
+
+def _is_named(value: Any) -> bool:
+    """One object of named values, or a list of them (the first row decides)."""
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+    )
+
+
+def _refused(
+    value: Any, plan: InputPlan, field: str, error: Exception, problems: list[dict[str, Any]]
+) -> np.ndarray | None:
+    """What numpy could not read as nested lists: named values, else a problem (None)."""
+    if _is_named(value):
+        rows = _named_rows(value, plan, field, problems)
+        if rows is None:
+            return None
+        try:
+            return _array(rows, plan.spec)
+        except ValueError as refusal:
+            error = refusal
+    message = str(error) if "must be" in str(error) else "not a rectangular list of numbers"
+    problems.append({"field": field, "message": f"{message}; expected {plan.spec.describe()}"})
+    return None
+
+
 def convert_inputs(
     inputs: Mapping[str, Any], plans: Sequence[InputPlan], max_rows: int
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -86,9 +182,12 @@ def convert_inputs(
         try:
             array = _array(value, spec)
         except (ValueError, TypeError) as error:
-            message = str(error) if "must be" in str(error) else "not a rectangular list of numbers"
-            problems.append({"field": field, "message": f"{message}; expected {spec.describe()}"})
-            continue
+            # Nested lists are read first: numpy refuses objects, so only a request that is
+            # not positional pays for looking for named values.
+            refused = _refused(value, plan, field, error, problems)
+            if refused is None:
+                continue
+            array = refused
         if array.ndim != len(spec.shape) or any(
             want is not None and got != want
             for got, want in zip(array.shape, spec.shape, strict=False)

@@ -7,6 +7,7 @@ so test workers and the servers they start share one build.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,22 @@ def corrupt_model(path: Path) -> str:
     source, target = _io()
     nodes = [helper.make_node("NoSuchOperator", ["features"], ["probability"])]
     return _save(helper.make_graph(nodes, "corrupt", [source], [target]), path)
+
+
+def permuted_model(source: Path, path: Path, order: Sequence[int]) -> str:
+    """``source`` taking its feature columns in another order: its column j is ``order[j]``.
+
+    A Gather in front puts the columns back where ``source`` expects them, so both
+    models answer the same for the same named values, each fed in its own order.
+    """
+    model = onnx.load(source)
+    for node in model.graph.node:
+        renamed = ["source_features" if name == "features" else name for name in node.input]
+        del node.input[:]
+        node.input.extend(renamed)
+    back = np.argsort(np.asarray(order)).astype(np.int64)
+    model.graph.initializer.append(numpy_helper.from_array(back, "source_columns"))
+    gather = helper.make_node("Gather", ["features", "source_columns"], ["source_features"], axis=1)
+    model.graph.node.insert(0, gather)
+    path.write_bytes(model.SerializeToString())
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from service.cli import main
 from service.experiment_validation import load_experiments
 
 from .conftest import EXAMPLES
+from .model_fixtures import MODELS, demo_models
 
 VALID = textwrap.dedent(
     """\
@@ -190,3 +192,69 @@ def test_cli_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
     assert nothing.exit_code == 1 and "no experiment files" in nothing.output
     missing = runner.invoke(main, ["validate", str(tmp_path / "missing.yaml")])
     assert missing.exit_code == 1 and "cannot read file" in missing.output
+
+
+NAMED = textwrap.dedent(
+    """\
+    key: named
+    description: Both models take their columns by name.
+    owner: team@example.com
+    status: running
+    control: a
+    variants:
+      - key: a
+        weight: 0.5
+        model:
+          path: churn_logreg.onnx
+          sha256: {sha}
+          inputs:
+            features:
+              features: {names_a}
+              factor: {factor}
+      - key: b
+        weight: 0.5
+        model:
+          path: churn_logreg.onnx
+          sha256: {sha}
+          inputs: {inputs_b}
+    metrics:
+      primary: {{name: conversion, type: binary}}
+    """
+)
+NAMES = [f"col_{i:02d}" for i in range(20)]
+
+
+def named_problems(tmp_path: Path, **fields: object) -> list[str]:
+    sha = demo_models()["churn_logreg.onnx"]
+    values = {
+        "names_a": NAMES,
+        "factor": 0.5,
+        "inputs_b": {"features": {"features": NAMES[::-1]}},
+    } | fields
+    text = NAMED.format(sha=sha, **{key: json.dumps(value) for key, value in values.items()})
+    path = write(tmp_path, "named.yaml", text)
+    return [str(p).removeprefix(f"{path}:") for p in load_experiments([path], MODELS).problems]
+
+
+def test_feature_names_are_checked_against_each_other_and_the_model(tmp_path: Path) -> None:
+    assert named_problems(tmp_path) == []
+    assert named_problems(tmp_path, names_a=NAMES[:19]) == [
+        "14: variants[0].model.inputs.features.features: 19 names; the model's input "
+        "'features' has 20 features, one name each in the model's order"
+    ]
+    assert named_problems(tmp_path, names_a=[*NAMES[:19], "col_03"]) == [
+        "14: variants[0].model.inputs.features.features[19]: "
+        "duplicate feature name 'col_03' (also features[3])"
+    ]
+    assert named_problems(tmp_path, names_a=[*NAMES[:19], ""]) == [
+        "14: variants[0].model.inputs.features.features[19]: String should have at least 1 character"
+    ]
+    assert named_problems(tmp_path, factor={"col_01": 2.0, "col_99": 1.0}) == [
+        "15: variants[0].model.inputs.features.factor.col_99: 'col_99' is not in 'features'"
+    ]
+    assert named_problems(tmp_path, inputs_b={"features": {"factor": {"col_01": 2.0}}}) == [
+        "21: variants[1].model.inputs.features.factor: factor per feature name needs 'features'",
+        "21: variants[1].model.inputs.features: another variant names the features of input "
+        "'features'; variant 'b' must name them too, or requests that send them by name fail "
+        "on its model",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,15 @@ import psycopg
 import pytest
 
 from .conftest import Api, ServerFactory, wait_for
-from .model_fixtures import MODELS, corrupt_model, demo_models, nan_model, raising_model, slow_model
+from .model_fixtures import (
+    MODELS,
+    corrupt_model,
+    demo_models,
+    nan_model,
+    permuted_model,
+    raising_model,
+    slow_model,
+)
 
 US_APP = {"country": "US", "app_version": "2.1.0"}
 RAW = (np.arange(40, dtype=np.float32).reshape(2, 20) % 7 - 2.0).tolist()
@@ -226,3 +235,72 @@ def test_every_fallback_cause_is_answered_by_the_control(
         )
     )
     assert "failed to load" in server.log()
+
+
+NAMED = """\
+key: named
+description: Two models that take the same columns in opposite orders, fed by name.
+owner: test
+status: running
+control: control
+variants:
+  - key: control
+    weight: 1.0
+    model:
+      path: churn_logreg.onnx
+      sha256: {control}
+      inputs: {{features: {{features: {names}, offset: 1.0, factor: 0.5}}}}
+  - key: reversed
+    weight: 0.0
+    model:
+      path: reversed.onnx
+      sha256: {reversed}
+      inputs: {{features: {{features: {reversed_names}, offset: 1.0, factor: 0.5}}}}
+forced: {{unit-reversed: reversed}}
+metrics:
+  primary: {{name: converted, type: binary}}
+"""
+NAMES = [f"col_{i:02d}" for i in range(20)]
+
+
+def test_named_features_get_the_answers_of_positional_rows(
+    server_factory: ServerFactory, db: str, tmp_path: Path, built: dict[str, str]
+) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "churn_logreg.onnx").write_bytes((MODELS / "churn_logreg.onnx").read_bytes())
+    backwards = list(range(19, -1, -1))
+    reversed_sha = permuted_model(root / "churn_logreg.onnx", root / "reversed.onnx", backwards)
+    experiments = tmp_path / "named-experiments"
+    experiments.mkdir()
+    (experiments / "named.yaml").write_text(
+        NAMED.format(
+            control=built["churn_logreg.onnx"],
+            reversed=reversed_sha,
+            names=json.dumps(NAMES),
+            reversed_names=json.dumps(NAMES[::-1]),
+        )
+    )
+    api = Api(server_factory(db, experiments, ABX_MODELS=str(root)).base_url, key=None)
+    positional = predict(api, "named", "unit-control", RAW).json()
+    assert positional["variant"] == "control"
+    expected = direct("churn_logreg.onnx", RAW)
+    np.testing.assert_allclose(positional["outputs"]["probability"], expected, rtol=1e-6)
+    rows = [dict(zip(NAMES, row, strict=True)) | {"unused_by_both": "x"} for row in RAW]
+    for unit, variant in [("unit-control", "control"), ("unit-reversed", "reversed")]:
+        response = predict(api, "named", unit, rows)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["variant"], body["fallback"]) == (variant, False)
+        np.testing.assert_allclose(body["outputs"]["probability"], expected, rtol=1e-6)
+    single = predict(api, "named", "unit-reversed", rows[1]).json()
+    np.testing.assert_allclose(single["outputs"]["probability"], expected[1:], rtol=1e-6)
+
+    missing = [rows[0], {name: value for name, value in rows[1].items() if name != "col_04"}]
+    response = predict(api, "named", "unit-reversed", missing)
+    assert response.status_code == 422, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"].endswith("/input-mismatch") and problem["status"] == 422
+    assert problem["errors"] == [{"field": "inputs.features[1].col_04", "message": "missing"}]
+    assert "inputs.features[1].col_04: missing" in problem["detail"]
