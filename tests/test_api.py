@@ -165,7 +165,7 @@ def test_openapi_is_served(server: Server) -> None:
     ("body", "status", "detail"),
     [
         (b'{"experiment": "checkout_ranker", "unit": ', 400, "not valid JSON"),
-        (b"[1, 2]", 422, "(body): Input should be a valid dictionary"),
+        (b"[1, 2]", 422, "(body): Input should be an object"),
         (b'{"unit": "u1"}', 422, "experiment: Field required"),
         (
             b'{"experiment": "checkout_ranker", "unit": true}',
@@ -177,7 +177,7 @@ def test_openapi_is_served(server: Server) -> None:
         (
             b'{"experiment": "checkout_ranker", "unit": "u", "attributes": [1]}',
             422,
-            "attributes: Input should be a valid dictionary",
+            "attributes: Input should be an object",
         ),
         (
             b'{"experiment": "checkout_ranker", "unit": "u", "extra": 1}',
