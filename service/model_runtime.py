@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,11 @@ class ModelRuntime:
             batcher.close()
 
     def status(self) -> dict[str, Any]:
-        """Per model: provider and calibration; per variant: failures (for /readyz)."""
+        """Per model: provider and calibration; per variant: failures (for /readyz).
+
+        Failures are this worker process's since it started; every worker's are in the
+        ``predictions`` table and rolled up into ``model_health``, which the guardrails read.
+        """
         return {
             "models": {
                 model.name: {
@@ -45,6 +50,7 @@ class ModelRuntime:
                 for model in self.predictions.catalog.models().values()
             },
             "model_failures": self.predictions.failures.snapshot(),
+            "worker_pid": os.getpid(),
             "reloads": self.reloader.reloads,
             "reloads_rejected": self.reloader.rejected,
             "shadow_runs_dropped": self.shadows.dropped,
