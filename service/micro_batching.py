@@ -6,11 +6,11 @@ since the oldest of them arrived, runs the concatenated batch once and hands
 each request the batch's outputs with its row range. A heavy model pays its
 weights' memory traffic once per batch instead of once per request.
 
-The hand-off is built for many waiting threads under one GIL: each request
-waits on a lock of its own, released once (no ``threading.Event``, whose
-condition makes the setter and the woken thread contend for a second lock),
-and each request slices its rows itself, off the batch thread, which can start
-the next batch at once.
+Each request waits on a lock of its own that the batch thread releases once (an
+``Event`` would add a condition and a second lock to every wake-up), and slices
+its rows itself, so the batch thread is free for the next batch sooner. With
+many request threads the GIL, not the hand-off, bounds throughput: see
+benchmarks/README.md.
 """
 
 from __future__ import annotations
