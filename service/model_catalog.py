@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ class ServingModel:
     batcher: MicroBatcher | None = None
     shadow_rate: float = 0.0
 
+    @cached_property
     def response_names(self) -> Mapping[str, str]:
+        """Model output name -> response name (built once: it is read on every request)."""
         if self.ref.outputs:
             return self.ref.outputs
         return {name: name for name in (self.model.output_names if self.model else ())}

@@ -101,7 +101,12 @@ class SessionRunner:
 
 
 def finite(outputs: Outputs) -> bool:
-    return all(np.isfinite(value).all() for value in outputs.values() if value.dtype.kind in "fc")
+    # ufunc reductions, not ``.all()``: its Python wrapper cost more than the check itself.
+    return all(
+        np.logical_and.reduce(np.isfinite(value), axis=None)
+        for value in outputs.values()
+        if value.dtype.kind in "fc"
+    )
 
 
 class FailureCounts:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,13 @@ class LoadedModel:
     output_names: tuple[str, ...]
     timings_ms: dict[str, dict[int, float]] = field(default_factory=dict)
 
+    @cached_property
+    def _output_list(self) -> list[str]:
+        return list(self.output_names)
+
     def run(self, feeds: Mapping[str, np.ndarray], options: Any = None) -> dict[str, np.ndarray]:
-        values = self.session.run(list(self.output_names), dict(feeds), options)
+        feed = feeds if isinstance(feeds, dict) else dict(feeds)
+        values = self.session.run(self._output_list, feed, options)
         return dict(zip(self.output_names, values, strict=True))
 
 

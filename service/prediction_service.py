@@ -38,7 +38,7 @@ class Prediction:
 
 
 def _renamed(served: ServingModel, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = served.response_names()
+    names = served.response_names
     return {names[name]: value for name, value in outputs.items() if name in names}
 
 
