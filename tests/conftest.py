@@ -244,7 +244,8 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
+    """Poll until true; the generous default only costs time when a test is failing anyway."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

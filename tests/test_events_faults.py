@@ -128,7 +128,7 @@ def test_postgres_stopped_under_load_loses_nothing(
     assert load.durability["spooled"] > 0, load.durability
     assert load.durability["committed"] > 0, load.durability
     assert_exactly_once(url, load.acked)
-    assert wait_for(lambda: not any((tmp_path / "spool").glob("*.spool")), timeout=10)
+    assert wait_for(lambda: not any((tmp_path / "spool").glob("*.spool")), timeout=30)
 
 
 def gunicorn_workers(server: Server) -> list[psutil.Process]:
@@ -233,7 +233,7 @@ def test_exposures_made_while_postgres_is_down_survive_a_restart(
         if body["in_experiment"]:
             exposed[f"offline-{i}"] = body["variant"]
     assert exposed
-    assert wait_for(lambda: any((tmp_path / "spool-writes").glob("*.spool")), timeout=10)
+    assert wait_for(lambda: any((tmp_path / "spool-writes").glob("*.spool")), timeout=30)
     down.stop()
     pg.ensure_postgres_running()
     server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=spool)

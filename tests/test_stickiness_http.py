@@ -45,7 +45,7 @@ def test_units_keep_their_variant_across_a_weight_change_and_restart(
         summary = api.get("/v1/experiments/search_embeddings").json()
         return not summary["allocation_pending"] and summary["variants"][1]["weight"] == 0.9
 
-    assert wait_for(switched, timeout=10)
+    assert wait_for(switched, timeout=30)
     after = assign_all(api, units)
     for unit in units:
         assert after[unit]["variant"] == before[unit]["variant"], unit
