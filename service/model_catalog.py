@@ -44,6 +44,11 @@ class ServingModel:
             return self.ref.outputs
         return {name: name for name in (self.model.output_names if self.model else ())}
 
+    def renamed(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs the response shows, under their response names."""
+        names = self.response_names
+        return {names[name]: value for name, value in outputs.items() if name in names}
+
 
 @dataclass(frozen=True)
 class ExperimentModels:

@@ -224,8 +224,3 @@ def convert_inputs(
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:3])
         raise InputMismatch(f"The inputs do not match the model: {summary}", problems)
     return feeds, rows
-
-
-def to_json_rows(outputs: Mapping[str, np.ndarray], names: Mapping[str, str]) -> dict[str, Any]:
-    """Model outputs as nested lists under their response names (``names``: model -> response)."""
-    return {names.get(name, name): value.tolist() for name, value in outputs.items()}

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from service.assignment import Assignment
 from service.assignment_service import AssignmentService
 from service.errors import InvalidRequest
-from service.model_catalog import Catalog, ServingModel
+from service.model_catalog import Catalog
 from service.model_runner import FailureCounts, ModelRunner, run_with_fallback
 from service.model_sessions import LoadedModel
 from service.model_signature import convert_inputs
@@ -35,11 +33,6 @@ class Prediction:
     latency_ms: float
     failure: str | None
     cached: bool
-
-
-def _renamed(served: ServingModel, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = served.response_names
-    return {names[name]: value for name, value in outputs.items() if name in names}
 
 
 class PredictionService:
@@ -111,7 +104,7 @@ class PredictionService:
         assert model is not None
         if variant is not models.variants.get(assignment.variant):
             failure = "variant-unavailable"  # answered by the fallback without trying
-        renamed = _renamed(served, outputs)
+        renamed = served.renamed(outputs)
         self._predictions.record(
             PredictionRecord(
                 experiment_key,

@@ -102,8 +102,7 @@ class ShadowRunner:
         started = time.perf_counter()
         outputs = model.run(feeds)
         latency_ms = (time.perf_counter() - started) * 1000
-        names = job.shadow.response_names
-        renamed = {names[k]: v for k, v in outputs.items() if k in names}
+        renamed = job.shadow.renamed(outputs)
         agree, largest = agreement(job.served_outputs, renamed)
         self._predictions.record(
             PredictionRecord(
