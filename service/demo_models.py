@@ -1,9 +1,10 @@
 """Build the demo models locally and deterministically (never downloaded).
 
 Every model reads ``features`` (float32, ``[batch, 20]``, standardized) and answers
-``probability`` (float32, ``[batch, 1]``) on a seeded synthetic churn data set.
-Hidden layers are seeded random projections and only the output layer is fitted,
-by Newton's method on an L2-penalized log-loss: a convex fit converges to the
+``probability`` (float32, ``[batch, 1]``) on a seeded synthetic churn data set: a
+logistic regression, ReLU networks, and gradient-boosted trees (``demo_trees``).
+In the networks, hidden layers are seeded random projections and only the output
+layer is fitted, by Newton's method on an L2-penalized log-loss: a convex fit converges to the
 same optimum whatever the BLAS build's rounding, so the float32 weights, and
 the files' SHA-256 in ``experiments/*.yaml``, come out the same on every
 machine. (End-to-end SGD would drift in the last bits and change the checksum.)
@@ -128,8 +129,20 @@ def build_network(name: str, widths: tuple[int, ...], penalty: float) -> onnx.Mo
     return model
 
 
+def build_boosted_trees(name: str) -> onnx.ModelProto:
+    """100 depth-3 trees, learning rate 0.1, on the same training rows as the networks."""
+    from service.demo_trees import fit_boosted_trees, trees_to_onnx
+
+    features, labels = demo_dataset()
+    base, trees = fit_boosted_trees(
+        features[:TRAIN_ROWS], labels[:TRAIN_ROWS], rounds=100, depth=3, rate=0.1
+    )
+    return trees_to_onnx(name, base, trees, FEATURES)
+
+
 DEMO_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "churn_logreg.onnx": lambda: build_network("churn_logreg", (), penalty=1.0),
+    "churn_gbm.onnx": lambda: build_boosted_trees("churn_gbm"),
     "churn_mlp.onnx": lambda: build_network("churn_mlp", (256,), penalty=10.0),
     "mlp_heavy.onnx": lambda: build_network("mlp_heavy", (1024,) * 4, penalty=300.0),
 }
