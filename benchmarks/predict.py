@@ -10,8 +10,10 @@ Four parts, each a ratio measured in one run:
 * ``batching`` (in-process): 64 threads of single-row requests on the heavy MLP, micro-batching
   on against off. Targets: at least 2x the throughput; p99 within max wait + one batch's run.
 * ``cache`` (in-process): the heavy MLP with repeated inputs, cache on against off.
+* ``http-batching``: the batching comparison over HTTP (64 wrk connections, 32 request threads
+  per worker); see ``predict_http``.
 
-Run: ``python benchmarks/predict.py [--part all|overhead|http|batching|cache] [--seconds S]``.
+Run: ``python benchmarks/predict.py [--part all|overhead|http|batching|cache|http-batching] [--seconds S]``.
 ``http`` needs ``wrk`` and a PostgreSQL at ``ABX_TEST_DATABASE_URL``.
 """
 
@@ -205,7 +207,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--part", default="all", choices=["all", "overhead", "http", "batching", "cache"]
+        "--part",
+        default="all",
+        choices=["all", "overhead", "http", "batching", "cache", "http-batching"],
     )
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
@@ -219,6 +223,10 @@ def main() -> None:
         from benchmarks.predict_http import http
 
         http(args.seconds)
+    if args.part in ("all", "http-batching"):
+        from benchmarks.predict_http import http_batching
+
+        http_batching(args.seconds)
 
 
 if __name__ == "__main__":
