@@ -74,10 +74,11 @@ def test_outputs_equal_a_direct_onnxruntime_run(api: Api, built: dict[str, str])
 
 
 def test_cache_answers_repeated_inputs(api: Api) -> None:
-    first = predict(api, "checkout_ranker", "qa-alice").json()
-    again = predict(api, "checkout_ranker", "qa-alice").json()
-    assert (first["cached"], again["cached"]) == (False, True)
-    assert first["outputs"] == again["outputs"]
+    # Each of the server's two worker processes holds its own cache: a miss in each, then hits.
+    answers = [predict(api, "checkout_ranker", "qa-alice").json() for _ in range(4)]
+    cached = [answer["cached"] for answer in answers]
+    assert cached[0] is False and cached.count(False) <= 2 and True in cached, cached
+    assert all(answer["outputs"] == answers[0]["outputs"] for answer in answers)
 
 
 def test_batched_heavy_model_under_concurrency(api: Api, built: dict[str, str]) -> None:
