@@ -111,9 +111,12 @@ def test_buffered_first_assignments_survive_a_weight_change(
 def test_a_lookup_just_after_the_switch_waits_for_other_buffers(
     db: str, tmp_path: Path, runtimes: list[Runtime]
 ) -> None:
-    first = runtime_with_weights(db, tmp_path / "a", 0.5, 0.5, flush_interval_seconds=0.05)
+    # The default flush interval (0.2 s), so the lookup grace is the default too: 0.5 s for a
+    # flush that is due within 0.2 s. With 0.05 s (a 0.2 s grace) a CI machine busy with the
+    # rest of the suite once delayed A's flush past B's lookup.
+    first = runtime_with_weights(db, tmp_path / "a", 0.5, 0.5, flush_interval_seconds=0.2)
     runtimes.append(first)
-    second = runtime_with_weights(db, tmp_path / "b", 0.1, 0.9, flush_interval_seconds=0.05)
+    second = runtime_with_weights(db, tmp_path / "b", 0.1, 0.9, flush_interval_seconds=0.2)
     runtimes.append(second)
     served = second.registry.served("switch_test")
     assert served is not None and served.after_switch is not None
