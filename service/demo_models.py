@@ -4,10 +4,10 @@ Every model reads ``features`` (float32, ``[batch, 20]``, standardized) and answ
 ``probability`` (float32, ``[batch, 1]``) on a seeded synthetic churn data set: a
 logistic regression, ReLU networks, and gradient-boosted trees (``demo_trees``).
 In the networks, hidden layers are seeded random projections and only the output
-layer is fitted, by Newton's method on an L2-penalized log-loss: a convex fit converges to the
-same optimum whatever the BLAS build's rounding, so the float32 weights, and
-the files' SHA-256 in ``experiments/*.yaml``, come out the same on every
-machine. (End-to-end SGD would drift in the last bits and change the checksum.)
+layer is fitted, by Newton's method on an L2-penalized log-loss: a convex fit
+converges to the same optimum whatever the BLAS build's rounding, so the float32
+weights, and the files' SHA-256 in ``experiments/*.yaml``, come out the same on
+every machine. (End-to-end SGD would drift in the last bits and change the checksum.)
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ LAMBDA = 1.0
 
 @dataclass
 class Tree:
-    """Nodes in breadth-first order; a leaf has ``feature == -1`` and its value in ``value``."""
+    """Nodes in depth-first order, root first; a leaf has ``feature == -1``, every node a ``value``
+    (what it would answer as a leaf; only leaves' are exported)."""
 
     feature: list[int] = field(default_factory=list)
     threshold: list[float] = field(default_factory=list)
@@ -69,7 +70,8 @@ def _grow(
     rate: float,
 ) -> int:
     """Add the subtree over ``rows`` (indices); return its root's node id."""
-    g, h = math.fsum(gradient[rows].tolist()), math.fsum(hessian[rows].tolist())
+    g_rows, h_rows = gradient[rows], hessian[rows]
+    g, h = math.fsum(g_rows.tolist()), math.fsum(h_rows.tolist())
     node = tree.add(-1, 0.0, _leaf_value(g, h, rate))
     if depth == 0 or len(rows) < 20:
         return node
@@ -78,8 +80,8 @@ def _grow(
     slots = THRESHOLDS_PER_FEATURE + 1
     for feature in range(bins.shape[1]):
         column = bins[rows, feature]
-        g_left = np.cumsum(np.bincount(column, weights=gradient[rows], minlength=slots))[:-1]
-        h_left = np.cumsum(np.bincount(column, weights=hessian[rows], minlength=slots))[:-1]
+        g_left = np.cumsum(np.bincount(column, weights=g_rows, minlength=slots))[:-1]
+        h_left = np.cumsum(np.bincount(column, weights=h_rows, minlength=slots))[:-1]
         gain = g_left**2 / (h_left + LAMBDA) + (g - g_left) ** 2 / (h - h_left + LAMBDA) - parent
         at = int(np.argmax(gain))
         if gain[at] > best[0]:
