@@ -9,11 +9,14 @@ Four parts, each a ratio measured in one run:
   one gunicorn server driven by ``wrk``. Target: at least 0.8x.
 * ``batching`` (in-process): 64 threads of single-row requests on the heavy MLP, micro-batching
   on against off. Targets: at least 2x the throughput; p99 within max wait + one batch's run.
+  Both p99s are printed: end to end (the client threads' own Python included) and in the
+  batcher (submit to answer: queue and run).
 * ``cache`` (in-process): the heavy MLP with repeated inputs, cache on against off.
 * ``http-batching``: the batching comparison over HTTP (64 wrk connections, 32 request threads
   per worker); see ``predict_http``.
 
-Run: ``python benchmarks/predict.py [--part all|overhead|http|batching|cache|http-batching] [--seconds S]``.
+Run: ``python benchmarks/predict.py [--part all|overhead|http|batching|cache|http-batching]
+[--seconds S] [--max-wait-ms MS]``.
 ``http`` needs ``wrk`` and a PostgreSQL at ``ABX_TEST_DATABASE_URL``.
 """
 
@@ -44,6 +47,7 @@ from service.model_sessions import SessionPool  # noqa: E402
 from service.prediction_log import PREDICTIONS, PredictionLog  # noqa: E402
 from service.prediction_service import PredictionService  # noqa: E402
 from service.registry import Registry  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from service.shadow import ShadowRunner  # noqa: E402
 from service.sticky_store import ASSIGNMENTS, EXPOSURES, StickyStore  # noqa: E402
 
@@ -66,7 +70,7 @@ def experiment_file(folder: Path, model: str, batching: bool, cache: bool) -> Pa
     return path
 
 
-def service_for(path: Path, batching: bool, max_rows: int = 64, wait_ms: float = 2.0) -> Any:
+def service_for(path: Path, batching: bool, max_rows: int = 64, wait_ms: float = 0.0) -> Any:
     loaded = load_experiments([path], MODELS)
     assert loaded.ok, loaded.problems
     registry = Registry(loaded)
@@ -151,7 +155,7 @@ def p99(values: list[float]) -> float:
     return sorted(values)[int(0.99 * len(values))]
 
 
-def batching(seconds: float, wait_ms: float = 2.0) -> None:
+def batching(seconds: float, wait_ms: float) -> None:
     import tempfile
 
     results = {}
@@ -161,12 +165,9 @@ def batching(seconds: float, wait_ms: float = 2.0) -> None:
         results[enabled] = _clients(
             service, "checkout_ranker", 64, seconds, lambda i, n: [[float((i + n) % 9)] * 20]
         )
-        batchers = service.catalog.batchers()
-        mean_batch = (
-            next(iter(batchers.values())).rows / max(1, next(iter(batchers.values())).batches)
-            if batchers
-            else 1
-        )
+        batcher = next(iter(service.catalog.batchers().values()), None)
+        stats = batcher.stats() if batcher is not None else {"mean_rows": 1.0}
+        mean_batch = stats["mean_rows"]
         model = next(iter(service.catalog.models().values()))
         feeds = {"features": np.ones((max(1, round(mean_batch)), 20), np.float32)}
         run_ms = statistics.median(
@@ -179,7 +180,13 @@ def batching(seconds: float, wait_ms: float = 2.0) -> None:
         print(
             f"batching {'on ' if enabled else 'off'}: {rps:,.0f} req/s, p50 {statistics.median(latencies):.2f} ms,"
             f" p99 {p99(latencies):.2f} ms; mean batch {mean_batch:.1f} rows, one such run {run_ms:.2f} ms"
-            + (f"; p99 bound (max wait + run) {wait_ms + run_ms:.2f} ms" if enabled else "")
+            + (
+                f"; p99 bound (max wait + run) {wait_ms + run_ms:.2f} ms; in the batcher"
+                f" (submit to answer) p50 {stats['answer_p50_ms']:.2f} ms,"
+                f" p99 {stats['answer_p99_ms']:.2f} ms"
+                if enabled
+                else ""
+            )
         )
     print(
         f"batching: throughput on/off = {results[True][0] / results[False][0]:.2f}x (target >= 2x)"
@@ -212,11 +219,17 @@ def main() -> None:
         choices=["all", "overhead", "http", "batching", "cache", "http-batching"],
     )
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=Settings.model_fields["batch_max_wait_ms"].default,
+        help="the batcher's max wait (default: the service's, ABX_BATCH_MAX_WAIT_MS)",
+    )
     args = parser.parse_args()
     if args.part in ("all", "overhead"):
         overhead(args.seconds)
     if args.part in ("all", "batching"):
-        batching(args.seconds)
+        batching(args.seconds, args.max_wait_ms)
     if args.part in ("all", "cache"):
         cache(args.seconds)
     if args.part in ("all", "http"):

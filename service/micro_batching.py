@@ -6,6 +6,11 @@ since the oldest of them arrived, runs the concatenated batch once and hands
 each request the batch's outputs with its row range. A heavy model pays its
 weights' memory traffic once per batch instead of once per request.
 
+With ``max_wait`` 0 (the default) batching is continuous: an idle model runs a
+request at once, and whatever queues while it runs becomes the next batch, so
+batches grow with the load and a lone request waits for nobody. A positive
+``max_wait`` trades that much latency for fewer, larger runs when the model idles.
+
 Each request waits on a lock of its own that the batch thread releases once (an
 ``Event`` would add a condition and a second lock to every wake-up), and slices
 its rows itself, so the batch thread is free for the next batch sooner. With
@@ -20,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +66,10 @@ class PendingRun:
         return {name: value[self.start : end] for name, value in self.batch.items()}
 
 
+RECENT = 4096
+"""Requests whose queue-and-run time ``stats`` summarises."""
+
+
 class MicroBatcher:
     def __init__(
         self, run: Callable[[Feeds], Outputs], max_rows: int, max_wait: float, name: str = ""
@@ -73,6 +83,8 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0
         self.rows = 0
+        self._recent: deque[float] = deque(maxlen=RECENT)
+        """Seconds from submit to answer, newest last."""
         self._thread = threading.Thread(target=self._loop, name=f"abx-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -89,6 +101,17 @@ class MicroBatcher:
                 return pending
         self._run_batch([pending])  # replaced by a reload while this request was in flight
         return pending
+
+    def stats(self) -> dict[str, Any]:
+        """Batch sizes and what batching cost the recent requests, for tuning ``max_*``."""
+        recent = sorted(self._recent)
+        waited = {
+            f"answer_{name}_ms": round(recent[min(len(recent) - 1, int(q * len(recent)))] * 1000, 3)
+            for name, q in (("p50", 0.5), ("p99", 0.99))
+            if recent
+        }
+        mean = self.rows / self.batches if self.batches else 0.0
+        return {"batches": self.batches, "rows": self.rows, "mean_rows": round(mean, 2), **waited}
 
     def close(self) -> None:
         with self._ready:
@@ -140,5 +163,7 @@ class MicroBatcher:
                 pending.error = error
         self.batches += 1
         self.rows += sum(p.rows for p in taken)
+        answered = time.monotonic()
+        self._recent.extend(answered - p.arrived for p in taken)
         for pending in taken:
             pending.finish()

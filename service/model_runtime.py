@@ -35,19 +35,22 @@ class ModelRuntime:
             batcher.close()
 
     def status(self) -> dict[str, Any]:
-        """Per model: provider and calibration; per variant: failures (for /readyz).
+        """Per model: provider, calibration and batching; per variant: failures (for /readyz).
 
         Failures are this worker process's since it started; every worker's are in the
         ``predictions`` table and rolled up into ``model_health``, which the guardrails read.
         """
+        catalog = self.predictions.catalog
+        batchers = catalog.batchers()
         return {
             "models": {
                 model.name: {
                     "sha256": model.sha256,
                     "provider": model.provider,
                     "calibration_ms": model.timings_ms,
+                    **({"batching": batchers[sha].stats()} if sha in batchers else {}),
                 }
-                for model in self.predictions.catalog.models().values()
+                for sha, model in catalog.models().items()
             },
             "model_failures": self.predictions.failures.snapshot(),
             "worker_pid": os.getpid(),

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
         default=None, ge=1, description="onnxruntime intra-op threads; None: cores / workers"
     )
     batch_max_size: int = Field(default=64, ge=1, description="Rows per micro-batch run.")
-    batch_max_wait_ms: float = Field(default=2.0, ge=0, description="Longest wait to fill one.")
+    batch_max_wait_ms: float = Field(
+        default=0.0, ge=0, description="Longest wait to fill one; 0: continuous batching."
+    )
     batching: bool = Field(default=True, description="False: no model micro-batches.")
     reload_poll_seconds: float = Field(
         default=1.0, ge=0, description="How often YAML and model files are checked; 0: never."

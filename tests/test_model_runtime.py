@@ -135,6 +135,32 @@ def test_micro_batcher_groups_concurrent_rows_and_slices_outputs() -> None:
     assert max(sizes) > 1 and all(size <= 8 for size in sizes) and sum(sizes) == 16
 
 
+def test_continuous_batching_runs_a_lone_request_at_once_and_batches_what_queues_meanwhile() -> (
+    None
+):
+    started, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def run(feeds: dict) -> dict:
+        sizes.append(len(feeds["x"]))
+        started.set()
+        release.wait(5)
+        return {"y": feeds["x"] * 10}
+
+    batcher = MicroBatcher(run, max_rows=64, max_wait=0.0)
+    lone = batcher.submit({"x": np.array([[1]])}, 1)
+    assert started.wait(5)  # running with one row of 64: nobody was waited for
+    queued = [batcher.submit({"x": np.array([[v]])}, 1) for v in (2, 3, 4)]
+    release.set()
+    assert lone.wait(5)["y"].tolist() == [[10]]
+    assert [p.wait(5)["y"].tolist() for p in queued] == [[[20]], [[30]], [[40]]]
+    batcher.close()
+    assert sizes == [1, 3]
+    stats = batcher.stats()
+    assert (stats["batches"], stats["rows"], stats["mean_rows"]) == (2, 4, 2.0)
+    assert 0 < stats["answer_p50_ms"] <= stats["answer_p99_ms"]
+
+
 def test_micro_batcher_gives_multi_row_requests_their_rows_and_times_out_a_slow_run() -> None:
     release = threading.Event()
 

@@ -100,6 +100,10 @@ def test_batched_heavy_model_under_concurrency(api: Api, built: dict[str, str]) 
         np.testing.assert_allclose(
             body["outputs"]["probability"], direct(model, body["row"]), rtol=1e-5, atol=1e-6
         )
+    models = api.get("/readyz").json()["checks"]["models"]
+    batching = models["mlp_heavy"]["batching"]  # the answering worker's, which may have run none
+    assert batching["rows"] >= batching["batches"] >= 0 and "mean_rows" in batching
+    assert "batching" not in models["mlp_heavy_int8"]
 
 
 @pytest.mark.parametrize(
