@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,62 @@ def test_micro_batcher_gives_multi_row_requests_their_rows_and_times_out_a_slow_
     assert first.wait(0)["y"].tolist() == [[101], [102], [103]]
     batcher.close()
     assert (batcher.batches, batcher.rows) == (1, 5)
+
+
+def test_a_request_that_gives_up_does_not_stop_the_wake_up_chain_of_its_batch() -> None:
+    release = threading.Event()
+
+    def run(feeds: dict) -> dict:
+        release.wait(5)
+        return {"y": feeds["x"] + 1}
+
+    batcher = MicroBatcher(run, max_rows=3, max_wait=5.0)
+    first, middle, last = (batcher.submit({"x": np.array([[v]])}, 1) for v in (1, 2, 3))
+    with pytest.raises(TimeoutError):
+        middle.wait(0.01)  # its caller falls back; ``last`` (no budget) still waits behind it
+    answers: dict[str, list] = {}
+    waiters = [
+        threading.Thread(
+            target=lambda p=p, k=k: answers.update({k: p.wait(None)["y"].tolist()}), daemon=True
+        )
+        for k, p in (("first", first), ("last", last))
+    ]
+    for waiter in waiters:
+        waiter.start()
+    release.set()
+    for waiter in waiters:
+        waiter.join(5)
+    assert answers == {"first": [[2]], "last": [[4]]}
+    assert middle.wait(0)["y"].tolist() == [[3]]  # answered all the same, once asked again
+    batcher.close()
+
+
+def test_concurrent_requests_with_budgets_are_all_answered_or_time_out() -> None:
+    def run(feeds: dict) -> dict:
+        time.sleep(0.002)
+        return {"y": feeds["x"] * 3}
+
+    batcher = MicroBatcher(run, max_rows=8, max_wait=0.0)
+    outcomes: list[str] = []
+
+    def client(i: int) -> None:
+        for n in range(30):
+            value = i * 100 + n
+            try:
+                got = batcher.submit({"x": np.array([[value]])}, 1).wait((n % 4) * 0.001 or None)
+                outcomes.append("ok" if got["y"].tolist() == [[3 * value]] else "wrong")
+            except TimeoutError:
+                outcomes.append("timeout")
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    batcher.close()
+    assert not any(thread.is_alive() for thread in threads)  # nobody left waiting for a wake-up
+    assert len(outcomes) == 16 * 30 and "wrong" not in outcomes
+    assert {"ok", "timeout"} <= set(outcomes), Counter(outcomes)
 
 
 def test_micro_batcher_hands_the_models_error_to_every_request() -> None:
