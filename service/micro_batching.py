@@ -189,7 +189,7 @@ class MicroBatcher:
         self.batches += 1
         self.rows += sum(p.rows for p in taken)
         answered = time.monotonic()
-        self._recent.extend(answered - p.arrived for p in taken)
+        self._recent.extend([answered - p.arrived for p in taken])  # one step: stats() may read
         for before, after in pairwise(taken):
             before.after = after
         with self._handoff:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,14 @@ def stored_event_ids(db: str) -> list[str]:
 
 
 def metrics(api: Api) -> dict[str, Any]:
-    body: dict[str, Any] = api.get("/v1/experiments/search_embeddings/metrics").json()
+    """The metrics read, retried on 503 (every pooled connection busy on a loaded machine)."""
+    for _ in range(10):
+        response = api.get("/v1/experiments/search_embeddings/metrics")
+        if response.status_code != 503:
+            break
+        time.sleep(0.5)
+    assert response.status_code == 200, response.text  # a failure names its cause
+    body: dict[str, Any] = response.json()
     return body
 
 
