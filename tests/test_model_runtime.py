@@ -136,9 +136,7 @@ def test_micro_batcher_groups_concurrent_rows_and_slices_outputs() -> None:
     assert max(sizes) > 1 and all(size <= 8 for size in sizes) and sum(sizes) == 16
 
 
-def test_continuous_batching_runs_a_lone_request_at_once_and_batches_what_queues_meanwhile() -> (
-    None
-):
+def test_a_lone_request_runs_at_once_and_what_queues_meanwhile_is_one_batch() -> None:
     started, release = threading.Event(), threading.Event()
     sizes: list[int] = []
 
