@@ -2,7 +2,8 @@
 
 Rows go through a temporary staging table with ``COPY`` and then one
 ``INSERT ... SELECT ... ON CONFLICT`` per batch, so duplicates across retries
-and processes are harmless. When PostgreSQL is away, rows stay buffered and
+and processes are harmless. Each write holds the rollup's fence shared
+(``write_fence``), so the rollup's watermarks never pass over it. When PostgreSQL is away, rows stay buffered and
 the flush is retried with backoff. With a spool, rows that cannot be flushed
 are appended to it (fsynced) and replayed in order once PostgreSQL is back, so
 they survive a restart; without one (or if the spool fails too) they stay in
@@ -19,6 +20,7 @@ from typing import Any
 
 from service.database import Database
 from service.spool import Spool, SpoolError
+from service.write_fence import hold_for_write
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ class BatchWriter:
 
     @staticmethod
     def _copy(conn: Any, stream: Stream, rows: list[tuple[Any, ...]]) -> None:
+        hold_for_write(conn)
         stage = f"stage_{stream.table}"
         columns = ", ".join(stream.columns)
         conn.execute(

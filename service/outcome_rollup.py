@@ -2,7 +2,9 @@
 
 One process at a time (a transaction-level advisory lock) reads a chunk of
 unprocessed events, attributes them (``attribution``), and in the same
-transaction updates unit totals, per-bucket sums and the events' status. Cost
+transaction updates unit totals, per-bucket sums and the events' status.
+Exposures and predictions are read past a watermark, never beyond the rows
+known to be committed (``write_fence``). Cost
 grows with new events, and reading the statistics afterwards grows with
 buckets, not with events.
 """
@@ -20,6 +22,7 @@ from typing import Any
 from service.attribution import Event, Exposure, Status, UnitKey, UnitTotals, apply_events, classify
 from service.database import Database
 from service.latency_histogram import BIN_COUNT, bin_of
+from service.write_fence import committed_through
 
 log = logging.getLogger(__name__)
 ROLLUP_LOCK_KEY = 0x616278_03
@@ -29,14 +32,15 @@ EXPOSURE_CHUNK = 200_000
 PARTITION_CHECK_SECONDS = 3600.0
 
 
-def _roll_exposures(conn: Any) -> int:
+def _roll_exposures(conn: Any, through: int) -> int:
     (watermark,) = conn.execute(
         "SELECT value FROM rollup_state WHERE name = 'exposures'"
     ).fetchone()
     rows = conn.execute(
         "SELECT exposure_pk, experiment_key, seed, variant_key, first_exposed_at::date"
-        " FROM exposures WHERE exposure_pk > %s ORDER BY exposure_pk LIMIT %s",
-        (watermark, EXPOSURE_CHUNK),
+        " FROM exposures WHERE exposure_pk > %s AND exposure_pk <= %s"
+        " ORDER BY exposure_pk LIMIT %s",
+        (watermark, through, EXPOSURE_CHUNK),
     ).fetchall()
     if not rows:
         return 0
@@ -52,15 +56,16 @@ def _roll_exposures(conn: Any) -> int:
     return len(rows)
 
 
-def _roll_predictions(conn: Any) -> int:
+def _roll_predictions(conn: Any, through: int) -> int:
     """Fold new served predictions into per-day model health (requests, fallbacks, latency)."""
     (watermark,) = conn.execute(
         "SELECT value FROM rollup_state WHERE name = 'predictions'"
     ).fetchone()
     rows = conn.execute(
         "SELECT prediction_id, experiment_key, variant_key, predicted_at::date, fallback, latency_ms"
-        " FROM predictions WHERE prediction_id > %s AND NOT shadow ORDER BY prediction_id LIMIT %s",
-        (watermark, EXPOSURE_CHUNK),
+        " FROM predictions WHERE prediction_id > %s AND prediction_id <= %s AND NOT shadow"
+        " ORDER BY prediction_id LIMIT %s",
+        (watermark, through, EXPOSURE_CHUNK),
     ).fetchall()
     if not rows:
         return 0
@@ -190,13 +195,16 @@ def roll_up_once(
     conn: Any, windows: Callable[[str], timedelta], grace: timedelta
 ) -> tuple[int, int] | None:
     """One chunk of work in one transaction; None when another process holds the lock."""
+    through = committed_through(conn)
     with conn.transaction():
         (locked,) = conn.execute(
             "SELECT pg_try_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,)
         ).fetchone()
         if not locked:
             return None
-        exposures_done = _roll_exposures(conn) + _roll_predictions(conn)
+        exposures_done = _roll_exposures(conn, through.exposures) + _roll_predictions(
+            conn, through.predictions
+        )
         events = _load_events(conn)
         if not events:
             return exposures_done, 0

@@ -1,0 +1,67 @@
+"""A row that commits after a higher-numbered one is still rolled up.
+
+Identity values are handed out at insert and become visible at commit, so two
+writers can commit out of order; a rollup reading ``pk > watermark`` between
+the two commits must not move its watermark past the row still in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from service.batch_writer import BatchWriter, Stream
+from service.outcome_rollup import roll_up_once
+from service.prediction_log import PREDICTIONS, PredictionRecord
+from service.sticky_store import EXPOSURES
+
+WINDOW = timedelta(days=7)
+GRACE = timedelta(hours=1)
+
+
+def exposure(unit: str) -> tuple[Any, ...]:
+    return ("exp", "exp.v1", unit, "a", datetime.now(UTC))
+
+
+def prediction(unit: str) -> tuple[Any, ...]:
+    return PredictionRecord(
+        "exp", unit, "a", "hashed", True, "a", "0" * 64, "CPUExecutionProvider", 1, 1.5,
+        False, None, False, False, None, None, datetime.now(UTC),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stream", "row", "rolled_up"),
+    [
+        (EXPOSURES, exposure, "SELECT coalesce(sum(units), 0) FROM exposure_counts"),
+        (PREDICTIONS, prediction, "SELECT coalesce(sum(requests), 0) FROM model_health"),
+    ],
+    ids=["exposures", "predictions"],
+)
+def test_a_row_committed_after_a_higher_numbered_one_is_rolled_up(
+    db: str, stream: Stream, row: Callable[[str], tuple[Any, ...]], rolled_up: str
+) -> None:
+    with (
+        psycopg.connect(db, autocommit=True) as late,
+        psycopg.connect(db, autocommit=True) as early,
+        psycopg.connect(db, autocommit=True) as rollup,
+    ):
+        late_write = late.transaction()
+        late_write.__enter__()
+        BatchWriter._copy(late, stream, [row("late")])  # numbered first, not committed yet
+        with early.transaction():
+            BatchWriter._copy(early, stream, [row("early")])  # numbered next, committed
+        runner = threading.Thread(target=roll_up_once, args=(rollup, lambda key: WINDOW, GRACE))
+        runner.start()
+        runner.join(1.0)  # unfenced, it would have moved the watermark past the late row by now
+        late_write.__exit__(None, None, None)
+        runner.join(10)
+        assert not runner.is_alive()
+        roll_up_once(rollup, lambda key: WINDOW, GRACE)
+        counted = rollup.execute(rolled_up).fetchone()
+    assert counted is not None and counted[0] == 2
