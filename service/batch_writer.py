@@ -3,11 +3,12 @@
 Rows go through a temporary staging table with ``COPY`` and then one
 ``INSERT ... SELECT ... ON CONFLICT`` per batch, so duplicates across retries
 and processes are harmless. Each write holds the rollup's fence shared
-(``write_fence``), so the rollup's watermarks never pass over it. When PostgreSQL is away, rows stay buffered and
-the flush is retried with backoff. With a spool, rows that cannot be flushed
-are appended to it (fsynced) and replayed in order once PostgreSQL is back, so
-they survive a restart; without one (or if the spool fails too) they stay in
-memory, and past ``max_pending`` rows new ones are dropped and counted.
+(``write_fence``), so the rollup's watermarks never pass over it. When
+PostgreSQL is away, rows stay buffered and the flush is retried with backoff.
+With a spool, rows that cannot be flushed are appended to it (fsynced) and
+replayed in order once PostgreSQL is back, so they survive a restart; without
+one (or if the spool fails too) they stay in memory, and past ``max_pending``
+rows new ones are dropped and counted.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ One process at a time (a transaction-level advisory lock) reads a chunk of
 unprocessed events, attributes them (``attribution``), and in the same
 transaction updates unit totals, per-bucket sums and the events' status.
 Exposures and predictions are read past a watermark, never beyond the rows
-known to be committed (``write_fence``). Cost
-grows with new events, and reading the statistics afterwards grows with
-buckets, not with events.
+known to be committed (``write_fence``). Cost grows with new events, and
+reading the statistics afterwards grows with buckets, not with events.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ writer holding pk 100 can commit after another writer's pk 101; a watermark
 moved to 101 in between would skip row 100 for good. Every batch write holds
 this advisory lock shared for its transaction, and the rollup takes it
 exclusively for an instant to read the largest pk of each table: with no write
-in flight, every row up to those has committed, and any later row numbers above.
+in flight, every row up to those has committed, and any later row numbers above
+(the identity sequences hand out one value at a time: no per-session cache).
 """
 
 from __future__ import annotations
