@@ -51,15 +51,13 @@ def test_a_row_committed_after_a_higher_numbered_one_is_rolled_up(
         psycopg.connect(db, autocommit=True) as early,
         psycopg.connect(db, autocommit=True) as rollup,
     ):
-        late_write = late.transaction()
-        late_write.__enter__()
-        BatchWriter._copy(late, stream, [row("late")])  # numbered first, not committed yet
-        with early.transaction():
-            BatchWriter._copy(early, stream, [row("early")])  # numbered next, committed
         runner = threading.Thread(target=roll_up_once, args=(rollup, lambda key: WINDOW, GRACE))
-        runner.start()
-        runner.join(1.0)  # unfenced, it would have moved the watermark past the late row by now
-        late_write.__exit__(None, None, None)
+        with late.transaction():
+            BatchWriter._copy(late, stream, [row("late")])  # numbered first, committed last
+            with early.transaction():
+                BatchWriter._copy(early, stream, [row("early")])  # numbered next, committed
+            runner.start()
+            runner.join(1.0)  # unfenced, it would have passed over the late row by now
         runner.join(10)
         assert not runner.is_alive()
         roll_up_once(rollup, lambda key: WINDOW, GRACE)
