@@ -78,7 +78,10 @@ class BatchWriter:
             if buffer.oldest is None:
                 buffer.oldest = time.monotonic()
             buffer.rows.append(row)
-            if len(buffer.rows) >= self._max_rows:
+            # Wake the writer when the buffer reaches a batch, not on every row past it: while
+            # rows stay buffered through an outage, each wake-up would end the back-off and the
+            # writer would retry the database hundreds of times a second.
+            if len(buffer.rows) == self._max_rows:
                 self._wake.set()
         return True
 
