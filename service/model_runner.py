@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from service.errors import ModelUnavailable
 from service.model_catalog import ExperimentModels, ServingModel
+from service.model_signature import all_finite
 
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -101,12 +102,7 @@ class SessionRunner:
 
 
 def finite(outputs: Outputs) -> bool:
-    # ufunc reductions, not ``.all()``: its Python wrapper cost more than the check itself.
-    return all(
-        np.logical_and.reduce(np.isfinite(value), axis=None)
-        for value in outputs.values()
-        if value.dtype.kind in "fc"
-    )
+    return all(all_finite(value) for value in outputs.values() if value.dtype.kind in "fc")
 
 
 class FailureCounts:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,10 @@ class TensorSpec:
     """A numpy scalar type (np.float32...)."""
     shape: tuple[int | None, ...]
     """None for a dimension the model leaves free (usually the batch)."""
+
+    @cached_property
+    def floating(self) -> bool:
+        return bool(np.issubdtype(self.dtype, np.floating))
 
     def describe(self) -> str:
         dims = ", ".join("N" if d is None else str(d) for d in self.shape)
@@ -65,10 +70,15 @@ def tensor_spec(name: str, type_name: str, shape: Sequence[Any]) -> TensorSpec:
     )
 
 
+def all_finite(array: np.ndarray) -> bool:
+    # A ufunc reduction, not ``.all()``: its Python wrapper costs more than the check itself.
+    return bool(np.logical_and.reduce(np.isfinite(array), axis=None))
+
+
 def _array(value: Any, spec: TensorSpec) -> np.ndarray:
-    if np.issubdtype(spec.dtype, np.floating):
+    if spec.floating:
         array = np.asarray(value, dtype=spec.dtype)
-        if not np.isfinite(array).all():
+        if not all_finite(array):
             raise ValueError("values must be finite numbers")
         return array
     array = np.asarray(value)
