@@ -3,6 +3,11 @@
 Part ``http`` of ``benchmarks/predict.py``: one server (``AbxServer``'s settings), an
 experiment whose variants all serve ``churn_logreg.onnx``, units cycling through a pool of
 1,000 per wrk thread, and alternating runs of the two endpoints. Target: predict >= 0.8x.
+Then the same on a second server whose model runs replay their first outputs
+(``no_inference/sitecustomize.py``): what ``/v1/predict`` costs with everything but
+inference, so the ratio's gap splits into the model's part and the rest. Each run also
+reports the server's CPU time per request (master and workers), which moves less than
+requests/s when the machine's other work comes and goes.
 
 Part ``http-batching``: the heavy MLP (four 1024-wide layers) over HTTP with 64 wrk
 connections and 32 request threads in each of two workers, so that 64 single-row requests
@@ -14,6 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +29,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
+import psutil
 import psycopg
 import requests
 
@@ -44,11 +53,32 @@ end
 FEATURES = ",".join(f"{0.1 * i:.1f}" for i in range(20))
 
 
+class Run(NamedTuple):
+    rate: float
+    """Requests/s."""
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us: float
+    """CPU time of the server's processes per request."""
+
+
+def _cpu_seconds(server: psutil.Process) -> float:
+    total = 0.0
+    for process in (server, *server.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _wrk(
-    base: str, path: str, extra: str, seconds: float, script: Path, connections: int = 16
-) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 (ms) of one wrk run."""
+    server: Server, path: str, extra: str, seconds: float, script: Path, connections: int = 16
+) -> Run:
+    """One wrk run against ``server``."""
     env = {**os.environ, "BENCH_PATH": path, "BENCH_EXTRA": extra}
+    cpu_before = _cpu_seconds(server.process)
     out = subprocess.run(
         [
             "wrk",
@@ -58,7 +88,7 @@ def _wrk(
             "--latency",
             "-s",
             str(script),
-            base,
+            server.base,
         ],
         env=env,
         capture_output=True,
@@ -67,9 +97,12 @@ def _wrk(
     ).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"errors from {path}:\n{out}")
+    cpu = _cpu_seconds(server.process) - cpu_before
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert match, out
-    return float(match.group(1)), _percentile(out, "50%"), _percentile(out, "99%")
+    rate = float(match.group(1))
+    cpu_us = cpu / (rate * seconds) * 1e6
+    return Run(rate, _percentile(out, "50%"), _percentile(out, "99%"), cpu_us)
 
 
 def _percentile(wrk_output: str, label: str) -> float:
@@ -80,9 +113,14 @@ def _percentile(wrk_output: str, label: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+class Server(NamedTuple):
+    base: str
+    process: psutil.Process
+
+
 @contextmanager
-def _server(experiments: Path, **env_overrides: str) -> Iterator[str]:
-    """``abx serve`` on a fresh migrated database; yields its base URL."""
+def _server(experiments: Path, **env_overrides: str) -> Iterator[Server]:
+    """``abx serve`` on a fresh migrated database."""
     from service.schema_migrations import apply_migrations
 
     name = f"abx_bench_{uuid.uuid4().hex[:8]}"
@@ -90,7 +128,9 @@ def _server(experiments: Path, **env_overrides: str) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
     apply_migrations(url, ROOT / "migrations")
-    port = 18000 + os.getpid() % 1000
+    with socket.socket() as probe:  # a free port: two servers may run side by side
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {
         **os.environ,
         "ABX_DATABASE_URL": url,
@@ -114,7 +154,7 @@ def _server(experiments: Path, **env_overrides: str) -> Iterator[str]:
                     break
             except requests.RequestException:
                 time.sleep(0.3)
-        yield base
+        yield Server(base, psutil.Process(server.pid))
     finally:
         server.terminate()
         server.wait(30)
@@ -131,7 +171,10 @@ def _script(folder: Path) -> Path:
 PREDICT_EXTRA = ',"inputs":{"features":[[' + FEATURES + "]]}"
 
 
-def http(seconds: float) -> None:
+NO_INFERENCE = str(ROOT / "benchmarks" / "no_inference")
+
+
+def http(seconds: float, rounds: int = 3) -> None:
     from benchmarks.predict import experiment_file
 
     if shutil.which("wrk") is None:
@@ -139,16 +182,32 @@ def http(seconds: float) -> None:
         return
     folder = Path(tempfile.mkdtemp())
     experiment_file(folder / "experiments", "churn_logreg.onnx", False, False)
-    with _server(folder / "experiments") as base:
-        script = _script(folder)
-        rates: dict[str, list[float]] = {"assign": [], "predict": []}
-        for _ in range(2):
-            rates["assign"].append(_wrk(base, "/v1/assign", "", seconds, script)[0])
-            rates["predict"].append(_wrk(base, "/v1/predict", PREDICT_EXTRA, seconds, script)[0])
-        assign, predict = max(rates["assign"]), max(rates["predict"])
+    script = _script(folder)
+    path = os.pathsep.join(filter(None, [NO_INFERENCE, os.environ.get("PYTHONPATH")]))
+    labels = ("http", "http, no inference")
+    with (
+        _server(folder / "experiments") as real,
+        _server(folder / "experiments", PYTHONPATH=path) as replayed,
+    ):
+        runs: dict[str, list[tuple[Run, Run]]] = {label: [] for label in labels}
+        for _ in range(rounds):  # the two servers take turns, so slow spells hit both
+            for label, server in zip(labels, (real, replayed), strict=True):
+                assign = _wrk(server, "/v1/assign", "", seconds, script)
+                predict = _wrk(server, "/v1/predict", PREDICT_EXTRA, seconds, script)
+                runs[label].append((assign, predict))
+    for label in labels:
+        pairs = runs[label]
+        ratios = sorted(predict.rate / assign.rate for assign, predict in pairs)
+        cpu = [(assign.server_cpu_us, predict.server_cpu_us) for assign, predict in pairs]
         print(
-            f"http: /v1/assign {assign:,.0f} req/s, /v1/predict {predict:,.0f} req/s (logistic model):"
-            f" {predict / assign:.2f}x (target >= 0.8x)"
+            f"{label}: /v1/predict / /v1/assign = {statistics.median(ratios):.2f}x"
+            f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+            + (" (target >= 0.8x)" if label == "http" else " (the floor without the model)")
+            + "; req/s and server CPU per request: "
+            + "; ".join(
+                f"{a.rate:,.0f} ({a_cpu:.0f} µs) vs {p.rate:,.0f} ({p_cpu:.0f} µs)"
+                for (a, p), (a_cpu, p_cpu) in zip(pairs, cpu, strict=True)
+            )
         )
 
 
@@ -164,15 +223,15 @@ def http_batching(seconds: float, connections: int = 64) -> None:
         folder = Path(tempfile.mkdtemp())
         experiment_file(folder / "experiments", "mlp_heavy.onnx", batching, False)
         threads = str(connections // 2)  # two workers on two cores
-        with _server(folder / "experiments", ABX_WORKERS="2", ABX_THREADS=threads) as base:
+        with _server(folder / "experiments", ABX_WORKERS="2", ABX_THREADS=threads) as server:
             script = _script(folder)
-            _wrk(base, "/v1/predict", PREDICT_EXTRA, 2, script, connections)  # warm-up
-            results[batching] = _wrk(
-                base, "/v1/predict", PREDICT_EXTRA, seconds, script, connections
+            _wrk(server, "/v1/predict", PREDICT_EXTRA, 2, script, connections)  # warm-up
+            results[batching] = run = _wrk(
+                server, "/v1/predict", PREDICT_EXTRA, seconds, script, connections
             )
-        rate, p50, p99 = results[batching]
         print(
-            f"http-batching {'on ' if batching else 'off'}: {rate:,.0f} req/s, p50 {p50:.1f} ms,"
-            f" p99 {p99:.1f} ms ({connections} connections, heavy MLP)"
+            f"http-batching {'on ' if batching else 'off'}: {run.rate:,.0f} req/s,"
+            f" p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.server_cpu_us:.0f} µs CPU"
+            f" each ({connections} connections, heavy MLP)"
         )
-    print(f"http-batching: throughput on/off = {results[True][0] / results[False][0]:.2f}x")
+    print(f"http-batching: throughput on/off = {results[True].rate / results[False].rate:.2f}x")
