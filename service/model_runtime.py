@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+
+import onnxruntime as ort
 
 from service.assignment_service import AssignmentService
 from service.batch_writer import BatchWriter
@@ -13,12 +16,15 @@ from service.hot_reload import HotReloader
 from service.model_catalog import BatchingConfig, build_catalog
 from service.model_runner import SessionRunner
 from service.model_sessions import SessionPool, default_threads
+from service.onnxruntime_install import install_problem, installed_runtime_packages
 from service.prediction_log import PredictionLog
 from service.prediction_service import PredictionService
 from service.registry import Registry
 from service.settings import Settings
 from service.shadow import ShadowRunner
 from service.state_sync import StateSync
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +33,8 @@ class ModelRuntime:
     pool: SessionPool
     shadows: ShadowRunner
     reloader: HotReloader
+    onnxruntime: dict[str, Any]
+    """The installed package, its version and providers, and any install problem."""
 
     def close(self) -> None:
         self.reloader.close()
@@ -52,6 +60,7 @@ class ModelRuntime:
                 }
                 for sha, model in catalog.models().items()
             },
+            "onnxruntime": self.onnxruntime,
             "model_failures": self.predictions.failures.snapshot(),
             "worker_pid": os.getpid(),
             "reloads": self.reloader.reloads,
@@ -99,4 +108,14 @@ def build_model_runtime(
         settings.experiments, settings.models, apply, settings.reload_poll_seconds
     )
     reloader.start()
-    return ModelRuntime(service, pool, shadows, reloader)
+    return ModelRuntime(service, pool, shadows, reloader, _onnxruntime_status())
+
+
+def _onnxruntime_status() -> dict[str, Any]:
+    packages = installed_runtime_packages()
+    providers = ort.get_available_providers()
+    problem = install_problem(packages, providers)
+    if problem is not None:
+        log.error("%s", problem)
+    status = {"version": ort.__version__, "packages": packages, "available_providers": providers}
+    return {**status, "problem": problem} if problem else status

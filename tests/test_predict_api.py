@@ -71,6 +71,9 @@ def test_outputs_equal_a_direct_onnxruntime_run(api: Api, built: dict[str, str])
     assert len(seen) >= 2
     ready = api.get("/readyz").json()["checks"]
     assert ready["models"]["mlp_heavy"]["provider"] == "CPUExecutionProvider"
+    runtime = ready["onnxruntime"]
+    assert runtime["version"] == ort.__version__ and len(runtime["packages"]) == 1
+    assert "CPUExecutionProvider" in runtime["available_providers"] and "problem" not in runtime
 
 
 def test_cache_answers_repeated_inputs(api: Api) -> None:
