@@ -4,7 +4,10 @@ Needs only onnxruntime (``onnxruntime-gpu`` for CUDA), numpy and the model files
 on a bare GPU machine: ``python benchmarks/gpu_check.py [--models DIR] [--require-cuda]``.
 For each model: outputs of CUDA and CPU on the same random rows must agree within
 ``--atol``; then median latency and rows/s for batch sizes 1, 8, 64 and 512 on each
-provider. Without CUDA it measures the CPU alone (and fails only with ``--require-cuda``).
+provider, and the provider the runtime's calibration (``service/provider_choice.py``, the
+same rule) would serve the model on: unbatched it calibrates at one row, micro-batched at
+one row and at the default largest batch (64). Without CUDA it measures the CPU alone (and
+fails only with ``--require-cuda``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-MODELS = ("churn_logreg.onnx", "churn_mlp.onnx", "mlp_heavy.onnx", "mlp_heavy_int8.onnx")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.provider_choice import CPU, CUDA, choose_provider  # noqa: E402
+
+MODELS = (
+    "churn_logreg.onnx",
+    "churn_gbm.onnx",
+    "churn_mlp.onnx",
+    "mlp_heavy.onnx",
+    "mlp_heavy_int8.onnx",
+)
 BATCHES = (1, 8, 64, 512)
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CALIBRATIONS = {"unbatched": (1,), "micro-batched": (1, 64)}
+"""The batch sizes the runtime calibrates a model at (``service/model_catalog.py``)."""
 
 
 def session(path: Path, provider: str) -> ort.InferenceSession:
@@ -48,7 +63,7 @@ def main() -> int:
     parser.add_argument(
         "--models",
         type=Path,
-        default=Path(__file__).resolve().parents[1] / "experiments" / "models",
+        default=ROOT / "experiments" / "models",
     )
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--seconds", type=float, default=0.3, help="Time per measurement.")
@@ -84,12 +99,23 @@ def main() -> int:
             print(
                 f"{file}: CUDA vs CPU largest difference {difference:.2e} ({'ok' if agree else 'MISMATCH'}); CUDA session on {actual[CUDA]}"
             )
+        timings: dict[str, dict[int, float]] = {provider: {} for provider in providers}
         for batch in BATCHES:
             line = [f"{file:<22} batch {batch:>4}:"]
             for provider in providers:
-                ms = timing(sessions[provider], rows[:batch], args.seconds)
+                ms = timings[provider][batch] = timing(
+                    sessions[provider], rows[:batch], args.seconds
+                )
                 line.append(f"{provider[:-17]:>4} {ms:8.3f} ms {batch / ms * 1000:>12,.0f} rows/s")
             print("  ".join(line))
+        choices = {
+            kind: choose_provider({p: {b: timings[p][b] for b in sizes} for p in providers})
+            for kind, sizes in CALIBRATIONS.items()
+        }
+        print(
+            f"{file}: the calibration would serve it on "
+            + ", ".join(f"{choice[:-17]} {kind}" for kind, choice in choices.items())
+        )
     return 1 if failed else 0
 
 

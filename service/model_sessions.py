@@ -24,20 +24,14 @@ import numpy as np
 import onnxruntime as ort
 
 from service.model_signature import TensorSpec, tensor_spec
+from service.provider_choice import CPU, CUDA, choose_provider
 
 log = logging.getLogger(__name__)
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 
 
 def intra_op_threads(cores: int, workers: int, override: int | None = None) -> int:
     """Threads per session such that all workers together use each core about once."""
     return override or max(1, cores // max(1, workers))
-
-
-def choose_provider(timings: Mapping[str, Mapping[int, float]]) -> str:
-    """The provider with the least total median run time over the batch sizes measured."""
-    return min(timings, key=lambda provider: (sum(timings[provider].values()), provider != CPU))
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from service.experiment_schema import ModelRef
 from service.micro_batching import MicroBatcher
 from service.model_catalog import ExperimentModels, ServingModel, input_plans
 from service.model_runner import FailureCounts, SessionRunner, run_with_fallback
-from service.model_sessions import CPU, CUDA, choose_provider, intra_op_threads, load_model
+from service.model_sessions import intra_op_threads, load_model
 from service.model_signature import InputPlan, TensorSpec, convert_inputs
 from service.prediction_cache import PredictionCache, input_digest
+from service.provider_choice import CPU, CUDA, choose_provider
 from service.shadow import agreement
 
 from .model_fixtures import MODELS, corrupt_model, demo_models, nan_model, raising_model, slow_model
@@ -340,5 +341,11 @@ def test_gpu_check_runs_on_the_cpu_alone(built: dict[str, str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for batch in (1, 8, 64, 512):
         assert f"mlp_heavy.onnx         batch {batch:>4}:   CPU" in result.stdout
+    assert "churn_gbm.onnx         batch    1:   CPU" in result.stdout
+    if CUDA not in ort.get_available_providers():
+        assert (
+            "mlp_heavy.onnx: the calibration would serve it on CPU unbatched, CPU micro-batched"
+            in result.stdout
+        )
     if CUDA not in ort.get_available_providers():
         assert "measuring the CPU only" in result.stdout
