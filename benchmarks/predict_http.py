@@ -3,11 +3,10 @@
 Part ``http`` of ``benchmarks/predict.py``: one server (``AbxServer``'s settings), an
 experiment whose variants all serve ``churn_logreg.onnx``, units cycling through a pool of
 1,000 per wrk thread, and alternating runs of the two endpoints. Target: predict >= 0.8x.
-Then the same on a second server whose model runs replay their first outputs
-(``no_inference/sitecustomize.py``): what ``/v1/predict`` costs with everything but
-inference, so the ratio's gap splits into the model's part and the rest. Each run also
-reports the server's CPU time per request (master and workers), which moves less than
-requests/s when the machine's other work comes and goes.
+A second server, whose model runs replay their first outputs (``no_inference/sitecustomize.py``),
+takes turns with it round by round: what ``/v1/predict`` costs with everything but inference,
+so the ratio's gap splits into the model's part and the rest. Every round is printed, with
+the server's CPU time per request (master and workers) beside its requests/s.
 
 Part ``http-batching``: the heavy MLP (four 1024-wide layers) over HTTP with 64 wrk
 connections and 32 request threads in each of two workers, so that 64 single-row requests

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from service.provider_choice import CUDA
+
 RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
-CUDA = "CUDAExecutionProvider"
 
 
 def installed_runtime_packages() -> dict[str, str]:
