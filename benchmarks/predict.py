@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
 from service.assignment_service import AssignmentService  # noqa: E402
@@ -103,8 +104,6 @@ def overhead(seconds: float) -> None:
     units = [f"user-{i}" for i in range(1000)]
     for unit in units:  # first sightings buffer an assignment; measure returning units too
         service.predict("checkout_ranker", unit, ATTRIBUTES, {"features": ROW})
-    import onnxruntime as ort
-
     options = ort.RunOptions()  # reused, as the service does: the cheapest bare run
     full, bare = [], []
     deadline = time.monotonic() + seconds

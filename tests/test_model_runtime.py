@@ -343,9 +343,8 @@ def test_gpu_check_runs_on_the_cpu_alone(built: dict[str, str]) -> None:
         assert f"mlp_heavy.onnx         batch {batch:>4}:   CPU" in result.stdout
     assert "churn_gbm.onnx         batch    1:   CPU" in result.stdout
     if CUDA not in ort.get_available_providers():
+        assert "measuring the CPU only" in result.stdout
         assert (
             "mlp_heavy.onnx: the calibration would serve it on CPU unbatched, CPU micro-batched"
             in result.stdout
         )
-    if CUDA not in ort.get_available_providers():
-        assert "measuring the CPU only" in result.stdout
