@@ -4,7 +4,9 @@ One process at a time (a transaction-level advisory lock) reads a chunk of
 unprocessed events, attributes them (``attribution``), and in the same
 transaction updates unit totals, per-bucket sums and the events' status.
 Exposures and predictions are read past a watermark, never beyond the rows
-known to be committed (``write_fence``). Cost grows with new events, and
+known to be committed (``write_fence``); outcomes are attributed only to
+exposures already counted, so a variant's ``units`` always include every unit
+whose outcomes are in its statistics. Cost grows with new events, and
 reading the statistics afterwards grows with buckets, not with events.
 """
 
@@ -31,7 +33,12 @@ EXPOSURE_CHUNK = 200_000
 PARTITION_CHECK_SECONDS = 3600.0
 
 
-def _roll_exposures(conn: Any, through: int) -> int:
+def _roll_exposures(conn: Any, through: int) -> tuple[int, int]:
+    """Count new exposures per variant and day; return how many, and the pk counted through.
+
+    Short of a full chunk, every exposure up to ``through`` has been read (the fence says
+    none below it is still in flight), so the watermark moves to ``through`` itself.
+    """
     (watermark,) = conn.execute(
         "SELECT value FROM rollup_state WHERE name = 'exposures'"
     ).fetchone()
@@ -41,8 +48,13 @@ def _roll_exposures(conn: Any, through: int) -> int:
         " ORDER BY exposure_pk LIMIT %s",
         (watermark, through, EXPOSURE_CHUNK),
     ).fetchall()
+    counted_through = rows[-1][0] if len(rows) == EXPOSURE_CHUNK else max(watermark, through)
+    if counted_through != watermark:
+        conn.execute(
+            "UPDATE rollup_state SET value = %s WHERE name = 'exposures'", (counted_through,)
+        )
     if not rows:
-        return 0
+        return 0, counted_through
     counts = Counter((key, seed, variant, day) for _, key, seed, variant, day in rows)
     with conn.cursor() as cursor:
         cursor.executemany(
@@ -51,8 +63,7 @@ def _roll_exposures(conn: Any, through: int) -> int:
             " DO UPDATE SET units = exposure_counts.units + EXCLUDED.units",
             [(*key, n) for key, n in counts.items()],
         )
-    conn.execute("UPDATE rollup_state SET value = %s WHERE name = 'exposures'", (rows[-1][0],))
-    return len(rows)
+    return len(rows), counted_through
 
 
 def _roll_predictions(conn: Any, through: int) -> int:
@@ -107,14 +118,22 @@ def _load_events(conn: Any) -> list[Event]:
     return [Event(*row) for row in rows]
 
 
-def _load_exposures(conn: Any, events: list[Event]) -> dict[tuple[str, str, str], Exposure]:
+def _load_exposures(
+    conn: Any, events: list[Event], counted_through: int
+) -> dict[tuple[str, str, str], Exposure]:
+    """The events' exposures among those already counted in ``exposure_counts``.
+
+    An exposure committed after this round's count waits for the next round, so a unit's
+    outcome is never in the statistics before the unit is in the variant's ``units``.
+    """
     keys = sorted({(e.experiment_key, e.seed, e.unit_id) for e in events})
     rows = conn.execute(
         "SELECT x.experiment_key, x.seed, x.unit_id, x.variant_key, x.first_exposed_at"
         " FROM exposures x JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(e, s, u)"
         " ON x.experiment_key = k.e AND x.seed = k.s AND x.unit_id = k.u"
+        " WHERE x.exposure_pk <= %s"
         " ORDER BY x.first_exposed_at DESC",
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], counted_through),
     ).fetchall()
     # Descending order: the earliest exposure of a unit is written last and wins.
     return {(e, s, u): Exposure(v, at) for e, s, u, v, at in rows}
@@ -201,14 +220,17 @@ def roll_up_once(
         ).fetchone()
         if not locked:
             return None
-        exposures_done = _roll_exposures(conn, through.exposures) + _roll_predictions(
-            conn, through.predictions
-        )
+        exposures_counted, counted_through = _roll_exposures(conn, through.exposures)
+        exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
+        if counted_through < through.exposures:
+            # A backlog of exposures: outcomes wait until the exposures before them are
+            # counted, so none is judged unexposed while its exposure is still unread.
+            return exposures_done, 0
         events = _load_events(conn)
         if not events:
             return exposures_done, 0
         (now,) = conn.execute("SELECT now()").fetchone()
-        exposures = _load_exposures(conn, events)
+        exposures = _load_exposures(conn, events, counted_through)
         classified = [
             (
                 e,
