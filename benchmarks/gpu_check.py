@@ -2,8 +2,8 @@
 
 Needs only onnxruntime (``onnxruntime-gpu`` for CUDA), numpy and the model files, so it runs
 on a bare GPU machine: ``python benchmarks/gpu_check.py [--models DIR] [--require-cuda]``.
-For each model: outputs of CUDA and CPU on the same random rows must agree within
-``--atol``; then median latency and rows/s for batch sizes 1, 8, 64 and 512 on each
+For each model: outputs of CUDA (in full float32, as the runtime runs it) and CPU on the
+same random rows must agree within ``--atol``; then median latency and rows/s for batch sizes 1, 8, 64 and 512 on each
 provider, and the provider the runtime's calibration (``service/provider_choice.py``, the
 same rule) would serve the model on: unbatched it calibrates at one row, micro-batched at
 one row and at the default largest batch (64). Without CUDA it measures the CPU alone (and
@@ -24,7 +24,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.provider_choice import CPU, CUDA, choose_provider  # noqa: E402
+from service.provider_choice import CPU, CUDA, choose_provider, session_providers  # noqa: E402
 
 MODELS = (
     "churn_logreg.onnx",
@@ -41,7 +41,8 @@ CALIBRATIONS = {"unbatched": (1,), "micro-batched": (1, 64)}
 def session(path: Path, provider: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=list(dict.fromkeys([provider, CPU])))
+    providers = session_providers(list(dict.fromkeys([provider, CPU])))
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def timing(sess: ort.InferenceSession, rows: np.ndarray, budget_s: float) -> float:

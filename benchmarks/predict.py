@@ -182,7 +182,8 @@ def batching(seconds: float, wait_ms: float) -> None:
         )
         rps, latencies = results[enabled]
         print(
-            f"batching {'on ' if enabled else 'off'}: {rps:,.0f} req/s, p50 {statistics.median(latencies):.2f} ms,"
+            f"batching {'on ' if enabled else 'off'} ({model.provider.removesuffix('ExecutionProvider')}):"
+            f" {rps:,.0f} req/s, p50 {statistics.median(latencies):.2f} ms,"
             f" p99 {p99(latencies):.2f} ms; mean batch {mean_batch:.1f} rows, one such run {run_ms:.2f} ms"
             + (
                 f"; p99 bound (max wait + run) {wait_ms + run_ms:.2f} ms; in the batcher"

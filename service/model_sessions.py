@@ -3,8 +3,9 @@
 Provider choice: a model's YAML may list providers; otherwise, when CUDA is
 available, the model is timed on CUDA and on CPU at the batch sizes it will
 see and the faster one is kept (small models usually stay on the CPU: a GPU
-launch costs more than their whole run). CUDA failing to initialise falls
-back to ``CPUExecutionProvider``. Intra-op threads are cores / workers, so
+launch costs more than their whole run). CUDA runs in full float32
+(``provider_choice.CUDA_OPTIONS``), so the choice never changes a prediction.
+CUDA failing to initialise falls back to ``CPUExecutionProvider``. Intra-op threads are cores / workers, so
 gunicorn workers x onnxruntime threads never oversubscribe the cores.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.model_signature import TensorSpec, tensor_spec
-from service.provider_choice import CPU, CUDA, choose_provider
+from service.provider_choice import CPU, CUDA, choose_provider, session_providers
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ def _median_ms(session: ort.InferenceSession, feeds: dict[str, np.ndarray], repe
 
 
 def _session(path: Path, providers: Sequence[str], threads: int) -> ort.InferenceSession:
-    session = ort.InferenceSession(str(path), _options(threads), providers=list(providers))
+    session = ort.InferenceSession(
+        str(path), _options(threads), providers=session_providers(providers)
+    )
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:
         log.warning("%s: CUDA did not initialise; serving on the CPU", path.name)
     return session

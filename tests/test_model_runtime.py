@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from numpy.testing import assert_allclose
 
 from service.errors import InputMismatch, ModelUnavailable
 from service.experiment_schema import ModelRef
@@ -19,7 +20,7 @@ from service.model_runner import FailureCounts, SessionRunner, run_with_fallback
 from service.model_sessions import intra_op_threads, load_model
 from service.model_signature import InputPlan, TensorSpec, convert_inputs
 from service.prediction_cache import PredictionCache, input_digest
-from service.provider_choice import CPU, CUDA, choose_provider
+from service.provider_choice import CPU, CUDA, choose_provider, session_providers
 from service.shadow import agreement
 
 from .model_fixtures import MODELS, corrupt_model, demo_models, nan_model, raising_model, slow_model
@@ -33,10 +34,12 @@ def built() -> dict[str, str]:
     return demo_models()
 
 
-def served(name: str, path: Path, sha: str, threads: int = 1) -> ServingModel:
+def served(
+    name: str, path: Path, sha: str, threads: int = 1, providers: list[str] | None = None
+) -> ServingModel:
     ref = ModelRef(path=path.name, sha256=sha)
     try:
-        model = load_model(path, sha, None, threads)
+        model = load_model(path, sha, providers, threads)
     except Exception as error:
         return ServingModel(name, ref, None, str(error), ())
     return ServingModel(name, ref, model, None, input_plans(ref, model.inputs))
@@ -111,6 +114,15 @@ def test_cuda_is_chosen_for_the_heavy_model_at_large_batches(built: dict[str, st
     model = load_model(MODELS / "mlp_heavy.onnx", built["mlp_heavy.onnx"], None, 1, (1, 512))
     assert set(model.timings_ms) == {CUDA, CPU}
     assert model.provider == choose_provider(model.timings_ms) == CUDA
+    rows = np.random.default_rng(0).standard_normal((512, 20)).astype(np.float32)
+    on_cpu = ort.InferenceSession(str(model.path), providers=[CPU]).run(None, {"features": rows})
+    # Full float32 on CUDA: with TF32 (onnxruntime's default) an H200 was 1.6e-3 off.
+    assert_allclose(list(model.run({"features": rows}).values()), on_cpu, rtol=0, atol=1e-5)
+
+
+def test_cuda_sessions_ask_for_full_float32_and_others_take_no_options() -> None:
+    assert session_providers([CUDA, CPU]) == [(CUDA, {"use_tf32": "0"}), CPU]
+    assert session_providers([CPU]) == [CPU]
 
 
 def test_micro_batcher_groups_concurrent_rows_and_slices_outputs() -> None:
@@ -284,7 +296,8 @@ def fault_models(
         ("corrupt", corrupt_model),
     ]:
         path = folder / f"{name}.onnx"
-        models[name] = served(name, path, make(path))
+        # On the CPU the slow model is slow everywhere; calibrated, an H200 ran it within budget.
+        models[name] = served(name, path, make(path), providers=[CPU] if name == "slow" else None)
     return models
 
 
