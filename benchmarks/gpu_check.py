@@ -3,8 +3,8 @@
 Needs only onnxruntime (``onnxruntime-gpu`` for CUDA), numpy and the model files, so it runs
 on a bare GPU machine: ``python benchmarks/gpu_check.py [--models DIR] [--require-cuda]``.
 For each model: outputs of CUDA (in full float32, as the runtime runs it) and CPU on the
-same random rows must agree within ``--atol``; then median latency and rows/s for batch sizes 1, 8, 64 and 512 on each
-provider, and the provider the runtime's calibration (``service/provider_choice.py``, the
+same random rows must agree within ``--atol``; then median latency and rows/s for batch
+sizes 1, 8, 64 and 512 on each provider, and the provider the runtime's calibration (``service/provider_choice.py``, the
 same rule) would serve the model on: unbatched it calibrates at one row, micro-batched at
 one row and at the default largest batch (64). Without CUDA it measures the CPU alone (and
 fails only with ``--require-cuda``).

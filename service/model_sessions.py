@@ -5,8 +5,9 @@ available, the model is timed on CUDA and on CPU at the batch sizes it will
 see and the faster one is kept (small models usually stay on the CPU: a GPU
 launch costs more than their whole run). CUDA runs in full float32
 (``provider_choice.CUDA_OPTIONS``), so the choice never changes a prediction.
-CUDA failing to initialise falls back to ``CPUExecutionProvider``. Intra-op threads are cores / workers, so
-gunicorn workers x onnxruntime threads never oversubscribe the cores.
+CUDA failing to initialise falls back to ``CPUExecutionProvider``. Intra-op
+threads are cores / workers, so gunicorn workers x onnxruntime threads never
+oversubscribe the cores.
 """
 
 from __future__ import annotations

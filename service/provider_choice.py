@@ -15,8 +15,8 @@ CUDA_OPTIONS = {"use_tf32": "0"}
 """Full float32 on CUDA, so a variant predicts the same whichever provider serves it.
 
 onnxruntime's CUDA provider runs float32 MatMul and Conv in TF32 (a 10-bit mantissa) by
-default on Ampere and newer. On an H200 that moved the demo MLPs' outputs up to 1.6e-3 from
-the CPU's (1.3e-6 without it), and the calibration's pick of a provider would have changed
+default on Ampere and newer. On an H200 that moved the demo MLPs' outputs up to 1.8e-3 from
+the CPU's (1.7e-6 without it), and the calibration's pick of a provider would have changed
 the predictions an experiment compares. Its cost there: none at 1 to 64 rows on the heavy
 MLP, 0.14 to 0.21 ms at 512 (the CPU takes 4.5 ms).
 """
