@@ -1,8 +1,8 @@
-"""Which execution provider serves a model, from its timings on each. Pure.
+"""Which execution provider serves a model (from its timings), and with what options. Pure.
 
 Its own module, free of Flask and the rest of the service, so that
-``benchmarks/gpu_check.py`` can apply the very rule the runtime calibrates with
-on a bare GPU machine.
+``benchmarks/gpu_check.py`` can apply the very rule and options the runtime
+calibrates and serves with on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ MLP, 0.14 to 0.21 ms at 512 (the CPU takes 4.5 ms).
 
 def session_providers(providers: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
     """onnxruntime's ``providers`` argument: CUDA with ``CUDA_OPTIONS``, the others by name."""
-    return [(name, CUDA_OPTIONS) if name == CUDA else name for name in providers]
+    return [(name, dict(CUDA_OPTIONS)) if name == CUDA else name for name in providers]
 
 
 def choose_provider(timings: Mapping[str, Mapping[int, float]]) -> str:
