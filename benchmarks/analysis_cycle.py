@@ -20,13 +20,13 @@ outcomes (with their ``event_ids`` rows) are generated server-side
 (``INSERT … SELECT generate_series``: nothing crosses the socket, faster than
 COPY from Python), 1M events per statement. The smaller size (``--small-events``,
 default 1M) is loaded first; the larger one adds its units and events to it.
-``service.outcome_rollup.roll_up_once`` then runs until idle (bounded by
+``service.events.rollup.roll_up_once`` then runs until idle (bounded by
 ``--rollup-timeout``) and is timed: events/s, since the cycle reads only what
 the rollup wrote (``metric_stats``, ``exposure_counts``).
 
 Cycle. At each size the decision tables are emptied, the rollup tables are
 vacuumed (as autovacuum would have), and a fresh child process (this script
-with ``--child``) runs ``service.decision_store.analyze_and_decide`` for every
+with ``--child``) runs ``service.decisions.cycle.analyze_and_decide`` for every
 experiment, sequentially on one connection, ``--cycles`` times; it reports
 every cycle's time, the slowest experiments, the decisions taken, and its
 VmRSS before and after (VmHWM: the peak). The first cycle creates the
@@ -86,9 +86,9 @@ from assign_http import (
     wait_for_quiet,
 )
 
-from service.experiment_schema import Experiment
-from service.experiment_validation import load_experiments
-from service.outcome_rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once, windows_from
+from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once, windows_from
+from service.experiments.schema import Experiment
+from service.experiments.validation import load_experiments
 from service.settings import Settings
 
 TARGET_CYCLE_SECONDS = 5.0
@@ -298,7 +298,7 @@ def scalars(url: str, sql: str) -> tuple[Any, ...]:
 
 def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
     """Run ``cycles`` cycles; print one ``CYCLE_JSON`` line (and a profile when asked)."""
-    from service.decision_store import analyze_and_decide
+    from service.decisions.cycle import analyze_and_decide
 
     experiments = [
         item.experiment

@@ -43,9 +43,9 @@ from growthbook import Experiment as GrowthBookExperiment  # noqa: E402
 from growthbook import GrowthBook  # noqa: E402
 from growthbook.core import evalCondition  # noqa: E402
 
-from service.assignment import Reason, assign, compile_experiment  # noqa: E402
-from service.experiment_schema import Experiment  # noqa: E402
-from service.experiment_validation import load_experiments  # noqa: E402
+from service.assignment.core import Reason, assign, compile_experiment  # noqa: E402
+from service.experiments.schema import Experiment  # noqa: E402
+from service.experiments.validation import load_experiments  # noqa: E402
 
 TARGET_RATIO = 3.0
 COUNTRIES = ("US", "CA", "GB", "DE", "FR", "BR", "JP", "IN")

@@ -3,7 +3,7 @@
 What a page reads is the rollup tables, so the size that matters is variants x days x
 metrics of buckets: 5 variants x 90 days x 3 metrics here, the statistics of
 ``--units`` (default 10M) exposed units, each with outcomes, reduced per day exactly as
-the rollup stores them (``tests.dashboard_seed``). ``predictions`` gets
+the rollup stores them (``service.demo.seed``). ``predictions`` gets
 ``--predictions`` rows per variant (default 200,000: 1M rows) so that the model-health
 read is measured against a table too big to scan. Three decisions and a state row
 complete the page.
@@ -38,15 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dashboards.data import experiment_page
 from dashboards.render import render_experiment
 from service.app import create_app
-from service.experiment_schema import Experiment
-from service.schema_migrations import apply_migrations
-from service.settings import PROJECT_ROOT, Settings
-from tests.dashboard_seed import (
+from service.demo.seed import (
     FIVE_VARIANTS_YAML,
     seed_decisions,
     seed_predictions,
     seed_rollups,
 )
+from service.experiments.schema import Experiment
+from service.settings import PROJECT_ROOT, Settings
+from service.storage.migrations import apply_migrations
 
 ADMIN_URL = os.environ.get("ABX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DAYS = 90

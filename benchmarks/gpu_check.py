@@ -4,7 +4,7 @@ Needs only onnxruntime (``onnxruntime-gpu`` for CUDA), numpy and the model files
 on a bare GPU machine: ``python benchmarks/gpu_check.py [--models DIR] [--require-cuda]``.
 For each model: outputs of CUDA (in full float32, as the runtime runs it) and CPU on the
 same random rows must agree within ``--atol``; then median latency and rows/s for batch
-sizes 1, 8, 64 and 512 on each provider, and the provider the runtime's calibration (``service/provider_choice.py``, the
+sizes 1, 8, 64 and 512 on each provider, and the provider the runtime's calibration (``service/inference/providers.py``, the
 same rule) would serve the model on: unbatched it calibrates at one row, micro-batched at
 one row and at the default largest batch (64). Without CUDA it measures the CPU alone (and
 fails only with ``--require-cuda``).
@@ -24,7 +24,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.provider_choice import CPU, CUDA, choose_provider, session_providers  # noqa: E402
+from service.inference.providers import CPU, CUDA, choose_provider, session_providers  # noqa: E402
 
 MODELS = (
     "churn_logreg.onnx",
@@ -35,7 +35,7 @@ MODELS = (
 )
 BATCHES = (1, 8, 64, 512)
 CALIBRATIONS = {"unbatched": (1,), "micro-batched": (1, 64)}
-"""The batch sizes the runtime calibrates a model at (``service/model_catalog.py``)."""
+"""The batch sizes the runtime calibrates a model at (``service/inference/catalog.py``)."""
 
 
 def session(path: Path, provider: str) -> ort.InferenceSession:

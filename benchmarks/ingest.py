@@ -1,7 +1,7 @@
 """Events/s through ``POST /v1/events`` against a raw COPY ceiling; reading 10M events' statistics.
 
 Ingest. The ceiling is measured in the same run, on the same tables and
-indexes: one psycopg connection runs ``service.event_ingest.ingest_rows``
+indexes: one psycopg connection runs ``service.events.ingest.ingest_rows``
 (COPY into a temporary staging table, then ``INSERT … ON CONFLICT DO NOTHING``
 into ``event_ids`` and ``outcomes``: the service's own deduplication SQL), one
 transaction per batch of 500 (and, once, 5,000 and 50,000 for reference). The
@@ -23,8 +23,8 @@ Statistics. A second database gets ``--events`` outcome events (default 10M)
 for ``--events``/10 exposed units in 3 variants, generated server-side
 (``INSERT … SELECT generate_series``: faster than COPY from Python, since no
 row crosses the socket), 10 % of them in the CUPED pre-period. Then
-``service.outcome_rollup.roll_up_once`` runs until idle or ``--rollup-timeout``,
-and ``service.stats_store.metric_stats`` is timed (median of 21) against the
+``service.events.rollup.roll_up_once`` runs until idle or ``--rollup-timeout``,
+and ``service.events.sums.metric_stats`` is timed (median of 21) against the
 raw scan it replaces (per-unit totals from ``outcomes`` joined to first
 exposures, GROUP BY; median of 3); when the rollup completed, both answers
 are compared.
@@ -74,13 +74,13 @@ from assign_http import (
     wait_for_quiet,
 )
 
-from service.event_ingest import ingest_rows
-from service.experiment_schema import Experiment
-from service.experiment_validation import load_experiments
-from service.outcome_rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once
+from service.events.ingest import ingest_rows
+from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once
+from service.events.sums import metric_stats
+from service.experiments.schema import Experiment
+from service.experiments.validation import load_experiments
 from service.server import default_workers
 from service.settings import Settings
-from service.stats_store import metric_stats
 
 EXPERIMENT = "checkout_ranker"
 BINARY_METRIC = "checkout_conversion"

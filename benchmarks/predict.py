@@ -39,20 +39,20 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
-from service.assignment_service import AssignmentService  # noqa: E402
-from service.batch_writer import BatchWriter  # noqa: E402
-from service.database import Database  # noqa: E402
-from service.demo_models import build_demo_models  # noqa: E402
-from service.experiment_validation import load_experiments  # noqa: E402
-from service.model_catalog import BatchingConfig, build_catalog  # noqa: E402
-from service.model_runner import SessionRunner  # noqa: E402
-from service.model_sessions import SessionPool  # noqa: E402
-from service.prediction_log import PREDICTIONS, PredictionLog  # noqa: E402
-from service.prediction_service import PredictionService  # noqa: E402
-from service.registry import Registry  # noqa: E402
+from service.assignment.registry import Registry  # noqa: E402
+from service.assignment.service import AssignmentService  # noqa: E402
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore  # noqa: E402
+from service.demo.models import build_demo_models  # noqa: E402
+from service.experiments.validation import load_experiments  # noqa: E402
+from service.inference.catalog import BatchingConfig, build_catalog  # noqa: E402
+from service.inference.records import PREDICTIONS, PredictionLog  # noqa: E402
+from service.inference.runner import SessionRunner  # noqa: E402
+from service.inference.service import PredictionService  # noqa: E402
+from service.inference.sessions import SessionPool  # noqa: E402
+from service.inference.shadow import ShadowRunner  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.shadow import ShadowRunner  # noqa: E402
-from service.sticky_store import ASSIGNMENTS, EXPOSURES, StickyStore  # noqa: E402
+from service.storage.database import Database  # noqa: E402
+from service.storage.writer import BatchWriter  # noqa: E402
 
 MODELS = ROOT / "experiments" / "models"
 ATTRIBUTES = {"country": "US", "app_version": "2.1.0"}

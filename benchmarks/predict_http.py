@@ -120,7 +120,7 @@ class Server(NamedTuple):
 @contextmanager
 def _server(experiments: Path, **env_overrides: str) -> Iterator[Server]:
     """``abx serve`` on a fresh migrated database."""
-    from service.schema_migrations import apply_migrations
+    from service.storage.migrations import apply_migrations
 
     name = f"abx_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:

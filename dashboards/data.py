@@ -1,6 +1,6 @@
 """Everything a dashboard page shows, read from PostgreSQL's rollup tables in one place.
 
-The per-variant table is ``service.analysis_inputs.run_analysis`` (what the decision
+The per-variant table is ``service.decisions.inputs.run_analysis`` (what the decision
 workers and ``GET /v1/experiments/<key>/analysis`` run), so a page never shows a number
 the decisions did not use. Cost: a handful of queries over (variants x metrics x days)
 bucket rows plus a bounded read of recent predictions, never a scan of raw events.
@@ -24,10 +24,10 @@ from dashboards.evidence import (
 )
 from dashboards.model_health import VariantHealth, model_health
 from dashboards.sample_size import SampleSize, sample_size
-from service.analysis_inputs import run_analysis
-from service.experiment_analysis import Comparison, ExperimentAnalysis
-from service.experiment_schema import Experiment
-from service.serving_state import initial_state
+from service.assignment.state import initial_state
+from service.decisions.evaluation import Comparison, ExperimentAnalysis
+from service.decisions.inputs import run_analysis
+from service.experiments.schema import Experiment
 
 
 @dataclass(frozen=True)

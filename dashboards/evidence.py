@@ -1,6 +1,6 @@
 """Evidence over time: the primary comparison as it stood at the end of each day. Pure.
 
-Each day's point is ``service.experiment_analysis.analyze`` (the function the decision
+Each day's point is ``service.decisions.evaluation.analyze`` (the function the decision
 workers call) on the sufficient statistics summed up to that day, exactly what
 ``run_analysis(conn, experiment, weights, through=day, use_history=False)`` computes.
 The page reads the buckets once and sums them here instead of issuing a query per day:
@@ -16,8 +16,8 @@ from datetime import date, timedelta
 
 from analysis import srm
 from analysis.sufficient_stats import SufficientStats
-from service.experiment_analysis import analyze
-from service.experiment_schema import Experiment, Metrics
+from service.decisions.evaluation import analyze
+from service.experiments.schema import Experiment, Metrics
 
 
 @dataclass(frozen=True)

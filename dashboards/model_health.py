@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.experiment_schema import Experiment
+from service.experiments.schema import Experiment
 
 RECENT_PREDICTIONS = 20_000
 

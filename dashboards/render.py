@@ -18,8 +18,8 @@ from dashboards.audit_log import scalar_numbers
 from dashboards.data import ExperimentPage, IndexRow
 from dashboards.model_health import RECENT_PREDICTIONS
 from dashboards.palette import VariantStyle, variant_styles
-from service.experiment_analysis import Comparison
-from service.experiment_schema import Experiment
+from service.decisions.evaluation import Comparison
+from service.experiments.schema import Experiment
 
 TEMPLATES = Path(__file__).parent / "templates"
 INTERVALS = {

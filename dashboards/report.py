@@ -10,7 +10,7 @@ from plotly.offline import get_plotlyjs
 
 from dashboards.data import experiment_page, weights_from_database
 from dashboards.render import render_experiment
-from service.experiment_schema import Experiment
+from service.experiments.schema import Experiment
 
 
 @cache

@@ -8,8 +8,8 @@ from datetime import date, timedelta
 from typing import Any
 
 from dashboards.evidence import ExposureSeries
-from service.experiment_plan import Plan, PlanInputs, make_plan, observed_inputs
-from service.experiment_schema import Experiment
+from service.decisions.plan import Plan, PlanInputs, make_plan, observed_inputs
+from service.experiments.schema import Experiment
 
 RECENT_DAYS = 7
 """Traffic forecasts use the mean daily exposures of the last week (a ramp changes them)."""

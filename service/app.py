@@ -11,24 +11,24 @@ from flask import Flask, request
 
 from dashboards import pages as dashboard_pages
 from service import errors
-from service.assignment_service import AssignmentService
-from service.batch_writer import BatchWriter
-from service.database import Database
-from service.embedded_postgres import database_url
-from service.event_ingest import EventIngestor
-from service.experiment_validation import load_experiments
-from service.model_runtime import ModelRuntime, build_model_runtime
-from service.outcome_rollup import RollupScheduler, windows_from
-from service.prediction_log import PREDICTIONS
-from service.registry import Registry
-from service.routes import analysis as analysis_routes
-from service.routes import assignments, experiments, health, openapi, predictions
-from service.routes import decisions as decision_routes
-from service.routes import events as events_routes
+from service.api import analysis as analysis_routes
+from service.api import assignments, experiments, health, openapi, predictions
+from service.api import decisions as decision_routes
+from service.api import events as events_routes
+from service.assignment.registry import Registry
+from service.assignment.service import AssignmentService
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.assignment.sync import StateSync
+from service.events.ingest import EventIngestor
+from service.events.rollup import RollupScheduler, windows_from
+from service.experiments.validation import load_experiments
+from service.inference.records import PREDICTIONS
+from service.inference.runtime import ModelRuntime, build_model_runtime
 from service.settings import Settings
-from service.spool import Spool
-from service.state_sync import StateSync
-from service.sticky_store import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.storage.database import Database
+from service.storage.embedded import database_url
+from service.storage.spool import Spool
+from service.storage.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 

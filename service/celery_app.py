@@ -32,7 +32,7 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 def make_celery(settings: Settings) -> Celery:
     broker, options = broker_settings(settings)
-    app = Celery("abx", broker=broker, include=["service.tasks"])
+    app = Celery("abx", broker=broker, include=["service.decisions.tasks"])
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,

@@ -22,8 +22,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from service.schema_migrations import apply_migrations
 from service.settings import PROJECT_ROOT
+from service.storage.migrations import apply_migrations
 
 ADMIN_URL = os.environ.get("ABX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MIGRATIONS = PROJECT_ROOT / "migrations"

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.demo_models import build_demo_models
+from service.demo.models import build_demo_models
 from service.settings import PROJECT_ROOT
 
 MODELS = PROJECT_ROOT / "experiments" / "models"

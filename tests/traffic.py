@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
-from service.event_ingest import ingest_rows
+from service.events.ingest import ingest_rows
 
 
 def simulate(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import model_sessions
+from service.inference import sessions as model_sessions
 
 _real_run = model_sessions.LoadedModel.run
 _first_outputs: dict[str, dict[str, Any]] = {}

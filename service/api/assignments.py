@@ -1,0 +1,44 @@
+"""POST /v1/assign and its batch form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from service.api.bodies import AssignBatchRequest, AssignRequest
+from service.api.body import parse_json_body
+from service.assignment.core import Assignment
+from service.errors import PayloadTooLarge
+
+bp = Blueprint("assignments", __name__)
+
+
+def assignment_json(assignment: Assignment) -> dict[str, Any]:
+    return {
+        "experiment": assignment.experiment,
+        "variant": assignment.variant,
+        "reason": assignment.reason.value,
+        "in_experiment": assignment.exposed,
+    }
+
+
+@bp.post("/v1/assign")
+def assign_one() -> dict[str, Any]:
+    body = parse_json_body(AssignRequest)
+    service = current_app.extensions["abx"].assignments
+    return assignment_json(service.assign(body.experiment, body.unit, body.attributes))
+
+
+@bp.post("/v1/assign/batch")
+def assign_batch() -> dict[str, Any]:
+    body = parse_json_body(AssignBatchRequest)
+    runtime = current_app.extensions["abx"]
+    limit = runtime.settings.max_batch_items
+    if len(body.items) > limit:
+        raise PayloadTooLarge(
+            f"A batch holds at most {limit} items; this one has {len(body.items)}."
+        )
+    return {
+        "assignments": [assignment_json(a) for a in runtime.assignments.assign_many(body.items)]
+    }

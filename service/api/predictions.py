@@ -1,0 +1,32 @@
+"""POST /v1/predict: the assigned variant's model answers (or the fallback's, flagged)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from service.api.bodies import PredictRequest
+from service.api.body import parse_json_body
+
+bp = Blueprint("predictions", __name__)
+
+
+@bp.post("/v1/predict")
+def predict() -> dict[str, Any]:
+    body = parse_json_body(PredictRequest)
+    service = current_app.extensions["abx"].models.predictions
+    prediction = service.predict(body.experiment, body.unit, body.attributes, body.inputs)
+    model = prediction.model
+    return {
+        "experiment": body.experiment,
+        "variant": prediction.assignment.variant,
+        "reason": prediction.assignment.reason.value,
+        "in_experiment": prediction.assignment.exposed,
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "outputs": prediction.outputs,
+        "provider": model.provider,
+        "latency_ms": round(prediction.latency_ms, 3),
+        "fallback": prediction.failure is not None,
+        "cached": prediction.cached,
+    }

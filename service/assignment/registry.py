@@ -1,0 +1,128 @@
+"""The experiments this process serves, compiled for assignment and swapped atomically."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.assignment.allocation import AllocationPlan
+from service.assignment.core import CompiledExperiment, compile_experiment
+from service.assignment.state import ExperimentState, override_for
+from service.experiments.schema import Experiment
+from service.experiments.validation import LoadResult
+
+
+@dataclass(frozen=True)
+class ServedExperiment:
+    """The compiled experiment now and, when a weight change is announced, from when on."""
+
+    before_switch: CompiledExperiment
+    after_switch: CompiledExperiment | None = None
+    switch_at_epoch: float = float("inf")
+
+    def at(self, epoch: float) -> CompiledExperiment:
+        if self.after_switch is not None and epoch >= self.switch_at_epoch:
+            return self.after_switch
+        return self.before_switch
+
+
+class Registry:
+    def __init__(self, loaded: LoadResult) -> None:
+        self.experiments: dict[str, Experiment] = {
+            item.experiment.key: item.experiment for item in loaded.experiments
+        }
+        self.sources = {item.experiment.key: str(item.source.path) for item in loaded.experiments}
+        self._served = {
+            key: ServedExperiment(compile_experiment(e, None, override_for(e, None)))
+            for key, e in self.experiments.items()
+        }
+        self._plans: dict[str, AllocationPlan] = {}
+        self._states: dict[str, ExperimentState] = {}
+        self._clock_offset = 0.0
+        self._lock = threading.Lock()
+        self.allocations_loaded = False
+
+    def served(self, key: str) -> ServedExperiment | None:
+        return self._served.get(key)
+
+    def get(self, key: str, epoch: float | None = None) -> CompiledExperiment | None:
+        """The compiled experiment in force at ``epoch`` (local time.time(); default now)."""
+        served = self._served.get(key)
+        if served is None:
+            return None
+        return served.at(time.time() if epoch is None else epoch)
+
+    def all(self) -> list[CompiledExperiment]:
+        now = time.time()
+        return [served.at(now) for served in self._served.values()]
+
+    def apply_plans(
+        self,
+        plans: Mapping[str, AllocationPlan],
+        clock_offset: float,
+        states: Mapping[str, ExperimentState] | None = None,
+    ) -> None:
+        """Recompile experiments whose plan or decision state changed; swap the table at once.
+
+        ``clock_offset`` is the database clock minus this process's clock, in seconds;
+        ``states`` (None: unchanged) are the decision states read from ``experiment_state``.
+        """
+        with self._lock:
+            served = dict(self._served)
+            new_states = dict(self._states) if states is None else dict(states)
+            for key, experiment in self.experiments.items():
+                plan = plans.get(key, self._plans.get(key))
+                unchanged = plan == self._plans.get(key) and new_states.get(
+                    key
+                ) == self._states.get(key)
+                if unchanged and key in self._plans:
+                    continue
+                served[key] = _serve(experiment, plan, clock_offset, new_states.get(key))
+                if plan is not None:
+                    self._plans[key] = plan
+            self._states = new_states
+            self._served = served
+            self._clock_offset = clock_offset
+            self.allocations_loaded = True
+
+    def replace(self, loaded: LoadResult) -> None:
+        """Serve a reloaded configuration (hot reload) in one step.
+
+        An experiment whose seed and variants are unchanged keeps the allocation plan
+        in force (new weights wait for the state sync to announce them, as at start);
+        a new or re-randomized one starts from its YAML weights.
+        """
+        fresh = Registry(loaded)
+        with self._lock:
+            served, plans = dict(fresh._served), {}
+            for key, experiment in fresh.experiments.items():
+                old, plan = self.experiments.get(key), self._plans.get(key)
+                if old is None or plan is None or old.seed != experiment.seed:
+                    continue
+                if old.variant_keys == experiment.variant_keys:
+                    state = self._states.get(key)
+                    served[key] = _serve(experiment, plan, self._clock_offset, state)
+                    plans[key] = plan
+            self.experiments, self.sources = fresh.experiments, fresh.sources
+            self._served, self._plans = served, plans
+
+
+def _serve(
+    experiment: Experiment,
+    plan: AllocationPlan | None,
+    clock_offset: float,
+    state: ExperimentState | None,
+) -> ServedExperiment:
+    serving = override_for(experiment, state)
+    if plan is None:
+        return ServedExperiment(compile_experiment(experiment, None, serving))
+    after = None
+    switch_at = float("inf")
+    if plan.after_switch is not None and plan.switch_at is not None:
+        after = compile_experiment(experiment, plan.after_switch, serving)
+        switch_at = plan.switch_at.timestamp() - clock_offset
+    return ServedExperiment(
+        compile_experiment(experiment, plan.before_switch, serving), after, switch_at
+    )

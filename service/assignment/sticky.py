@@ -1,0 +1,98 @@
+"""Where first assignments are kept: an in-process cache in front of PostgreSQL.
+
+Lookups happen only when the allocation history could change a unit's
+variant (see ``assignment.assign``); first assignments and exposures are
+buffered through the ``BatchWriter``, never written on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from service.assignment.core import Assignment
+from service.storage.database import Database
+from service.storage.writer import BatchWriter, Stream
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENTS = Stream(
+    table="assignments",
+    columns=("experiment_key", "seed", "unit_id", "variant_key", "assigned_at"),
+    insert_from_stage=(
+        "INSERT INTO assignments (experiment_key, seed, unit_id, variant_key, assigned_at)"
+        " SELECT experiment_key, seed, unit_id, variant_key, assigned_at FROM {stage}"
+        " ON CONFLICT DO NOTHING"
+    ),
+)
+EXPOSURES = Stream(
+    table="exposures",
+    columns=("experiment_key", "seed", "unit_id", "variant_key", "first_exposed_at"),
+    insert_from_stage=(
+        "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
+        " SELECT DISTINCT ON (experiment_key, seed, unit_id, variant_key)"
+        " experiment_key, seed, unit_id, variant_key, first_exposed_at FROM {stage}"
+        " ORDER BY experiment_key, seed, unit_id, variant_key, first_exposed_at"
+        " ON CONFLICT (experiment_key, seed, unit_id, variant_key) DO UPDATE"
+        " SET first_exposed_at = EXCLUDED.first_exposed_at"
+        " WHERE EXCLUDED.first_exposed_at < exposures.first_exposed_at"
+    ),
+)
+_LOOKUP = (
+    "SELECT variant_key FROM assignments WHERE experiment_key = %s AND seed = %s AND unit_id = %s"
+)
+
+
+class StickyStore:
+    def __init__(
+        self, database: Database, writer: BatchWriter, cache_size: int, lookup_timeout: float
+    ) -> None:
+        self._database = database
+        self._writer = writer
+        self._cache_size = cache_size
+        self._lookup_timeout = lookup_timeout
+        self._cache: dict[tuple[str, str, str], str] = {}
+        self._lock = threading.Lock()
+        self.lookup_failures = 0
+
+    def stored_variant(self, experiment_key: str, seed: str, unit_id: str) -> str | None:
+        """Return the unit's first variant under this seed, or None if it has none (or the
+        store cannot be reached in time: the caller then treats the unit as new)."""
+        key = (experiment_key, seed, unit_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        try:
+            with self._database.pool.connection(timeout=self._lookup_timeout) as conn:
+                row = conn.execute(_LOOKUP, key).fetchone()
+        except Exception as error:
+            self.lookup_failures += 1
+            log.warning("sticky lookup failed for %s: %s", experiment_key, error)
+            return None
+        if row is None:
+            return None
+        self._remember(key, row[0])
+        return str(row[0])
+
+    def record(self, assignment: Assignment, seed: str, unit_id: str) -> None:
+        """Buffer the first assignment and the exposure, once per unit and process."""
+        if not assignment.exposed:
+            return
+        key = (assignment.experiment, seed, unit_id)
+        if self._cache.get(key) == assignment.variant:
+            return
+        now = datetime.now(UTC)
+        row = (assignment.experiment, seed, unit_id, assignment.variant, now)
+        if assignment.record:
+            self._writer.put(ASSIGNMENTS.table, row)
+        self._writer.put(EXPOSURES.table, row)
+        self._remember(key, assignment.variant)
+
+    def _remember(self, key: tuple[str, str, str], variant: str) -> None:
+        if self._cache_size == 0:
+            return
+        with self._lock:
+            self._cache[key] = variant
+            if len(self._cache) > self._cache_size:
+                del self._cache[next(iter(self._cache))]

@@ -1,0 +1,220 @@
+"""Keep PostgreSQL and this process in step: experiment rows, allocations, heartbeats.
+
+At start each process upserts the experiments it loaded from YAML and, when an
+experiment's weights differ from its latest stored allocation, adds a new
+allocation row. A background thread then, every ``state_poll_seconds``, reports
+how far this process's buffered writes have reached PostgreSQL and reads the
+allocation history back (``allocation_history`` decides what is in force).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from service.assignment.allocation import AllocationPlan, AllocationRow, resolve_allocation
+from service.assignment.registry import Registry
+from service.assignment.state import ExperimentState
+from service.experiments.schema import Experiment
+from service.storage.database import Database
+from service.storage.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+SYNC_LOCK_KEY = 0x616278_02
+LIVE_WRITER_SECONDS = 10.0
+
+
+def weights_of(experiment: Experiment) -> dict[str, float]:
+    return {variant.key: variant.weight for variant in experiment.variants}
+
+
+def _fingerprint(weights: dict[str, float]) -> str:
+    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()
+
+
+def sync_experiments(
+    conn: Any, experiments: Iterable[tuple[Experiment, str]], settle_seconds: float
+) -> None:
+    """Upsert experiment rows and append an allocation wherever the weights changed.
+
+    A changed allocation takes effect ``settle_seconds`` from now, so that every
+    serving process hears of it before it starts (``allocation_history``).
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SYNC_LOCK_KEY,))
+        for experiment, source in experiments:
+            definition = experiment.model_dump(mode="json", by_alias=True)
+            digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+            conn.execute(
+                "INSERT INTO experiments (key, seed, status, definition, definition_sha256,"
+                " source_file) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+                " seed = EXCLUDED.seed, status = EXCLUDED.status, definition = EXCLUDED.definition,"
+                " definition_sha256 = EXCLUDED.definition_sha256,"
+                " source_file = EXCLUDED.source_file, synced_at = now()",
+                (
+                    experiment.key,
+                    experiment.seed,
+                    experiment.status,
+                    Jsonb(definition),
+                    digest,
+                    source,
+                ),
+            )
+            weights = weights_of(experiment)
+            latest = conn.execute(
+                "SELECT fingerprint FROM allocations WHERE experiment_key = %s AND seed = %s"
+                " ORDER BY allocation_id DESC LIMIT 1",
+                (experiment.key, experiment.seed),
+            ).fetchone()
+            if latest is None or latest[0] != _fingerprint(weights):
+                settle = 0.0 if latest is None else settle_seconds
+                conn.execute(
+                    "INSERT INTO allocations (experiment_key, seed, weights, fingerprint,"
+                    " effective_at) VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
+                    (
+                        experiment.key,
+                        experiment.seed,
+                        Jsonb(weights),
+                        _fingerprint(weights),
+                        settle,
+                    ),
+                )
+
+
+def read_allocations(conn: Any, registry: Registry) -> tuple[dict[str, AllocationPlan], datetime]:
+    """Plan the allocation of every experiment of the registry; also return the database time."""
+    now, flushed_through = conn.execute(
+        "SELECT now(), min(flushed_through) FROM writer_heartbeats"
+        " WHERE seen_at > now() - make_interval(secs => %s)",
+        (LIVE_WRITER_SECONDS,),
+    ).fetchone()
+    rows: dict[tuple[str, str], list[AllocationRow]] = defaultdict(list)
+    for key, seed, weights, effective_at in conn.execute(
+        "SELECT experiment_key, seed, weights, effective_at FROM allocations"
+        " WHERE experiment_key = ANY(%s) ORDER BY allocation_id",
+        (list(registry.experiments),),
+    ):
+        rows[(key, seed)].append(AllocationRow(weights, effective_at))
+    plans = {}
+    for key, experiment in registry.experiments.items():
+        plan = resolve_allocation(
+            rows[(key, experiment.seed)], experiment.variant_keys, now, flushed_through
+        )
+        if plan is not None:
+            plans[key] = plan
+    return plans, now
+
+
+def read_states(conn: Any, registry: Registry) -> dict[str, ExperimentState]:
+    """Decision states of the registry's experiments under their current seeds."""
+    states = {}
+    for key, seed, state, winner, rolled_back, step, started, version in conn.execute(
+        "SELECT experiment_key, seed, state, winner, rolled_back, ramp_step, ramp_started_at,"
+        " version FROM experiment_state WHERE experiment_key = ANY(%s)",
+        (list(registry.experiments),),
+    ):
+        if registry.experiments[key].seed == seed:
+            states[key] = ExperimentState(state, winner, tuple(rolled_back), step, started, version)
+    return states
+
+
+class StateSync:
+    """Background heartbeat and allocation refresh for one serving process."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: Registry,
+        writer: BatchWriter,
+        interval: float,
+        settle_seconds: float,
+    ) -> None:
+        self._settle_seconds = settle_seconds
+        self._database = database
+        self._registry = registry
+        self._writer = writer
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_applied: float | None = None
+        self._created = time.monotonic()
+        self._synced = False
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="abx-state-sync", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            with self._database.pool.connection(timeout=1.0) as conn:
+                conn.execute(
+                    "DELETE FROM writer_heartbeats WHERE worker_id = %s", (self.worker_id,)
+                )
+        except Exception as error:
+            log.info("could not remove heartbeat: %s", error)
+
+    def poll_once(self, timeout: float = 2.0) -> bool:
+        """Sync experiments (until done once), heartbeat, then read and apply allocations.
+
+        Returns False when PostgreSQL is away; the next poll tries again, so a
+        process started while the database was down catches up when it is back.
+        """
+        started = time.monotonic()
+        try:
+            with self._database.pool.connection(timeout=timeout) as conn:
+                if not self._synced:
+                    registry = self._registry
+                    sync_experiments(
+                        conn,
+                        [(e, registry.sources[k]) for k, e in registry.experiments.items()],
+                        self._settle_seconds,
+                    )
+                    self._synced = True
+                self._heartbeat(conn)
+                plans, database_now = read_allocations(conn, self._registry)
+                states = read_states(conn, self._registry)
+        except Exception as error:
+            log.warning("state refresh failed: %s", error)
+            return False
+        self._registry.apply_plans(plans, database_now.timestamp() - time.time(), states)
+        self._last_applied = started
+        return True
+
+    def resync(self) -> bool:
+        """After a hot reload: upsert the experiments again and re-read their allocations."""
+        self._synced = False
+        return self.poll_once()
+
+    def _heartbeat(self, conn: Any) -> None:
+        # Flushed through: nothing this process may have assigned under an older view of
+        # the allocations is still buffered. Ages, not clock readings, cross to the server.
+        # Before the first successful read, this process served the YAML's own weights.
+        marks = [self._last_applied or self._created, self._writer.oldest_unflushed()]
+        age = time.monotonic() - min(mark for mark in marks if mark is not None)
+        conn.execute(
+            "INSERT INTO writer_heartbeats (worker_id, flushed_through, seen_at)"
+            " VALUES (%s, now() - make_interval(secs => %s), now())"
+            " ON CONFLICT (worker_id) DO UPDATE SET flushed_through = EXCLUDED.flushed_through,"
+            " seen_at = EXCLUDED.seen_at",
+            (self.worker_id, age),
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.poll_once()

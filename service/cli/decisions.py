@@ -1,0 +1,122 @@
+"""``abx worker``, ``abx analyze``, ``abx action`` and ``abx export-state``: the decision loop."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from service.cli.support import experiments_or_exit, settings_from_env
+from service.storage.embedded import database_url
+
+
+@click.command()
+@click.option("--beat", is_flag=True, help="Also run the scheduler (one per deployment).")
+@click.option("--concurrency", type=int, default=2, show_default=True)
+def worker(beat: bool, concurrency: int) -> None:
+    """Run a Celery worker that analyses experiments and applies decisions."""
+    from service.celery_app import app
+
+    settings = settings_from_env()
+    argv = [
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        f"--queues={settings.queue}",
+    ]
+    if beat:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    app.worker_main(argv=argv)
+
+
+@click.command()
+@click.argument("experiment_key")
+def analyze(experiment_key: str) -> None:
+    """Analyse one experiment now (the workers' own code) and print the decision."""
+    import json
+
+    from service.decisions.tasks import analyze_now, context, post_webhook
+
+    if experiment_key not in context().experiments:
+        click.echo(f"there is no experiment {experiment_key!r}", err=True)
+        sys.exit(1)
+    outcome = analyze_now(experiment_key)
+    decision = outcome.decision
+    click.echo(
+        f"{experiment_key}: {decision.kind}" + (f" {decision.variant}" if decision.variant else "")
+    )
+    click.echo(f"  reason: {decision.reason}")
+    click.echo(f"  state:  {decision.state_after.state}")
+    summary = {k: outcome.numbers[k] for k in ("units", "srm", "primary", "guardrails", "skipped")}
+    click.echo(json.dumps(summary, indent=2, default=str))
+    for delivery_id in outcome.deliveries:
+        post_webhook(delivery_id)
+
+
+@click.command()
+@click.argument("experiment_key")
+@click.argument("action", type=click.Choice(["approve", "pause", "resume", "promote", "rollback"]))
+@click.option("--variant", help="The variant to promote or roll back.")
+@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), help="Who acts.")
+@click.option("--reason", required=True, help="Why: kept in the audit log.")
+def action(experiment_key: str, action: str, variant: str | None, actor: str, reason: str) -> None:
+    """Approve, pause, resume, promote or roll back by hand (audited)."""
+    from service.decisions.actions import ActionRefused, act
+    from service.decisions.tasks import context, experiment, post_webhook
+
+    if experiment_key not in context().experiments:
+        click.echo(f"there is no experiment {experiment_key!r}", err=True)
+        sys.exit(1)
+    try:
+        with context().database.pool.connection(timeout=10.0) as conn:
+            decision_id, decision, deliveries = act(
+                conn, experiment(experiment_key), action, variant, actor, reason
+            )
+    except (ActionRefused, ValueError) as refused:
+        click.echo(f"refused: {refused}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{experiment_key}: {action} recorded as {decision_id}; state {decision.state_after.state}"
+    )
+    for delivery_id in deliveries:
+        post_webhook(delivery_id)
+
+
+@click.command("export-state")
+@click.option("--write", is_flag=True, help="Edit the YAML files (default: print a diff).")
+def export_state(write: bool) -> None:
+    """Write concluded decisions (promoted, rolled back, inconclusive) back into the YAML."""
+    import difflib
+
+    import psycopg
+
+    from service.assignment.registry import Registry
+    from service.assignment.sync import read_states
+    from service.decisions.export import export_change
+
+    settings = settings_from_env()
+    result = experiments_or_exit(settings, check_models=False)
+    registry = Registry(result)
+    with psycopg.connect(database_url(settings.database_url, settings.data_dir)) as conn:
+        states = read_states(conn, registry)
+    changes = 0
+    for item in result.experiments:
+        state = states.get(item.experiment.key)
+        change = export_change(item.source.path, item.experiment, state) if state else None
+        if change is None:
+            continue
+        changes += 1
+        if write:
+            change.path.write_text(change.after, encoding="utf-8")
+            click.echo(f"updated {change.path}")
+        else:
+            diff = difflib.unified_diff(
+                change.before.splitlines(True),
+                change.after.splitlines(True),
+                str(change.path),
+                str(change.path),
+            )
+            click.echo("".join(diff), nl=False)
+    click.echo(f"{changes} experiment file(s) {'updated' if write else 'would change'}", err=True)

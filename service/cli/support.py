@@ -1,0 +1,40 @@
+"""What every ``abx`` command shares: settings from the environment, validated experiments."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from service.experiments.schema import Experiment
+from service.experiments.validation import LoadResult, load_experiments
+from service.settings import Settings
+
+
+def settings_from_env(**overrides: object) -> Settings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadResult:
+    """Load and validate the experiment folder; print every problem and exit 1 if any.
+
+    Commands that never load a model (importing events, exporting state) skip the model
+    file checks, so they work on a host without the model files.
+    """
+    result = load_experiments([settings.experiments], settings.models if check_models else None)
+    if not result.ok:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    return result
+
+
+def experiment_or_exit(settings: Settings, key: str) -> Experiment:
+    """One valid experiment by key (other files may be invalid), or exit 1 saying so."""
+    result = load_experiments([settings.experiments])
+    experiment = next((i.experiment for i in result.experiments if i.experiment.key == key), None)
+    if experiment is None:
+        click.echo(f"no valid experiment {key!r} in {settings.experiments}", err=True)
+        sys.exit(1)
+    return experiment

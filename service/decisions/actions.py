@@ -1,0 +1,97 @@
+"""Approve, pause, resume, promote or roll back by hand: audited like automatic decisions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from service.decisions.cycle import experiment_lock_key, load_state, record_decision
+from service.decisions.inputs import last_run_numbers
+from service.decisions.rules import Decision
+from service.experiments.schema import Experiment
+
+ACTIONS = ("approve", "pause", "resume", "promote", "rollback")
+
+
+class ActionRefused(ValueError):
+    """The action does not apply to the experiment as it stands (HTTP 409)."""
+
+
+def _decision(
+    conn: Any, experiment: Experiment, action: str, variant: str | None, reason: str
+) -> tuple[Decision, str | None]:
+    """The state change an action asks for; also the id of an approved decision."""
+    state, _ = load_state(conn, experiment)
+    now = datetime.now(UTC)
+    if variant is not None and variant not in experiment.variant_keys:
+        raise ValueError(f"unknown variant {variant!r}; variants: {list(experiment.variant_keys)}")
+    if action == "approve":
+        row = conn.execute(
+            "SELECT decision_id, variant_key FROM decisions WHERE experiment_key = %s AND seed = %s"
+            " AND status = 'awaiting_approval' ORDER BY created_at DESC LIMIT 1",
+            (experiment.key, experiment.seed),
+        ).fetchone()
+        if row is None:
+            raise ActionRefused("no decision awaits approval")
+        decision_id, winner = str(row[0]), row[1]
+        return Decision(
+            "approve", reason, replace(state, state="promoted", winner=winner), winner
+        ), decision_id
+    if action == "pause":
+        if state.state not in ("running", "ramping"):
+            raise ActionRefused(
+                f"only a running or ramping experiment can be paused (it is {state.state})"
+            )
+        return Decision("pause", reason, replace(state, state="paused")), None
+    if action == "resume":
+        ramp = experiment.policy.ramp
+        ramping = ramp is not None and state.ramp_step + 1 < len(ramp.steps)
+        resumed = replace(
+            state, state="ramping" if ramping else "running", winner=None, ramp_started_at=now
+        )
+        if state.state in ("running", "ramping"):
+            raise ActionRefused(f"the experiment is already {state.state}")
+        return Decision("resume", reason, resumed), None
+    if action == "promote":
+        if variant is None:
+            raise ValueError("promote needs a variant")
+        return Decision(
+            "promote", reason, replace(state, state="promoted", winner=variant), variant
+        ), None
+    if action == "rollback":
+        if variant is None or variant == experiment.control:
+            return Decision(
+                "rollback", reason, replace(state, state="rolled_back", winner=None)
+            ), None
+        return Decision(
+            "rollback", reason, replace(state, rolled_back=(*state.rolled_back, variant)), variant
+        ), None
+    raise ValueError(f"unknown action {action!r}; actions: {', '.join(ACTIONS)}")
+
+
+def act(
+    conn: Any, experiment: Experiment, action: str, variant: str | None, actor: str, reason: str
+) -> tuple[str, Decision, list[str]]:
+    """Apply a human action in one transaction; return the decision id and webhook deliveries."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (experiment_lock_key(experiment.key),))
+        before, _ = load_state(conn, experiment)
+        decision, approved = _decision(conn, experiment, action, variant, reason)
+        numbers: dict[str, Any] = {"last_analysis": last_run_numbers(conn, experiment)}
+        if approved is not None:
+            numbers["approves"] = approved
+            conn.execute(
+                "UPDATE decisions SET status = 'applied', applied_at = now() WHERE decision_id = %s",
+                (approved,),
+            )
+        decision_id, deliveries = record_decision(
+            conn,
+            experiment,
+            decision,
+            before,
+            numbers,
+            f"human:{actor}",
+            experiment.policy.webhooks,
+        )
+        return decision_id, decision, deliveries

@@ -1,0 +1,82 @@
+"""Gather what one analysis needs from PostgreSQL and run it (shared by workers and dashboards)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import date
+from typing import Any
+
+from analysis.msprt import MsprtResult
+from analysis.sufficient_stats import SufficientStats
+from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
+from service.events.sums import exposed_units, exposed_units_by_day, metric_stats, model_health
+from service.experiments.schema import Experiment
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats (an interval before any look is infinite) become JSON null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT numbers FROM analysis_runs WHERE experiment_key = %s AND seed = %s"
+        " ORDER BY run_id DESC LIMIT 1",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    return dict(row[0]) if row else {}
+
+
+def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
+    states = {}
+    for item in numbers.get("msprt_states", []):
+        fields = {f.name: item[f.name] for f in dataclasses.fields(MsprtResult)}
+        # Stored as null when infinite (JSON has no infinity): an interval not yet bounded.
+        fields["ci_low"] = -math.inf if fields["ci_low"] is None else fields["ci_low"]
+        fields["ci_high"] = math.inf if fields["ci_high"] is None else fields["ci_high"]
+        states[(item["variant"], item["metric"])] = MsprtResult(**fields)
+    return states
+
+
+def run_analysis(
+    conn: Any,
+    experiment: Experiment,
+    weights: dict[str, float],
+    through: date | None = None,
+    use_history: bool = True,
+) -> tuple[ExperimentAnalysis, dict[str, Any]]:
+    """Analyse from the rollup tables; return the analysis and the numbers to store for the next run.
+
+    ``use_history`` carries the running mSPRT minimum and group-sequential looks over from the
+    previous stored run (what keeps p-values from going up between looks).
+    """
+    units = exposed_units(conn, experiment.key, experiment.seed, through)
+    stats = {
+        (s.variant_key, s.metric): s.stats
+        for s in metric_stats(conn, experiment.key, experiment.seed, through)
+    }
+    for variant, n in units.items():  # exposed units without any outcome count as zeros
+        for metric in experiment.metrics.all_metrics():
+            stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
+    previous = last_run_numbers(conn, experiment) if use_history else {}
+    looks = [float(x) for x in previous.get("gs_information", [])]
+    daily = exposed_units_by_day(conn, experiment.key, experiment.seed, through)
+    health = model_health(conn, experiment.key, through)
+    result, states = analyze(
+        experiment, units, stats, weights, _previous_states(previous), looks, daily, health
+    )
+    numbers = json_safe(dataclasses.asdict(result))
+    numbers["msprt_states"] = [
+        {"variant": variant, "metric": metric, **json_safe(dataclasses.asdict(state))}
+        for (variant, metric), state in states.items()
+    ]
+    primary_looks = [c.information_looks for c in result.primary if c.information_looks]
+    numbers["gs_information"] = list(primary_looks[0]) if primary_looks else looks
+    return result, numbers

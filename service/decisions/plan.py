@@ -1,0 +1,132 @@
+"""``abx plan``: how many units and how many days an experiment needs.
+
+Numbers come from ``analysis.planning``; this module only gathers the inputs:
+the configured weights, the primary metric's type, and (when the caller does
+not give them) the traffic and the control's baseline observed so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from analysis import planning
+from analysis.inflation_factor import classic_inflation_factor, sequential_inflation_factor
+from analysis.multiple_testing import bonferroni_alpha
+from service.events.sums import exposed_units, metric_stats
+from service.experiments.schema import Experiment
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    minimum_detectable_effect: float
+    relative: bool = False
+    alpha: float = 0.05
+    power: float = 0.8
+    design: str = "fixed"  # fixed; obf, pocock (classic); spending-obf (Lan-DeMets), K equal looks
+    looks: int = 5
+    baseline: float | None = None
+    """Control conversion rate (binary) or mean (relative effects on means)."""
+    standard_deviation: float | None = None
+    daily_units: float | None = None
+    """Units entering the experiment per day; observed when None."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_control: int
+    n_per_treatment: int
+    n_total: int
+    inflation_factor: float
+    alpha_per_comparison: float
+    daily_units: float | None
+    days: int | None
+    baseline: float | None
+    standard_deviation: float | None
+    sources: dict[str, str]
+
+
+def observed_inputs(conn: Any, experiment: Experiment) -> dict[str, float]:
+    """Traffic per day and the control's mean and standard deviation, from the rollup tables."""
+    found: dict[str, float] = {}
+    rows = conn.execute(
+        "SELECT count(DISTINCT bucket), sum(units) FROM exposure_counts"
+        " WHERE experiment_key = %s AND seed = %s",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    if rows and rows[0]:
+        found["daily_units"] = float(rows[1]) / float(rows[0])
+    if exposed_units(conn, experiment.key, experiment.seed).get(experiment.control):
+        for item in metric_stats(conn, experiment.key, experiment.seed):
+            if (
+                item.variant_key == experiment.control
+                and item.metric == experiment.metrics.primary.name
+            ):
+                found["baseline"] = item.stats.mean
+                found["standard_deviation"] = item.stats.variance**0.5
+    return found
+
+
+def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, float]) -> Plan:
+    sources: dict[str, str] = {}
+
+    def pick(name: str, given: float | None) -> float | None:
+        if given is not None:
+            sources[name] = "given"
+            return given
+        if name in observed:
+            sources[name] = "observed"
+            return observed[name]
+        return None
+
+    binary = experiment.metrics.primary.type == "binary"
+    baseline = pick("baseline", inputs.baseline) if binary or inputs.relative else inputs.baseline
+    deviation = None if binary else pick("standard_deviation", inputs.standard_deviation)
+    daily = pick("daily_units", inputs.daily_units)
+    weights = {v.key: v.weight for v in experiment.variants}
+    treatments = [k for k in weights if k != experiment.control and weights[k] > 0]
+    if not treatments or weights[experiment.control] <= 0:
+        raise ValueError("the plan needs a control and at least one treatment with traffic")
+    alpha = bonferroni_alpha(inputs.alpha, len(treatments)) if len(treatments) > 1 else inputs.alpha
+    ratio = min(weights[t] for t in treatments) / weights[experiment.control]
+    if binary:
+        if baseline is None:
+            raise ValueError("a binary metric needs --baseline (no control data observed yet)")
+        plan = planning.sample_size_proportions(
+            baseline, inputs.minimum_detectable_effect, relative=inputs.relative,
+            alpha=alpha, power=inputs.power, allocation_ratio=ratio,
+        )  # fmt: skip
+    else:
+        if deviation is None:
+            raise ValueError(
+                "a count or continuous metric needs --sd (no control data observed yet)"
+            )
+        plan = planning.sample_size_means(
+            deviation, inputs.minimum_detectable_effect, baseline_mean=baseline,
+            relative=inputs.relative, alpha=alpha, power=inputs.power, allocation_ratio=ratio,
+        )  # fmt: skip
+    inflation = 1.0
+    if inputs.design in ("obf", "pocock"):
+        inflation = classic_inflation_factor(
+            inputs.looks, alpha=alpha, power=inputs.power, kind=inputs.design
+        )
+    elif inputs.design == "spending-obf":
+        fractions = [(i + 1) / inputs.looks for i in range(inputs.looks)]
+        inflation = sequential_inflation_factor(fractions, alpha=alpha, power=inputs.power)
+    elif inputs.design != "fixed":
+        raise ValueError(f"unknown design {inputs.design!r}")
+    if inflation > 1.0:
+        plan = planning.inflate(plan, inflation)
+    needed = [plan.n_control if k == experiment.control else plan.n_treatment for k in weights]
+    days = None
+    if daily is not None:
+        positive = [(n, w) for n, w in zip(needed, weights.values(), strict=True) if w > 0]
+        duration = planning.expected_duration(
+            [n for n, _ in positive], [w / sum(w for _, w in positive) for _, w in positive],
+            daily * sum(w for _, w in positive),
+        )  # fmt: skip
+        days = duration.days
+    return Plan(
+        plan.n_control, plan.n_treatment, plan.n_control + plan.n_treatment * len(treatments),
+        inflation, alpha, daily, days, baseline, deviation, sources,
+    )  # fmt: skip

@@ -1,0 +1,114 @@
+"""What to do after one analysis: ramp, promote, roll back, halt, call it, or keep running. Pure.
+
+Rules that protect users come first: a sample-ratio mismatch halts the
+experiment (never promote on broken randomization); a breached guardrail or a
+significantly harmful primary metric rolls that variant back at once, without
+waiting for the horizon. Only then do minimum sample and runtime gate a
+promotion, which also waits for the ramp to finish. An experiment that reaches
+its horizon without a winner is inconclusive and serves the control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from service.assignment.state import TERMINAL_STATES, ExperimentState
+from service.decisions.evaluation import ExperimentAnalysis
+from service.experiments.schema import Experiment
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # continue | ramp | promote | rollback | inconclusive | halt
+    reason: str
+    state_after: ExperimentState
+    variant: str | None = None
+    awaiting_approval: bool = False
+
+
+def active_treatments(experiment: Experiment, state: ExperimentState) -> list[str]:
+    return [
+        v.key for v in experiment.variants
+        if v.key != experiment.control and v.weight > 0 and v.key not in state.rolled_back
+    ]  # fmt: skip
+
+
+def decide(
+    experiment: Experiment,
+    state: ExperimentState,
+    analysis: ExperimentAnalysis,
+    started_at: datetime,
+    now: datetime,
+) -> Decision:
+    policy = experiment.policy
+    keep = Decision("continue", "nothing to change", state)
+    if state.state in TERMINAL_STATES or state.state in ("halted", "paused"):
+        return replace(keep, reason=f"the experiment is {state.state}")
+    if analysis.srm is not None and analysis.srm.flagged:
+        return Decision("halt", f"sample ratio mismatch: p = {analysis.srm.p_value:.3g} < "
+                        f"{analysis.srm.threshold}", replace(state, state="halted"))  # fmt: skip
+    treatments = active_treatments(experiment, state)
+    harmful = _harmful(analysis, treatments)
+    if harmful is not None:
+        variant, why = harmful
+        rolled_back = (*state.rolled_back, variant)
+        left = [t for t in treatments if t != variant]
+        after = replace(
+            state, rolled_back=rolled_back, state=state.state if left else "rolled_back"
+        )
+        return Decision("rollback", why, after, variant)
+    ramp = policy.ramp
+    if state.state == "ramping" and ramp is not None:
+        held = now - (state.ramp_started_at or started_at)
+        if held < timedelta(hours=ramp.hold_hours):
+            return replace(
+                keep, reason=f"ramp step {state.ramp_step + 1}/{len(ramp.steps)} holding"
+            )
+        if state.ramp_step + 1 < len(ramp.steps):
+            step = state.ramp_step + 1
+            return Decision("ramp", f"guardrails held for {held}; coverage to {ramp.steps[step]:.0%}",
+                            replace(state, ramp_step=step, ramp_started_at=now))  # fmt: skip
+        return Decision("ramp", f"guardrails held for {held}; ramp complete",
+                        replace(state, state="running", ramp_started_at=now))  # fmt: skip
+    units = analysis.units
+    runtime = now - started_at
+    if any(units.get(v, 0) < policy.min_units for v in [experiment.control, *treatments]):
+        return replace(keep, reason=f"waiting for {policy.min_units} units per variant")
+    if runtime < timedelta(hours=policy.min_runtime_hours):
+        return replace(keep, reason=f"waiting for {policy.min_runtime_hours} h of runtime")
+    winners = [
+        c for c in analysis.primary if c.variant in treatments and c.significant and c.better
+    ]
+    if winners:
+        best = max(winners, key=lambda c: abs(c.difference))
+        why = (f"{best.variant} beats {experiment.control} on {best.metric}: difference "
+               f"{best.difference:.4g} [{best.ci_low:.4g}, {best.ci_high:.4g}], p = {best.p_value_adjusted}")  # fmt: skip
+        after = replace(state, state="promoted", winner=best.variant)
+        return Decision(
+            "promote", why, after, best.variant, awaiting_approval=not policy.auto_promote
+        )
+    horizon_days = policy.horizon_days
+    at_horizon = all(
+        units.get(v, 0) >= policy.planned_units for v in [experiment.control, *treatments]
+    )
+    if at_horizon or (horizon_days is not None and runtime >= timedelta(days=horizon_days)):
+        return Decision("inconclusive", "the horizon was reached without a winner; serving the control",
+                        replace(state, state="inconclusive"))  # fmt: skip
+    return replace(keep, reason="no conclusive evidence yet")
+
+
+def _harmful(analysis: ExperimentAnalysis, treatments: list[str]) -> tuple[str, str] | None:
+    for check in analysis.guardrails:
+        if check.variant in treatments and check.breached:
+            return check.variant, (
+                f"guardrail {check.metric} breached by {check.variant}: harm lower bound "
+                f"{check.harm_lower_bound:.4g} > margin {check.margin:.4g}"
+            )
+    for comparison in analysis.primary:
+        if comparison.variant in treatments and comparison.better is False:
+            return comparison.variant, (
+                f"{comparison.variant} is worse on {comparison.metric}: difference "
+                f"{comparison.difference:.4g} [{comparison.ci_low:.4g}, {comparison.ci_high:.4g}]"
+            )
+    return None

@@ -1,0 +1,159 @@
+"""Celery tasks: analyse experiments, apply approved decisions, deliver webhooks.
+
+Each worker process builds its context (experiments from YAML, a connection
+pool) on first use, after the fork. Task bodies are plain functions too, so
+``abx analyze`` runs exactly the same code without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import requests
+
+from service.celery_app import app
+from service.decisions.actions import act
+from service.decisions.cycle import AnalysisOutcome, analyze_and_decide
+from service.decisions.webhooks import SIGNATURE_HEADER, body_bytes, retry_delay_seconds, signature
+from service.events.rollup import roll_up_once, windows_from
+from service.experiments.schema import Experiment
+from service.experiments.validation import load_experiments
+from service.settings import Settings
+from service.storage.database import Database
+from service.storage.embedded import database_url
+
+log = logging.getLogger(__name__)
+MAX_WEBHOOK_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    experiments: dict[str, Experiment]
+    database: Database
+
+
+@cache
+def context() -> WorkerContext:
+    settings = Settings()
+    result = load_experiments([settings.experiments])
+    if not result.ok:
+        raise RuntimeError("invalid experiment files:\n" + "\n".join(map(str, result.problems)))
+    database = Database(database_url(settings.database_url, settings.data_dir))
+    database.open()
+    return WorkerContext(
+        settings, {i.experiment.key: i.experiment for i in result.experiments}, database
+    )
+
+
+def experiment(key: str) -> Experiment:
+    found = context().experiments.get(key)
+    if found is None:
+        raise KeyError(f"there is no experiment {key!r}")
+    return found
+
+
+def analyze_now(key: str) -> AnalysisOutcome:
+    """Bring the statistics up to date, then analyse and decide (the task's body)."""
+    ctx = context()
+    with ctx.database.pool.connection(timeout=10.0) as conn:
+        grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
+        while True:
+            done = roll_up_once(conn, windows_from(ctx.experiments), grace)
+            if done is None or done == (0, 0) or done[1] < 50_000:
+                break
+        return analyze_and_decide(conn, experiment(key))
+
+
+@app.task(name="abx.analyze_all")
+def analyze_all() -> list[str]:
+    keys = [key for key, e in context().experiments.items() if e.status == "running"]
+    for key in keys:
+        analyze_experiment.delay(key)
+    return keys
+
+
+@app.task(name="abx.analyze_experiment")
+def analyze_experiment(key: str) -> dict[str, Any]:
+    outcome = analyze_now(key)
+    for delivery_id in outcome.deliveries:
+        deliver_webhook.delay(delivery_id)
+    return {
+        "kind": outcome.decision.kind,
+        "reason": outcome.decision.reason,
+        "decision_id": outcome.decision_id,
+    }
+
+
+@app.task(name="abx.apply_decision")
+def apply_decision(key: str, action: str, variant: str | None, actor: str, reason: str) -> str:
+    """A human action (approve, pause, resume, promote, rollback), audited like any decision."""
+    with context().database.pool.connection(timeout=10.0) as conn:
+        decision_id, _, deliveries = act(conn, experiment(key), action, variant, actor, reason)
+    for delivery_id in deliveries:
+        deliver_webhook.delay(delivery_id)
+    return decision_id
+
+
+def post_webhook(delivery_id: str) -> bool | None:
+    """Deliver once: True on success, False on failure, None if there is nothing to do."""
+    ctx = context()
+    with ctx.database.pool.connection(timeout=10.0) as conn:
+        row = conn.execute(
+            "SELECT url, payload, status FROM webhook_deliveries WHERE delivery_id = %s",
+            (delivery_id,),
+        ).fetchone()
+        if row is None or row[2] != "pending":
+            return None
+        url, payload, _ = row
+        body = body_bytes(payload)
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature(ctx.settings.webhook_secret, body),
+        }
+        try:
+            response = requests.post(
+                url, data=body, headers=headers, timeout=ctx.settings.webhook_timeout_seconds
+            )
+            ok, error = response.status_code < 300, f"HTTP {response.status_code}"
+        except requests.RequestException as failure:
+            ok, error = False, f"{type(failure).__name__}: {failure}"
+        conn.execute(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, last_error = %s,"
+            " updated_at = now() WHERE delivery_id = %s",
+            ("delivered" if ok else "pending", None if ok else error, delivery_id),
+        )
+        return ok
+
+
+@app.task(name="abx.deliver_webhook", bind=True, max_retries=MAX_WEBHOOK_ATTEMPTS)
+def deliver_webhook(self: Any, delivery_id: str) -> str:
+    delivered = post_webhook(delivery_id)
+    if delivered is False:
+        if self.request.retries + 1 >= MAX_WEBHOOK_ATTEMPTS:
+            with context().database.pool.connection(timeout=10.0) as conn:
+                conn.execute(
+                    "UPDATE webhook_deliveries SET status = 'failed' WHERE delivery_id = %s",
+                    (delivery_id,),
+                )
+            return "failed"
+        raise self.retry(countdown=retry_delay_seconds(self.request.retries + 1))
+    return "delivered" if delivered else "nothing to do"
+
+
+@app.task(name="abx.redeliver_webhooks")
+def redeliver_webhooks() -> int:
+    """Deliveries left pending (a worker died between commit and enqueue) get another go."""
+    with context().database.pool.connection(timeout=10.0) as conn:
+        rows = conn.execute(
+            "SELECT delivery_id FROM webhook_deliveries WHERE status = 'pending'"
+            " AND updated_at < now() - interval '2 minutes' AND attempts < %s",
+            (MAX_WEBHOOK_ATTEMPTS,),
+        ).fetchall()
+    for (delivery_id,) in rows:
+        deliver_webhook.delay(str(delivery_id))
+    return len(rows)

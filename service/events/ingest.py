@@ -1,0 +1,204 @@
+"""Durable ingest of outcome events: group commit to PostgreSQL, fsynced spool otherwise.
+
+Requests hand their validated rows to one writer thread per process and wait.
+The thread commits every waiting request in one transaction (COPY into a
+staging table, then deduplication on ``event_ids``), and only then releases
+them; if PostgreSQL is unreachable it appends them to the spool and fsyncs
+first. A request is acknowledged only after one of the two, so a SIGKILL
+loses nothing that was acknowledged. While spooling, the thread checks the
+database every second and replays the spool, in order, before new events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.events.validation import OUTCOME_COLUMNS
+from service.storage.database import Database
+from service.storage.spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+_COLUMNS = ", ".join(OUTCOME_COLUMNS)
+
+
+class IngestUnavailable(RuntimeError):
+    """Neither PostgreSQL nor the spool could keep the events: nothing was acknowledged."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int | None
+    """None when spooled: duplicates across requests are only known at replay."""
+    spooled: bool
+
+
+def ingest_rows(conn: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[str, str]]:
+    """Stage and deduplicate rows in the caller's transaction; return the new (experiment, event_id)."""
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS stage_outcomes ON COMMIT DELETE ROWS"
+        f" AS SELECT {_COLUMNS} FROM outcomes WITH NO DATA"
+    )
+    with conn.cursor().copy(f"COPY stage_outcomes ({_COLUMNS}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    fresh = conn.execute(
+        f"""
+        WITH fresh AS (
+            INSERT INTO event_ids (experiment_key, event_id)
+            SELECT DISTINCT experiment_key, event_id FROM stage_outcomes
+            ON CONFLICT DO NOTHING
+            RETURNING experiment_key, event_id
+        ), inserted AS (
+            INSERT INTO outcomes ({_COLUMNS})
+            SELECT DISTINCT ON (s.experiment_key, s.event_id) {", ".join("s." + c for c in OUTCOME_COLUMNS)}
+            FROM stage_outcomes s JOIN fresh f USING (experiment_key, event_id)
+            ORDER BY s.experiment_key, s.event_id
+        )
+        SELECT experiment_key, event_id FROM fresh
+        """
+    ).fetchall()
+    return [(key, event_id) for key, event_id in fresh]
+
+
+@dataclass
+class _Request:
+    rows: Sequence[tuple[Any, ...]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: IngestResult | None = None
+    error: str | None = None
+
+
+class EventIngestor:
+    def __init__(self, database: Database, spool: Spool, wait_timeout: float = 10.0) -> None:
+        self._database = database
+        self._spool = spool
+        self._wait_timeout = wait_timeout
+        self._queue: list[_Request] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._spooling = spool.has_segments()
+        self._database_answers = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="abx-event-ingest", daemon=True)
+        self._thread.start()
+        threading.Thread(target=self._probe, name="abx-event-probe", daemon=True).start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._spool.seal()
+
+    def submit(self, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
+        """Block until the rows are durable; raise ``IngestUnavailable`` if they cannot be."""
+        request = _Request(rows)
+        with self._cond:
+            if self._stopping:
+                raise IngestUnavailable("the service is shutting down")
+            self._queue.append(request)
+            self._cond.notify()
+        if not request.done.wait(self._wait_timeout):
+            raise IngestUnavailable("timed out waiting for the events to become durable")
+        if request.result is None:
+            raise IngestUnavailable(request.error or "the events could not be stored")
+        return request.result
+
+    @property
+    def spooling(self) -> bool:
+        return self._spooling
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue and not self._stopping:
+                    self._cond.wait(timeout=1.0)  # wake at least every second to probe
+                batch, self._queue = self._queue, []
+                stopping = self._stopping
+            if self._spooling:
+                self._try_leave_spooling()
+            if batch:
+                self._write(batch)
+            if stopping and not self._queue:
+                return
+
+    def _try_leave_spooling(self) -> None:
+        """Replay the spool once the probe thread has seen PostgreSQL answer again.
+
+        Probing is not done here: a probe waits for a connection, and while the database
+        is away that wait would hold up every request queued behind it.
+        """
+        if not self._database_answers.is_set():
+            return
+        try:
+            self._spool.seal()
+            replayed = self._spool.replay(self._commit_replayed)
+        except Exception as error:
+            log.info("still spooling: %s", error)
+            self._database_answers.clear()
+            return
+        log.info("database is back: replayed %d spooled batch(es)", replayed)
+        self._spooling = self._spool.has_segments()
+
+    def _probe(self) -> None:
+        """While spooling, check every second (off the writer thread) whether PostgreSQL answers."""
+        while not self._stopping:
+            if self._spooling and not self._database_answers.is_set():
+                try:
+                    with self._database.pool.connection(timeout=1.0) as conn:
+                        conn.execute("SELECT 1")
+                    self._database_answers.set()
+                    with self._cond:
+                        self._cond.notify()
+                except Exception as error:
+                    log.debug("database still away: %s", error)
+            time.sleep(1.0)
+
+    def _commit_replayed(self, rows: list[list[Any]]) -> None:
+        with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
+            ingest_rows(conn, rows)
+
+    def _write(self, batch: list[_Request]) -> None:
+        rows = [row for request in batch for row in request.rows]
+        if not self._spooling:
+            try:
+                with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+                    fresh = set(ingest_rows(conn, rows))
+                self._release_committed(batch, fresh)
+                return
+            except Exception as error:
+                log.warning("database write failed, spooling: %s", error)
+                self._database_answers.clear()
+                self._spooling = True
+        try:
+            self._spool.append(rows)
+        except SpoolError as error:
+            log.error("cannot spool %d events: %s", len(rows), error)
+            for request in batch:
+                request.error = str(error)
+                request.done.set()
+            return
+        for request in batch:
+            request.result = IngestResult(len(request.rows), None, spooled=True)
+            request.done.set()
+
+    @staticmethod
+    def _release_committed(batch: list[_Request], fresh: set[tuple[str, str]]) -> None:
+        for request in batch:
+            accepted = 0
+            for row in request.rows:
+                key = (row[0], row[2])
+                if key in fresh:
+                    fresh.discard(key)  # the first request holding an event id gets it
+                    accepted += 1
+            request.result = IngestResult(accepted, len(request.rows) - accepted, spooled=False)
+            request.done.set()

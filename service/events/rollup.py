@@ -1,0 +1,320 @@
+"""Fold new exposures and outcome events into the sufficient-statistics tables.
+
+One process at a time (a transaction-level advisory lock) reads a chunk of
+unprocessed events, attributes them (``attribution``), and in the same
+transaction updates unit totals, per-bucket sums and the events' status.
+Exposures and predictions are read past a watermark, never beyond the rows
+known to be committed (``write_fence``); outcomes are attributed only to
+exposures already counted, so a variant's ``units`` always include every unit
+whose outcomes are in its statistics. Cost grows with new events, and
+reading the statistics afterwards grows with buckets, not with events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from service.events.attribution import (
+    Event,
+    Exposure,
+    Status,
+    UnitKey,
+    UnitTotals,
+    apply_events,
+    classify,
+)
+from service.events.latency import BIN_COUNT, bin_of
+from service.storage.database import Database
+from service.storage.fence import committed_through
+
+log = logging.getLogger(__name__)
+ROLLUP_LOCK_KEY = 0x616278_03
+EVENT_CHUNK = 50_000
+PENDING_CHUNK = 10_000
+EXPOSURE_CHUNK = 200_000
+PARTITION_CHECK_SECONDS = 3600.0
+
+
+def _roll_exposures(conn: Any, through: int) -> tuple[int, int]:
+    """Count new exposures per variant and day; return how many, and the pk counted through.
+
+    Short of a full chunk, every exposure up to ``through`` has been read (the fence says
+    none below it is still in flight), so the watermark moves to ``through`` itself.
+    """
+    (watermark,) = conn.execute(
+        "SELECT value FROM rollup_state WHERE name = 'exposures'"
+    ).fetchone()
+    rows = conn.execute(
+        "SELECT exposure_pk, experiment_key, seed, variant_key, first_exposed_at::date"
+        " FROM exposures WHERE exposure_pk > %s AND exposure_pk <= %s"
+        " ORDER BY exposure_pk LIMIT %s",
+        (watermark, through, EXPOSURE_CHUNK),
+    ).fetchall()
+    counted_through = rows[-1][0] if len(rows) == EXPOSURE_CHUNK else max(watermark, through)
+    if counted_through != watermark:
+        conn.execute(
+            "UPDATE rollup_state SET value = %s WHERE name = 'exposures'", (counted_through,)
+        )
+    if not rows:
+        return 0, counted_through
+    counts = Counter((key, seed, variant, day) for _, key, seed, variant, day in rows)
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO exposure_counts (experiment_key, seed, variant_key, bucket, units)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (experiment_key, seed, variant_key, bucket)"
+            " DO UPDATE SET units = exposure_counts.units + EXCLUDED.units",
+            [(*key, n) for key, n in counts.items()],
+        )
+    return len(rows), counted_through
+
+
+def _roll_predictions(conn: Any, through: int) -> int:
+    """Fold new served predictions into per-day model health (requests, fallbacks, latency)."""
+    (watermark,) = conn.execute(
+        "SELECT value FROM rollup_state WHERE name = 'predictions'"
+    ).fetchone()
+    rows = conn.execute(
+        "SELECT prediction_id, experiment_key, variant_key, predicted_at::date, fallback, latency_ms"
+        " FROM predictions WHERE prediction_id > %s AND prediction_id <= %s AND NOT shadow"
+        " ORDER BY prediction_id LIMIT %s",
+        (watermark, through, EXPOSURE_CHUNK),
+    ).fetchall()
+    if not rows:
+        return 0
+    health: dict[tuple[str, str, Any], tuple[int, int, list[int]]] = {}
+    for _, key, variant, day, fallback, latency in rows:
+        requests, fallbacks, counts = health.get((key, variant, day), (0, 0, [0] * BIN_COUNT))
+        counts[bin_of(latency)] += 1
+        health[(key, variant, day)] = (requests + 1, fallbacks + int(fallback), counts)
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO model_health (experiment_key, variant_key, bucket, requests, fallbacks,"
+            " latency_counts) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (experiment_key, variant_key, bucket) DO UPDATE SET"
+            " requests = model_health.requests + EXCLUDED.requests,"
+            " fallbacks = model_health.fallbacks + EXCLUDED.fallbacks,"
+            " latency_counts = (SELECT array_agg(a + b ORDER BY i) FROM unnest("
+            "model_health.latency_counts, EXCLUDED.latency_counts) WITH ORDINALITY AS t(a, b, i))",
+            [(*key, n, f, counts) for key, (n, f, counts) in health.items()],
+        )
+    conn.execute("UPDATE rollup_state SET value = %s WHERE name = 'predictions'", (rows[-1][0],))
+    return len(rows)
+
+
+def _load_events(conn: Any) -> list[Event]:
+    """New events in order, plus a bounded slice of pending ones (still waiting for exposures).
+
+    Pending events are read separately so that a large pending backlog can never starve the
+    new ones behind it.
+    """
+    columns = (
+        "SELECT event_pk, experiment_key, seed, unit_id, metric, aggregation, value, occurred_at,"
+        " received_at, status FROM outcomes"
+    )
+    rows = conn.execute(
+        f"{columns} WHERE status = 'new' ORDER BY event_pk LIMIT %s", (EVENT_CHUNK,)
+    ).fetchall()
+    rows += conn.execute(
+        f"{columns} WHERE status = 'pending' ORDER BY event_pk LIMIT %s", (PENDING_CHUNK,)
+    ).fetchall()
+    return [Event(*row) for row in rows]
+
+
+def _load_exposures(
+    conn: Any, events: list[Event], counted_through: int
+) -> dict[tuple[str, str, str], Exposure]:
+    """The events' exposures among those already counted in ``exposure_counts``.
+
+    An exposure committed after this round's count waits for the next round, so a unit's
+    outcome is never in the statistics before the unit is in the variant's ``units``.
+    """
+    keys = sorted({(e.experiment_key, e.seed, e.unit_id) for e in events})
+    rows = conn.execute(
+        "SELECT x.experiment_key, x.seed, x.unit_id, x.variant_key, x.first_exposed_at"
+        " FROM exposures x JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(e, s, u)"
+        " ON x.experiment_key = k.e AND x.seed = k.s AND x.unit_id = k.u"
+        " WHERE x.exposure_pk <= %s"
+        " ORDER BY x.first_exposed_at DESC",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], counted_through),
+    ).fetchall()
+    # Descending order: the earliest exposure of a unit is written last and wins.
+    return {(e, s, u): Exposure(v, at) for e, s, u, v, at in rows}
+
+
+def _load_totals(conn: Any, keys: list[UnitKey]) -> dict[UnitKey, UnitTotals]:
+    rows = conn.execute(
+        "SELECT t.experiment_key, t.seed, t.metric, t.unit_id, t.variant_key, t.y_total, t.x_total"
+        " FROM unit_outcomes t JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+        " AS k(e, s, m, u) ON t.experiment_key = k.e AND t.seed = k.s AND t.metric = k.m"
+        " AND t.unit_id = k.u",
+        tuple([k[i] for k in keys] for i in range(4)),
+    ).fetchall()
+    return {(e, s, m, u): UnitTotals(v, y, x) for e, s, m, u, v, y, x in rows}
+
+
+def _write(
+    conn: Any,
+    events: list[tuple[Event, Status]],
+    exposures: Mapping[tuple[str, str, str], Exposure],
+    totals: Mapping[UnitKey, UnitTotals],
+) -> None:
+    rollup = apply_events(events, exposures, totals)
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
+            " x_total) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (experiment_key, seed, metric, unit_id)"
+            " DO UPDATE SET y_total = EXCLUDED.y_total, x_total = EXCLUDED.x_total",
+            [(*key, t.variant_key, t.y_total, t.x_total) for key, t in rollup.totals.items()],
+        )
+        cursor.executemany(
+            "INSERT INTO metric_stats (experiment_key, seed, variant_key, metric, bucket, sum_y,"
+            " sum_y2, sum_x, sum_x2, sum_xy) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (experiment_key, seed, variant_key, metric, bucket) DO UPDATE SET"
+            " sum_y = metric_stats.sum_y + EXCLUDED.sum_y,"
+            " sum_y2 = metric_stats.sum_y2 + EXCLUDED.sum_y2,"
+            " sum_x = metric_stats.sum_x + EXCLUDED.sum_x,"
+            " sum_x2 = metric_stats.sum_x2 + EXCLUDED.sum_x2,"
+            " sum_xy = metric_stats.sum_xy + EXCLUDED.sum_xy",
+            [
+                (*key, d.sum_y, d.sum_y2, d.sum_x, d.sum_x2, d.sum_xy)
+                for key, d in rollup.deltas.items()
+            ],
+        )
+    transitions: Counter[tuple[str, str]] = Counter()
+    for event, status in events:
+        if event.previous_status != status.value:
+            transitions[(event.experiment_key, status.value)] += 1
+            if event.previous_status == Status.PENDING.value:
+                transitions[(event.experiment_key, Status.PENDING.value)] -= 1
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO outcome_counts (experiment_key, status, events) VALUES (%s, %s, %s)"
+            " ON CONFLICT (experiment_key, status)"
+            " DO UPDATE SET events = outcome_counts.events + EXCLUDED.events",
+            [(key, status, n) for (key, status), n in transitions.items() if n],
+        )
+    conn.execute(
+        "UPDATE outcomes o SET status = u.status, variant_key = u.variant"
+        " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(pk, status, variant)"
+        " WHERE o.event_pk = u.pk AND o.status IN ('new', 'pending')",
+        (
+            [e.event_pk for e, _ in events],
+            [s.value for _, s in events],
+            [
+                exposures[(e.experiment_key, e.seed, e.unit_id)].variant_key
+                if (e.experiment_key, e.seed, e.unit_id) in exposures
+                else None
+                for e, _ in events
+            ],
+        ),
+    )
+
+
+def roll_up_once(
+    conn: Any, windows: Callable[[str], timedelta], grace: timedelta
+) -> tuple[int, int] | None:
+    """One chunk of work in one transaction; None when another process holds the lock."""
+    through = committed_through(conn)
+    with conn.transaction():
+        (locked,) = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,)
+        ).fetchone()
+        if not locked:
+            return None
+        exposures_counted, counted_through = _roll_exposures(conn, through.exposures)
+        exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
+        if counted_through < through.exposures:
+            # A backlog of exposures: outcomes wait until the exposures before them are
+            # counted, so none is judged unexposed while its exposure is still unread.
+            return exposures_done, 0
+        events = _load_events(conn)
+        if not events:
+            return exposures_done, 0
+        (now,) = conn.execute("SELECT now()").fetchone()
+        exposures = _load_exposures(conn, events, counted_through)
+        classified = [
+            (
+                e,
+                classify(
+                    e,
+                    exposures.get((e.experiment_key, e.seed, e.unit_id)),
+                    windows(e.experiment_key),
+                    now,
+                    grace,
+                ),
+            )
+            for e in events
+        ]
+        keys = sorted(
+            {
+                (e.experiment_key, e.seed, e.metric, e.unit_id)
+                for e, s in classified
+                if s in (Status.ATTRIBUTED, Status.PRE_PERIOD)
+            }
+        )
+        _write(conn, classified, exposures, _load_totals(conn, keys))
+        return exposures_done, len(events)
+
+
+class RollupScheduler:
+    """Run the rollup every ``interval`` seconds in this process (whichever process gets the lock)."""
+
+    def __init__(
+        self,
+        database: Database,
+        windows: Callable[[str], timedelta],
+        grace: timedelta,
+        interval: float,
+    ) -> None:
+        self._database = database
+        self._windows = windows
+        self._grace = grace
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="abx-rollup", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(3)
+
+    def run_until_idle(self, max_rounds: int = 1000) -> None:
+        """Roll up everything that is there now (for tests, CLI and benchmarks)."""
+        for _ in range(max_rounds):
+            with self._database.pool.connection(timeout=5.0) as conn:
+                done = roll_up_once(conn, self._windows, self._grace)
+            if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
+                return
+
+    def _run(self) -> None:
+        next_partition_check = 0.0
+        while not self._stop.wait(self._interval):
+            try:
+                with self._database.pool.connection(timeout=1.0) as conn:
+                    if time.monotonic() >= next_partition_check:
+                        # Months of outcome partitions exist ahead; keep it so as time passes.
+                        conn.execute("SELECT abx_ensure_outcome_partitions()")
+                        next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
+                    roll_up_once(conn, self._windows, self._grace)
+            except Exception as error:
+                log.warning("rollup failed, will retry: %s", error)
+
+
+def windows_from(experiments: Mapping[str, Any]) -> Callable[[str], timedelta]:
+    def window(key: str) -> timedelta:
+        experiment = experiments.get(key)
+        hours = experiment.outcome_window_hours if experiment is not None else 168.0
+        return timedelta(hours=hours)
+
+    return window

@@ -1,0 +1,97 @@
+"""Read per-variant sufficient statistics from the rollup tables (cost: buckets, not events)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from analysis.sufficient_stats import SufficientStats
+from service.decisions.model_health import ModelHealth
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    variant_key: str
+    metric: str
+    stats: SufficientStats
+
+
+def exposed_units(
+    conn: Any, experiment_key: str, seed: str, through: date | None = None
+) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT variant_key, sum(units)::bigint FROM exposure_counts"
+        " WHERE experiment_key = %s AND seed = %s AND (%s::date IS NULL OR bucket <= %s::date)"
+        " GROUP BY variant_key",
+        (experiment_key, seed, through, through),
+    ).fetchall()
+    return {variant: int(units) for variant, units in rows}
+
+
+def metric_stats(
+    conn: Any, experiment_key: str, seed: str, through: date | None = None
+) -> list[MetricStats]:
+    """Sufficient statistics of every (variant, metric) with exposures; units without outcomes count as 0."""
+    units = exposed_units(conn, experiment_key, seed, through)
+    sums: dict[tuple[str, str], tuple[float, ...]] = {}
+    for variant, metric, *values in conn.execute(
+        "SELECT variant_key, metric, sum(sum_y), sum(sum_y2), sum(sum_x), sum(sum_x2), sum(sum_xy)"
+        " FROM metric_stats WHERE experiment_key = %s AND seed = %s"
+        " AND (%s::date IS NULL OR bucket <= %s::date) GROUP BY variant_key, metric",
+        (experiment_key, seed, through, through),
+    ):
+        sums[(variant, metric)] = tuple(float(v) for v in values)
+    result = []
+    for (variant, metric), (sum_y, sum_y2, sum_x, sum_x2, sum_xy) in sorted(sums.items()):
+        n = units.get(variant, 0)
+        if n == 0:
+            continue  # outcomes whose exposures are not rolled up yet
+        result.append(
+            MetricStats(variant, metric, SufficientStats(n, sum_y, sum_y2, sum_x, sum_x2, sum_xy))
+        )
+    return result
+
+
+def outcome_status_counts(conn: Any, experiment_key: str) -> dict[str, int]:
+    """Events attributed, pre-period, outside the window, unexposed or pending (rolled up so far)."""
+    rows = conn.execute(
+        "SELECT status, events FROM outcome_counts WHERE experiment_key = %s AND events <> 0",
+        (experiment_key,),
+    ).fetchall()
+    return {status: int(n) for status, n in rows}
+
+
+def exposed_units_by_day(
+    conn: Any, experiment_key: str, seed: str, through: date | None = None
+) -> dict[date, dict[str, int]]:
+    """New exposed units per day of first exposure and variant (for the daily SRM check)."""
+    days: dict[date, dict[str, int]] = {}
+    for bucket, variant, units in conn.execute(
+        "SELECT bucket, variant_key, units FROM exposure_counts WHERE experiment_key = %s"
+        " AND seed = %s AND (%s::date IS NULL OR bucket <= %s::date) ORDER BY bucket",
+        (experiment_key, seed, through, through),
+    ):
+        days.setdefault(bucket, {})[variant] = int(units)
+    return days
+
+
+def model_health(
+    conn: Any, experiment_key: str, through: date | None = None
+) -> dict[str, ModelHealth]:
+    """Served requests, fallbacks and the latency histogram of each variant's model."""
+    totals: dict[str, ModelHealth] = {}
+    for variant, requests, fallbacks, counts in conn.execute(
+        "SELECT variant_key, requests, fallbacks, latency_counts FROM model_health"
+        " WHERE experiment_key = %s AND (%s::date IS NULL OR bucket <= %s::date)",
+        (experiment_key, through, through),
+    ):
+        seen = totals.get(variant)
+        if seen is None:
+            totals[variant] = ModelHealth(int(requests), int(fallbacks), [int(c) for c in counts])
+        else:
+            merged = [a + int(b) for a, b in zip(seen.latency_counts, counts, strict=True)]
+            totals[variant] = ModelHealth(
+                seen.requests + requests, seen.fallbacks + fallbacks, merged
+            )
+    return totals

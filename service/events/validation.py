@@ -1,0 +1,167 @@
+"""Validate posted outcome events against the experiments that declare their metrics. Pure.
+
+Every event is checked and every problem reported (by index and field); a
+request with any problem is refused whole, so nothing of it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.api.bodies import OutcomeEvent
+from service.experiments.schema import Experiment, Metric
+
+MAX_PROPERTIES_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """One validated event, in the column order of ``outcomes`` staging."""
+
+    experiment_key: str
+    seed: str
+    event_id: str
+    unit_id: str
+    metric: str
+    aggregation: str
+    value: float
+    occurred_at: datetime
+    received_at: datetime
+    properties: str | None
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (
+            self.experiment_key, self.seed, self.event_id, self.unit_id, self.metric,
+            self.aggregation, self.value, self.occurred_at, self.received_at, self.properties,
+        )  # fmt: skip
+
+
+OUTCOME_COLUMNS = (
+    "experiment_key", "seed", "event_id", "unit_id", "metric",
+    "aggregation", "value", "occurred_at", "received_at", "properties",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EventError:
+    index: int
+    field: str
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+def _value_problem(metric_type: str, value: float | bool) -> str | None:
+    if isinstance(value, bool):
+        return (
+            None
+            if metric_type == "binary"
+            else f"a {metric_type} metric takes a number, not a boolean"
+        )
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if metric_type == "binary" and value not in (0, 1):
+        return "a binary metric takes 0, 1, true or false"
+    if metric_type == "count" and (value < 0 or value != int(value)):
+        return "a count metric takes a non-negative integer"
+    return None
+
+
+def validate_events(
+    raw_events: Sequence[Any],
+    experiment_for: Callable[[str], Experiment | None],
+    now: datetime,
+    max_future: timedelta,
+) -> tuple[list[OutcomeRow], list[EventError]]:
+    """Return the rows to write, or the list of problems (then nothing may be written)."""
+    rows: list[OutcomeRow] = []
+    errors: list[EventError] = []
+    metrics_of: dict[str, dict[str, Metric]] = {}
+    for index, raw in enumerate(raw_events):
+        prefix = f"events[{index}]"
+        try:
+            event = OutcomeEvent.model_validate(raw)
+        except ValidationError as error:
+            for detail in error.errors(include_url=False):
+                loc = ".".join(str(part) for part in detail["loc"])
+                field = f"{prefix}.{loc}" if loc else prefix
+                errors.append(EventError(index, field, detail["msg"]))
+            continue
+        experiment = experiment_for(event.experiment)
+        if experiment is None:
+            errors.append(
+                EventError(
+                    index, f"{prefix}.experiment", f"unknown experiment {event.experiment!r}"
+                )
+            )
+            continue
+        declared = metrics_of.get(experiment.key)
+        if declared is None:
+            declared = metrics_of[experiment.key] = {
+                m.name: m for m in experiment.metrics.all_metrics()
+            }
+        metric = declared.get(event.metric)
+        if metric is None:
+            known = ", ".join(m.name for m in experiment.metrics.all_metrics())
+            errors.append(
+                EventError(
+                    index,
+                    f"{prefix}.metric",
+                    f"experiment {experiment.key!r} has no metric {event.metric!r} (it has: {known})",
+                )
+            )
+            continue
+        problem = _value_problem(metric.type, event.value)
+        if problem is not None:
+            errors.append(EventError(index, f"{prefix}.value", problem))
+            continue
+        occurred_at = event.timestamp or now
+        if occurred_at > now + max_future:
+            errors.append(
+                EventError(index, f"{prefix}.timestamp", f"is more than {max_future} in the future")
+            )
+            continue
+        properties = None
+        if event.properties is not None:
+            properties = json.dumps(event.properties, separators=(",", ":"))
+            if len(properties) > MAX_PROPERTIES_BYTES:
+                errors.append(
+                    EventError(
+                        index,
+                        f"{prefix}.properties",
+                        f"is larger than {MAX_PROPERTIES_BYTES} bytes",
+                    )
+                )
+                continue
+        rows.append(
+            OutcomeRow(
+                experiment.key,
+                experiment.seed,
+                event.event_id,
+                event.unit,
+                metric.name,
+                "max" if metric.type == "binary" else "sum",
+                float(event.value),
+                occurred_at.astimezone(UTC),
+                now,
+                properties,
+            )
+        )
+    return rows, errors
+
+
+def count_batch_duplicates(rows: Sequence[OutcomeRow]) -> int:
+    """Events repeated inside one request (same experiment and event id)."""
+    return len(rows) - len({(row.experiment_key, row.event_id) for row in rows})
+
+
+def experiments_lookup(experiments: Mapping[str, Experiment]) -> Callable[[str], Experiment | None]:
+    return experiments.get

@@ -1,0 +1,128 @@
+"""Checks that relate the fields of one experiment to each other.
+
+Each problem carries the data path it is about, so the validator can name the
+YAML line; shape and type errors are pydantic's job (``experiment_schema``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from service.experiments.schema import (
+    LIST_OPS,
+    NUMERIC_OPS,
+    VERSION_OPS,
+    AllOf,
+    AnyOf,
+    Condition,
+    Experiment,
+    NotOf,
+)
+from service.experiments.source import DataPath
+from service.experiments.targeting import parse_version
+
+WEIGHT_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    path: DataPath
+    message: str
+
+
+def check_experiment(experiment: Experiment) -> list[RuleProblem]:
+    """Return every cross-field problem of one experiment, in file order."""
+    problems = list(_variant_problems(experiment))
+    if experiment.layer is not None:
+        start, end = experiment.layer.range
+        if not start < end:
+            problems.append(
+                RuleProblem(("layer", "range"), f"start {start} must be below end {end}")
+            )
+    if experiment.targeting is not None:
+        problems.extend(_targeting_problems(experiment.targeting, ("targeting",)))
+    known = set(experiment.variant_keys)
+    for unit, variant in experiment.forced.items():
+        if variant not in known:
+            problems.append(
+                RuleProblem(
+                    ("forced", unit), f"unknown variant {variant!r}; variants: {sorted(known)}"
+                )
+            )
+    problems.extend(_metric_problems(experiment))
+    return problems
+
+
+def _variant_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    seen: set[str] = set()
+    for index, variant in enumerate(experiment.variants):
+        if variant.key in seen:
+            yield RuleProblem(("variants", index, "key"), f"duplicate variant key {variant.key!r}")
+        seen.add(variant.key)
+    total = math.fsum(variant.weight for variant in experiment.variants)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        yield RuleProblem(("variants",), f"weights must sum to 1, they sum to {total:.12g}")
+    if experiment.control not in seen:
+        yield RuleProblem(
+            ("control",), f"unknown control {experiment.control!r}; variants: {sorted(seen)}"
+        )
+
+
+def _metric_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    metrics = experiment.metrics
+    paths: list[tuple[DataPath, str]] = [(("metrics", "primary", "name"), metrics.primary.name)]
+    paths += [
+        (("metrics", "secondary", i, "name"), m.name) for i, m in enumerate(metrics.secondary)
+    ]
+    paths += [
+        (("metrics", "guardrails", i, "name"), m.name) for i, m in enumerate(metrics.guardrails)
+    ]
+    seen: set[str] = set()
+    for path, name in paths:
+        if name in seen:
+            yield RuleProblem(path, f"duplicate metric name {name!r}")
+        seen.add(name)
+
+
+def _targeting_problems(
+    node: Condition | AllOf | AnyOf | NotOf, path: DataPath
+) -> list[RuleProblem]:
+    if isinstance(node, AllOf | AnyOf):
+        group = "all" if isinstance(node, AllOf) else "any"
+        children = node.all if isinstance(node, AllOf) else node.any
+        return [
+            problem
+            for index, child in enumerate(children)
+            for problem in _targeting_problems(child, (*path, group, index))
+        ]
+    if isinstance(node, NotOf):
+        return _targeting_problems(node.not_, (*path, "not"))
+    return _condition_problems(node, path)
+
+
+def _condition_problems(rule: Condition, path: DataPath) -> list[RuleProblem]:
+    op = rule.op
+    if op in LIST_OPS:
+        if rule.values is None or rule.value is not None:
+            return [RuleProblem((*path, "values"), f"operator {op!r} takes a list in 'values'")]
+        if not rule.values:
+            return [RuleProblem((*path, "values"), "must not be empty")]
+        return []
+    if rule.values is not None or rule.value is None:
+        return [RuleProblem((*path, "value"), f"operator {op!r} takes a single 'value'")]
+    value = rule.value
+    if op in NUMERIC_OPS and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return [RuleProblem((*path, "value"), f"operator {op!r} needs a number, got {value!r}")]
+    if op in VERSION_OPS and (not isinstance(value, str) or parse_version(value) is None):
+        return [
+            RuleProblem(
+                (*path, "value"), f"operator {op!r} needs a version like '2.3.0', got {value!r}"
+            )
+        ]
+    if op == "exists" and not isinstance(value, bool):
+        return [
+            RuleProblem((*path, "value"), f"operator 'exists' needs true or false, got {value!r}")
+        ]
+    return []

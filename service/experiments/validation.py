@@ -1,0 +1,172 @@
+"""Validate experiment files, alone and together, into ``file:line: field: message`` problems."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.experiments.model_refs import model_file_problems, model_rule_problems
+from service.experiments.rules import check_experiment
+from service.experiments.schema import TARGETING_OPS, Experiment
+from service.experiments.source import (
+    DataPath,
+    PathElement,
+    SourceDocument,
+    YamlSyntaxError,
+    load_yaml,
+)
+
+EXPERIMENT_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: Path
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LoadedExperiment:
+    experiment: Experiment
+    source: SourceDocument
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    experiments: tuple[LoadedExperiment, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def field_name(path: Sequence[PathElement]) -> str:
+    """Render a data path the way a reader of the YAML thinks of it: ``variants[1].weight``."""
+    text = ""
+    for element in path:
+        text += f"[{element}]" if isinstance(element, int) else (f".{element}" if text else element)
+    return text or "experiment"
+
+
+def experiment_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders to their experiment files (not recursive), keep files as given."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in EXPERIMENT_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _pydantic_problems(source: SourceDocument, error: ValidationError) -> list[Problem]:
+    problems = []
+    for detail in error.errors():
+        # Discriminated-union tags such as "<all>" are pydantic's, not the user's.
+        path: DataPath = tuple(e for e in detail["loc"] if not str(e).startswith("<"))
+        message = detail["msg"]
+        if detail["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif detail["type"] == "literal_error" and path[-1:] == ("op",):
+            message = (
+                f"unknown targeting operator {detail['input']!r}; "
+                f"expected one of: {', '.join(TARGETING_OPS)}"
+            )
+        problems.append(Problem(source.path, source.line_of(path), field_name(path), message))
+    return problems
+
+
+def validate_document(
+    source: SourceDocument, models_root: Path | None = None, checked: dict[Path, str] | None = None
+) -> tuple[Experiment | None, list[Problem]]:
+    """Validate one parsed file on its own (and its model files, given the models root)."""
+    if not isinstance(source.data, dict):
+        return None, [Problem(source.path, 1, "experiment", "the file must hold one YAML mapping")]
+    try:
+        experiment = Experiment.model_validate(source.data)
+    except ValidationError as error:
+        return None, _pydantic_problems(source, error)
+    problems = [
+        Problem(source.path, source.line_of(p.path), field_name(p.path), p.message)
+        for p in [*check_experiment(experiment), *model_rule_problems(experiment)]
+    ]
+    if not problems and models_root is not None:
+        problems = [
+            Problem(source.path, source.line_of(p.path), field_name(p.path), p.message)
+            for p in model_file_problems(experiment, models_root, checked)
+        ]
+    return (None if problems else experiment), problems
+
+
+def _cross_file_problems(loaded: Sequence[LoadedExperiment]) -> list[Problem]:
+    problems: list[Problem] = []
+    by_key: dict[str, LoadedExperiment] = {}
+    for item in loaded:
+        first = by_key.setdefault(item.experiment.key, item)
+        if first is not item:
+            problems.append(
+                Problem(
+                    item.source.path,
+                    item.source.line_of(("key",)),
+                    "key",
+                    f"duplicate experiment key {item.experiment.key!r} "
+                    f"(also in {first.source.path})",
+                )
+            )
+    layers: dict[str, list[LoadedExperiment]] = defaultdict(list)
+    for item in loaded:
+        if item.experiment.layer is not None:
+            layers[item.experiment.layer.name].append(item)
+    for name, members in layers.items():
+        ordered = sorted(members, key=lambda m: m.experiment.layer.range[0])  # type: ignore[union-attr]
+        for before, after in itertools.pairwise(ordered):
+            start_before, end_before = before.experiment.layer.range  # type: ignore[union-attr]
+            start_after, end_after = after.experiment.layer.range  # type: ignore[union-attr]
+            if start_after < end_before:
+                problems.append(
+                    Problem(
+                        after.source.path,
+                        after.source.line_of(("layer", "range")),
+                        "layer.range",
+                        f"range [{start_after}, {end_after}) of layer {name!r} overlaps "
+                        f"[{start_before}, {end_before}) claimed by experiment "
+                        f"{before.experiment.key!r} in {before.source.path}",
+                    )
+                )
+    return problems
+
+
+def load_experiments(paths: Iterable[Path], models_root: Path | None = None) -> LoadResult:
+    """Load and validate every experiment file under ``paths``; any problem is reported.
+
+    With ``models_root``, every model a variant names is checked too (path, SHA-256, signature).
+    """
+    loaded: list[LoadedExperiment] = []
+    checked: dict[Path, str] = {}
+    problems: list[Problem] = []
+    for path in experiment_files(paths):
+        try:
+            source = load_yaml(path)
+        except YamlSyntaxError as error:
+            problems.append(Problem(path, error.line, "experiment", error.message))
+            continue
+        except (OSError, UnicodeDecodeError) as error:
+            problems.append(Problem(path, 1, "experiment", f"cannot read file: {error}"))
+            continue
+        experiment, file_problems = validate_document(source, models_root, checked)
+        problems.extend(sorted(file_problems, key=lambda p: p.line))
+        if experiment is not None:
+            loaded.append(LoadedExperiment(experiment, source))
+    problems.extend(_cross_file_problems(loaded))
+    return LoadResult(tuple(loaded), tuple(problems))

@@ -1,0 +1,196 @@
+"""Which model serves each variant of each experiment: one immutable snapshot per config.
+
+Requests read the catalog once and keep that snapshot to the end, so a hot
+reload that swaps in a new one never pulls a session from under a request.
+A model that fails to load is kept as its error: its variant is answered by
+the fallback, never refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.experiments.model_refs import resolve_model_path
+from service.experiments.schema import Experiment, ModelRef
+from service.inference.batching import MicroBatcher
+from service.inference.cache import PredictionCache
+from service.inference.sessions import LoadedModel, SessionPool
+from service.inference.signature import InputPlan, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    variant: str
+    ref: ModelRef
+    model: LoadedModel | None
+    load_error: str | None
+    plans: tuple[InputPlan, ...]
+    batcher: MicroBatcher | None = None
+    shadow_rate: float = 0.0
+
+    @cached_property
+    def response_names(self) -> Mapping[str, str]:
+        """Model output name -> response name (built once: it is read on every request)."""
+        if self.ref.outputs:
+            return self.ref.outputs
+        return {name: name for name in (self.model.output_names if self.model else ())}
+
+    def renamed(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs the response shows, under their response names."""
+        names = self.response_names
+        return {names[name]: value for name, value in outputs.items() if name in names}
+
+
+@dataclass(frozen=True)
+class ExperimentModels:
+    key: str
+    variants: Mapping[str, ServingModel]
+    fallback: str
+    budget_seconds: float | None
+    cache: PredictionCache | None
+    shadows: tuple[ServingModel, ...]
+
+
+def _scaling(
+    value: float | list[float] | dict[str, float],
+    neutral: float,
+    features: Sequence[str] | None,
+    dtype: Any,
+) -> np.ndarray | None:
+    """One offset or factor as the array applied to every row (None: nothing to do).
+
+    Per-name values are laid out in the model's column order, ``neutral`` for the
+    names not given (the rules refuse a mapping without ``features``).
+    """
+    if isinstance(value, dict):
+        value = [value.get(name, neutral) for name in features or ()]
+    elif value == neutral:
+        return None
+    return np.asarray(value, dtype=dtype)
+
+
+def input_plans(ref: ModelRef, inputs: Iterable[TensorSpec]) -> tuple[InputPlan, ...]:
+    """Request-side names, column names and scaling for every model input (YAML ``inputs``)."""
+    by_model_input = {spec.model_input or name: (name, spec) for name, spec in ref.inputs.items()}
+    plans = []
+    for tensor in inputs:
+        name, spec = by_model_input.get(tensor.name, (tensor.name, None))
+        if spec is None:
+            plans.append(InputPlan(name, tensor))
+            continue
+        features = tuple(spec.features) if spec.features is not None else None
+        offset = _scaling(spec.offset, 0.0, features, tensor.dtype)
+        factor = _scaling(spec.factor, 1.0, features, tensor.dtype)
+        plans.append(InputPlan(name, tensor, offset, factor, features))
+    return tuple(plans)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    enabled: bool
+    max_rows: int
+    max_wait_seconds: float
+
+
+class Catalog:
+    def __init__(self, experiments: Mapping[str, ExperimentModels]) -> None:
+        self.experiments = experiments
+
+    def get(self, key: str) -> ExperimentModels | None:
+        return self.experiments.get(key)
+
+    def models(self) -> dict[str, LoadedModel]:
+        return {
+            served.model.sha256: served.model
+            for experiment in self.experiments.values()
+            for served in experiment.variants.values()
+            if served.model is not None
+        }
+
+    def batchers(self) -> dict[str, MicroBatcher]:
+        return {
+            served.model.sha256: served.batcher
+            for experiment in self.experiments.values()
+            for served in experiment.variants.values()
+            if served.batcher is not None and served.model is not None
+        }
+
+
+def build_catalog(
+    experiments: Iterable[Experiment],
+    models_root: Path,
+    pool: SessionPool,
+    batching: BatchingConfig,
+    previous: Catalog | None = None,
+) -> Catalog:
+    """Load every variant's model (reusing sessions, batchers and caches that still apply)."""
+    batchers = previous.batchers() if previous else {}
+    built: dict[str, ExperimentModels] = {}
+    for experiment in experiments:
+        variants: dict[str, ServingModel] = {}
+        for variant in experiment.variants:
+            ref = variant.model
+            if ref is None:
+                continue
+            path = resolve_model_path(models_root, ref.path) or models_root / ref.path
+            batched = batching.enabled and ref.batching
+            sizes = (1, batching.max_rows) if batched else (1,)
+            try:
+                model = pool.get(path, ref.sha256, ref.providers, sizes)
+            except Exception as error:
+                log.error(
+                    "%s/%s: model %s failed to load: %s",
+                    experiment.key,
+                    variant.key,
+                    ref.path,
+                    error,
+                )
+                variants[variant.key] = ServingModel(variant.key, ref, None, str(error), ())
+                continue
+            batcher = None
+            if batched:
+                batcher = batchers.get(model.sha256) or MicroBatcher(
+                    model.run, batching.max_rows, batching.max_wait_seconds, model.name
+                )
+                batchers[model.sha256] = batcher
+            rate = variant.shadow.sample_rate if variant.shadow else 0.0
+            variants[variant.key] = ServingModel(
+                variant.key, ref, model, None, input_plans(ref, model.inputs), batcher, rate
+            )
+        if not variants:
+            continue
+        old = previous.get(experiment.key) if previous else None
+        cache = None
+        if experiment.serving.cache is not None:
+            spec = experiment.serving.cache
+            cache = old.cache if old and old.cache and old.cache.spec == spec else None
+            cache = cache or PredictionCache(spec.max_entries, spec.ttl_seconds, spec=spec)
+        budget = experiment.serving.latency_budget_ms
+        built[experiment.key] = ExperimentModels(
+            key=experiment.key,
+            variants=variants,
+            fallback=experiment.serving.fallback or experiment.control,
+            budget_seconds=budget / 1000 if budget else None,
+            cache=cache,
+            shadows=tuple(
+                variants[v.key]
+                for v in experiment.variants
+                if v.shadow is not None and v.key in variants
+            ),
+        )
+    catalog = Catalog(built)
+    kept = catalog.batchers()
+    for sha, batcher in batchers.items():
+        if kept.get(sha) is not batcher:
+            batcher.close()
+    pool.retain(set(catalog.models()))
+    return catalog

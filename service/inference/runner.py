@@ -1,0 +1,176 @@
+"""Run a variant's model within its latency budget, and fall back when it misbehaves.
+
+A model that failed to load, raises, answers NaN/inf or overruns the
+experiment's latency budget is answered by the fallback variant's model
+(the control unless configured), and the failure is counted per variant:
+a guardrail signal. A run over budget is stopped through onnxruntime's
+``RunOptions.terminate``, set by one watchdog thread, so it frees its core.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import ModelUnavailable
+from service.inference.catalog import ExperimentModels, ServingModel
+from service.inference.signature import all_finite
+
+Feeds = Mapping[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+
+class ModelFailure(Exception):
+    """The variant's model did not give a usable answer; ``reason`` is what is recorded."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class ModelRunner(Protocol):
+    def run(self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None) -> Outputs:
+        """Outputs of ``served``'s model; raise on error or when ``budget`` seconds pass."""
+
+
+class Watchdog:
+    """Sets ``terminate`` on the run options of runs that pass their deadline."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, ort.RunOptions, list[bool]]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        threading.Thread(target=self._loop, name="abx-model-watchdog", daemon=True).start()
+
+    def arm(self, options: ort.RunOptions, budget: float) -> list[bool]:
+        active = [True]
+        entry = (time.monotonic() + budget, next(self._order), options, active)
+        with self._wake:
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                self._wake.notify()
+        return active
+
+    def _loop(self) -> None:
+        with self._wake:
+            while True:
+                while self._heap and not self._heap[0][3][0]:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                deadline, _, options, active = self._heap[0]
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._wake.wait(remaining)
+                    continue
+                heapq.heappop(self._heap)
+                if active[0]:
+                    options.terminate = True
+
+
+class SessionRunner:
+    """The real runner: the model's micro-batcher when it has one, else an inline run."""
+
+    def __init__(self, max_batch_rows: int) -> None:
+        self._watchdog = Watchdog()
+        self._max_batch_rows = max_batch_rows
+
+    def run(self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None) -> Outputs:
+        model = served.model
+        if model is None:
+            raise ModelFailure("load-error", served.load_error or "not loaded")
+        if served.batcher is not None and rows < self._max_batch_rows:
+            return served.batcher.submit(feeds, rows).wait(budget)
+        if budget is None:
+            return model.run(feeds)
+        options = ort.RunOptions()
+        active = self._watchdog.arm(options, budget)
+        try:
+            return model.run(feeds, options)
+        finally:
+            active[0] = False
+
+
+def finite(outputs: Outputs) -> bool:
+    return all(all_finite(value) for value in outputs.values() if value.dtype.kind in "fc")
+
+
+class FailureCounts:
+    """Failures by (experiment, variant, reason) in this process (also in ``predictions``)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, experiment: str, variant: str, reason: str) -> None:
+        with self._lock:
+            self._counts[(experiment, variant, reason)] += 1
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, int]]]:
+        with self._lock:
+            result: dict[str, dict[str, dict[str, int]]] = {}
+            for (experiment, variant, reason), count in self._counts.items():
+                result.setdefault(experiment, {}).setdefault(variant, {})[reason] = count
+            return result
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outputs: Outputs
+    served_by: ServingModel
+    failure: str | None
+    """Why the assigned variant's model did not answer (None: it did)."""
+
+
+def run_with_fallback(
+    runner: ModelRunner,
+    models: ExperimentModels,
+    variant: ServingModel,
+    feeds: Feeds,
+    rows: int,
+    fallback_feeds: Callable[[ServingModel], Feeds],
+    failures: FailureCounts,
+) -> RunResult:
+    """Answer with ``variant``'s model, else with the fallback's; ModelUnavailable if neither."""
+    started = time.perf_counter()
+    try:
+        outputs = runner.run(variant, feeds, rows, models.budget_seconds)
+        if not finite(outputs):
+            raise ModelFailure("non-finite", "the model answered NaN or infinity")
+        return RunResult(outputs, variant, None)
+    except ModelFailure as error:
+        reason = error.reason
+    except TimeoutError:
+        reason = "timeout"
+    except Exception:  # onnxruntime errors, including a run stopped by the watchdog
+        over = models.budget_seconds is not None
+        over = over and time.perf_counter() - started >= models.budget_seconds  # type: ignore[operator]
+        reason = "timeout" if over else "error"
+    failures.add(models.key, variant.variant, reason)
+    fallback = models.variants.get(models.fallback)
+    if fallback is None or fallback is variant or fallback.model is None:
+        raise ModelUnavailable(
+            f"The model of variant {variant.variant!r} failed ({reason}) and the fallback "
+            f"{models.fallback!r} has no working model."
+        )
+    try:
+        outputs = runner.run(fallback, fallback_feeds(fallback), rows, None)
+    except Exception as error:
+        failures.add(models.key, fallback.variant, "error")
+        raise ModelUnavailable(
+            f"The model of variant {variant.variant!r} failed ({reason}); so did the fallback's."
+        ) from error
+    if not finite(outputs):
+        failures.add(models.key, fallback.variant, "non-finite")
+        raise ModelUnavailable("The variant's model and the fallback's both answered NaN.")
+    return RunResult(outputs, fallback, reason)

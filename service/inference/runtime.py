@@ -1,0 +1,121 @@
+"""The model side of one serving process: sessions, catalog, runner, shadows, hot reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import onnxruntime as ort
+
+from service.assignment.registry import Registry
+from service.assignment.service import AssignmentService
+from service.assignment.sync import StateSync
+from service.experiments.reload import HotReloader
+from service.experiments.validation import LoadResult
+from service.inference.catalog import BatchingConfig, build_catalog
+from service.inference.install import install_problem, installed_runtime_packages
+from service.inference.records import PredictionLog
+from service.inference.runner import SessionRunner
+from service.inference.service import PredictionService
+from service.inference.sessions import SessionPool, default_threads
+from service.inference.shadow import ShadowRunner
+from service.settings import Settings
+from service.storage.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRuntime:
+    predictions: PredictionService
+    pool: SessionPool
+    shadows: ShadowRunner
+    reloader: HotReloader
+    onnxruntime: dict[str, Any]
+    """The installed package, its version and providers, and any install problem."""
+
+    def close(self) -> None:
+        self.reloader.close()
+        self.shadows.close()
+        for batcher in self.predictions.catalog.batchers().values():
+            batcher.close()
+
+    def status(self) -> dict[str, Any]:
+        """Per model: provider, calibration and batching; per variant: failures (for /readyz).
+
+        Failures are this worker process's since it started; every worker's are in the
+        ``predictions`` table and rolled up into ``model_health``, which the guardrails read.
+        """
+        catalog = self.predictions.catalog
+        batchers = catalog.batchers()
+        return {
+            "models": {
+                model.name: {
+                    "sha256": model.sha256,
+                    "provider": model.provider,
+                    "calibration_ms": model.timings_ms,
+                    **({"batching": batchers[sha].stats()} if sha in batchers else {}),
+                }
+                for sha, model in catalog.models().items()
+            },
+            "onnxruntime": self.onnxruntime,
+            "model_failures": self.predictions.failures.snapshot(),
+            "worker_pid": os.getpid(),
+            "reloads": self.reloader.reloads,
+            "reloads_rejected": self.reloader.rejected,
+            "shadow_runs_dropped": self.shadows.dropped,
+        }
+
+
+def build_model_runtime(
+    settings: Settings,
+    registry: Registry,
+    state: StateSync,
+    writer: BatchWriter,
+    assignments: AssignmentService,
+) -> ModelRuntime:
+    from service.server import default_workers
+
+    pool = SessionPool(
+        default_threads(settings.workers or default_workers(), settings.model_threads)
+    )
+    batching = BatchingConfig(
+        settings.batching, settings.batch_max_size, settings.batch_max_wait_ms / 1000
+    )
+    catalog = build_catalog(registry.experiments.values(), settings.models, pool, batching)
+    predictions_log = PredictionLog(writer)
+    shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
+    service = PredictionService(
+        assignments,
+        catalog,
+        SessionRunner(settings.batch_max_size),
+        predictions_log,
+        shadows,
+        settings.max_batch_items,
+    )
+
+    def apply(loaded: LoadResult) -> None:
+        experiments = [item.experiment for item in loaded.experiments]
+        service.catalog = build_catalog(
+            experiments, settings.models, pool, batching, previous=service.catalog
+        )
+        registry.replace(loaded)
+        state.resync()
+
+    reloader = HotReloader(
+        settings.experiments, settings.models, apply, settings.reload_poll_seconds
+    )
+    reloader.start()
+    return ModelRuntime(service, pool, shadows, reloader, _onnxruntime_status())
+
+
+def _onnxruntime_status() -> dict[str, Any]:
+    packages = installed_runtime_packages()
+    providers = ort.get_available_providers()
+    problem = install_problem(packages, providers)
+    if problem is not None:
+        log.error("%s", problem)
+    status = {"version": ort.__version__, "packages": packages, "available_providers": providers}
+    return {**status, "problem": problem} if problem else status

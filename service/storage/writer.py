@@ -1,0 +1,201 @@
+"""Buffered, batched writes off the request path: ``put`` appends, a thread COPYs.
+
+Rows go through a temporary staging table with ``COPY`` and then one
+``INSERT ... SELECT ... ON CONFLICT`` per batch, so duplicates across retries
+and processes are harmless. Each write holds the rollup's fence shared
+(``write_fence``), so the rollup's watermarks never pass over it. When
+PostgreSQL is away, rows stay buffered and the flush is retried with backoff.
+With a spool, rows that cannot be flushed are appended to it (fsynced) and
+replayed in order once PostgreSQL is back, so they survive a restart; without
+one (or if the spool fails too) they stay in memory, and past ``max_pending``
+rows new ones are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.storage.database import Database
+from service.storage.fence import hold_for_write
+from service.storage.spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One target table: the staged columns and the statement that moves staged rows in."""
+
+    table: str
+    columns: tuple[str, ...]
+    insert_from_stage: str
+    """SQL reading ``{stage}`` (the staging table's name is substituted)."""
+
+
+@dataclass
+class _Buffer:
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    oldest: float | None = None
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        database: Database,
+        streams: dict[str, Stream],
+        flush_interval: float = 0.2,
+        max_rows: int = 5000,
+        max_pending: int = 1_000_000,
+        spool: Spool | None = None,
+    ) -> None:
+        self._spool = spool
+        self._created = time.monotonic()
+        self._database = database
+        self._streams = streams
+        self._flush_interval = flush_interval
+        self._max_rows = max_rows
+        self._max_pending = max_pending
+        self._buffers = {name: _Buffer() for name in streams}
+        self._lock = threading.Lock()
+        self._in_flight_oldest: float | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.written = 0
+
+    def put(self, stream: str, row: tuple[Any, ...]) -> bool:
+        """Buffer one row; False when the buffer is full and the row was dropped."""
+        with self._lock:
+            buffer = self._buffers[stream]
+            if len(buffer.rows) >= self._max_pending:
+                self.dropped += 1
+                return False
+            if buffer.oldest is None:
+                buffer.oldest = time.monotonic()
+            buffer.rows.append(row)
+            # Wake the writer when the buffer reaches a batch, not on every row past it: while
+            # rows stay buffered through an outage, each wake-up would end the back-off and the
+            # writer would retry the database hundreds of times a second.
+            if len(buffer.rows) == self._max_rows:
+                self._wake.set()
+        return True
+
+    def oldest_unflushed(self) -> float | None:
+        """Monotonic time of the oldest row not yet committed, or None when all are."""
+        if self._spool is not None and self._spool.has_segments():
+            return self._created  # spooled rows are not in PostgreSQL yet
+        with self._lock:
+            times = [b.oldest for b in self._buffers.values() if b.oldest is not None]
+            if self._in_flight_oldest is not None:
+                times.append(self._in_flight_oldest)
+        return min(times) if times else None
+
+    def pending_rows(self) -> int:
+        with self._lock:
+            return sum(len(b.rows) for b in self._buffers.values())
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="abx-batch-writer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread after a last flush attempt (graceful shutdown)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.pending_rows():
+            self.flush()
+        if self.pending_rows():
+            log.warning("shutting down with %d rows not written", self.pending_rows())
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            delay = self._flush_interval if failures == 0 else min(5.0, 0.1 * 2**failures)
+            self._wake.wait(delay)
+            self._wake.clear()
+            failures = 0 if self.flush() else failures + 1
+
+    def flush(self) -> bool:
+        """Write everything buffered now; True when it all reached PostgreSQL."""
+        with self._lock:
+            taken = {n: b for n, b in self._buffers.items() if b.rows}
+            for name in taken:
+                self._buffers[name] = _Buffer()
+            times = [b.oldest for b in taken.values() if b.oldest is not None]
+            self._in_flight_oldest = min(times) if times else None
+        if not taken:
+            return self._replay_spool()
+        try:
+            with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+                for name, buffer in taken.items():
+                    self._copy(conn, self._streams[name], buffer.rows)
+        except Exception as error:  # the database is away or refused: keep the rows
+            log.warning("flush failed, will retry: %s", error)
+            if self._spool_rows(taken):
+                with self._lock:
+                    self._in_flight_oldest = None
+                return False
+            with self._lock:
+                for name, buffer in taken.items():
+                    current = self._buffers[name]
+                    current.rows[:0] = buffer.rows
+                    current.oldest = buffer.oldest
+                self._in_flight_oldest = None
+            return False
+        with self._lock:
+            self._in_flight_oldest = None
+            self.written += sum(len(b.rows) for b in taken.values())
+        return self._replay_spool()
+
+    def _spool_rows(self, taken: dict[str, _Buffer]) -> bool:
+        if self._spool is None:
+            return False
+        try:
+            self._spool.append(
+                [(name, *row) for name, buffer in taken.items() for row in buffer.rows]
+            )
+        except SpoolError as error:
+            log.error("cannot spool buffered rows, keeping them in memory: %s", error)
+            return False
+        return True
+
+    def _replay_spool(self) -> bool:
+        """Write spooled rows (from this or an earlier process) once PostgreSQL answers again."""
+        if self._spool is None or not self._spool.has_segments():
+            return True
+        self._spool.seal()
+        try:
+            self._spool.replay(self._write_spooled)
+        except Exception as error:
+            log.warning("spool replay failed, will retry: %s", error)
+            return False
+        return True
+
+    def _write_spooled(self, batch: list[list[Any]]) -> None:
+        by_stream: dict[str, list[tuple[Any, ...]]] = {}
+        for stream, *row in batch:
+            by_stream.setdefault(stream, []).append(tuple(row))
+        with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+            for stream, rows in by_stream.items():
+                self._copy(conn, self._streams[stream], rows)
+
+    @staticmethod
+    def _copy(conn: Any, stream: Stream, rows: list[tuple[Any, ...]]) -> None:
+        hold_for_write(conn)
+        stage = f"stage_{stream.table}"
+        columns = ", ".join(stream.columns)
+        conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+            f" AS SELECT {columns} FROM {stream.table} WITH NO DATA"
+        )
+        with conn.cursor().copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.execute(stream.insert_from_stage.format(stage=stage))

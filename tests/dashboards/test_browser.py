@@ -1,0 +1,151 @@
+"""The dashboards in a real browser: Debian's Chromium driven by Playwright against gunicorn.
+
+Screenshots of every page land in ``test-artifacts/`` (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.demo.seed import seeded_dashboard_experiments
+from service.settings import PROJECT_ROOT
+from tests.conftest import API_KEY, Server, ServerFactory
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's /usr/bin/chromium (.ci/run installs it: apt-get install chromium)",
+)
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
+CHARTS_RENDERED = """() => {
+  const charts = Array.from(document.querySelectorAll('div.chart'));
+  return charts.length > 0 && charts.every(c => c.classList.contains('js-plotly-plot')
+      && c.querySelector('.main-svg') !== null);
+}"""
+CHART_SUMMARY = """() => Array.from(document.querySelectorAll('div.chart')).map(c => ({
+  name: c.dataset.figure,
+  traces: c.data.length,
+  points: c.data.reduce((n, t) => n + (t.y || []).filter(v => v !== null).length, 0),
+  drawn: c.querySelectorAll('.scatterlayer .trace, .barlayer .trace').length,
+}))"""
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def dashboard_server(server_factory: ServerFactory, db: str, experiments_dir: Path) -> Server:
+    seeded_dashboard_experiments(db, experiments_dir)
+    return server_factory(db, experiments_dir, ABX_API_KEY=API_KEY)
+
+
+def _watch(page: Any, base_url: str) -> list[str]:
+    """Console errors, uncaught exceptions and any request that leaves the server."""
+    problems: list[str] = []
+    page.on(
+        "console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None
+    )
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+
+    def only_ours(route: Any) -> None:
+        if route.request.url.startswith(base_url) or route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            problems.append(f"external request: {route.request.url}")
+            route.abort()
+
+    page.route("**/*", only_ours)
+    return problems
+
+
+def _check_charts(page: Any, expected: set[str]) -> list[dict[str, Any]]:
+    page.wait_for_function(CHARTS_RENDERED, timeout=20_000)
+    charts: list[dict[str, Any]] = page.evaluate(CHART_SUMMARY)
+    assert {c["name"] for c in charts} == expected
+    for chart in charts:
+        assert chart["traces"] > 0 and chart["points"] > 0 and chart["drawn"] > 0, chart
+    return charts
+
+
+ALL_CHARTS = {"evidence", "p_value", "exposures", "srm", "latency", "reliability", "decisions"}
+
+
+def test_index_and_experiment_pages_in_chromium(
+    browser: Any, dashboard_server: Server, experiments_dir: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    base = dashboard_server.base_url
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems = _watch(page, base)
+
+    page.goto(base + "/dashboards/")
+    assert "/dashboards/login" in page.url  # the key is required
+    page.fill("#key", API_KEY)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/dashboards/")
+    rows = page.locator("#experiments tbody tr")
+    assert rows.count() == len(list(experiments_dir.glob("*.yaml")))
+    page.screenshot(path=ARTIFACTS / "dashboard-index.png", full_page=True)
+
+    page.fill("#search", "bakeoff")
+    assert page.locator("#experiments tbody tr:visible").count() == 1
+    page.fill("#search", "")
+    page.click("th:nth-child(4) button")  # exposed units, ascending
+    page.click("th:nth-child(4) button")  # descending
+    units = page.eval_on_selector_all(
+        "#experiments tbody tr td:nth-child(4)", "cells => cells.map(c => +c.dataset.sort)"
+    )
+    assert units == sorted(units, reverse=True) and units[0] > 0
+
+    page.click("a[href='/dashboards/ranker_bakeoff']")
+    page.wait_for_url(base + "/dashboards/ranker_bakeoff")
+    charts = _check_charts(page, ALL_CHARTS)
+    evidence = next(c for c in charts if c["name"] == "evidence")
+    assert evidence["traces"] == 12  # 4 treatments x (line + interval band edges)
+    assert page.locator("tr.comparison").count() == 8  # 4 treatments x 2 metrics
+    page.screenshot(path=ARTIFACTS / "dashboard-ranker_bakeoff.png", full_page=True)
+
+    page.go_back()
+    page.wait_for_url(base + "/dashboards/")
+    page.click("a[href='/dashboards/checkout_ranker']")
+    page.wait_for_url(base + "/dashboards/checkout_ranker")
+    _check_charts(page, ALL_CHARTS)
+    page.screenshot(path=ARTIFACTS / "dashboard-checkout_ranker.png", full_page=True)
+    page.click("#back")
+    page.wait_for_url(base + "/dashboards/")
+
+    assert problems == []
+
+
+def test_report_renders_offline(browser: Any, dashboard_server: Server, tmp_path: Path) -> None:
+    import requests
+
+    report = requests.get(
+        dashboard_server.base_url + "/dashboards/checkout_ranker/report.html",
+        headers={"X-API-Key": API_KEY},
+        timeout=30,
+    )
+    assert report.status_code == 200
+    target = tmp_path / "report.html"
+    target.write_bytes(report.content)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems = _watch(page, "file://")  # nothing but the file itself may load
+    page.goto(target.as_uri())
+    _check_charts(page, ALL_CHARTS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard-report-checkout_ranker.png", full_page=True)
+    assert problems == []

@@ -1,0 +1,103 @@
+"""``abx plan``: sample sizes from analysis.planning, traffic and baseline from observed data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import proportion_effectsize
+
+from service.cli.main import main
+from service.decisions.plan import PlanInputs, make_plan, observed_inputs
+from service.experiments.validation import load_experiments
+from tests.conftest import EXAMPLES
+
+
+def experiment(key: str):  # type: ignore[no-untyped-def]
+    return next(
+        i.experiment for i in load_experiments([EXAMPLES]).experiments if i.experiment.key == key
+    )
+
+
+def test_two_arm_binary_plan_matches_statsmodels() -> None:
+    plan = make_plan(
+        experiment("search_embeddings"), PlanInputs(0.02, baseline=0.2, daily_units=1000), {}
+    )
+    effect = proportion_effectsize(0.22, 0.2)
+    # Cohen's h uses the arcsine transform, so only the order of magnitude is shared.
+    reference = NormalIndPower().solve_power(effect, alpha=0.05, power=0.8, ratio=1.0)
+    assert plan.n_control == plan.n_per_treatment
+    assert plan.n_control == pytest.approx(reference, rel=0.03)
+    assert plan.days == -(-plan.n_total // 1000)
+
+
+def test_three_arms_split_alpha_and_sequential_designs_inflate() -> None:
+    fixed = make_plan(experiment("checkout_ranker"), PlanInputs(0.01, baseline=0.1), {})
+    assert fixed.alpha_per_comparison == pytest.approx(0.025)
+    assert fixed.days is None
+    two_arm = make_plan(experiment("search_embeddings"), PlanInputs(0.01, baseline=0.1), {})
+    assert fixed.n_control > two_arm.n_control  # the split alpha costs units
+    obf = make_plan(
+        experiment("search_embeddings"), PlanInputs(0.01, baseline=0.1, design="obf", looks=5), {}
+    )
+    # gsDesign(k=5, test.type=2, sfu="OF", beta=0.2): n.I[5] = 1.028 x the fixed design.
+    assert obf.inflation_factor == pytest.approx(1.028, abs=6e-4)
+    assert obf.n_control == pytest.approx(two_arm.n_control * obf.inflation_factor, abs=1)
+
+
+def test_missing_inputs_are_explained() -> None:
+    with pytest.raises(ValueError, match="needs --baseline"):
+        make_plan(experiment("checkout_ranker"), PlanInputs(0.01), {})
+    with pytest.raises(ValueError, match="unknown design"):
+        make_plan(experiment("checkout_ranker"), PlanInputs(0.01, baseline=0.1, design="magic"), {})
+
+
+def test_observed_traffic_and_baseline(db: str) -> None:
+    exp = experiment("search_embeddings")
+    today = datetime.now(UTC).date()
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO exposure_counts VALUES (%s, %s, 'baseline', %s, 500), (%s, %s, 'embeddings_v2', %s, 500)",
+            (exp.key, exp.seed, today, exp.key, exp.seed, today),
+        )
+        conn.execute(
+            "INSERT INTO metric_stats (experiment_key, seed, variant_key, metric, bucket, sum_y, sum_y2)"
+            " VALUES (%s, %s, 'baseline', 'search_click', %s, 100, 100)",
+            (exp.key, exp.seed, today),
+        )
+        observed = observed_inputs(conn, exp)
+    assert observed["daily_units"] == 1000
+    assert observed["baseline"] == pytest.approx(0.2)
+    plan = make_plan(exp, PlanInputs(0.02), observed)
+    assert plan.sources == {"baseline": "observed", "daily_units": "observed"}
+
+
+def test_cli(runner: CliRunner, db: str) -> None:
+    env = {"ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(EXAMPLES)}
+    ok = runner.invoke(
+        main,
+        [
+            "plan",
+            "checkout_ranker",
+            "--mde",
+            "0.01",
+            "--baseline",
+            "0.1",
+            "--daily-units",
+            "20000",
+            "--design",
+            "obf",
+        ],
+        env=env,
+    )
+    assert ok.exit_code == 0, ok.output
+    assert (
+        "units: control" in ok.output and "expected duration" in ok.output and "day(s)" in ok.output
+    )
+    missing = runner.invoke(main, ["plan", "checkout_ranker", "--mde", "0.01"], env=env)
+    assert missing.exit_code == 1 and "needs --baseline" in missing.output
+    unknown = runner.invoke(main, ["plan", "ghost", "--mde", "0.01"], env=env)
+    assert unknown.exit_code == 1 and "no valid experiment 'ghost'" in unknown.output

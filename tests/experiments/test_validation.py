@@ -1,0 +1,259 @@
+"""``abx validate``: every kind of mistake is reported as file:line: field: message."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli.main import main
+from service.experiments.validation import load_experiments
+from tests.conftest import EXAMPLES
+from tests.model_fixtures import MODELS, demo_models
+
+VALID = textwrap.dedent(
+    """\
+    key: {key}
+    description: A valid experiment.
+    owner: team@example.com
+    status: running
+    control: a
+    variants:
+      - {{key: a, weight: 0.5}}
+      - {{key: b, weight: 0.5}}
+    metrics:
+      primary: {{name: conversion, type: binary}}
+    """
+)
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(*paths: Path) -> list[str]:
+    return [str(p) for p in load_experiments(paths).problems]
+
+
+def test_examples_are_valid() -> None:
+    result = load_experiments([EXAMPLES])
+    assert result.ok, result.problems
+    keys = {item.experiment.key for item in result.experiments}
+    assert len(keys) >= 3
+    assert any(len(item.experiment.variants) == 3 for item in result.experiments)
+    layers = [item.experiment.layer.name for item in result.experiments if item.experiment.layer]
+    assert any(layers.count(name) >= 2 for name in layers)
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "expected"),
+    [
+        ("status: running\n", "status: running\ncolour: blue\n", ":5: colour: unknown field"),
+        (
+            "{key: b, weight: 0.5}",
+            "{key: b, weight: 0.4}",
+            ":6: variants: weights must sum to 1, they sum to 0.9",
+        ),
+        (
+            "{key: b, weight: 0.5}",
+            "{key: a, weight: 0.5}",
+            ":8: variants[1].key: duplicate variant key 'a'",
+        ),
+        ("control: a", "control: z", ":5: control: unknown control 'z'"),
+        (
+            "{key: b, weight: 0.5}",
+            "{key: b, weight: '0.5'}",
+            ":8: variants[1].weight: Input should be a valid number",
+        ),
+        (
+            "status: running",
+            "status: live",
+            ":4: status: Input should be 'draft', 'running', 'paused' or 'concluded'",
+        ),
+        ("key: exp", "key: 'bad key'", ":1: key: String should match pattern"),
+        (
+            "primary: {name: conversion, type: binary}",
+            "primary: {name: conversion}",
+            ":10: metrics.primary.type: Field required",
+        ),
+        ("owner: team@example.com\n", "", ":1: owner: Field required"),
+    ],
+)
+def test_single_file_problems(tmp_path: Path, replace: str, by: str, expected: str) -> None:
+    text = VALID.format(key="exp").replace(replace, by)
+    assert text != VALID.format(key="exp")
+    path = write(tmp_path, "exp.yaml", text)
+    problems = problems_of(path)
+    assert any(p.startswith(str(path)) and expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("targeting", "expected"),
+    [
+        (
+            "{attribute: country, op: equals, value: US}",
+            "targeting.op: unknown targeting operator 'equals'",
+        ),
+        ("{attribute: age, op: gt, value: '18'}", "targeting.value: operator 'gt' needs a number"),
+        (
+            "{attribute: v, op: version_gte, value: banana}",
+            "targeting.value: operator 'version_gte' needs a version",
+        ),
+        (
+            "{attribute: c, op: in, value: US}",
+            "targeting.values: operator 'in' takes a list in 'values'",
+        ),
+        ("{attribute: c, op: in, values: []}", "targeting.values: must not be empty"),
+        ("{attribute: c, op: eq}", "targeting.value: operator 'eq' takes a single 'value'"),
+        (
+            "{attribute: b, op: exists, value: 1}",
+            "targeting.value: operator 'exists' needs true or false",
+        ),
+        (
+            "{all: [{attribute: c, op: eq, value: 1}, {any: [{attribute: d, op: nope, value: 2}]}]}",
+            "targeting.all[1].any[0].op: unknown targeting operator 'nope'",
+        ),
+        ("[1, 2]", "targeting: a targeting rule must be a mapping"),
+    ],
+)
+def test_targeting_problems(tmp_path: Path, targeting: str, expected: str) -> None:
+    path = write(tmp_path, "exp.yaml", VALID.format(key="exp") + f"targeting: {targeting}\n")
+    problems = problems_of(path)
+    assert any(f"{path}:11: {expected}" in p for p in problems), problems
+
+
+def test_forced_unit_to_an_unknown_variant(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "exp.yaml", VALID.format(key="exp") + "forced:\n  qa-1: a\n  qa-2: nope\n"
+    )
+    assert problems_of(path) == [
+        f"{path}:13: forced.qa-2: unknown variant 'nope'; variants: ['a', 'b']"
+    ]
+
+
+def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "exp.yaml", VALID.format(key="exp") + "forced:\n  qa-1: a\n  qa-1: b\n")
+    assert problems_of(path) == [
+        f"{path}:13: experiment: duplicate key 'qa-1' (first written on line 12)"
+    ]
+
+
+def test_broken_yaml_and_non_mapping(tmp_path: Path) -> None:
+    broken = write(tmp_path, "broken.yaml", "key: [unclosed\n")
+    listed = write(tmp_path, "list.yaml", "- 1\n- 2\n")
+    problems = problems_of(broken, listed)
+    assert any(p.startswith(f"{broken}:") and "invalid YAML" in p for p in problems)
+    assert f"{listed}:1: experiment: the file must hold one YAML mapping" in problems
+
+
+def test_duplicate_experiment_keys_across_files(tmp_path: Path) -> None:
+    first = write(tmp_path, "one.yaml", VALID.format(key="same"))
+    second = write(tmp_path, "two.yaml", VALID.format(key="same"))
+    assert problems_of(tmp_path) == [
+        f"{second}:1: key: duplicate experiment key 'same' (also in {first})"
+    ]
+
+
+def test_overlapping_layer_ranges(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", VALID.format(key="a") + "layer: {name: L, range: [0.0, 0.6]}\n")
+    b = write(tmp_path, "b.yaml", VALID.format(key="b") + "layer: {name: L, range: [0.5, 1.0]}\n")
+    write(tmp_path, "c.yaml", VALID.format(key="c") + "layer: {name: M, range: [0.0, 1.0]}\n")
+    problems = problems_of(tmp_path)
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"{b}:11: layer.range: range [0.5, 1.0) of layer 'L' overlaps [0.0, 0.6)"
+    )
+
+
+def test_inverted_layer_range(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "a.yaml", VALID.format(key="a") + "layer: {name: L, range: [0.6, 0.2]}\n"
+    )
+    assert problems_of(path) == [f"{path}:11: layer.range: start 0.6 must be below end 0.2"]
+
+
+def test_cli_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
+    good = write(tmp_path, "good.yaml", VALID.format(key="good"))
+    ok = runner.invoke(main, ["validate", str(good)])
+    assert ok.exit_code == 0 and "1 experiment(s) valid" in ok.output
+    bad = write(tmp_path, "bad.yaml", VALID.format(key="bad").replace("control: a", "control: q"))
+    failed = runner.invoke(main, ["validate", str(tmp_path)])
+    assert failed.exit_code == 1
+    assert f"{bad}:5: control: unknown control 'q'" in failed.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = runner.invoke(main, ["validate", str(empty)])
+    assert nothing.exit_code == 1 and "no experiment files" in nothing.output
+    missing = runner.invoke(main, ["validate", str(tmp_path / "missing.yaml")])
+    assert missing.exit_code == 1 and "cannot read file" in missing.output
+
+
+NAMED = textwrap.dedent(
+    """\
+    key: named
+    description: Both models take their columns by name.
+    owner: team@example.com
+    status: running
+    control: a
+    variants:
+      - key: a
+        weight: 0.5
+        model:
+          path: churn_logreg.onnx
+          sha256: {sha}
+          inputs:
+            features:
+              features: {names_a}
+              factor: {factor}
+      - key: b
+        weight: 0.5
+        model:
+          path: churn_logreg.onnx
+          sha256: {sha}
+          inputs: {inputs_b}
+    metrics:
+      primary: {{name: conversion, type: binary}}
+    """
+)
+NAMES = [f"col_{i:02d}" for i in range(20)]
+
+
+def named_problems(tmp_path: Path, **fields: object) -> list[str]:
+    sha = demo_models()["churn_logreg.onnx"]
+    values = {
+        "names_a": NAMES,
+        "factor": 0.5,
+        "inputs_b": {"features": {"features": NAMES[::-1]}},
+    } | fields
+    text = NAMED.format(sha=sha, **{key: json.dumps(value) for key, value in values.items()})
+    path = write(tmp_path, "named.yaml", text)
+    return [str(p).removeprefix(f"{path}:") for p in load_experiments([path], MODELS).problems]
+
+
+def test_feature_names_are_checked_against_each_other_and_the_model(tmp_path: Path) -> None:
+    assert named_problems(tmp_path) == []
+    assert named_problems(tmp_path, names_a=NAMES[:19]) == [
+        "14: variants[0].model.inputs.features.features: 19 names; the model's input "
+        "'features' has 20 features, one name each in the model's order"
+    ]
+    assert named_problems(tmp_path, names_a=[*NAMES[:19], "col_03"]) == [
+        "14: variants[0].model.inputs.features.features[19]: "
+        "duplicate feature name 'col_03' (also features[3])"
+    ]
+    assert named_problems(tmp_path, names_a=[*NAMES[:19], ""]) == [
+        "14: variants[0].model.inputs.features.features[19]: String should have at least 1 character"
+    ]
+    assert named_problems(tmp_path, factor={"col_01": 2.0, "col_99": 1.0}) == [
+        "15: variants[0].model.inputs.features.factor.col_99: 'col_99' is not in 'features'"
+    ]
+    assert named_problems(tmp_path, inputs_b={"features": {"factor": {"col_01": 2.0}}}) == [
+        "21: variants[1].model.inputs.features.factor: factor per feature name needs 'features'",
+        "21: variants[1].model.inputs.features: another variant names the features of input "
+        "'features'; variant 'b' must name them too, or requests that send them by name fail "
+        "on its model",
+    ]
