@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
-from service.server import AbxServer, default_workers  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.server import AbxServer  # noqa: E402
+from service.settings import Settings, default_workers  # noqa: E402
 from service.storage.migrations import apply_migrations  # noqa: E402
 
 TARGET_THROUGHPUT_RATIO = 0.6

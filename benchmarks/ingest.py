@@ -79,8 +79,7 @@ from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once
 from service.events.sums import metric_stats
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
-from service.server import default_workers
-from service.settings import Settings
+from service.settings import Settings, default_workers
 
 EXPERIMENT = "checkout_ranker"
 BINARY_METRIC = "checkout_conversion"

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from dashboards import audit_log
 from dashboards.evidence import (
     EvidencePoint,
     ExposureBucket,
@@ -22,12 +21,14 @@ from dashboards.evidence import (
     evidence_over_time,
     exposure_series,
 )
-from dashboards.model_health import VariantHealth, model_health
 from dashboards.sample_size import SampleSize, sample_size
-from service.assignment.state import initial_state
+from service.assignment.state import ServingState, initial_state, serving_state
 from service.decisions.evaluation import Comparison, ExperimentAnalysis
 from service.decisions.inputs import run_analysis
+from service.decisions.store import DecisionRecord, decision_log, last_analysis_at
+from service.events.sums import exposure_buckets, metric_buckets
 from service.experiments.schema import Experiment
+from service.inference.records import VariantHealth, recent_health
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class ExperimentPage:
     evidence: list[EvidencePoint]
     exposures: ExposureSeries | None
     health: list[VariantHealth]
-    decisions: list[audit_log.Decision]
-    state: audit_log.ServingState | None
+    decisions: list[DecisionRecord]
+    state: ServingState | None
     last_analysis_at: datetime | None
     sample_size: SampleSize
     days_running: int
@@ -57,48 +58,25 @@ class IndexRow:
     leader: str | None
     leader_lift: float | None
     leader_significant: bool
-    last_decision: audit_log.Decision | None
+    last_decision: DecisionRecord | None
     alerts: list[str]
 
 
-def weights_from_database(conn: Any, experiment: Experiment) -> dict[str, float]:
-    """The newest allocation in force under the experiment's seed, else the YAML weights.
-
-    The serving processes know this already (their registry); ``abx report`` has no
-    registry and reads what they wrote.
-    """
-    row = conn.execute(
-        "SELECT weights FROM allocations WHERE experiment_key = %s AND seed = %s"
-        " AND effective_at <= now() ORDER BY effective_at DESC, allocation_id DESC LIMIT 1",
-        (experiment.key, experiment.seed),
-    ).fetchone()
-    stored = dict(row[0]) if row else {}
-    return {v.key: float(stored.get(v.key, v.weight)) for v in experiment.variants}
-
-
 def _exposure_buckets(conn: Any, experiment: Experiment) -> list[ExposureBucket]:
-    rows = conn.execute(
-        "SELECT variant_key, bucket, units FROM exposure_counts"
-        " WHERE experiment_key = %s AND seed = %s",
-        (experiment.key, experiment.seed),
-    ).fetchall()
-    return [ExposureBucket(variant, day, int(units)) for variant, day, units in rows]
+    rows = exposure_buckets(conn, experiment.key, experiment.seed)
+    return [ExposureBucket(variant, day, units) for variant, day, units in rows]
 
 
 def _metric_buckets(conn: Any, experiment: Experiment, metric: str) -> list[MetricBucket]:
-    rows = conn.execute(
-        "SELECT variant_key, metric, bucket, sum_y, sum_y2, sum_x, sum_x2, sum_xy"
-        " FROM metric_stats WHERE experiment_key = %s AND seed = %s AND metric = %s",
-        (experiment.key, experiment.seed, metric),
-    ).fetchall()
-    return [MetricBucket(v, m, d, (y, y2, x, x2, xy)) for v, m, d, y, y2, x, x2, xy in rows]
+    rows = metric_buckets(conn, experiment.key, experiment.seed, metric)
+    return [MetricBucket(v, metric, d, sums) for v, d, sums in rows]
 
 
 def _days_running(exposures: ExposureSeries | None, today: date) -> int:
     return (today - exposures.days[0]).days + 1 if exposures else 0
 
 
-def state_name(experiment: Experiment, state: audit_log.ServingState | None) -> str:
+def state_name(experiment: Experiment, state: ServingState | None) -> str:
     """The file's status unless it is running; then the decision state (as the decisions API says)."""
     if experiment.status != "running":
         return experiment.status
@@ -117,7 +95,7 @@ def experiment_page(
         exposure_rows,
         _metric_buckets(conn, experiment, experiment.metrics.primary.name),
     )
-    state = audit_log.serving_state(conn, experiment.key, experiment.seed)
+    state = serving_state(conn, experiment.key, experiment.seed)
     return ExperimentPage(
         experiment,
         weights,
@@ -125,10 +103,10 @@ def experiment_page(
         analysis,
         evidence,
         exposures,
-        model_health(conn, experiment),
-        audit_log.decisions(conn, experiment.key),
+        recent_health(conn, experiment),
+        decision_log(conn, experiment.key),
         state,
-        audit_log.last_analysis_at(conn, experiment.key, experiment.seed),
+        last_analysis_at(conn, experiment.key, experiment.seed),
         sample_size(conn, experiment, exposures),
         _days_running(exposures, now.date()),
         state_name(experiment, state),
@@ -142,8 +120,8 @@ def leader(experiment: Experiment, comparisons: Sequence[Comparison]) -> Compari
     return max(ahead, key=lambda c: sign * c.difference, default=None)
 
 
-def alerts(analysis: ExperimentAnalysis, state: audit_log.ServingState | None,
-           decisions: Sequence[audit_log.Decision]) -> list[str]:  # fmt: skip
+def alerts(analysis: ExperimentAnalysis, state: ServingState | None,
+           decisions: Sequence[DecisionRecord]) -> list[str]:  # fmt: skip
     found = []
     if analysis.srm is not None and analysis.srm.flagged:
         found.append(f"SRM p={analysis.srm.p_value:.2g}")
@@ -164,10 +142,8 @@ def index_rows(
     for experiment, weights in experiments:
         analysis, _ = run_analysis(conn, experiment, weights, use_history=False)
         exposures = exposure_series(experiment, weights, _exposure_buckets(conn, experiment))
-        state = audit_log.serving_state(conn, experiment.key, experiment.seed)
-        history = [
-            d for d in audit_log.decisions(conn, experiment.key) if d.seed == experiment.seed
-        ]
+        state = serving_state(conn, experiment.key, experiment.seed)
+        history = [d for d in decision_log(conn, experiment.key) if d.seed == experiment.seed]
         best = leader(experiment, analysis.primary)
         rows.append(
             IndexRow(

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from dashboards.audit_log import Decision
 from dashboards.evidence import EvidencePoint, ExposureSeries
-from dashboards.model_health import VariantHealth
 from dashboards.palette import NEUTRAL, VariantStyle, with_alpha
+from service.decisions.store import DecisionRecord
+from service.inference.records import VariantHealth
 
 Figure = dict[str, Any]
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 13}
@@ -66,7 +66,7 @@ def difference_scale(metric_type: str) -> tuple[float, str]:
 
 def evidence_figure(
     points: Sequence[EvidencePoint], styles: Mapping[str, VariantStyle], metric: str,
-    metric_type: str, confidence: float, method: str, decisions: Sequence[Decision] = (),
+    metric_type: str, confidence: float, method: str, decisions: Sequence[DecisionRecord] = (),
 ) -> Figure:  # fmt: skip
     """Difference from the control with its interval per day: one panel per treatment."""
     scale, unit = difference_scale(metric_type)
@@ -139,7 +139,7 @@ def _settled_range(points: Sequence[EvidencePoint], scale: float) -> list[float]
     return [low - pad, high + pad]
 
 
-def _decision_lines(decisions: Sequence[Decision]) -> list[dict[str, Any]]:
+def _decision_lines(decisions: Sequence[DecisionRecord]) -> list[dict[str, Any]]:
     return [
         {"type": "line", "xref": "x", "x0": _iso(d.created_at), "x1": _iso(d.created_at),
          "yref": "paper", "y0": 0, "y1": 1, "line": {"color": NEUTRAL, "width": 1, "dash": "dash"}}
@@ -147,7 +147,7 @@ def _decision_lines(decisions: Sequence[Decision]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _decision_labels(decisions: Sequence[Decision]) -> list[dict[str, Any]]:
+def _decision_labels(decisions: Sequence[DecisionRecord]) -> list[dict[str, Any]]:
     """Labels at the top of the plot area, staggered so that decisions days apart stay legible."""
     shown = [d for d in decisions if d.kind != "continue"]
     return [
@@ -160,7 +160,7 @@ def _decision_labels(decisions: Sequence[Decision]) -> list[dict[str, Any]]:
 
 def p_value_figure(
     points: Sequence[EvidencePoint], styles: Mapping[str, VariantStyle], alpha: float,
-    decisions: Sequence[Decision] = (),
+    decisions: Sequence[DecisionRecord] = (),
 ) -> Figure:  # fmt: skip
     """Always-valid p-value (Holm-adjusted across treatments) per day with the alpha boundary."""
     data = []
@@ -323,12 +323,12 @@ def reliability_figure(
 
 
 def decisions_figure(
-    decisions: Sequence[Decision], styles: Mapping[str, VariantStyle],
+    decisions: Sequence[DecisionRecord], styles: Mapping[str, VariantStyle],
     period: tuple[datetime, datetime] | None = None,
 ) -> Figure:  # fmt: skip
     """Each decision on a time axis, one row per kind, coloured by the variant it concerns."""
     kinds = list(dict.fromkeys(d.kind for d in decisions))
-    groups: dict[str, list[Decision]] = {}
+    groups: dict[str, list[DecisionRecord]] = {}
     for decision in decisions:
         groups.setdefault(decision.variant or "(experiment)", []).append(decision)
     data = []

@@ -8,9 +8,7 @@ open, pages included, as the API is: for a private network only.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import math
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +20,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from dashboards.data import experiment_page, index_rows
 from dashboards.render import render_experiment, render_index, render_login
 from dashboards.report import plotly_source
-from service.errors import ServiceUnavailable, UnknownExperiment
+from service.decisions.results import json_safe
+from service.errors import UnknownExperiment
 
 bp = Blueprint("dashboards", __name__, url_prefix="/dashboards")
 COOKIE = "abx_dashboard_key"
@@ -87,12 +86,7 @@ def plotly_js(version: str) -> Response:
 
 
 def _connection() -> Any:
-    try:
-        return _runtime().database.pool.connection(timeout=2.0)
-    except Exception as error:
-        raise ServiceUnavailable(
-            f"The database is not reachable: {type(error).__name__}."
-        ) from error
+    return _runtime().database.pool.connection(timeout=2.0)
 
 
 def _experiment(key: str) -> tuple[Any, dict[str, float]]:
@@ -132,21 +126,6 @@ def report(key: str) -> Response:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%MZ")
     return Response(html, mimetype="text/html", headers={
         "Content-Disposition": f'attachment; filename="{key}-{stamp}.html"'})  # fmt: skip
-
-
-def json_safe(value: Any) -> Any:
-    """Dataclasses, dates and non-finite floats (as null) in plain JSON."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return json_safe(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 @bp.get("/<key>/data.json")

@@ -16,10 +16,10 @@ import jinja2
 from dashboards import figures
 from dashboards.audit_log import scalar_numbers
 from dashboards.data import ExperimentPage, IndexRow
-from dashboards.model_health import RECENT_PREDICTIONS
 from dashboards.palette import VariantStyle, variant_styles
 from service.decisions.evaluation import Comparison
 from service.experiments.schema import Experiment
+from service.inference.records import RECENT_PREDICTIONS
 
 TEMPLATES = Path(__file__).parent / "templates"
 INTERVALS = {

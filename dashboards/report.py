@@ -8,8 +8,9 @@ from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from dashboards.data import experiment_page, weights_from_database
+from dashboards.data import experiment_page
 from dashboards.render import render_experiment
+from service.assignment.sync import weights_in_force
 from service.experiments.schema import Experiment
 
 
@@ -25,7 +26,7 @@ def report_html(conn: Any, experiment: Experiment, weights: dict[str, float] | N
     page = experiment_page(
         conn,
         experiment,
-        weights if weights is not None else weights_from_database(conn, experiment),
+        weights if weights is not None else weights_in_force(conn, experiment),
         datetime.now(UTC),
     )
     return render_experiment(page, plotly_src=None, plotly_inline=plotly_source())

@@ -10,15 +10,15 @@ from datetime import timedelta
 from flask import Flask, request
 
 from dashboards import pages as dashboard_pages
-from service import errors
 from service.api import analysis as analysis_routes
-from service.api import assignments, experiments, health, openapi, predictions
+from service.api import assignments, experiments, health, openapi, predictions, problems
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
 from service.assignment.sync import StateSync
+from service.errors import Unauthorized
 from service.events.ingest import EventIngestor
 from service.events.rollup import RollupScheduler, windows_from
 from service.experiments.validation import load_experiments
@@ -136,9 +136,7 @@ def _require_api_key(expected: str) -> None:
     if authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
     if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise errors.Unauthorized(
-            "Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'."
-        )
+        raise Unauthorized("Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'.")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -146,7 +144,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("abx")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    errors.init_app(app)
+    problems.init_app(app)
     runtime = build_runtime(settings)
     app.extensions["abx"] = runtime
     if settings.api_key:

@@ -18,13 +18,15 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     if settings.broker_url:
         return settings.broker_url, {}
     folder = (settings.data_dir / "broker").resolve()
-    queue, processed = folder / "queue", folder / "processed"
-    queue.mkdir(parents=True, exist_ok=True)
-    processed.mkdir(parents=True, exist_ok=True)
+    queue, processed, control = folder / "queue", folder / "processed", folder / "control"
+    for path in (queue, processed, control):
+        path.mkdir(parents=True, exist_ok=True)
     options = {
         "data_folder_in": str(queue),
         "data_folder_out": str(queue),
         "processed_folder": str(processed),
+        # the exchange bindings; kombu's default is the working directory
+        "control_folder": str(control),
         "store_processed": False,
     }
     return "filesystem://", options

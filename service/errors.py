@@ -15,19 +15,14 @@
     └── ServiceUnavailable (503 service-unavailable)
         └── ModelUnavailable (503 model-unavailable)  — neither the variant's model nor the fallback
 
-A client never sees a stack trace: anything unexpected becomes a bare 500
-problem and is logged here with its traceback.
+Exceptions only: ``service/api/problems.py`` renders them (and werkzeug's, and an
+unreachable database) for the HTTP API, so the code that raises them needs no Flask.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
-from flask import Flask, Response, json
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
 PROBLEM_TYPE_BASE = "https://abx.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 
@@ -104,49 +99,3 @@ class InputMismatch(InvalidRequest):
 
 class ModelUnavailable(ServiceUnavailable):
     slug, title = "model-unavailable", "No working model"
-
-
-_HTTP_STATUS: dict[int, type[AbxError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    404: NotFound,
-    405: MethodNotAllowed,
-    409: Conflict,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    422: InvalidRequest,
-    503: ServiceUnavailable,
-}
-
-
-def problem_response(error: AbxError, headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(error.problem()), status=error.status, mimetype=PROBLEM_JSON)
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Render every error, ours or werkzeug's, as a problem document."""
-
-    @app.errorhandler(AbxError)
-    def _abx(error: AbxError) -> Response:
-        return problem_response(error)
-
-    @app.errorhandler(HTTPException)
-    def _http(error: HTTPException) -> Response:
-        status = error.code or 500
-        kind = _HTTP_STATUS.get(status, AbxError)
-        problem = kind(error.description or kind.title)
-        response = problem_response(problem)
-        response.status_code = status
-        if status == 405 and error.response is None:
-            allowed = getattr(error, "valid_methods", None)
-            if allowed:
-                response.headers["Allow"] = ", ".join(sorted(allowed))
-        return response
-
-    @app.errorhandler(Exception)
-    def _unexpected(error: Exception) -> Response:
-        log.exception("unhandled error")
-        return problem_response(AbxError("The server failed to handle this request."))

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from service.settings import Settings
-
-
-def default_workers() -> int:
-    """One process per core (at least two): the work is CPU-bound Python, threads cover I/O waits."""
-    return max(2, os.cpu_count() or 1)
+from service.settings import Settings, default_workers
 
 
 def _close_runtime(server: Any, worker: Any) -> None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_migrations() -> Path:
+    """The migrations a wheel installs as ``service/storage/schema``, else the source tree's."""
+    installed = Path(__file__).resolve().parent / "storage" / "schema"
+    return installed if installed.is_dir() else PROJECT_ROOT / "migrations"
+
+
+def default_workers() -> int:
+    """One process per core (at least two): the work is CPU-bound Python, threads cover I/O waits."""
+    return max(2, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -33,7 +45,7 @@ class Settings(BaseSettings):
     )
     shadow_queue_size: int = Field(default=1000, ge=1)
     data_dir: Path = Field(default=Path(".abx"), description="Embedded PostgreSQL and local state.")
-    migrations: Path = Field(default=PROJECT_ROOT / "migrations")
+    migrations: Path = Field(default_factory=default_migrations)
     bind: str = "127.0.0.1:8000"
     workers: int | None = Field(default=None, ge=1, description="gunicorn workers; None: by cores")
     threads: int = Field(default=4, ge=1, description="threads per gunicorn worker")

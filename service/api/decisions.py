@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import psycopg
 from flask import Blueprint, current_app
-from psycopg_pool import PoolTimeout
 
 from service.api.bodies import ActionRequest
 from service.api.body import parse_json_body
+from service.assignment.state import initial_state, serving_state
 from service.decisions.actions import ActionRefused, act
-from service.errors import Conflict, InvalidRequest, ServiceUnavailable, UnknownExperiment
+from service.decisions.results import json_safe
+from service.decisions.store import decision_log
+from service.decisions.tasks import enqueue_deliveries
+from service.errors import Conflict, InvalidRequest, UnknownExperiment
 from service.experiments.schema import Experiment
 
 bp = Blueprint("decisions", __name__)
-log = logging.getLogger(__name__)
 
 
 def _experiment(key: str) -> Experiment:
@@ -26,56 +26,27 @@ def _experiment(key: str) -> Experiment:
     return experiment
 
 
-def decision_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    names = ("decision_id", "kind", "variant", "status", "actor", "reason", "state_before",
-             "state_after", "numbers", "created_at", "applied_at", "seed")  # fmt: skip
-    item = dict(zip(names, row, strict=True))
-    item["decision_id"] = str(item["decision_id"])
-    for name in ("created_at", "applied_at"):
-        item[name] = item[name].isoformat() if item[name] else None
-    return item
-
-
 @bp.get("/v1/experiments/<key>/decisions")
 def list_decisions(key: str) -> dict[str, Any]:
     experiment = _experiment(key)
-    runtime = current_app.extensions["abx"]
-    try:
-        with runtime.database.pool.connection(timeout=2.0) as conn:
-            rows = conn.execute(
-                "SELECT decision_id, kind, variant_key, status, actor, reason, state_before, state_after,"
-                " numbers, created_at, applied_at, seed FROM decisions WHERE experiment_key = %s"
-                " ORDER BY created_at, decision_id",
-                (key,),
-            ).fetchall()
-            state = conn.execute(
-                "SELECT state, winner, rolled_back, ramp_step FROM experiment_state WHERE experiment_key = %s",
-                (key,),
-            ).fetchone()
-    except Exception as error:
-        raise ServiceUnavailable(
-            f"The database is not reachable: {type(error).__name__}."
-        ) from error
-    current: dict[str, Any] = {"state": "ramping" if experiment.policy.ramp else "running", "winner": None,
-               "rolled_back": [], "ramp_step": 0}  # fmt: skip
+    with current_app.extensions["abx"].database.pool.connection(timeout=2.0) as conn:
+        records = decision_log(conn, key)
+        state = serving_state(conn, key, experiment.seed)
+    current: dict[str, Any] = {"state": initial_state(experiment).state, "winner": None,
+                               "rolled_back": [], "ramp_step": 0}  # fmt: skip
     if state is not None:
-        current = {
-            "state": state[0],
-            "winner": state[1],
-            "rolled_back": list(state[2]),
-            "ramp_step": state[3],
-        }
+        current = {"state": state.state, "winner": state.winner,
+                   "rolled_back": state.rolled_back, "ramp_step": state.ramp_step}  # fmt: skip
     return {"experiment": key, "seed": experiment.seed, "current": current,
-            "decisions": [decision_json(row) for row in rows]}  # fmt: skip
+            "decisions": [json_safe(record) for record in records]}  # fmt: skip
 
 
 @bp.post("/v1/experiments/<key>/actions")
 def post_action(key: str) -> tuple[dict[str, Any], int]:
     experiment = _experiment(key)
     body = parse_json_body(ActionRequest)
-    runtime = current_app.extensions["abx"]
     try:
-        with runtime.database.pool.connection(timeout=2.0) as conn:
+        with current_app.extensions["abx"].database.pool.connection(timeout=2.0) as conn:
             decision_id, decision, deliveries = act(
                 conn, experiment, body.action, body.variant, body.actor, body.reason
             )
@@ -85,23 +56,6 @@ def post_action(key: str) -> tuple[dict[str, Any], int]:
         raise InvalidRequest(
             str(invalid), [{"field": "variant", "message": str(invalid)}]
         ) from invalid
-    except (psycopg.Error, PoolTimeout) as error:
-        raise ServiceUnavailable(
-            f"The database is not reachable: {type(error).__name__}."
-        ) from error
-    _enqueue_webhooks(deliveries)
+    enqueue_deliveries(deliveries)
     return {"decision_id": decision_id, "kind": decision.kind, "variant": decision.variant,
             "state": decision.state_after.state}, 201  # fmt: skip
-
-
-def _enqueue_webhooks(deliveries: list[str]) -> None:
-    """Hand deliveries to the workers; if the broker is away, the beat's redelivery picks them up."""
-    if not deliveries:
-        return
-    try:
-        from service.decisions.tasks import deliver_webhook
-
-        for delivery_id in deliveries:
-            deliver_webhook.apply_async((delivery_id,), retry=False)
-    except Exception as error:
-        log.warning("could not enqueue webhooks now (they stay pending): %s", error)

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from service.api.problems import problem_response
 from service.errors import (
     InvalidRequest,
     MalformedJson,
@@ -15,7 +16,6 @@ from service.errors import (
     ServiceUnavailable,
     UnknownExperiment,
     UnsupportedMediaType,
-    problem_response,
 )
 from service.events.ingest import IngestUnavailable
 from service.events.sums import metric_stats, outcome_status_counts
@@ -114,14 +114,9 @@ def experiment_metrics(key: str) -> dict[str, Any]:
     experiment = runtime.registry.experiments.get(key)
     if experiment is None:
         raise UnknownExperiment(f"There is no experiment {key!r}.")
-    try:
-        with runtime.database.pool.connection(timeout=2.0) as conn:
-            stats = metric_stats(conn, key, experiment.seed)
-            counts = outcome_status_counts(conn, key)
-    except Exception as error:
-        raise ServiceUnavailable(
-            f"The database is not reachable: {type(error).__name__}."
-        ) from error
+    with runtime.database.pool.connection(timeout=2.0) as conn:
+        stats = metric_stats(conn, key, experiment.seed)
+        counts = outcome_status_counts(conn, key)
     return {
         "experiment": key,
         "seed": experiment.seed,

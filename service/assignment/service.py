@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from service.api.bodies import AssignRequest
 from service.assignment.core import Assignment, assign
 from service.assignment.registry import Registry, ServedExperiment
 from service.assignment.sticky import StickyStore
 from service.errors import InvalidRequest, UnknownExperiment
+
+
+class AssignItem(Protocol):
+    """One item of a batch (the API's request body has these fields)."""
+
+    experiment: str
+    unit: str
+    attributes: dict[str, Any]
 
 
 class AssignmentService:
@@ -50,7 +57,7 @@ class AssignmentService:
         time.sleep(remaining)
         return self._sticky.stored_variant(experiment_key, seed, unit_id)
 
-    def assign_many(self, items: Sequence[AssignRequest]) -> list[Assignment]:
+    def assign_many(self, items: Sequence[AssignItem]) -> list[Assignment]:
         """All or nothing: an unknown experiment anywhere rejects the batch before any logging."""
         unknown = [
             {

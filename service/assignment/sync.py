@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -26,7 +25,8 @@ from psycopg.types.json import Jsonb
 
 from service.assignment.allocation import AllocationPlan, AllocationRow, resolve_allocation
 from service.assignment.registry import Registry
-from service.assignment.state import ExperimentState
+from service.assignment.state import read_states
+from service.background import PeriodicThread
 from service.experiments.schema import Experiment
 from service.storage.database import Database
 from service.storage.writer import BatchWriter
@@ -117,20 +117,7 @@ def read_allocations(conn: Any, registry: Registry) -> tuple[dict[str, Allocatio
     return plans, now
 
 
-def read_states(conn: Any, registry: Registry) -> dict[str, ExperimentState]:
-    """Decision states of the registry's experiments under their current seeds."""
-    states = {}
-    for key, seed, state, winner, rolled_back, step, started, version in conn.execute(
-        "SELECT experiment_key, seed, state, winner, rolled_back, ramp_step, ramp_started_at,"
-        " version FROM experiment_state WHERE experiment_key = ANY(%s)",
-        (list(registry.experiments),),
-    ):
-        if registry.experiments[key].seed == seed:
-            states[key] = ExperimentState(state, winner, tuple(rolled_back), step, started, version)
-    return states
-
-
-class StateSync:
+class StateSync(PeriodicThread):
     """Background heartbeat and allocation refresh for one serving process."""
 
     def __init__(
@@ -141,26 +128,18 @@ class StateSync:
         interval: float,
         settle_seconds: float,
     ) -> None:
+        super().__init__("abx-state-sync", interval)
         self._settle_seconds = settle_seconds
         self._database = database
         self._registry = registry
         self._writer = writer
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_applied: float | None = None
         self._created = time.monotonic()
         self._synced = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="abx-state-sync", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def close(self, timeout: float | None = None) -> None:
+        super().close(timeout)
         try:
             with self._database.pool.connection(timeout=1.0) as conn:
                 conn.execute(
@@ -188,7 +167,7 @@ class StateSync:
                     self._synced = True
                 self._heartbeat(conn)
                 plans, database_now = read_allocations(conn, self._registry)
-                states = read_states(conn, self._registry)
+                states = read_states(conn, self._registry.experiments)
         except Exception as error:
             log.warning("state refresh failed: %s", error)
             return False
@@ -215,6 +194,20 @@ class StateSync:
             (self.worker_id, age),
         )
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.poll_once()
+    def tick(self) -> None:
+        self.poll_once()
+
+
+def weights_in_force(conn: Any, experiment: Experiment) -> dict[str, float]:
+    """The newest allocation in force under the experiment's seed, else the YAML weights.
+
+    The serving processes know this already (their registry); ``abx report`` has no
+    registry and reads what they wrote.
+    """
+    row = conn.execute(
+        "SELECT weights FROM allocations WHERE experiment_key = %s AND seed = %s"
+        " AND effective_at <= now() ORDER BY effective_at DESC, allocation_id DESC LIMIT 1",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    stored = dict(row[0]) if row else {}
+    return {v.key: float(stored.get(v.key, v.weight)) for v in experiment.variants}

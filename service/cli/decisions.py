@@ -93,14 +93,14 @@ def export_state(write: bool) -> None:
     import psycopg
 
     from service.assignment.registry import Registry
-    from service.assignment.sync import read_states
+    from service.assignment.state import read_states
     from service.decisions.export import export_change
 
     settings = settings_from_env()
     result = experiments_or_exit(settings, check_models=False)
     registry = Registry(result)
     with psycopg.connect(database_url(settings.database_url, settings.data_dir)) as conn:
-        states = read_states(conn, registry)
+        states = read_states(conn, registry.experiments)
     changes = 0
     for item in result.experiments:
         state = states.get(item.experiment.key)

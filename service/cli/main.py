@@ -300,8 +300,9 @@ def models_demo(root: Path | None, force: bool) -> None:
 @click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
 def models_quantize(source: Path, target: Path) -> None:
     """Write SOURCE dynamically quantized to int8 as TARGET; compare them on the demo data."""
+    from service.demo.models import TRAIN_ROWS, demo_dataset
     from service.experiments.model_refs import file_sha256
-    from service.inference.quantization import compare_on_demo_data, quantize_model
+    from service.inference.quantization import compare_models, quantize_model
 
     quantize_model(source, target)
     click.echo(
@@ -309,7 +310,8 @@ def models_quantize(source: Path, target: Path) -> None:
         f" sha256 {file_sha256(target)}"
     )
     try:
-        result = compare_on_demo_data(source, target)
+        features, labels = demo_dataset()
+        result = compare_models(source, target, features[TRAIN_ROWS:], labels[TRAIN_ROWS:])
     except Exception as error:  # not a model of the demo data's shape
         click.echo(f"(no comparison on the demo data: {error})")
         return

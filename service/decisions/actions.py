@@ -6,9 +6,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from service.decisions.cycle import experiment_lock_key, load_state, record_decision
-from service.decisions.inputs import last_run_numbers
+from service.assignment.state import load_state
 from service.decisions.rules import Decision
+from service.decisions.store import (
+    last_run_numbers,
+    latest_awaiting_approval,
+    lock_experiment,
+    mark_applied,
+    record_decision,
+)
 from service.experiments.schema import Experiment
 
 ACTIONS = ("approve", "pause", "resume", "promote", "rollback")
@@ -27,14 +33,10 @@ def _decision(
     if variant is not None and variant not in experiment.variant_keys:
         raise ValueError(f"unknown variant {variant!r}; variants: {list(experiment.variant_keys)}")
     if action == "approve":
-        row = conn.execute(
-            "SELECT decision_id, variant_key FROM decisions WHERE experiment_key = %s AND seed = %s"
-            " AND status = 'awaiting_approval' ORDER BY created_at DESC LIMIT 1",
-            (experiment.key, experiment.seed),
-        ).fetchone()
-        if row is None:
+        awaiting = latest_awaiting_approval(conn, experiment)
+        if awaiting is None:
             raise ActionRefused("no decision awaits approval")
-        decision_id, winner = str(row[0]), row[1]
+        decision_id, winner = awaiting
         return Decision(
             "approve", reason, replace(state, state="promoted", winner=winner), winner
         ), decision_id
@@ -75,16 +77,13 @@ def act(
 ) -> tuple[str, Decision, list[str]]:
     """Apply a human action in one transaction; return the decision id and webhook deliveries."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (experiment_lock_key(experiment.key),))
+        lock_experiment(conn, experiment.key)
         before, _ = load_state(conn, experiment)
         decision, approved = _decision(conn, experiment, action, variant, reason)
         numbers: dict[str, Any] = {"last_analysis": last_run_numbers(conn, experiment)}
         if approved is not None:
             numbers["approves"] = approved
-            conn.execute(
-                "UPDATE decisions SET status = 'applied', applied_at = now() WHERE decision_id = %s",
-                (approved,),
-            )
+            mark_applied(conn, approved)
         decision_id, deliveries = record_decision(
             conn,
             experiment,

@@ -20,10 +20,10 @@ from analysis.sufficient_stats import SufficientStats
 from service.decisions.model_health import (
     MODEL_FALLBACK_RATE,
     MODEL_LATENCY_P99,
-    ModelHealth,
     model_guardrail,
 )
 from service.decisions.results import Comparison, ExperimentAnalysis, GuardrailCheck, SrmCheck
+from service.events.sums import ModelHealth
 from service.experiments.schema import Experiment, Metric
 
 StatsKey = tuple[str, str]  # variant, metric

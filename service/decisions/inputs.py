@@ -10,28 +10,10 @@ from typing import Any
 from analysis.msprt import MsprtResult
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
+from service.decisions.results import json_safe
+from service.decisions.store import last_run_numbers
 from service.events.sums import exposed_units, exposed_units_by_day, metric_stats, model_health
 from service.experiments.schema import Experiment
-
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats (an interval before any look is infinite) become JSON null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
-
-
-def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT numbers FROM analysis_runs WHERE experiment_key = %s AND seed = %s"
-        " ORDER BY run_id DESC LIMIT 1",
-        (experiment.key, experiment.seed),
-    ).fetchone()
-    return dict(row[0]) if row else {}
 
 
 def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:

@@ -9,21 +9,13 @@ requests, since there is no sufficient statistic for a quantile's sequential tes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from analysis import guardrails
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.results import GuardrailCheck
 from service.events import latency as latency_histogram
+from service.events.sums import ModelHealth
 from service.experiments.schema import Guardrail
-
-
-@dataclass(frozen=True)
-class ModelHealth:
-    requests: int
-    fallbacks: int
-    latency_counts: list[int]
-
 
 MODEL_FALLBACK_RATE = "model_fallback_rate"
 MODEL_LATENCY_P99 = "model_latency_p99_ms"

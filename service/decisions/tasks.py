@@ -13,12 +13,15 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-import requests
-
 from service.celery_app import app
 from service.decisions.actions import act
 from service.decisions.cycle import AnalysisOutcome, analyze_and_decide
-from service.decisions.webhooks import SIGNATURE_HEADER, body_bytes, retry_delay_seconds, signature
+from service.decisions.webhooks import (
+    deliver_once,
+    mark_failed,
+    retry_delay_seconds,
+    stale_deliveries,
+)
 from service.events.rollup import roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
@@ -80,8 +83,7 @@ def analyze_all() -> list[str]:
 @app.task(name="abx.analyze_experiment")
 def analyze_experiment(key: str) -> dict[str, Any]:
     outcome = analyze_now(key)
-    for delivery_id in outcome.deliveries:
-        deliver_webhook.delay(delivery_id)
+    enqueue_deliveries(outcome.deliveries)
     return {
         "kind": outcome.decision.kind,
         "reason": outcome.decision.reason,
@@ -94,8 +96,7 @@ def apply_decision(key: str, action: str, variant: str | None, actor: str, reaso
     """A human action (approve, pause, resume, promote, rollback), audited like any decision."""
     with context().database.pool.connection(timeout=10.0) as conn:
         decision_id, _, deliveries = act(conn, experiment(key), action, variant, actor, reason)
-    for delivery_id in deliveries:
-        deliver_webhook.delay(delivery_id)
+    enqueue_deliveries(deliveries)
     return decision_id
 
 
@@ -103,31 +104,9 @@ def post_webhook(delivery_id: str) -> bool | None:
     """Deliver once: True on success, False on failure, None if there is nothing to do."""
     ctx = context()
     with ctx.database.pool.connection(timeout=10.0) as conn:
-        row = conn.execute(
-            "SELECT url, payload, status FROM webhook_deliveries WHERE delivery_id = %s",
-            (delivery_id,),
-        ).fetchone()
-        if row is None or row[2] != "pending":
-            return None
-        url, payload, _ = row
-        body = body_bytes(payload)
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature(ctx.settings.webhook_secret, body),
-        }
-        try:
-            response = requests.post(
-                url, data=body, headers=headers, timeout=ctx.settings.webhook_timeout_seconds
-            )
-            ok, error = response.status_code < 300, f"HTTP {response.status_code}"
-        except requests.RequestException as failure:
-            ok, error = False, f"{type(failure).__name__}: {failure}"
-        conn.execute(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, last_error = %s,"
-            " updated_at = now() WHERE delivery_id = %s",
-            ("delivered" if ok else "pending", None if ok else error, delivery_id),
+        return deliver_once(
+            conn, delivery_id, ctx.settings.webhook_secret, ctx.settings.webhook_timeout_seconds
         )
-        return ok
 
 
 @app.task(name="abx.deliver_webhook", bind=True, max_retries=MAX_WEBHOOK_ATTEMPTS)
@@ -136,10 +115,7 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
     if delivered is False:
         if self.request.retries + 1 >= MAX_WEBHOOK_ATTEMPTS:
             with context().database.pool.connection(timeout=10.0) as conn:
-                conn.execute(
-                    "UPDATE webhook_deliveries SET status = 'failed' WHERE delivery_id = %s",
-                    (delivery_id,),
-                )
+                mark_failed(conn, delivery_id)
             return "failed"
         raise self.retry(countdown=retry_delay_seconds(self.request.retries + 1))
     return "delivered" if delivered else "nothing to do"
@@ -149,11 +125,15 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
 def redeliver_webhooks() -> int:
     """Deliveries left pending (a worker died between commit and enqueue) get another go."""
     with context().database.pool.connection(timeout=10.0) as conn:
-        rows = conn.execute(
-            "SELECT delivery_id FROM webhook_deliveries WHERE status = 'pending'"
-            " AND updated_at < now() - interval '2 minutes' AND attempts < %s",
-            (MAX_WEBHOOK_ATTEMPTS,),
-        ).fetchall()
-    for (delivery_id,) in rows:
-        deliver_webhook.delay(str(delivery_id))
-    return len(rows)
+        stale = stale_deliveries(conn, MAX_WEBHOOK_ATTEMPTS)
+    enqueue_deliveries(stale)
+    return len(stale)
+
+
+def enqueue_deliveries(deliveries: list[str]) -> None:
+    """Hand deliveries to the workers; if the broker is away, the beat's redelivery picks them up."""
+    try:
+        for delivery_id in deliveries:
+            deliver_webhook.apply_async((delivery_id,), retry=False)
+    except Exception as error:
+        log.warning("could not enqueue webhooks now (they stay pending): %s", error)

@@ -1,11 +1,19 @@
-"""Webhook payloads and their HMAC-SHA256 signature (receivers verify ``X-Abx-Signature``)."""
+"""Webhooks: the ``webhook_deliveries`` table, the signed payload, one delivery attempt.
+
+A decision queues its deliveries in its own transaction; Celery tasks deliver them
+(``tasks.py``), and receivers verify the HMAC-SHA256 in ``X-Abx-Signature``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import uuid
 from typing import Any
+
+import requests
+from psycopg.types.json import Jsonb
 
 SIGNATURE_HEADER = "X-Abx-Signature"
 
@@ -26,3 +34,59 @@ def verify(secret: str, body: bytes, header: str) -> bool:
 def retry_delay_seconds(attempt: int, cap: float = 300.0) -> float:
     """Exponential backoff: 2, 4, 8, ... seconds, capped."""
     return float(min(cap, 2.0 ** max(1, attempt)))
+
+
+def queue_deliveries(
+    conn: Any, decision_id: str, urls: list[str], payload: dict[str, Any]
+) -> list[str]:
+    """One pending delivery per URL, in the caller's transaction; return their ids."""
+    deliveries = []
+    for url in urls:
+        delivery_id = str(uuid.uuid4())
+        conn.execute(
+            "INSERT INTO webhook_deliveries (delivery_id, decision_id, url, payload)"
+            " VALUES (%s, %s, %s, %s)",
+            (delivery_id, decision_id, url, Jsonb(payload)),
+        )
+        deliveries.append(delivery_id)
+    return deliveries
+
+
+def deliver_once(conn: Any, delivery_id: str, secret: str, timeout: float) -> bool | None:
+    """POST one pending delivery: True on success, False on failure, None if nothing to do."""
+    row = conn.execute(
+        "SELECT url, payload, status FROM webhook_deliveries WHERE delivery_id = %s",
+        (delivery_id,),
+    ).fetchone()
+    if row is None or row[2] != "pending":
+        return None
+    url, payload, _ = row
+    body = body_bytes(payload)
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body)}
+    try:
+        response = requests.post(url, data=body, headers=headers, timeout=timeout)
+        ok, error = response.status_code < 300, f"HTTP {response.status_code}"
+    except requests.RequestException as failure:
+        ok, error = False, f"{type(failure).__name__}: {failure}"
+    conn.execute(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, last_error = %s,"
+        " updated_at = now() WHERE delivery_id = %s",
+        ("delivered" if ok else "pending", None if ok else error, delivery_id),
+    )
+    return ok
+
+
+def mark_failed(conn: Any, delivery_id: str) -> None:
+    conn.execute(
+        "UPDATE webhook_deliveries SET status = 'failed' WHERE delivery_id = %s", (delivery_id,)
+    )
+
+
+def stale_deliveries(conn: Any, max_attempts: int) -> list[str]:
+    """Deliveries still pending two minutes on (a worker died between commit and enqueue)."""
+    rows = conn.execute(
+        "SELECT delivery_id FROM webhook_deliveries WHERE status = 'pending'"
+        " AND updated_at < now() - interval '2 minutes' AND attempts < %s",
+        (max_attempts,),
+    ).fetchall()
+    return [str(delivery_id) for (delivery_id,) in rows]

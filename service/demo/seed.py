@@ -101,7 +101,9 @@ def seed_rollups(
     weights = np.array([v.weight for v in experiment.variants])
     traffic = weights * np.array([(skew or {}).get(v.key, 1.0) for v in experiment.variants])
     models = default_models(experiment)
-    exposures, stats, total = [], [], 0
+    exposures: list[tuple[Any, ...]] = []
+    stats: list[tuple[Any, ...]] = []
+    total = 0
     for offset in range(days):
         day = last_day - timedelta(days=days - 1 - offset)
         counts = rng.multinomial(units_per_day, traffic / traffic.sum())

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.background import BackgroundThread, PeriodicThread
 from service.events.validation import OUTCOME_COLUMNS
 from service.storage.database import Database
 from service.storage.spool import Spool, SpoolError
+from service.storage.staging import copy_to_stage
 
 log = logging.getLogger(__name__)
 _COLUMNS = ", ".join(OUTCOME_COLUMNS)
@@ -40,13 +41,7 @@ class IngestResult:
 
 def ingest_rows(conn: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[str, str]]:
     """Stage and deduplicate rows in the caller's transaction; return the new (experiment, event_id)."""
-    conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS stage_outcomes ON COMMIT DELETE ROWS"
-        f" AS SELECT {_COLUMNS} FROM outcomes WITH NO DATA"
-    )
-    with conn.cursor().copy(f"COPY stage_outcomes ({_COLUMNS}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    copy_to_stage(conn, "outcomes", OUTCOME_COLUMNS, rows)
     fresh = conn.execute(
         f"""
         WITH fresh AS (
@@ -74,36 +69,36 @@ class _Request:
     error: str | None = None
 
 
-class EventIngestor:
+class EventIngestor(BackgroundThread):
     def __init__(self, database: Database, spool: Spool, wait_timeout: float = 10.0) -> None:
+        super().__init__("abx-event-ingest", join_timeout=10.0)
         self._database = database
         self._spool = spool
         self._wait_timeout = wait_timeout
         self._queue: list[_Request] = []
         self._cond = threading.Condition()
-        self._stopping = False
         self._spooling = spool.has_segments()
         self._database_answers = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._prober = PeriodicThread("abx-event-probe", 1.0, self._probe)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="abx-event-ingest", daemon=True)
-        self._thread.start()
-        threading.Thread(target=self._probe, name="abx-event-probe", daemon=True).start()
+        super().start()
+        self._prober.start()
 
-    def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(10)
+    def close(self, timeout: float | None = None) -> None:
+        self._prober.close()
+        super().close(timeout)
         self._spool.seal()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
 
     def submit(self, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Block until the rows are durable; raise ``IngestUnavailable`` if they cannot be."""
         request = _Request(rows)
         with self._cond:
-            if self._stopping:
+            if self.stopping:
                 raise IngestUnavailable("the service is shutting down")
             self._queue.append(request)
             self._cond.notify()
@@ -120,10 +115,10 @@ class EventIngestor:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._queue and not self._stopping:
+                if not self._queue and not self.stopping:
                     self._cond.wait(timeout=1.0)  # wake at least every second to probe
                 batch, self._queue = self._queue, []
-                stopping = self._stopping
+                stopping = self.stopping
             if self._spooling:
                 self._try_leave_spooling()
             if batch:
@@ -151,17 +146,14 @@ class EventIngestor:
 
     def _probe(self) -> None:
         """While spooling, check every second (off the writer thread) whether PostgreSQL answers."""
-        while not self._stopping:
-            if self._spooling and not self._database_answers.is_set():
-                try:
-                    with self._database.pool.connection(timeout=1.0) as conn:
-                        conn.execute("SELECT 1")
-                    self._database_answers.set()
-                    with self._cond:
-                        self._cond.notify()
-                except Exception as error:
-                    log.debug("database still away: %s", error)
-            time.sleep(1.0)
+        if self._spooling and not self._database_answers.is_set():
+            try:
+                with self._database.pool.connection(timeout=1.0) as conn:
+                    conn.execute("SELECT 1")
+                self._database_answers.set()
+                self._wake()
+            except Exception as error:
+                log.debug("database still away: %s", error)
 
     def _commit_replayed(self, rows: list[list[Any]]) -> None:
         with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():

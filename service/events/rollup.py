@@ -13,13 +13,13 @@ reading the statistics afterwards grows with buckets, not with events.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from service.background import PeriodicThread
 from service.events.attribution import (
     Event,
     Exposure,
@@ -263,7 +263,7 @@ def roll_up_once(
         return exposures_done, len(events)
 
 
-class RollupScheduler:
+class RollupScheduler(PeriodicThread):
     """Run the rollup every ``interval`` seconds in this process (whichever process gets the lock)."""
 
     def __init__(
@@ -273,21 +273,11 @@ class RollupScheduler:
         grace: timedelta,
         interval: float,
     ) -> None:
+        super().__init__("abx-rollup", interval, join_timeout=3.0)
         self._database = database
         self._windows = windows
         self._grace = grace
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="abx-rollup", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(3)
+        self._next_partition_check = 0.0
 
     def run_until_idle(self, max_rounds: int = 1000) -> None:
         """Roll up everything that is there now (for tests, CLI and benchmarks)."""
@@ -297,18 +287,16 @@ class RollupScheduler:
             if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 return
 
-    def _run(self) -> None:
-        next_partition_check = 0.0
-        while not self._stop.wait(self._interval):
-            try:
-                with self._database.pool.connection(timeout=1.0) as conn:
-                    if time.monotonic() >= next_partition_check:
-                        # Months of outcome partitions exist ahead; keep it so as time passes.
-                        conn.execute("SELECT abx_ensure_outcome_partitions()")
-                        next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
-                    roll_up_once(conn, self._windows, self._grace)
-            except Exception as error:
-                log.warning("rollup failed, will retry: %s", error)
+    def tick(self) -> None:
+        try:
+            with self._database.pool.connection(timeout=1.0) as conn:
+                if time.monotonic() >= self._next_partition_check:
+                    # Months of outcome partitions exist ahead; keep it so as time passes.
+                    conn.execute("SELECT abx_ensure_outcome_partitions()")
+                    self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
+                roll_up_once(conn, self._windows, self._grace)
+        except Exception as error:  # the database is away: the next tick tries again
+            log.warning("rollup failed, will retry: %s", error)
 
 
 def windows_from(experiments: Mapping[str, Any]) -> Callable[[str], timedelta]:

@@ -7,7 +7,15 @@ from datetime import date
 from typing import Any
 
 from analysis.sufficient_stats import SufficientStats
-from service.decisions.model_health import ModelHealth
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """A variant's ``/v1/predict`` answers: requests, fallbacks, latency histogram counts."""
+
+    requests: int
+    fallbacks: int
+    latency_counts: list[int]
 
 
 @dataclass(frozen=True)
@@ -95,3 +103,25 @@ def model_health(
                 seen.requests + requests, seen.fallbacks + fallbacks, merged
             )
     return totals
+
+
+def exposure_buckets(conn: Any, experiment_key: str, seed: str) -> list[tuple[str, date, int]]:
+    """Exposed units per variant and day."""
+    rows = conn.execute(
+        "SELECT variant_key, bucket, units FROM exposure_counts"
+        " WHERE experiment_key = %s AND seed = %s",
+        (experiment_key, seed),
+    ).fetchall()
+    return [(variant, day, int(units)) for variant, day, units in rows]
+
+
+def metric_buckets(
+    conn: Any, experiment_key: str, seed: str, metric: str
+) -> list[tuple[str, date, tuple[float, float, float, float, float]]]:
+    """One metric's sums per variant and day: (sum y, sum y², sum x, sum x², sum xy)."""
+    rows = conn.execute(
+        "SELECT variant_key, bucket, sum_y, sum_y2, sum_x, sum_x2, sum_xy"
+        " FROM metric_stats WHERE experiment_key = %s AND seed = %s AND metric = %s",
+        (experiment_key, seed, metric),
+    ).fetchall()
+    return [(v, d, (y, y2, x, x2, xy)) for v, d, y, y2, x, x2, xy in rows]

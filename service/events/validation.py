@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.api.bodies import OutcomeEvent
+from service.events.schema import OutcomeEvent
 from service.experiments.schema import Experiment, Metric
 
 MAX_PROPERTIES_BYTES = 4096

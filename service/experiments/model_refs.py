@@ -90,12 +90,6 @@ def _input_spec_problems(path: DataPath, spec: InputSpec) -> Iterator[RuleProble
 DYNAMIC_QUANTIZATION_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul"})
 
 
-def _is_demo(path: str) -> bool:
-    from service.demo.models import DEMO_FILES
-
-    return path in DEMO_FILES
-
-
 def resolve_model_path(root: Path, relative: str) -> Path | None:
     """The model file under ``root``, or None when the path leaves the models root."""
     base = root.resolve()
@@ -179,8 +173,11 @@ def model_file_problems(
             yield RuleProblem((*base, "path"), f"{ref.path!r} is outside the models root {root}")
             continue
         if not path.is_file():
-            hint = " (build the demo models: abx models demo)" if _is_demo(ref.path) else ""
-            yield RuleProblem((*base, "path"), f"no model file {ref.path!r} under {root}{hint}")
+            yield RuleProblem(
+                (*base, "path"),
+                f"no model file {ref.path!r} under {root} (the example experiments' models"
+                " are built by 'abx models demo')",
+            )
             continue
         if path not in checked:
             checked[path] = file_sha256(path)

@@ -12,10 +12,10 @@ flight finish on the snapshot they started with.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from service.background import PeriodicThread
 from service.experiments.validation import LoadResult, experiment_files, load_experiments
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def fingerprint(experiments: Path, models_root: Path) -> Fingerprint:
     return tuple(marks)
 
 
-class HotReloader:
+class HotReloader(PeriodicThread):
     def __init__(
         self,
         experiments: Path,
@@ -45,25 +45,17 @@ class HotReloader:
         apply: Callable[[LoadResult], None],
         interval: float,
     ) -> None:
+        super().__init__("abx-hot-reload", interval)
         self._experiments = experiments
         self._models_root = models_root
         self._apply = apply
-        self._interval = interval
         self._seen = fingerprint(experiments, models_root)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.reloads = 0
         self.rejected = 0
 
     def start(self) -> None:
-        if self._interval > 0:
-            self._thread = threading.Thread(target=self._run, name="abx-hot-reload", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._interval > 0:  # 0: never reload
+            super().start()
 
     def check(self) -> bool | None:
         """Reload if anything changed: True applied, False rejected, None nothing changed."""
@@ -89,9 +81,5 @@ class HotReloader:
         log.info("reloaded %d experiment(s)", len(loaded.experiments))
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.check()
-            except Exception:  # never let the reload thread die
-                log.exception("reload check failed")
+    def tick(self) -> None:
+        self.check()

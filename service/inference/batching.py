@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from service.background import BackgroundThread
+
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 
@@ -94,29 +96,28 @@ RECENT = 4096
 """Requests whose queue-and-run time ``stats`` summarises."""
 
 
-class MicroBatcher:
+class MicroBatcher(BackgroundThread):
     def __init__(
         self, run: Callable[[Feeds], Outputs], max_rows: int, max_wait: float, name: str = ""
     ) -> None:
-        self._run = run
+        super().__init__(f"abx-batch-{name}")
+        self._run_model = run
         self._max_rows = max_rows
         self._max_wait = max_wait
         self._queue: deque[PendingRun] = deque()
         self._queued_rows = 0
         self._ready = threading.Condition()
         self._handoff = threading.Lock()
-        self._closed = False
         self.batches = 0
         self.rows = 0
         self._recent: deque[float] = deque(maxlen=RECENT)
         """Seconds from submit to answer, newest last."""
-        self._thread = threading.Thread(target=self._loop, name=f"abx-batch-{name}", daemon=True)
-        self._thread.start()
+        self.start()
 
     def submit(self, feeds: Feeds, rows: int) -> PendingRun:
         pending = PendingRun(feeds, rows, self._handoff)
         with self._ready:
-            if not self._closed:
+            if not self.stopping:
                 self._queue.append(pending)
                 self._queued_rows += rows
                 # Wake the batch thread only to start a batch or to run a full one: a wake-up
@@ -138,20 +139,18 @@ class MicroBatcher:
         mean = self.rows / self.batches if self.batches else 0.0
         return {"batches": self.batches, "rows": self.rows, "mean_rows": round(mean, 2), **waited}
 
-    def close(self) -> None:
+    def _wake(self) -> None:
         with self._ready:
-            self._closed = True
             self._ready.notify()
-        self._thread.join(5)
 
     def _take(self) -> list[PendingRun]:
         with self._ready:
-            while not self._queue and not self._closed:
+            while not self._queue and not self.stopping:
                 self._ready.wait()
             if not self._queue:
                 return []
             deadline = self._queue[0].arrived + self._max_wait
-            while self._queued_rows < self._max_rows and not self._closed:
+            while self._queued_rows < self._max_rows and not self.stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -165,7 +164,7 @@ class MicroBatcher:
             self._queued_rows -= rows
             return taken
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while True:
             taken = self._take()
             if not taken:
@@ -175,10 +174,12 @@ class MicroBatcher:
     def _run_batch(self, taken: list[PendingRun]) -> None:
         try:
             if len(taken) == 1:
-                batch = self._run(taken[0].feeds)
+                batch = self._run_model(taken[0].feeds)
             else:
                 names = taken[0].feeds
-                batch = self._run({n: np.concatenate([p.feeds[n] for p in taken]) for n in names})
+                batch = self._run_model(
+                    {n: np.concatenate([p.feeds[n] for p in taken]) for n in names}
+                )
             start = 0
             for pending in taken:
                 pending.batch, pending.start = batch, start

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def quantize_model(source: Path, target: Path) -> None:
@@ -41,15 +42,13 @@ class Comparison:
         return self.accuracy_quantized - self.accuracy_float
 
 
-def compare_on_demo_data(float_model: Path, quantized_model: Path, batch: int = 64) -> Comparison:
-    """Held-out accuracy of both models on the demo data, and their median run time per batch."""
+def compare_models(
+    float_model: Path, quantized_model: Path, features: Any, labels: Any, batch: int = 64
+) -> Comparison:
+    """Accuracy of both binary classifiers on labelled rows, and their median run time per batch."""
     import numpy as np
     import onnxruntime as ort
 
-    from service.demo.models import TRAIN_ROWS, demo_dataset
-
-    features, labels = demo_dataset()
-    features, labels = features[TRAIN_ROWS:], labels[TRAIN_ROWS:]
     results = []
     for path in (float_model, quantized_model):
         options = ort.SessionOptions()

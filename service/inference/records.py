@@ -1,10 +1,20 @@
-"""The ``predictions`` stream: one row per answer and per shadow run, buffered off the request path."""
+"""The ``predictions`` table: one row per answer and per shadow run, buffered off the request
+path, and the bounded read of its newest rows that the dashboards show.
+
+``predictions`` holds one row per request, so it is the one table a page cannot sum whole
+without scanning millions of rows. Each variant is read through its index
+``(experiment_key, variant_key, predicted_at)`` backwards, newest first, up to
+``RECENT_PREDICTIONS`` rows: the page states the window it covers, and the cost stays
+bounded however long the experiment has run.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from service.experiments.schema import Experiment
 from service.storage.writer import BatchWriter, Stream
 
 _COLUMNS = (
@@ -49,3 +59,75 @@ class PredictionLog:
 
     def record(self, record: PredictionRecord) -> None:
         self._writer.put(PREDICTIONS.table, record)
+
+
+RECENT_PREDICTIONS = 20_000
+
+_QUERY = """
+SELECT count(*),
+       percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms),
+       avg((failure IS NOT NULL)::int), avg(fallback::int), avg(cached::int),
+       array_agg(DISTINCT provider), array_agg(DISTINCT model_sha256),
+       min(predicted_at), max(predicted_at)
+FROM (
+    SELECT latency_ms, failure, fallback, cached, provider, model_sha256, predicted_at
+    FROM predictions
+    WHERE experiment_key = %s AND variant_key = %s AND shadow = %s
+    ORDER BY predicted_at DESC
+    LIMIT %s
+) AS recent
+"""
+
+
+@dataclass(frozen=True)
+class VariantHealth:
+    variant: str
+    shadow: bool
+    predictions: int
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    error_rate: float
+    """Share of requests where the variant's own model failed (any ``failure``)."""
+    fallback_rate: float
+    cached_rate: float
+    providers: list[str]
+    model_sha256: list[str]
+    window_start: datetime
+    window_end: datetime
+
+
+def recent_health(
+    conn: Any, experiment: Experiment, limit: int = RECENT_PREDICTIONS
+) -> list[VariantHealth]:
+    """The newest ``limit`` predictions of each variant, summarised; variants without any are left out.
+
+    Shadow variants are read from their shadow rows, the others from the rows they served.
+    """
+    found = []
+    for variant in experiment.variants:
+        shadow = variant.shadow is not None
+        row = conn.execute(_QUERY, (experiment.key, variant.key, shadow, limit)).fetchone()
+        if row is None or not row[0]:
+            continue
+        count, quantiles, errors, fallbacks, cached, providers, shas, start, end = row
+        found.append(
+            VariantHealth(
+                variant.key,
+                shadow,
+                int(count),
+                float(quantiles[0]),
+                float(quantiles[1]),
+                float(quantiles[2]),
+                float(quantiles[3]),
+                float(errors),
+                float(fallbacks),
+                float(cached),
+                sorted(providers),
+                sorted(shas),
+                start,
+                end,
+            )
+        )
+    return found

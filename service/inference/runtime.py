@@ -21,7 +21,7 @@ from service.inference.runner import SessionRunner
 from service.inference.service import PredictionService
 from service.inference.sessions import SessionPool, default_threads
 from service.inference.shadow import ShadowRunner
-from service.settings import Settings
+from service.settings import Settings, default_workers
 from service.storage.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,6 @@ def build_model_runtime(
     writer: BatchWriter,
     assignments: AssignmentService,
 ) -> ModelRuntime:
-    from service.server import default_workers
-
     pool = SessionPool(
         default_threads(settings.workers or default_workers(), settings.model_threads)
     )

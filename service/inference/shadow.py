@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from service.background import BackgroundThread
 from service.inference.catalog import ServingModel
 from service.inference.records import PredictionLog, PredictionRecord
 from service.inference.signature import convert_inputs
@@ -60,16 +60,16 @@ class ShadowJob:
     """Served outputs under their response names."""
 
 
-class ShadowRunner:
+class ShadowRunner(BackgroundThread):
     def __init__(self, predictions: PredictionLog, max_queued: int, max_rows: int) -> None:
+        super().__init__("abx-shadow")
         self._predictions = predictions
         self._max_rows = max_rows
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(max_queued)
         self._random = random.Random()
         self.dropped = 0
         self.completed = 0
-        self._thread = threading.Thread(target=self._loop, name="abx-shadow", daemon=True)
-        self._thread.start()
+        self.start()
 
     def offer(self, job: ShadowJob) -> None:
         """Queue the job with the shadow's sample probability; never blocks."""
@@ -80,21 +80,20 @@ class ShadowRunner:
         except queue.Full:
             self.dropped += 1
 
-    def close(self) -> None:
+    def _wake(self) -> None:
         self._queue.put(None)
-        self._thread.join(5)
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                self._run(job)
+                self._run_job(job)
             except Exception as error:  # a shadow's failure is logged, never raised
                 log.warning(
                     "shadow %s/%s failed: %s", job.experiment_key, job.shadow.variant, error
                 )
             self.completed += 1
 
-    def _run(self, job: ShadowJob) -> None:
+    def _run_job(self, job: ShadowJob) -> None:
         model = job.shadow.model
         if model is None:
             return

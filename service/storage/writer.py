@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.background import BackgroundThread
 from service.storage.database import Database
 from service.storage.fence import hold_for_write
 from service.storage.spool import Spool, SpoolError
+from service.storage.staging import copy_to_stage
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class _Buffer:
     oldest: float | None = None
 
 
-class BatchWriter:
+class BatchWriter(BackgroundThread):
     def __init__(
         self,
         database: Database,
@@ -52,6 +54,7 @@ class BatchWriter:
         max_pending: int = 1_000_000,
         spool: Spool | None = None,
     ) -> None:
+        super().__init__("abx-batch-writer")
         self._spool = spool
         self._created = time.monotonic()
         self._database = database
@@ -62,9 +65,7 @@ class BatchWriter:
         self._buffers = {name: _Buffer() for name in streams}
         self._lock = threading.Lock()
         self._in_flight_oldest: float | None = None
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flush_now = threading.Event()
         self.dropped = 0
         self.written = 0
 
@@ -82,7 +83,7 @@ class BatchWriter:
             # rows stay buffered through an outage, each wake-up would end the back-off and the
             # writer would retry the database hundreds of times a second.
             if len(buffer.rows) == self._max_rows:
-                self._wake.set()
+                self._flush_now.set()
         return True
 
     def oldest_unflushed(self) -> float | None:
@@ -99,27 +100,23 @@ class BatchWriter:
         with self._lock:
             return sum(len(b.rows) for b in self._buffers.values())
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="abx-batch-writer", daemon=True)
-        self._thread.start()
-
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the thread after a last flush attempt (graceful shutdown)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().close(timeout)
         if self.pending_rows():
             self.flush()
         if self.pending_rows():
             log.warning("shutting down with %d rows not written", self.pending_rows())
 
+    def _wake(self) -> None:
+        self._flush_now.set()
+
     def _run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             delay = self._flush_interval if failures == 0 else min(5.0, 0.1 * 2**failures)
-            self._wake.wait(delay)
-            self._wake.clear()
+            self._flush_now.wait(delay)
+            self._flush_now.clear()
             failures = 0 if self.flush() else failures + 1
 
     def flush(self) -> bool:
@@ -189,13 +186,5 @@ class BatchWriter:
     @staticmethod
     def _copy(conn: Any, stream: Stream, rows: list[tuple[Any, ...]]) -> None:
         hold_for_write(conn)
-        stage = f"stage_{stream.table}"
-        columns = ", ".join(stream.columns)
-        conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
-            f" AS SELECT {columns} FROM {stream.table} WITH NO DATA"
-        )
-        with conn.cursor().copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        stage = copy_to_stage(conn, stream.table, stream.columns, rows)
         conn.execute(stream.insert_from_stage.format(stage=stage))

@@ -6,6 +6,7 @@ import pytest
 from flask import Flask
 
 from service import errors
+from service.api import problems
 
 
 def all_error_classes() -> list[type[errors.AbxError]]:
@@ -48,7 +49,7 @@ def test_hierarchy_is_drawn_in_the_docstring() -> None:
 @pytest.mark.parametrize("cls", all_error_classes(), ids=lambda c: c.__name__)
 def test_each_error_renders_as_problem_json(cls: type[errors.AbxError]) -> None:
     app = Flask("t")
-    errors.init_app(app)
+    problems.init_app(app)
 
     @app.get("/boom")
     def boom() -> None:
@@ -68,7 +69,7 @@ def test_each_error_renders_as_problem_json(cls: type[errors.AbxError]) -> None:
 
 def test_an_unexpected_exception_is_a_bare_500() -> None:
     app = Flask("t")
-    errors.init_app(app)
+    problems.init_app(app)
 
     @app.get("/crash")
     def crash() -> None:

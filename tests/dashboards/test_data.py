@@ -10,12 +10,13 @@ import pytest
 import yaml
 from numpy.testing import assert_allclose
 
-from dashboards.data import experiment_page, index_rows, weights_from_database
-from dashboards.model_health import model_health
+from dashboards.data import experiment_page, index_rows
+from service.assignment.sync import weights_in_force
 from service.decisions.inputs import run_analysis
 from service.demo.seed import FIVE_VARIANTS_YAML, seed_all, seed_predictions, seed_rollups
 from service.events.sums import exposed_units
 from service.experiments.schema import Experiment
+from service.inference.records import recent_health
 
 EXPERIMENT = Experiment.model_validate(yaml.safe_load(FIVE_VARIANTS_YAML))
 WEIGHTS = {v.key: v.weight for v in EXPERIMENT.variants}
@@ -84,7 +85,7 @@ def test_page_parts_come_from_the_rollups_audit_log_and_predictions(
 
 def test_model_health_reads_only_the_newest_predictions(conn: psycopg.Connection) -> None:
     seed_predictions(conn, EXPERIMENT, 300, NOW)
-    health = model_health(conn, EXPERIMENT, limit=100)
+    health = recent_health(conn, EXPERIMENT, limit=100)
     assert all(h.predictions == 100 for h in health)
     assert all(h.window_end - h.window_start == timedelta(seconds=99) for h in health)
 
@@ -105,7 +106,7 @@ def test_index_flags_srm_and_names_the_leader(conn: psycopg.Connection) -> None:
 
 
 def test_weights_come_from_the_newest_allocation(conn: psycopg.Connection) -> None:
-    assert weights_from_database(conn, EXPERIMENT) == WEIGHTS
+    assert weights_in_force(conn, EXPERIMENT) == WEIGHTS
     conn.execute(
         "INSERT INTO experiments (key, seed, status, definition, definition_sha256, source_file)"
         " VALUES (%s, %s, 'running', '{}', 'x', 'x.yaml')",
@@ -117,4 +118,4 @@ def test_weights_come_from_the_newest_allocation(conn: psycopg.Connection) -> No
         (EXPERIMENT.key, EXPERIMENT.seed,
          '{"control": 0.6, "ranker_a": 0.1, "ranker_b": 0.1, "ranker_c": 0.1, "ranker_d": 0.1}'),
     )  # fmt: skip
-    assert weights_from_database(conn, EXPERIMENT)["control"] == 0.6
+    assert weights_in_force(conn, EXPERIMENT)["control"] == 0.6

@@ -10,12 +10,12 @@ import plotly.graph_objects as go
 import yaml
 
 from dashboards import figures
-from dashboards.audit_log import Decision
 from dashboards.evidence import EvidencePoint, ExposureBucket, exposure_series
-from dashboards.model_health import VariantHealth
 from dashboards.palette import OKABE_ITO, variant_styles
+from service.decisions.store import DecisionRecord
 from service.demo.seed import FIVE_VARIANTS_YAML
 from service.experiments.schema import Experiment
+from service.inference.records import VariantHealth
 
 EXPERIMENT = Experiment.model_validate(yaml.safe_load(FIVE_VARIANTS_YAML))
 STYLES = variant_styles(EXPERIMENT.variant_keys, EXPERIMENT.control)
@@ -34,9 +34,9 @@ def _points() -> list[EvidencePoint]:
     ]  # fmt: skip
 
 
-def _decision(kind: str, variant: str | None, day: int) -> Decision:
+def _decision(kind: str, variant: str | None, day: int) -> DecisionRecord:
     moment = datetime.combine(DAYS[day], datetime.min.time(), UTC)
-    return Decision("id", EXPERIMENT.seed, kind, variant, "applied", "worker", "why",
+    return DecisionRecord("id", EXPERIMENT.seed, kind, variant, "applied", "worker", "why",
                     {"p": 0.01}, "running", "running", moment, moment)  # fmt: skip
 
 

@@ -23,7 +23,7 @@ import psutil
 import psycopg
 import pytest
 
-from service.decisions.cycle import experiment_lock_key
+from service.decisions.store import experiment_lock_key
 from service.decisions.webhooks import SIGNATURE_HEADER, verify
 from service.settings import PROJECT_ROOT
 from tests.conftest import Api, ServerFactory, free_port, wait_for
@@ -268,7 +268,8 @@ def test_a_worker_killed_mid_analysis_leaves_no_half_decision(
     db: str, decision_setup: Path, start_worker: WorkerFactory
 ) -> None:
     simulate_lift(db)
-    worker = start_worker(decision_setup, ABX_FAULT_SLEEP_IN_DECISION="4")
+    slow = Path(__file__).parents[1] / "faults" / "slow_decision"
+    worker = start_worker(decision_setup, PYTHONPATH=str(slow), ABX_TEST_DECISION_SLEEP="4")
 
     key = experiment_lock_key("lift") & 0xFFFFFFFFFFFFFFFF
 

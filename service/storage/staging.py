@@ -1,0 +1,27 @@
+"""COPY rows into a per-session staging table shaped like their target (both writers use it).
+
+The staging table is a temporary table emptied at commit, so a batch is COPYed (the fastest
+way into PostgreSQL) and then moved into the real table by one ``INSERT … SELECT`` that may
+deduplicate or add defaults, all inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def copy_to_stage(
+    conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> str:
+    """COPY ``rows`` into ``stage_<table>`` (created on first use); return the stage's name."""
+    stage = f"stage_{table}"
+    names = ", ".join(columns)
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+        f" AS SELECT {names} FROM {table} WITH NO DATA"
+    )
+    with conn.cursor().copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    return stage
