@@ -17,24 +17,12 @@ from service.app import Runtime, build_runtime
 from service.assignment.core import Reason
 from service.settings import Settings
 from tests.conftest import wait_for
-
-EXPERIMENT = """\
-key: switch_test
-description: Weights change under load.
-owner: test
-status: running
-control: a
-variants:
-  - {{key: a, weight: {a}}}
-  - {{key: b, weight: {b}}}
-metrics:
-  primary: {{name: m, type: binary}}
-"""
+from tests.experiment_files import minimal_experiment, write_experiment
 
 
 def runtime_with_weights(db: str, folder: Path, a: float, b: float, **settings: float) -> Runtime:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "switch_test.yaml").write_text(EXPERIMENT.format(a=a, b=b))
+    variants = [{"key": "a", "weight": a}, {"key": "b", "weight": b}]
+    write_experiment(folder, minimal_experiment("switch_test", variants=variants))
     return build_runtime(
         Settings(
             database_url=db,

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from service.cli.main import main
 from service.decisions.webhooks import retry_delay_seconds
 from tests.conftest import free_port
-from tests.decisions.test_e2e import SECRET, TEMPLATE
+from tests.decisions.test_e2e import SECRET, decision_experiment
+from tests.experiment_files import write_experiment
 from tests.traffic import simulate, simulate_lift
 
 
@@ -55,7 +56,7 @@ def flaky() -> Iterator[FlakyReceiver]:
 def env(db: str, tmp_path: Path, flaky: FlakyReceiver) -> dict[str, str]:
     folder = tmp_path / "experiments"
     folder.mkdir()
-    (folder / "lift.yaml").write_text(TEMPLATE.format(key="lift", webhook=flaky.url))
+    write_experiment(folder, decision_experiment("lift", flaky.url))
     return {"ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(folder), "ABX_WEBHOOK_SECRET": SECRET,
             "ABX_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
 
@@ -135,10 +136,9 @@ def test_every_method_analyses_and_stores_its_numbers(
     """Intervals can be unbounded before the first formal look: they are stored as null."""
     folder = tmp_path / f"experiments-{method}"
     folder.mkdir()
-    text = (
-        TEMPLATE.format(key="early", webhook="http://127.0.0.1:9/unused") + f"  method: {method}\n"
+    write_experiment(
+        folder, decision_experiment("early", "http://127.0.0.1:9/unused", method=method)
     )
-    (folder / "early.yaml").write_text(text)
     simulate(
         db,
         "early",

@@ -27,28 +27,23 @@ from service.decisions.store import experiment_lock_key
 from service.decisions.webhooks import SIGNATURE_HEADER, verify
 from service.settings import PROJECT_ROOT
 from tests.conftest import Api, ServerFactory, free_port, wait_for
+from tests.experiment_files import minimal_experiment, write_experiment
 from tests.traffic import simulate, simulate_lift
 
 SECRET = "webhook-secret-for-tests"
-TEMPLATE = """\
-key: {key}
-description: Decision test.
-owner: test
-status: running
-control: a
-variants:
-  - {{key: a, weight: 0.5}}
-  - {{key: b, weight: 0.5}}
-metrics:
-  primary: {{name: conversion, type: binary}}
-  guardrails:
-    - {{name: model_error_rate, type: binary, direction: decrease, margin: 0.02, margin_type: absolute}}
-policy:
-  min_units: 200
-  min_runtime_hours: 0
-  planned_units: 20000
-  webhooks: ["{webhook}"]
-"""
+
+
+def decision_experiment(key: str, webhook: str, **policy: Any) -> dict[str, Any]:
+    """A two-arm experiment the workers may decide on quickly, announcing to ``webhook``."""
+    guardrail = {"name": "model_error_rate", "type": "binary", "direction": "decrease",
+                 "margin": 0.02, "margin_type": "absolute"}  # fmt: skip
+    return minimal_experiment(
+        key,
+        description="Decision test.",
+        metrics={"primary": {"name": "conversion", "type": "binary"}, "guardrails": [guardrail]},
+        policy={"min_units": 200, "min_runtime_hours": 0, "planned_units": 20000,
+                "webhooks": [webhook], **policy},
+    )  # fmt: skip
 
 
 class Receiver:
@@ -90,7 +85,7 @@ def decision_setup(tmp_path: Path, receiver: Receiver) -> Path:
     folder = tmp_path / "experiments"
     folder.mkdir()
     for key in ("lift", "aa", "broken", "srm"):
-        (folder / f"{key}.yaml").write_text(TEMPLATE.format(key=key, webhook=receiver.url))
+        write_experiment(folder, decision_experiment(key, receiver.url))
     return folder
 
 

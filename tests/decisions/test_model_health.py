@@ -13,24 +13,13 @@ from click.testing import CliRunner
 from service.cli.main import main
 from service.events import latency as latency_histogram
 from tests.decisions.test_cli import reset_worker_context
+from tests.experiment_files import minimal_experiment, write_experiment
 from tests.traffic import simulate
 
-YAML = """\
-key: model_guard
-description: Model guardrails.
-owner: test
-status: running
-control: a
-variants:
-  - {key: a, weight: 0.5}
-  - {key: b, weight: 0.5}
-metrics:
-  primary: {name: conversion, type: binary}
-  guardrails:
-    - {name: model_fallback_rate, type: binary, margin: 0.02, margin_type: absolute}
-    - {name: model_latency_p99_ms, type: continuous, margin: 0.5}
-policy: {min_units: 100, min_runtime_hours: 0}
-"""
+GUARDRAILS = [
+    {"name": "model_fallback_rate", "type": "binary", "margin": 0.02, "margin_type": "absolute"},
+    {"name": "model_latency_p99_ms", "type": "continuous", "margin": 0.5},
+]
 
 
 def log_predictions(
@@ -56,7 +45,9 @@ def log_predictions(
 def env(db: str, tmp_path: Path) -> dict[str, str]:
     folder = tmp_path / "experiments"
     folder.mkdir()
-    (folder / "model_guard.yaml").write_text(YAML)
+    metrics = {"primary": {"name": "conversion", "type": "binary"}, "guardrails": GUARDRAILS}
+    policy = {"min_units": 100, "min_runtime_hours": 0}
+    write_experiment(folder, minimal_experiment("model_guard", metrics=metrics, policy=policy))
     simulate(
         db,
         "model_guard",

@@ -12,22 +12,14 @@ from click.testing import CliRunner
 from service.cli.main import main
 from service.experiments.validation import load_experiments
 from tests.conftest import EXAMPLES
+from tests.experiment_files import experiment_yaml, minimal_experiment
 from tests.model_fixtures import MODELS, demo_models
 
-VALID = textwrap.dedent(
-    """\
-    key: {key}
-    description: A valid experiment.
-    owner: team@example.com
-    status: running
-    control: a
-    variants:
-      - {{key: a, weight: 0.5}}
-      - {{key: b, weight: 0.5}}
-    metrics:
-      primary: {{name: conversion, type: binary}}
-    """
-)
+
+def valid(key: str) -> str:
+    return experiment_yaml(
+        minimal_experiment(key, description="A valid experiment.", owner="team@example.com")
+    )
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -85,8 +77,8 @@ def test_examples_are_valid() -> None:
     ],
 )
 def test_single_file_problems(tmp_path: Path, replace: str, by: str, expected: str) -> None:
-    text = VALID.format(key="exp").replace(replace, by)
-    assert text != VALID.format(key="exp")
+    text = valid("exp").replace(replace, by)
+    assert text != valid("exp")
     path = write(tmp_path, "exp.yaml", text)
     problems = problems_of(path)
     assert any(p.startswith(str(path)) and expected in p for p in problems), problems
@@ -122,22 +114,20 @@ def test_single_file_problems(tmp_path: Path, replace: str, by: str, expected: s
     ],
 )
 def test_targeting_problems(tmp_path: Path, targeting: str, expected: str) -> None:
-    path = write(tmp_path, "exp.yaml", VALID.format(key="exp") + f"targeting: {targeting}\n")
+    path = write(tmp_path, "exp.yaml", valid("exp") + f"targeting: {targeting}\n")
     problems = problems_of(path)
     assert any(f"{path}:11: {expected}" in p for p in problems), problems
 
 
 def test_forced_unit_to_an_unknown_variant(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "exp.yaml", VALID.format(key="exp") + "forced:\n  qa-1: a\n  qa-2: nope\n"
-    )
+    path = write(tmp_path, "exp.yaml", valid("exp") + "forced:\n  qa-1: a\n  qa-2: nope\n")
     assert problems_of(path) == [
         f"{path}:13: forced.qa-2: unknown variant 'nope'; variants: ['a', 'b']"
     ]
 
 
 def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "exp.yaml", VALID.format(key="exp") + "forced:\n  qa-1: a\n  qa-1: b\n")
+    path = write(tmp_path, "exp.yaml", valid("exp") + "forced:\n  qa-1: a\n  qa-1: b\n")
     assert problems_of(path) == [
         f"{path}:13: experiment: duplicate key 'qa-1' (first written on line 12)"
     ]
@@ -152,17 +142,17 @@ def test_broken_yaml_and_non_mapping(tmp_path: Path) -> None:
 
 
 def test_duplicate_experiment_keys_across_files(tmp_path: Path) -> None:
-    first = write(tmp_path, "one.yaml", VALID.format(key="same"))
-    second = write(tmp_path, "two.yaml", VALID.format(key="same"))
+    first = write(tmp_path, "one.yaml", valid("same"))
+    second = write(tmp_path, "two.yaml", valid("same"))
     assert problems_of(tmp_path) == [
         f"{second}:1: key: duplicate experiment key 'same' (also in {first})"
     ]
 
 
 def test_overlapping_layer_ranges(tmp_path: Path) -> None:
-    write(tmp_path, "a.yaml", VALID.format(key="a") + "layer: {name: L, range: [0.0, 0.6]}\n")
-    b = write(tmp_path, "b.yaml", VALID.format(key="b") + "layer: {name: L, range: [0.5, 1.0]}\n")
-    write(tmp_path, "c.yaml", VALID.format(key="c") + "layer: {name: M, range: [0.0, 1.0]}\n")
+    write(tmp_path, "a.yaml", valid("a") + "layer: {name: L, range: [0.0, 0.6]}\n")
+    b = write(tmp_path, "b.yaml", valid("b") + "layer: {name: L, range: [0.5, 1.0]}\n")
+    write(tmp_path, "c.yaml", valid("c") + "layer: {name: M, range: [0.0, 1.0]}\n")
     problems = problems_of(tmp_path)
     assert len(problems) == 1
     assert problems[0].startswith(
@@ -171,17 +161,15 @@ def test_overlapping_layer_ranges(tmp_path: Path) -> None:
 
 
 def test_inverted_layer_range(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "a.yaml", VALID.format(key="a") + "layer: {name: L, range: [0.6, 0.2]}\n"
-    )
+    path = write(tmp_path, "a.yaml", valid("a") + "layer: {name: L, range: [0.6, 0.2]}\n")
     assert problems_of(path) == [f"{path}:11: layer.range: start 0.6 must be below end 0.2"]
 
 
 def test_cli_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
-    good = write(tmp_path, "good.yaml", VALID.format(key="good"))
+    good = write(tmp_path, "good.yaml", valid("good"))
     ok = runner.invoke(main, ["validate", str(good)])
     assert ok.exit_code == 0 and "1 experiment(s) valid" in ok.output
-    bad = write(tmp_path, "bad.yaml", VALID.format(key="bad").replace("control: a", "control: q"))
+    bad = write(tmp_path, "bad.yaml", valid("bad").replace("control: a", "control: q"))
     failed = runner.invoke(main, ["validate", str(tmp_path)])
     assert failed.exit_code == 1
     assert f"{bad}:5: control: unknown control 'q'" in failed.output

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 from service.cli.main import main
 from service.experiments.validation import load_experiments
 from tests.conftest import Api, ServerFactory, wait_for
+from tests.experiment_files import minimal_experiment, write_experiment
 from tests.model_fixtures import MODELS, demo_models
 
 ROW = [[0.5] * 20]
@@ -67,53 +70,43 @@ def test_reload_swaps_models_under_load_and_loses_no_request(
     assert "sha256" in server.log() and "search_reranker.yaml" in server.log()
 
 
-VARIANTS = """\
-key: m
-description: d
-owner: o
-status: running
-control: a
-variants:
-  - {{key: a, weight: 1.0, model: {{path: {path}, sha256: {sha}{extra}}}}}
-  - {{key: b, weight: 0.0{b}}}
-metrics:
-  primary: {{name: x, type: binary}}
-"""
-
-
-def problems(tmp_path: Path, path: str, sha: str, extra: str = "", b: str = "") -> list[str]:
-    file = tmp_path / "m.yaml"
-    file.write_text(VARIANTS.format(path=path, sha=sha, extra=extra, b=b))
+def problems(
+    tmp_path: Path, path: str, sha: str, extra: dict[str, Any] | None = None,
+    b: dict[str, Any] | None = None,
+) -> list[str]:  # fmt: skip
+    """Problems of a two-variant experiment whose control's model is ``path`` (with ``extra``)."""
+    variants = [
+        {"key": "a", "weight": 1.0, "model": {"path": path, "sha256": sha, **(extra or {})}},
+        {"key": "b", "weight": 0.0, **(b or {})},
+    ]
+    file = write_experiment(tmp_path, minimal_experiment("m", variants=variants))
     return [str(p) for p in load_experiments([file], MODELS).problems]
 
 
 def test_model_references_are_checked(tmp_path: Path, built: dict[str, str]) -> None:
     sha = built["churn_logreg.onnx"]
-    model_b = f", model: {{path: churn_mlp.onnx, sha256: {built['churn_mlp.onnx']}}}"
+    model_b = {"model": {"path": "churn_mlp.onnx", "sha256": built["churn_mlp.onnx"]}}
     assert problems(tmp_path, "churn_logreg.onnx", sha, b=model_b) == []
     assert "outside the models root" in problems(tmp_path, "../README.md", sha, b=model_b)[0]
     assert "no model file 'gone.onnx'" in problems(tmp_path, "gone.onnx", sha, b=model_b)[0]
     wrong = problems(tmp_path, "churn_mlp.onnx", sha, b=model_b)
     assert wrong and "variants[0].model.sha256" in wrong[0] and "not the" in wrong[0]
     assert "every served variant needs a model" in problems(tmp_path, "churn_logreg.onnx", sha)[0]
-    bad_scale = ", inputs: {features: {offset: [1.0, 2.0]}}"
+    bad_scale = {"inputs": {"features": {"offset": [1.0, 2.0]}}}
     assert (
         "has 2 values; the model's input 'features' has 20 features"
         in problems(tmp_path, "churn_logreg.onnx", sha, bad_scale, model_b)[0]
     )
+    no_input = {"inputs": {"x": {"model_input": "nope"}}}
     assert (
-        "names no model input"
-        in problems(
-            tmp_path, "churn_logreg.onnx", sha, ", inputs: {x: {model_input: nope}}", model_b
-        )[0]
+        "names no model input" in problems(tmp_path, "churn_logreg.onnx", sha, no_input, model_b)[0]
     )
-    assert (
-        "is not an output"
-        in problems(tmp_path, "churn_logreg.onnx", sha, ", outputs: {score: s}", model_b)[0]
-    )
-    int8 = f", model: {{path: mlp_heavy_int8.onnx, sha256: {built['mlp_heavy_int8.onnx']}, batching: true}}"
+    no_output = {"outputs": {"score": "s"}}
+    assert "is not an output" in problems(tmp_path, "churn_logreg.onnx", sha, no_output, model_b)[0]
+    int8 = {"model": {"path": "mlp_heavy_int8.onnx", "sha256": built["mlp_heavy_int8.onnx"],
+                      "batching": True}}  # fmt: skip
     assert "turn batching off" in problems(tmp_path, "churn_logreg.onnx", sha, b=int8)[0]
-    shadow = ", shadow: {sample_rate: 0.5}"
+    shadow = {"shadow": {"sample_rate": 0.5}}
     assert (
         "a shadow variant needs a model"
         in problems(tmp_path, "churn_logreg.onnx", sha, b=shadow)[0]
@@ -124,15 +117,10 @@ def test_a_truncated_model_file_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "models"
     root.mkdir()
     (root / "cut.onnx").write_bytes((MODELS / "churn_mlp.onnx").read_bytes()[:5000])
-    import hashlib
-
     sha = hashlib.sha256((root / "cut.onnx").read_bytes()).hexdigest()
-    file = tmp_path / "m.yaml"
-    file.write_text(
-        VARIANTS.format(
-            path="cut.onnx", sha=sha, extra="", b=f", model: {{path: cut.onnx, sha256: {sha}}}"
-        )
-    )
+    model = {"model": {"path": "cut.onnx", "sha256": sha}}
+    variants = [{"key": "a", "weight": 1.0, **model}, {"key": "b", "weight": 0.0, **model}]
+    file = write_experiment(tmp_path, minimal_experiment("m", variants=variants))
     found = [str(p) for p in load_experiments([file], root).problems]
     assert found and "is not an ONNX model" in found[0]
 
