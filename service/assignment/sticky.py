@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from service.assignment.core import Assignment
 from service.storage.database import Database
@@ -96,3 +97,11 @@ class StickyStore:
             self._cache[key] = variant
             if len(self._cache) > self._cache_size:
                 del self._cache[next(iter(self._cache))]
+
+
+def exposures_by_variant(conn: Any) -> list[tuple[str, str, int]]:
+    """Stored exposures per experiment and variant (what the demo reports at its end)."""
+    rows = conn.execute(
+        "SELECT experiment_key, variant_key, count(*) FROM exposures GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    return [(key, variant, int(count)) for key, variant, count in rows]

@@ -13,7 +13,7 @@ from typing import Any
 from analysis import planning
 from analysis.inflation_factor import classic_inflation_factor, sequential_inflation_factor
 from analysis.multiple_testing import bonferroni_alpha
-from service.events.sums import exposed_units, metric_stats
+from service.events.sums import exposed_units, exposure_days, metric_stats
 from service.experiments.schema import Experiment
 
 
@@ -49,13 +49,9 @@ class Plan:
 def observed_inputs(conn: Any, experiment: Experiment) -> dict[str, float]:
     """Traffic per day and the control's mean and standard deviation, from the rollup tables."""
     found: dict[str, float] = {}
-    rows = conn.execute(
-        "SELECT count(DISTINCT bucket), sum(units) FROM exposure_counts"
-        " WHERE experiment_key = %s AND seed = %s",
-        (experiment.key, experiment.seed),
-    ).fetchone()
-    if rows and rows[0]:
-        found["daily_units"] = float(rows[1]) / float(rows[0])
+    days, units = exposure_days(conn, experiment.key, experiment.seed)
+    if days:
+        found["daily_units"] = units / days
     if exposed_units(conn, experiment.key, experiment.seed).get(experiment.control):
         for item in metric_stats(conn, experiment.key, experiment.seed):
             if (

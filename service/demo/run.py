@@ -17,6 +17,7 @@ import click
 import psycopg
 import requests
 
+from service.assignment.sticky import exposures_by_variant
 from service.experiments.validation import load_experiments
 from service.settings import Settings
 from service.storage.embedded import database_url
@@ -210,9 +211,7 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60
 
 def _stored_exposures(url: str) -> list[tuple[str, str, int]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(
-            "SELECT experiment_key, variant_key, count(*) FROM exposures GROUP BY 1, 2 ORDER BY 1, 2"
-        ).fetchall()
+        return exposures_by_variant(conn)
 
 
 def run_demo(

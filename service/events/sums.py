@@ -125,3 +125,13 @@ def metric_buckets(
         (experiment_key, seed, metric),
     ).fetchall()
     return [(v, d, (y, y2, x, x2, xy)) for v, d, y, y2, x, x2, xy in rows]
+
+
+def exposure_days(conn: Any, experiment_key: str, seed: str) -> tuple[int, int]:
+    """Days with exposures and the units exposed over them (the observed traffic)."""
+    row = conn.execute(
+        "SELECT count(DISTINCT bucket), coalesce(sum(units), 0) FROM exposure_counts"
+        " WHERE experiment_key = %s AND seed = %s",
+        (experiment_key, seed),
+    ).fetchone()
+    return int(row[0]), int(row[1])
