@@ -71,22 +71,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, for service.*
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-
 import psycopg
-from assign_http import (
+from common import (
+    DEFAULT_ADMIN_URL,
     ROOT,
+    Rollup,
+    abx_command,
     bench_database,
     children_of,
     code_version,
     cpu_seconds,
+    load_average,
+    peak_rss_mib,
+    print_header,
+    roll_up,
     rss_mib,
     stop,
     wait_for_quiet,
 )
 
-from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once, windows_from
+from service.events.rollup import EVENT_CHUNK, roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
 from service.settings import Settings
@@ -140,10 +144,12 @@ def write_experiments(folder: Path, count: int) -> list[Experiment]:
     """Write the YAML files, check them with ``abx validate``, and load them."""
     for index in range(count):
         (folder / f"{experiment_key(index)}.yaml").write_text(experiment_yaml(index))
-    abx = Path(sys.executable).with_name("abx")
-    command = [str(abx)] if abx.exists() else [sys.executable, "-m", "service.cli"]
     checked = subprocess.run(
-        [*command, "validate", str(folder)], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [*abx_command(), "validate", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     print(f"  abx validate: {(checked.stdout + checked.stderr).strip()}", flush=True)
     if checked.returncode != 0:
@@ -238,50 +244,6 @@ def load(url: str, data: Dataset, units: tuple[int, int], events: tuple[int, int
     return time.perf_counter() - started
 
 
-@dataclass(frozen=True)
-class Rollup:
-    events: int
-    exposures: int
-    seconds: float
-    rounds_ms: list[float]
-    complete: bool
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events / max(1e-9, self.seconds)
-
-
-def roll_up(url: str, data: Dataset, expected_events: int, timeout: float) -> Rollup:
-    """``roll_up_once`` until idle or ``timeout`` seconds."""
-    windows = windows_from({e.key: e for e in data.experiments})
-    grace = timedelta(seconds=Settings().attribution_grace_seconds)
-    events = exposures = 0
-    rounds_ms: list[float] = []
-    complete = False
-    with psycopg.connect(url, autocommit=True) as conn:
-        started = time.perf_counter()
-        for _ in range(expected_events // EVENT_CHUNK + expected_events // EXPOSURE_CHUNK + 50):
-            round_started = time.perf_counter()
-            done = roll_up_once(conn, windows, grace)
-            rounds_ms.append(1000 * (time.perf_counter() - round_started))
-            if done is None:
-                time.sleep(0.1)  # another process holds the rollup lock
-                continue
-            exposures, events = exposures + done[0], events + done[1]
-            if len(rounds_ms) % 20 == 0:
-                elapsed = time.perf_counter() - started
-                print(
-                    f"  rolled up {events:,} events in {elapsed:.0f} s ({events / elapsed:,.0f}/s)",
-                    flush=True,
-                )
-            if done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
-                complete = True
-                break
-            if time.perf_counter() - started > timeout:
-                break
-        return Rollup(events, exposures, time.perf_counter() - started, rounds_ms, complete)
-
-
 def execute(url: str, *statements: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for statement in statements:
@@ -368,13 +330,6 @@ def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
     return 0
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @dataclass(frozen=True)
 class Cycles:
     seconds: list[float]
@@ -411,7 +366,7 @@ def run_cycles(
     url: str, folder: Path, cycles: int, profile: bool = False, quiet: bool = True
 ) -> Cycles:
     if quiet:
-        wait_for_quiet(max_wait=20.0)
+        wait_for_quiet()
     command = [sys.executable, __file__, "--child", url, str(folder), str(cycles)]
     if profile:
         command.append("--profile")
@@ -498,19 +453,21 @@ def run_worker_cycles(
         "ABX_QUEUE": queue,
         "PYTHONUNBUFFERED": "1",
     }
-    abx = Path(sys.executable).with_name("abx")
-    command = [str(abx)] if abx.exists() else [sys.executable, "-m", "service.cli"]
     log_path = scratch / f"{queue}.log"
     client = Celery("abx-bench", broker=broker_url)
     client.conf.broker_connection_retry_on_startup = True
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
-            [*command, "worker", "--concurrency", "2"], cwd=ROOT, env=env, stdout=log, stderr=log
+            [*abx_command(), "worker", "--concurrency", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             warmup = worker_cycle(client, conn, keys, queue, worker)
-            wait_for_quiet(max_wait=20.0)
+            wait_for_quiet()
             seconds = [worker_cycle(client, conn, keys, queue, worker) for _ in range(cycles)]
         rss = [rss_mib(pid) for pid in [worker.pid, *children_of(worker.pid)]]
         return WorkerCycles(warmup, seconds, rss)
@@ -558,8 +515,10 @@ def measure_size(
     print(f"\n{events:,} events, {units:,} units", flush=True)
     load_seconds = load(url, data, (before[1], units), (before[0], events))
     print(f"  loaded {events - before[0]:,} more events in {load_seconds:.0f} s", flush=True)
-    wait_for_quiet(max_wait=20.0)
-    rollup = roll_up(url, data, events - before[0], args.rollup_timeout)
+    wait_for_quiet()
+    windows = windows_from({e.key: e for e in data.experiments})
+    grace = timedelta(seconds=Settings().attribution_grace_seconds)
+    rollup = roll_up(url, windows, grace, events - before[0], args.rollup_timeout)
     state = "complete" if rollup.complete else "STOPPED at --rollup-timeout"
     print(
         f"  rollup ({state}): {rollup.events:,} events in {rollup.seconds:.0f} s "
@@ -607,14 +566,11 @@ def measure_size(
 
 
 def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bool:
-    print()
-    header = (
+    print_header(
         f"{'events':>11} {'units':>9} {'load s':>7} {'rollup s':>8} {'rollup ev/s':>11} "
         f"{'stats rows':>10} | {'cycle s: 1st':>12} {'median':>7} {'unvac.':>7} "
         f"{'ms/exp':>6} {'cpu py':>6} {'pg':>5} | {'worker s':>8} | {'RSS MiB':>7} {'peak':>5}"
     )
-    print(header)
-    print("-" * len(header))
     for r in results:
         worker = f"{statistics.median(r.worker.seconds):>8.2f}" if r.worker else f"{'-':>8}"
         print(
@@ -742,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
         "--admin-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        default=DEFAULT_ADMIN_URL,
         help="where to create (and drop) the benchmark database",
     )
     parser.add_argument(
@@ -767,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} cores; PostgreSQL {version[0] if version else '?'}, shared_buffers "
         f"{buffers[0] if buffers else '?'}; {args.experiments} experiments x 3 variants x 5 "
         f"metrics; sizes {', '.join(f'{s:,}' for s in sizes)} events; exposures over "
-        f"{args.days} days; load average {Path('/proc/loadavg').read_text().split()[0]}; "
+        f"{args.days} days; load average {load_average()}; "
         f"code {code_version()}",
         flush=True,
     )

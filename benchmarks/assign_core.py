@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -36,16 +35,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, code_version
+from growthbook import Experiment as GrowthBookExperiment
+from growthbook import GrowthBook
+from growthbook.core import evalCondition
 
-from growthbook import Experiment as GrowthBookExperiment  # noqa: E402
-from growthbook import GrowthBook  # noqa: E402
-from growthbook.core import evalCondition  # noqa: E402
-
-from service.assignment.core import Reason, assign, compile_experiment  # noqa: E402
-from service.experiments.schema import Experiment  # noqa: E402
-from service.experiments.validation import load_experiments  # noqa: E402
+from service.assignment.core import Reason, assign, compile_experiment
+from service.experiments.schema import Experiment
+from service.experiments.validation import load_experiments
 
 TARGET_RATIO = 3.0
 COUNTRIES = ("US", "CA", "GB", "DE", "FR", "BR", "JP", "IN")
@@ -55,26 +52,6 @@ GROWTHBOOK_CONDITION = {
     "country": {"$in": ["US", "CA", "GB", "DE"]},
     "app_version": {"$vgte": "2.0.0"},
 }
-
-
-def code_version() -> str:
-    """The commit measured, marked when the working tree differs from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
 def make_units(count: int, seed: int = 20240601) -> tuple[list[str], list[dict[str, Any]]]:
@@ -227,8 +204,8 @@ def check_equivalence(
     theirs: Counter[str] = Counter()
     for unit_attributes in gb_attributes:
         client.set_attributes(unit_attributes)
-        result = client.run(inline)
-        theirs[result.value if result.inExperiment else "(not in experiment)"] += 1
+        theirs_result = client.run(inline)
+        theirs[theirs_result.value if theirs_result.inExperiment else "(not in experiment)"] += 1
     count = len(units)
     lines = [
         f"targeting decisions that differ between abx and GrowthBook: {disagreements} of {count}"

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
+import common  # noqa: F401  (puts the repository root on sys.path)
 from flask import Flask, request
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.server import AbxServer
 from service.settings import Settings

@@ -21,19 +21,17 @@ Run: ``python benchmarks/dashboard.py [--units N] [--predictions N] [--repeat N]
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import bench_database, timed
 
 from dashboards.data import experiment_page
 from dashboards.render import render_experiment
@@ -45,19 +43,13 @@ from service.demo.seed import (
     seed_rollups,
 )
 from service.experiments.schema import Experiment
-from service.settings import PROJECT_ROOT, Settings
-from service.storage.migrations import apply_migrations
+from service.settings import Settings
 
-ADMIN_URL = os.environ.get("ABX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DAYS = 90
 
 
-def _median_ms(action: object, repeat: int) -> tuple[float, float]:
-    timings = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()  # type: ignore[operator]
-        timings.append((time.perf_counter() - start) * 1000)
+def _median_ms(action: Callable[[], Any], repeat: int) -> tuple[float, float]:
+    timings, _ = timed(action, repeat)
     return statistics.median(timings), max(timings)
 
 
@@ -67,12 +59,7 @@ def main() -> None:
     parser.add_argument("--predictions", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=11)
     args = parser.parse_args()
-    name = f"abx_bench_{uuid.uuid4().hex[:10]}"
-    url = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        apply_migrations(url, PROJECT_ROOT / "migrations")
+    with bench_database(None) as url:
         experiment = Experiment.model_validate(yaml.safe_load(FIVE_VARIANTS_YAML))
         weights = {v.key: v.weight for v in experiment.variants}
         today = datetime.now(UTC).date()
@@ -120,9 +107,6 @@ def main() -> None:
                           f" ({len(response.data):,} bytes)")  # fmt: skip
             finally:
                 app.extensions["abx"].close()
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.inference.providers import CPU, CUDA, choose_provider, session_providers  # noqa: E402
+from service.inference.providers import CPU, CUDA, choose_provider, session_providers
 
 MODELS = (
     "churn_logreg.onnx",

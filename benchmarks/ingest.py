@@ -44,38 +44,43 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, for service.*
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-
 import psycopg
-from assign_http import (
+from common import (
+    DEFAULT_ADMIN_URL,
     ROOT,
+    Rollup,
+    Server,
+    abx_command,
     backend_pids,
     bench_database,
-    children_of,
+    code_version,
     cpu_seconds,
-    free_port,
+    load_average,
     machine_busy_ticks,
+    percentile,
+    print_header,
+    print_rss,
+    roll_up,
     rss_mib,
-    stop,
+    serving,
+    timed,
     wait_for_quiet,
 )
 
 from service.events.ingest import ingest_rows
-from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once
+from service.events.rollup import EVENT_CHUNK
 from service.events.sums import metric_stats
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
@@ -95,11 +100,6 @@ TARGET_STATS_MS = 50.0
 UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/x?connect_timeout=1"
 MAX_REQUESTS_PER_CLIENT = 1_000_000
 EVENT_TABLES = "event_ids, outcomes, unit_outcomes, metric_stats, outcome_counts"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else math.nan
 
 
 # --- events ---------------------------------------------------------------------------
@@ -272,83 +272,24 @@ def copy_ceiling(
 # --- HTTP -----------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def pids(self) -> list[int]:
-        return [self.process.pid, *children_of(self.process.pid)]
-
-
-def healthy(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/healthz")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except OSError:
-        return False
-
-
-def start_abx(database_url: str, scratch: Path, name: str, extra: dict[str, str]) -> Server:
-    """``abx serve --no-migrate`` on a free port, default workers, answering ``/healthz``."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "ABX_DATABASE_URL": database_url,
-        "ABX_BIND": f"127.0.0.1:{port}",
-        "ABX_EXPERIMENTS": str(ROOT / "experiments"),
-        "ABX_DATA_DIR": str(scratch / f"{name}-data"),
-        "ABX_SPOOL_DIR": str(scratch / f"{name}-spool"),
-        "PYTHONUNBUFFERED": "1",
-        **extra,
-    }
-    for key in ("ABX_API_KEY", "ABX_WORKERS", "ABX_THREADS"):
-        env.pop(key, None)
-    abx = Path(sys.executable).with_name("abx")
-    command = [str(abx)] if abx.exists() else [sys.executable, "-m", "service.cli"]
-    scratch.mkdir(parents=True, exist_ok=True)
-    log_path = scratch / f"{name}-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", "--no-migrate"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-    server = Server(process, port, log_path)
-    deadline = time.monotonic() + 90
-    answered = 0
-    while answered < 10 or len(server.pids) < 1 + default_workers():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            # The spool run's log is mostly the pool's connection warnings: leave them out.
-            lines = log_path.read_text(errors="replace").splitlines()
-            kept = [
-                line for line in lines if "psycopg.pool" not in line and "Is the server" not in line
-            ]
-            raise RuntimeError(f"abx serve ({name}) did not start:\n" + "\n".join(kept[-40:]))
-        answered = answered + 1 if healthy(port) else 0
-        time.sleep(0.1)
-    return server
-
-
 @contextmanager
 def abx_server(
     database_url: str, scratch: Path, name: str, extra: dict[str, str]
 ) -> Iterator[Server]:
-    """A started server (a second try on a new port: another program may take the free port
-    first), stopped with SIGTERM afterwards."""
-    try:
-        server = start_abx(database_url, scratch, name, extra)
-    except RuntimeError as error:
-        print(f"  {error}\n  (trying once more on another port)", flush=True)
-        server = start_abx(database_url, scratch, name, extra)
-    try:
+    """``abx serve --no-migrate``, default workers and threads, until the block ends."""
+    env = {
+        **os.environ,
+        "ABX_DATABASE_URL": database_url,
+        "ABX_EXPERIMENTS": str(ROOT / "experiments"),
+        "ABX_DATA_DIR": str(scratch / f"{name}-data"),
+        "ABX_SPOOL_DIR": str(scratch / f"{name}-spool"),
+        **extra,
+    }
+    for key in ("ABX_API_KEY", "ABX_WORKERS", "ABX_THREADS"):
+        env.pop(key, None)
+    command = [*abx_command(), "serve", "--no-migrate"]
+    with serving(f"abx-serve-{name}", command, env, scratch, default_workers()) as server:
         yield server
-    finally:
-        stop(server.process)
 
 
 @dataclass
@@ -440,12 +381,6 @@ def drive(
     )
 
 
-def quiet() -> None:
-    busy = wait_for_quiet(max_wait=20.0)
-    if busy > 0.15:
-        print(f"  (machine still {busy:.0%} busy with other work after waiting; measuring anyway)")
-
-
 def http_phase(
     database_url: str,
     reachable: bool,
@@ -462,7 +397,7 @@ def http_phase(
     extra = {} if reachable else {"ABX_SPOOL_MAX_BYTES": str(32 * 2**30)}
     with abx_server(url, scratch, name, extra) as server:
         warm = drive(server, None, templates, f"{name}-warm", connections, warmup, "warm-up")
-        quiet()
+        wait_for_quiet()
         label = "PostgreSQL up" if reachable else "PostgreSQL down: spool"
         run = drive(
             server,
@@ -528,24 +463,6 @@ ORDER BY t.variant_key, t.metric
 
 
 @dataclass(frozen=True)
-class Rollup:
-    events: int
-    seconds: float
-    rounds_ms: list[float]
-    complete: bool
-    client_cpu_seconds: float
-    database_cpu_seconds: float
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events / max(1e-9, self.seconds)
-
-    @property
-    def cpu_us_per_event(self) -> float:
-        return 1e6 * (self.client_cpu_seconds + self.database_cpu_seconds) / max(1, self.events)
-
-
-@dataclass(frozen=True)
 class BigResult:
     events: int
     units: int
@@ -590,49 +507,6 @@ def load_outcomes(
         conn.execute("VACUUM ANALYZE outcomes")
 
 
-def roll_up(url: str, window: timedelta, grace: timedelta, events: int, timeout: float) -> Rollup:
-    """``roll_up_once`` until idle or ``timeout``, from one connection."""
-    rolled, rounds_ms = 0, []
-    complete = False
-    with psycopg.connect(url, autocommit=True) as conn:
-        backend = [conn.info.backend_pid]
-        client_before, database_before = time.process_time(), cpu_seconds(backend)
-        started = time.perf_counter()
-        for _ in range(events // EVENT_CHUNK + 50):
-            round_started = time.perf_counter()
-            done = roll_up_once(conn, lambda _key: window, grace)
-            if done is None:
-                time.sleep(0.1)  # another process holds the rollup lock
-                continue
-            rounds_ms.append(1000 * (time.perf_counter() - round_started))
-            rolled += done[1]
-            if len(rounds_ms) % 20 == 0:
-                elapsed = time.perf_counter() - started
-                print(f"  rolled up {rolled:,} events in {elapsed:.0f} s", flush=True)
-            if done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
-                complete = True
-                break
-            if time.perf_counter() - started > timeout:
-                break
-        return Rollup(
-            events=rolled,
-            seconds=time.perf_counter() - started,
-            rounds_ms=rounds_ms,
-            complete=complete,
-            client_cpu_seconds=time.process_time() - client_before,
-            database_cpu_seconds=cpu_seconds(backend) - database_before,
-        )
-
-
-def timed(action: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = action()
-        times.append(1000 * (time.perf_counter() - started))
-    return times, result
-
-
 def compare(fast: Sequence[Any], raw: Sequence[Any]) -> bool:
     """True when metric_stats and the raw scan give the same n and sums (relative 1e-6)."""
     expected = {(r[0], r[1]): [float(v) for v in r[2:]] for r in raw}
@@ -662,9 +536,9 @@ def big_phase(url: str, experiment: Experiment, events: int, rollup_timeout: flo
     load_seconds = time.perf_counter() - started
     print(f"  {events:,} events for {units:,} units loaded in {load_seconds:.0f} s", flush=True)
     grace = timedelta(seconds=Settings().attribution_grace_seconds)
-    quiet()
-    rollup = roll_up(url, window, grace, events, rollup_timeout)
-    quiet()
+    wait_for_quiet()
+    rollup = roll_up(url, lambda _key: window, grace, events, rollup_timeout)
+    wait_for_quiet()
     params = {"key": experiment.key, "seed": experiment.seed, "window": window}
     with psycopg.connect(url, autocommit=True) as conn:
         (bucket_rows,) = conn.execute(
@@ -706,13 +580,10 @@ def paired_ratios(runs: list[Run], numerator: str, denominator: str) -> list[flo
 
 def print_ingest(runs: list[Run], rss: dict[str, list[float]], connections: int) -> bool:
     cores = os.cpu_count() or 1
-    print()
-    header = (
+    print_header(
         f"{'round':>5} {'ingest run':<48} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
         f"| cores: {'client':>6} {'abx':>5} {'pg':>5} {'machine':>7} | µs/event: {'abx':>4} {'pg':>4}"
     )
-    print(header)
-    print("-" * len(header))
     for r in runs:
         print(
             f"{r.round or '-':>5} {r.name:<48} {r.events_per_second:>9,.0f} "
@@ -760,9 +631,7 @@ def print_ingest(runs: list[Run], rss: dict[str, list[float]], connections: int)
             f"{verdict(value >= target)} {spread}"
         )
     print()
-    for name, sizes in rss.items():
-        listed = ", ".join(f"{s:.0f}" for s in sizes[1:])
-        print(f"VmRSS {name}: workers [{listed}] MiB, master {sizes[0]:.0f} MiB")
+    print_rss(rss)
     return met
 
 
@@ -832,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-ingest", action="store_true", help="only the statistics part")
     parser.add_argument(
         "--admin-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        default=DEFAULT_ADMIN_URL,
         help="where to create (and drop) the benchmark databases",
     )
     args = parser.parse_args(argv)
@@ -849,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{os.cpu_count()} cores; abx serve: {default_workers()} workers x {Settings().threads} threads; "
         f"{args.duration:g} s per ingest run; experiment {experiment.key} (seed {experiment.seed}); "
-        f"load average {Path('/proc/loadavg').read_text().split()[0]}",
+        f"load average {load_average()}; code {code_version()}",
         flush=True,
     )
     met = True
@@ -876,7 +745,7 @@ def ingest_part(args: argparse.Namespace, experiment: Experiment) -> bool:
         # Ceiling and service alternate, so that load from elsewhere hits both alike.
         for round_index in range(args.rounds):
             reset_event_tables(url)
-            quiet()
+            wait_for_quiet()
             run = copy_ceiling(url, templates, experiment.seed, BATCH_EVENTS, args.duration)
             runs.append(run.in_round(round_index))
             print(f"  {run.name}: {run.events_per_second:,.0f} events/s", flush=True)
@@ -902,7 +771,7 @@ def ingest_part(args: argparse.Namespace, experiment: Experiment) -> bool:
                 )
         for batch in REFERENCE_BATCHES:
             reset_event_tables(url)
-            quiet()
+            wait_for_quiet()
             runs.append(copy_ceiling(url, templates, experiment.seed, batch, args.duration))
             print(f"  {runs[-1].name}: {runs[-1].events_per_second:,.0f} events/s", flush=True)
     return print_ingest(runs, rss, args.connections)

@@ -14,45 +14,68 @@ Four parts, each a ratio measured in one run:
   Both p99s are printed: end to end (the client threads' own Python included) and in the
   batcher (submit to answer: queue and run).
 * ``cache`` (in-process): the heavy MLP with repeated inputs, cache on against off.
-* ``http-batching``: the batching comparison over HTTP (64 wrk connections, 32 request threads
-  per worker); see ``predict_http``.
+* ``http-batching``: the batching comparison over HTTP: the heavy MLP with 64 wrk connections
+  and 32 request threads in each of two workers, so that 64 single-row requests can be in
+  flight at once; micro-batching off, then on, each on a fresh server.
+
+Over HTTP, each server is ``abx serve`` (``AbxServer``'s settings) on a fresh migrated
+database, serving an experiment whose variants all serve the one model; wrk's units cycle
+through a pool of 1,000 per thread. In ``http`` the two endpoints alternate, and a second
+server, whose model runs replay their first outputs (``no_inference/sitecustomize.py``),
+takes turns with the first round by round: what ``/v1/predict`` costs with everything but
+inference, so the ratio's gap splits into the model's part and the rest. Every round is
+printed, with the server's CPU time per request (master and workers) beside its requests/s.
 
 Run: ``python benchmarks/predict.py [--part all|overhead|http|batching|cache|http-batching]
 [--seconds S] [--max-wait-ms MS]``.
-``http`` needs ``wrk`` and a PostgreSQL at ``ABX_TEST_DATABASE_URL``.
+``http`` and ``http-batching`` need ``wrk`` and a PostgreSQL at ``ABX_TEST_DATABASE_URL``
+(default ``postgresql://postgres@127.0.0.1:5432/postgres``), where they create and drop
+``abx_bench_<random>`` databases.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
-import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import onnxruntime as ort
+import yaml
+from common import (
+    ROOT,
+    Server,
+    abx_command,
+    bench_database,
+    cpu_seconds,
+    percentile,
+    run_wrk,
+    serving,
+    write_wrk_script,
+)
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import yaml  # noqa: E402
-
-from service.assignment.registry import Registry  # noqa: E402
-from service.assignment.service import AssignmentService  # noqa: E402
-from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore  # noqa: E402
-from service.demo.models import build_demo_models  # noqa: E402
-from service.experiments.validation import load_experiments  # noqa: E402
-from service.inference.catalog import BatchingConfig, build_catalog  # noqa: E402
-from service.inference.records import PREDICTIONS, PredictionLog  # noqa: E402
-from service.inference.runner import SessionRunner  # noqa: E402
-from service.inference.service import PredictionService  # noqa: E402
-from service.inference.sessions import SessionPool  # noqa: E402
-from service.inference.shadow import ShadowRunner  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.storage.database import Database  # noqa: E402
-from service.storage.writer import BatchWriter  # noqa: E402
+from service.assignment.registry import Registry
+from service.assignment.service import AssignmentService
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.demo.models import build_demo_models
+from service.experiments.validation import load_experiments
+from service.inference.catalog import BatchingConfig, build_catalog
+from service.inference.records import PREDICTIONS, PredictionLog
+from service.inference.runner import SessionRunner
+from service.inference.service import PredictionService
+from service.inference.sessions import SessionPool
+from service.inference.shadow import ShadowRunner
+from service.settings import Settings, default_workers
+from service.storage.database import Database
+from service.storage.writer import BatchWriter
 
 MODELS = ROOT / "experiments" / "models"
 ATTRIBUTES = {"country": "US", "app_version": "2.1.0"}
@@ -95,8 +118,6 @@ def service_for(path: Path, batching: bool, max_rows: int = 64, wait_ms: float =
 
 
 def overhead(seconds: float) -> None:
-    import tempfile
-
     path = experiment_file(Path(tempfile.mkdtemp()), "churn_logreg.onnx", False, False)
     service, writer = service_for(path, batching=False)
     model = next(iter(service.catalog.models().values()))
@@ -155,13 +176,7 @@ def _clients(
     return len(latencies) / (time.monotonic() - began), latencies
 
 
-def p99(values: list[float]) -> float:
-    return sorted(values)[int(0.99 * len(values))]
-
-
 def batching(seconds: float, wait_ms: float) -> None:
-    import tempfile
-
     results = {}
     for enabled in (False, True):
         path = experiment_file(Path(tempfile.mkdtemp()), "mlp_heavy.onnx", True, False)
@@ -184,7 +199,7 @@ def batching(seconds: float, wait_ms: float) -> None:
         print(
             f"batching {'on ' if enabled else 'off'} ({model.provider.removesuffix('ExecutionProvider')}):"
             f" {rps:,.0f} req/s, p50 {statistics.median(latencies):.2f} ms,"
-            f" p99 {p99(latencies):.2f} ms; mean batch {mean_batch:.1f} rows, one such run {run_ms:.2f} ms"
+            f" p99 {percentile(latencies, 0.99):.2f} ms; mean batch {mean_batch:.1f} rows, one such run {run_ms:.2f} ms"
             + (
                 f"; p99 bound (max wait + run) {wait_ms + run_ms:.2f} ms; in the batcher"
                 f" (submit to answer) p50 {stats['answer_p50_ms']:.2f} ms,"
@@ -199,8 +214,6 @@ def batching(seconds: float, wait_ms: float) -> None:
 
 
 def cache(seconds: float) -> None:
-    import tempfile
-
     rates = {}
     for enabled in (False, True):
         path = experiment_file(Path(tempfile.mkdtemp()), "mlp_heavy.onnx", False, enabled)
@@ -212,6 +225,129 @@ def cache(seconds: float) -> None:
             f"cache {'on ' if enabled else 'off'}: {rates[enabled]:,.0f} req/s, p50 {statistics.median(latencies) * 1000:.0f} µs (100 distinct inputs, repeated)"
         )
     print(f"cache: throughput on/off = {rates[True] / rates[False]:.2f}x")
+
+
+# --- over HTTP --------------------------------------------------------------------------
+
+REQUEST_LUA = r"""
+local counter = 0
+local headers = {["Content-Type"] = "application/json"}
+local path = os.getenv("BENCH_PATH")
+local extra = os.getenv("BENCH_EXTRA") or ""
+function request()
+  counter = counter + 1
+  local body = string.format(
+    '{"experiment":"checkout_ranker","unit":"u-%d","attributes":{"country":"US","app_version":"2.1.0"}%s}',
+    counter % 1000, extra)
+  return wrk.format("POST", path, headers, body)
+end
+"""
+FEATURES = ",".join(f"{0.1 * i:.1f}" for i in range(20))
+PREDICT_EXTRA = ',"inputs":{"features":[[' + FEATURES + "]]}"
+NO_INFERENCE = str(ROOT / "benchmarks" / "no_inference")
+
+
+class Run(NamedTuple):
+    rate: float
+    """Requests/s."""
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us: float
+    """CPU time of the server's processes per request."""
+
+
+def _wrk(
+    server: Server, path: str, extra: str, seconds: float, script: Path, connections: int = 16
+) -> Run:
+    """One wrk run (2 threads) against ``server``."""
+    env = {**os.environ, "BENCH_PATH": path, "BENCH_EXTRA": extra}
+    pids = server.pids
+    cpu_before = cpu_seconds(pids)
+    run = run_wrk("wrk", script, server.url, connections, 2, seconds, env)
+    if run.http_errors:
+        raise RuntimeError(f"{run.http_errors} answers >= 400 from {path}")
+    cpu = cpu_seconds(pids) - cpu_before
+    return Run(run.requests_per_second, run.p50_ms, run.p99_ms, 1e6 * cpu / max(1, run.requests))
+
+
+@contextmanager
+def _server(name: str, scratch: Path, **env_overrides: str) -> Iterator[Server]:
+    """``abx serve`` on a fresh migrated database, serving ``scratch/experiments``."""
+    with bench_database(None) as url:
+        env = {
+            **os.environ,
+            "ABX_DATABASE_URL": url,
+            "ABX_EXPERIMENTS": str(scratch / "experiments"),
+            "ABX_RELOAD_POLL_SECONDS": "0",
+            **env_overrides,
+        }
+        workers = int(env.get("ABX_WORKERS") or default_workers())
+        command = [*abx_command(), "serve", "--no-migrate"]
+        with serving(name, command, env, scratch, workers, ready_path="/readyz") as server:
+            yield server
+
+
+def http(seconds: float, rounds: int = 3) -> None:
+    """``/v1/predict`` on the logistic model against ``/v1/assign``, same server, via wrk."""
+    if shutil.which("wrk") is None:
+        print("http: skipped (wrk not installed)")
+        return
+    with tempfile.TemporaryDirectory(prefix="abx-bench-predict-") as folder:
+        scratch = Path(folder)
+        experiment_file(scratch / "experiments", "churn_logreg.onnx", False, False)
+        script = write_wrk_script(scratch / "bench.lua", REQUEST_LUA)
+        path = os.pathsep.join(filter(None, [NO_INFERENCE, os.environ.get("PYTHONPATH")]))
+        labels = ("http", "http, no inference")
+        with (
+            _server("abx", scratch) as real,
+            _server("abx-no-inference", scratch, PYTHONPATH=path) as replayed,
+        ):
+            runs: dict[str, list[tuple[Run, Run]]] = {label: [] for label in labels}
+            for _ in range(rounds):  # the two servers take turns, so slow spells hit both
+                for label, server in zip(labels, (real, replayed), strict=True):
+                    assign = _wrk(server, "/v1/assign", "", seconds, script)
+                    predict = _wrk(server, "/v1/predict", PREDICT_EXTRA, seconds, script)
+                    runs[label].append((assign, predict))
+    for label in labels:
+        pairs = runs[label]
+        ratios = sorted(predict.rate / assign.rate for assign, predict in pairs)
+        cpu = [(assign.server_cpu_us, predict.server_cpu_us) for assign, predict in pairs]
+        print(
+            f"{label}: /v1/predict / /v1/assign = {statistics.median(ratios):.2f}x"
+            f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+            + (" (target >= 0.8x)" if label == "http" else " (the floor without the model)")
+            + "; req/s and server CPU per request: "
+            + "; ".join(
+                f"{a.rate:,.0f} ({a_cpu:.0f} µs) vs {p.rate:,.0f} ({p_cpu:.0f} µs)"
+                for (a, p), (a_cpu, p_cpu) in zip(pairs, cpu, strict=True)
+            )
+        )
+
+
+def http_batching(seconds: float, connections: int = 64) -> None:
+    """The heavy MLP over HTTP, batching off then on: enough request threads for 64 in flight."""
+    if shutil.which("wrk") is None:
+        print("http-batching: skipped (wrk not installed)")
+        return
+    results = {}
+    for batching in (False, True):
+        with tempfile.TemporaryDirectory(prefix="abx-bench-predict-") as folder:
+            scratch = Path(folder)
+            experiment_file(scratch / "experiments", "mlp_heavy.onnx", batching, False)
+            script = write_wrk_script(scratch / "bench.lua", REQUEST_LUA)
+            threads = str(connections // 2)  # two workers on two cores
+            name = f"abx-batching-{'on' if batching else 'off'}"
+            with _server(name, scratch, ABX_WORKERS="2", ABX_THREADS=threads) as server:
+                _wrk(server, "/v1/predict", PREDICT_EXTRA, 2, script, connections)  # warm-up
+                results[batching] = run = _wrk(
+                    server, "/v1/predict", PREDICT_EXTRA, seconds, script, connections
+                )
+        print(
+            f"http-batching {'on ' if batching else 'off'}: {run.rate:,.0f} req/s,"
+            f" p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.server_cpu_us:.0f} µs CPU"
+            f" each ({connections} connections, heavy MLP)"
+        )
+    print(f"http-batching: throughput on/off = {results[True].rate / results[False].rate:.2f}x")
 
 
 def main() -> None:
@@ -238,12 +374,8 @@ def main() -> None:
     if args.part in ("all", "cache"):
         cache(args.seconds)
     if args.part in ("all", "http"):
-        from benchmarks.predict_http import http
-
         http(args.seconds)
     if args.part in ("all", "http-batching"):
-        from benchmarks.predict_http import http_batching
-
         http_batching(args.seconds)
 
 

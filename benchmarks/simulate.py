@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import NamedTuple
 
+import common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from scipy import stats
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import confidence_sequence as cs
 from analysis import cuped, msprt

@@ -1,8 +1,9 @@
 """Benchmark only: every model run answers its model's first real outputs again.
 
-``predict_http`` puts this folder on the PYTHONPATH of one ``abx serve`` it starts, so that
-``/v1/predict`` can be measured with everything but inference (assignment, input checks,
-fallback checks, logging, the larger bodies): the floor the HTTP target leaves the model.
+``predict.py --part http`` puts this folder on the PYTHONPATH of one ``abx serve`` it starts,
+so that ``/v1/predict`` can be measured with everything but inference (assignment, input
+checks, fallback checks, logging, the larger bodies): the floor the HTTP target leaves the
+model.
 Python imports ``sitecustomize`` at start-up, before gunicorn forks its workers.
 """
 
