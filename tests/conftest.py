@@ -1,5 +1,12 @@
 """Shared fixtures: a fresh PostgreSQL database per test cloned from a migrated template,
-a real gunicorn server on a free port, and an ``api`` helper that adds the API key."""
+a real gunicorn server on a free port, and an ``api`` helper that adds the API key.
+
+The run's PostgreSQL and Celery broker are chosen once, by the controller before the
+xdist workers start (``tests/suite/services.py``): the one in the environment, the
+machine's usual one, or else the suite's own embedded server and the folder broker.
+The workers inherit the choice through ``ABX_TEST_DATABASE_URL`` and
+``ABX_TEST_BROKER_URL``.
+"""
 
 from __future__ import annotations
 
@@ -24,15 +31,92 @@ from click.testing import CliRunner
 
 from service.settings import PROJECT_ROOT
 from service.storage.migrations import apply_migrations
+from tests.suite import services
+from tests.suite.postgres import OwnPostgres
+from tests.suite.system_tools import skipped_for_missing_tools
 
-ADMIN_URL = os.environ.get("ABX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MIGRATIONS = PROJECT_ROOT / "migrations"
 EXAMPLES = PROJECT_ROOT / "experiments"
 TEMPLATE_LOCK = 0x616278_7E
+_OWN_POSTGRES = pytest.StashKey[OwnPostgres]()
+_CHOSEN = pytest.StashKey[list[str]]()
+_ENVIRONMENT = pytest.StashKey[dict[str, str | None]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose (or start) the run's PostgreSQL and broker, once, in the controller."""
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller chose, the environment says what
+    try:
+        prefix = services.database_prefix(os.environ.get("ABX_TEST_DB_PREFIX"))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[_ENVIRONMENT] = {
+        name: os.environ.get(name)
+        for name in ("ABX_TEST_DATABASE_URL", "ABX_TEST_BROKER_URL", "ABX_TEST_DB_PREFIX")
+    }
+    database = services.choose_database(os.environ.get("ABX_TEST_DATABASE_URL"))
+    if database.url is None:
+        own = config.stash[_OWN_POSTGRES] = OwnPostgres()
+        url, path = own.url, f"the suite's own embedded server in {own.folder} ({database.why})"
+    else:
+        url, path = database.url, f"{services.shown(database.url)} ({database.why})"
+    broker = services.choose_broker(os.environ.get("ABX_TEST_BROKER_URL"))
+    assert broker.url is not None
+    os.environ.update(
+        ABX_TEST_DATABASE_URL=url, ABX_TEST_BROKER_URL=broker.url, ABX_TEST_DB_PREFIX=prefix
+    )
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    config.stash[_CHOSEN] = [
+        f"abx tests: PostgreSQL {version[0] if version else '?'}: {path}",
+        f"abx tests: Celery broker {services.shown(broker.url)} ({broker.why})",
+    ]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_POSTGRES, None)
+    if own is not None:
+        own.close()  # the server stops and its folder goes, also after Ctrl-C or a failure
+    for name, value in config.stash.get(_ENVIRONMENT, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash.get(_CHOSEN, [])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    reasons = [
+        report.longrepr[2]
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple)
+    ]
+    missing = skipped_for_missing_tools(reasons)
+    if missing:
+        tools = ", ".join(f"{count} for {tool}" for tool, count in missing.items())
+        line = f"skipped for a missing system tool: {sum(missing.values())} test(s): {tools}"
+    else:
+        line = "skipped for a missing system tool: 0 tests"
+    for chosen in config.stash.get(_CHOSEN, []):
+        terminalreporter.write_line(chosen)
+    terminalreporter.write_line(line)
+
+
+def admin_url() -> str:
+    """The run's PostgreSQL, where test databases are created (set by pytest_configure)."""
+    return os.environ["ABX_TEST_DATABASE_URL"]
+
+
+def database_prefix() -> str:
+    return os.environ.get("ABX_TEST_DB_PREFIX", services.DEFAULT_DB_PREFIX)
 
 
 def _url_for(database: str) -> str:
-    return psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=database)
+    return psycopg.conninfo.make_conninfo(admin_url(), dbname=database)
 
 
 def _migrations_digest() -> str:
@@ -45,8 +129,8 @@ def _migrations_digest() -> str:
 @pytest.fixture(scope="session")
 def template_database() -> str:
     """A migrated database to clone; built once per migrations content, shared by workers."""
-    name = f"abx_template_{_migrations_digest()}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+    name = f"{database_prefix()}template_{_migrations_digest()}"
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
         try:
             exists = conn.execute(
@@ -65,9 +149,9 @@ def template_database() -> str:
 
 
 def create_database(template: str | None) -> str:
-    name = f"abx_test_{uuid.uuid4().hex[:12]}"
+    name = f"{database_prefix()}{uuid.uuid4().hex[:12]}"
     clause = f' TEMPLATE "{template}"' if template else ""
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
         for attempt in range(20):
             try:
                 conn.execute(f'CREATE DATABASE "{name}"{clause}')
@@ -80,7 +164,7 @@ def create_database(template: str | None) -> str:
 
 
 def drop_database(name: str) -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -98,6 +182,34 @@ def empty_db() -> Iterator[str]:
     name = create_database(None)
     yield _url_for(name)
     drop_database(name)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A migrated PostgreSQL this test alone owns, to stop and start (``.stop()``, ``.start()``).
+
+    Fault tests stop this one, never the run's shared server, which serves other tests
+    in parallel; its guardian removes it when the test ends, or its worker dies.
+    """
+    server = OwnPostgres()
+    try:
+        apply_migrations(server.url, MIGRATIONS)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def celery_broker() -> dict[str, str]:
+    """Settings that put a Celery process on the run's broker, with a queue of its own.
+
+    With the folder broker (``filesystem://``) a process keeps its queue under its own
+    ``ABX_DATA_DIR``, so processes that must share one need the same data folder.
+    """
+    return {
+        **services.celery_environment(os.environ["ABX_TEST_BROKER_URL"]),
+        "ABX_QUEUE": f"abx-test-{uuid.uuid4().hex}",
+    }
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ import pytest
 from service.demo.seed import seeded_dashboard_experiments
 from service.settings import PROJECT_ROOT
 from tests.conftest import API_KEY, Server, ServerFactory
+from tests.suite.system_tools import requires_system_tool, system_tool_path
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = system_tool_path("chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs Debian's /usr/bin/chromium (.ci/run installs it: apt-get install chromium)",
-)
+pytestmark = requires_system_tool("chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 CHARTS_RENDERED = """() => {
@@ -41,7 +39,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield chromium
         chromium.close()
 

