@@ -55,13 +55,16 @@ def pytest_configure(config: pytest.Config) -> None:
         name: os.environ.get(name)
         for name in ("ABX_TEST_DATABASE_URL", "ABX_TEST_BROKER_URL", "ABX_TEST_DB_PREFIX")
     }
-    database = services.choose_database(os.environ.get("ABX_TEST_DATABASE_URL"))
+    try:
+        database = services.choose_database(os.environ.get("ABX_TEST_DATABASE_URL"))
+        broker = services.choose_broker(os.environ.get("ABX_TEST_BROKER_URL"))
+    except services.ServiceDown as error:
+        raise pytest.UsageError(str(error)) from None
     if database.url is None:
         own = config.stash[_OWN_POSTGRES] = OwnPostgres()
         url, path = own.url, f"the suite's own embedded server in {own.folder} ({database.why})"
     else:
         url, path = database.url, f"{services.shown(database.url)} ({database.why})"
-    broker = services.choose_broker(os.environ.get("ABX_TEST_BROKER_URL"))
     assert broker.url is not None
     os.environ.update(
         ABX_TEST_DATABASE_URL=url, ABX_TEST_BROKER_URL=broker.url, ABX_TEST_DB_PREFIX=prefix

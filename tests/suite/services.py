@@ -12,7 +12,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import kombu.exceptions
 import psycopg
+import redis
+from amqp.exceptions import AMQPError
+from kombu import Connection
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 EMBEDDED = "embedded"  # ABX_TEST_DATABASE_URL=embedded: the suite starts its own server
@@ -24,6 +28,10 @@ DEFAULT_DB_PREFIX = "abx_test_"
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 
+class ServiceDown(RuntimeError):
+    """A server named in the environment does not answer: the run stops rather than replace it."""
+
+
 @dataclass(frozen=True)
 class Choice:
     """What a run uses (``url``, or None: start the suite's own) and a line saying why."""
@@ -33,7 +41,12 @@ class Choice:
 
 
 def shown(url: str) -> str:
-    """The URL with its password hidden, for lines a person reads."""
+    """The URL (or libpq key=value string) with its password hidden, for lines a person reads."""
+    if "://" not in url:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        if params.get("password"):
+            params["password"] = "***"
+        return psycopg.conninfo.make_conninfo(**params)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -60,20 +73,22 @@ def postgres_refusal(url: str) -> str | None:
         return str(error).strip().splitlines()[0]
 
 
-def choose_database(configured: str | None) -> Choice:
+def choose_database(configured: str | None, default: str = DEFAULT_DATABASE_URL) -> Choice:
+    """``ABX_TEST_DATABASE_URL`` if set (``embedded``: the suite's own), else the default, else own."""
     if configured == EMBEDDED:
         return Choice(None, "ABX_TEST_DATABASE_URL=embedded")
     if configured:
+        refusal = postgres_refusal(configured)
+        if refusal is not None:
+            raise ServiceDown(f"ABX_TEST_DATABASE_URL={shown(configured)}: {refusal}")
         return Choice(configured, "from ABX_TEST_DATABASE_URL")
-    refusal = postgres_refusal(DEFAULT_DATABASE_URL)
+    refusal = postgres_refusal(default)
     if refusal is None:
-        return Choice(DEFAULT_DATABASE_URL, "the default address answered")
-    return Choice(None, f"nothing usable at {DEFAULT_DATABASE_URL}: {refusal}")
+        return Choice(default, "the default address answered")
+    return Choice(None, f"nothing usable at {default}: {refusal}")
 
 
 def redis_answers(url: str) -> bool:
-    import redis
-
     try:
         with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
             return bool(client.ping())
@@ -82,25 +97,35 @@ def redis_answers(url: str) -> bool:
 
 
 def rabbitmq_answers(url: str) -> bool:
-    from kombu import Connection
-
     try:
         with Connection(url, connect_timeout=2) as connection:
-            connection.connect()
+            connection.ensure_connection(max_retries=0)  # one try, no back-off
             return True
-    except OSError:  # refused, timed out; amqp's own errors derive from OSError too
+    except (OSError, AMQPError, kombu.exceptions.OperationalError):  # refused, reset, refused login
         return False
 
 
-def choose_broker(configured: str | None) -> Choice:
+def broker_answers(url: str) -> bool:
+    if url == FILESYSTEM:
+        return True
+    return (
+        redis_answers(url) if url.startswith(("redis://", "rediss://")) else rabbitmq_answers(url)
+    )
+
+
+def choose_broker(
+    configured: str | None, redis_url: str = REDIS_URL, rabbitmq_url: str = RABBITMQ_URL
+) -> Choice:
     """``ABX_TEST_BROKER_URL`` if set (``filesystem://`` for folders), else Redis, RabbitMQ, folders."""
     if configured:
+        if not broker_answers(configured):
+            raise ServiceDown(f"ABX_TEST_BROKER_URL={shown(configured)} does not answer")
         return Choice(configured, "from ABX_TEST_BROKER_URL")
-    if redis_answers(REDIS_URL):
-        return Choice(REDIS_URL, "Redis answered")
-    if rabbitmq_answers(RABBITMQ_URL):
-        return Choice(RABBITMQ_URL, "RabbitMQ answered")
-    return Choice(FILESYSTEM, "no Redis at 127.0.0.1:6379 nor RabbitMQ at 127.0.0.1:5672")
+    if redis_answers(redis_url):
+        return Choice(redis_url, "Redis answered")
+    if rabbitmq_answers(rabbitmq_url):
+        return Choice(rabbitmq_url, "RabbitMQ answered")
+    return Choice(FILESYSTEM, f"nothing answered at {redis_url} nor {shown(rabbitmq_url)}")
 
 
 def celery_environment(broker: str) -> dict[str, str]:
