@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import Flask, request
 
 from dashboards import pages as dashboard_pages
 from service.api import analysis as analysis_routes
-from service.api import assignments, experiments, health, openapi, predictions, problems
+from service.api import (
+    assignments,
+    experiments,
+    health,
+    instrumentation,
+    openapi,
+    predictions,
+    problems,
+)
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
 from service.assignment.sync import StateSync
+from service.background import PeriodicThread
 from service.errors import Unauthorized
 from service.events.ingest import EventIngestor
 from service.events.rollup import RollupScheduler, windows_from
@@ -51,8 +60,21 @@ class Runtime:
     events: EventIngestor
     rollup: RollupScheduler
     models: ModelRuntime
+    sampler: PeriodicThread = field(init=False)
+    """Copies this process's gauges (buffers, spools, pending allocations) into the metrics."""
+
+    def __post_init__(self) -> None:
+        self.sampler = PeriodicThread(
+            "abx-metrics-sampler", self.settings.metrics_sample_seconds, self.publish_metrics
+        )
+
+    def publish_metrics(self) -> None:
+        self.registry.publish_metrics()
+        self.writer.publish_metrics()
+        self.events.publish_metrics()
 
     def close(self) -> None:
+        self.sampler.close()
         self.models.close()
         self.events.close()
         self.rollup.close()
@@ -116,7 +138,7 @@ def build_runtime(settings: Settings) -> Runtime:
     state.start()
     events.start()
     rollup.start()
-    return Runtime(
+    runtime = Runtime(
         settings,
         registry,
         database,
@@ -128,6 +150,9 @@ def build_runtime(settings: Settings) -> Runtime:
         rollup,
         models,
     )
+    runtime.publish_metrics()
+    runtime.sampler.start()
+    return runtime
 
 
 def _require_api_key(expected: str) -> None:
@@ -144,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("abx")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    instrumentation.init_app(app, settings.access_log)  # first: it sees every request
     problems.init_app(app)
     runtime = build_runtime(settings)
     app.extensions["abx"] = runtime

@@ -3,15 +3,30 @@
 With no broker configured, kombu's ``filesystem://`` transport passes messages
 through files under ``ABX_DATA_DIR/broker``: real worker processes, nothing to
 install, not for production.
+
+Every task published while a request (or another task) is handled carries its request id
+in a ``request_id`` header; the task binds it to its log context, so the lines and the
+webhooks a request causes share its id. Celery's own logging setup is replaced by abx's
+(one JSON object per line).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from service.observability.exposition import mark_dead
+from service.observability.logging import (
+    configure_logging,
+    current_request_id,
+    end_context,
+    start_context,
+)
 from service.settings import Settings
+
+REQUEST_ID_TASK_HEADER = "request_id"
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -55,3 +70,34 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(Settings())
+
+
+def _configure_logging(**_: Any) -> None:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level, settings.log_units)
+
+
+def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    request_id = current_request_id()
+    if headers is not None and request_id and REQUEST_ID_TASK_HEADER not in headers:
+        headers[REQUEST_ID_TASK_HEADER] = request_id
+
+
+def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    carried = getattr(task.request, REQUEST_ID_TASK_HEADER, None) if task is not None else None
+    start_context(request_id=carried or task_id, task=getattr(task, "name", None))
+
+
+def _end_task_context(**_: Any) -> None:
+    end_context()
+
+
+def _drop_live_gauges(**_: Any) -> None:
+    mark_dead(os.getpid())
+
+
+signals.setup_logging.connect(_configure_logging)
+signals.before_task_publish.connect(_carry_request_id)
+signals.task_prerun.connect(_bind_task_context)
+signals.task_postrun.connect(_end_task_context)
+signals.worker_process_shutdown.connect(_drop_live_gauges)

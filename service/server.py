@@ -1,12 +1,28 @@
-"""Run the app under gunicorn with a worker layout chosen for the machine."""
+"""Run the app under gunicorn with a worker layout chosen for the machine.
+
+The master process also serves the workers' metrics on ``ABX_METRICS_BIND``
+(``service/observability/exposition.py`` says why there) and logs, like the workers,
+one JSON object per line.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
+from service.observability.exposition import (
+    Exporter,
+    enable_multiprocess,
+    mark_dead,
+    start_exporter,
+)
+from service.observability.logging import configure_logging, get_logger
 from service.settings import Settings, default_workers
+
+log = get_logger(__name__)
 
 
 def _close_runtime(server: Any, worker: Any) -> None:
@@ -16,12 +32,33 @@ def _close_runtime(server: Any, worker: Any) -> None:
         runtime.close()  # graceful shutdown: flush buffered assignments and exposures
 
 
+def _worker_exited(server: Any, worker: Any) -> None:
+    mark_dead(worker.pid)  # its live gauges (in flight, buffered rows) leave the sums
+
+
+class StructuredLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own lines (start, workers booted and lost) through the root handler."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 class AbxServer(BaseApplication):  # type: ignore[misc]
     """gunicorn without a config file: every worker builds its own app (no preload, so the
     writer and state threads start in the worker, after the fork)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.exporter: Exporter | None = None
+        self._master_pid = os.getpid()
+        configure_logging(settings.log_format, settings.log_level, settings.log_units)
+        self._metrics_dir = (
+            enable_multiprocess(settings.metrics_dir) if settings.metrics_bind else None
+        )
         super().__init__()
 
     def load_config(self) -> None:
@@ -33,8 +70,12 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "graceful_timeout": 10,
             "timeout": 30,
-            "accesslog": None,
+            "accesslog": None,  # the app writes the access log, with the request id
+            "logger_class": StructuredLogger,
+            "loglevel": self.settings.log_level.lower(),
             "worker_exit": _close_runtime,
+            "child_exit": _worker_exited,
+            "on_exit": lambda server: self._close_exporter(),
             "control_socket_disable": True,  # several servers may run side by side
         }
         for key, value in options.items():
@@ -44,3 +85,27 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         from service.app import create_app
 
         return create_app(self.settings)
+
+    def run(self) -> None:
+        if self._metrics_dir is not None:
+            bind = self.settings.metrics_bind
+            try:
+                self.exporter = start_exporter(
+                    bind, self._metrics_dir, owns_directory=self.settings.metrics_dir is None
+                )
+            except OSError as error:
+                raise SystemExit(
+                    f"cannot serve metrics on ABX_METRICS_BIND={bind}: {error}"
+                ) from None
+            log.info("serving metrics", url=self.exporter.url)
+        try:
+            super().run()
+        finally:
+            self._close_exporter()
+
+    def _close_exporter(self) -> None:
+        # A worker leaves gunicorn by raising SystemExit through this same stack: only the
+        # master owns the exporter and its folder.
+        if self.exporter is not None and os.getpid() == self._master_pid:
+            exporter, self.exporter = self.exporter, None
+            exporter.close()

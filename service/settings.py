@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,29 @@ class Settings(BaseSettings):
     analysis_interval_seconds: float = Field(default=60.0, gt=0)
     webhook_secret: str = Field(default="", description="HMAC-SHA256 key for X-Abx-Signature.")
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    metrics_bind: str = Field(
+        default="127.0.0.1:9464",
+        description="Where the server's gunicorn master serves /metrics; empty: no metrics.",
+    )
+    worker_metrics_bind: str = Field(
+        default="127.0.0.1:9465",
+        description="Where `abx worker`'s main process serves /metrics; empty: no metrics.",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="prometheus-client's multiprocess folder, emptied at start; None: a new "
+        "temporary folder per server or worker.",
+    )
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="json or console; None: console on a terminal, else json."
+    )
+    log_level: str = Field(default="INFO", pattern="(?i)^(debug|info|warning|error|critical)$")
+    log_units: bool = Field(default=False, description="Put unit ids in log lines.")
+    access_log: bool = Field(default=True, description="One log line per HTTP request.")
+    metrics_sample_seconds: float = Field(
+        default=1.0, gt=0, description="How often gauges of buffers and spools are sampled."
+    )
 
     @property
     def spool_path(self) -> Path:

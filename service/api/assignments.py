@@ -10,6 +10,7 @@ from service.api.bodies import AssignBatchRequest, AssignRequest
 from service.api.body import parse_json_body
 from service.assignment.core import Assignment
 from service.errors import PayloadTooLarge
+from service.observability.logging import annotate
 
 bp = Blueprint("assignments", __name__)
 
@@ -27,7 +28,9 @@ def assignment_json(assignment: Assignment) -> dict[str, Any]:
 def assign_one() -> dict[str, Any]:
     body = parse_json_body(AssignRequest)
     service = current_app.extensions["abx"].assignments
-    return assignment_json(service.assign(body.experiment, body.unit, body.attributes))
+    assignment = service.assign(body.experiment, body.unit, body.attributes)
+    annotate(experiment=body.experiment, variant=assignment.variant, unit=body.unit)
+    return assignment_json(assignment)
 
 
 @bp.post("/v1/assign/batch")

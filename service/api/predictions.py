@@ -8,6 +8,7 @@ from flask import Blueprint, current_app
 
 from service.api.bodies import PredictRequest
 from service.api.body import parse_json_body
+from service.observability.logging import annotate
 
 bp = Blueprint("predictions", __name__)
 
@@ -18,6 +19,13 @@ def predict() -> dict[str, Any]:
     service = current_app.extensions["abx"].models.predictions
     prediction = service.predict(body.experiment, body.unit, body.attributes, body.inputs)
     model = prediction.model
+    annotate(
+        experiment=body.experiment,
+        variant=prediction.assignment.variant,
+        model=model.name,
+        fallback=prediction.failure,
+        unit=body.unit,
+    )
     return {
         "experiment": body.experiment,
         "variant": prediction.assignment.variant,

@@ -12,6 +12,7 @@ from service.assignment.core import CompiledExperiment, compile_experiment
 from service.assignment.state import ExperimentState, override_for
 from service.experiments.schema import Experiment
 from service.experiments.validation import LoadResult
+from service.observability import metrics
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class Registry:
         if served is None:
             return None
         return served.at(time.time() if epoch is None else epoch)
+
+    def publish_metrics(self) -> None:
+        """Which experiments wait for new weights to take effect (``allocation-switching``)."""
+        now = time.time()
+        for key, served in self._served.items():
+            pending = served.at(now).allocation.pending_weights is not None
+            metrics.ALLOCATION_PENDING.labels(key).set(1 if pending else 0)
 
     def all(self) -> list[CompiledExperiment]:
         now = time.time()

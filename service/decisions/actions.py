@@ -16,6 +16,7 @@ from service.decisions.store import (
     record_decision,
 )
 from service.experiments.schema import Experiment
+from service.observability import metrics
 
 ACTIONS = ("approve", "pause", "resume", "promote", "rollback")
 
@@ -93,4 +94,5 @@ def act(
             f"human:{actor}",
             experiment.policy.webhooks,
         )
-        return decision_id, decision, deliveries
+    metrics.DECISIONS.labels(experiment.key, decision.kind).inc()
+    return decision_id, decision, deliveries

@@ -132,6 +132,20 @@ def last_run_numbers(conn: Any, experiment: Experiment) -> dict[str, Any]:
     return dict(row[0]) if row else {}
 
 
+def awaiting_approval_counts(conn: Any, experiments: list[Experiment]) -> dict[str, int]:
+    """Per experiment (its current seed), how many decisions wait for a human's approve."""
+    rows = conn.execute(
+        "SELECT experiment_key, count(*) FROM decisions"
+        " JOIN unnest(%s::text[], %s::text[]) AS e(key, seed)"
+        " ON experiment_key = e.key AND decisions.seed = e.seed"
+        " WHERE status = 'awaiting_approval' GROUP BY experiment_key",
+        ([e.key for e in experiments], [e.seed for e in experiments]),
+    ).fetchall()
+    counts = {e.key: 0 for e in experiments}
+    counts.update({key: int(n) for key, n in rows})
+    return counts
+
+
 def last_analysis_at(conn: Any, experiment_key: str, seed: str) -> datetime | None:
     """When the decision workers last analysed the experiment."""
     row = conn.execute(

@@ -8,6 +8,7 @@ pool) on first use, after the fork. Task bodies are plain functions too, so
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -16,6 +17,7 @@ from typing import Any
 from service.celery_app import app
 from service.decisions.actions import act
 from service.decisions.cycle import AnalysisOutcome, analyze_and_decide
+from service.decisions.store import awaiting_approval_counts, last_analysis_at
 from service.decisions.webhooks import (
     deliver_once,
     mark_failed,
@@ -25,6 +27,7 @@ from service.decisions.webhooks import (
 from service.events.rollup import roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
+from service.observability import metrics
 from service.settings import Settings
 from service.storage.database import Database
 from service.storage.embedded import database_url
@@ -63,18 +66,63 @@ def experiment(key: str) -> Experiment:
 def analyze_now(key: str) -> AnalysisOutcome:
     """Bring the statistics up to date, then analyse and decide (the task's body)."""
     ctx = context()
+    analysed = experiment(key)
+    started = time.perf_counter()
+    try:
+        with ctx.database.pool.connection(timeout=10.0) as conn:
+            grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
+            while True:
+                done = roll_up_once(conn, windows_from(ctx.experiments), grace)
+                if done is None or done == (0, 0) or done[1] < 50_000:
+                    break
+            outcome = analyze_and_decide(conn, analysed)
+            awaiting = awaiting_approval_counts(conn, [analysed])[key]
+    except Exception:
+        metrics.ANALYSIS_RUNS.labels(key, "error").inc()
+        raise
+    publish_analysis(key, outcome, time.perf_counter() - started, awaiting)
+    return outcome
+
+
+def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaiting: int) -> None:
+    """What one successful analysis found, as metrics (labels from the experiment's YAML)."""
+    metrics.ANALYSIS_RUNS.labels(key, "ok").inc()
+    metrics.ANALYSIS_DURATION.labels(key).observe(seconds)
+    metrics.ANALYSIS_LAST_SUCCESS.labels(key).set(time.time())
+    metrics.DECISIONS.labels(key, outcome.decision.kind).inc()
+    metrics.DECISIONS_AWAITING.labels(key).set(awaiting)
+    srm = outcome.numbers.get("srm")
+    if isinstance(srm, dict) and srm.get("p_value") is not None:
+        metrics.SRM_P_VALUE.labels(key).set(srm["p_value"])
+    for check in outcome.numbers.get("guardrails", []):
+        breached = 1 if check.get("breached") else 0
+        metrics.GUARDRAIL_BREACHED.labels(key, check["variant"], check["metric"]).set(breached)
+
+
+def publish_schedule_state() -> None:
+    """From PostgreSQL, when each running experiment was last analysed and what awaits approval.
+
+    Run with every scheduled round, so a restarted worker reports the truth at once.
+    """
+    ctx = context()
+    running = [e for e in ctx.experiments.values() if e.status == "running"]
+    metrics.ANALYSIS_INTERVAL.set(ctx.settings.analysis_interval_seconds)
     with ctx.database.pool.connection(timeout=10.0) as conn:
-        grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
-        while True:
-            done = roll_up_once(conn, windows_from(ctx.experiments), grace)
-            if done is None or done == (0, 0) or done[1] < 50_000:
-                break
-        return analyze_and_decide(conn, experiment(key))
+        for item in running:
+            last = last_analysis_at(conn, item.key, item.seed)
+            if last is not None:
+                metrics.ANALYSIS_LAST_SUCCESS.labels(item.key).set(last.timestamp())
+        for key, count in awaiting_approval_counts(conn, running).items():
+            metrics.DECISIONS_AWAITING.labels(key).set(count)
 
 
 @app.task(name="abx.analyze_all")
 def analyze_all() -> list[str]:
     keys = [key for key, e in context().experiments.items() if e.status == "running"]
+    try:
+        publish_schedule_state()
+    except Exception as error:  # the analyses below report their own failures
+        log.warning("could not read the analyses' state: %s", error)
     for key in keys:
         analyze_experiment.delay(key)
     return keys
@@ -104,9 +152,12 @@ def post_webhook(delivery_id: str) -> bool | None:
     """Deliver once: True on success, False on failure, None if there is nothing to do."""
     ctx = context()
     with ctx.database.pool.connection(timeout=10.0) as conn:
-        return deliver_once(
+        delivered = deliver_once(
             conn, delivery_id, ctx.settings.webhook_secret, ctx.settings.webhook_timeout_seconds
         )
+    if delivered is not None:
+        metrics.WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed").inc()
+    return delivered
 
 
 @app.task(name="abx.deliver_webhook", bind=True, max_retries=MAX_WEBHOOK_ATTEMPTS)
@@ -116,6 +167,7 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
         if self.request.retries + 1 >= MAX_WEBHOOK_ATTEMPTS:
             with context().database.pool.connection(timeout=10.0) as conn:
                 mark_failed(conn, delivery_id)
+            metrics.WEBHOOK_DELIVERIES.labels("abandoned").inc()
             return "failed"
         raise self.retry(countdown=retry_delay_seconds(self.request.retries + 1))
     return "delivered" if delivered else "nothing to do"

@@ -15,6 +15,8 @@ from typing import Any
 import requests
 from psycopg.types.json import Jsonb
 
+from service.observability.logging import REQUEST_ID_HEADER, current_request_id
+
 SIGNATURE_HEADER = "X-Abx-Signature"
 
 
@@ -39,14 +41,18 @@ def retry_delay_seconds(attempt: int, cap: float = 300.0) -> float:
 def queue_deliveries(
     conn: Any, decision_id: str, urls: list[str], payload: dict[str, Any]
 ) -> list[str]:
-    """One pending delivery per URL, in the caller's transaction; return their ids."""
+    """One pending delivery per URL, in the caller's transaction; return their ids.
+
+    Each keeps the id of the request (or task) that caused it, for its ``X-Request-ID``.
+    """
     deliveries = []
+    request_id = current_request_id()
     for url in urls:
         delivery_id = str(uuid.uuid4())
         conn.execute(
-            "INSERT INTO webhook_deliveries (delivery_id, decision_id, url, payload)"
-            " VALUES (%s, %s, %s, %s)",
-            (delivery_id, decision_id, url, Jsonb(payload)),
+            "INSERT INTO webhook_deliveries (delivery_id, decision_id, url, payload, request_id)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (delivery_id, decision_id, url, Jsonb(payload), request_id),
         )
         deliveries.append(delivery_id)
     return deliveries
@@ -55,14 +61,17 @@ def queue_deliveries(
 def deliver_once(conn: Any, delivery_id: str, secret: str, timeout: float) -> bool | None:
     """POST one pending delivery: True on success, False on failure, None if nothing to do."""
     row = conn.execute(
-        "SELECT url, payload, status FROM webhook_deliveries WHERE delivery_id = %s",
+        "SELECT url, payload, status, request_id FROM webhook_deliveries WHERE delivery_id = %s",
         (delivery_id,),
     ).fetchone()
     if row is None or row[2] != "pending":
         return None
-    url, payload, _ = row
+    url, payload, _, request_id = row
     body = body_bytes(payload)
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body)}
+    request_id = request_id or current_request_id()
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
     try:
         response = requests.post(url, data=body, headers=headers, timeout=timeout)
         ok, error = response.status_code < 300, f"HTTP {response.status_code}"

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.background import BackgroundThread, PeriodicThread
 from service.events.validation import OUTCOME_COLUMNS
+from service.observability import metrics
 from service.storage.database import Database
 from service.storage.spool import Spool, SpoolError
 from service.storage.staging import copy_to_stage
@@ -112,6 +114,9 @@ class EventIngestor(BackgroundThread):
     def spooling(self) -> bool:
         return self._spooling
 
+    def publish_metrics(self) -> None:
+        self._spool.publish_metrics("events")
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -182,9 +187,12 @@ class EventIngestor(BackgroundThread):
         for request in batch:
             request.result = IngestResult(len(request.rows), None, spooled=True)
             request.done.set()
+        _count(Counter(row[0] for row in rows), "spooled")
 
     @staticmethod
     def _release_committed(batch: list[_Request], fresh: set[tuple[str, str]]) -> None:
+        accepted_by: Counter[str] = Counter()
+        duplicates_by: Counter[str] = Counter()
         for request in batch:
             accepted = 0
             for row in request.rows:
@@ -192,5 +200,15 @@ class EventIngestor(BackgroundThread):
                 if key in fresh:
                     fresh.discard(key)  # the first request holding an event id gets it
                     accepted += 1
+                    accepted_by[row[0]] += 1
+                else:
+                    duplicates_by[row[0]] += 1
             request.result = IngestResult(accepted, len(request.rows) - accepted, spooled=False)
             request.done.set()
+        _count(accepted_by, "accepted")
+        _count(duplicates_by, "duplicate")
+
+
+def _count(by_experiment: Counter[str], result: str) -> None:
+    for experiment, events in by_experiment.items():
+        metrics.EVENTS.labels(experiment, result).inc(events)

@@ -30,6 +30,7 @@ from service.events.attribution import (
     classify,
 )
 from service.events.latency import BIN_COUNT, bin_of
+from service.observability import metrics
 from service.storage.database import Database
 from service.storage.fence import committed_through
 
@@ -263,6 +264,24 @@ def roll_up_once(
         return exposures_done, len(events)
 
 
+def rollup_lag(conn: Any) -> dict[str, float]:
+    """Seconds since the oldest exposure and the oldest new outcome not yet counted (0: none).
+
+    Outcomes waiting for their unit's exposure (``pending``) are not lag: they wait on purpose.
+    """
+    row = conn.execute(
+        "SELECT (SELECT extract(epoch FROM now() - first_exposed_at) FROM exposures"
+        "        WHERE exposure_pk > (SELECT value FROM rollup_state WHERE name = 'exposures')"
+        "        ORDER BY exposure_pk LIMIT 1),"
+        "       (SELECT extract(epoch FROM now() - received_at) FROM outcomes"
+        "        WHERE status = 'new' ORDER BY event_pk LIMIT 1)"
+    ).fetchone()
+    return {
+        "exposures": max(0.0, float(row[0] or 0.0)),
+        "outcomes": max(0.0, float(row[1] or 0.0)),
+    }
+
+
 class RollupScheduler(PeriodicThread):
     """Run the rollup every ``interval`` seconds in this process (whichever process gets the lock)."""
 
@@ -294,7 +313,11 @@ class RollupScheduler(PeriodicThread):
                     # Months of outcome partitions exist ahead; keep it so as time passes.
                     conn.execute("SELECT abx_ensure_outcome_partitions()")
                     self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
-                roll_up_once(conn, self._windows, self._grace)
+                if roll_up_once(conn, self._windows, self._grace) is None:
+                    return  # another process holds the rollup: it reports the lag
+                metrics.ROLLUP_LAST_SUCCESS.set(time.time())
+                for stream, seconds in rollup_lag(conn).items():
+                    metrics.ROLLUP_LAG.labels(stream).set(seconds)
         except Exception as error:  # the database is away: the next tick tries again
             log.warning("rollup failed, will retry: %s", error)
 

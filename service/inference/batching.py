@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from service.background import BackgroundThread
+from service.observability import metrics
 
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -101,6 +102,7 @@ class MicroBatcher(BackgroundThread):
         self, run: Callable[[Feeds], Outputs], max_rows: int, max_wait: float, name: str = ""
     ) -> None:
         super().__init__(f"abx-batch-{name}")
+        self._batch_rows = metrics.BATCH_SIZE.labels(name)
         self._run_model = run
         self._max_rows = max_rows
         self._max_wait = max_wait
@@ -188,7 +190,9 @@ class MicroBatcher(BackgroundThread):
             for pending in taken:
                 pending.error = error
         self.batches += 1
-        self.rows += sum(p.rows for p in taken)
+        rows = sum(p.rows for p in taken)
+        self.rows += rows
+        self._batch_rows.observe(rows)
         answered = time.monotonic()
         self._recent.extend([answered - p.arrived for p in taken])  # one step: stats() may read
         for before, after in pairwise(taken):

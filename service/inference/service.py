@@ -22,6 +22,7 @@ from service.inference.runner import FailureCounts, ModelRunner, run_with_fallba
 from service.inference.sessions import LoadedModel
 from service.inference.shadow import ShadowJob, ShadowRunner
 from service.inference.signature import convert_inputs
+from service.observability import metrics
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class PredictionService:
         if cache is not None and variant.model is not None:
             digest = input_digest(feeds)
             outputs = cache.get(variant.model.sha256, digest)
+            metrics.CACHE_LOOKUPS.labels(experiment_key, "miss" if outputs is None else "hit").inc()
         cached = outputs is not None
         if outputs is not None:
             served, failure = variant, None
@@ -99,11 +101,17 @@ class PredictionService:
             served, failure, outputs = result.served_by, result.failure, result.outputs
             if cache is not None and failure is None and variant.model is not None:
                 cache.put(variant.model.sha256, digest, outputs)
-        latency_ms = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
+        latency_ms = seconds * 1000
         model = served.model
         assert model is not None
         if variant is not models.variants.get(assignment.variant):
             failure = "variant-unavailable"  # answered by the fallback without trying
+        assigned = assignment.variant
+        metrics.PREDICTIONS.labels(experiment_key, assigned, model.name, model.provider).inc()
+        metrics.MODEL_RUN_DURATION.labels(experiment_key, assigned).observe(seconds)
+        if failure is not None:
+            metrics.FALLBACKS.labels(experiment_key, assigned, failure).inc()
         renamed = served.renamed(outputs)
         self._predictions.record(
             PredictionRecord(

@@ -23,6 +23,7 @@ from service.background import BackgroundThread
 from service.inference.catalog import ServingModel
 from service.inference.records import PredictionLog, PredictionRecord
 from service.inference.signature import convert_inputs
+from service.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,22 @@ class ShadowRunner(BackgroundThread):
             self._queue.put_nowait(job)
         except queue.Full:
             self.dropped += 1
+            metrics.SHADOW_RUNS.labels(job.experiment_key, job.shadow.variant, "dropped").inc()
 
     def _wake(self) -> None:
         self._queue.put(None)
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
+            result = "completed"
             try:
                 self._run_job(job)
             except Exception as error:  # a shadow's failure is logged, never raised
+                result = "failed"
                 log.warning(
                     "shadow %s/%s failed: %s", job.experiment_key, job.shadow.variant, error
                 )
+            metrics.SHADOW_RUNS.labels(job.experiment_key, job.shadow.variant, result).inc()
             self.completed += 1
 
     def _run_job(self, job: ShadowJob) -> None:
@@ -103,6 +108,8 @@ class ShadowRunner(BackgroundThread):
         latency_ms = (time.perf_counter() - started) * 1000
         renamed = job.shadow.renamed(outputs)
         agree, largest = agreement(job.served_outputs, renamed)
+        if agree is not None:
+            metrics.SHADOW_AGREEMENT.labels(job.experiment_key, job.shadow.variant).observe(agree)
         self._predictions.record(
             PredictionRecord(
                 job.experiment_key,

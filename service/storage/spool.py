@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from service.observability import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self._prefix = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sequence = 0
         self._segment: IO[str] | None = None
 
@@ -61,7 +63,10 @@ class Spool:
         if self._segment is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._sequence += 1
-            path = self.directory / f"{self._prefix}-{self._sequence:06d}.spool"
+            # Named by the time it opens, so names sort oldest first (the replay order) and
+            # say how old the oldest record waiting is.
+            opened = time.time_ns()
+            path = self.directory / f"{opened:020d}-{self._prefix}-{self._sequence:06d}.spool"
             segment = path.open("a", encoding="utf-8")
             fcntl.flock(segment.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._segment = segment
@@ -78,6 +83,22 @@ class Spool:
             return sum(p.stat().st_size for p in self.directory.glob("*.spool"))
         except OSError:
             return 0
+
+    def oldest_record_time(self) -> float | None:
+        """Unix time of the oldest spooled record (its segment's opening), None when empty."""
+        try:
+            names = [p.name for p in self.directory.glob("*.spool")]
+        except OSError:
+            return None
+        opened = [int(name[:20]) for name in names if name[:20].isdigit()]
+        return min(opened) / 1e9 if opened else None
+
+    def publish_metrics(self, name: str) -> None:
+        """The spool's size and the age of its oldest record, under the label ``name``."""
+        oldest = self.oldest_record_time()
+        metrics.SPOOL_BYTES.labels(name).set(self.size_bytes())
+        age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        metrics.SPOOL_OLDEST_AGE.labels(name).set(age)
 
     def has_segments(self) -> bool:
         return self.directory.is_dir() and any(self.directory.glob("*.spool"))

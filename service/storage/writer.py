@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.background import BackgroundThread
+from service.observability import metrics
 from service.storage.database import Database
 from service.storage.fence import hold_for_write
 from service.storage.spool import Spool, SpoolError
@@ -75,6 +76,7 @@ class BatchWriter(BackgroundThread):
             buffer = self._buffers[stream]
             if len(buffer.rows) >= self._max_pending:
                 self.dropped += 1
+                metrics.WRITER_ROWS.labels(stream, "dropped").inc()
                 return False
             if buffer.oldest is None:
                 buffer.oldest = time.monotonic()
@@ -99,6 +101,15 @@ class BatchWriter(BackgroundThread):
     def pending_rows(self) -> int:
         with self._lock:
             return sum(len(b.rows) for b in self._buffers.values())
+
+    def publish_metrics(self) -> None:
+        """Rows buffered per stream, and the spool's size and oldest record (sampled)."""
+        with self._lock:
+            pending = {name: len(b.rows) for name, b in self._buffers.items()}
+        for name, rows in pending.items():
+            metrics.WRITER_PENDING.labels(name).set(rows)
+        if self._spool is not None:
+            self._spool.publish_metrics("writes")
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the thread after a last flush attempt (graceful shutdown)."""
@@ -135,6 +146,7 @@ class BatchWriter(BackgroundThread):
                     self._copy(conn, self._streams[name], buffer.rows)
         except Exception as error:  # the database is away or refused: keep the rows
             log.warning("flush failed, will retry: %s", error)
+            metrics.WRITER_FLUSH_FAILURES.inc()
             if self._spool_rows(taken):
                 with self._lock:
                     self._in_flight_oldest = None
@@ -149,6 +161,8 @@ class BatchWriter(BackgroundThread):
         with self._lock:
             self._in_flight_oldest = None
             self.written += sum(len(b.rows) for b in taken.values())
+        for name, buffer in taken.items():
+            metrics.WRITER_ROWS.labels(name, "written").inc(len(buffer.rows))
         return self._replay_spool()
 
     def _spool_rows(self, taken: dict[str, _Buffer]) -> bool:
@@ -161,6 +175,8 @@ class BatchWriter(BackgroundThread):
         except SpoolError as error:
             log.error("cannot spool buffered rows, keeping them in memory: %s", error)
             return False
+        for name, buffer in taken.items():
+            metrics.WRITER_ROWS.labels(name, "spooled").inc(len(buffer.rows))
         return True
 
     def _replay_spool(self) -> bool:

