@@ -241,6 +241,8 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: Any
+    metrics_url: str | None = None
+    """The gunicorn master's /metrics (``ABX_METRICS_BIND``), when it serves one."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -262,6 +264,7 @@ def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2
     env = {
         **os.environ,
         "ABX_BIND": f"127.0.0.1:{port}",
+        "ABX_METRICS_BIND": f"127.0.0.1:{free_port()}",
         "ABX_WORKERS": str(workers),
         "ABX_FLUSH_INTERVAL_SECONDS": "0.05",
         "ABX_STATE_POLL_SECONDS": "0.2",
@@ -275,7 +278,9 @@ def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2
         stderr=subprocess.STDOUT,
         cwd=PROJECT_ROOT,
     )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file)
+    metrics_bind = env["ABX_METRICS_BIND"]
+    metrics_url = f"http://{metrics_bind}/metrics" if metrics_bind else None
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file, metrics_url)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,12 @@ from service.storage.migrations import apply_migrations
 COUNTRIES = ["US", "US", "US", "CA", "GB", "DE", "FR", "BR", "IN"]
 PLATFORMS = ["ios", "android", "web"]
 VERSIONS = ["1.9.0", "2.0.0", "2.1.3", "2.4.0", "3.0.0-beta.1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def simulated_user(index: int) -> dict[str, Any]:
@@ -239,9 +246,23 @@ def run_demo(
     applied = apply_migrations(url, settings.migrations)
     click.echo(f"migrations applied: {len(applied)}; experiments: {len(result.experiments)}")
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "ABX_DATABASE_URL": url, "ABX_BIND": f"127.0.0.1:{port}"}
+    metrics_port, worker_metrics_port = _free_port(), _free_port()
+    env = {
+        # Log lines for a person, and no access log over the simulated traffic's report.
+        "ABX_LOG_FORMAT": "console",
+        "ABX_ACCESS_LOG": "false",
+        **os.environ,
+        "ABX_DATABASE_URL": url,
+        "ABX_BIND": f"127.0.0.1:{port}",
+        "ABX_METRICS_BIND": f"127.0.0.1:{metrics_port}",
+        "ABX_WORKER_METRICS_BIND": f"127.0.0.1:{worker_metrics_port}",
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--no-migrate"], env=env
+    )
+    click.echo(
+        f"metrics: http://127.0.0.1:{metrics_port}/metrics (server),"
+        f" http://127.0.0.1:{worker_metrics_port}/metrics (worker)"
     )
     worker_env = {**env, "ABX_ANALYSIS_INTERVAL_SECONDS": str(analysis_interval)}
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,24 @@ class Prediction:
     cached: bool
 
 
+def start_series(catalog: Catalog) -> None:
+    """Create every variant's prediction and fallback series at zero.
+
+    ``rate()`` counts nothing for a series until its second sample, so a fallback
+    series born with the first failures would hide them from the fallback alert.
+    """
+    for models in catalog.experiments.values():
+        for variant, serving in models.variants.items():
+            fallback = models.variants.get(models.fallback)
+            for served in (serving, fallback):
+                if served is not None and served.model is not None:
+                    metrics.PREDICTIONS.labels(
+                        models.key, variant, served.model.name, served.model.provider
+                    )
+            for cause in metrics.FALLBACK_CAUSES:
+                metrics.FALLBACKS.labels(models.key, variant, cause)
+
+
 class PredictionService:
     def __init__(
         self,
@@ -46,13 +64,24 @@ class PredictionService:
         shadows: ShadowRunner,
         max_rows: int,
     ) -> None:
-        self.catalog = catalog
+        self._catalog = catalog
+        start_series(catalog)
         self.failures = FailureCounts()
         self._assignments = assignments
         self._runner = runner
         self._predictions = predictions
         self._shadows = shadows
         self._max_rows = max_rows
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: Catalog) -> None:
+        """A hot reload's new models (requests keep the snapshot they started with)."""
+        start_series(catalog)
+        self._catalog = catalog
 
     def predict(
         self,

@@ -106,6 +106,7 @@ def start_worker(tmp_path: Path, db: str, celery_broker: dict[str, str]) -> Iter
             [sys.executable, "-m", "service.cli", "worker", "--beat", "--concurrency", "1"],
             env={**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(experiments),
                  **celery_broker, "ABX_ANALYSIS_INTERVAL_SECONDS": "1", "ABX_WEBHOOK_SECRET": SECRET,
+                 "ABX_WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}",
                  "ABX_DATA_DIR": str(tmp_path / "worker-data"), **env},
             cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
