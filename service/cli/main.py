@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from service.cli.decisions import action, analyze, export_state, worker
+from service.cli.status import status
 from service.cli.support import experiment_or_exit, experiments_or_exit, settings_from_env
 from service.experiments.validation import experiment_files, load_experiments
 from service.storage.embedded import database_url
@@ -322,7 +323,7 @@ def models_quantize(source: Path, target: Path) -> None:
     )
 
 
-for command in (worker, analyze, action, export_state):
+for command in (worker, analyze, action, export_state, status):
     main.add_command(command)
 
 

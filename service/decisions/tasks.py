@@ -7,7 +7,6 @@ pool) on first use, after the fork. Task bodies are plain functions too, so
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,11 +27,12 @@ from service.events.rollup import roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
 from service.observability import metrics
+from service.observability.logging import get_logger
 from service.settings import Settings
 from service.storage.database import Database
 from service.storage.embedded import database_url
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 MAX_WEBHOOK_ATTEMPTS = 8
 
 
@@ -79,8 +79,17 @@ def analyze_now(key: str) -> AnalysisOutcome:
             awaiting = awaiting_approval_counts(conn, [analysed])[key]
     except Exception:
         metrics.ANALYSIS_RUNS.labels(key, "error").inc()
+        log.exception("analysis failed", experiment=key)
         raise
-    publish_analysis(key, outcome, time.perf_counter() - started, awaiting)
+    seconds = time.perf_counter() - started
+    publish_analysis(key, outcome, seconds, awaiting)
+    log.info(
+        "analysis",
+        experiment=key,
+        decision=outcome.decision.kind,
+        variant=outcome.decision.variant,
+        duration_ms=round(seconds * 1000, 1),
+    )
     return outcome
 
 
@@ -156,7 +165,9 @@ def post_webhook(delivery_id: str) -> bool | None:
             conn, delivery_id, ctx.settings.webhook_secret, ctx.settings.webhook_timeout_seconds
         )
     if delivered is not None:
-        metrics.WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed").inc()
+        result = "delivered" if delivered else "failed"
+        metrics.WEBHOOK_DELIVERIES.labels(result).inc()
+        log.info("webhook delivery", delivery=delivery_id, result=result)
     return delivered
 
 

@@ -34,7 +34,8 @@ UNIT_KEYS = frozenset({"unit", "unit_id"})
 REDACTED = "[redacted]"
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
 _CONNINFO_PASSWORD = re.compile(r"(?i)\bpassword\s*=\s*('[^']*'|\S+)")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',]+")
+_CREDENTIALS = re.compile(r"\b([Bb]earer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+"""An HTTP credential as ``Authorization`` carries it (tokens are at least 8 characters)."""
 _FIRST = ("timestamp", "level", "logger", "event")
 
 LogFormat = Literal["json", "console"]
@@ -74,8 +75,8 @@ def scrub_text(text: str) -> str:
         text = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", text)
     if "assword" in text:
         text = _CONNINFO_PASSWORD.sub("password=" + REDACTED, text)
-    if "earer" in text or "asic" in text:
-        text = _BEARER.sub(r"\1 " + REDACTED, text)
+    if "earer" in text or "Basic" in text:
+        text = _CREDENTIALS.sub(r"\1 " + REDACTED, text)
     return text
 
 

@@ -25,7 +25,7 @@ AGREEMENT = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
-"""The route label of a request no URL rule matched (a 404, whatever the path)."""
+"""The route label of a request no URL rule matched (a 404 or 405, whatever the path)."""
 
 # HTTP (the Flask glue in service/api/instrumentation.py records these)
 HTTP_REQUESTS = Counter(

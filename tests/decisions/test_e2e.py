@@ -291,3 +291,46 @@ def test_a_worker_killed_mid_analysis_leaves_no_half_decision(
     assert wait_for(lambda: decisions(db, "lift") == [("promote", "b", "applied")], timeout=60)
     time.sleep(6)
     assert decisions(db, "lift") == [("promote", "b", "applied")]  # and never twice
+
+
+def test_a_request_id_reaches_the_task_and_its_webhook(
+    db: str,
+    decision_setup: Path,
+    receiver: Receiver,
+    server_factory: ServerFactory,
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    """The API enqueues the delivery with the request's id; the worker logs and sends it."""
+    queue = {
+        "ABX_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "ABX_QUEUE": f"abx-test-{uuid.uuid4().hex}",
+    }
+    api = Api(server_factory(db, decision_setup, **queue).base_url, key=None)
+    start_worker(decision_setup, **queue)
+    paused = api.post(
+        "/v1/experiments/aa/actions",
+        {"action": "pause", "actor": "ana", "reason": "traced"},
+        headers={"X-Request-ID": "rid-pause-1"},
+    )
+    assert paused.status_code == 201 and paused.headers["X-Request-ID"] == "rid-pause-1"
+
+    def sent_ids() -> list[str | None]:
+        return [
+            {k.lower(): v for k, v in h.items()}.get("x-request-id") for h, _ in receiver.requests
+        ]
+
+    assert wait_for(lambda: sent_ids() == ["rid-pause-1"], timeout=60), sent_ids()
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT request_id FROM webhook_deliveries").fetchall() == [
+            ("rid-pause-1",)
+        ]
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "worker-0.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert any(
+        line.get("request_id") == "rid-pause-1" and line.get("task") == "abx.deliver_webhook"
+        for line in lines
+    ), lines[-20:]

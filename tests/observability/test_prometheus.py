@@ -10,6 +10,7 @@ their ``for:`` durations, cut to seconds in a copy (``rules_for_test``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -245,6 +246,7 @@ def test_prometheus_sees_what_was_sent_and_fires_on_a_failing_treatment(
     watch.start()
     try:
         check_counts_and_alert(Api(server.base_url, key=None), prometheus, watch, tmp_path)
+        check_status(server, worker_bind, db, experiments)
     finally:
         watch.stop.set()
         watch.join()
@@ -310,3 +312,24 @@ def check_counts_and_alert(
             for labels in watch.labels} == {
         ("scoring", "b", "ticket", "docs/operations.md#abxmodelfallbackratehigh")
     }  # fmt: skip
+
+
+def check_status(server: Server, worker_bind: str, db: str, experiments: Path) -> None:
+    """``abx status`` reads the same sources and finds everything healthy."""
+    assert server.metrics_url is not None
+    env = {**os.environ, "ABX_BIND": server.base_url.removeprefix("http://"),
+           "ABX_METRICS_BIND": server.metrics_url.split("/")[2],
+           "ABX_WORKER_METRICS_BIND": worker_bind, "ABX_DATABASE_URL": db,
+           "ABX_EXPERIMENTS": str(experiments), "ABX_ANALYSIS_INTERVAL_SECONDS": "1"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "status", "--json"],
+        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["server"]["ready"] is True
+    assert report["server_metrics"]["writer_rows_dropped"] == 0
+    assert report["server_metrics"]["spool_bytes"] == {"events": 0, "writes": 0}
+    assert report["worker_metrics"]["analyses_ok"] >= 1
+    plain = report["decisions"]["experiments"]["plain"]
+    assert plain["awaiting_approval"] == 0 and plain["last_analysis_seconds_ago"] < 60
