@@ -81,6 +81,7 @@ from common import (
     children_of,
     code_version,
     cpu_seconds,
+    free_port,
     load_average,
     peak_rss_mib,
     print_header,
@@ -451,6 +452,7 @@ def run_worker_cycles(
         "ABX_DATA_DIR": str(scratch / "worker-data"),
         "ABX_BROKER_URL": broker_url,
         "ABX_QUEUE": queue,
+        "ABX_WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}",
         "PYTHONUNBUFFERED": "1",
     }
     log_path = scratch / f"{queue}.log"

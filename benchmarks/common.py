@@ -366,7 +366,8 @@ def _start(
         process = subprocess.Popen(
             [*command, "--bind", f"127.0.0.1:{port}"],
             cwd=ROOT,
-            env={**env, "PYTHONUNBUFFERED": "1"},
+            # Servers side by side need metrics binds of their own (unless the caller sets one).
+            env={"ABX_METRICS_BIND": f"127.0.0.1:{free_port()}", **env, "PYTHONUNBUFFERED": "1"},
             stdout=log,
             stderr=log,
         )

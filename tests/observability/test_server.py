@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import API_KEY, Api, Server, ServerFactory, free_port, start_server, wait_for
+from tests.conftest import API_KEY, Api, Server, ServerFactory, start_server, wait_for
 from tests.experiment_files import minimal_experiment, write_experiment
 
 
@@ -134,7 +133,7 @@ def test_the_metrics_folder_is_emptied_at_start_and_dead_workers_leave_the_live_
     victim = workers[0]
     os.kill(victim.pid, signal.SIGKILL)
     assert wait_for(lambda: not (folder / f"gauge_livesum_{victim.pid}.db").exists())
-    assert (folder / f"counter_{victim.pid}.db").exists() or True  # counters stay summed
+    assert (folder / f"counter_{victim.pid}.db").exists()  # its counters stay in the sums
     assert wait_for(lambda: len(psutil.Process(server.process.pid).children()) == 2)
     assert "abx_http_requests_in_flight 0.0" in scrape(server)
 
@@ -161,4 +160,3 @@ def test_an_empty_metrics_bind_serves_no_metrics(
     assert server.metrics_url is None
     assert Api(server.base_url, key=None).assign("plain", "u1")["experiment"] == "plain"
     assert "serving metrics" not in server.log()
-    assert free_port() > 0 and time.time() > 0
