@@ -1,17 +1,18 @@
 """What metrics and logging cost: ``/v1/assign`` and ``/v1/predict`` with them on and off, and
 the time of one ``/metrics`` scrape.
 
-Two servers run side by side on the same database, experiments (the repository's five) and
+Three servers run side by side on the same database, experiments (the repository's five) and
 gunicorn settings (2 workers by default):
 
 * ``on``: the defaults. ``/metrics`` served by the master from the workers' multiprocess
   files, every counter and histogram written to them, one JSON access-log line per request.
+* ``metrics``: the metrics as ``on``, the access log off (what each of the two costs).
 * ``off``: ``ABX_METRICS_BIND=""`` (no multiprocess files, no exporter) and
   ``ABX_ACCESS_LOG=false``. The instrumentation calls still run, on prometheus-client's
   in-memory values, so this measures what the export and the access log add, not the
   increments themselves (a few hundred nanoseconds each).
 
-Each round runs ``wrk`` against ``off`` then ``on`` (same connections, same seconds) for
+Each round runs ``wrk`` against ``off``, ``metrics`` then ``on`` (same connections, same seconds) for
 each endpoint; the medians over rounds give the ratios, along with the server CPU time per
 request (which moves less than req/s when other work shares the cores). Then the ``on``
 server's ``/metrics`` is scraped ``--scrapes`` times after the traffic (every series
@@ -137,41 +138,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ABX_WORKERS": str(args.workers), "ABX_DATA_DIR": str(scratch / "data"),
                 "ABX_LOG_FORMAT": "json", "ABX_WORKER_METRICS_BIND": ""}  # fmt: skip
         off_env = {**base, "ABX_METRICS_BIND": "", "ABX_ACCESS_LOG": "false"}
+        metrics_env = {**base, "ABX_METRICS_BIND": f"127.0.0.1:{free_port()}",
+                       "ABX_ACCESS_LOG": "false"}  # fmt: skip
         on_env = {**base, "ABX_METRICS_BIND": f"127.0.0.1:{metrics_port}", "ABX_ACCESS_LOG": "true"}
         command = [*abx_command(), "serve", "--no-migrate"]
         with (
             serving("off", command, off_env, scratch, args.workers) as off,
+            serving("metrics", command, metrics_env, scratch, args.workers) as only_metrics,
             serving("on", command, on_env, scratch, args.workers) as on,
         ):
             for round_ in range(1, args.rounds + 1):
                 for path in ENDPOINTS:
-                    for server in (off, on):
+                    for server in (off, only_metrics, on):
                         runs.append(measure(wrk, script, server, path, args, round_))
                         r = runs[-1]
-                        print(f"round {round_} {server.name:<3} {path:<12} {r.rate:>8,.0f} req/s"
+                        print(f"round {round_} {server.name:<7} {path:<12} {r.rate:>8,.0f} req/s"
                               f"  p99 {r.p99_ms:6.2f} ms  {r.cpu_us:6,.0f} µs CPU/req"
                               f"  errors {r.errors}", flush=True)  # fmt: skip
             times, size = scrape_ms(f"http://127.0.0.1:{metrics_port}/metrics", args.scrapes)
-            rss = {s.name: [rss_mib(pid) for pid in s.pids] for s in (off, on)}
+            rss = {s.name: [rss_mib(pid) for pid in s.pids] for s in (off, only_metrics, on)}
             on_log = next(scratch.glob("on-*.log")).read_text(errors="replace").splitlines()
-    print_header(
-        f"{'endpoint':<12} {'throughput on/off':>18} {'p99 on/off':>11} {'CPU/req on/off':>15}"
-    )
+    print_header(f"{'endpoint':<12} {'compared':<14} {'throughput':>10} {'p99':>6} {'CPU/req':>8}")
     met = True
     for path in ENDPOINTS:
-        mine = {
-            name: [r for r in runs if r.path == path and r.server == name] for name in ("off", "on")
-        }
-        throughput = statistics.median(r.rate for r in mine["on"]) / statistics.median(
-            r.rate for r in mine["off"])  # fmt: skip
-        p99 = statistics.median(r.p99_ms for r in mine["on"]) / statistics.median(
-            r.p99_ms for r in mine["off"])  # fmt: skip
-        cpu = statistics.median(r.cpu_us for r in mine["on"]) / statistics.median(
-            r.cpu_us for r in mine["off"])  # fmt: skip
-        ok = throughput >= TARGET_THROUGHPUT and p99 <= TARGET_P99
-        met = met and ok
-        print(f"{path:<12} {throughput:>17.2f}x {p99:>10.2f}x {cpu:>14.2f}x"
-              f"  (targets >= {TARGET_THROUGHPUT}x, <= {TARGET_P99}x: {'met' if ok else 'NOT met'})")  # fmt: skip
+        mine = {name: [r for r in runs if r.path == path and r.server == name]
+                for name in ("off", "metrics", "on")}  # fmt: skip
+
+        def ratio(field: str, name: str, mine: dict[str, list[Run]] = mine) -> float:
+            return statistics.median(getattr(r, field) for r in mine[name]) / statistics.median(
+                getattr(r, field) for r in mine["off"]
+            )
+
+        for name in ("metrics", "on"):
+            throughput, p99, cpu = ratio("rate", name), ratio("p99_ms", name), ratio("cpu_us", name)
+            verdict = ""
+            if name == "on":
+                ok = throughput >= TARGET_THROUGHPUT and p99 <= TARGET_P99
+                met = met and ok
+                verdict = (f"  (targets >= {TARGET_THROUGHPUT}x, <= {TARGET_P99}x: "
+                           f"{'met' if ok else 'NOT met'})")  # fmt: skip
+            print(f"{path:<12} {name + '/off':<14} {throughput:>9.2f}x {p99:>5.2f}x {cpu:>7.2f}x"
+                  f"{verdict}")  # fmt: skip
     scrape_p50, scrape_max = percentile(times, 0.5), max(times)
     scrape_ok = percentile(times, 0.99) < TARGET_SCRAPE_MS
     met = met and scrape_ok

@@ -69,6 +69,7 @@ class Runtime:
         )
 
     def publish_metrics(self) -> None:
+        instrumentation.publish_metrics()
         self.registry.publish_metrics()
         self.writer.publish_metrics()
         self.events.publish_metrics()

@@ -40,7 +40,9 @@ HTTP_DURATION = Histogram(
     buckets=SECONDS,
 )
 HTTP_IN_FLIGHT = Gauge(
-    "abx_http_requests_in_flight", "Requests being handled now.", multiprocess_mode="livesum"
+    "abx_http_requests_in_flight",
+    "Requests being handled (sampled every ABX_METRICS_SAMPLE_SECONDS).",
+    multiprocess_mode="livesum",
 )
 
 # Assignment
