@@ -33,6 +33,7 @@ from service.events.rollup import RollupScheduler, windows_from
 from service.experiments.validation import load_experiments
 from service.inference.records import PREDICTIONS
 from service.inference.runtime import ModelRuntime, build_model_runtime
+from service.observability.logging import flush_access_log
 from service.settings import Settings
 from service.storage.database import Database
 from service.storage.embedded import database_url
@@ -76,6 +77,7 @@ class Runtime:
 
     def close(self) -> None:
         self.sampler.close()
+        flush_access_log()
         self.models.close()
         self.events.close()
         self.rollup.close()

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +17,13 @@ from service.observability.logging import (
     configure_logging,
     current_request_id,
     end_context,
+    flush_access_log,
     get_logger,
+    log_access,
     request_id_from,
     scrub_text,
     start_context,
+    whole_line_chunks,
 )
 
 
@@ -145,3 +149,33 @@ def test_scrub_text_leaves_plain_text_alone() -> None:
     for text in ("GET /v1/experiments/basic returned 200 after 3 ms", "bearer of news", ""):
         assert scrub_text(text) == text
     assert scrub_text("Basic dXNlcjpwYXNz") == f"Basic {REDACTED}"
+
+
+def test_access_lines_are_batched_in_whole_lines(tmp_path: Path) -> None:
+    """Written through the file descriptor in chunks of whole lines, each one JSON."""
+    target = tmp_path / "access.log"
+    with target.open("w") as stream:
+        configure_logging("json", "INFO", stream=stream)
+        start_context(request_id="req-9")
+        for status in range(1000):
+            log_access(method="GET", route="/healthz", status=status, unit="hidden")
+        logging.getLogger("abx.test").warning("between")
+        flush_access_log()
+        end_context()
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_fixed", None) is stream:
+                logging.getLogger().removeHandler(handler)
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    access = [r for r in records if r["logger"] == "abx.access"]
+    assert [r["status"] for r in access] == list(range(1000))
+    assert all(r["request_id"] == "req-9" and "unit" not in r for r in access)
+    assert list(access[0])[:4] == ["timestamp", "level", "logger", "event"]
+    assert any(r["event"] == "between" for r in records)
+
+
+def test_chunks_hold_whole_lines_within_a_pipe_s_atomic_write() -> None:
+    lines = [b"x" * 1000 + b"\n"] * 9 + [b"y" * 5000 + b"\n", b"z\n"]
+    chunks = whole_line_chunks(lines)
+    assert b"".join(chunks) == b"".join(lines)
+    assert [len(c) for c in chunks] == [4004, 4004, 1001, 5001, 2]
+    assert whole_line_chunks([]) == []
