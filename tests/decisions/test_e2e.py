@@ -300,14 +300,13 @@ def test_a_request_id_reaches_the_task_and_its_webhook(
     server_factory: ServerFactory,
     start_worker: WorkerFactory,
     tmp_path: Path,
+    celery_broker: dict[str, str],
 ) -> None:
     """The API enqueues the delivery with the request's id; the worker logs and sends it."""
-    queue = {
-        "ABX_BROKER_URL": "redis://127.0.0.1:6379/0",
-        "ABX_QUEUE": f"abx-test-{uuid.uuid4().hex}",
-    }
-    api = Api(server_factory(db, decision_setup, **queue).base_url, key=None)
-    start_worker(decision_setup, **queue)
+    # One queue for both (with the folder broker, one data folder holds it).
+    shared = {**celery_broker, "ABX_DATA_DIR": str(tmp_path / "shared-data")}
+    api = Api(server_factory(db, decision_setup, **shared).base_url, key=None)
+    start_worker(decision_setup, **shared)
     paused = api.post(
         "/v1/experiments/aa/actions",
         {"action": "pause", "actor": "ana", "reason": "traced"},

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from service.settings import PROJECT_ROOT
+from tests.suite.system_tools import requires_system_tool, system_tool_path
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="missing system tool promtool: apt-get install prometheus (scripts/test does it as root)",
-)
+PROMTOOL = system_tool_path("promtool")
+needs_promtool = requires_system_tool("promtool")
 DEPLOY = PROJECT_ROOT / "deploy" / "prometheus"
 RULES = DEPLOY / "abx-rules.yml"
 TESTS = DEPLOY / "abx-rules.test.yml"

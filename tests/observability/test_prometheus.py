@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,12 +31,10 @@ from service.settings import PROJECT_ROOT
 from tests.conftest import Api, Server, ServerFactory, free_port, wait_for
 from tests.experiment_files import minimal_experiment, write_experiment
 from tests.model_fixtures import MODELS, demo_models, raising_model
+from tests.suite.system_tools import requires_system_tool, system_tool_path
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="missing system tool prometheus: apt-get install prometheus (scripts/test does it as root)",
-)
+PROMETHEUS = system_tool_path("prometheus")
+pytestmark = requires_system_tool("prometheus")
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "abx-rules.yml"
 ALERT_FOR = "3s"
 ONES = [1.0] * 20
@@ -130,7 +127,9 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Pr
 
 
 @pytest.fixture
-def worker(tmp_path: Path, db: str) -> Iterator[Callable[[Path], str]]:
+def worker(
+    tmp_path: Path, db: str, celery_broker: dict[str, str]
+) -> Iterator[Callable[[Path], str]]:
     """Start ``abx worker --beat``; return its metrics bind."""
     processes: list[subprocess.Popen[bytes]] = []
 
@@ -140,8 +139,7 @@ def worker(tmp_path: Path, db: str) -> Iterator[Callable[[Path], str]]:
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker", "--beat", "--concurrency", "1"],
             env={**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(experiments),
-                 "ABX_BROKER_URL": "redis://127.0.0.1:6379/0", "ABX_QUEUE": f"abx-test-{uuid.uuid4().hex}",
-                 "ABX_ANALYSIS_INTERVAL_SECONDS": "1", "ABX_WORKER_METRICS_BIND": bind,
+                 **celery_broker, "ABX_ANALYSIS_INTERVAL_SECONDS": "1", "ABX_WORKER_METRICS_BIND": bind,
                  "ABX_DATA_DIR": str(tmp_path / "worker-data")},
             cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         ))  # fmt: skip

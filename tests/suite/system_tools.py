@@ -33,6 +33,10 @@ SYSTEM_TOOLS = {
     tool.command: tool
     for tool in (
         SystemTool("chromium", "chromium", "the dashboards' browser tests (Playwright drives it)"),
+        SystemTool("promtool", "prometheus", "the alert rules' unit tests (promtool test rules)"),
+        SystemTool(
+            "prometheus", "prometheus", "the test of a real Prometheus scraping a real server"
+        ),
     )
 }
 _SKIP = re.compile(r"missing system tool (?P<command>\S+): apt-get install (?P<package>\S+)")
