@@ -30,8 +30,8 @@ def child_env(**env: str) -> dict[str, str]:
 
 
 def test_an_unlisted_tool_is_an_error_that_says_where_to_list_it() -> None:
-    with pytest.raises(KeyError, match=r"'promtool' is not in SYSTEM_TOOLS"):
-        requires_system_tool("promtool")
+    with pytest.raises(KeyError, match=r"'wrk' is not in SYSTEM_TOOLS"):
+        requires_system_tool("wrk")
 
 
 def test_a_missing_tool_skips_with_one_line_naming_the_package(
