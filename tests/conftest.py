@@ -259,6 +259,9 @@ class Server:
         return self.process.returncode
 
 
+SERVER_START_SECONDS = float(os.environ.get("ABX_TEST_SERVER_START_SECONDS", "120"))
+
+
 def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2) -> Server:
     port = free_port()
     env = {
@@ -281,7 +284,9 @@ def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2
     metrics_bind = env["ABX_METRICS_BIND"]
     metrics_url = f"http://{metrics_bind}/metrics" if metrics_bind else None
     server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file, metrics_url)
-    deadline = time.monotonic() + 30
+    # Start-up is seconds on an idle machine; a loaded CI machine (or several suites on one
+    # machine) can take a minute to import and warm the models: this bounds a hang, not speed.
+    deadline = time.monotonic() + SERVER_START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log_file.close()
