@@ -298,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ABX_BENCH_EXPERIMENT": args.experiment,
             "ABX_BENCH_UNIT_POOL": str(max(0, args.unit_pool)),
         }
-        base_env.pop("ABX_API_KEY", None)  # the load has no key to send
+        base_env.pop("ABX_API_KEY", None)
+        base_env["ABX_AUTH"] = "off"  # bare Flask checks no key either; access.py measures auth
         servers = {
             "bare": [sys.executable, str(ROOT / "benchmarks" / "bare_app.py")],
             "abx": [*abx_command(), "serve", "--no-migrate"],

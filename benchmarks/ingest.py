@@ -283,6 +283,7 @@ def abx_server(
         "ABX_EXPERIMENTS": str(ROOT / "experiments"),
         "ABX_DATA_DIR": str(scratch / f"{name}-data"),
         "ABX_SPOOL_DIR": str(scratch / f"{name}-spool"),
+        "ABX_AUTH": "off",  # the clients send no key; benchmarks/access.py measures auth
         **extra,
     }
     for key in ("ABX_API_KEY", "ABX_WORKERS", "ABX_THREADS"):

@@ -279,6 +279,7 @@ def _server(name: str, scratch: Path, **env_overrides: str) -> Iterator[Server]:
             "ABX_DATABASE_URL": url,
             "ABX_EXPERIMENTS": str(scratch / "experiments"),
             "ABX_RELOAD_POLL_SECONDS": "0",
+            "ABX_AUTH": "off",  # wrk sends no key; benchmarks/access.py measures auth
             **env_overrides,
         }
         workers = int(env.get("ABX_WORKERS") or default_workers())

@@ -9,6 +9,7 @@ confidence levels in the axis titles, legends above the plot so 5 variants stay 
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -340,7 +341,8 @@ def decisions_figure(
             "marker": {"size": 13, "color": style.color if style else NEUTRAL,
                        "symbol": style.marker if style else "circle-open",
                        "line": {"width": 1, "color": "#333333"}},
-            "text": [f"{d.status} by {d.actor}: {d.reason}" for d in items],
+            # Escaped: plotly renders <a href>, <b> and friends in hover text; a reason is text.
+            "text": [html.escape(f"{d.status} by {d.actor}: {d.reason}") for d in items],
             "hovertemplate": "%{y} %{x|%Y-%m-%d %H:%M} UTC<br>%{text}<extra>" + name + "</extra>",
         })  # fmt: skip
     return {

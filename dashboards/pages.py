@@ -1,48 +1,54 @@
 """The ``/dashboards/`` blueprint: index, experiment pages, their numbers as JSON, plotly.js.
 
-Protection: when ``ABX_API_KEY`` is set, every page needs the same key, presented as
-``Authorization: Bearer`` / ``X-API-Key`` (scripts) or through the sign-in form, which
-keeps it in an HttpOnly, SameSite=Strict cookie (people). Without a key the service is
-open, pages included, as the API is: for a private network only.
+Protection (``service/api/auth.py`` enforces what ``openapi.yaml`` declares): every page needs
+a key with ``dashboards:read``, sent as ``Authorization: Bearer``/``X-API-Key`` (scripts) or
+through the sign-in form (people). Signing in opens a server-side session: the cookie holds a
+signed random id (HttpOnly, SameSite=Lax, Secure behind HTTPS, expiring), never the key. The
+sign-in and sign-out forms carry CSRF tokens; pages carry a Content-Security-Policy that lets
+only this server's scripts run.
 """
 
 from __future__ import annotations
 
 import hmac
+import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import plotly
-from flask import Blueprint, Response, current_app, redirect, request
+from flask import Blueprint, Response, current_app, g, redirect, request, send_from_directory
 from werkzeug.wrappers import Response as BaseResponse
 
 from dashboards.data import experiment_page, index_rows
 from dashboards.render import render_experiment, render_index, render_login
 from dashboards.report import plotly_source
+from service.access.directory import KeysUnavailable
+from service.access.sessions import CSRF_COOKIE, SESSION_COOKIE
 from service.decisions.results import json_safe
 from service.errors import UnknownExperiment
 
 bp = Blueprint("dashboards", __name__, url_prefix="/dashboards")
-COOKIE = "abx_dashboard_key"
 PLOTLY_URL = f"/dashboards/static/plotly-{plotly.__version__}.min.js"
-OPEN_ENDPOINTS = {"dashboards.login", "dashboards.plotly_js"}
+SCRIPTS = Path(__file__).parent / "static"
+POLICY = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self' 'unsafe-inline'",  # plotly sets styles from script; pages colour swatches
+    "img-src 'self' data:",
+    "font-src 'self' data:",
+    "connect-src 'self'",
+    "form-action 'self'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+])  # fmt: skip
+REPORT_POLICY = "sandbox; default-src 'none'; frame-ancestors 'none'"
+"""A report is a download with its scripts inline; opened from the server it runs nothing."""
 
 
 def _runtime() -> Any:
     return current_app.extensions["abx"]
-
-
-def _key_matches(presented: str) -> bool:
-    expected = _runtime().settings.api_key or ""
-    return hmac.compare_digest(presented.encode(), expected.encode())
-
-
-def _presented_key() -> str:
-    authorization = request.headers.get("Authorization", "")
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return request.headers.get("X-API-Key") or request.cookies.get(COOKIE, "")
 
 
 def _safe_next(target: str | None) -> str:
@@ -50,30 +56,102 @@ def _safe_next(target: str | None) -> str:
     parts = urlsplit(target or "")
     if parts.scheme or parts.netloc or not parts.path.startswith("/dashboards/"):
         return "/dashboards/"
+    if target and (target.startswith("//") or "\\" in target):
+        return "/dashboards/"
     return target or "/dashboards/"
 
 
-@bp.before_request
-def _authenticate() -> BaseResponse | None:
-    if not _runtime().settings.api_key or request.endpoint in OPEN_ENDPOINTS:
+def _account() -> dict[str, str] | None:
+    """Who is signed in, for the page header's sign-out form (only with a session)."""
+    access = g.get("access")
+    session = getattr(access, "session", None)
+    if access is None or session is None or access.key is None:
         return None
-    if _key_matches(_presented_key()):
-        return None
-    if request.path.endswith(".json"):
-        return Response('{"title": "Unauthorized"}', 401, mimetype="application/json")
-    return redirect(f"/dashboards/login?next={request.full_path.rstrip('?')}", code=303)
+    return {"actor": access.key.actor, "csrf_token": session.csrf_token}
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    if response.mimetype == "text/html":
+        attachment = "attachment" in response.headers.get("Content-Disposition", "")
+        response.headers["Content-Security-Policy"] = REPORT_POLICY if attachment else POLICY
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint not in ("dashboards.plotly_js", "dashboards.script"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _sign_in_page(error: str | None, next_url: str, status: int = 200) -> Response:
+    """The form with a fresh CSRF token bound to a nonce in a cookie (double submit)."""
+    nonce = secrets.token_urlsafe(24)
+    try:
+        token = _runtime().sessions.signer().form_token(nonce)
+    except Exception:  # no database: no secret to sign with
+        return Response(render_login("Signing in is not possible right now: the database is"
+                                     " unreachable.", next_url, ""), 503)  # fmt: skip
+    hours = _runtime().settings.session_hours
+    response = Response(render_login(error, next_url, token, hours), status)
+    response.set_cookie(CSRF_COOKIE, nonce, max_age=3600, httponly=True, samesite="Strict",
+                        secure=request.is_secure, path="/dashboards/")  # fmt: skip
+    return response
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> BaseResponse | str:
+def login() -> BaseResponse:
+    runtime = _runtime()
     next_url = _safe_next(request.values.get("next"))
     if request.method == "GET":
-        return render_login(None, next_url)
-    if not _key_matches(request.form.get("key", "")):
-        return Response(render_login("That key is not right.", next_url), 401)
+        return _sign_in_page(None, next_url)
+    if runtime.keys is None:  # ABX_AUTH=off: nothing to sign in to
+        return redirect(next_url, code=303)
+    try:
+        signer = runtime.sessions.signer()
+    except Exception:
+        return _sign_in_page(None, next_url)
+    if not signer.form_token_matches(
+        request.form.get("csrf_token", ""), request.cookies.get(CSRF_COOKIE, "")
+    ):
+        return _sign_in_page("The form expired; please sign in again.", next_url, 400)
+    try:
+        key = runtime.keys.verify(request.form.get("key", "").strip())
+    except KeysUnavailable:
+        return _sign_in_page("Keys cannot be checked right now; try again shortly.", next_url, 503)
+    if key is None:
+        return _sign_in_page("That key is not valid.", next_url, 401)
+    if "dashboards:read" not in key.scopes:
+        return _sign_in_page("That key does not have the dashboards:read scope.", next_url, 403)
+    try:
+        _, cookie = runtime.sessions.open(key.key_id)
+    except Exception:
+        return _sign_in_page("Signing in is not possible right now; try again shortly.",
+                             next_url, 503)  # fmt: skip
     response = redirect(next_url, code=303)
-    response.set_cookie(COOKIE, request.form["key"], httponly=True, samesite="Strict",
-                        secure=request.is_secure, path="/dashboards/")  # fmt: skip
+    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="Lax",
+                        secure=request.is_secure, path="/dashboards/",
+                        max_age=int(runtime.sessions.lifetime.total_seconds()))  # fmt: skip
+    response.delete_cookie(CSRF_COOKIE, path="/dashboards/")
+    return response
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    access = g.get("access")
+    session = getattr(access, "session", None)
+    if session is None or not hmac.compare_digest(
+        request.form.get("csrf_token", ""), session.csrf_token
+    ):
+        return Response("The sign-out form is not valid; reload the page.", 400,
+                        mimetype="text/plain")  # fmt: skip
+    _runtime().sessions.end(session)
+    response = redirect("/dashboards/login", code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/dashboards/")
+    return response
+
+
+@bp.get("/static/js/<name>")
+def script(name: str) -> Response:
+    response = send_from_directory(SCRIPTS, name, mimetype="text/javascript", max_age=300)
     return response
 
 
@@ -106,7 +184,7 @@ def index() -> str:
         experiments.append(_experiment(compiled.experiment.key))
     with _connection() as conn:
         rows = index_rows(conn, experiments, datetime.now(UTC))
-    return render_index(rows, datetime.now(UTC))
+    return render_index(rows, datetime.now(UTC), account=_account())
 
 
 def _page(key: str) -> Any:
@@ -117,7 +195,9 @@ def _page(key: str) -> Any:
 
 @bp.get("/<key>")
 def experiment(key: str) -> str:
-    return render_experiment(_page(key), plotly_src=PLOTLY_URL, index_url="/dashboards/")
+    return render_experiment(
+        _page(key), plotly_src=PLOTLY_URL, index_url="/dashboards/", account=_account()
+    )
 
 
 @bp.get("/<key>/report.html")

@@ -22,6 +22,7 @@ from service.experiments.schema import Experiment
 from service.inference.records import RECENT_PREDICTIONS
 
 TEMPLATES = Path(__file__).parent / "templates"
+SCRIPTS = Path(__file__).parent / "static"
 INTERVALS = {
     "msprt": "always-valid interval (mSPRT)",
     "confidence_sequence": "always-valid interval (confidence sequence)",
@@ -142,11 +143,14 @@ def experiment_figures(page: ExperimentPage) -> dict[str, figures.Figure]:
 
 def render_experiment(
     page: ExperimentPage, plotly_src: str | None, plotly_inline: str | None = None,
-    index_url: str | None = None,
+    index_url: str | None = None, account: dict[str, str] | None = None,
 ) -> str:  # fmt: skip
-    """The experiment page; ``plotly_inline`` (the library's source) makes it self-contained."""
+    """The experiment page; ``plotly_inline`` (the library's source) makes it self-contained.
+
+    ``account`` (who is signed in, and the session's CSRF token) adds the sign-out form."""
     experiment = page.experiment
     return ENVIRONMENT.get_template("experiment.html").render(
+        account=account, experiment_js=(SCRIPTS / "experiment.js").read_text("utf-8"),
         page=page, experiment=experiment, analysis=page.analysis,
         styles=styles_for(experiment), tables=metric_tables(page),
         figures=experiment_figures(page), config=figures.CONFIG,
@@ -155,12 +159,19 @@ def render_experiment(
     )  # fmt: skip
 
 
-def render_index(rows: list[IndexRow], generated_at: datetime) -> str:
+def render_index(
+    rows: list[IndexRow], generated_at: datetime, account: dict[str, str] | None = None
+) -> str:
     return ENVIRONMENT.get_template("index.html").render(
-        rows=rows, generated_at=generated_at,
+        rows=rows, generated_at=generated_at, account=account,
         styles={row.experiment.key: styles_for(row.experiment) for row in rows},
     )  # fmt: skip
 
 
-def render_login(error: str | None, next_url: str) -> str:
-    return ENVIRONMENT.get_template("login.html").render(error=error, next_url=next_url)
+def render_login(
+    error: str | None, next_url: str, csrf_token: str, session_hours: float = 8.0
+) -> str:
+    return ENVIRONMENT.get_template("login.html").render(
+        error=error, next_url=next_url, csrf_token=csrf_token, session_hours=session_hours,
+        account=None,
+    )  # fmt: skip

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from flask import Flask, request
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dashboards import pages as dashboard_pages
+from service.access.directory import KeyDirectory
+from service.access.sessions import SessionStore
 from service.api import analysis as analysis_routes
 from service.api import (
     assignments,
+    auth,
     experiments,
     health,
     instrumentation,
+    keys,
     openapi,
     predictions,
     problems,
@@ -27,7 +31,7 @@ from service.assignment.service import AssignmentService
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
 from service.assignment.sync import StateSync
 from service.background import PeriodicThread
-from service.errors import Unauthorized
+from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
 from service.events.rollup import RollupScheduler, windows_from
 from service.experiments.validation import load_experiments
@@ -44,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 class ConfigurationError(RuntimeError):
-    """The experiment files are invalid: the service refuses to start on them."""
+    """The experiment files or the settings are unusable: the service refuses to start."""
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Runtime:
     events: EventIngestor
     rollup: RollupScheduler
     models: ModelRuntime
+    keys: KeyDirectory | None
+    sessions: SessionStore
     sampler: PeriodicThread = field(init=False)
     """Copies this process's gauges (buffers, spools, pending allocations) into the metrics."""
 
@@ -78,6 +84,8 @@ class Runtime:
     def close(self) -> None:
         self.sampler.close()
         flush_access_log()
+        if self.keys is not None:
+            self.keys.close()
         self.models.close()
         self.events.close()
         self.rollup.close()
@@ -96,9 +104,33 @@ def _load_registry(settings: Settings) -> Registry:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    if settings.api_key:
+        raise ConfigurationError(
+            "ABX_API_KEY is no longer read: keys live in PostgreSQL, each with its own scopes."
+            " Create them with `abx keys create --name NAME --scopes SCOPES` and unset"
+            " ABX_API_KEY (README: Access)."
+        )
     registry = _load_registry(settings)
+    try:
+        check_secrets(
+            settings.webhook_secrets, any(e.policy.webhooks for e in registry.experiments.values())
+        )
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from error
     database = Database(database_url(settings.database_url, settings.data_dir))
     database.open()
+    keys = None
+    if settings.auth == "on":
+        keys = KeyDirectory(
+            database,
+            settings.data_dir / "access" / "keys.json",
+            settings.key_refresh_seconds,
+            settings.lookup_timeout_seconds,
+        )
+        keys.load()
+    sessions = SessionStore(
+        database, settings.session_secret, timedelta(hours=settings.session_hours)
+    )
     writer = BatchWriter(
         database,
         {
@@ -141,6 +173,8 @@ def build_runtime(settings: Settings) -> Runtime:
     state.start()
     events.start()
     rollup.start()
+    if keys is not None:
+        keys.start()
     runtime = Runtime(
         settings,
         registry,
@@ -152,48 +186,43 @@ def build_runtime(settings: Settings) -> Runtime:
         events,
         rollup,
         models,
+        keys,
+        sessions,
     )
     runtime.publish_metrics()
     runtime.sampler.start()
     return runtime
 
 
-def _require_api_key(expected: str) -> None:
-    presented = request.headers.get("X-API-Key", "")
-    authorization = request.headers.get("Authorization", "")
-    if authorization.lower().startswith("bearer "):
-        presented = authorization[7:].strip()
-    if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise Unauthorized("Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'.")
+BLUEPRINTS = (
+    assignments.bp,
+    events_routes.bp,
+    experiments.bp,
+    health.bp,
+    openapi.bp,
+    predictions.bp,
+    analysis_routes.bp,
+    decision_routes.bp,
+    keys.bp,
+    dashboard_pages.bp,
+)
+"""Every blueprint the app serves; each route must be declared in openapi.yaml."""
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
-    app = Flask("abx")
+    app = Flask("abx", static_folder=None)  # no /static route: every route is declared
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     instrumentation.init_app(app, settings.access_log)  # first: it sees every request
     problems.init_app(app)
+    if settings.proxy_hops:
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     runtime = build_runtime(settings)
     app.extensions["abx"] = runtime
-    if settings.api_key:
-        api_key = settings.api_key
-
-        @app.before_request
-        def _authenticate() -> None:
-            if request.path.startswith("/v1/"):
-                _require_api_key(api_key)
-
-    for blueprint in (
-        assignments.bp,
-        events_routes.bp,
-        experiments.bp,
-        health.bp,
-        openapi.bp,
-        predictions.bp,
-        analysis_routes.bp,
-        decision_routes.bp,
-        dashboard_pages.bp,
-    ):
+    for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    # After every blueprint: each route must have its security declaration.
+    app.extensions["abx.gate"] = auth.Gate(app, settings, runtime.keys, runtime.sessions)
     return app

@@ -3,7 +3,8 @@
     AbxError (500 internal-error)
     ├── BadRequest (400 bad-request)
     │   └── MalformedJson (400 malformed-json)
-    ├── Unauthorized (401 unauthorized)
+    ├── Unauthorized (401 unauthorized)  — no key, or one that is unknown, revoked or expired
+    ├── Forbidden (403 forbidden)  — a valid key without the operation's scope
     ├── NotFound (404 not-found)
     │   └── UnknownExperiment (404 unknown-experiment)
     ├── MethodNotAllowed (405 method-not-allowed)
@@ -12,9 +13,11 @@
     ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── InvalidRequest (422 invalid-request)  — carries one entry per offending field
     │   └── InputMismatch (422 input-mismatch)  — model inputs that do not fit its signature
+    ├── TooManyRequests (429 too-many-requests)  — over a rate limit; says when to retry
     └── ServiceUnavailable (503 service-unavailable)
         └── ModelUnavailable (503 model-unavailable)  — neither the variant's model nor the fallback
 
+An error may carry response headers (``WWW-Authenticate``, ``Retry-After``, ``RateLimit-*``).
 Exceptions only: ``service/api/problems.py`` renders them (and werkzeug's, and an
 unreachable database) for the HTTP API, so the code that raises them needs no Flask.
 """
@@ -32,10 +35,16 @@ class AbxError(Exception):
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.headers = dict(headers or {})
 
     def problem(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -59,6 +68,10 @@ class MalformedJson(BadRequest):
 
 class Unauthorized(AbxError):
     status, slug, title = 401, "unauthorized", "Missing or wrong API key"
+
+
+class Forbidden(AbxError):
+    status, slug, title = 403, "forbidden", "The key lacks the scope this operation needs"
 
 
 class NotFound(AbxError):
@@ -87,6 +100,10 @@ class UnsupportedMediaType(AbxError):
 
 class InvalidRequest(AbxError):
     status, slug, title = 422, "invalid-request", "Invalid request"
+
+
+class TooManyRequests(AbxError):
+    status, slug, title = 429, "too-many-requests", "Rate limit exceeded"
 
 
 class ServiceUnavailable(AbxError):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,39 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1:8000"
     workers: int | None = Field(default=None, ge=1, description="gunicorn workers; None: by cores")
     threads: int = Field(default=4, ge=1, description="threads per gunicorn worker")
-    api_key: str | None = Field(default=None, description="When set, /v1 requires this key.")
+    api_key: str | None = Field(
+        default=None, description="Removed: keys live in PostgreSQL (abx keys create)."
+    )
+    auth: Literal["on", "off"] = Field(
+        default="on", description="off: every route open to anyone (warned at start, /readyz)."
+    )
+    key_refresh_seconds: float = Field(
+        default=1.0, gt=0, le=4.0, description="How often each process re-reads the keys table."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Rate-limit counters in Redis (shared by every replica)."
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-scope request limits, e.g. {'assign': '5000/second'}.",
+    )
+    rate_limit_unauthenticated: str = Field(
+        default="20/second", description="Requests without a valid key, per client address."
+    )
+    rate_limit_sign_in: str = Field(
+        default="10/minute", description="Failed dashboard sign-ins per client address."
+    )
+    proxy_hops: int = Field(
+        default=0, ge=0, description="Trusted proxies in front (X-Forwarded-For/-Proto)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins whose browsers may call the assign routes."
+    )
+    session_hours: float = Field(default=8.0, gt=0, description="Dashboard sign-in lifetime.")
+    session_secret: str | None = Field(
+        default=None,
+        description="Signs session cookies; unset: generated once, kept in PostgreSQL.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_batch_items: int = Field(default=1000, ge=1)
     flush_interval_seconds: float = Field(default=0.2, gt=0)
@@ -84,7 +116,10 @@ class Settings(BaseSettings):
     )
     queue: str = Field(default="abx", description="Celery queue the workers consume.")
     analysis_interval_seconds: float = Field(default=60.0, gt=0)
-    webhook_secret: str = Field(default="", description="HMAC-SHA256 key for X-Abx-Signature.")
+    webhook_secret: str = Field(
+        default="",
+        description="whsec_ secrets (Standard Webhooks), space-separated; the first signs, all do.",
+    )
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
 
     metrics_bind: str = Field(
@@ -109,6 +144,24 @@ class Settings(BaseSettings):
     metrics_sample_seconds: float = Field(
         default=1.0, gt=0, description="How often gauges of buffers and spools are sampled."
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``ABX_CORS_ORIGINS=https://a.example,https://b.example`` (or a JSON list)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """Every configured webhook secret (several during a rotation)."""
+        return self.webhook_secret.replace(",", " ").split()
 
     @property
     def spool_path(self) -> Path:

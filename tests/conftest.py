@@ -6,6 +6,11 @@ xdist workers start (``tests/suite/services.py``): the one in the environment, t
 machine's usual one, or else the suite's own embedded server and the folder broker.
 The workers inherit the choice through ``ABX_TEST_DATABASE_URL`` and
 ``ABX_TEST_BROKER_URL``.
+
+Servers require keys, as in production: ``server_factory`` creates one with every scope in
+the server's database through ``service.access.keys.create_key`` (what ``abx keys create``
+runs) and ``Api(server.base_url)`` sends it. A server whose database cannot be reached when
+it starts (the outage tests) cannot have a key made for it; it runs with ``ABX_AUTH=off``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from service.access.keys import create_key
+from service.access.scopes import SCOPES
 from service.settings import PROJECT_ROOT
 from service.storage.migrations import apply_migrations
 from tests.suite import services
@@ -243,6 +250,8 @@ class Server:
     log_file: Any
     metrics_url: str | None = None
     """The gunicorn master's /metrics (``ABX_METRICS_BIND``), when it serves one."""
+    key: str | None = None
+    """A token with every scope (None: the server runs with ABX_AUTH=off)."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -260,9 +269,19 @@ class Server:
 
 
 SERVER_START_SECONDS = float(os.environ.get("ABX_TEST_SERVER_START_SECONDS", "120"))
+SERVER_KEYS: dict[str, str] = {}
+"""base URL -> the all-scopes token made for that server (what ``Api`` sends by default)."""
 
 
-def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2) -> Server:
+def make_key(database_url: str, name: str, scopes: list[str] | str, **options: Any) -> str:
+    """A real key in that database, as ``abx keys create`` makes it; returns the token."""
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=3) as conn:
+        return create_key(conn, name, scopes, "cli:test-suite", **options).token
+
+
+def start_server(
+    env_overrides: dict[str, str], log_path: Path, workers: int = 2, key: str | None = None
+) -> Server:
     port = free_port()
     env = {
         **os.environ,
@@ -283,7 +302,9 @@ def start_server(env_overrides: dict[str, str], log_path: Path, workers: int = 2
     )
     metrics_bind = env["ABX_METRICS_BIND"]
     metrics_url = f"http://{metrics_bind}/metrics" if metrics_bind else None
-    server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file, metrics_url)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file, metrics_url, key)
+    if key is not None:
+        SERVER_KEYS[server.base_url] = key
     # Start-up is seconds on an idle machine; a loaded CI machine (or several suites on one
     # machine) can take a minute to import and warm the models: this bounds a hang, not speed.
     deadline = time.monotonic() + SERVER_START_SECONDS
@@ -318,7 +339,14 @@ def server_factory(tmp_path: Path, db: str) -> Iterator[ServerFactory]:
             "ABX_DATA_DIR": str(tmp_path / "data"),
             **env,
         }
-        server = start_server(overrides, tmp_path / f"server-{len(started)}.log")
+        key = None
+        if overrides.get("ABX_AUTH", "on") == "on":
+            try:
+                key = make_key(database_url, "test-suite", list(SCOPES))
+            except psycopg.OperationalError:  # the database is away: no key can be made
+                if "ABX_AUTH" not in env:  # unless the test asked for auth on regardless
+                    overrides["ABX_AUTH"] = "off"
+        server = start_server(overrides, tmp_path / f"server-{len(started)}.log", key=key)
         started.append(server)
         return server
 
@@ -327,14 +355,17 @@ def server_factory(tmp_path: Path, db: str) -> Iterator[ServerFactory]:
         server.stop()
 
 
-API_KEY = "test-key-7f3a"
-
-
 class Api:
-    """requests against a server with the API key added."""
+    """requests against a server with its API key added.
 
-    def __init__(self, base_url: str, key: str | None = API_KEY) -> None:
+    ``key=None`` sends the all-scopes key ``server_factory`` made for that server (none if it
+    runs with auth off); pass a token to send that one, or ``""`` to send none.
+    """
+
+    def __init__(self, base_url: str, key: str | None = None) -> None:
         self.base_url = base_url
+        if key is None:
+            key = SERVER_KEYS.get(base_url)
         self.session = requests.Session()
         # No idle keep-alive connections: a stopping gthread worker would wait for them.
         self.session.headers["Connection"] = "close"
@@ -343,6 +374,9 @@ class Api:
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
         return self.session.post(self.base_url + path, json=body, timeout=10, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.delete(self.base_url + path, timeout=10, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.session.get(self.base_url + path, timeout=10, **kwargs)
@@ -358,7 +392,7 @@ class Api:
 
 @pytest.fixture
 def server(server_factory: ServerFactory, db: str, experiments_dir: Path) -> Server:
-    return server_factory(db, experiments_dir, ABX_API_KEY=API_KEY)
+    return server_factory(db, experiments_dir)
 
 
 @pytest.fixture

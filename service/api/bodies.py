@@ -41,5 +41,17 @@ class ActionRequest(ApiModel):
 
     action: Literal["approve", "pause", "resume", "promote", "rollback"]
     variant: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    actor: Annotated[str, Field(min_length=1, max_length=128)]
+    actor: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Accepted so that older clients keep working, and ignored: the audit log records the
+    key's name (``key:<name>``), never a name the body gives."""
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class KeyRequest(ApiModel):
+    """A new API key (``POST /v1/keys``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+    scopes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
+    owner: Annotated[str, Field(max_length=200)] = ""
+    expires_in: Annotated[str, Field(min_length=2, max_length=16)] | None = None
+    rate_limit: Annotated[str, Field(min_length=3, max_length=100)] | None = None

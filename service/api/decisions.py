@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from service.api import auth
 from service.api.bodies import ActionRequest
 from service.api.body import parse_json_body
 from service.assignment.state import initial_state, serving_state
@@ -48,7 +49,7 @@ def post_action(key: str) -> tuple[dict[str, Any], int]:
     try:
         with current_app.extensions["abx"].database.pool.connection(timeout=2.0) as conn:
             decision_id, decision, deliveries = act(
-                conn, experiment, body.action, body.variant, body.actor, body.reason
+                conn, experiment, body.action, body.variant, auth.current().actor, body.reason
             )
     except ActionRefused as refused:
         raise Conflict(str(refused)) from refused

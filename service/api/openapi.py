@@ -15,7 +15,9 @@ OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(OPENAPI_PATH.read_text("utf-8"))
+    """Parsed once per process (every worker reads it at start: libyaml's parser when there)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    document: dict[str, Any] = yaml.load(OPENAPI_PATH.read_text("utf-8"), Loader=loader)
     return document
 
 

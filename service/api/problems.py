@@ -18,11 +18,13 @@ from service.errors import (
     AbxError,
     BadRequest,
     Conflict,
+    Forbidden,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -36,19 +38,21 @@ a row PostgreSQL refuses (``DataError``, ``IntegrityError``) is not an outage.""
 _HTTP_STATUS: dict[int, type[AbxError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
     409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: InvalidRequest,
+    429: TooManyRequests,
     503: ServiceUnavailable,
 }
 
 
 def problem_response(error: AbxError, headers: dict[str, str] | None = None) -> Response:
     response = Response(json.dumps(error.problem()), status=error.status, mimetype=PROBLEM_JSON)
-    for name, value in (headers or {}).items():
+    for name, value in {**error.headers, **(headers or {})}.items():
         response.headers[name] = value
     return response
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -39,6 +38,11 @@ def worker(beat: bool, concurrency: int) -> None:
             )
             sys.exit(1)
     from service.celery_app import app
+    from service.cli.support import refuse_unsafe_settings
+
+    refuse_unsafe_settings(
+        settings, experiments_or_exit(settings, check_models=False), serving=False
+    )
 
     argv = [
         "worker",
@@ -84,10 +88,14 @@ def analyze(experiment_key: str) -> None:
 @click.argument("experiment_key")
 @click.argument("action", type=click.Choice(["approve", "pause", "resume", "promote", "rollback"]))
 @click.option("--variant", help="The variant to promote or roll back.")
-@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), help="Who acts.")
 @click.option("--reason", required=True, help="Why: kept in the audit log.")
-def action(experiment_key: str, action: str, variant: str | None, actor: str, reason: str) -> None:
-    """Approve, pause, resume, promote or roll back by hand (audited)."""
+def action(experiment_key: str, action: str, variant: str | None, reason: str) -> None:
+    """Approve, pause, resume, promote or roll back by hand (audited).
+
+    The audit log records the operating-system user who ran it (cli:<user>): whoever can run
+    this has the database's credentials, so no name typed on the command line is taken.
+    """
+    from service.cli.support import os_actor
     from service.decisions.actions import ActionRefused, act
     from service.decisions.tasks import context, experiment, post_webhook
 
@@ -97,7 +105,7 @@ def action(experiment_key: str, action: str, variant: str | None, actor: str, re
     try:
         with context().database.pool.connection(timeout=10.0) as conn:
             decision_id, decision, deliveries = act(
-                conn, experiment(experiment_key), action, variant, actor, reason
+                conn, experiment(experiment_key), action, variant, os_actor(), reason
             )
     except (ActionRefused, ValueError) as refused:
         click.echo(f"refused: {refused}", err=True)

@@ -8,8 +8,15 @@ from pathlib import Path
 import click
 
 from service.cli.decisions import action, analyze, export_state, worker
+from service.cli.keys import keys, webhooks
 from service.cli.status import status
-from service.cli.support import experiment_or_exit, experiments_or_exit, settings_from_env
+from service.cli.support import (
+    AUTH_OFF,
+    experiment_or_exit,
+    experiments_or_exit,
+    refuse_unsafe_settings,
+    settings_from_env,
+)
 from service.experiments.validation import experiment_files, load_experiments
 from service.storage.embedded import database_url
 from service.storage.migrations import MigrationError, apply_migrations
@@ -82,7 +89,10 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     built = build_missing_demo_models(settings.experiments, settings.models)
     if built:
         click.echo(f"built demo models into {settings.models}: {', '.join(built)}", err=True)
-    experiments_or_exit(settings)
+    result = experiments_or_exit(settings)
+    refuse_unsafe_settings(settings, result)
+    if settings.auth == "off":
+        click.echo(f"WARNING: {AUTH_OFF}", err=True)
     url = database_url(settings.database_url, settings.data_dir)
     if run_migrations:
         apply_migrations(url, settings.migrations)
@@ -323,7 +333,7 @@ def models_quantize(source: Path, target: Path) -> None:
     )
 
 
-for command in (worker, analyze, action, export_state, status):
+for command in (worker, analyze, action, export_state, status, keys, webhooks):
     main.add_command(command)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 
 import click
@@ -30,6 +31,31 @@ def experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadRe
     return result
 
 
+AUTH_OFF = (
+    "ABX_AUTH=off: authentication is off, every route is open to anyone who can reach this server"
+)
+
+
+def refuse_unsafe_settings(settings: Settings, result: LoadResult, serving: bool = True) -> None:
+    """Exit 1 on settings a server (or worker) must not start with, saying what to do."""
+    from service.decisions.webhooks import check_secrets
+
+    if serving and settings.api_key:
+        click.echo(
+            "ABX_API_KEY is no longer read: keys live in PostgreSQL, each with its own scopes."
+            " Create them with `abx keys create --name NAME --scopes SCOPES` and unset"
+            " ABX_API_KEY.",
+            err=True,
+        )
+        sys.exit(1)
+    webhooks = any(item.experiment.policy.webhooks for item in result.experiments)
+    try:
+        check_secrets(settings.webhook_secrets, webhooks)
+    except ValueError as error:
+        click.echo(str(error), err=True)
+        sys.exit(1)
+
+
 def experiment_or_exit(settings: Settings, key: str) -> Experiment:
     """One valid experiment by key (other files may be invalid), or exit 1 saying so."""
     result = load_experiments([settings.experiments])
@@ -38,3 +64,14 @@ def experiment_or_exit(settings: Settings, key: str) -> Experiment:
         click.echo(f"no valid experiment {key!r} in {settings.experiments}", err=True)
         sys.exit(1)
     return experiment
+
+
+def os_actor() -> str:
+    """``cli:<user>``: who ran a command that writes, as the operating system knows them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        import os
+
+        user = f"uid-{os.getuid()}"
+    return f"cli:{user}"

@@ -76,7 +76,11 @@ def _decision(
 def act(
     conn: Any, experiment: Experiment, action: str, variant: str | None, actor: str, reason: str
 ) -> tuple[str, Decision, list[str]]:
-    """Apply a human action in one transaction; return the decision id and webhook deliveries."""
+    """Apply a human action in one transaction; return the decision id and webhook deliveries.
+
+    ``actor`` goes into the audit log as given, so it must be one the caller verified: the
+    API passes its key's ``key:<name>``, ``abx action`` the operating-system user
+    (``cli:<user>``)."""
     with conn.transaction():
         lock_experiment(conn, experiment.key)
         before, _ = load_state(conn, experiment)
@@ -91,7 +95,7 @@ def act(
             decision,
             before,
             numbers,
-            f"human:{actor}",
+            actor,
             experiment.policy.webhooks,
         )
     metrics.DECISIONS.labels(experiment.key, decision.kind).inc()

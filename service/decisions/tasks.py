@@ -18,6 +18,7 @@ from service.decisions.actions import act
 from service.decisions.cycle import AnalysisOutcome, analyze_and_decide
 from service.decisions.store import awaiting_approval_counts, last_analysis_at
 from service.decisions.webhooks import (
+    check_secrets,
     deliver_once,
     mark_failed,
     retry_delay_seconds,
@@ -49,11 +50,11 @@ def context() -> WorkerContext:
     result = load_experiments([settings.experiments])
     if not result.ok:
         raise RuntimeError("invalid experiment files:\n" + "\n".join(map(str, result.problems)))
+    experiments = {i.experiment.key: i.experiment for i in result.experiments}
+    check_secrets(settings.webhook_secrets, any(e.policy.webhooks for e in experiments.values()))
     database = Database(database_url(settings.database_url, settings.data_dir))
     database.open()
-    return WorkerContext(
-        settings, {i.experiment.key: i.experiment for i in result.experiments}, database
-    )
+    return WorkerContext(settings, experiments, database)
 
 
 def experiment(key: str) -> Experiment:
@@ -150,7 +151,9 @@ def analyze_experiment(key: str) -> dict[str, Any]:
 
 @app.task(name="abx.apply_decision")
 def apply_decision(key: str, action: str, variant: str | None, actor: str, reason: str) -> str:
-    """A human action (approve, pause, resume, promote, rollback), audited like any decision."""
+    """A human action (approve, pause, resume, promote, rollback), audited like any decision.
+
+    ``actor`` is recorded as given: callers pass one they verified (``key:<name>``)."""
     with context().database.pool.connection(timeout=10.0) as conn:
         decision_id, _, deliveries = act(conn, experiment(key), action, variant, actor, reason)
     enqueue_deliveries(deliveries)
@@ -162,7 +165,7 @@ def post_webhook(delivery_id: str) -> bool | None:
     ctx = context()
     with ctx.database.pool.connection(timeout=10.0) as conn:
         delivered = deliver_once(
-            conn, delivery_id, ctx.settings.webhook_secret, ctx.settings.webhook_timeout_seconds
+            conn, delivery_id, ctx.settings.webhook_secrets, ctx.settings.webhook_timeout_seconds
         )
     if delivered is not None:
         result = "delivered" if delivered else "failed"

@@ -1,23 +1,37 @@
 """Webhooks: the ``webhook_deliveries`` table, the signed payload, one delivery attempt.
 
 A decision queues its deliveries in its own transaction; Celery tasks deliver them
-(``tasks.py``), and receivers verify the HMAC-SHA256 in ``X-Abx-Signature``.
+(``tasks.py``). Each attempt is signed as the Standard Webhooks specification says
+(standardwebhooks.com): ``webhook-id`` (the delivery's id, the same on every retry, so a
+receiver can drop duplicates), ``webhook-timestamp`` (this attempt, Unix seconds, so a
+receiver can refuse old replays) and ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of
+"id.timestamp.body">`` for each configured ``whsec_`` secret, space-separated, so receivers
+holding the old or the new secret both verify during a rotation. ``docs/webhooks.md`` has a
+receiver.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
+import binascii
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
 from psycopg.types.json import Jsonb
+from standardwebhooks.webhooks import Webhook
 
 from service.observability.logging import REQUEST_ID_HEADER, current_request_id
 
-SIGNATURE_HEADER = "X-Abx-Signature"
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_BYTES = 24
+MAX_SECRET_BYTES = 64
+
+
+class WebhookSecretError(ValueError):
+    """Webhooks are configured without a usable secret: the process refuses to start."""
 
 
 def body_bytes(payload: dict[str, Any]) -> bytes:
@@ -25,12 +39,52 @@ def body_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def secret_problem(secret: str) -> str | None:
+    """Why a secret is unusable (None: it is fine). The spec: whsec_ + base64 of 24-64 bytes."""
+    if not secret.startswith(SECRET_PREFIX):
+        return f"a webhook secret starts with {SECRET_PREFIX!r} (abx webhooks new-secret makes one)"
+    try:
+        raw = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        return "a webhook secret is whsec_ followed by base64"
+    if not MIN_SECRET_BYTES <= len(raw) <= MAX_SECRET_BYTES:
+        return (
+            f"a webhook secret holds {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} random bytes"
+            f" (this one {len(raw)})"
+        )
+    return None
 
 
-def verify(secret: str, body: bytes, header: str) -> bool:
-    return hmac.compare_digest(signature(secret, body), header)
+def check_secrets(secrets: list[str], webhooks_configured: bool) -> None:
+    """Refuse to start on a bad secret, or on webhooks with none to sign them."""
+    problems = [problem for secret in secrets if (problem := secret_problem(secret))]
+    if webhooks_configured and not secrets:
+        problems.append("experiments have policy.webhooks but ABX_WEBHOOK_SECRET is empty")
+    if problems:
+        raise WebhookSecretError(
+            "ABX_WEBHOOK_SECRET: "
+            + "; ".join(problems)
+            + " (generate one with `abx webhooks new-secret`)"
+        )
+
+
+def new_secret() -> str:
+    import secrets as random
+
+    return SECRET_PREFIX + base64.b64encode(random.token_bytes(32)).decode()
+
+
+def signature_headers(
+    secrets: list[str], message_id: str, body: bytes, moment: datetime | None = None
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt, signed with every secret."""
+    moment = moment or datetime.now(UTC)
+    signatures = " ".join(Webhook(secret).sign(message_id, moment, body) for secret in secrets)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": signatures,
+    }
 
 
 def retry_delay_seconds(attempt: int, cap: float = 300.0) -> float:
@@ -58,7 +112,7 @@ def queue_deliveries(
     return deliveries
 
 
-def deliver_once(conn: Any, delivery_id: str, secret: str, timeout: float) -> bool | None:
+def deliver_once(conn: Any, delivery_id: str, secrets: list[str], timeout: float) -> bool | None:
     """POST one pending delivery: True on success, False on failure, None if nothing to do."""
     row = conn.execute(
         "SELECT url, payload, status, request_id FROM webhook_deliveries WHERE delivery_id = %s",
@@ -68,15 +122,19 @@ def deliver_once(conn: Any, delivery_id: str, secret: str, timeout: float) -> bo
         return None
     url, payload, _, request_id = row
     body = body_bytes(payload)
-    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body)}
-    request_id = request_id or current_request_id()
-    if request_id:
-        headers[REQUEST_ID_HEADER] = request_id
-    try:
-        response = requests.post(url, data=body, headers=headers, timeout=timeout)
-        ok, error = response.status_code < 300, f"HTTP {response.status_code}"
-    except requests.RequestException as failure:
-        ok, error = False, f"{type(failure).__name__}: {failure}"
+    if not secrets:  # a webhook added to the YAML after this process started without a secret
+        ok, error = False, "not sent: ABX_WEBHOOK_SECRET is empty, nothing to sign it with"
+    else:
+        headers = {"Content-Type": "application/json",
+                   **signature_headers(secrets, delivery_id, body)}  # fmt: skip
+        request_id = request_id or current_request_id()
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        try:
+            response = requests.post(url, data=body, headers=headers, timeout=timeout)
+            ok, error = response.status_code < 300, f"HTTP {response.status_code}"
+        except requests.RequestException as failure:
+            ok, error = False, f"{type(failure).__name__}: {failure}"
     conn.execute(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, last_error = %s,"
         " updated_at = now() WHERE delivery_id = %s",

@@ -64,8 +64,11 @@ class Tally:
     mean_probability: dict[str, float] = field(default_factory=dict)
 
 
-def _client(base: str, keys: list[str], users: int, tally: Tally, stop: threading.Event) -> None:
+def _client(
+    base: str, keys: list[str], users: int, tally: Tally, stop: threading.Event, token: str
+) -> None:
     session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
     rng = random.Random()
     while not stop.is_set():
         user = simulated_user(rng.randrange(users))
@@ -180,10 +183,11 @@ def _report(tally: Tally, keys: list[str], elapsed: float) -> None:
     click.echo("\n".join(lines))
 
 
-def _loop_state(base: str) -> dict[str, Any]:
+def _loop_state(base: str, token: str) -> dict[str, Any]:
     """The loop experiment's decision state and latest decision, as the API shows them."""
     try:
-        audit = requests.get(f"{base}/v1/experiments/{LOOP_EXPERIMENT}/decisions", timeout=5).json()
+        audit = requests.get(f"{base}/v1/experiments/{LOOP_EXPERIMENT}/decisions", timeout=5,
+                             headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
     except (requests.RequestException, ValueError):
         return {}
     latest = audit["decisions"][-1] if audit.get("decisions") else None
@@ -216,9 +220,58 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60
     raise click.ClickException("the server did not become ready in time")
 
 
+DEMO_KEYS = {
+    "demo-web-app": ["assign", "predict", "events:write"],
+    "demo-analyst": ["dashboards:read", "experiments:read", "decisions:write"],
+}
+"""The keys ``abx demo`` makes for its simulated web app and for you, revoked when it ends."""
+
+
+def _make_demo_keys(url: str) -> dict[str, str]:
+    """A key per role, through the same code as ``abx keys create``; old demo keys revoked."""
+    from service.access.keys import create_key, list_keys, revoke_key
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for key in list_keys(conn):
+            if key.name in DEMO_KEYS:
+                revoke_key(conn, key.key_id)
+        return {name: create_key(conn, name, scopes, "abx demo", "abx demo").token
+                for name, scopes in DEMO_KEYS.items()}  # fmt: skip
+
+
+def _revoke_demo_keys(url: str, tokens: dict[str, str]) -> None:
+    from service.access.keys import revoke_key
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+            for token in tokens.values():
+                revoke_key(conn, token)
+    except psycopg.Error as error:
+        click.echo(f"(could not revoke the demo keys: {error})", err=True)
+
+
 def _stored_exposures(url: str) -> list[tuple[str, str, int]]:
     with psycopg.connect(url) as conn:
         return exposures_by_variant(conn)
+
+
+def _explain_keys(base: str, web_app: str, analyst: str) -> None:
+    """How to use the demo's keys while it runs (they are revoked when it ends)."""
+    if not web_app:
+        click.echo("ABX_AUTH=off: every route is open, no key needed")
+        return
+    click.echo(
+        f"\nkeys for this run (revoked when it ends):\n"
+        f"  web app  {web_app}  (assign, predict, events:write)\n"
+        f"  analyst  {analyst}  (dashboards:read, experiments:read, decisions:write)\n"
+        f"Try it while it runs:\n"
+        f"  curl -s {base}/v1/experiments -H 'Authorization: Bearer {analyst}'\n"
+        f"  curl -s -X POST {base}/v1/assign -H 'Authorization: Bearer {web_app}'"
+        " -H 'Content-Type: application/json' "
+        '-d \'{"experiment": "checkout_ranker", "unit": "user-1", '
+        '"attributes": {"country": "US", "app_version": "2.1.0"}}\'\n'
+        f"  {base}/dashboards/ in a browser: sign in with the analyst key\n"
+    )
 
 
 def run_demo(
@@ -246,6 +299,8 @@ def run_demo(
     applied = apply_migrations(url, settings.migrations)
     click.echo(f"migrations applied: {len(applied)}; experiments: {len(result.experiments)}")
     base = f"http://127.0.0.1:{port}"
+    tokens = _make_demo_keys(url) if settings.auth == "on" else {name: "" for name in DEMO_KEYS}
+    web_app, analyst = tokens["demo-web-app"], tokens["demo-analyst"]
     metrics_port, worker_metrics_port = _free_port(), _free_port()
     env = {
         # Log lines for a person, and no access log over the simulated traffic's report.
@@ -278,9 +333,12 @@ def run_demo(
         _wait_ready(base, server)
         keys = sorted(item.experiment.key for item in result.experiments)
         click.echo(f"serving on {base}; simulating {users} users with {clients} clients")
+        _explain_keys(base, web_app, analyst)
         tally, stop = Tally(), threading.Event()
         workers = [
-            threading.Thread(target=_client, args=(base, keys, users, tally, stop), daemon=True)
+            threading.Thread(
+                target=_client, args=(base, keys, users, tally, stop, web_app), daemon=True
+            )
             for _ in range(clients)
         ]
         click.echo(
@@ -302,7 +360,7 @@ def run_demo(
                     )
                 )
                 _report(tally, keys, time.monotonic() - started)
-                loop = _loop_state(base)
+                loop = _loop_state(base, analyst)
                 _report_loop(loop)
                 if promoted_at is None and loop.get("current", {}).get("state") == "promoted":
                     promoted_at = time.monotonic()
@@ -322,14 +380,11 @@ def run_demo(
             f" {base}/v1/experiments/{LOOP_EXPERIMENT}/decisions (audit log),"
             " `abx export-state` (the decision as a YAML change to commit)"
         )
-        click.echo(
-            f"\nTry it yourself while it runs: curl -s {base}/v1/experiments\n"
-            f"  curl -s -X POST {base}/v1/assign -H 'Content-Type: application/json' "
-            '-d \'{"experiment": "checkout_ranker", "unit": "user-1", '
-            '"attributes": {"country": "US", "app_version": "2.1.0"}}\''
-        )
+        click.echo("\nThe demo's keys are revoked now; make your own with `abx keys create`.")
         return 0 if tally.changed == 0 and tally.requests > 0 else 1
     finally:
+        if settings.auth == "on":
+            _revoke_demo_keys(url, tokens)
         for process in (worker, server):
             process.send_signal(signal.SIGTERM)
         try:

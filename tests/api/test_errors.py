@@ -24,6 +24,8 @@ EXPECTED_STATUS = {
     "BadRequest": 400,
     "MalformedJson": 400,
     "Unauthorized": 401,
+    "Forbidden": 403,
+    "TooManyRequests": 429,
     "NotFound": 404,
     "UnknownExperiment": 404,
     "MethodNotAllowed": 405,

@@ -13,7 +13,7 @@ import pytest
 
 from service.demo.seed import seeded_dashboard_experiments
 from service.settings import PROJECT_ROOT
-from tests.conftest import API_KEY, Server, ServerFactory
+from tests.conftest import Api, Server, ServerFactory, make_key
 from tests.suite.system_tools import requires_system_tool, system_tool_path
 
 CHROMIUM = system_tool_path("chromium")
@@ -47,7 +47,12 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def dashboard_server(server_factory: ServerFactory, db: str, experiments_dir: Path) -> Server:
     seeded_dashboard_experiments(db, experiments_dir)
-    return server_factory(db, experiments_dir, ABX_API_KEY=API_KEY)
+    return server_factory(db, experiments_dir)
+
+
+@pytest.fixture
+def analyst(db: str) -> str:
+    return make_key(db, "analyst-jane", ["dashboards:read"])
 
 
 def _watch(page: Any, base_url: str) -> list[str]:
@@ -83,7 +88,7 @@ ALL_CHARTS = {"evidence", "p_value", "exposures", "srm", "latency", "reliability
 
 
 def test_index_and_experiment_pages_in_chromium(
-    browser: Any, dashboard_server: Server, experiments_dir: Path
+    browser: Any, dashboard_server: Server, experiments_dir: Path, analyst: str
 ) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     base = dashboard_server.base_url
@@ -92,9 +97,10 @@ def test_index_and_experiment_pages_in_chromium(
 
     page.goto(base + "/dashboards/")
     assert "/dashboards/login" in page.url  # the key is required
-    page.fill("#key", API_KEY)
+    page.fill("#key", analyst)
     page.click("button[type=submit]")
     page.wait_for_url(base + "/dashboards/")
+    assert page.locator("form.account span").inner_text() == "key:analyst-jane"
     rows = page.locator("#experiments tbody tr")
     assert rows.count() == len(list(experiments_dir.glob("*.yaml")))
     page.screenshot(path=ARTIFACTS / "dashboard-index.png", full_page=True)
@@ -125,16 +131,22 @@ def test_index_and_experiment_pages_in_chromium(
     page.screenshot(path=ARTIFACTS / "dashboard-checkout_ranker.png", full_page=True)
     page.click("#back")
     page.wait_for_url(base + "/dashboards/")
+    page.click("#sign-out")
+    page.wait_for_url(base + "/dashboards/login")
+    page.goto(base + "/dashboards/")
+    assert "/dashboards/login" in page.url  # signed out for good
 
     assert problems == []
 
 
-def test_report_renders_offline(browser: Any, dashboard_server: Server, tmp_path: Path) -> None:
+def test_report_renders_offline(
+    browser: Any, dashboard_server: Server, tmp_path: Path, analyst: str
+) -> None:
     import requests
 
     report = requests.get(
         dashboard_server.base_url + "/dashboards/checkout_ranker/report.html",
-        headers={"X-API-Key": API_KEY},
+        headers={"X-API-Key": analyst},
         timeout=30,
     )
     assert report.status_code == 200
@@ -146,4 +158,76 @@ def test_report_renders_offline(browser: Any, dashboard_server: Server, tmp_path
     _check_charts(page, ALL_CHARTS)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard-report-checkout_ranker.png", full_page=True)
+    assert problems == []
+
+
+HOSTILE = (
+    '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+    '<a href="https://evil.example/">click</a><a href="javascript:window.__xss=3">js</a>'
+    '<svg onload="window.__xss = 4"></svg><b>bold</b>{{7*7}}'
+)
+LINKS = """() => Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href')
+  || a.getAttribute('xlink:href') || '')"""
+
+
+def test_stored_xss_renders_as_text_everywhere(
+    browser: Any, server_factory: ServerFactory, db: str, experiments_dir: Path
+) -> None:
+    """Every string a user controls that can reach a page, made hostile, then rendered in
+    Chromium: no script runs, no foreign link appears, nothing is fetched from elsewhere."""
+    from service.experiments.validation import load_experiments
+
+    source = experiments_dir / "retention_offer.yaml"
+    text = source.read_text()
+    yaml_hostile = HOSTILE.replace("'", "''")
+    text = text.replace(
+        "description: Time retention offers with the MLP churn model instead of the logistic one.",
+        f"description: '{yaml_hostile}'",
+    ).replace("owner: growth-team@example.com", f"owner: '{yaml_hostile}'")
+    source.write_text(text)
+    # Names that pages show are keys of a restricted alphabet: a hostile one never loads.
+    (experiments_dir / "evil.yaml").write_text(
+        source.read_text().replace("key: retention_offer", "key: '<b>evil</b>'")
+    )
+    refused = load_experiments([experiments_dir])
+    assert any("evil.yaml" in str(problem) for problem in refused.problems)
+    (experiments_dir / "evil.yaml").unlink()
+    for field in ("variants", "metrics"):  # variant and metric names are keys too
+        assert field in text
+    server = server_factory(db, experiments_dir)
+    api = Api(server.base_url)
+    refused_key = api.post("/v1/keys", {"name": "<img src=x onerror=1>", "scopes": ["assign"]})
+    assert refused_key.status_code == 422  # key names (actors on pages) are restricted too
+    for action in ("pause", "resume", "pause"):
+        answer = api.post("/v1/experiments/retention_offer/actions",
+                          {"action": action, "reason": HOSTILE, "actor": "<b onclick=1>ana</b>"})  # fmt: skip
+        assert answer.status_code == 201, answer.text
+    event = {"event_id": "xss", "experiment": "retention_offer", "unit": "u1",
+             "metric": "retained", "value": 1, "properties": {"note": HOSTILE}}  # fmt: skip
+    assert api.post("/v1/events", {"events": [event]}).status_code == 202
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems = _watch(page, server.base_url)
+    page.goto(server.base_url + "/dashboards/login")
+    page.fill("#key", make_key(db, "analyst", ["dashboards:read"]))
+    page.click("button[type=submit]")
+    page.wait_for_url(server.base_url + "/dashboards/")
+    assert HOSTILE in page.locator("tr[data-key=retention_offer] td.name .muted").inner_text()
+    page.goto(server.base_url + "/dashboards/retention_offer")
+    page.wait_for_function(CHARTS_RENDERED, timeout=20_000)
+    assert HOSTILE in page.locator("h1 + p").inner_text()
+    cells = page.locator("#decision-table tbody tr td:nth-child(7)").all_inner_texts()
+    assert len(cells) == 3 and all(cell.startswith(HOSTILE) for cell in cells)
+    actors = page.locator("#decision-table tbody tr td:nth-child(5)").all_inner_texts()
+    assert set(actors) == {"key:test-suite"}  # the key's name, never the body's
+    # Plotly renders <a href> and markup in hover text: hover a decision and read the label.
+    page.evaluate("() => Plotly.Fx.hover('fig-decisions', [{curveNumber: 0, pointNumber: 0}])")
+    hover = page.locator("#fig-decisions .hoverlayer")
+    assert "<a href=" in (hover.text_content() or "") and hover.locator("a").count() == 0
+    for _ in (1, 2):
+        links = page.evaluate(LINKS)
+        assert not [h for h in links if h.startswith(("http", "//", "javascript"))], links
+        assert page.evaluate("() => window.__xss") is None
+        page.goto(server.base_url + "/dashboards/")
+    page.screenshot(path=ARTIFACTS / "dashboard-xss.png", full_page=True)
     assert problems == []

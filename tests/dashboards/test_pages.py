@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from service.cli.main import main
 from service.demo.seed import seeded_dashboard_experiments
-from tests.conftest import API_KEY, Api, Server, ServerFactory
+from tests.conftest import Api, Server, ServerFactory, make_key
 
 
 class _Numbers(HTMLParser):
@@ -59,7 +60,7 @@ def _as_text(value: Any) -> str:
 @pytest.fixture
 def dashboard_server(server_factory: ServerFactory, db: str, experiments_dir: Path) -> Server:
     seeded_dashboard_experiments(db, experiments_dir)
-    return server_factory(db, experiments_dir, ABX_API_KEY=API_KEY)
+    return server_factory(db, experiments_dir)
 
 
 @pytest.fixture
@@ -102,47 +103,120 @@ def test_page_numbers_equal_the_analysis_api(api: Api, key: str) -> None:
     assert f'<span class="badge" id="state">{audit["current"]["state"]}</span>' in page.text
 
 
-def test_dashboards_need_the_key_when_one_is_set(dashboard_server: Server) -> None:
+def _form_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match is not None, html[:500]
+    return match.group(1)
+
+
+def _sign_in(browser: requests.Session, base: str, key: str, **fields: str) -> requests.Response:
+    token = _form_token(browser.get(base + "/dashboards/login", timeout=10).text)
+    return browser.post(base + "/dashboards/login", allow_redirects=False, timeout=10,
+                        data={"key": key, "csrf_token": token, **fields})  # fmt: skip
+
+
+def test_analysts_sign_in_to_a_server_side_session(dashboard_server: Server, db: str) -> None:
     base = dashboard_server.base_url
+    analyst = make_key(db, "analyst-jane", ["dashboards:read"])
+    writer = make_key(db, "web-app", ["assign"])
     with requests.Session() as browser:
-        first = browser.get(base + "/dashboards/checkout_ranker", allow_redirects=False, timeout=10)
+        first = browser.get(base + "/dashboards/checkout_ranker", allow_redirects=False, timeout=10,
+                            headers={"Accept": "text/html"})  # fmt: skip
         assert first.status_code == 303
         assert first.headers["Location"].startswith("/dashboards/login?next=/dashboards/checkout")
-        assert (
-            browser.get(base + "/dashboards/checkout_ranker/data.json", timeout=10).status_code
-            == 401
+        data = browser.get(base + "/dashboards/checkout_ranker/data.json", timeout=10)
+        assert data.status_code == 401 and data.json()["status"] == 401
+        assert _sign_in(browser, base, "nope").status_code == 401
+        assert _sign_in(browser, base, writer).status_code == 403  # no dashboards:read
+        forged = browser.post(base + "/dashboards/login", allow_redirects=False, timeout=10,
+                              data={"key": analyst, "csrf_token": "forged"})  # fmt: skip
+        assert forged.status_code == 400 and "abx_session" not in forged.headers.get(
+            "Set-Cookie", ""
         )
-        wrong = browser.post(base + "/dashboards/login", data={"key": "nope"}, timeout=10)
-        assert wrong.status_code == 401
-        signed_in = browser.post(
-            base + "/dashboards/login",
-            data={"key": API_KEY, "next": "/dashboards/checkout_ranker"},
-            allow_redirects=False,
-            timeout=10,
-        )
+        signed_in = _sign_in(browser, base, analyst, next="/dashboards/checkout_ranker")
         assert signed_in.status_code == 303
         assert signed_in.headers["Location"] == "/dashboards/checkout_ranker"
         cookie = signed_in.headers["Set-Cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        assert browser.get(base + "/dashboards/checkout_ranker", timeout=10).status_code == 200
-        escape = browser.post(
-            base + "/dashboards/login",
-            data={"key": API_KEY, "next": "https://evil.example/"},
-            allow_redirects=False,
-            timeout=10,
-        )
-        assert escape.headers["Location"] == "/dashboards/"
+        assert "abx_session=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert "Max-Age=28800" in cookie and "Secure" not in cookie  # plain HTTP here
+        assert analyst not in cookie and analyst[-43:] not in cookie  # never the key
+        page = browser.get(base + "/dashboards/checkout_ranker", timeout=10)
+        assert page.status_code == 200 and "key:analyst-jane" in page.text
+        assert page.headers["Cache-Control"] == "no-store"
+        for escape in ("https://evil.example/", "//evil.example/dashboards/", "/v1/keys"):
+            assert (
+                _sign_in(browser, base, analyst, next=escape).headers["Location"] == "/dashboards/"
+            )
+        # The session cannot do what the key cannot: it is not a key for /v1.
+        assert browser.get(base + "/v1/experiments", timeout=10).status_code == 401
+        # Signing out needs the session's CSRF token, and ends the session for good.
+        stolen = browser.cookies.get("abx_session")
+        assert browser.post(base + "/dashboards/logout", data={"csrf_token": "x"},
+                            timeout=10, allow_redirects=False).status_code == 400  # fmt: skip
+        out = browser.post(base + "/dashboards/logout", data={"csrf_token": _form_token(page.text)},
+                           timeout=10, allow_redirects=False)  # fmt: skip
+        assert out.status_code == 303 and out.headers["Location"] == "/dashboards/login"
+    replay = requests.get(base + "/dashboards/", cookies={"abx_session": stolen or ""}, timeout=10)
+    assert replay.status_code == 401
+    tampered = requests.get(base + "/dashboards/", cookies={"abx_session": "x" + (stolen or "")},
+                            timeout=10)  # fmt: skip
+    assert tampered.status_code == 401
+
+
+def test_revoking_the_key_ends_its_sessions(dashboard_server: Server, db: str) -> None:
+    base = dashboard_server.base_url
+    analyst = make_key(db, "leaver", ["dashboards:read"])
+    with requests.Session() as browser:
+        assert _sign_in(browser, base, analyst).status_code == 303
+        assert browser.get(base + "/dashboards/", timeout=10).status_code == 200
+        revoked = requests.delete(base + f"/v1/keys/{analyst.split('_')[2]}", timeout=10,
+                                  headers={"X-API-Key": dashboard_server.key or ""})  # fmt: skip
+        assert revoked.status_code == 200
+        deadline = time.monotonic() + 5
+        while browser.get(base + "/dashboards/", timeout=10).status_code == 200:
+            assert time.monotonic() < deadline, "the session outlived its key"
+            time.sleep(0.1)
+
+
+def test_secure_cookie_behind_an_https_proxy(
+    server_factory: ServerFactory, db: str, experiments_dir: Path
+) -> None:
+    server = server_factory(db, experiments_dir, ABX_PROXY_HOPS="1")
+    analyst = make_key(db, "analyst", ["dashboards:read"])
+    browser = requests.Session()
+    browser.headers["X-Forwarded-Proto"] = "https"
+    browser.headers["X-Forwarded-For"] = "203.0.113.9"
+    cookie = _sign_in(browser, server.base_url, analyst).headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+def test_pages_send_a_content_security_policy(api: Api) -> None:
+    for path in ("/dashboards/", "/dashboards/checkout_ranker", "/dashboards/login"):
+        answer = api.get(path)
+        policy = answer.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "unsafe-eval" not in policy and "'unsafe-inline'" not in policy.split("style-src")[0]
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        assert "<script>" not in answer.text  # no inline script for the policy to block
+    report = api.get("/dashboards/checkout_ranker/report.html")
+    assert report.headers["Content-Security-Policy"].startswith("sandbox")
+    assert api.post("/v1/assign", {"experiment": "checkout_ranker", "unit": "u"}).headers[
+        "X-Content-Type-Options"] == "nosniff"  # fmt: skip
     # plotly.js is public code: served without the key, cacheable, from this server.
-    index = requests.get(base + "/dashboards/", headers={"X-API-Key": API_KEY}, timeout=10).text
+    base = api.base_url
+    index = api.get("/dashboards/").text
     assert "ranker_bakeoff" in index and "checkout_ranker" in index
-    page = requests.get(
-        base + "/dashboards/checkout_ranker", headers={"X-API-Key": API_KEY}, timeout=10
-    ).text
-    source = re.search(r'<script src="([^"]+)"', page)
-    assert source is not None and source.group(1).startswith("/dashboards/static/plotly-")
-    script = requests.get(base + source.group(1), timeout=10)
+    page = api.get("/dashboards/checkout_ranker").text
+    sources = re.findall(r'<script src="([^"]+)"', page)
+    assert sources[0].startswith("/dashboards/static/plotly-")
+    assert sources[1] == "/dashboards/static/js/experiment.js"
+    script = requests.get(base + sources[0], timeout=10)
     assert script.status_code == 200 and "max-age" in script.headers["Cache-Control"]
     assert len(script.content) > 1_000_000
+    assert requests.get(base + sources[1], timeout=10).headers["Content-Type"].startswith(
+        "text/javascript")  # fmt: skip
+    assert requests.get(base + "/dashboards/static/js/../pages.py", timeout=10).status_code == 404
     assert "cdn" not in page.lower()
 
 

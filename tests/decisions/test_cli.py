@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli.main import main
+from service.cli.support import os_actor
 from service.decisions.webhooks import retry_delay_seconds
 from tests.conftest import free_port
 from tests.decisions.test_e2e import SECRET, decision_experiment
@@ -108,10 +109,15 @@ def test_action_and_export_state(runner: CliRunner, db: str, env: dict[str, str]
     assert refused.exit_code == 1 and "no decision awaits approval" in refused.output
     done = fresh_cli(
         runner,
-        ["action", "lift", "promote", "--variant", "b", "--actor", "ana", "--reason", "ship"],
+        ["action", "lift", "promote", "--variant", "b", "--reason", "ship"],
         env,
     )
     assert done.exit_code == 0 and "state promoted" in done.output
+    with psycopg.connect(db) as conn:
+        (actor,) = conn.execute("SELECT actor FROM decisions WHERE kind = 'promote'").fetchone()  # type: ignore[misc]
+    assert actor == os_actor() and actor.startswith("cli:")  # the OS user, not a typed name
+    typed = fresh_cli(runner, ["action", "lift", "pause", "--actor", "ana", "--reason", "r"], env)
+    assert typed.exit_code == 2 and "No such option" in typed.output and "--actor" in typed.output
     diff = fresh_cli(runner, ["export-state"], env)
     assert (
         "+status: concluded" in diff.output
@@ -152,6 +158,7 @@ def test_every_method_analyses_and_stores_its_numbers(
         "ABX_DATABASE_URL": db,
         "ABX_EXPERIMENTS": str(folder),
         "ABX_DATA_DIR": str(tmp_path / "data"),
+        "ABX_WEBHOOK_SECRET": SECRET,
     }
     for _ in range(2):  # the second run reads the first run's stored state back
         result = fresh_cli(runner, ["analyze", "early"], env)

@@ -58,7 +58,12 @@ def test_demo_runs_the_whole_loop_until_the_better_model_is_promoted(
     assert "Where to look:" in result.stdout, shown
     with psycopg.connect(db) as conn:
         (exposures,) = conn.execute("SELECT count(*) FROM exposures").fetchone()  # type: ignore[misc]
+        keys = conn.execute("SELECT name, revoked_at IS NOT NULL FROM api_keys").fetchall()
     assert exposures > 0
+    # Nothing to set: the demo made its own keys, said how to use them, and revoked them.
+    assert "keys for this run (revoked when it ends)" in result.stdout, shown
+    assert "-H 'Authorization: Bearer abx_live_" in result.stdout, shown
+    assert sorted(keys) == [("demo-analyst", True), ("demo-web-app", True)]
 
 
 def test_embedded_postgres_when_no_url_is_configured(data_dir: Path) -> None:

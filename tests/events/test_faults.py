@@ -19,7 +19,7 @@ import psycopg
 import requests
 
 from tests.api.test_api import assert_problem
-from tests.conftest import Api, Server, ServerFactory, wait_for
+from tests.conftest import SERVER_KEYS, Api, Server, ServerFactory, wait_for
 from tests.suite.postgres import OwnPostgres
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
@@ -32,6 +32,7 @@ class Load:
         self, base_url: str, prefix: str, batch: int = 20, limit_seconds: float = 30
     ) -> None:
         self.url = base_url + "/v1/events"
+        self.key = SERVER_KEYS.get(base_url)  # the key server_factory made (none: auth off)
         self.prefix = prefix
         self.batch = batch
         self.deadline = time.monotonic() + limit_seconds
@@ -52,6 +53,8 @@ class Load:
     def _run(self) -> None:
         session = requests.Session()
         session.headers["Connection"] = "close"
+        if self.key:
+            session.headers["Authorization"] = f"Bearer {self.key}"
         number = 0
         while not self._stop.is_set() and time.monotonic() < self.deadline:
             ids = [f"{self.prefix}-{number}-{i}" for i in range(self.batch)]
