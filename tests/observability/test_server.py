@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import API_KEY, Api, Server, ServerFactory, start_server, wait_for
+from tests.conftest import Api, Server, ServerFactory, start_server, wait_for
 from tests.experiment_files import minimal_experiment, write_experiment
 
 
@@ -43,7 +43,7 @@ def scrape(server: Server) -> str:
 def test_every_response_carries_a_request_id_and_a_json_access_line(
     server_factory: ServerFactory, db: str, experiments: Path
 ) -> None:
-    server = server_factory(db, experiments, ABX_API_KEY=API_KEY)
+    server = server_factory(db, experiments)
     api = Api(server.base_url)
     body = {"experiment": "plain", "unit": "user-secret-42", "attributes": {}}
     cases = [
@@ -78,7 +78,7 @@ def test_every_response_carries_a_request_id_and_a_json_access_line(
     assert [lines[i]["status"] for i in ids] == [status for _, status, _ in cases]
     assert lines[ids[5]]["route"] == "unmatched" and lines[ids[5]]["path"] == "/no/such/page"
     text = server.log()
-    assert API_KEY not in text and "user-secret-42" not in text
+    assert server.key and server.key not in text and "user-secret-42" not in text
 
 
 def test_unit_ids_are_logged_only_when_asked(
