@@ -153,7 +153,9 @@ def test_analysts_sign_in_to_a_server_side_session(dashboard_server: Server, db:
         stolen = browser.cookies.get("abx_session")
         assert browser.post(base + "/dashboards/logout", data={"csrf_token": "x"},
                             timeout=10, allow_redirects=False).status_code == 400  # fmt: skip
-        out = browser.post(base + "/dashboards/logout", data={"csrf_token": _form_token(page.text)},
+        # Each sign-in above opened a new session with its own token: read the current one.
+        current = browser.get(base + "/dashboards/checkout_ranker", timeout=10)
+        out = browser.post(base + "/dashboards/logout", data={"csrf_token": _form_token(current.text)},
                            timeout=10, allow_redirects=False)  # fmt: skip
         assert out.status_code == 303 and out.headers["Location"] == "/dashboards/login"
     replay = requests.get(base + "/dashboards/", cookies={"abx_session": stolen or ""}, timeout=10)
