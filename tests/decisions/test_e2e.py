@@ -304,7 +304,11 @@ def test_a_request_id_reaches_the_task_and_its_webhook(
 ) -> None:
     """The API enqueues the delivery with the request's id; the worker logs and sends it."""
     # One queue for both (with the folder broker, one data folder holds it).
-    shared = {**celery_broker, "ABX_DATA_DIR": str(tmp_path / "shared-data")}
+    shared = {
+        **celery_broker,
+        "ABX_DATA_DIR": str(tmp_path / "shared-data"),
+        "ABX_WEBHOOK_SECRET": SECRET,
+    }
     api = Api(server_factory(db, decision_setup, **shared).base_url, key=None)
     start_worker(decision_setup, **shared)
     paused = api.post(
