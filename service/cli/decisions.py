@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from service.cli.support import experiments_or_exit, settings_from_env
+from service.settings import Settings
 from service.storage.embedded import database_url
+
+if TYPE_CHECKING:
+    from service.storage.leader import Leadership
 
 
 @click.command()
@@ -44,6 +51,7 @@ def worker(beat: bool, concurrency: int) -> None:
         settings, experiments_or_exit(settings, check_models=False), serving=False
     )
 
+    leadership = _lead_the_schedule(settings) if beat else None
     argv = [
         "worker",
         "--loglevel=INFO",
@@ -56,8 +64,34 @@ def worker(beat: bool, concurrency: int) -> None:
     try:
         app.worker_main(argv=argv)
     finally:
+        if leadership is not None:
+            leadership.release()
         if exporter is not None:
             exporter.close()
+
+
+def _lead_the_schedule(settings: Settings) -> Leadership:
+    """Hold the scheduler's lock before the beat starts; wait as a standby while another does.
+
+    A holder that loses its database connection can no longer prove it is the only one, so
+    it stops (SIGTERM: Celery's warm shutdown) and its supervisor starts it again as a standby.
+    """
+    from service.storage.leader import Leadership
+
+    def lost() -> None:
+        click.echo("lost the scheduler's lock (database connection); stopping", err=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    leadership = Leadership(
+        database_url(settings.database_url, settings.data_dir), "scheduler", on_lost=lost
+    )
+    leadership.acquire(
+        waiting=lambda: click.echo(
+            "another scheduler holds the lock: waiting as a standby until it stops", err=True
+        )
+    )
+    click.echo("holding the scheduler's lock", err=True)
+    return leadership
 
 
 @click.command()

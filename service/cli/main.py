@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from service.cli.backup import backup, restore
 from service.cli.decisions import action, analyze, export_state, worker
 from service.cli.keys import keys, webhooks
 from service.cli.status import status
@@ -333,7 +334,7 @@ def models_quantize(source: Path, target: Path) -> None:
     )
 
 
-for command in (worker, analyze, action, export_state, status, keys, webhooks):
+for command in (worker, analyze, action, export_state, status, keys, webhooks, backup, restore):
     main.add_command(command)
 
 

@@ -337,3 +337,23 @@ def test_a_request_id_reaches_the_task_and_its_webhook(
         line.get("request_id") == "rid-pause-1" and line.get("task") == "abx.deliver_webhook"
         for line in lines
     ), lines[-20:]
+
+
+def test_a_second_scheduler_waits_as_a_standby_until_the_first_stops(
+    decision_setup: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """Two `abx worker --beat` on one database: one beat runs, the other takes over on SIGTERM."""
+
+    def log(index: int) -> str:
+        return (tmp_path / f"worker-{index}.log").read_text(errors="replace")
+
+    first = start_worker(decision_setup)
+    assert wait_for(lambda: "beat: Starting" in log(0), timeout=90), log(0)[-2000:]
+    assert "holding the scheduler's lock" in log(0)
+    start_worker(decision_setup)
+    assert wait_for(lambda: "waiting as a standby" in log(1), timeout=90), log(1)[-2000:]
+    time.sleep(3)
+    assert "beat: Starting" not in log(1)
+    first.send_signal(signal.SIGTERM)  # warm shutdown: the session, and its lock, end
+    first.wait(timeout=60)
+    assert wait_for(lambda: "beat: Starting" in log(1), timeout=90), log(1)[-2000:]
