@@ -37,6 +37,7 @@ SYSTEM_TOOLS = {
         SystemTool(
             "prometheus", "prometheus", "the test of a real Prometheus scraping a real server"
         ),
+        SystemTool("kubectl", "kubectl", "rendering the Kustomize overlays (kubectl kustomize)"),
     )
 }
 _SKIP = re.compile(r"missing system tool (?P<command>\S+): apt-get install (?P<package>\S+)")
