@@ -37,6 +37,7 @@ SYSTEM_TOOLS = {
         SystemTool(
             "prometheus", "prometheus", "the test of a real Prometheus scraping a real server"
         ),
+        SystemTool("haproxy", "haproxy", "the load balancer in front of the replicas (topology)"),
         SystemTool("kubectl", "kubectl", "rendering the Kustomize overlays (kubectl kustomize)"),
     )
 }
