@@ -86,6 +86,7 @@ class Topology:
     replicas: int = 3
     gunicorn_workers: int = 2
     celery_workers: int = 2
+    scheduler: bool = True
     environment: dict[str, str] = field(default_factory=dict)
     start_seconds: float = 120.0
     port: int = field(default_factory=free_port)
@@ -252,6 +253,8 @@ backend replicas
                 ABX_WORKER_METRICS_BIND=f"127.0.0.1:{free_port()}",
                 ABX_DATA_DIR=str(self.root / f"worker{i}"),
             )  # fmt: skip
+        if not self.scheduler:
+            return self
         self.processes["scheduler"] = self._spawn(
             "scheduler", ["worker", "--beat", "--concurrency", "1"],
             ABX_EXPERIMENTS=str(self.servers[0].experiments),
