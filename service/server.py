@@ -54,6 +54,7 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.exporter: Exporter | None = None
+        self.supervisor: Any = None
         self._master_pid = os.getpid()
         configure_logging(settings.log_format, settings.log_level, settings.log_units)
         self._metrics_dir = (
@@ -75,7 +76,7 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
             "loglevel": self.settings.log_level.lower(),
             "worker_exit": _close_runtime,
             "child_exit": _worker_exited,
-            "on_exit": lambda server: self._close_exporter(),
+            "on_exit": lambda server: self._close_all(),
             "control_socket_disable": True,  # several servers may run side by side
         }
         for key, value in options.items():
@@ -86,7 +87,58 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
 
         return create_app(self.settings)
 
+    def _place_models(self) -> None:
+        """Measure where each model runs; start the inference process if any runs there."""
+        import onnxruntime as ort
+
+        from service.experiments.model_refs import resolve_model_path
+        from service.experiments.validation import load_experiments
+        from service.inference.placement import place_models
+        from service.inference.supervisor import Supervisor
+
+        settings = self.settings
+        loaded = load_experiments([settings.experiments], settings.models)
+        refs = [
+            (
+                resolve_model_path(settings.models, v.model.path) or settings.models,
+                v.model.sha256,
+                v.model.providers,
+            )
+            for item in loaded.experiments
+            for v in item.experiment.variants
+            if v.model is not None
+        ]
+        paths = {
+            v.model.sha256: v.model.path
+            for item in loaded.experiments
+            for v in item.experiment.variants
+            if v.model is not None
+        }
+        placed = place_models(
+            refs,
+            settings.inference,
+            settings.workers or default_workers(),
+            settings.threads,
+            settings.batch_max_size,
+            os.cpu_count() or 1,
+            ort.get_available_providers(),
+        )
+        for sha, placement in placed.items():
+            log.info(
+                "model placed", model=paths[sha], runs_in=placement.where, reason=placement.reason
+            )
+        self.settings = settings.model_copy(
+            update={"placements": {sha: p.as_dict() for sha, p in placed.items()}}
+        )
+        in_process = sorted({paths[sha] for sha, p in placed.items() if p.where == "process"})
+        if in_process or settings.inference == "process":
+            self.supervisor = Supervisor(settings.inference_socket_path, in_process)
+            self.supervisor.start()
+            if not self.supervisor.wait_ready(60):
+                log.error("the inference process is not answering yet; workers fall back")
+
     def run(self) -> None:
+        self._place_models()
         if self._metrics_dir is not None:
             bind = self.settings.metrics_bind
             try:
@@ -101,7 +153,17 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         try:
             super().run()
         finally:
+            self._close_supervisor()
             self._close_exporter()
+
+    def _close_all(self) -> None:
+        self._close_supervisor()
+        self._close_exporter()
+
+    def _close_supervisor(self) -> None:
+        if self.supervisor is not None and os.getpid() == self._master_pid:
+            supervisor, self.supervisor = self.supervisor, None
+            supervisor.close()
 
     def _close_exporter(self) -> None:
         # A worker leaves gunicorn by raising SystemExit through this same stack: only the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +41,27 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Longest wait to fill one; 0: continuous batching."
     )
     batching: bool = Field(default=True, description="False: no model micro-batches.")
+    inference: Literal["auto", "worker", "process"] = Field(
+        default="auto",
+        description="Where models run: auto (measured at start, CUDA hosts only), worker, "
+        "process (every model on the inference process).",
+    )
+    inference_socket: Path | None = Field(
+        default=None, description="The inference process's Unix socket; None: in data_dir."
+    )
+    inference_timeout_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Longest wait for the inference process when an experiment has no budget.",
+    )
+    inference_token: str | None = Field(
+        default=None,
+        description="Bearer token `abx infer --bind` requires (needed off the loopback).",
+    )
+    placements: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Internal: `abx serve` passes the measured placements to its workers.",
+    )
     reload_poll_seconds: float = Field(
         default=1.0, ge=0, description="How often YAML and model files are checked; 0: never."
     )
@@ -162,6 +183,23 @@ class Settings(BaseSettings):
     def webhook_secrets(self) -> list[str]:
         """Every configured webhook secret (several during a rotation)."""
         return self.webhook_secret.replace(",", " ").split()
+
+    @property
+    def inference_socket_path(self) -> str:
+        """The socket ``abx serve``'s inference process listens on and its workers call.
+
+        A Unix socket path holds at most 107 bytes: a data folder deeper than that gets a
+        socket in the temporary folder named after it (owner-only, like any other)."""
+        if self.inference_socket is not None:
+            return str(self.inference_socket)
+        path = (self.data_dir / "inference" / "infer.sock").resolve()
+        if len(str(path)) < 100:
+            return str(path)
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        return str(Path(tempfile.gettempdir()) / f"abx-infer-{digest}.sock")
 
     @property
     def spool_path(self) -> Path:

@@ -33,7 +33,7 @@ def predict() -> dict[str, Any]:
         "in_experiment": prediction.assignment.exposed,
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
         "outputs": prediction.outputs,
-        "provider": model.provider,
+        "provider": prediction.provider,
         "latency_ms": round(prediction.latency_ms, 3),
         "fallback": prediction.failure is not None,
         "cached": prediction.cached,

@@ -9,6 +9,7 @@ import click
 
 from service.cli.backup import backup, restore
 from service.cli.decisions import action, analyze, export_state, worker
+from service.cli.infer import infer
 from service.cli.keys import keys, webhooks
 from service.cli.status import status
 from service.cli.support import (
@@ -334,7 +335,9 @@ def models_quantize(source: Path, target: Path) -> None:
     )
 
 
-for command in (worker, analyze, action, export_state, status, keys, webhooks, backup, restore):
+for command in (
+    worker, analyze, action, export_state, status, keys, webhooks, backup, restore, infer,
+):  # fmt: skip
     main.add_command(command)
 
 

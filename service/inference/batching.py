@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from service.background import BackgroundThread
-from service.observability import metrics
 
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -99,10 +98,17 @@ RECENT = 4096
 
 class MicroBatcher(BackgroundThread):
     def __init__(
-        self, run: Callable[[Feeds], Outputs], max_rows: int, max_wait: float, name: str = ""
+        self,
+        run: Callable[[Feeds], Outputs],
+        max_rows: int,
+        max_wait: float,
+        name: str = "",
+        observe_rows: Callable[[float], None] | None = None,
     ) -> None:
+        """``observe_rows`` gets each batch's size (a histogram's ``observe``): no metrics
+        import here, so the inference process runs on a host with only numpy and onnxruntime."""
         super().__init__(f"abx-batch-{name}")
-        self._batch_rows = metrics.BATCH_SIZE.labels(name)
+        self._observe_rows = observe_rows
         self._run_model = run
         self._max_rows = max_rows
         self._max_wait = max_wait
@@ -192,7 +198,8 @@ class MicroBatcher(BackgroundThread):
         self.batches += 1
         rows = sum(p.rows for p in taken)
         self.rows += rows
-        self._batch_rows.observe(rows)
+        if self._observe_rows is not None:
+            self._observe_rows(rows)
         answered = time.monotonic()
         self._recent.extend([answered - p.arrived for p in taken])  # one step: stats() may read
         for before, after in pairwise(taken):

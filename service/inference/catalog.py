@@ -21,8 +21,12 @@ from service.experiments.model_refs import resolve_model_path
 from service.experiments.schema import Experiment, ModelRef
 from service.inference.batching import MicroBatcher
 from service.inference.cache import PredictionCache
+from service.inference.placement import CPU_ONLY, Placement
+from service.inference.remote import ProcessModel
 from service.inference.sessions import LoadedModel, SessionPool
 from service.inference.signature import InputPlan, TensorSpec
+from service.inference.wire import InferenceClient
+from service.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ class ServingModel:
     plans: tuple[InputPlan, ...]
     batcher: MicroBatcher | None = None
     shadow_rate: float = 0.0
+    remote: ProcessModel | None = None
+    """Set when the model is placed on the inference process (``model`` is then the worker's
+    CPU session of the same file, which answers only as a fallback's last resort)."""
+    placement: Placement | None = None
 
     @cached_property
     def response_names(self) -> Mapping[str, str]:
@@ -101,6 +109,18 @@ class BatchingConfig:
     max_wait_seconds: float
 
 
+@dataclass(frozen=True)
+class ProcessConfig:
+    """Where models run: ``placements`` by SHA-256 (``abx serve`` measured them), and the
+    inference process's client for those placed there."""
+
+    placements: Mapping[str, Placement]
+    default: Placement | None
+    """For models not measured (``ABX_INFERENCE=process``, or loaded by a later reload)."""
+    client: InferenceClient | None
+    timeout_seconds: float
+
+
 class Catalog:
     def __init__(self, experiments: Mapping[str, ExperimentModels]) -> None:
         self.experiments = experiments
@@ -131,9 +151,11 @@ def build_catalog(
     pool: SessionPool,
     batching: BatchingConfig,
     previous: Catalog | None = None,
+    process: ProcessConfig | None = None,
 ) -> Catalog:
     """Load every variant's model (reusing sessions, batchers and caches that still apply)."""
     batchers = previous.batchers() if previous else {}
+    placements = process.placements if process else {}
     built: dict[str, ExperimentModels] = {}
     for experiment in experiments:
         variants: dict[str, ServingModel] = {}
@@ -142,10 +164,18 @@ def build_catalog(
             if ref is None:
                 continue
             path = resolve_model_path(models_root, ref.path) or models_root / ref.path
-            batched = batching.enabled and ref.batching
+            placement = placements.get(ref.sha256) or (process.default if process else None)
+            remote = None
+            providers: Sequence[str] | None = ref.providers
+            client = process.client if process else None
+            if placement is not None and placement.where == "process" and client is not None:
+                assert process is not None
+                remote = ProcessModel(client, ref.path, ref.sha256, process.timeout_seconds)
+                providers = CPU_ONLY  # the worker's copy: the fallback's last resort
+            batched = batching.enabled and ref.batching and remote is None
             sizes = (1, batching.max_rows) if batched else (1,)
             try:
-                model = pool.get(path, ref.sha256, ref.providers, sizes)
+                model = pool.get(path, ref.sha256, providers, sizes)
             except Exception as error:
                 log.error(
                     "%s/%s: model %s failed to load: %s",
@@ -159,12 +189,24 @@ def build_catalog(
             batcher = None
             if batched:
                 batcher = batchers.get(model.sha256) or MicroBatcher(
-                    model.run, batching.max_rows, batching.max_wait_seconds, model.name
+                    model.run,
+                    batching.max_rows,
+                    batching.max_wait_seconds,
+                    model.name,
+                    metrics.BATCH_SIZE.labels(model.name).observe,
                 )
                 batchers[model.sha256] = batcher
             rate = variant.shadow.sample_rate if variant.shadow else 0.0
             variants[variant.key] = ServingModel(
-                variant.key, ref, model, None, input_plans(ref, model.inputs), batcher, rate
+                variant.key,
+                ref,
+                model,
+                None,
+                input_plans(ref, model.inputs),
+                batcher,
+                rate,
+                remote,
+                placement,
             )
         if not variants:
             continue

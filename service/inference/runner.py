@@ -23,7 +23,9 @@ import onnxruntime as ort
 
 from service.errors import ModelUnavailable
 from service.inference.catalog import ExperimentModels, ServingModel
+from service.inference.remote import RemoteFailure
 from service.inference.signature import all_finite
+from service.inference.wire import TransportError
 
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -38,8 +40,11 @@ class ModelFailure(Exception):
 
 
 class ModelRunner(Protocol):
-    def run(self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None) -> Outputs:
-        """Outputs of ``served``'s model; raise on error or when ``budget`` seconds pass."""
+    def run(
+        self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None
+    ) -> tuple[Outputs, str]:
+        """Outputs of ``served``'s model and the execution provider that computed them;
+        raise on error or when ``budget`` seconds pass."""
 
 
 class Watchdog:
@@ -79,24 +84,44 @@ class Watchdog:
 
 
 class SessionRunner:
-    """The real runner: the model's micro-batcher when it has one, else an inline run."""
+    """The real runner: the inference process when the model is placed there, else the
+    model's micro-batcher when it has one, else an inline run.
+
+    A model placed on the inference process that is down, slow or failing raises for the
+    assigned variant (``run_with_fallback`` then answers with the fallback's model). For the
+    fallback's own run (no budget) the worker's CPU session of the same file answers
+    instead: a dead inference process never fails a request.
+    """
 
     def __init__(self, max_batch_rows: int) -> None:
         self._watchdog = Watchdog()
         self._max_batch_rows = max_batch_rows
 
-    def run(self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None) -> Outputs:
+    def run(
+        self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None
+    ) -> tuple[Outputs, str]:
         model = served.model
         if model is None:
             raise ModelFailure("load-error", served.load_error or "not loaded")
+        if served.remote is not None:
+            try:
+                return served.remote.run(feeds, budget)
+            except (TransportError, TimeoutError, RemoteFailure) as error:
+                if budget is not None:
+                    if isinstance(error, TransportError):
+                        raise ModelFailure("unreachable", str(error)) from None
+                    if isinstance(error, RemoteFailure):
+                        raise ModelFailure(error.reason, str(error)) from None
+                    raise
+                # the fallback's run: the worker's own session of the same file answers
         if served.batcher is not None and rows < self._max_batch_rows:
-            return served.batcher.submit(feeds, rows).wait(budget)
+            return served.batcher.submit(feeds, rows).wait(budget), model.provider
         if budget is None:
-            return model.run(feeds)
+            return model.run(feeds), model.provider
         options = ort.RunOptions()
         active = self._watchdog.arm(options, budget)
         try:
-            return model.run(feeds, options)
+            return model.run(feeds, options), model.provider
         finally:
             active[0] = False
 
@@ -128,6 +153,8 @@ class FailureCounts:
 class RunResult:
     outputs: Outputs
     served_by: ServingModel
+    provider: str
+    """The execution provider that computed ``outputs`` (in the inference process or here)."""
     failure: str | None
     """Why the assigned variant's model did not answer (None: it did)."""
 
@@ -144,10 +171,10 @@ def run_with_fallback(
     """Answer with ``variant``'s model, else with the fallback's; ModelUnavailable if neither."""
     started = time.perf_counter()
     try:
-        outputs = runner.run(variant, feeds, rows, models.budget_seconds)
+        outputs, provider = runner.run(variant, feeds, rows, models.budget_seconds)
         if not finite(outputs):
             raise ModelFailure("non-finite", "the model answered NaN or infinity")
-        return RunResult(outputs, variant, None)
+        return RunResult(outputs, variant, provider, None)
     except ModelFailure as error:
         reason = error.reason
     except TimeoutError:
@@ -164,7 +191,7 @@ def run_with_fallback(
             f"{models.fallback!r} has no working model."
         )
     try:
-        outputs = runner.run(fallback, fallback_feeds(fallback), rows, None)
+        outputs, provider = runner.run(fallback, fallback_feeds(fallback), rows, None)
     except Exception as error:
         failures.add(models.key, fallback.variant, "error")
         raise ModelUnavailable(
@@ -173,4 +200,4 @@ def run_with_fallback(
     if not finite(outputs):
         failures.add(models.key, fallback.variant, "non-finite")
         raise ModelUnavailable("The variant's model and the fallback's both answered NaN.")
-    return RunResult(outputs, fallback, reason)
+    return RunResult(outputs, fallback, provider, reason)

@@ -14,13 +14,15 @@ from service.assignment.service import AssignmentService
 from service.assignment.sync import StateSync
 from service.experiments.reload import HotReloader
 from service.experiments.validation import LoadResult
-from service.inference.catalog import BatchingConfig, build_catalog
+from service.inference.catalog import BatchingConfig, ProcessConfig, build_catalog
 from service.inference.install import install_problem, installed_runtime_packages
+from service.inference.placement import Placement
 from service.inference.records import PredictionLog
 from service.inference.runner import SessionRunner
 from service.inference.service import PredictionService
 from service.inference.sessions import SessionPool, default_threads
 from service.inference.shadow import ShadowRunner
+from service.inference.wire import InferenceClient, TransportError
 from service.settings import Settings, default_workers
 from service.storage.writer import BatchWriter
 
@@ -35,12 +37,25 @@ class ModelRuntime:
     reloader: HotReloader
     onnxruntime: dict[str, Any]
     """The installed package, its version and providers, and any install problem."""
+    process: ProcessConfig
 
     def close(self) -> None:
         self.reloader.close()
         self.shadows.close()
         for batcher in self.predictions.catalog.batchers().values():
             batcher.close()
+
+    def _process_status(self) -> dict[str, Any]:
+        """What the inference process hosts (or why it does not answer)."""
+        client = self.process.client
+        if client is None:
+            return {}
+        try:
+            reply, _ = client.call({"op": "status"}, {}, 0.5)
+        except (TransportError, TimeoutError) as error:
+            return {"process": {"state": "unreachable", "detail": str(error)}}
+        models = reply.get("models", {})
+        return {"process": {"state": "up", "pid": reply.get("pid")}, "models": models}
 
     def status(self) -> dict[str, Any]:
         """Per model: provider, calibration and batching; per variant: failures (for /readyz).
@@ -50,6 +65,28 @@ class ModelRuntime:
         """
         catalog = self.predictions.catalog
         batchers = catalog.batchers()
+        hosted = self._process_status()
+        placements = {
+            served.model.sha256: served
+            for experiment in catalog.experiments.values()
+            for served in experiment.variants.values()
+            if served.model is not None
+        }
+
+        def where(sha: str) -> dict[str, Any]:
+            served = placements[sha]
+            if served.remote is None:
+                reason = served.placement.reason if served.placement else "not placed: in-worker"
+                return {"runs_in": "worker", "placement_reason": reason}
+            assert served.placement is not None
+            in_process = hosted.get("models", {}).get(sha, {})
+            return {
+                "runs_in": "inference-process",
+                "placement_reason": served.placement.reason,
+                "process_provider": in_process.get("provider"),
+                **({"batching": in_process["batching"]} if "batching" in in_process else {}),
+            }
+
         return {
             "models": {
                 model.name: {
@@ -57,9 +94,11 @@ class ModelRuntime:
                     "provider": model.provider,
                     "calibration_ms": model.timings_ms,
                     **({"batching": batchers[sha].stats()} if sha in batchers else {}),
+                    **where(sha),
                 }
                 for sha, model in catalog.models().items()
             },
+            **({"inference_process": hosted.get("process")} if self.process.client else {}),
             "onnxruntime": self.onnxruntime,
             "model_failures": self.predictions.failures.snapshot(),
             "worker_pid": os.getpid(),
@@ -82,7 +121,10 @@ def build_model_runtime(
     batching = BatchingConfig(
         settings.batching, settings.batch_max_size, settings.batch_max_wait_ms / 1000
     )
-    catalog = build_catalog(registry.experiments.values(), settings.models, pool, batching)
+    process = process_config(settings)
+    catalog = build_catalog(
+        registry.experiments.values(), settings.models, pool, batching, process=process
+    )
     predictions_log = PredictionLog(writer)
     shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
     service = PredictionService(
@@ -97,7 +139,7 @@ def build_model_runtime(
     def apply(loaded: LoadResult) -> None:
         experiments = [item.experiment for item in loaded.experiments]
         service.catalog = build_catalog(
-            experiments, settings.models, pool, batching, previous=service.catalog
+            experiments, settings.models, pool, batching, previous=service.catalog, process=process
         )
         registry.replace(loaded)
         state.resync()
@@ -106,7 +148,18 @@ def build_model_runtime(
         settings.experiments, settings.models, apply, settings.reload_poll_seconds
     )
     reloader.start()
-    return ModelRuntime(service, pool, shadows, reloader, _onnxruntime_status())
+    return ModelRuntime(service, pool, shadows, reloader, _onnxruntime_status(), process)
+
+
+def process_config(settings: Settings) -> ProcessConfig:
+    """The placements ``abx serve`` measured, and a client when any model runs in the process."""
+    placements = {sha: Placement.from_dict(data) for sha, data in settings.placements.items()}
+    default = None
+    if settings.inference == "process":
+        default = Placement("process", "ABX_INFERENCE=process: every model runs in the process")
+    used = default is not None or any(p.where == "process" for p in placements.values())
+    client = InferenceClient(settings.inference_socket_path) if used else None
+    return ProcessConfig(placements, default, client, settings.inference_timeout_ms / 1000)
 
 
 def _onnxruntime_status() -> dict[str, Any]:

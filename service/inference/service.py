@@ -34,6 +34,8 @@ class Prediction:
     latency_ms: float
     failure: str | None
     cached: bool
+    provider: str
+    """The execution provider that computed the outputs (in the inference process or here)."""
 
 
 def start_series(catalog: Catalog) -> None:
@@ -111,6 +113,7 @@ class PredictionService:
             outputs = cache.get(variant.model.sha256, digest)
             metrics.CACHE_LOOKUPS.labels(experiment_key, "miss" if outputs is None else "hit").inc()
         cached = outputs is not None
+        provider = ""
         if outputs is not None:
             served, failure = variant, None
         else:
@@ -128,16 +131,18 @@ class PredictionService:
                 self.failures,
             )
             served, failure, outputs = result.served_by, result.failure, result.outputs
+            provider = result.provider
             if cache is not None and failure is None and variant.model is not None:
                 cache.put(variant.model.sha256, digest, outputs)
         seconds = time.perf_counter() - started
         latency_ms = seconds * 1000
         model = served.model
         assert model is not None
+        provider = provider or model.provider
         if variant is not models.variants.get(assignment.variant):
             failure = "variant-unavailable"  # answered by the fallback without trying
         assigned = assignment.variant
-        metrics.PREDICTIONS.labels(experiment_key, assigned, model.name, model.provider).inc()
+        metrics.PREDICTIONS.labels(experiment_key, assigned, model.name, provider).inc()
         metrics.MODEL_RUN_DURATION.labels(experiment_key, assigned).observe(seconds)
         if failure is not None:
             metrics.FALLBACKS.labels(experiment_key, assigned, failure).inc()
@@ -151,7 +156,7 @@ class PredictionService:
                 assignment.exposed,
                 served.variant,
                 model.sha256,
-                model.provider,
+                provider,
                 rows,
                 latency_ms,
                 failure is not None,
@@ -172,4 +177,5 @@ class PredictionService:
             latency_ms,
             failure,
             cached,
+            provider,
         )

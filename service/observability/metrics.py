@@ -69,12 +69,18 @@ FALLBACKS = Counter(
     "Predictions the assigned variant's model did not answer, by cause.",
     ["experiment", "variant", "cause"],
 )
-FALLBACK_CAUSES = ("load-error", "error", "timeout", "non-finite", "variant-unavailable")
+FALLBACK_CAUSES = (
+    "load-error", "error", "timeout", "non-finite", "variant-unavailable", "unreachable",
+)  # fmt: skip
 MODEL_RUN_DURATION = Histogram(
     "abx_model_run_duration_seconds",
     "Time to answer a prediction from the models (batch wait, run, any fallback), by variant.",
     ["experiment", "variant"],
     buckets=SECONDS,
+)
+INFERENCE_RESTARTS = Counter(
+    "abx_inference_process_restarts",
+    "Times abx serve restarted its inference process after it died.",
 )
 BATCH_SIZE = Histogram(
     "abx_model_batch_rows", "Rows per micro-batched model run.", ["model"], buckets=BATCH_ROWS

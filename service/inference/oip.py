@@ -1,0 +1,253 @@
+"""The Open Inference Protocol (KServe v2, REST) over the inference process's models.
+
+``abx infer --bind HOST:PORT`` serves ``/v2/health/live``, ``/v2/health/ready``, ``/v2``,
+``/v2/models/<stem>``, ``/v2/models/<stem>/ready`` and ``POST /v2/models/<stem>/infer``, a
+model named by its file's stem. Rows go through the same checks and the same micro-batcher as
+the workers' (``host.py``), so remote and local callers share batches.
+
+Security: everything but the two health probes needs ``Authorization: Bearer
+<ABX_INFERENCE_TOKEN>`` when a token is set (compared in constant time), and a bind off the
+loopback interface without a token is refused: the models and their answers are not for
+whoever can reach the port. Bodies are capped (``MAX_BODY_BYTES``). Standard library only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import re
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from service.inference.host import BadInput, ModelHost
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+DATATYPES: dict[str, Any] = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "BOOL": np.bool_,
+}
+NAMES = {np.dtype(value): name for name, value in DATATYPES.items()}
+MODEL_PATH = re.compile(r"^/v2/models/([A-Za-z0-9_.-]+)(/ready|/infer)?$")
+
+
+class ProtocolError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def tensor_from_json(item: Any) -> tuple[str, np.ndarray]:
+    """One ``inputs`` entry as an array (its flat or nested ``data`` in its ``shape``)."""
+    if not isinstance(item, dict):
+        raise ProtocolError(400, "each input is an object with name, shape, datatype, data")
+    name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
+    if not isinstance(name, str) or datatype not in DATATYPES:
+        raise ProtocolError(
+            400, f"input {name!r}: datatype {datatype!r} not one of {sorted(DATATYPES)}"
+        )
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(400, f"input {name!r}: shape must be a list of sizes")
+    try:
+        array = np.asarray(item.get("data"), dtype=DATATYPES[datatype])
+    except (ValueError, TypeError) as error:
+        raise ProtocolError(400, f"input {name!r}: data: {error}") from None
+    if array.size != int(np.prod(shape, dtype=np.int64)):
+        raise ProtocolError(400, f"input {name!r}: {array.size} values for shape {shape}")
+    return name, array.reshape(shape)
+
+
+def tensor_to_json(name: str, array: np.ndarray) -> dict[str, Any]:
+    datatype = NAMES.get(array.dtype)
+    if datatype is None:
+        array, datatype = array.astype(np.float64), "FP64"
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": list(array.shape),
+        "data": array.ravel().tolist(),
+    }
+
+
+def metadata(host: ModelHost, name: str) -> dict[str, Any]:
+    hosted = host.by_name(name)
+    if hosted is None:
+        raise ProtocolError(404, f"no model {name!r}")
+    model = hosted.model
+    outputs = [
+        {
+            "name": o.name,
+            "datatype": NAMES.get(np.dtype(_ort_numpy(o.type)), "FP32"),
+            "shape": _dims(o.shape),
+        }
+        for o in model.session.get_outputs()
+    ]
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {
+                "name": s.name,
+                "datatype": NAMES[np.dtype(s.dtype)],
+                "shape": [-1 if d is None else d for d in s.shape],
+            }
+            for s in model.inputs
+        ],
+        "outputs": outputs,
+        "parameters": {"sha256": model.sha256, "provider": model.provider},
+    }
+
+
+def _dims(shape: Any) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else -1 for d in (shape or [])]
+
+
+def _ort_numpy(type_name: str) -> Any:
+    from service.inference.signature import ORT_TYPES
+
+    return ORT_TYPES.get(type_name, np.float32)
+
+
+def infer(host: ModelHost, name: str, body: Any, timeout: float | None) -> dict[str, Any]:
+    hosted = host.by_name(name)
+    if hosted is None:
+        raise ProtocolError(404, f"no model {name!r}")
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise ProtocolError(400, "the body is an object with an 'inputs' list")
+    feeds = dict(tensor_from_json(item) for item in body["inputs"])
+    wanted = body.get("outputs")
+    names = list(hosted.model.output_names)
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
+            raise ProtocolError(400, "'outputs' is a list of objects with a name")
+        asked = [o.get("name") for o in wanted]
+        unknown = [n for n in asked if n not in names]
+        if unknown:
+            raise ProtocolError(400, f"unknown outputs {unknown}; the model has {names}")
+        names = asked
+    try:
+        outputs = host.run(hosted, feeds, timeout)
+    except BadInput as error:
+        raise ProtocolError(400, str(error)) from None
+    except TimeoutError as error:
+        raise ProtocolError(503, str(error)) from None
+    except Exception as error:  # the model failed on valid input
+        raise ProtocolError(500, f"the model failed: {error}") from None
+    answer: dict[str, Any] = {
+        "model_name": hosted.model.name,
+        "model_version": hosted.model.version,
+        "outputs": [tensor_to_json(n, outputs[n]) for n in names],
+        "parameters": {"provider": hosted.model.provider},
+    }
+    if isinstance(body.get("id"), str):
+        answer["id"] = body["id"]
+    return answer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: OipServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def _handle(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        host = self.server.host
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return self._send(413, {"error": f"bodies are limited to {MAX_BODY_BYTES} bytes"})
+        raw = self.rfile.read(length) if length else b""
+        try:
+            if method == "GET" and path == "/v2/health/live":
+                return self._send(200, {"live": True})
+            if method == "GET" and path == "/v2/health/ready":
+                return self._send(200, {"ready": True})
+            if not self._authorized():
+                return self._send(401, {"error": "a valid bearer token is required"})
+            if method == "GET" and path == "/v2":
+                return self._send(200, {"name": "abx", "version": "2", "extensions": []})
+            match = MODEL_PATH.match(path)
+            if match is None:
+                raise ProtocolError(404, f"no route {method} {path}")
+            name, action = match.groups()
+            if method == "GET" and action is None:
+                return self._send(200, metadata(host, name))
+            if method == "GET" and action == "/ready":
+                metadata(host, name)
+                return self._send(200, {"name": name, "ready": True})
+            if method == "POST" and action == "/infer":
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    raise ProtocolError(400, "the body is not JSON") from None
+                return self._send(200, infer(host, name, body, self.server.timeout_seconds))
+            raise ProtocolError(405, f"{method} is not allowed on {path}")
+        except ProtocolError as error:
+            return self._send(error.status, {"error": str(error)})
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+
+class OipServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], host: ModelHost, token: str | None, timeout_seconds: float
+    ) -> None:
+        self.host = host
+        self.token = token
+        self.timeout_seconds = timeout_seconds
+        super().__init__(address, _Handler)
+
+
+def http_server(
+    bind: str, host: ModelHost, token: str | None, timeout_seconds: float = 10.0
+) -> OipServer:
+    """The server for ``--bind``; refuses an address off the loopback without a token."""
+    address, _, port = bind.rpartition(":")
+    address = address.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise ValueError(f"--bind is HOST:PORT, not {bind!r}")
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        raise ValueError(
+            f"refusing to serve models on {address} without a token: set ABX_INFERENCE_TOKEN "
+            "(clients send it as a bearer token), or bind to 127.0.0.1"
+        )
+    return OipServer((address, int(port)), host, token or None, timeout_seconds)
+
+
+__all__ = ["HTTPStatus", "OipServer", "http_server", "infer", "metadata"]

@@ -1,0 +1,63 @@
+"""A variant's model served by the inference process, as a worker calls it.
+
+The worker still holds a CPU session of the same file: when the process is down, slow or
+failing, the assigned variant falls back to the control as for any failing model, and the
+control's own run falls back to the worker's session, so a dead inference process never
+fails a request (``runner.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.inference.wire import InferenceClient, TransportError
+
+SLACK_SECONDS = 0.002
+"""Added to a budget for the socket's own wait: the process answers a timeout itself first."""
+
+
+class RemoteFailure(Exception):
+    """The process answered, with a failure; ``reason`` is the fallback cause."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProcessModel:
+    client: InferenceClient = field(repr=False)
+    path: str
+    """Relative to the models root, which the process shares with the workers."""
+    sha256: str
+    default_timeout: float
+    """Seconds to wait when the experiment sets no latency budget."""
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], budget: float | None
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Outputs and the provider that computed them; TransportError, TimeoutError or
+        RemoteFailure otherwise."""
+        timeout = budget if budget is not None else self.default_timeout
+        header = {"op": "run", "model": self.sha256, "path": self.path, "timeout": timeout}
+        reply, outputs = self.client.call(header, feeds, timeout + SLACK_SECONDS)
+        if reply.get("ok"):
+            return outputs, str(reply.get("provider"))
+        reason = str(reply.get("reason"))
+        if reason == "timeout":
+            raise TimeoutError(reply.get("detail"))
+        raise RemoteFailure("error" if reason != "load-error" else reason, str(reply.get("detail")))
+
+    def describe(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Load the model in the process now (before traffic); its provider and timings."""
+        try:
+            reply, _ = self.client.call(
+                {"op": "load", "model": self.sha256, "path": self.path}, {}, timeout
+            )
+        except (TransportError, TimeoutError) as error:
+            return {"ok": False, "reason": "unreachable", "detail": str(error)}
+        return reply

@@ -1,0 +1,90 @@
+"""``abx serve`` runs the inference process beside its workers, and restarts it when it dies.
+
+The process is ``abx infer`` in a child process of the gunicorn master, told the master's pid
+so that it exits when the master is gone however it went (SIGKILL included). When it dies the
+workers answer from their fallbacks (``runner.py``) while this thread starts a new one, after
+a back-off that doubles while it keeps dying young (0.1 s to 5 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from service.background import BackgroundThread
+from service.inference.wire import InferenceClient, TransportError
+
+log = logging.getLogger(__name__)
+
+HEALTHY_SECONDS = 10.0
+"""A process that lived this long resets the back-off."""
+
+
+class Supervisor(BackgroundThread):
+    def __init__(self, socket_path: str, models: Sequence[str], extra: Sequence[str] = ()) -> None:
+        super().__init__("abx-inference-supervisor")
+        self.socket_path = socket_path
+        self._command = [
+            sys.executable, "-m", "service.cli", "infer",
+            "--socket", socket_path, "--parent-pid", str(os.getpid()),
+            *[arg for model in models for arg in ("--model", model)], *extra,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._lock = threading.Lock()
+        self._wake_event = threading.Event()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the process answers within ``timeout`` seconds (its models loaded)."""
+        client = InferenceClient(self.socket_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                client.call({"op": "ping"}, {}, 1.0)
+                return True
+            except (TransportError, TimeoutError):
+                time.sleep(0.05)
+            finally:
+                client.close()
+        return False
+
+    def _run(self) -> None:
+        from service.observability import metrics
+
+        backoff = 0.1
+        while not self.stopping:
+            started = time.monotonic()
+            with self._lock:
+                if self.stopping:
+                    return
+                self.process = subprocess.Popen(self._command)
+                self.starts += 1
+            log.info("inference process started (pid %s)", self.process.pid)
+            code = self.process.wait()
+            if self.stopping:
+                return
+            metrics.INFERENCE_RESTARTS.inc()
+            backoff = 0.1 if time.monotonic() - started > HEALTHY_SECONDS else min(backoff * 2, 5)
+            log.error(
+                "inference process %s exited with %s; restarting in %.1f s",
+                self.process.pid,
+                code,
+                backoff,
+            )
+            self._wake_event.wait(backoff)
+
+    def _wake(self) -> None:
+        self._wake_event.set()
+        with self._lock:
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()

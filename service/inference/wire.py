@@ -1,0 +1,154 @@
+"""The inference process's local transport: length-prefixed frames over a Unix socket.
+
+Why a Unix domain socket and not shared memory: a request is a few hundred bytes (a row of
+20 floats) to a few hundred kilobytes (a batch for the heavy MLP), so copying it twice through
+the kernel costs microseconds; what a round trip costs is waking the other process, and shared
+memory needs the same wake-up (a futex, a semaphore or a pipe) plus a ring buffer and its
+recovery when either side dies mid-write. A socket gives the wake-up, the framing, back
+pressure and death detection (EOF, ECONNREFUSED) for free, and works the same from every
+gunicorn thread. ``benchmarks/transport.py`` measures the round trip (README: figures).
+
+A frame is ``<u32 length><u16 header length><JSON header><raw array bytes...>``; the header
+names each array's dtype and shape, and the arrays follow in that order, C-contiguous. Only
+numpy, json and the standard library: ``benchmarks/gpu_serving.py`` runs it on a bare GPU host.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+PREFIX = struct.Struct("<IH")
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|b1"})
+"""The element types abx feeds models (``signature.ORT_TYPES``); anything else is refused."""
+
+
+class TransportError(ConnectionError):
+    """The inference process cannot be reached, or hung up mid-request."""
+
+
+class FrameError(ValueError):
+    """A frame that does not follow the format (refused, never half-read)."""
+
+
+def encode(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
+    specs = []
+    buffers = []
+    for name, value in arrays.items():
+        array = np.ascontiguousarray(value)
+        specs.append([name, array.dtype.str, list(array.shape)])
+        buffers.append(array.tobytes())
+    head = json.dumps({**header, "arrays": specs}, separators=(",", ":")).encode()
+    body = b"".join(buffers)
+    return PREFIX.pack(2 + len(head) + len(body), len(head)) + head + body
+
+
+def decode(frame: memoryview) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and the arrays of one frame (without its length prefix)."""
+    try:
+        (head_length,) = struct.unpack_from("<H", frame)
+        header = json.loads(bytes(frame[2 : 2 + head_length]))
+        offset = 2 + head_length
+        arrays = {}
+        for name, dtype, shape in header.pop("arrays", []):
+            if dtype not in ALLOWED_DTYPES or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise FrameError(f"array {name!r}: dtype {dtype} shape {shape} not accepted")
+            count = int(np.prod(shape, dtype=np.int64))
+            array = np.frombuffer(frame, dtype=dtype, count=count, offset=offset)
+            arrays[str(name)] = array.reshape(shape)
+            offset += array.nbytes
+    except (ValueError, TypeError, struct.error) as error:  # json, numpy and struct refusals
+        raise FrameError(f"malformed frame: {error}") from None
+    if offset != len(frame):
+        raise FrameError(f"malformed frame: {len(frame) - offset} bytes after the arrays")
+    if not isinstance(header, dict):
+        raise FrameError("malformed frame: the header is not an object")
+    return header, arrays
+
+
+def _read_exactly(sock: socket.socket, size: int) -> memoryview:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = sock.recv_into(view[got:])
+        if count == 0:
+            raise TransportError("the other side closed the connection")
+        got += count
+    return view
+
+
+def read_frame(sock: socket.socket) -> memoryview | None:
+    """The next frame without its prefix; None at a clean end of stream."""
+    first = sock.recv(4)
+    if not first:
+        return None
+    prefix = first + (_read_exactly(sock, 4 - len(first)).tobytes() if len(first) < 4 else b"")
+    (length,) = struct.unpack("<I", prefix)
+    if not 2 <= length <= MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {length} bytes refused")
+    return _read_exactly(sock, length)
+
+
+class InferenceClient:
+    """One connection per thread to an inference process; safe to share across threads.
+
+    A call on a connection that the process closed (it restarted) is retried once on a new
+    one: a run has no side effects. ``call`` raises ``TransportError`` when the process is
+    down and ``TimeoutError`` when it does not answer in time (that connection is dropped,
+    since its answer may still come).
+    """
+
+    def __init__(self, path: str, connect_timeout: float = 0.05) -> None:
+        self.path = path
+        self._connect_timeout = connect_timeout
+        self._local = threading.local()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._connect_timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as error:
+            sock.close()
+            raise TransportError(f"inference process at {self.path}: {error}") from None
+        self._local.sock = sock
+        return sock
+
+    def close(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        self._local.sock = None
+        if sock is not None:
+            sock.close()
+
+    def call(
+        self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], timeout: float
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        frame = encode(header, arrays)
+        sock = getattr(self._local, "sock", None)
+        for fresh in (sock is None, True):
+            if sock is None:
+                sock = self._connect()
+            sock.settimeout(max(timeout, 1e-4))
+            try:
+                sock.sendall(frame)
+                reply = read_frame(sock)
+                if reply is None:
+                    raise TransportError("the inference process closed the connection")
+                return decode(reply)
+            except TimeoutError:
+                self.close()
+                raise TimeoutError("the inference process did not answer in time") from None
+            except (OSError, FrameError) as error:
+                self.close()
+                sock = None
+                if fresh:
+                    raise TransportError(f"inference process at {self.path}: {error}") from None
+        raise AssertionError("unreachable")

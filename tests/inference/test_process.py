@@ -1,0 +1,248 @@
+"""``abx infer`` on its own: rows of many clients batched together, checks, the OIP API."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+
+from service.inference.wire import InferenceClient, TransportError
+from service.settings import PROJECT_ROOT
+from tests.conftest import free_port
+from tests.inference.inference_process import InferProcess, running_infer
+from tests.model_fixtures import MODELS, demo_models, slow_model
+
+TOKEN = "test-inference-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    demo_models()
+    root = tmp_path_factory.mktemp("models")
+    for name in ("churn_logreg.onnx", "mlp_heavy.onnx"):
+        shutil.copy(MODELS / name, root / name)
+    slow_model(root / "slow.onnx", steps=100)
+    return root
+
+
+@pytest.fixture(scope="module")
+def infer(models_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferProcess]:
+    log = tmp_path_factory.mktemp("infer") / "infer.log"
+    with running_infer(
+        models_root,
+        log,
+        "--model", "churn_logreg.onnx", "--model", "mlp_heavy.onnx", "--providers", "cpu",
+        port=free_port(),
+        ABX_INFERENCE_TOKEN=TOKEN,
+        ABX_BATCH_MAX_SIZE="64",
+    ) as process:  # fmt: skip
+        yield process
+
+
+def sha(root: Path, name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256((root / name).read_bytes()).hexdigest()
+
+
+def local(root: Path, name: str, rows: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(root / name), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"features": rows})[0])
+
+
+def status(infer: InferProcess) -> dict[str, Any]:
+    client = infer.client()
+    try:
+        models: dict[str, Any] = client.call({"op": "status"}, {}, 5)[0]["models"]
+        return models
+    finally:
+        client.close()
+
+
+def run(client: InferenceClient, root: Path, name: str, rows: np.ndarray, **extra: object):  # type: ignore[no-untyped-def]
+    header = {"op": "run", "model": sha(root, name), "path": name, "timeout": 5.0, **extra}
+    return client.call(header, {"features": rows}, 10.0)
+
+
+def test_rows_of_many_clients_share_runs_and_each_gets_its_own(
+    infer: InferProcess, models_root: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(8 * 30, 20)).astype(np.float32)
+    expected = local(models_root, "mlp_heavy.onnx", rows)
+    got: dict[int, np.ndarray] = {}
+    before = status(infer)
+
+    def client(offset: int) -> None:
+        connection = infer.client()
+        try:
+            for index in range(offset, len(rows), 8):
+                reply, outputs = run(
+                    connection, models_root, "mlp_heavy.onnx", rows[index : index + 1]
+                )
+                assert reply["ok"], reply
+                assert reply["provider"] == "CPUExecutionProvider"
+                got[index] = outputs["probability"]
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    answered = np.concatenate([got[i] for i in range(len(rows))])
+    np.testing.assert_allclose(answered, expected, rtol=1e-5, atol=1e-6)
+    after = status(infer)
+    heavy = sha(models_root, "mlp_heavy.onnx")
+    batches = after[heavy]["batching"]["batches"] - before[heavy]["batching"]["batches"]
+    assert batches < len(rows), "eight clients' single rows never shared a run"
+
+
+def test_requests_that_do_not_fit_are_refused_before_anything_runs(
+    infer: InferProcess, models_root: Path
+) -> None:
+    client = infer.client()
+    row = np.zeros((1, 20), dtype=np.float32)
+    cases = {
+        "float64": ({}, {"features": row.astype(np.float64)}, "bad-input"),
+        "shape": ({}, {"features": np.zeros((1, 19), dtype=np.float32)}, "bad-input"),
+        "name": ({}, {"other": row}, "bad-input"),
+        "rows": ({}, {"features": np.zeros((65, 20), dtype=np.float32)}, "bad-input"),
+        "outside": ({"path": "../x.onnx", "model": "0" * 64}, {"features": row}, "load-error"),
+        "checksum": ({"model": "0" * 64}, {"features": row}, "load-error"),
+        "op": ({"op": "drop"}, {}, "bad-request"),
+    }
+    good = sha(models_root, "churn_logreg.onnx")
+    for name, (extra, arrays, reason) in cases.items():
+        header = {"op": "run", "model": good, "path": "churn_logreg.onnx", **extra}
+        reply, outputs = client.call(header, arrays, 10.0)
+        assert (reply["ok"], reply.get("reason"), outputs) == (False, reason, {}), name
+    reply, _ = run(client, models_root, "churn_logreg.onnx", row)
+    client.close()
+    assert reply["ok"]  # the connection and the process are fine after all that
+
+
+def test_a_run_past_its_budget_is_answered_as_a_timeout(
+    infer: InferProcess, models_root: Path
+) -> None:
+    client = infer.client()
+    try:
+        load = {"op": "load", "model": sha(models_root, "slow.onnx"), "path": "slow.onnx"}
+        assert client.call(load, {}, 60)[0]["ok"]
+        row = np.ones((1, 20), np.float32)
+        reply, _ = run(client, models_root, "slow.onnx", row, timeout=0.01)
+    finally:
+        client.close()
+    assert (reply["ok"], reply["reason"]) == (False, "timeout")
+
+
+def test_a_client_sees_a_dead_process_as_a_transport_error(
+    models_root: Path, tmp_path: Path
+) -> None:
+    with running_infer(models_root, tmp_path / "infer.log", "--providers", "cpu") as process:
+        client = process.client()
+        row = np.zeros((1, 20), dtype=np.float32)
+        assert run(client, models_root, "churn_logreg.onnx", row)[0]["ok"]
+        process.process.send_signal(signal.SIGKILL)
+        process.process.wait()
+        with pytest.raises(TransportError):
+            run(client, models_root, "churn_logreg.onnx", row)
+        client.close()
+
+
+# The Open Inference Protocol (KServe v2 REST).
+
+
+def oip(
+    infer: InferProcess, method: str, path: str, token: str | None = TOKEN, **kwargs: object
+) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.request(method, f"{infer.url}{path}", headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def test_oip_health_metadata_and_inference_match_the_model(
+    infer: InferProcess, models_root: Path
+) -> None:
+    assert oip(infer, "GET", "/v2/health/live", token=None).json() == {"live": True}
+    assert oip(infer, "GET", "/v2/health/ready", token=None).json() == {"ready": True}
+    meta = oip(infer, "GET", "/v2/models/churn_logreg").json()
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 20]}]
+    assert meta["parameters"]["sha256"] == sha(models_root, "churn_logreg.onnx")
+    rows = np.random.default_rng(1).normal(size=(3, 20)).astype(np.float32)
+    body = {
+        "id": "r-1",
+        "inputs": [
+            {
+                "name": "features",
+                "datatype": "FP32",
+                "shape": [3, 20],
+                "data": rows.ravel().tolist(),
+            }
+        ],
+    }
+    answer = oip(infer, "POST", "/v2/models/churn_logreg/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    assert (answer.json()["id"], output["name"], output["shape"]) == ("r-1", "probability", [3, 1])
+    np.testing.assert_allclose(
+        np.asarray(output["data"]).reshape(3, 1),
+        local(models_root, "churn_logreg.onnx", rows),
+        rtol=1e-6,
+    )
+
+
+def test_oip_refuses_without_the_token_and_on_bad_requests(infer: InferProcess) -> None:
+    path = "/v2/models/churn_logreg/infer"
+    good = {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 20], "data": [0.0] * 20}]
+    }
+    assert oip(infer, "POST", path, token=None, json=good).status_code == 401
+    assert oip(infer, "POST", path, token="wrong", json=good).status_code == 401
+    assert oip(infer, "GET", "/v2/models/churn_logreg", token=None).status_code == 401
+    bad = {
+        "values": (
+            [{"name": "features", "datatype": "FP32", "shape": [1, 20], "data": [0.0] * 19}],
+            400,
+        ),
+        "type": (
+            [{"name": "features", "datatype": "FP16", "shape": [1, 20], "data": [0.0] * 20}],
+            400,
+        ),
+        "shape": (
+            [{"name": "features", "datatype": "FP32", "shape": [2, 10], "data": [0.0] * 20}],
+            400,
+        ),
+        "input": ([{"name": "x", "datatype": "FP32", "shape": [1, 20], "data": [0.0] * 20}], 400),
+    }
+    for name, (inputs, status) in bad.items():
+        response = oip(infer, "POST", path, json={"inputs": inputs})
+        assert response.status_code == status, (name, response.text)
+        assert "error" in response.json()
+    assert oip(infer, "POST", path, data=b"{not json").status_code == 400
+    assert oip(infer, "POST", "/v2/models/nope/infer", json=good).status_code == 404
+    unknown = {**good, "outputs": [{"name": "nope"}]}
+    assert oip(infer, "POST", path, json=unknown).status_code == 400
+
+
+def test_oip_off_the_loopback_needs_a_token(models_root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "infer", "--bind", f"0.0.0.0:{free_port()}"],
+        env={"PATH": "/usr/bin:/bin", "ABX_MODELS": str(models_root)},
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "ABX_INFERENCE_TOKEN" in result.stderr
