@@ -1,4 +1,8 @@
-"""``abx infer``: the inference process (``service/inference/process.py``)."""
+"""``abx infer``: the inference process (``service/inference/process.py``).
+
+Lean on purpose: ``abx serve``'s supervisor starts it as ``python -m service.cli.infer``,
+which imports neither the web stack nor the stores (a restart is an outage's length).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import time
 
 import click
 
-from service.cli.support import settings_from_env
+from service.settings import Settings
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -63,7 +67,7 @@ def infer(
     from service.inference.providers import CPU, CUDA
     from service.observability import metrics
 
-    settings = settings_from_env()
+    settings = Settings()
     if bind is None and socket_path is None:
         socket_path = settings.inference_socket_path
     chosen = {"auto": None, "cpu": [CPU], "cuda": [CUDA, CPU]}[providers]
@@ -96,3 +100,11 @@ def infer(
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
         serve(host, socket_path, http)
+
+
+if __name__ == "__main__":
+    from service.observability.logging import configure_logging
+
+    _settings = Settings()
+    configure_logging(_settings.log_format, _settings.log_level, _settings.log_units)
+    infer(prog_name="abx infer")

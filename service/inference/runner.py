@@ -41,10 +41,16 @@ class ModelFailure(Exception):
 
 class ModelRunner(Protocol):
     def run(
-        self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None
+        self,
+        served: ServingModel,
+        feeds: Feeds,
+        rows: int,
+        budget: float | None,
+        last_resort: bool = False,
     ) -> tuple[Outputs, str]:
         """Outputs of ``served``'s model and the execution provider that computed them;
-        raise on error or when ``budget`` seconds pass."""
+        raise on error or when ``budget`` seconds pass. ``last_resort``: the fallback's run,
+        which must answer if any session can."""
 
 
 class Watchdog:
@@ -98,7 +104,12 @@ class SessionRunner:
         self._max_batch_rows = max_batch_rows
 
     def run(
-        self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None
+        self,
+        served: ServingModel,
+        feeds: Feeds,
+        rows: int,
+        budget: float | None,
+        last_resort: bool = False,
     ) -> tuple[Outputs, str]:
         model = served.model
         if model is None:
@@ -107,7 +118,7 @@ class SessionRunner:
             try:
                 return served.remote.run(feeds, budget)
             except (TransportError, TimeoutError, RemoteFailure) as error:
-                if budget is not None:
+                if not last_resort:
                     if isinstance(error, TransportError):
                         raise ModelFailure("unreachable", str(error)) from None
                     if isinstance(error, RemoteFailure):
@@ -185,13 +196,17 @@ def run_with_fallback(
         reason = "timeout" if over else "error"
     failures.add(models.key, variant.variant, reason)
     fallback = models.variants.get(models.fallback)
-    if fallback is None or fallback is variant or fallback.model is None:
+    # The fallback's own model in the inference process may still answer from this worker.
+    again = fallback is variant and variant.remote is not None
+    if fallback is None or (fallback is variant and not again) or fallback.model is None:
         raise ModelUnavailable(
             f"The model of variant {variant.variant!r} failed ({reason}) and the fallback "
             f"{models.fallback!r} has no working model."
         )
     try:
-        outputs, provider = runner.run(fallback, fallback_feeds(fallback), rows, None)
+        outputs, provider = runner.run(
+            fallback, fallback_feeds(fallback), rows, None, last_resort=True
+        )
     except Exception as error:
         failures.add(models.key, fallback.variant, "error")
         raise ModelUnavailable(

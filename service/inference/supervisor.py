@@ -30,7 +30,7 @@ class Supervisor(BackgroundThread):
         super().__init__("abx-inference-supervisor")
         self.socket_path = socket_path
         self._command = [
-            sys.executable, "-m", "service.cli", "infer",
+            sys.executable, "-m", "service.cli.infer",
             "--socket", socket_path, "--parent-pid", str(os.getpid()),
             *[arg for model in models for arg in ("--model", model)], *extra,
         ]  # fmt: skip
