@@ -98,22 +98,18 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
 
         settings = self.settings
         loaded = load_experiments([settings.experiments], settings.models)
-        refs = [
-            (
-                resolve_model_path(settings.models, v.model.path) or settings.models,
-                v.model.sha256,
-                v.model.providers,
-            )
+        files = [  # endpoints run elsewhere: nothing to place
+            v.model
             for item in loaded.experiments
             for v in item.experiment.variants
-            if v.model is not None
+            if v.model is not None and v.model.path is not None and v.model.sha256 is not None
         ]
-        paths = {
-            v.model.sha256: v.model.path
-            for item in loaded.experiments
-            for v in item.experiment.variants
-            if v.model is not None
-        }
+        paths = {ref.sha256: ref.path for ref in files if ref.sha256 and ref.path}
+        refs = [
+            (resolve_model_path(settings.models, path) or settings.models, sha, ref.providers)
+            for ref in files
+            if (path := ref.path) is not None and (sha := ref.sha256) is not None
+        ]
         placed = place_models(
             refs,
             settings.inference,

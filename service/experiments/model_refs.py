@@ -37,6 +37,9 @@ def model_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:
             yield RuleProblem(
                 (*path, "model"), "every served variant needs a model when one variant has one"
             )
+    for index, variant in enumerate(experiment.variants):
+        if variant.model is not None:
+            yield from _reference_problems(("variants", index, "model"), variant.model)
     yield from _feature_rule_problems(experiment)
     fallback = experiment.serving.fallback
     if fallback is not None and fallback not in served:
@@ -44,6 +47,26 @@ def model_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:
             ("serving", "fallback"),
             f"fallback {fallback!r} must be a served variant with a model; those: {sorted(served)}",
         )
+
+
+def _reference_problems(path: DataPath, ref: ModelRef) -> Iterator[RuleProblem]:
+    """A file with its checksum, or an endpoint: one of the two, and what goes with it."""
+    if ref.endpoint is None:
+        if ref.path is None:
+            yield RuleProblem(path, "a model needs 'path' and 'sha256', or an 'endpoint'")
+        elif ref.sha256 is None:
+            yield RuleProblem((*path, "sha256"), "a model file needs its 'sha256'")
+        if ref.token_env is not None:
+            yield RuleProblem((*path, "token_env"), "'token_env' goes with an 'endpoint'")
+        return
+    for field in ("path", "sha256", "providers"):
+        if getattr(ref, field) is not None:
+            yield RuleProblem(
+                (*path, field), f"'{field}' does not go with an 'endpoint': the server there "
+                "owns the model file and its execution provider",
+            )  # fmt: skip
+    if ref.batching:
+        yield RuleProblem((*path, "batching"), "an endpoint's server batches: leave batching off")
 
 
 def _feature_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:
@@ -165,8 +188,8 @@ def model_file_problems(
     checked = {} if checked is None else checked
     for index, variant in enumerate(experiment.variants):
         ref = variant.model
-        if ref is None:
-            continue
+        if ref is None or ref.path is None or ref.sha256 is None:
+            continue  # an endpoint, or a reference the rules already refused
         base = ("variants", index, "model")
         path = resolve_model_path(root, ref.path)
         if path is None:

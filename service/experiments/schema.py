@@ -49,9 +49,18 @@ class InputSpec(StrictModel):
     the model's order) or per feature name (a mapping; needs ``features``)."""
 
 
+ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?/v2/models/[A-Za-z0-9_.-]+$"
+
+
 class ModelRef(StrictModel):
-    path: str = Field(min_length=1)
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    path: str | None = Field(default=None, min_length=1)
+    """The ONNX file under the models root (with ``sha256``); or else ``endpoint``."""
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    endpoint: Annotated[str, Field(pattern=ENDPOINT_PATTERN)] | None = None
+    """A model served elsewhere over the Open Inference Protocol (KServe v2 REST):
+    ``http://host:port/v2/models/<name>``."""
+    token_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    """The environment variable holding the endpoint's bearer token (never the token)."""
     providers: list[Literal["CUDAExecutionProvider", "CPUExecutionProvider"]] | None = Field(
         default=None, min_length=1
     )

@@ -21,6 +21,7 @@ from service.experiments.model_refs import resolve_model_path
 from service.experiments.schema import Experiment, ModelRef
 from service.inference.batching import MicroBatcher
 from service.inference.cache import PredictionCache
+from service.inference.endpoint import EndpointModel, EndpointRunner, load_endpoint
 from service.inference.placement import CPU_ONLY, Placement
 from service.inference.remote import ProcessModel
 from service.inference.sessions import LoadedModel, SessionPool
@@ -35,12 +36,12 @@ log = logging.getLogger(__name__)
 class ServingModel:
     variant: str
     ref: ModelRef
-    model: LoadedModel | None
+    model: LoadedModel | EndpointModel | None
     load_error: str | None
     plans: tuple[InputPlan, ...]
     batcher: MicroBatcher | None = None
     shadow_rate: float = 0.0
-    remote: ProcessModel | None = None
+    remote: ProcessModel | EndpointRunner | None = None
     """Set when the model is placed on the inference process (``model`` is then the worker's
     CPU session of the same file, which answers only as a fallback's last resort)."""
     placement: Placement | None = None
@@ -128,7 +129,7 @@ class Catalog:
     def get(self, key: str) -> ExperimentModels | None:
         return self.experiments.get(key)
 
-    def models(self) -> dict[str, LoadedModel]:
+    def models(self) -> dict[str, LoadedModel | EndpointModel]:
         return {
             served.model.sha256: served.model
             for experiment in self.experiments.values()
@@ -143,6 +144,22 @@ class Catalog:
             for served in experiment.variants.values()
             if served.batcher is not None and served.model is not None
         }
+
+
+def _endpoint_model(
+    key: str, ref: ModelRef, rate: float, process: ProcessConfig | None
+) -> ServingModel:
+    """A variant whose model an Open Inference Protocol server runs (``endpoint.py``)."""
+    assert ref.endpoint is not None
+    timeout = process.timeout_seconds if process else 1.0
+    try:
+        model = load_endpoint(ref.endpoint, ref.token_env, timeout)
+    except Exception as error:  # down, refusing, or metadata abx cannot feed
+        log.error("%s: endpoint %s failed to load: %s", key, ref.endpoint, error)
+        return ServingModel(key, ref, None, str(error), ())
+    placement = Placement("endpoint", f"the YAML names an endpoint: {ref.endpoint}")
+    plans = input_plans(ref, model.inputs)
+    return ServingModel(key, ref, model, None, plans, None, rate, EndpointRunner(model), placement)
 
 
 def build_catalog(
@@ -163,6 +180,11 @@ def build_catalog(
             ref = variant.model
             if ref is None:
                 continue
+            rate = variant.shadow.sample_rate if variant.shadow else 0.0
+            if ref.endpoint is not None:
+                variants[variant.key] = _endpoint_model(variant.key, ref, rate, process)
+                continue
+            assert ref.path is not None and ref.sha256 is not None  # the rules made sure
             path = resolve_model_path(models_root, ref.path) or models_root / ref.path
             placement = placements.get(ref.sha256) or (process.default if process else None)
             remote = None
@@ -196,7 +218,6 @@ def build_catalog(
                     metrics.BATCH_SIZE.labels(model.name).observe,
                 )
                 batchers[model.sha256] = batcher
-            rate = variant.shadow.sample_rate if variant.shadow else 0.0
             variants[variant.key] = ServingModel(
                 variant.key,
                 ref,

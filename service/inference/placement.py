@@ -30,7 +30,7 @@ MARGIN = 1.2
 
 @dataclass(frozen=True)
 class Placement:
-    where: Literal["worker", "process"]
+    where: Literal["worker", "process", "endpoint"]
     reason: str
     worker_rows_per_second: float | None = None
     process_rows_per_second: float | None = None

@@ -79,6 +79,8 @@ class ModelRuntime:
                 reason = served.placement.reason if served.placement else "not placed: in-worker"
                 return {"runs_in": "worker", "placement_reason": reason}
             assert served.placement is not None
+            if served.placement.where == "endpoint":
+                return {"runs_in": "endpoint", "placement_reason": served.placement.reason}
             in_process = hosted.get("models", {}).get(sha, {})
             return {
                 "runs_in": "inference-process",

@@ -17,6 +17,7 @@ from service.assignment.service import AssignmentService
 from service.errors import InvalidRequest
 from service.inference.cache import input_digest
 from service.inference.catalog import Catalog
+from service.inference.endpoint import EndpointModel
 from service.inference.records import PredictionLog, PredictionRecord
 from service.inference.runner import FailureCounts, ModelRunner, run_with_fallback
 from service.inference.sessions import LoadedModel
@@ -28,7 +29,7 @@ from service.observability import metrics
 @dataclass(frozen=True)
 class Prediction:
     assignment: Assignment
-    model: LoadedModel
+    model: LoadedModel | EndpointModel
     outputs: dict[str, Any]
     """Response name -> nested lists."""
     latency_ms: float
