@@ -114,6 +114,8 @@ class MicroBatcher(BackgroundThread):
         self._max_wait = max_wait
         self._queue: deque[PendingRun] = deque()
         self._queued_rows = 0
+        self._busy = False
+        """A run is under way (the batch thread's, or one ``run_if_idle`` runs inline)."""
         self._ready = threading.Condition()
         self._handoff = threading.Lock()
         self.batches = 0
@@ -136,6 +138,34 @@ class MicroBatcher(BackgroundThread):
         self._run_batch([pending])  # replaced by a reload while this request was in flight
         return pending
 
+    def run_if_idle(
+        self, feeds: Feeds, rows: int, run: Callable[[Feeds], Outputs] | None = None
+    ) -> Outputs | None:
+        """Run at once in the caller's thread when nothing is queued or running; else None.
+
+        A lone request then pays no hand-off to the batch thread and back (two thread
+        switches); what arrives while it runs queues and becomes the next batch, as with the
+        batch thread. Only for ``max_wait`` 0. ``run``: the model's run to use (with run
+        options that a watchdog may terminate), default the batcher's.
+        """
+        with self._ready:
+            if self._queue or self._busy or self.stopping or self._max_wait > 0:
+                return None
+            self._busy = True
+        started = time.monotonic()
+        try:
+            return (run or self._run_model)(feeds)
+        finally:
+            with self._ready:
+                self._busy = False
+                self.batches += 1
+                self.rows += rows
+                self._recent.append(time.monotonic() - started)
+                if self._queue:
+                    self._ready.notify()
+            if self._observe_rows is not None:
+                self._observe_rows(rows)
+
     def stats(self) -> dict[str, Any]:
         """Batch sizes and what batching cost the recent requests, for tuning ``max_*``."""
         recent = sorted(self._recent)
@@ -153,7 +183,7 @@ class MicroBatcher(BackgroundThread):
 
     def _take(self) -> list[PendingRun]:
         with self._ready:
-            while not self._queue and not self.stopping:
+            while (not self._queue or self._busy) and not self.stopping:
                 self._ready.wait()
             if not self._queue:
                 return []
@@ -170,6 +200,7 @@ class MicroBatcher(BackgroundThread):
                 taken.append(pending)
                 rows += pending.rows
             self._queued_rows -= rows
+            self._busy = bool(taken)
             return taken
 
     def _run(self) -> None:
@@ -177,7 +208,11 @@ class MicroBatcher(BackgroundThread):
             taken = self._take()
             if not taken:
                 return
-            self._run_batch(taken)
+            try:
+                self._run_batch(taken)
+            finally:
+                with self._ready:
+                    self._busy = False
 
     def _run_batch(self, taken: list[PendingRun]) -> None:
         try:

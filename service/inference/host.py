@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from service.inference.batching import MicroBatcher
 from service.inference.sessions import LoadedModel, load_model
 from service.inference.signature import TensorSpec
+from service.inference.watchdog import Watchdog
 
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -99,6 +101,7 @@ class ModelHost:
         self._models: dict[str, Hosted] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._watchdog = Watchdog()
 
     def _resolve(self, relative: str) -> Path:
         target = (self.root / relative).resolve()
@@ -154,7 +157,29 @@ class ModelHost:
         """Check, then run in the model's shared batch; TimeoutError past ``timeout``."""
         rows = check_feeds(hosted.model.inputs, feeds, self.max_rows)
         hosted.used = time.monotonic()
+        if timeout is None:
+            outputs = hosted.batcher.run_if_idle(feeds, rows)
+        else:
+            outputs = self._run_if_idle_within(hosted, feeds, rows, timeout)
+        if outputs is not None:
+            return outputs
         return hosted.batcher.submit(feeds, rows).wait(timeout)
+
+    def _run_if_idle_within(
+        self, hosted: Hosted, feeds: Feeds, rows: int, timeout: float
+    ) -> Outputs | None:
+        """``run_if_idle`` with the watchdog stopping the run at ``timeout`` (TimeoutError)."""
+        options = ort.RunOptions()
+        active = self._watchdog.arm(options, timeout)
+        started = time.monotonic()
+        try:
+            return hosted.batcher.run_if_idle(feeds, rows, lambda f: hosted.model.run(f, options))
+        except Exception:
+            if time.monotonic() - started >= timeout:
+                raise TimeoutError("the run did not finish within the latency budget") from None
+            raise
+        finally:
+            active[0] = False
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -90,6 +90,7 @@ class _Connection(socketserver.BaseRequestHandler):
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 1024  # every thread of every worker connects at start-up
 
     def __init__(self, path: str, host: ModelHost) -> None:
         self.host = host

@@ -9,8 +9,6 @@ a guardrail signal. A run over budget is stopped through onnxruntime's
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from service.errors import ModelUnavailable
 from service.inference.catalog import ExperimentModels, ServingModel
 from service.inference.remote import RemoteFailure
 from service.inference.signature import all_finite
+from service.inference.watchdog import Watchdog
 from service.inference.wire import TransportError
 
 Feeds = Mapping[str, np.ndarray]
@@ -51,42 +50,6 @@ class ModelRunner(Protocol):
         """Outputs of ``served``'s model and the execution provider that computed them;
         raise on error or when ``budget`` seconds pass. ``last_resort``: the fallback's run,
         which must answer if any session can."""
-
-
-class Watchdog:
-    """Sets ``terminate`` on the run options of runs that pass their deadline."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, ort.RunOptions, list[bool]]] = []
-        self._order = itertools.count()
-        self._wake = threading.Condition()
-        threading.Thread(target=self._loop, name="abx-model-watchdog", daemon=True).start()
-
-    def arm(self, options: ort.RunOptions, budget: float) -> list[bool]:
-        active = [True]
-        entry = (time.monotonic() + budget, next(self._order), options, active)
-        with self._wake:
-            heapq.heappush(self._heap, entry)
-            if self._heap[0] is entry:
-                self._wake.notify()
-        return active
-
-    def _loop(self) -> None:
-        with self._wake:
-            while True:
-                while self._heap and not self._heap[0][3][0]:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._wake.wait()
-                    continue
-                deadline, _, options, active = self._heap[0]
-                remaining = deadline - time.monotonic()
-                if remaining > 0:
-                    self._wake.wait(remaining)
-                    continue
-                heapq.heappop(self._heap)
-                if active[0]:
-                    options.terminate = True
 
 
 class SessionRunner:
