@@ -73,28 +73,42 @@ def decode(frame: memoryview) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _read_exactly(sock: socket.socket, size: int) -> memoryview:
-    buffer = bytearray(size)
+FIRST_READ_BYTES = 8192
+"""The first read's size: a single-row request or answer arrives whole in one system call."""
+
+
+def read_frame(sock: socket.socket) -> memoryview | None:
+    """The next frame without its prefix; None at a clean end of stream.
+
+    The first read may take more than the prefix because each side sends one frame and then
+    waits for the other's: nothing follows a frame on the wire until it is answered. Each
+    frame gets a buffer of its own, since the arrays decoded from it are views of it.
+    """
+    buffer = bytearray(FIRST_READ_BYTES)
     view = memoryview(buffer)
-    got = 0
-    while got < size:
+    got = sock.recv_into(view)
+    if got == 0:
+        return None
+    while got < 4:
         count = sock.recv_into(view[got:])
         if count == 0:
             raise TransportError("the other side closed the connection")
         got += count
-    return view
-
-
-def read_frame(sock: socket.socket) -> memoryview | None:
-    """The next frame without its prefix; None at a clean end of stream."""
-    first = sock.recv(4)
-    if not first:
-        return None
-    prefix = first + (_read_exactly(sock, 4 - len(first)).tobytes() if len(first) < 4 else b"")
-    (length,) = struct.unpack("<I", prefix)
+    (length,) = struct.unpack_from("<I", buffer)
     if not 2 <= length <= MAX_FRAME_BYTES:
         raise FrameError(f"frame of {length} bytes refused")
-    return _read_exactly(sock, length)
+    total = 4 + length
+    if got > total:
+        raise FrameError("bytes after a frame before its answer")
+    if total > len(buffer):
+        buffer = buffer[:got] + bytearray(total - got)
+        view = memoryview(buffer)
+    while got < total:
+        count = sock.recv_into(view[got:total])
+        if count == 0:
+            raise TransportError("the other side closed the connection")
+        got += count
+    return view[4:total]
 
 
 class InferenceClient:
@@ -136,7 +150,8 @@ class InferenceClient:
         for fresh in (sock is None, True):
             if sock is None:
                 sock = self._connect()
-            sock.settimeout(max(timeout, 1e-4))
+            if sock.gettimeout() != timeout:
+                sock.settimeout(max(timeout, 1e-4))
             try:
                 sock.sendall(frame)
                 reply = read_frame(sock)
