@@ -209,7 +209,16 @@ def build_catalog(
                 variants[variant.key] = ServingModel(variant.key, ref, None, str(error), ())
                 continue
             batcher = None
-            if batched:
+            if remote is not None and batching.enabled:  # coalesces this worker's rows
+                batcher = batchers.get(model.sha256) or MicroBatcher(
+                    remote.run_batch,
+                    batching.max_rows,
+                    0.0,
+                    model.name,
+                    metrics.BATCH_SIZE.labels(model.name).observe,
+                )
+                batchers[model.sha256] = batcher
+            elif batched:
                 batcher = batchers.get(model.sha256) or MicroBatcher(
                     model.run,
                     batching.max_rows,

@@ -36,6 +36,12 @@ class ProcessModel:
     sha256: str
     default_timeout: float
     """Seconds to wait when the experiment sets no latency budget."""
+    provider: list[str] = field(default_factory=lambda: ["unknown"])
+    """The provider the process last reported (a coalesced batch's requests share it)."""
+
+    def run_batch(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A worker's coalesced batch (``MicroBatcher``'s run): waits the default timeout."""
+        return self.run(feeds, None)[0]
 
     def run(
         self, feeds: Mapping[str, np.ndarray], budget: float | None
@@ -46,7 +52,8 @@ class ProcessModel:
         header = {"op": "run", "model": self.sha256, "path": self.path, "timeout": timeout}
         reply, outputs = self.client.call(header, feeds, timeout + SLACK_SECONDS)
         if reply.get("ok"):
-            return outputs, str(reply.get("provider"))
+            self.provider[0] = provider = str(reply.get("provider"))
+            return outputs, provider
         reason = str(reply.get("reason"))
         if reason == "timeout":
             raise TimeoutError(reply.get("detail"))

@@ -21,7 +21,9 @@ import onnxruntime as ort
 
 from service.errors import ModelUnavailable
 from service.inference.catalog import ExperimentModels, ServingModel
-from service.inference.remote import RemoteFailure
+from service.inference.endpoint import EndpointModel
+from service.inference.remote import ProcessModel, RemoteFailure
+from service.inference.sessions import LoadedModel
 from service.inference.signature import all_finite
 from service.inference.watchdog import Watchdog
 from service.inference.wire import TransportError
@@ -79,7 +81,7 @@ class SessionRunner:
             raise ModelFailure("load-error", served.load_error or "not loaded")
         if served.remote is not None:
             try:
-                return served.remote.run(feeds, budget)
+                return self._run_remote(served, feeds, rows, budget)
             except (TransportError, TimeoutError, RemoteFailure) as error:
                 if not last_resort:
                     if isinstance(error, TransportError):
@@ -87,9 +89,29 @@ class SessionRunner:
                     if isinstance(error, RemoteFailure):
                         raise ModelFailure(error.reason, str(error)) from None
                     raise
-                # the fallback's run: the worker's own session of the same file answers
+            # the fallback's run: the worker's own session of the same file answers
+            return self._run_inline(model, feeds, budget)
         if served.batcher is not None and rows < self._max_batch_rows:
             return served.batcher.submit(feeds, rows).wait(budget), model.provider
+        return self._run_inline(model, feeds, budget)
+
+    def _run_remote(
+        self, served: ServingModel, feeds: Feeds, rows: int, budget: float | None
+    ) -> tuple[Outputs, str]:
+        """Through the inference process; the worker's coalescing batcher joins the rows of
+        its threads into one frame when several wait (a lone request goes at once)."""
+        remote, batcher = served.remote, served.batcher
+        assert remote is not None
+        if batcher is None or not isinstance(remote, ProcessModel) or rows >= self._max_batch_rows:
+            return remote.run(feeds, budget)
+        outputs = batcher.run_if_idle(feeds, rows, lambda f: remote.run(f, budget)[0])
+        if outputs is None:
+            outputs = batcher.submit(feeds, rows).wait(budget)
+        return outputs, remote.provider[0]
+
+    def _run_inline(
+        self, model: LoadedModel | EndpointModel, feeds: Feeds, budget: float | None
+    ) -> tuple[Outputs, str]:
         if budget is None:
             return model.run(feeds), model.provider
         options = ort.RunOptions()

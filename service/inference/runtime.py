@@ -86,7 +86,9 @@ class ModelRuntime:
                 "runs_in": "inference-process",
                 "placement_reason": served.placement.reason,
                 "process_provider": in_process.get("provider"),
-                **({"batching": in_process["batching"]} if "batching" in in_process else {}),
+                **(
+                    {"process_batching": in_process["batching"]} if "batching" in in_process else {}
+                ),
             }
 
         return {

@@ -92,7 +92,7 @@ def test_workers_serve_through_the_inference_process_and_survive_its_death(
             model = checks["models"][name]
             assert model["runs_in"] == "inference-process", model
             assert "ABX_INFERENCE=process" in model["placement_reason"]
-            assert model["batching"]["rows"] > 0  # the process's batcher ran them
+            assert model["process_batching"]["rows"] > 0  # the process's batcher ran them
         first = checks["inference_process"]["pid"]
 
         # SIGKILL it: every request is still answered; the variant's by the fallback (the
