@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -177,6 +178,38 @@ def test_a_lone_request_runs_at_once_and_what_queues_meanwhile_is_one_batch() ->
     stats = batcher.stats()
     assert (stats["batches"], stats["rows"], stats["mean_rows"]) == (2, 4, 2.0)
     assert 0 < stats["answer_p50_ms"] <= stats["answer_p99_ms"]
+
+
+def test_an_idle_batcher_runs_a_lone_request_in_its_thread_and_queues_the_rest() -> None:
+    started, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+    sizes: list[int] = []
+
+    def run(feeds: dict) -> dict:
+        threads.append(threading.current_thread().name)
+        sizes.append(len(feeds["x"]))
+        started.set()
+        release.wait(5)
+        return {"y": feeds["x"] * 10}
+
+    batcher = MicroBatcher(run, max_rows=64, max_wait=0.0)
+    answers: list[Any] = []
+    inline = threading.Thread(
+        target=lambda: answers.append(batcher.run_if_idle({"x": np.array([[1]])}, 1)),
+        name="request-1",
+    )
+    inline.start()
+    assert started.wait(5)
+    assert batcher.run_if_idle({"x": np.array([[9]])}, 1) is None  # busy: not inline
+    queued = [batcher.submit({"x": np.array([[v]])}, 1) for v in (2, 3)]
+    release.set()
+    inline.join(5)
+    assert answers[0]["y"].tolist() == [[10]]
+    assert [p.wait(5)["y"].tolist() for p in queued] == [[[20]], [[30]]]
+    batcher.close()
+    assert threads[0] == "request-1" and threads[1] != "request-1"
+    assert sizes == [1, 2]  # what queued during the inline run was the next batch
+    assert batcher.stats()["batches"] == 2
 
 
 def test_micro_batcher_gives_multi_row_requests_their_rows_and_times_out_a_slow_run() -> None:
