@@ -144,7 +144,7 @@ def seed_predictions(
             if variant.weight == 0 and variant.shadow is None:
                 continue
             shadow = variant.shadow is not None
-            sha = variant.model.sha256 if variant.model else f"{index:064x}"
+            sha = (variant.model.sha256 if variant.model else None) or f"{index:064x}"
             latencies = rng.lognormal(np.log(3.0 + 2.0 * index), 0.4, per_variant)
             failures = rng.random(per_variant) < 0.002 * (index + 1)
             for row in range(per_variant):
