@@ -7,6 +7,7 @@ one JSON object per line.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from typing import Any
 
@@ -110,15 +111,23 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
             for ref in files
             if (path := ref.path) is not None and (sha := ref.sha256) is not None
         ]
-        placed = place_models(
+        available = ort.get_available_providers()
+        arguments = (
             refs,
             settings.inference,
             settings.workers or default_workers(),
             settings.threads,
             settings.batch_max_size,
             os.cpu_count() or 1,
-            ort.get_available_providers(),
+            available,
         )
+        if settings.inference == "auto" and "CUDAExecutionProvider" in available:
+            # Measure in a spawned process: a CUDA context made here, in the master, would be
+            # inherited broken by every worker gunicorn forks.
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                placed = pool.apply(place_models, arguments)
+        else:
+            placed = place_models(*arguments)
         for sha, placement in placed.items():
             log.info(
                 "model placed", model=paths[sha], runs_in=placement.where, reason=placement.reason
