@@ -17,7 +17,6 @@ import hmac
 import ipaddress
 import json
 import re
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -248,6 +247,3 @@ def http_server(
             "(clients send it as a bearer token), or bind to 127.0.0.1"
         )
     return OipServer((address, int(port)), host, token or None, timeout_seconds)
-
-
-__all__ = ["HTTPStatus", "OipServer", "http_server", "infer", "metadata"]
