@@ -55,7 +55,7 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.exporter: Exporter | None = None
-        self.supervisor: Any = None
+        self.supervisors: list[Any] = []
         self._master_pid = os.getpid()
         configure_logging(settings.log_format, settings.log_level, settings.log_units)
         self._metrics_dir = (
@@ -95,7 +95,7 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         from service.experiments.model_refs import resolve_model_path
         from service.experiments.validation import load_experiments
         from service.inference.placement import place_models
-        from service.inference.supervisor import Supervisor
+        from service.inference.supervisor import Supervisor, device_count
 
         settings = self.settings
         loaded = load_experiments([settings.experiments], settings.models)
@@ -132,15 +132,32 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
             log.info(
                 "model placed", model=paths[sha], runs_in=placement.where, reason=placement.reason
             )
+        devices = device_count(settings.inference_devices)
         self.settings = settings.model_copy(
-            update={"placements": {sha: p.as_dict() for sha, p in placed.items()}}
+            update={
+                "placements": {sha: p.as_dict() for sha, p in placed.items()},
+                "inference_devices": devices,
+            }
         )
         in_process = sorted({paths[sha] for sha, p in placed.items() if p.where == "process"})
         if in_process or settings.inference == "process":
-            self.supervisor = Supervisor(settings.inference_socket_path, in_process)
-            self.supervisor.start()
-            if not self.supervisor.wait_ready(60):
-                log.error("the inference process is not answering yet; workers fall back")
+            # One process per GPU, each seeing only its own; each worker uses one of them.
+            self.supervisors = [
+                Supervisor(
+                    settings.inference_socket_for(device),
+                    in_process,
+                    env={"CUDA_VISIBLE_DEVICES": str(device)} if devices > 1 else None,
+                )
+                for device in range(devices)
+            ]
+            for supervisor in self.supervisors:
+                supervisor.start()
+            for supervisor in self.supervisors:
+                if not supervisor.wait_ready(60):
+                    log.error(
+                        "an inference process is not answering yet; workers fall back",
+                        socket=supervisor.socket_path,
+                    )
 
     def run(self) -> None:
         self._place_models()
@@ -166,9 +183,10 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         self._close_exporter()
 
     def _close_supervisor(self) -> None:
-        if self.supervisor is not None and os.getpid() == self._master_pid:
-            supervisor, self.supervisor = self.supervisor, None
-            supervisor.close()
+        if os.getpid() == self._master_pid:
+            supervisors, self.supervisors = self.supervisors, []
+            for supervisor in supervisors:
+                supervisor.close()
 
     def _close_exporter(self) -> None:
         # A worker leaves gunicorn by raising SystemExit through this same stack: only the

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     inference_socket: Path | None = Field(
         default=None, description="The inference process's Unix socket; None: in data_dir."
     )
+    inference_devices: int = Field(
+        default=0,
+        ge=0,
+        description="Inference processes, one per GPU; 0: one per GPU nvidia-smi lists, >= 1.",
+    )
     inference_timeout_ms: float = Field(
         default=1000.0,
         gt=0,
@@ -200,6 +205,14 @@ class Settings(BaseSettings):
 
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
         return str(Path(tempfile.gettempdir()) / f"abx-infer-{digest}.sock")
+
+    def inference_socket_for(self, device: int) -> str:
+        """The socket of the inference process of GPU ``device`` (the first has the plain one)."""
+        base = self.inference_socket_path
+        if device == 0:
+            return base
+        stem, dot, suffix = base.rpartition(".")
+        return f"{stem}-{device}.{suffix}" if dot and "/" not in suffix else f"{base}-{device}"
 
     @property
     def spool_path(self) -> Path:

@@ -53,9 +53,12 @@ class ModelRuntime:
         try:
             reply, _ = client.call({"op": "status"}, {}, 0.5)
         except (TransportError, TimeoutError) as error:
-            return {"process": {"state": "unreachable", "detail": str(error)}}
+            return {
+                "process": {"state": "unreachable", "detail": str(error), "socket": client.path}
+            }
         models = reply.get("models", {})
-        return {"process": {"state": "up", "pid": reply.get("pid")}, "models": models}
+        state = {"state": "up", "pid": reply.get("pid"), "socket": client.path}
+        return {"process": state, "models": models}
 
     def status(self) -> dict[str, Any]:
         """Per model: provider, calibration and batching; per variant: failures (for /readyz).
@@ -162,7 +165,8 @@ def process_config(settings: Settings) -> ProcessConfig:
     if settings.inference == "process":
         default = Placement("process", "ABX_INFERENCE=process: every model runs in the process")
     used = default is not None or any(p.where == "process" for p in placements.values())
-    client = InferenceClient(settings.inference_socket_path) if used else None
+    device = os.getpid() % max(1, settings.inference_devices)  # spreads workers over the GPUs
+    client = InferenceClient(settings.inference_socket_for(device)) if used else None
     return ProcessConfig(placements, default, client, settings.inference_timeout_ms / 1000)
 
 

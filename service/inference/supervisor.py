@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from service.background import BackgroundThread
 from service.inference.wire import InferenceClient, TransportError
@@ -25,9 +25,29 @@ HEALTHY_SECONDS = 10.0
 """A process that lived this long resets the back-off."""
 
 
+def device_count(configured: int, nvidia_smi: str = "nvidia-smi") -> int:
+    """Inference processes to run: ``configured``, or one per GPU ``nvidia-smi -L`` lists."""
+    if configured > 0:
+        return configured
+    try:
+        listed = subprocess.run(
+            [nvidia_smi, "-L"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1
+    return max(1, sum(line.startswith("GPU ") for line in listed.splitlines()))
+
+
 class Supervisor(BackgroundThread):
-    def __init__(self, socket_path: str, models: Sequence[str], extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        models: Sequence[str],
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__("abx-inference-supervisor")
+        self.env = {**os.environ, **env} if env else None
         self.socket_path = socket_path
         self._command = [
             sys.executable, "-m", "service.cli.infer",
@@ -62,7 +82,7 @@ class Supervisor(BackgroundThread):
             with self._lock:
                 if self.stopping:
                     return
-                self.process = subprocess.Popen(self._command)
+                self.process = subprocess.Popen(self._command, env=self.env)
                 self.starts += 1
             log.info("inference process started (pid %s)", self.process.pid)
             code = self.process.wait()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+from pathlib import Path
+
 import onnxruntime as ort
 import pytest
 
 from service.inference.placement import MARGIN, decide, measure, place_models
 from service.inference.providers import CPU, CUDA
+from service.inference.supervisor import Supervisor, device_count
+from service.settings import Settings
+from tests.conftest import wait_for
+from tests.inference.inference_process import short_socket_dir
 from tests.model_fixtures import MODELS, demo_models
 
 HAS_CUDA = CUDA in ort.get_available_providers()
@@ -53,3 +61,29 @@ def test_sixteen_workers_put_the_heavy_mlp_on_the_gpu_process() -> None:
     placement = measure(MODELS / "mlp_heavy.onnx", 16, 4, 512, 16, [CUDA, CPU], seconds=0.5)
     assert placement.process_provider == CUDA
     assert placement.where == "process", placement
+
+
+def test_one_inference_process_per_device_each_restarted_when_it_dies(tmp_path: Path) -> None:
+    assert device_count(3) == 3
+    assert device_count(0, nvidia_smi=str(tmp_path / "no-such-program")) == 1
+    settings = Settings(inference_socket=Path("/tmp/abx-x/infer.sock"))
+    assert settings.inference_socket_for(0) == "/tmp/abx-x/infer.sock"
+    assert settings.inference_socket_for(1) == "/tmp/abx-x/infer-1.sock"
+    folder = short_socket_dir()
+    supervisor = Supervisor(
+        str(folder / "infer-1.sock"), ["churn_logreg.onnx"], env={"CUDA_VISIBLE_DEVICES": "1"}
+    )
+    supervisor.start()
+    try:
+        assert supervisor.wait_ready(120)
+        first = supervisor.process
+        assert first is not None
+        environment = Path(f"/proc/{first.pid}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=1" in environment  # it sees only its own GPU
+        first.send_signal(signal.SIGKILL)
+        assert wait_for(lambda: supervisor.starts == 2, timeout=30)
+        assert supervisor.wait_ready(120) and supervisor.process is not first
+    finally:
+        supervisor.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert supervisor.process is not None and supervisor.process.poll() is not None
