@@ -33,7 +33,7 @@ from service.assignment.sync import StateSync
 from service.background import PeriodicThread
 from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
-from service.events.rollup import RollupScheduler, windows_from
+from service.events.rollup import RollupScheduler, metric_windows_from, windows_from
 from service.experiments.validation import load_experiments
 from service.inference.records import PREDICTIONS
 from service.inference.runtime import ModelRuntime, build_model_runtime
@@ -164,6 +164,7 @@ def build_runtime(settings: Settings) -> Runtime:
         windows_from(registry.experiments),
         timedelta(seconds=settings.attribution_grace_seconds),
         settings.rollup_interval_seconds,
+        metric_windows_from(registry.experiments),
     )
     assignment_service = AssignmentService(
         registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1

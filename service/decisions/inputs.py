@@ -10,9 +10,15 @@ from typing import Any
 from analysis.msprt import MsprtResult
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
-from service.decisions.results import json_safe
+from service.decisions.results import MetricMaturity, json_safe
 from service.decisions.store import last_run_numbers
-from service.events.sums import exposed_units, exposed_units_by_day, metric_stats, model_health
+from service.events.sums import (
+    exposed_units,
+    exposed_units_by_day,
+    mature_metric_stats,
+    metric_stats,
+    model_health,
+)
 from service.experiments.schema import Experiment
 
 
@@ -25,6 +31,38 @@ def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
         fields["ci_high"] = math.inf if fields["ci_high"] is None else fields["ci_high"]
         states[(item["variant"], item["metric"])] = MsprtResult(**fields)
     return states
+
+
+def _mature_only(
+    conn: Any,
+    experiment: Experiment,
+    units: dict[str, int],
+    stats: dict[StatsKey, SufficientStats],
+    through: date | None,
+) -> dict[str, MetricMaturity]:
+    """Replace each windowed metric's statistics by those of its mature units only.
+
+    A variant without mature units has no statistics for that metric, so nothing compares or
+    decides on it yet; its exposed units are reported as pending.
+    """
+    found = {}
+    for metric in experiment.metrics.all_metrics():
+        hours = metric.maturity_hours
+        if hours is None:
+            continue
+        cutoff, mature_units, mature = mature_metric_stats(
+            conn, experiment.key, experiment.seed, metric.name, hours, through
+        )
+        for variant in units:
+            stats.pop((variant, metric.name), None)
+            if variant in mature:
+                stats[(variant, metric.name)] = mature[variant]
+        found[metric.name] = MetricMaturity(
+            metric.name, hours, cutoff.isoformat(),
+            {v: mature_units.get(v, 0) for v in units},
+            {v: n - mature_units.get(v, 0) for v, n in units.items()},
+        )  # fmt: skip
+    return found
 
 
 def run_analysis(
@@ -47,6 +85,7 @@ def run_analysis(
     for variant, n in units.items():  # exposed units without any outcome count as zeros
         for metric in experiment.metrics.all_metrics():
             stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
+    maturity = _mature_only(conn, experiment, units, stats, through)
     previous = last_run_numbers(conn, experiment) if use_history else {}
     looks = [float(x) for x in previous.get("gs_information", [])]
     daily = exposed_units_by_day(conn, experiment.key, experiment.seed, through)
@@ -54,6 +93,7 @@ def run_analysis(
     result, states = analyze(
         experiment, units, stats, weights, _previous_states(previous), looks, daily, health
     )
+    result.maturity.update(maturity)
     numbers = json_safe(dataclasses.asdict(result))
     numbers["msprt_states"] = [
         {"variant": variant, "metric": metric, **json_safe(dataclasses.asdict(state))}

@@ -75,6 +75,20 @@ class SrmCheck:
 
 
 @dataclass(frozen=True)
+class MetricMaturity:
+    """Which units a windowed metric's analysis used: those whose outcome window has closed."""
+
+    metric: str
+    maturity_hours: float
+    """The metric's window plus its maturity delay."""
+    cutoff: str
+    """Units first exposed before this day (UTC date) are mature."""
+    mature_units: dict[str, int]
+    pending_units: dict[str, int]
+    """Exposed units whose window is still open: counted, not analysed."""
+
+
+@dataclass(frozen=True)
 class ExperimentAnalysis:
     experiment: str
     seed: str
@@ -87,3 +101,5 @@ class ExperimentAnalysis:
     guardrails: list[GuardrailCheck] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Comparisons without enough data yet (e.g. no variance in an arm), with why."""
+    maturity: dict[str, MetricMaturity] = field(default_factory=dict)
+    """Windowed metrics only: mature and pending units per variant."""

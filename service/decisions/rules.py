@@ -75,6 +75,9 @@ def decide(
     runtime = now - started_at
     if any(units.get(v, 0) < policy.min_units for v in [experiment.control, *treatments]):
         return replace(keep, reason=f"waiting for {policy.min_units} units per variant")
+    units, waiting = _mature_units(experiment, analysis, [experiment.control, *treatments])
+    if waiting is not None:
+        return replace(keep, reason=waiting)
     if runtime < timedelta(hours=policy.min_runtime_hours):
         return replace(keep, reason=f"waiting for {policy.min_runtime_hours} h of runtime")
     winners = [
@@ -92,10 +95,40 @@ def decide(
     at_horizon = all(
         units.get(v, 0) >= policy.planned_units for v in [experiment.control, *treatments]
     )
-    if at_horizon or (horizon_days is not None and runtime >= timedelta(days=horizon_days)):
+    matures_after = timedelta(hours=experiment.metrics.primary.maturity_hours or 0.0)
+    if at_horizon or (
+        horizon_days is not None and runtime >= timedelta(days=horizon_days) + matures_after
+    ):
         return Decision("inconclusive", "the horizon was reached without a winner; serving the control",
                         replace(state, state="inconclusive"))  # fmt: skip
     return replace(keep, reason="no conclusive evidence yet")
+
+
+def _mature_units(
+    experiment: Experiment, analysis: ExperimentAnalysis, variants: list[str]
+) -> tuple[dict[str, int], str | None]:
+    """Units that may decide the primary metric: only mature ones when it has a window.
+
+    Returns them, and why to wait when a variant has fewer than the maturity rule's
+    ``min_units`` (default ``policy.min_units``) mature units.
+    """
+    primary = experiment.metrics.primary
+    found = analysis.maturity.get(primary.name)
+    if found is None:
+        return analysis.units, None
+    rule = primary.maturity
+    needed = (
+        rule.min_units
+        if rule is not None and rule.min_units is not None
+        else experiment.policy.min_units
+    )
+    if any(found.mature_units.get(v, 0) < max(needed, 1) for v in variants):
+        pending = ", ".join(f"{v} {found.pending_units.get(v, 0)}" for v in variants)
+        return found.mature_units, (
+            f"waiting for {max(needed, 1)} mature units per variant on {primary.name} "
+            f"(window {primary.window}; pending: {pending})"
+        )
+    return found.mature_units, None
 
 
 def _harmful(analysis: ExperimentAnalysis, treatments: list[str]) -> tuple[str, str] | None:

@@ -24,7 +24,7 @@ from service.decisions.webhooks import (
     retry_delay_seconds,
     stale_deliveries,
 )
-from service.events.rollup import roll_up_once, windows_from
+from service.events.rollup import metric_windows_from, roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
 from service.observability import metrics
@@ -73,7 +73,9 @@ def analyze_now(key: str) -> AnalysisOutcome:
         with ctx.database.pool.connection(timeout=10.0) as conn:
             grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
             while True:
-                done = roll_up_once(conn, windows_from(ctx.experiments), grace)
+                done = roll_up_once(
+                    conn, windows_from(ctx.experiments), grace, metric_windows_from(ctx.experiments)
+                )
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break
             outcome = analyze_and_decide(conn, analysed)

@@ -19,6 +19,7 @@ from service.experiments.schema import (
     Condition,
     Experiment,
     NotOf,
+    duration_hours,
 )
 from service.experiments.source import DataPath
 from service.experiments.targeting import parse_version
@@ -84,6 +85,24 @@ def _metric_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         if name in seen:
             yield RuleProblem(path, f"duplicate metric name {name!r}")
         seen.add(name)
+    yield from _window_problems(experiment, [path[:-1] for path, _ in paths])
+
+
+def _window_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[RuleProblem]:
+    """A metric's outcome window fits in the experiment's; a maturity rule needs a window."""
+    for path, metric in zip(paths, experiment.metrics.all_metrics(), strict=True):
+        if metric.window is None:
+            if metric.maturity is not None:
+                yield RuleProblem(
+                    (*path, "maturity"), "a maturity rule needs the metric's 'window'"
+                )
+            continue
+        if duration_hours(metric.window) > experiment.outcome_window_hours:
+            yield RuleProblem(
+                (*path, "window"),
+                f"{metric.window} is longer than the experiment's outcome_window_hours "
+                f"({experiment.outcome_window_hours:g}): outcomes after that are never attributed",
+            )
 
 
 def _targeting_problems(

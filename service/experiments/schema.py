@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -139,11 +139,54 @@ TargetingNode = Annotated[
 ]
 
 
+DURATION_UNITS_HOURS = {"h": 1.0, "d": 24.0, "w": 168.0}
+
+
+def duration_hours(text: str) -> float:
+    """Hours in a duration written ``36h``, ``7d`` or ``2w``."""
+    return float(text[:-1]) * DURATION_UNITS_HOURS[text[-1]]
+
+
+def _duration(text: str) -> str:
+    number, unit = text[:-1], text[-1:]
+    if unit not in DURATION_UNITS_HOURS or not number.isdigit() or int(number) < 1:
+        raise ValueError(
+            f"a duration like 36h, 7d or 2w (a whole number and h, d or w), got {text!r}"
+        )
+    if duration_hours(text) > 366 * 24:
+        raise ValueError(f"at most a year, got {text!r}")
+    return text
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class Maturity(StrictModel):
+    """When a unit's outcome on a windowed metric counts: its window closed, plus ``delay``."""
+
+    delay: Duration | None = None
+    """Extra wait after the window closes for late labels to arrive (e.g. ``2d``)."""
+    min_units: Annotated[int, Field(ge=0)] | None = None
+    """Mature units per variant before this metric can decide anything; default policy.min_units."""
+
+
 class Metric(StrictModel):
     name: Key
     type: Literal["binary", "count", "continuous"]
     direction: Literal["increase", "decrease"] = "increase"
     description: str = ""
+    window: Duration | None = None
+    """Outcome window (``7d``): only outcomes within it after exposure count, and only units
+    exposed at least this long ago (plus ``maturity.delay``) enter the analysis."""
+    maturity: Maturity | None = None
+
+    @property
+    def maturity_hours(self) -> float | None:
+        """How long after exposure a unit's outcome is final; None: counts at once."""
+        if self.window is None:
+            return None
+        delay = self.maturity.delay if self.maturity is not None else None
+        return duration_hours(self.window) + (duration_hours(delay) if delay else 0.0)
 
 
 class Guardrail(Metric):
