@@ -37,6 +37,6 @@ CREATE TABLE model_sketches (
     n              bigint NOT NULL DEFAULT 0,
     sum_value      double precision NOT NULL DEFAULT 0,
     sum_square     double precision NOT NULL DEFAULT 0,
-    PRIMARY KEY (experiment_key, variant_key, hour, model_sha256, feature)
+    -- Experiment then hour: the drift guardrails read an experiment's last few hours.
+    PRIMARY KEY (experiment_key, hour, variant_key, model_sha256, feature)
 );
-CREATE INDEX model_sketches_by_hour ON model_sketches (hour);

@@ -10,6 +10,7 @@ import click
 from service.cli.backup import backup, restore
 from service.cli.decisions import action, analyze, export_state, worker
 from service.cli.keys import keys, webhooks
+from service.cli.shadow import shadow
 from service.cli.status import status
 from service.cli.support import (
     AUTH_OFF,
@@ -334,7 +335,18 @@ def models_quantize(source: Path, target: Path) -> None:
     )
 
 
-for command in (worker, analyze, action, export_state, status, keys, webhooks, backup, restore):
+for command in (
+    worker,
+    analyze,
+    action,
+    export_state,
+    status,
+    keys,
+    webhooks,
+    backup,
+    restore,
+    shadow,
+):
     main.add_command(command)
 
 

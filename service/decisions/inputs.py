@@ -9,6 +9,7 @@ from typing import Any
 
 from analysis.msprt import MsprtResult
 from analysis.sufficient_stats import SufficientStats
+from service.decisions.drift import DriftCheck, check_drift, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
 from service.decisions.results import MetricMaturity, json_safe
 from service.decisions.store import last_run_numbers
@@ -20,6 +21,7 @@ from service.events.sums import (
     model_health,
 )
 from service.experiments.schema import Experiment
+from service.inference.sketches import read_sketches
 
 
 def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
@@ -65,6 +67,26 @@ def _mature_only(
     return found
 
 
+def drift_checks(
+    conn: Any, experiment: Experiment, history_windows: int | None = None
+) -> list[DriftCheck]:
+    """Every drift guardrail of the policy for every treatment serving a model, as of now."""
+    guardrails = experiment.policy.drift
+    if not guardrails:
+        return []
+    (now,) = conn.execute("SELECT now()").fetchone()
+    since = min(window_starts(now, g, max(history_windows or 0, g.windows))[0] for g in guardrails)
+    grouped = group(read_sketches(conn, experiment.key, since))
+    treatments = [
+        v.key for v in experiment.variants if v.key != experiment.control and v.model is not None
+    ]
+    return [
+        check_drift(guardrail, variant, experiment.control, grouped, now, history_windows)
+        for guardrail in guardrails
+        for variant in treatments
+    ]
+
+
 def run_analysis(
     conn: Any,
     experiment: Experiment,
@@ -94,6 +116,7 @@ def run_analysis(
         experiment, units, stats, weights, _previous_states(previous), looks, daily, health
     )
     result.maturity.update(maturity)
+    result.drift.extend(drift_checks(conn, experiment))
     numbers = json_safe(dataclasses.asdict(result))
     numbers["msprt_states"] = [
         {"variant": variant, "metric": metric, **json_safe(dataclasses.asdict(state))}

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.decisions.drift import DriftCheck
+
 
 def json_safe(value: Any) -> Any:
     """Dataclasses, dates and non-finite floats (as null: an interval before any look is
@@ -103,3 +105,5 @@ class ExperimentAnalysis:
     """Comparisons without enough data yet (e.g. no variance in an arm), with why."""
     maturity: dict[str, MetricMaturity] = field(default_factory=dict)
     """Windowed metrics only: mature and pending units per variant."""
+    drift: list[DriftCheck] = field(default_factory=list)
+    """Drift guardrails (policy.drift), per treatment."""

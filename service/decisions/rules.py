@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from service.assignment.state import TERMINAL_STATES, ExperimentState
+from service.decisions.drift import DriftCheck
 from service.decisions.evaluation import ExperimentAnalysis
 from service.experiments.schema import Experiment
 
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str  # continue | ramp | promote | rollback | inconclusive | halt
+    kind: str  # continue | ramp | promote | rollback | inconclusive | halt | alert
     reason: str
     state_after: ExperimentState
     variant: str | None = None
@@ -41,6 +42,32 @@ def decide(
     started_at: datetime,
     now: datetime,
 ) -> Decision:
+    """The decision of one analysis; a tripped drift alert is announced when nothing else is."""
+    decision = _decide(experiment, state, analysis, started_at, now)
+    if decision.kind != "continue" or state.state in (*TERMINAL_STATES, "halted", "paused"):
+        return decision
+    treatments = active_treatments(experiment, state)
+    for check in analysis.drift:
+        if check.tripped and check.action == "alert" and check.variant in treatments:
+            return Decision("alert", _drift_reason(check), state, check.variant)
+    return decision
+
+
+def _drift_reason(check: DriftCheck) -> str:
+    return (
+        f"{check.guardrail} of {check.variant}: {check.measure} {check.distance:.4g} on "
+        f"{check.feature} against {check.reference}, over {check.threshold:g} for "
+        f"{check.windows_over} windows in a row (action: {check.action})"
+    )
+
+
+def _decide(
+    experiment: Experiment,
+    state: ExperimentState,
+    analysis: ExperimentAnalysis,
+    started_at: datetime,
+    now: datetime,
+) -> Decision:
     policy = experiment.policy
     keep = Decision("continue", "nothing to change", state)
     if state.state in TERMINAL_STATES or state.state in ("halted", "paused"):
@@ -49,6 +76,15 @@ def decide(
         return Decision("halt", f"sample ratio mismatch: p = {analysis.srm.p_value:.3g} < "
                         f"{analysis.srm.threshold}", replace(state, state="halted"))  # fmt: skip
     treatments = active_treatments(experiment, state)
+    for check in analysis.drift:  # before any outcome: the models' own distributions
+        if check.tripped and check.variant in treatments and check.action == "halt":
+            return Decision("halt", _drift_reason(check), replace(state, state="halted"),
+                            check.variant)  # fmt: skip
+        if check.tripped and check.variant in treatments and check.action == "rollback":
+            left = [t for t in treatments if t != check.variant]
+            after = replace(state, rolled_back=(*state.rolled_back, check.variant),
+                            state=state.state if left else "rolled_back")  # fmt: skip
+            return Decision("rollback", _drift_reason(check), after, check.variant)
     harmful = _harmful(analysis, treatments)
     if harmful is not None:
         variant, why = harmful

@@ -109,6 +109,16 @@ def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaitin
     for check in outcome.numbers.get("guardrails", []):
         breached = 1 if check.get("breached") else 0
         metrics.GUARDRAIL_BREACHED.labels(key, check["variant"], check["metric"]).set(breached)
+    for drift in outcome.numbers.get("drift", []):
+        labels = (key, drift["variant"], drift["guardrail"])
+        metrics.GUARDRAIL_BREACHED.labels(*labels).set(1 if drift["tripped"] else 0)
+        if drift.get("distance") is not None:
+            metrics.DRIFT_DISTANCE.labels(*labels).set(drift["distance"])
+        if drift["tripped"]:
+            log.warning("drift", experiment=key, variant=drift["variant"],
+                        guardrail=drift["guardrail"], measure=drift["measure"],
+                        distance=drift["distance"], feature=drift["feature"],
+                        action=drift["action"])  # fmt: skip
 
 
 def publish_schedule_state() -> None:

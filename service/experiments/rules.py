@@ -53,7 +53,21 @@ def check_experiment(experiment: Experiment) -> list[RuleProblem]:
                 )
             )
     problems.extend(_metric_problems(experiment))
+    problems.extend(_drift_problems(experiment))
     return problems
+
+
+def _drift_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    """Drift guardrails compare models: the control and a treatment need one each."""
+    with_models = [v.key for v in experiment.variants if v.model is not None]
+    kinds: set[str] = set()
+    for index, guardrail in enumerate(experiment.policy.drift):
+        if experiment.control not in with_models or len(with_models) < 2:
+            yield RuleProblem(("policy", "drift", index), "drift guardrails need the control "
+                              "and at least one treatment to serve a model")  # fmt: skip
+        if guardrail.kind in kinds:
+            yield RuleProblem(("policy", "drift", index, "kind"), f"{guardrail.kind} given twice")
+        kinds.add(guardrail.kind)
 
 
 def _variant_problems(experiment: Experiment) -> Iterator[RuleProblem]:

@@ -211,6 +211,25 @@ class Ramp(StrictModel):
     hold_hours: Annotated[float, Field(ge=0.0)] = 24.0
 
 
+class DriftGuardrail(StrictModel):
+    """Act when a treatment's model outputs (or inputs) drift from their reference.
+
+    The reference is the control's sketches over the same window. A window trips when the
+    largest distance over the outputs (``prediction_drift``) or input columns
+    (``input_drift``) exceeds ``threshold``; the guardrail trips when the last ``windows``
+    windows all did (an effect size held, not a p-value: docs/statistics.md).
+    """
+
+    kind: Literal["prediction_drift", "input_drift"]
+    measure: Literal["psi", "ks", "wasserstein"] = "psi"
+    threshold: Annotated[float, Field(gt=0.0)] = 0.25
+    windows: Annotated[int, Field(ge=1, le=168)] = 3
+    window_hours: Annotated[int, Field(ge=1, le=168)] = 1
+    min_rows: Annotated[int, Field(ge=1)] = 500
+    """Rows each side needs in a window for it to count (a thinner window breaks the run)."""
+    action: Literal["alert", "halt", "rollback"] = "alert"
+
+
 class Policy(StrictModel):
     """How the decision workers judge and act on this experiment."""
 
@@ -229,6 +248,7 @@ class Policy(StrictModel):
     ramp: Ramp | None = None
     srm_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     webhooks: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
+    drift: list[DriftGuardrail] = Field(default_factory=list)
 
 
 class Experiment(StrictModel):

@@ -21,6 +21,7 @@ from service.inference.runner import SessionRunner
 from service.inference.service import PredictionService
 from service.inference.sessions import SessionPool, default_threads
 from service.inference.shadow import ShadowRunner
+from service.inference.sketches import SketchBook
 from service.settings import Settings, default_workers
 from service.storage.writer import BatchWriter
 
@@ -33,12 +34,14 @@ class ModelRuntime:
     pool: SessionPool
     shadows: ShadowRunner
     reloader: HotReloader
+    sketches: SketchBook
     onnxruntime: dict[str, Any]
     """The installed package, its version and providers, and any install problem."""
 
     def close(self) -> None:
         self.reloader.close()
         self.shadows.close()
+        self.sketches.close()
         for batcher in self.predictions.catalog.batchers().values():
             batcher.close()
 
@@ -66,6 +69,7 @@ class ModelRuntime:
             "reloads": self.reloader.reloads,
             "reloads_rejected": self.reloader.rejected,
             "shadow_runs_dropped": self.shadows.dropped,
+            "sketch_offers_dropped": self.sketches.dropped,
         }
 
 
@@ -85,6 +89,9 @@ def build_model_runtime(
     catalog = build_catalog(registry.experiments.values(), settings.models, pool, batching)
     predictions_log = PredictionLog(writer)
     shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
+    sketches = SketchBook(writer.put, settings.sketch_interval_seconds)
+    if settings.sketches:
+        sketches.start()
     service = PredictionService(
         assignments,
         catalog,
@@ -92,6 +99,7 @@ def build_model_runtime(
         predictions_log,
         shadows,
         settings.max_batch_items,
+        sketches if settings.sketches else None,
     )
 
     def apply(loaded: LoadResult) -> None:
@@ -106,7 +114,7 @@ def build_model_runtime(
         settings.experiments, settings.models, apply, settings.reload_poll_seconds
     )
     reloader.start()
-    return ModelRuntime(service, pool, shadows, reloader, _onnxruntime_status())
+    return ModelRuntime(service, pool, shadows, reloader, sketches, _onnxruntime_status())
 
 
 def _onnxruntime_status() -> dict[str, Any]:

@@ -61,3 +61,21 @@ def test_a_window_and_maturity_rule_are_accepted(tmp_path: Path) -> None:
 def test_window_problems(tmp_path: Path, primary: str, extra: str, expected: str) -> None:
     problems = problems_for(tmp_path, primary, extra)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("policy:\n  drift:\n  - {kind: input_drift}\n",
+         ":13: policy.drift[0]: drift guardrails need the control and at least one treatment"),
+        ("policy:\n  drift:\n  - {kind: output_drift}\n",
+         ":13: policy.drift[0].kind: Input should be 'prediction_drift' or 'input_drift'"),
+        ("policy:\n  drift:\n  - {kind: input_drift, action: page}\n",
+         ":13: policy.drift[0].action: Input should be 'alert', 'halt' or 'rollback'"),
+        ("policy:\n  drift:\n  - {kind: input_drift, windows: 0}\n",
+         ":13: policy.drift[0].windows: Input should be greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_drift_guardrail_problems(tmp_path: Path, policy: str, expected: str) -> None:
+    problems = problems_for(tmp_path, "{name: conversion, type: binary}", policy)
+    assert any(p.startswith(expected) for p in problems), problems
