@@ -292,7 +292,7 @@ def demo(duration: float, analysis_interval: float, port: int, users: int, clien
 
 @main.group()
 def models() -> None:
-    """ONNX models: build the demo models, quantize a model."""
+    """ONNX models: build the demo models, quantize a model, profile a reference."""
 
 
 @models.command("demo")
@@ -305,6 +305,26 @@ def models_demo(root: Path | None, force: bool) -> None:
     target = root or settings_from_env().models
     for name, digest in build_demo_models(target, force=force).items():
         click.echo(f"{target / name}  sha256 {digest}")
+
+
+@models.command("profile")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reference inputs: CSV (a header, one column per feature) or NDJSON (one"
+              " object per line: input name -> row, or one row as a list).")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Default: MODEL with .profile.json.")  # fmt: skip
+def models_profile(model: Path, data: Path, output: Path | None) -> None:
+    """Run MODEL on reference data; write its reference profile and print the YAML to pin it."""
+    from service.cli.profile import write_profile
+
+    try:
+        target, digest, features, rows = write_profile(model, data, output)
+    except ValueError as error:
+        click.echo(f"{data}: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"{target}: {features} features over {rows} reference rows")
+    click.echo(f"      reference: {{path: {target.name}, sha256: {digest}}}")
 
 
 @models.command("quantize")

@@ -81,11 +81,18 @@ def window_distance(
     reference: str,
     sketches: Grouped,
     start: datetime,
+    profile: Mapping[str, Sketch] | None = None,
 ) -> DriftWindow:
+    """One window's largest distance: against ``profile`` (the model's reference profile) when
+    given, else against the ``reference`` variant's sketches of the same window."""
     hours = [start + timedelta(hours=h) for h in range(guardrail.window_hours)]
     prefix = PREFIX[guardrail.kind]
     mine = _merged(sketches, variant, hours, prefix)
-    theirs = _merged(sketches, reference, hours, prefix)
+    theirs = (
+        _merged(sketches, reference, hours, prefix)
+        if profile is None
+        else {f: s for f, s in profile.items() if f.startswith(prefix)}
+    )
     worst: tuple[float, str] | None = None
     for feature, sketch in sorted(mine.items()):
         base = theirs.get(feature)
@@ -109,10 +116,11 @@ def check_drift(
     sketches: Grouped,
     now: datetime,
     history_windows: int | None = None,
+    profile: Mapping[str, Sketch] | None = None,
 ) -> DriftCheck:
     """One guardrail for one treatment, as of ``now`` (the current, partial window is left out)."""
     starts = window_starts(now, guardrail, max(history_windows or 0, guardrail.windows))
-    history = [window_distance(guardrail, variant, reference, sketches, s) for s in starts]
+    history = [window_distance(guardrail, variant, reference, sketches, s, profile) for s in starts]
     over = 0
     for window in reversed(history):
         if window.distance is None or window.distance <= guardrail.threshold:
@@ -122,7 +130,7 @@ def check_drift(
     return DriftCheck(
         guardrail.kind, variant, guardrail.measure, guardrail.threshold, guardrail.action,
         guardrail.windows, over, over >= guardrail.windows, latest.distance, latest.feature,
-        reference, history,
+        "reference profile" if profile is not None else reference, history,
     )  # fmt: skip
 
 

@@ -21,7 +21,8 @@ from service.events.sums import (
     model_health,
 )
 from service.experiments.schema import Experiment
-from service.inference.sketches import read_sketches
+from service.inference.sketches import load_profile, read_sketches
+from service.settings import Settings
 
 
 def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
@@ -77,14 +78,21 @@ def drift_checks(
     (now,) = conn.execute("SELECT now()").fetchone()
     since = min(window_starts(now, g, max(history_windows or 0, g.windows))[0] for g in guardrails)
     grouped = group(read_sketches(conn, experiment.key, since))
+    # Against a reference profile every variant with one is checked, the control too.
     treatments = [
-        v.key for v in experiment.variants if v.key != experiment.control and v.model is not None
-    ]
+        v.key for v in experiment.variants
+        if v.model is not None and (v.key != experiment.control or v.model.reference is not None)
+    ]  # fmt: skip
+    profiles = {}
+    for variant in experiment.variants:
+        if variant.model is not None and variant.model.reference is not None:
+            profiles[variant.key] = load_profile(Settings().models, variant.model.reference)
     return [
-        check_drift(guardrail, variant, experiment.control, grouped, now, history_windows)
+        check_drift(guardrail, variant, experiment.control, grouped, now, history_windows,
+                    profiles.get(variant))
         for guardrail in guardrails
         for variant in treatments
-    ]
+    ]  # fmt: skip
 
 
 def run_analysis(

@@ -48,7 +48,11 @@ def decide(
         return decision
     treatments = active_treatments(experiment, state)
     for check in analysis.drift:
-        if check.tripped and check.action == "alert" and check.variant in treatments:
+        if (
+            check.tripped
+            and check.action == "alert"
+            and check.variant in (*treatments, experiment.control)
+        ):
             return Decision("alert", _drift_reason(check), state, check.variant)
     return decision
 
@@ -77,7 +81,8 @@ def _decide(
                         f"{analysis.srm.threshold}", replace(state, state="halted"))  # fmt: skip
     treatments = active_treatments(experiment, state)
     for check in analysis.drift:  # before any outcome: the models' own distributions
-        if check.tripped and check.variant in treatments and check.action == "halt":
+        watched = (*treatments, experiment.control)  # the control drifts from its profile too
+        if check.tripped and check.variant in watched and check.action == "halt":
             return Decision("halt", _drift_reason(check), replace(state, state="halted"),
                             check.variant)  # fmt: skip
         if check.tripped and check.variant in treatments and check.action == "rollback":

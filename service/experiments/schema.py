@@ -49,6 +49,11 @@ class InputSpec(StrictModel):
     the model's order) or per feature name (a mapping; needs ``features``)."""
 
 
+class ReferenceProfile(StrictModel):
+    path: str = Field(min_length=1)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ModelRef(StrictModel):
     path: str = Field(min_length=1)
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -61,6 +66,9 @@ class ModelRef(StrictModel):
     """Model output name -> response name; default: every output under its own name."""
     batching: bool = False
     """Group concurrent requests into one run (ABX_BATCH_MAX_SIZE, ABX_BATCH_MAX_WAIT_MS)."""
+    reference: ReferenceProfile | None = None
+    """Reference distributions of the model's inputs and outputs (``abx models profile``):
+    the sketches' bins, and what the drift guardrails compare this variant with."""
 
 
 class Shadow(StrictModel):

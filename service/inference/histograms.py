@@ -96,3 +96,44 @@ def feature_columns(kind: str, arrays: Mapping[str, Any]) -> Iterable[tuple[str,
                 return
             emitted += 1
             yield f"{kind}:{name}[{column}]", table[:, column]
+
+
+def reference_edges(values: np.ndarray, bins: int = MAX_BINS) -> np.ndarray:
+    """Bin edges from a reference sample: its quantiles, so each bin holds about as many rows.
+
+    Ties collapse (a column of few values gets fewer bins); a constant column gets one bin of
+    width 1 around its value.
+    """
+    finite = np.asarray(values, dtype=np.float64).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        raise ValueError("no finite values to set bins from")
+    edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)))
+    if edges.size < 2:
+        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+    return edges
+
+
+def build_profile(model_sha256: str, columns: Iterable[tuple[str, np.ndarray]]) -> dict[str, Any]:
+    """A reference profile: per feature, bins set from the reference and its histogram on them."""
+    features = {}
+    for feature, values in columns:
+        sketch = sketch_of(values, reference_edges(values))
+        features[feature] = {
+            "edges": list(sketch.edges), "counts": list(sketch.counts), "below": sketch.below,
+            "above": sketch.above, "invalid": sketch.invalid, "n": sketch.n,
+            "sum_value": sketch.sum_value, "sum_square": sketch.sum_square,
+        }  # fmt: skip
+    return {"format": "abx-reference-profile/1", "model_sha256": model_sha256, "features": features}
+
+
+def profile_sketches(profile: Mapping[str, Any]) -> dict[str, Sketch]:
+    """The reference histogram of every feature of a profile (``build_profile``'s output)."""
+    found = {}
+    for feature, item in profile["features"].items():
+        found[feature] = Sketch(
+            tuple(float(e) for e in item["edges"]), tuple(int(c) for c in item["counts"]),
+            int(item["below"]), int(item["above"]), int(item["invalid"]), int(item["n"]),
+            float(item["sum_value"]), float(item["sum_square"]),
+        )  # fmt: skip
+    return found

@@ -15,13 +15,14 @@ from service.assignment.sync import StateSync
 from service.experiments.reload import HotReloader
 from service.experiments.validation import LoadResult
 from service.inference.catalog import BatchingConfig, build_catalog
+from service.inference.histograms import DEFAULT_EDGES
 from service.inference.install import install_problem, installed_runtime_packages
 from service.inference.records import PredictionLog
 from service.inference.runner import SessionRunner
 from service.inference.service import PredictionService
 from service.inference.sessions import SessionPool, default_threads
 from service.inference.shadow import ShadowRunner
-from service.inference.sketches import SketchBook
+from service.inference.sketches import SketchBook, profile_edges
 from service.settings import Settings, default_workers
 from service.storage.writer import BatchWriter
 
@@ -89,7 +90,12 @@ def build_model_runtime(
     catalog = build_catalog(registry.experiments.values(), settings.models, pool, batching)
     predictions_log = PredictionLog(writer)
     shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
-    sketches = SketchBook(writer.put, settings.sketch_interval_seconds)
+    edges = profile_edges(settings.models, registry.experiments.values())
+    sketches = SketchBook(
+        writer.put,
+        settings.sketch_interval_seconds,
+        edges_for=lambda sha, feature: edges.get(sha, {}).get(feature, DEFAULT_EDGES),
+    )
     if settings.sketches:
         sketches.start()
     service = PredictionService(
@@ -109,6 +115,9 @@ def build_model_runtime(
         )
         registry.replace(loaded)
         state.resync()
+        fresh = profile_edges(settings.models, experiments)
+        edges.clear()
+        edges.update(fresh)  # new reference bins for answers sketched from now on
 
     reloader = HotReloader(
         settings.experiments, settings.models, apply, settings.reload_poll_seconds

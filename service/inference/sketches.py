@@ -14,20 +14,25 @@ Features are named ``output:<name>[<column>]`` and ``input:<name>[<column>]``: a
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.background import PeriodicThread
+from service.experiments.schema import Experiment, ReferenceProfile
 from service.inference.histograms import (
     DEFAULT_EDGES,
     Sketch,
     feature_columns,
+    profile_sketches,
     sketch_of,
 )
 from service.observability import metrics
@@ -186,4 +191,29 @@ def read_sketches(
             tuple(edges), tuple(int(c) for c in counts), int(below), int(above), int(invalid),
             int(n), float(total), float(square),
         )  # fmt: skip
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _profile_at(path: Path, sha256: str) -> dict[str, Sketch]:
+    del sha256  # part of the cache key: a changed file is read again
+    return profile_sketches(json.loads(path.read_text("utf-8")))
+
+
+def load_profile(models_root: Path, reference: ReferenceProfile) -> dict[str, Sketch]:
+    """A model's reference profile (validated with its experiment), per feature."""
+    return _profile_at(models_root / reference.path, reference.sha256)
+
+
+def profile_edges(
+    models_root: Path, experiments: Iterable[Experiment]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Model SHA-256 -> feature -> the bins its reference profile set (models with one only)."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for experiment in experiments:
+        for variant in experiment.variants:
+            model = variant.model
+            if model is not None and model.reference is not None:
+                sketches = load_profile(models_root, model.reference)
+                found[model.sha256] = {f: np.asarray(s.edges) for f, s in sketches.items()}
     return found

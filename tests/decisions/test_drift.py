@@ -9,6 +9,7 @@ complete hours before now, as in production.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ import onnx
 import onnxruntime as ort
 import psycopg
 import pytest
+import yaml
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from service.cli.main import main
 from service.decisions.inputs import drift_checks
 from service.experiments.validation import load_experiments
-from service.inference.sketches import SKETCHES, SketchBook
+from service.inference.histograms import DEFAULT_EDGES
+from service.inference.sketches import SKETCHES, SketchBook, profile_edges
 from service.storage.database import Database
 from service.storage.writer import BatchWriter
 from tests.decisions.test_cli import reset_worker_context
@@ -78,10 +81,11 @@ def serve_hours(
     shift_b: float = 0.0,
     seed: int = 5,
     latest: int = 1,
+    shift_all: float = 0.0,
 ) -> None:
     """``hours`` simulated past hours of traffic, up to ``latest`` hours ago: ``rows`` rows per variant per hour, run by
     each variant's onnxruntime session and sketched; b's inputs shifted by ``shift_b``."""
-    [loaded] = load_experiments([folder]).experiments
+    [loaded] = load_experiments([folder], folder.parent / "models").experiments
     experiment = loaded.experiment
     rng = np.random.default_rng(seed)
     database = Database(db)
@@ -89,7 +93,11 @@ def serve_hours(
     writer = BatchWriter(database, {SKETCHES.table: SKETCHES}, max_rows=100_000)
     current_hour = int(time.time()) // 3600 * 3600
     clock = [0.0]
-    book = SketchBook(writer.put, clock=lambda: clock[0])
+    edges = profile_edges(folder.parent / "models", [experiment])
+    book = SketchBook(
+        writer.put, clock=lambda: clock[0],
+        edges_for=lambda sha, feature: edges.get(sha, {}).get(feature, DEFAULT_EDGES),
+    )  # fmt: skip
     sessions = {
         v.key: (ort.InferenceSession(str(folder.parent / "models" / v.model.path)), v.model.sha256)
         for v in experiment.variants
@@ -99,7 +107,7 @@ def serve_hours(
         for back in range(hours + latest - 1, latest - 1, -1):
             clock[0] = current_hour - back * 3600 + 1800
             for variant, (session, sha) in sessions.items():
-                features = rng.normal(size=(rows, FEATURES)).astype(np.float32)
+                features = rng.normal(size=(rows, FEATURES)).astype(np.float32) + shift_all
                 if variant == "b":
                     features += shift_b
                 for part in np.array_split(features, max(1, rows // 500)):  # requests of ~500 rows
@@ -195,3 +203,53 @@ def test_stable_traffic_trips_neither_over_a_simulated_month(db: str, tmp_path: 
         assert longest < check.windows_needed, (check.guardrail, longest)
         assert not check.tripped
         assert max(distances) < check.threshold, (check.guardrail, max(distances))  # type: ignore[type-var]
+
+
+def test_a_reference_profile_sets_the_bins_and_is_what_a_variant_is_compared_with(
+    runner: CliRunner, db: str, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    sha = save_model(models / "treatment.onnx")
+    data = tmp_path / "reference.csv"
+    rows = np.random.default_rng(9).normal(size=(3000, FEATURES))
+    data.write_text("a,b,c,d\n" + "\n".join(",".join(f"{v:.5f}" for v in r) for r in rows))
+    made = runner.invoke(
+        main, ["models", "profile", str(models / "treatment.onnx"), "--data", str(data)]
+    )
+    assert made.exit_code == 0, made.output
+    pinned = made.output.splitlines()[-1].strip()
+    profile_sha = pinned.split("sha256: ")[1].rstrip("}")
+    assert pinned == f"reference: {{path: treatment.profile.json, sha256: {profile_sha}}}"
+    profile = json.loads((models / "treatment.profile.json").read_text())
+    assert profile["model_sha256"] == sha and len(profile["features"]) == FEATURES + 1
+    assert len(profile["features"]["input:features[0]"]["edges"]) == 33  # quantile bins
+
+    drift = [{"kind": "input_drift", "windows": 2, "action": "alert"}]
+    folder = experiment_folder(tmp_path, "profiled", False, drift)
+    path = folder / "profiled.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["variants"][1]["model"]["reference"] = {
+        "path": "treatment.profile.json",
+        "sha256": "0" * 64,
+    }
+    write_experiment(folder, document)
+    bad = runner.invoke(main, ["validate", str(folder)], env={"ABX_MODELS": str(models)})
+    assert (
+        bad.exit_code == 1
+        and "variants[1].model.reference.sha256: treatment.profile.json has" in bad.output
+    )
+    document["variants"][1]["model"]["reference"]["sha256"] = profile_sha
+    write_experiment(folder, document)
+    good = runner.invoke(main, ["validate", str(folder)], env={"ABX_MODELS": str(models)})
+    assert good.exit_code == 0, good.output
+
+    # Both variants shifted alike: nothing differs from the control, everything from the profile.
+    serve_hours(db, folder, "profiled", hours=2, rows=1000, shift_b=0.0, shift_all=1.0)
+    with psycopg.connect(db) as conn:
+        (edges,) = conn.execute(
+            "SELECT edges FROM model_sketches WHERE variant_key = 'b' AND feature = 'input:features[0]' LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+    assert edges == profile["features"]["input:features[0]"]["edges"]  # the profile's bins
+    env = env_for(db, folder, tmp_path)
+    out = analyze(runner, "profiled", env)
+    assert out.startswith("profiled: alert b") and "against reference profile" in out, out
