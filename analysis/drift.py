@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["DriftDistance", "distances", "ks_distance", "psi", "wasserstein"]
+__all__ = [
+    "DriftDistance", "distance", "distance_rows", "distances", "ks_distance", "psi", "wasserstein",
+]  # fmt: skip
 
 PSI_FLOOR = 1e-4
 """Share given to an empty bin (as in Siddiqi's worked tables), so PSI stays finite."""
@@ -102,3 +104,52 @@ def distances(
         ks_distance(reference, current),
         wasserstein(reference, current, bin_positions(edges)),
     )
+
+
+def distance(
+    measure: str, edges: Sequence[float], reference: Sequence[float], current: Sequence[float]
+) -> float:
+    """One measure (``psi``, ``ks`` or ``wasserstein``) of ``distances``, computing only it."""
+    if measure == "psi":
+        return psi(reference, current)
+    if measure == "ks":
+        return ks_distance(reference, current)
+    if measure == "wasserstein":
+        return wasserstein(reference, current, bin_positions(edges))
+    raise ValueError(f"unknown drift measure {measure!r}")
+
+
+def distance_rows(
+    measure: str,
+    edges: Sequence[Sequence[float]],
+    reference: Sequence[Sequence[float]],
+    current: Sequence[Sequence[float]],
+) -> np.ndarray:
+    """``distance`` for many histograms at once (one per row, all with the same bin count).
+
+    PSI and KS are computed for all rows in a few array operations (a drift check compares
+    dozens of columns per window); Wasserstein goes row by row through scipy.
+    """
+    p = np.asarray(reference, dtype=float)
+    q = np.asarray(current, dtype=float)
+    if p.shape != q.shape or p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError("both need one histogram of at least two bins per row, alike")
+    if np.any(p < 0) or np.any(q < 0) or not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+        raise ValueError("bin counts must be finite and non-negative")
+    p_total, q_total = p.sum(axis=1, keepdims=True), q.sum(axis=1, keepdims=True)
+    if np.any(p_total <= 0) or np.any(q_total <= 0):
+        raise ValueError("an empty histogram has no distribution")
+    p, q = p / p_total, q / q_total
+    if measure == "psi":
+        p, q = np.maximum(p, PSI_FLOOR), np.maximum(q, PSI_FLOOR)
+        p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+        found: np.ndarray = np.sum(special.rel_entr(q, p) + special.rel_entr(p, q), axis=1)
+        return found
+    if measure == "ks":
+        gaps: np.ndarray = np.max(np.abs(np.cumsum(p, axis=1) - np.cumsum(q, axis=1)), axis=1)
+        return gaps
+    if measure == "wasserstein":
+        return np.array(
+            [wasserstein(a, b, bin_positions(e)) for a, b, e in zip(p, q, edges, strict=True)]
+        )
+    raise ValueError(f"unknown drift measure {measure!r}")

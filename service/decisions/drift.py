@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from analysis.drift import distances
+from analysis.drift import distance_rows
 from service.experiments.schema import DriftGuardrail
 from service.inference.histograms import Sketch
 
@@ -93,17 +93,24 @@ def window_distance(
         if profile is None
         else {f: s for f, s in profile.items() if f.startswith(prefix)}
     )
+    pairs = [
+        (feature, sketch, theirs[feature])
+        for feature, sketch in sorted(mine.items())
+        if feature in theirs and theirs[feature].edges == sketch.edges
+        and sketch.n >= guardrail.min_rows and theirs[feature].n >= guardrail.min_rows
+    ]  # fmt: skip
     worst: tuple[float, str] | None = None
-    for feature, sketch in sorted(mine.items()):
-        base = theirs.get(feature)
-        if base is None or base.edges != sketch.edges:
-            continue
-        if sketch.n < guardrail.min_rows or base.n < guardrail.min_rows:
-            continue
-        found = distances(sketch.edges, base.histogram, sketch.histogram)
-        value = float(getattr(found, guardrail.measure))
-        if worst is None or value > worst[0]:
-            worst = (value, feature)
+    by_width: dict[int, list[tuple[str, Sketch, Sketch]]] = {}
+    for pair in pairs:
+        by_width.setdefault(len(pair[1].edges), []).append(pair)
+    for group in by_width.values():  # one array computation per bin count (usually one)
+        values = distance_rows(
+            guardrail.measure, [s.edges for _, s, _ in group],
+            [b.histogram for _, _, b in group], [s.histogram for _, s, _ in group],
+        )  # fmt: skip
+        index = int(values.argmax())
+        if worst is None or values[index] > worst[0]:
+            worst = (float(values[index]), group[index][0])
     if worst is None:
         return DriftWindow(start, None, None)
     return DriftWindow(start, worst[0], worst[1])

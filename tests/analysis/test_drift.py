@@ -9,7 +9,15 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import stats
 
-from analysis.drift import bin_positions, distances, ks_distance, psi, wasserstein
+from analysis.drift import (
+    bin_positions,
+    distance,
+    distance_rows,
+    distances,
+    ks_distance,
+    psi,
+    wasserstein,
+)
 
 
 def test_psi_matches_a_worked_example() -> None:
@@ -37,6 +45,10 @@ def test_ks_and_wasserstein_equal_scipy_on_samples_at_the_bin_positions() -> Non
     )
     found = distances(edges, a, b)
     assert found.ks == ks_distance(a, b) and found.psi == psi(a, b)
+    for measure in ("psi", "ks", "wasserstein"):
+        assert distance(measure, edges, a, b) == getattr(found, measure)
+        rows = distance_rows(measure, [edges, edges], [a, b], [b, a])
+        assert_allclose(rows, [getattr(found, measure), distance(measure, edges, b, a)], rtol=1e-12)
 
 
 @pytest.mark.parametrize(
