@@ -147,7 +147,7 @@ def sketch_cost(requests: int, rounds: int) -> None:
           f"(rounds: {', '.join(f'{a:.2f}' for a in added)}); ratio {np.median(on_us) / np.median(off_us):.2f}x")  # fmt: skip
     bare_us = [1e6 * t / requests for t in bare]
     print(f"calibration: {requests} bare tuple appends to a deque took {np.median(bare_us):.2f} µs "
-          f"each here (about 0.1 µs on an idle core); the added cost is "
+          f"each here (about 0.2 µs on an idle core); the added cost is "
           f"{np.median(added) / np.median(bare_us):.0f}x that")  # fmt: skip
     print(
         f"rows handed to the writer per drain: {written[0] // (rounds + 1)}; "

@@ -6,7 +6,7 @@ into fixed bins (the model's, set once: ``DEFAULT_EDGES`` unless a reference say
 and hands one row per (experiment, variant, model, hour, feature) to the batch writer, which
 COPYs them and adds them to ``model_sketches`` (a batch's rows for one key are summed first).
 A row holds at most ``MAX_BINS`` counts, and a model at most ``MAX_FEATURES`` features, so a
-model-hour is bounded (about 64 features × 0.7 KiB) whatever the traffic.
+model-hour is bounded (at most 64 features × about 1 KiB a row with its index) whatever the traffic.
 
 Features are named ``output:<name>[<column>]`` and ``input:<name>[<column>]``: a
 ``[batch, features]`` array gives one feature per column, a ``[batch]`` array one feature.
