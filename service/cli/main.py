@@ -299,12 +299,21 @@ def models() -> None:
 @click.option("--root", type=click.Path(path_type=Path), help="Default: ABX_MODELS.")
 @click.option("--force", is_flag=True, help="Rebuild files that exist.")
 def models_demo(root: Path | None, force: bool) -> None:
-    """Build the demo models (seeded: the checksums in experiments/*.yaml hold)."""
-    from service.demo.models import build_demo_models
+    """Build the demo models (seeded: the checksums in experiments/*.yaml hold), and a reference
+    profile of each from its training data (for ``model.reference``)."""
+    from service.cli.profile import profile_table
+    from service.demo.models import TRAIN_ROWS, build_demo_models, demo_dataset
 
     target = root or settings_from_env().models
+    training = demo_dataset()[0][:TRAIN_ROWS]  # the models' inputs (after the YAML's scaling)
     for name, digest in build_demo_models(target, force=force).items():
         click.echo(f"{target / name}  sha256 {digest}")
+        try:
+            profile, profile_digest, _, _ = profile_table(target / name, training, None)
+        except Exception as error:  # a model that does not take the demo rows
+            click.echo(f"  (no reference profile: {error})")
+            continue
+        click.echo(f"  reference: {{path: {profile.name}, sha256: {profile_digest}}}")
 
 
 @models.command("profile")

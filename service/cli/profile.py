@@ -53,6 +53,22 @@ def write_profile(model: Path, data: Path, output: Path | None) -> tuple[Path, s
     """Write MODEL's profile; return its path, SHA-256, feature count and reference rows."""
     import onnxruntime as ort
 
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ValueError(
+            f"profiles are built for models with one input; this one has {len(inputs)}"
+        )
+    name = inputs[0].name
+    return profile_table(model, _read_rows(data, name), output)
+
+
+def profile_table(
+    model: Path, table: np.ndarray, output: Path | None
+) -> tuple[Path, str, int, int]:
+    """Write MODEL's profile from reference rows of its one input (``write_profile``'s core)."""
+    import onnxruntime as ort
+
     from service.experiments.model_refs import file_sha256
     from service.inference.histograms import build_profile, feature_columns
 
@@ -63,7 +79,7 @@ def write_profile(model: Path, data: Path, output: Path | None) -> tuple[Path, s
             f"profiles are built for models with one input; this one has {len(inputs)}"
         )
     name = inputs[0].name
-    table = _read_rows(data, name)
+    table = np.asarray(table, dtype=np.float32)
     expected = inputs[0].shape[-1] if len(inputs[0].shape) > 1 else None
     if isinstance(expected, int) and table.shape[1] != expected:
         raise ValueError(f"rows have {table.shape[1]} values; input {name!r} takes {expected}")
