@@ -9,8 +9,8 @@ bucket rows plus a bounded read of recent predictions, never a scan of raw event
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from dashboards.evidence import (
@@ -23,12 +23,14 @@ from dashboards.evidence import (
 )
 from dashboards.sample_size import SampleSize, sample_size
 from service.assignment.state import ServingState, initial_state, serving_state
+from service.decisions.drift import DriftCheck
 from service.decisions.evaluation import Comparison, ExperimentAnalysis
-from service.decisions.inputs import run_analysis
+from service.decisions.inputs import drift_checks, run_analysis
 from service.decisions.store import DecisionRecord, decision_log, last_analysis_at
 from service.events.sums import exposure_buckets, metric_buckets
 from service.experiments.schema import Experiment
-from service.inference.records import VariantHealth, recent_health
+from service.inference.records import VariantHealth, recent_health, shadow_reports
+from service.inference.shadow_report import ShadowReport
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,54 @@ class ExperimentPage:
     sample_size: SampleSize
     days_running: int
     state_name: str
+    drift: list[DriftCheck] = field(default_factory=list)
+    """Drift guardrails with their last ``DRIFT_WINDOWS`` windows."""
+    shadows: list[ShadowReport] = field(default_factory=list)
+    """Each shadow over the last ``SHADOW_HOURS`` hours."""
+    maturity: list[MaturitySeries] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MaturitySeries:
+    """A windowed metric's mature and pending units per variant, as of each day."""
+
+    metric: str
+    window: str
+    days: list[date]
+    mature: dict[str, list[int]]
+    pending: dict[str, list[int]]
+
+
+DRIFT_WINDOWS = 72
+SHADOW_HOURS = 48
+
+
+def maturity_series(
+    experiment: Experiment, buckets: Sequence[ExposureBucket], now: datetime
+) -> list[MaturitySeries]:
+    """Per windowed metric and day: units whose window had closed by the day's end, and the rest.
+
+    Pure; the same whole-day cohort rule as the analysis (``events.sums.mature_metric_stats``).
+    """
+    days = sorted({b.day for b in buckets})
+    variants = sorted({b.variant for b in buckets})
+    found = []
+    for metric in experiment.metrics.all_metrics():
+        hours = metric.maturity_hours
+        if hours is None or not days:
+            continue
+        mature: dict[str, list[int]] = {v: [] for v in variants}
+        pending: dict[str, list[int]] = {v: [] for v in variants}
+        for day in days:
+            end = min(now, datetime.combine(day + timedelta(days=1), time.min, UTC))
+            cutoff = (end - timedelta(hours=hours)).date()
+            for variant in variants:
+                exposed = sum(b.units for b in buckets if b.variant == variant and b.day <= day)
+                ripe = sum(b.units for b in buckets if b.variant == variant and b.day < cutoff)
+                mature[variant].append(ripe)
+                pending[variant].append(exposed - ripe)
+        found.append(MaturitySeries(metric.name, metric.window or "", days, mature, pending))
+    return found
 
 
 @dataclass(frozen=True)
@@ -110,7 +160,11 @@ def experiment_page(
         sample_size(conn, experiment, exposures),
         _days_running(exposures, now.date()),
         state_name(experiment, state),
-    )
+        drift_checks(conn, experiment, history_windows=DRIFT_WINDOWS),
+        shadow_reports(conn, experiment, now.replace(minute=0, second=0, microsecond=0)
+                       - timedelta(hours=SHADOW_HOURS - 1)),
+        maturity_series(experiment, exposure_rows, now),
+    )  # fmt: skip
 
 
 def leader(experiment: Experiment, comparisons: Sequence[Comparison]) -> Comparison | None:

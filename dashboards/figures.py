@@ -17,8 +17,10 @@ from typing import Any
 
 from dashboards.evidence import EvidencePoint, ExposureSeries
 from dashboards.palette import NEUTRAL, VariantStyle, with_alpha
+from service.decisions.drift import DriftCheck
 from service.decisions.store import DecisionRecord
 from service.inference.records import VariantHealth
+from service.inference.shadow_report import ShadowReport
 
 Figure = dict[str, Any]
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 13}
@@ -362,3 +364,85 @@ CONFIG = {
     "responsive": True,
     "toImageButtonOptions": {"format": "png", "scale": 2},
 }
+
+
+def drift_figure(
+    checks: Sequence[DriftCheck], styles: Mapping[str, VariantStyle], guardrail: str
+) -> Figure:
+    """One drift guardrail's distance per window and treatment, against the threshold."""
+    chosen = [c for c in checks if c.guardrail == guardrail and c.variant in styles]
+    data: list[dict[str, Any]] = [
+        {"type": "scatter", "mode": "lines+markers", "name": f"{c.variant} vs {c.reference}",
+         "x": [_iso(w.start) for w in c.history], "y": [finite(w.distance) for w in c.history],
+         "line": _line(styles[c.variant]), "marker": {"symbol": styles[c.variant].marker, "size": 5},
+         "hovertemplate": f"{html.escape(c.variant)} %{{x}}: %{{y:.3f}}<extra></extra>"}
+        for c in chosen
+    ]  # fmt: skip
+    if chosen:
+        first = chosen[0]
+        starts = [_iso(w.start) for w in first.history]
+        data.append({"type": "scatter", "mode": "lines", "name": f"threshold {first.threshold:g}",
+                     "x": starts, "y": [first.threshold] * len(starts),
+                     "line": {"color": NEUTRAL, "dash": "dash", "width": 1.5}, "hoverinfo": "skip"})  # fmt: skip
+    measure = chosen[0].measure if chosen else "distance"
+    what = "outputs" if guardrail == "prediction_drift" else "input columns"
+    return {
+        "data": data,
+        "layout": _layout(
+            f"{guardrail}: largest {measure} over the {what}, per window, against the control",
+            xaxis=_axis(**TIME_AXIS), yaxis=_axis(title={"text": f"{measure} (largest column)"},
+                                                  rangemode="tozero"),
+        ),
+    }  # fmt: skip
+
+
+def shadow_figure(reports: Sequence[ShadowReport], styles: Mapping[str, VariantStyle]) -> Figure:
+    """Each shadow's agreement with the served model per hour, with its 95 % interval."""
+    data: list[dict[str, Any]] = []
+    for found in reports:
+        style = styles.get(found.variant)
+        if style is None:
+            continue
+        hours = [w.hour for w in found.hours]
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{found.variant} agreement",
+                     "x": hours, "y": [w.agreement for w in found.hours], "line": _line(style),
+                     "marker": {"symbol": style.marker, "size": 5},
+                     "error_y": {"type": "data", "symmetric": False,
+                                 "array": [None if w.agreement is None or w.agreement_ci_high is None
+                                           else w.agreement_ci_high - w.agreement for w in found.hours],
+                                 "arrayminus": [None if w.agreement is None or w.agreement_ci_low is None
+                                                else w.agreement - w.agreement_ci_low for w in found.hours],
+                                 "color": with_alpha(style.color, 0.6)}})  # fmt: skip
+    return {
+        "data": data,
+        "layout": _layout(
+            "Shadow agreement with the served model per hour (95 % Wilson interval)",
+            xaxis=_axis(**TIME_AXIS), yaxis=_axis(title={"text": "share of rows deciding alike"},
+                                                  range=[0, 1.02]),
+        ),
+    }  # fmt: skip
+
+
+def maturity_figure(
+    days: Sequence[date], mature: Mapping[str, Sequence[int]], pending: Mapping[str, Sequence[int]],
+    styles: Mapping[str, VariantStyle], metric: str, window: str,
+) -> Figure:  # fmt: skip
+    """Matured and pending units of a windowed metric per variant, as of each day."""
+    data: list[dict[str, Any]] = []
+    x = [_iso(d) for d in days]
+    for variant, counts in mature.items():
+        style = styles.get(variant)
+        if style is None:
+            continue
+        data.append({"type": "scatter", "mode": "lines", "name": f"{variant} mature", "x": x,
+                     "y": list(counts), "line": _line(style)})  # fmt: skip
+        data.append({"type": "scatter", "mode": "lines", "name": f"{variant} pending", "x": x,
+                     "y": list(pending[variant]),
+                     "line": {"color": with_alpha(style.color, 0.5), "dash": "dot", "width": 2}})  # fmt: skip
+    return {
+        "data": data,
+        "layout": _layout(
+            f"{metric} (window {window}): units analysed (mature) and waiting (pending)",
+            xaxis=_axis(**DAY_AXIS), yaxis=_axis(title={"text": "units"}, rangemode="tozero"),
+        ),
+    }  # fmt: skip

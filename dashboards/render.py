@@ -130,6 +130,14 @@ def experiment_figures(page: ExperimentPage) -> dict[str, figures.Figure]:
     if page.health:
         found["latency"] = figures.latency_figure(page.health, styles)
         found["reliability"] = figures.reliability_figure(page.health, styles)
+    for guardrail in sorted({c.guardrail for c in page.drift}):
+        found[guardrail] = figures.drift_figure(page.drift, styles, guardrail)
+    if any(r.hours for r in page.shadows):
+        found["shadow_agreement"] = figures.shadow_figure(page.shadows, styles)
+    for series in page.maturity:
+        found[f"maturity_{series.metric}"] = figures.maturity_figure(
+            series.days, series.mature, series.pending, styles, series.metric, series.window
+        )
     if page.decisions:
         moments = [d.created_at for d in page.decisions]
         if page.exposures is not None:

@@ -26,6 +26,7 @@ from service.api import (
 )
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
+from service.api import shadows as shadow_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
@@ -33,10 +34,11 @@ from service.assignment.sync import StateSync
 from service.background import PeriodicThread
 from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
-from service.events.rollup import RollupScheduler, windows_from
+from service.events.rollup import RollupScheduler, metric_windows_from, windows_from
 from service.experiments.validation import load_experiments
 from service.inference.records import PREDICTIONS
 from service.inference.runtime import ModelRuntime, build_model_runtime
+from service.inference.sketches import SKETCHES
 from service.observability.logging import flush_access_log
 from service.settings import Settings
 from service.storage.database import Database
@@ -137,6 +139,7 @@ def build_runtime(settings: Settings) -> Runtime:
             ASSIGNMENTS.table: ASSIGNMENTS,
             EXPOSURES.table: EXPOSURES,
             PREDICTIONS.table: PREDICTIONS,
+            SKETCHES.table: SKETCHES,
         },
         flush_interval=settings.flush_interval_seconds,
         max_rows=settings.flush_max_rows,
@@ -164,6 +167,7 @@ def build_runtime(settings: Settings) -> Runtime:
         windows_from(registry.experiments),
         timedelta(seconds=settings.attribution_grace_seconds),
         settings.rollup_interval_seconds,
+        metric_windows_from(registry.experiments),
     )
     assignment_service = AssignmentService(
         registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1
@@ -203,6 +207,7 @@ BLUEPRINTS = (
     predictions.bp,
     analysis_routes.bp,
     decision_routes.bp,
+    shadow_routes.bp,
     keys.bp,
     dashboard_pages.bp,
 )

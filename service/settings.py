@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="How often YAML and model files are checked; 0: never."
     )
     shadow_queue_size: int = Field(default=1000, ge=1)
+    sketches: bool = Field(
+        default=True, description="Per-hour distribution sketches of model inputs and outputs."
+    )
+    sketch_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often queued answers are binned and written."
+    )
     data_dir: Path = Field(default=Path(".abx"), description="Embedded PostgreSQL and local state.")
     migrations: Path = Field(default_factory=default_migrations)
     bind: str = "127.0.0.1:8000"

@@ -112,7 +112,8 @@ def analyze(experiment_key: str) -> None:
     )
     click.echo(f"  reason: {decision.reason}")
     click.echo(f"  state:  {decision.state_after.state}")
-    summary = {k: outcome.numbers[k] for k in ("units", "srm", "primary", "guardrails", "skipped")}
+    shown = ("units", "srm", "primary", "guardrails", "skipped", "maturity", "drift")
+    summary = {k: outcome.numbers[k] for k in shown if k in outcome.numbers}
     click.echo(json.dumps(summary, indent=2, default=str))
     for delivery_id in outcome.deliveries:
         post_webhook(delivery_id)

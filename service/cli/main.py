@@ -11,6 +11,7 @@ from service.cli.backup import backup, restore
 from service.cli.decisions import action, analyze, export_state, worker
 from service.cli.infer import infer
 from service.cli.keys import keys, webhooks
+from service.cli.shadow import shadow
 from service.cli.status import status
 from service.cli.support import (
     AUTH_OFF,
@@ -292,19 +293,48 @@ def demo(duration: float, analysis_interval: float, port: int, users: int, clien
 
 @main.group()
 def models() -> None:
-    """ONNX models: build the demo models, quantize a model."""
+    """ONNX models: build the demo models, quantize a model, profile a reference."""
 
 
 @models.command("demo")
 @click.option("--root", type=click.Path(path_type=Path), help="Default: ABX_MODELS.")
 @click.option("--force", is_flag=True, help="Rebuild files that exist.")
 def models_demo(root: Path | None, force: bool) -> None:
-    """Build the demo models (seeded: the checksums in experiments/*.yaml hold)."""
-    from service.demo.models import build_demo_models
+    """Build the demo models (seeded: the checksums in experiments/*.yaml hold), and a reference
+    profile of each from its training data (for ``model.reference``)."""
+    from service.cli.profile import profile_table
+    from service.demo.models import TRAIN_ROWS, build_demo_models, demo_dataset
 
     target = root or settings_from_env().models
+    training = demo_dataset()[0][:TRAIN_ROWS]  # the models' inputs (after the YAML's scaling)
     for name, digest in build_demo_models(target, force=force).items():
         click.echo(f"{target / name}  sha256 {digest}")
+        try:
+            profile, profile_digest, _, _ = profile_table(target / name, training, None)
+        except Exception as error:  # a model that does not take the demo rows
+            click.echo(f"  (no reference profile: {error})")
+            continue
+        click.echo(f"  reference: {{path: {profile.name}, sha256: {profile_digest}}}")
+
+
+@models.command("profile")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reference inputs: CSV (a header, one column per feature) or NDJSON (one"
+              " object per line: input name -> row, or one row as a list).")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Default: MODEL with .profile.json.")  # fmt: skip
+def models_profile(model: Path, data: Path, output: Path | None) -> None:
+    """Run MODEL on reference data; write its reference profile and print the YAML to pin it."""
+    from service.cli.profile import write_profile
+
+    try:
+        target, digest, features, rows = write_profile(model, data, output)
+    except ValueError as error:
+        click.echo(f"{data}: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"{target}: {features} features over {rows} reference rows")
+    click.echo(f"      reference: {{path: {target.name}, sha256: {digest}}}")
 
 
 @models.command("quantize")
@@ -336,7 +366,7 @@ def models_quantize(source: Path, target: Path) -> None:
 
 
 for command in (
-    worker, analyze, action, export_state, status, keys, webhooks, backup, restore, infer,
+    worker, analyze, action, export_state, status, keys, webhooks, backup, restore, infer, shadow,
 ):  # fmt: skip
     main.add_command(command)
 

@@ -16,6 +16,7 @@ from service.assignment.state import load_state
 from service.decisions.inputs import run_analysis
 from service.decisions.rules import Decision, active_treatments, decide
 from service.decisions.store import (
+    already_alerted,
     awaits_approval,
     lock_experiment,
     record_analysis_run,
@@ -46,6 +47,9 @@ def analyze_and_decide(conn: Any, experiment: Experiment, actor: str = "abx") ->
         decision = decide(experiment, state, analysis, started, now)
         if decision.kind == "continue":
             return AnalysisOutcome(decision, None, [], numbers)
+        if decision.kind == "alert" and already_alerted(conn, experiment, decision):
+            return AnalysisOutcome(dataclasses.replace(decision, kind="continue",
+                                   reason=f"still: {decision.reason}"), None, [], numbers)  # fmt: skip
         if decision.awaiting_approval and awaits_approval(conn, experiment, decision):
             return AnalysisOutcome(dataclasses.replace(decision, kind="continue",
                                    reason="a promotion awaits approval"), None, [], numbers)  # fmt: skip

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.decisions.drift import DriftCheck
+
 
 def json_safe(value: Any) -> Any:
     """Dataclasses, dates and non-finite floats (as null: an interval before any look is
@@ -75,6 +77,20 @@ class SrmCheck:
 
 
 @dataclass(frozen=True)
+class MetricMaturity:
+    """Which units a windowed metric's analysis used: those whose outcome window has closed."""
+
+    metric: str
+    maturity_hours: float
+    """The metric's window plus its maturity delay."""
+    cutoff: str
+    """Units first exposed before this day (UTC date) are mature."""
+    mature_units: dict[str, int]
+    pending_units: dict[str, int]
+    """Exposed units whose window is still open: counted, not analysed."""
+
+
+@dataclass(frozen=True)
 class ExperimentAnalysis:
     experiment: str
     seed: str
@@ -87,3 +103,7 @@ class ExperimentAnalysis:
     guardrails: list[GuardrailCheck] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Comparisons without enough data yet (e.g. no variance in an arm), with why."""
+    maturity: dict[str, MetricMaturity] = field(default_factory=dict)
+    """Windowed metrics only: mature and pending units per variant."""
+    drift: list[DriftCheck] = field(default_factory=list)
+    """Drift guardrails (policy.drift), per treatment."""

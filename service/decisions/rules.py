@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from service.assignment.state import TERMINAL_STATES, ExperimentState
+from service.decisions.drift import DriftCheck
 from service.decisions.evaluation import ExperimentAnalysis
 from service.experiments.schema import Experiment
 
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str  # continue | ramp | promote | rollback | inconclusive | halt
+    kind: str  # continue | ramp | promote | rollback | inconclusive | halt | alert
     reason: str
     state_after: ExperimentState
     variant: str | None = None
@@ -41,6 +42,36 @@ def decide(
     started_at: datetime,
     now: datetime,
 ) -> Decision:
+    """The decision of one analysis; a tripped drift alert is announced when nothing else is."""
+    decision = _decide(experiment, state, analysis, started_at, now)
+    if decision.kind != "continue" or state.state in (*TERMINAL_STATES, "halted", "paused"):
+        return decision
+    treatments = active_treatments(experiment, state)
+    for check in analysis.drift:
+        if (
+            check.tripped
+            and check.action == "alert"
+            and check.variant in (*treatments, experiment.control)
+        ):
+            return Decision("alert", _drift_reason(check), state, check.variant)
+    return decision
+
+
+def _drift_reason(check: DriftCheck) -> str:
+    return (
+        f"{check.guardrail} of {check.variant}: {check.measure} {check.distance:.4g} on "
+        f"{check.feature} against {check.reference}, over {check.threshold:g} for "
+        f"{check.windows_over} windows in a row (action: {check.action})"
+    )
+
+
+def _decide(
+    experiment: Experiment,
+    state: ExperimentState,
+    analysis: ExperimentAnalysis,
+    started_at: datetime,
+    now: datetime,
+) -> Decision:
     policy = experiment.policy
     keep = Decision("continue", "nothing to change", state)
     if state.state in TERMINAL_STATES or state.state in ("halted", "paused"):
@@ -49,6 +80,16 @@ def decide(
         return Decision("halt", f"sample ratio mismatch: p = {analysis.srm.p_value:.3g} < "
                         f"{analysis.srm.threshold}", replace(state, state="halted"))  # fmt: skip
     treatments = active_treatments(experiment, state)
+    for check in analysis.drift:  # before any outcome: the models' own distributions
+        watched = (*treatments, experiment.control)  # the control drifts from its profile too
+        if check.tripped and check.variant in watched and check.action == "halt":
+            return Decision("halt", _drift_reason(check), replace(state, state="halted"),
+                            check.variant)  # fmt: skip
+        if check.tripped and check.variant in treatments and check.action == "rollback":
+            left = [t for t in treatments if t != check.variant]
+            after = replace(state, rolled_back=(*state.rolled_back, check.variant),
+                            state=state.state if left else "rolled_back")  # fmt: skip
+            return Decision("rollback", _drift_reason(check), after, check.variant)
     harmful = _harmful(analysis, treatments)
     if harmful is not None:
         variant, why = harmful
@@ -75,6 +116,9 @@ def decide(
     runtime = now - started_at
     if any(units.get(v, 0) < policy.min_units for v in [experiment.control, *treatments]):
         return replace(keep, reason=f"waiting for {policy.min_units} units per variant")
+    units, waiting = _mature_units(experiment, analysis, [experiment.control, *treatments])
+    if waiting is not None:
+        return replace(keep, reason=waiting)
     if runtime < timedelta(hours=policy.min_runtime_hours):
         return replace(keep, reason=f"waiting for {policy.min_runtime_hours} h of runtime")
     winners = [
@@ -92,10 +136,40 @@ def decide(
     at_horizon = all(
         units.get(v, 0) >= policy.planned_units for v in [experiment.control, *treatments]
     )
-    if at_horizon or (horizon_days is not None and runtime >= timedelta(days=horizon_days)):
+    matures_after = timedelta(hours=experiment.metrics.primary.maturity_hours or 0.0)
+    if at_horizon or (
+        horizon_days is not None and runtime >= timedelta(days=horizon_days) + matures_after
+    ):
         return Decision("inconclusive", "the horizon was reached without a winner; serving the control",
                         replace(state, state="inconclusive"))  # fmt: skip
     return replace(keep, reason="no conclusive evidence yet")
+
+
+def _mature_units(
+    experiment: Experiment, analysis: ExperimentAnalysis, variants: list[str]
+) -> tuple[dict[str, int], str | None]:
+    """Units that may decide the primary metric: only mature ones when it has a window.
+
+    Returns them, and why to wait when a variant has fewer than the maturity rule's
+    ``min_units`` (default ``policy.min_units``) mature units.
+    """
+    primary = experiment.metrics.primary
+    found = analysis.maturity.get(primary.name)
+    if found is None:
+        return analysis.units, None
+    rule = primary.maturity
+    needed = (
+        rule.min_units
+        if rule is not None and rule.min_units is not None
+        else experiment.policy.min_units
+    )
+    if any(found.mature_units.get(v, 0) < max(needed, 1) for v in variants):
+        pending = ", ".join(f"{v} {found.pending_units.get(v, 0)}" for v in variants)
+        return found.mature_units, (
+            f"waiting for {max(needed, 1)} mature units per variant on {primary.name} "
+            f"(window {primary.window}; pending: {pending})"
+        )
+    return found.mature_units, None
 
 
 def _harmful(analysis: ExperimentAnalysis, treatments: list[str]) -> tuple[str, str] | None:

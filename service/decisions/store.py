@@ -153,3 +153,21 @@ def last_analysis_at(conn: Any, experiment_key: str, seed: str) -> datetime | No
         (experiment_key, seed),
     ).fetchone()
     return row[0] if row else None
+
+
+def already_alerted(conn: Any, experiment: Experiment, decision: Decision) -> bool:
+    """Whether the latest decision on the experiment is this same alert (announce it once).
+
+    The same guardrail on the same variant is one episode until another decision is
+    recorded in between; the guardrail's gauge (abx_guardrail_breached) follows every run.
+    """
+    row = conn.execute(
+        "SELECT kind, variant_key, reason FROM decisions WHERE experiment_key = %s"
+        " AND seed = %s ORDER BY created_at DESC LIMIT 1",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    if row is None:
+        return False
+    kind, variant, reason = row
+    same_guardrail = reason.split(" ", 1)[0] == decision.reason.split(" ", 1)[0]
+    return bool(kind == "alert" and variant == decision.variant and same_guardrail)

@@ -24,7 +24,7 @@ from service.decisions.webhooks import (
     retry_delay_seconds,
     stale_deliveries,
 )
-from service.events.rollup import roll_up_once, windows_from
+from service.events.rollup import metric_windows_from, roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
 from service.observability import metrics
@@ -73,7 +73,9 @@ def analyze_now(key: str) -> AnalysisOutcome:
         with ctx.database.pool.connection(timeout=10.0) as conn:
             grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
             while True:
-                done = roll_up_once(conn, windows_from(ctx.experiments), grace)
+                done = roll_up_once(
+                    conn, windows_from(ctx.experiments), grace, metric_windows_from(ctx.experiments)
+                )
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break
             outcome = analyze_and_decide(conn, analysed)
@@ -107,6 +109,16 @@ def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaitin
     for check in outcome.numbers.get("guardrails", []):
         breached = 1 if check.get("breached") else 0
         metrics.GUARDRAIL_BREACHED.labels(key, check["variant"], check["metric"]).set(breached)
+    for drift in outcome.numbers.get("drift", []):
+        labels = (key, drift["variant"], drift["guardrail"])
+        metrics.GUARDRAIL_BREACHED.labels(*labels).set(1 if drift["tripped"] else 0)
+        if drift.get("distance") is not None:
+            metrics.DRIFT_DISTANCE.labels(*labels).set(drift["distance"])
+        if drift["tripped"]:
+            log.warning("drift", experiment=key, variant=drift["variant"],
+                        guardrail=drift["guardrail"], measure=drift["measure"],
+                        distance=drift["distance"], feature=drift["feature"],
+                        action=drift["action"])  # fmt: skip
 
 
 def publish_schedule_state() -> None:

@@ -6,13 +6,15 @@ same metric within one window *before* exposure is the unit's CUPED
 covariate. Units' metric totals are summed (count, continuous) or maxed
 (binary); every change of a unit's totals is recorded in the day bucket of
 the event that caused it, so summing buckets up to a day gives exact sums of
-per-unit totals as of that day.
+per-unit totals as of that day. Metrics with an outcome window also record
+each change in the bucket of the unit's *exposure* day (its cohort), so an
+analysis can sum the cohorts whose window has closed: mature units only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -84,6 +86,10 @@ class StatsDelta:
 class Rollup:
     totals: dict[UnitKey, UnitTotals] = field(default_factory=dict)
     deltas: dict[StatsKey, StatsDelta] = field(default_factory=lambda: defaultdict(StatsDelta))
+    cohort_deltas: dict[StatsKey, StatsDelta] = field(
+        default_factory=lambda: defaultdict(StatsDelta)
+    )
+    """The same changes keyed by the unit's first-exposure day (windowed metrics only)."""
 
 
 def _combine(aggregation: str, current: float, value: float) -> float:
@@ -94,8 +100,13 @@ def apply_events(
     events: Iterable[tuple[Event, Status]],
     exposures: Mapping[tuple[str, str, str], Exposure],
     current_totals: Mapping[UnitKey, UnitTotals],
+    cohort_metrics: Collection[tuple[str, str]] = (),
 ) -> Rollup:
-    """Fold attributed and pre-period events into unit totals and per-bucket deltas."""
+    """Fold attributed and pre-period events into unit totals and per-bucket deltas.
+
+    ``cohort_metrics`` names the (experiment, metric) pairs whose changes are also kept by
+    exposure cohort.
+    """
     rollup = Rollup()
     ordered = sorted(
         ((e, s) for e, s in events if s in (Status.ATTRIBUTED, Status.PRE_PERIOD)),
@@ -122,9 +133,16 @@ def apply_events(
         delta = rollup.deltas[
             (event.experiment_key, event.seed, totals.variant_key, event.metric, bucket)
         ]
-        delta.sum_y += totals.y_total - old_y
-        delta.sum_y2 += totals.y_total**2 - old_y**2
-        delta.sum_x += totals.x_total - old_x
-        delta.sum_x2 += totals.x_total**2 - old_x**2
-        delta.sum_xy += totals.x_total * totals.y_total - old_x * old_y
+        targets = [delta]
+        if (event.experiment_key, event.metric) in cohort_metrics:
+            cohort = exposure.first_exposed_at.date()
+            targets.append(rollup.cohort_deltas[
+                (event.experiment_key, event.seed, totals.variant_key, event.metric, cohort)
+            ])  # fmt: skip
+        for target in targets:
+            target.sum_y += totals.y_total - old_y
+            target.sum_y2 += totals.y_total**2 - old_y**2
+            target.sum_x += totals.x_total - old_x
+            target.sum_x2 += totals.x_total**2 - old_x**2
+            target.sum_xy += totals.x_total * totals.y_total - old_x * old_y
     return rollup

@@ -30,6 +30,7 @@ from service.events.attribution import (
     classify,
 )
 from service.events.latency import BIN_COUNT, bin_of
+from service.experiments.schema import duration_hours
 from service.observability import metrics
 from service.storage.database import Database
 from service.storage.fence import committed_through
@@ -164,8 +165,9 @@ def _write(
     events: list[tuple[Event, Status]],
     exposures: Mapping[tuple[str, str, str], Exposure],
     totals: Mapping[UnitKey, UnitTotals],
+    cohort_metrics: set[tuple[str, str]],
 ) -> None:
-    rollup = apply_events(events, exposures, totals)
+    rollup = apply_events(events, exposures, totals, cohort_metrics)
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
@@ -188,6 +190,21 @@ def _write(
                 for key, d in rollup.deltas.items()
             ],
         )
+        if rollup.cohort_deltas:
+            cursor.executemany(
+                "INSERT INTO metric_cohort_stats (experiment_key, seed, variant_key, metric, cohort,"
+                " sum_y, sum_y2, sum_x, sum_x2, sum_xy) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (experiment_key, seed, variant_key, metric, cohort) DO UPDATE SET"
+                " sum_y = metric_cohort_stats.sum_y + EXCLUDED.sum_y,"
+                " sum_y2 = metric_cohort_stats.sum_y2 + EXCLUDED.sum_y2,"
+                " sum_x = metric_cohort_stats.sum_x + EXCLUDED.sum_x,"
+                " sum_x2 = metric_cohort_stats.sum_x2 + EXCLUDED.sum_x2,"
+                " sum_xy = metric_cohort_stats.sum_xy + EXCLUDED.sum_xy",
+                [
+                    (*key, d.sum_y, d.sum_y2, d.sum_x, d.sum_x2, d.sum_xy)
+                    for key, d in rollup.cohort_deltas.items()
+                ],
+            )
     transitions: Counter[tuple[str, str]] = Counter()
     for event, status in events:
         if event.previous_status != status.value:
@@ -218,10 +235,20 @@ def _write(
     )
 
 
+MetricWindows = Callable[[str, str], timedelta | None]
+
+
 def roll_up_once(
-    conn: Any, windows: Callable[[str], timedelta], grace: timedelta
+    conn: Any,
+    windows: Callable[[str], timedelta],
+    grace: timedelta,
+    metric_windows: MetricWindows | None = None,
 ) -> tuple[int, int] | None:
-    """One chunk of work in one transaction; None when another process holds the lock."""
+    """One chunk of work in one transaction; None when another process holds the lock.
+
+    ``metric_windows(experiment, metric)`` is a metric's own outcome window, if it has one:
+    its outcomes count only within it, and are also summed by exposure cohort.
+    """
     through = committed_through(conn)
     with conn.transaction():
         (locked,) = conn.execute(
@@ -240,13 +267,17 @@ def roll_up_once(
             return exposures_done, 0
         (now,) = conn.execute("SELECT now()").fetchone()
         exposures = _load_exposures(conn, events, counted_through)
+        own = {
+            (e.experiment_key, e.metric): metric_windows(e.experiment_key, e.metric)
+            for e in events
+        } if metric_windows is not None else {}  # fmt: skip
         classified = [
             (
                 e,
                 classify(
                     e,
                     exposures.get((e.experiment_key, e.seed, e.unit_id)),
-                    windows(e.experiment_key),
+                    own.get((e.experiment_key, e.metric)) or windows(e.experiment_key),
                     now,
                     grace,
                 ),
@@ -260,7 +291,8 @@ def roll_up_once(
                 if s in (Status.ATTRIBUTED, Status.PRE_PERIOD)
             }
         )
-        _write(conn, classified, exposures, _load_totals(conn, keys))
+        cohort_metrics = {pair for pair, window in own.items() if window is not None}
+        _write(conn, classified, exposures, _load_totals(conn, keys), cohort_metrics)
         return exposures_done, len(events)
 
 
@@ -291,10 +323,12 @@ class RollupScheduler(PeriodicThread):
         windows: Callable[[str], timedelta],
         grace: timedelta,
         interval: float,
+        metric_windows: MetricWindows | None = None,
     ) -> None:
         super().__init__("abx-rollup", interval, join_timeout=3.0)
         self._database = database
         self._windows = windows
+        self._metric_windows = metric_windows
         self._grace = grace
         self._next_partition_check = 0.0
 
@@ -302,7 +336,7 @@ class RollupScheduler(PeriodicThread):
         """Roll up everything that is there now (for tests, CLI and benchmarks)."""
         for _ in range(max_rounds):
             with self._database.pool.connection(timeout=5.0) as conn:
-                done = roll_up_once(conn, self._windows, self._grace)
+                done = roll_up_once(conn, self._windows, self._grace, self._metric_windows)
             if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 return
 
@@ -313,7 +347,7 @@ class RollupScheduler(PeriodicThread):
                     # Months of outcome partitions exist ahead; keep it so as time passes.
                     conn.execute("SELECT abx_ensure_outcome_partitions()")
                     self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
-                if roll_up_once(conn, self._windows, self._grace) is None:
+                if roll_up_once(conn, self._windows, self._grace, self._metric_windows) is None:
                     return  # another process holds the rollup: it reports the lag
                 metrics.ROLLUP_LAST_SUCCESS.set(time.time())
                 for stream, seconds in rollup_lag(conn).items():
@@ -327,5 +361,20 @@ def windows_from(experiments: Mapping[str, Any]) -> Callable[[str], timedelta]:
         experiment = experiments.get(key)
         hours = experiment.outcome_window_hours if experiment is not None else 168.0
         return timedelta(hours=hours)
+
+    return window
+
+
+def metric_windows_from(experiments: Mapping[str, Any]) -> MetricWindows:
+    """Each metric's own outcome window (``window: 7d`` in its YAML), or None."""
+
+    def window(key: str, metric: str) -> timedelta | None:
+        experiment = experiments.get(key)
+        if experiment is None:
+            return None
+        for candidate in experiment.metrics.all_metrics():
+            if candidate.name == metric and candidate.window is not None:
+                return timedelta(hours=duration_hours(candidate.window))
+        return None
 
     return window

@@ -135,3 +135,46 @@ def exposure_days(conn: Any, experiment_key: str, seed: str) -> tuple[int, int]:
         (experiment_key, seed),
     ).fetchone()
     return int(row[0]), int(row[1])
+
+
+def mature_metric_stats(
+    conn: Any,
+    experiment_key: str,
+    seed: str,
+    metric: str,
+    maturity_hours: float,
+    through: date | None = None,
+) -> tuple[date, dict[str, int], dict[str, SufficientStats]]:
+    """A windowed metric over mature units only: (cutoff day, mature units, their sums).
+
+    A unit is mature once ``maturity_hours`` have passed since its exposure. Cohorts are
+    whole days, so a day's units count once the last of them is mature (before ``cutoff``):
+    never an open window, at the cost of waiting up to a day longer. ``through`` looks as of
+    the end of that day.
+    """
+    (cutoff,) = conn.execute(
+        "SELECT (least(now(), coalesce((%s::date + 1)::timestamptz, now()))"
+        " - %s * interval '1 hour')::date",
+        (through, maturity_hours),
+    ).fetchone()
+    units = {
+        variant: int(n)
+        for variant, n in conn.execute(
+            "SELECT variant_key, sum(units)::bigint FROM exposure_counts WHERE experiment_key = %s"
+            " AND seed = %s AND bucket < %s GROUP BY variant_key",
+            (experiment_key, seed, cutoff),
+        )
+    }
+    stats = {}
+    for variant, *values in conn.execute(
+        "SELECT variant_key, sum(sum_y), sum(sum_y2), sum(sum_x), sum(sum_x2), sum(sum_xy)"
+        " FROM metric_cohort_stats WHERE experiment_key = %s AND seed = %s AND metric = %s"
+        " AND cohort < %s GROUP BY variant_key",
+        (experiment_key, seed, metric, cutoff),
+    ):
+        if units.get(variant, 0) > 0:
+            stats[variant] = SufficientStats(units[variant], *(float(v) for v in values))
+    for variant, n in units.items():
+        if n > 0:
+            stats.setdefault(variant, SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return cutoff, units, stats

@@ -8,13 +8,14 @@ model's inputs is a validation problem: abx never loads such a model silently.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 
 from service.experiments.rules import RuleProblem
-from service.experiments.schema import Experiment, InputSpec, ModelRef
+from service.experiments.schema import Experiment, InputSpec, ModelRef, ReferenceProfile
 from service.experiments.source import DataPath
 
 
@@ -59,11 +60,11 @@ def _reference_problems(path: DataPath, ref: ModelRef) -> Iterator[RuleProblem]:
         if ref.token_env is not None:
             yield RuleProblem((*path, "token_env"), "'token_env' goes with an 'endpoint'")
         return
-    for field in ("path", "sha256", "providers"):
+    for field in ("path", "sha256", "providers", "reference"):
         if getattr(ref, field) is not None:
             yield RuleProblem(
                 (*path, field), f"'{field}' does not go with an 'endpoint': the server there "
-                "owns the model file and its execution provider",
+                "owns the model file and its execution provider (and a profile pins a file's checksum)",
             )  # fmt: skip
     if ref.batching:
         yield RuleProblem((*path, "batching"), "an endpoint's server batches: leave batching off")
@@ -217,3 +218,31 @@ def model_file_problems(
             continue
         for field, message in _signature_problems(ref, model):
             yield RuleProblem((*base, *field), message)
+        if ref.reference is not None:
+            yield from _profile_problems(ref.reference, ref.sha256, root, (*base, "reference"))
+
+
+def _profile_problems(
+    reference: ReferenceProfile, model_sha256: str, root: Path, base: DataPath
+) -> Iterator[RuleProblem]:
+    """The profile exists under the models root, has its pinned checksum, and is this model's."""
+    path = resolve_model_path(root, reference.path)
+    if path is None or not path.is_file():
+        yield RuleProblem((*base, "path"), f"no reference profile {reference.path!r} under {root}"
+                          " (build one with 'abx models profile')")  # fmt: skip
+        return
+    digest = file_sha256(path)
+    if digest != reference.sha256:
+        yield RuleProblem((*base, "sha256"), f"{reference.path} has SHA-256 {digest}, not the "
+                          f"{reference.sha256} expected")  # fmt: skip
+        return
+    try:
+        profile = json.loads(path.read_text("utf-8"))
+        profiled = profile["model_sha256"]
+        profile["features"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        yield RuleProblem((*base, "path"), f"{reference.path} is not a reference profile: {error}")
+        return
+    if profiled != model_sha256:
+        yield RuleProblem((*base, "path"), f"{reference.path} profiles the model {profiled}, "
+                          f"not this one ({model_sha256})")  # fmt: skip

@@ -19,6 +19,7 @@ from service.experiments.schema import (
     Condition,
     Experiment,
     NotOf,
+    duration_hours,
 )
 from service.experiments.source import DataPath
 from service.experiments.targeting import parse_version
@@ -52,7 +53,21 @@ def check_experiment(experiment: Experiment) -> list[RuleProblem]:
                 )
             )
     problems.extend(_metric_problems(experiment))
+    problems.extend(_drift_problems(experiment))
     return problems
+
+
+def _drift_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    """Drift guardrails compare models: the control and a treatment need one each."""
+    with_models = [v.key for v in experiment.variants if v.model is not None]
+    kinds: set[str] = set()
+    for index, guardrail in enumerate(experiment.policy.drift):
+        if experiment.control not in with_models or len(with_models) < 2:
+            yield RuleProblem(("policy", "drift", index), "drift guardrails need the control "
+                              "and at least one treatment to serve a model")  # fmt: skip
+        if guardrail.kind in kinds:
+            yield RuleProblem(("policy", "drift", index, "kind"), f"{guardrail.kind} given twice")
+        kinds.add(guardrail.kind)
 
 
 def _variant_problems(experiment: Experiment) -> Iterator[RuleProblem]:
@@ -84,6 +99,24 @@ def _metric_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         if name in seen:
             yield RuleProblem(path, f"duplicate metric name {name!r}")
         seen.add(name)
+    yield from _window_problems(experiment, [path[:-1] for path, _ in paths])
+
+
+def _window_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[RuleProblem]:
+    """A metric's outcome window fits in the experiment's; a maturity rule needs a window."""
+    for path, metric in zip(paths, experiment.metrics.all_metrics(), strict=True):
+        if metric.window is None:
+            if metric.maturity is not None:
+                yield RuleProblem(
+                    (*path, "maturity"), "a maturity rule needs the metric's 'window'"
+                )
+            continue
+        if duration_hours(metric.window) > experiment.outcome_window_hours:
+            yield RuleProblem(
+                (*path, "window"),
+                f"{metric.window} is longer than the experiment's outcome_window_hours "
+                f"({experiment.outcome_window_hours:g}): outcomes after that are never attributed",
+            )
 
 
 def _targeting_problems(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -52,6 +52,11 @@ class InputSpec(StrictModel):
 ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?/v2/models/[A-Za-z0-9_.-]+$"
 
 
+class ReferenceProfile(StrictModel):
+    path: str = Field(min_length=1)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ModelRef(StrictModel):
     path: str | None = Field(default=None, min_length=1)
     """The ONNX file under the models root (with ``sha256``); or else ``endpoint``."""
@@ -70,6 +75,9 @@ class ModelRef(StrictModel):
     """Model output name -> response name; default: every output under its own name."""
     batching: bool = False
     """Group concurrent requests into one run (ABX_BATCH_MAX_SIZE, ABX_BATCH_MAX_WAIT_MS)."""
+    reference: ReferenceProfile | None = None
+    """Reference distributions of the model's inputs and outputs (``abx models profile``):
+    the sketches' bins, and what the drift guardrails compare this variant with."""
 
 
 class Shadow(StrictModel):
@@ -148,11 +156,54 @@ TargetingNode = Annotated[
 ]
 
 
+DURATION_UNITS_HOURS = {"h": 1.0, "d": 24.0, "w": 168.0}
+
+
+def duration_hours(text: str) -> float:
+    """Hours in a duration written ``36h``, ``7d`` or ``2w``."""
+    return float(text[:-1]) * DURATION_UNITS_HOURS[text[-1]]
+
+
+def _duration(text: str) -> str:
+    number, unit = text[:-1], text[-1:]
+    if unit not in DURATION_UNITS_HOURS or not number.isdigit() or int(number) < 1:
+        raise ValueError(
+            f"a duration like 36h, 7d or 2w (a whole number and h, d or w), got {text!r}"
+        )
+    if duration_hours(text) > 366 * 24:
+        raise ValueError(f"at most a year, got {text!r}")
+    return text
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class Maturity(StrictModel):
+    """When a unit's outcome on a windowed metric counts: its window closed, plus ``delay``."""
+
+    delay: Duration | None = None
+    """Extra wait after the window closes for late labels to arrive (e.g. ``2d``)."""
+    min_units: Annotated[int, Field(ge=0)] | None = None
+    """Mature units per variant before this metric can decide anything; default policy.min_units."""
+
+
 class Metric(StrictModel):
     name: Key
     type: Literal["binary", "count", "continuous"]
     direction: Literal["increase", "decrease"] = "increase"
     description: str = ""
+    window: Duration | None = None
+    """Outcome window (``7d``): only outcomes within it after exposure count, and only units
+    exposed at least this long ago (plus ``maturity.delay``) enter the analysis."""
+    maturity: Maturity | None = None
+
+    @property
+    def maturity_hours(self) -> float | None:
+        """How long after exposure a unit's outcome is final; None: counts at once."""
+        if self.window is None:
+            return None
+        delay = self.maturity.delay if self.maturity is not None else None
+        return duration_hours(self.window) + (duration_hours(delay) if delay else 0.0)
 
 
 class Guardrail(Metric):
@@ -177,6 +228,25 @@ class Ramp(StrictModel):
     hold_hours: Annotated[float, Field(ge=0.0)] = 24.0
 
 
+class DriftGuardrail(StrictModel):
+    """Act when a treatment's model outputs (or inputs) drift from their reference.
+
+    The reference is the control's sketches over the same window. A window trips when the
+    largest distance over the outputs (``prediction_drift``) or input columns
+    (``input_drift``) exceeds ``threshold``; the guardrail trips when the last ``windows``
+    windows all did (an effect size held, not a p-value: docs/statistics.md).
+    """
+
+    kind: Literal["prediction_drift", "input_drift"]
+    measure: Literal["psi", "ks", "wasserstein"] = "psi"
+    threshold: Annotated[float, Field(gt=0.0)] = 0.25
+    windows: Annotated[int, Field(ge=1, le=168)] = 3
+    window_hours: Annotated[int, Field(ge=1, le=168)] = 1
+    min_rows: Annotated[int, Field(ge=1)] = 500
+    """Rows each side needs in a window for it to count (a thinner window breaks the run)."""
+    action: Literal["alert", "halt", "rollback"] = "alert"
+
+
 class Policy(StrictModel):
     """How the decision workers judge and act on this experiment."""
 
@@ -195,6 +265,7 @@ class Policy(StrictModel):
     ramp: Ramp | None = None
     srm_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     webhooks: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
+    drift: list[DriftGuardrail] = Field(default_factory=list)
 
 
 class Experiment(StrictModel):

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from service.experiments.schema import Experiment
+from service.inference.shadow_report import ShadowHour, ShadowReport, report
 from service.storage.writer import BatchWriter, Stream
 
 _COLUMNS = (
@@ -131,3 +132,59 @@ def recent_health(
             )
         )
     return found
+
+
+_SHADOW_HOURS = """
+SELECT date_trunc('hour', predicted_at) AS hour, count(*), sum(batch_rows),
+       sum(coalesce(agreement, 0) * batch_rows) FILTER (WHERE agreement IS NOT NULL),
+       sum(batch_rows) FILTER (WHERE agreement IS NOT NULL),
+       sum(max_abs_diff), sum(max_abs_diff * max_abs_diff), max(max_abs_diff),
+       count(max_abs_diff), sum(latency_ms), sum(latency_ms * latency_ms),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)
+FROM predictions
+WHERE experiment_key = %s AND variant_key = %s AND shadow AND predicted_at >= %s
+GROUP BY 1 ORDER BY 1
+"""
+_SERVED_P99 = """
+SELECT date_trunc('hour', predicted_at), percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)
+FROM predictions
+WHERE experiment_key = %s AND variant_key = %s AND NOT shadow AND NOT fallback
+  AND predicted_at >= %s
+GROUP BY 1
+"""
+
+
+def shadow_hours(
+    conn: Any, experiment_key: str, shadow: str, served: str, since: datetime
+) -> list[ShadowHour]:
+    """Per hour since ``since``: a shadow's agreement, differences and latency, and the p99
+    latency of the ``served`` variant's own model over the same hour (index range reads)."""
+    served_p99 = {
+        hour: float(p99) for hour, p99 in conn.execute(_SERVED_P99, (experiment_key, served, since))
+    }
+    found = []
+    for row in conn.execute(_SHADOW_HOURS, (experiment_key, shadow, since)):
+        hour, runs, _rows, agreeing, rated_rows, d_sum, d_sq, d_max, d_n, l_sum, l_sq, l_p99 = row
+        found.append(
+            ShadowHour(
+                hour, int(runs), int(rated_rows or 0), float(agreeing or 0.0), int(d_n),
+                float(d_sum or 0.0), float(d_sq or 0.0),
+                None if d_max is None else float(d_max), float(l_sum), float(l_sq),
+                None if l_p99 is None else float(l_p99), served_p99.get(hour),
+            )
+        )  # fmt: skip
+    return found
+
+
+def shadow_reports(conn: Any, experiment: Experiment, since: datetime) -> list[ShadowReport]:
+    """Every shadow variant of the experiment against the control's served model, per hour."""
+    return [
+        report(
+            variant.key,
+            experiment.control,
+            variant.shadow.sample_rate,
+            shadow_hours(conn, experiment.key, variant.key, experiment.control, since),
+        )
+        for variant in experiment.variants
+        if variant.shadow is not None
+    ]

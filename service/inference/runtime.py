@@ -15,6 +15,7 @@ from service.assignment.sync import StateSync
 from service.experiments.reload import HotReloader
 from service.experiments.validation import LoadResult
 from service.inference.catalog import BatchingConfig, ProcessConfig, build_catalog
+from service.inference.histograms import DEFAULT_EDGES
 from service.inference.install import install_problem, installed_runtime_packages
 from service.inference.placement import Placement
 from service.inference.records import PredictionLog
@@ -22,6 +23,7 @@ from service.inference.runner import SessionRunner
 from service.inference.service import PredictionService
 from service.inference.sessions import SessionPool, default_threads
 from service.inference.shadow import ShadowRunner
+from service.inference.sketches import SketchBook, profile_edges
 from service.inference.wire import InferenceClient, TransportError
 from service.settings import Settings, default_workers
 from service.storage.writer import BatchWriter
@@ -35,6 +37,7 @@ class ModelRuntime:
     pool: SessionPool
     shadows: ShadowRunner
     reloader: HotReloader
+    sketches: SketchBook
     onnxruntime: dict[str, Any]
     """The installed package, its version and providers, and any install problem."""
     process: ProcessConfig
@@ -42,6 +45,7 @@ class ModelRuntime:
     def close(self) -> None:
         self.reloader.close()
         self.shadows.close()
+        self.sketches.close()
         for batcher in self.predictions.catalog.batchers().values():
             batcher.close()
 
@@ -112,6 +116,7 @@ class ModelRuntime:
             "reloads": self.reloader.reloads,
             "reloads_rejected": self.reloader.rejected,
             "shadow_runs_dropped": self.shadows.dropped,
+            "sketch_offers_dropped": self.sketches.dropped,
         }
 
 
@@ -134,6 +139,14 @@ def build_model_runtime(
     )
     predictions_log = PredictionLog(writer)
     shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
+    edges = profile_edges(settings.models, registry.experiments.values())
+    sketches = SketchBook(
+        writer.put,
+        settings.sketch_interval_seconds,
+        edges_for=lambda sha, feature: edges.get(sha, {}).get(feature, DEFAULT_EDGES),
+    )
+    if settings.sketches:
+        sketches.start()
     service = PredictionService(
         assignments,
         catalog,
@@ -141,6 +154,7 @@ def build_model_runtime(
         predictions_log,
         shadows,
         settings.max_batch_items,
+        sketches if settings.sketches else None,
     )
 
     def apply(loaded: LoadResult) -> None:
@@ -150,12 +164,15 @@ def build_model_runtime(
         )
         registry.replace(loaded)
         state.resync()
+        fresh = profile_edges(settings.models, experiments)
+        edges.clear()
+        edges.update(fresh)  # new reference bins for answers sketched from now on
 
     reloader = HotReloader(
         settings.experiments, settings.models, apply, settings.reload_poll_seconds
     )
     reloader.start()
-    return ModelRuntime(service, pool, shadows, reloader, _onnxruntime_status(), process)
+    return ModelRuntime(service, pool, shadows, reloader, sketches, _onnxruntime_status(), process)
 
 
 def process_config(settings: Settings) -> ProcessConfig:

@@ -23,6 +23,7 @@ from service.inference.runner import FailureCounts, ModelRunner, run_with_fallba
 from service.inference.sessions import LoadedModel
 from service.inference.shadow import ShadowJob, ShadowRunner
 from service.inference.signature import convert_inputs
+from service.inference.sketches import SketchBook
 from service.observability import metrics
 
 
@@ -66,6 +67,7 @@ class PredictionService:
         predictions: PredictionLog,
         shadows: ShadowRunner,
         max_rows: int,
+        sketches: SketchBook | None = None,
     ) -> None:
         self._catalog = catalog
         start_series(catalog)
@@ -75,6 +77,7 @@ class PredictionService:
         self._predictions = predictions
         self._shadows = shadows
         self._max_rows = max_rows
+        self._sketches = sketches
 
     @property
     def catalog(self) -> Catalog:
@@ -169,6 +172,9 @@ class PredictionService:
                 datetime.now(UTC),
             )
         )
+        if self._sketches is not None and failure is None and not cached:
+            # The variant's own model answered: its inputs and outputs join its sketches.
+            self._sketches.offer(experiment_key, assigned, model.sha256, feeds, outputs)
         for shadow in models.shadows:
             self._shadows.offer(ShadowJob(experiment_key, unit_id, shadow, inputs, renamed))
         return Prediction(

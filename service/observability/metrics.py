@@ -101,6 +101,10 @@ SHADOW_AGREEMENT = Histogram(
     ["experiment", "variant"],
     buckets=AGREEMENT,
 )
+SKETCH_OFFERS_DROPPED = Counter(
+    "abx_sketch_offers_dropped",
+    "Answers left out of the distribution sketches because their queue was full.",
+)
 
 # Writes
 EVENTS = Counter(
@@ -192,6 +196,12 @@ SRM_P_VALUE = Gauge(
 GUARDRAIL_BREACHED = Gauge(
     "abx_guardrail_breached",
     "1 when the latest analysis found the guardrail breached for the variant, else 0.",
+    ["experiment", "variant", "guardrail"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_DISTANCE = Gauge(
+    "abx_drift_distance",
+    "Latest window's largest drift distance of the variant against its reference, by guardrail.",
     ["experiment", "variant", "guardrail"],
     multiprocess_mode="mostrecent",
 )

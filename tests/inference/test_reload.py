@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import Counter
 from pathlib import Path
@@ -142,3 +143,11 @@ def test_demo_models_are_reproducible(tmp_path: Path, built: dict[str, str]) -> 
         assert f"{name}  sha256 {digest}" in result.output
     yaml_text = "".join(p.read_text() for p in (MODELS.parent).glob("*.yaml"))
     assert all(digest in yaml_text for digest in built.values())
+    # ...and a reference profile of each from its training data, for model.reference.
+    assert "reference: {path: churn_logreg.profile.json, sha256: " in result.output
+    profile = json.loads((tmp_path / "churn_logreg.profile.json").read_text())
+    assert profile["model_sha256"] == built["churn_logreg.onnx"]
+    assert (
+        "input:features[19]" in profile["features"]
+        and "output:probability[0]" in profile["features"]
+    )
