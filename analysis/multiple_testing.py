@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from statsmodels.stats.multitest import multipletests
+
 from analysis.validation import check_integer, check_probability
 
 
@@ -41,18 +43,9 @@ def bonferroni_alpha(alpha: float, comparisons: int) -> float:
 def bonferroni(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResult:
     """Adjust p-values by Bonferroni: p_adj = min(1, m p); reject when p <= alpha / m.
 
-    Equals ``statsmodels.stats.multitest.multipletests(method="bonferroni")``.
+    Computed by ``statsmodels.stats.multitest.multipletests(method="bonferroni")``.
     """
-    raw = _check_p_values(p_values)
-    check_probability("alpha", alpha)
-    m = len(raw)
-    return MultipleTestingResult(
-        method="bonferroni",
-        alpha_family=alpha,
-        p_values_raw=tuple(raw),
-        p_values_adjusted=tuple(min(1.0, p * m) for p in raw),
-        reject=tuple(p <= alpha / m for p in raw),
-    )
+    return _multipletests(p_values, alpha, "bonferroni")
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResult:
@@ -62,30 +55,22 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResul
     p_(i) <= alpha / (m - i + 1), stopping at the first that fails (Holm 1979, Scand. J.
     Statist. 6:65, section 2). Adjusted p-values are
     p_adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)) (Wright 1992, Biometrics 48:1005),
-    so H_(i) is rejected exactly when p_adj_(i) <= alpha. Equals
+    so H_(i) is rejected exactly when p_adj_(i) <= alpha. Computed by
     ``statsmodels.stats.multitest.multipletests(method="holm")``.
     """
+    return _multipletests(p_values, alpha, "holm")
+
+
+def _multipletests(p_values: Sequence[float], alpha: float, method: str) -> MultipleTestingResult:
     raw = _check_p_values(p_values)
     check_probability("alpha", alpha)
-    m = len(raw)
-    order = sorted(range(m), key=lambda i: raw[i])
-    adjusted = [0.0] * m
-    reject = [False] * m
-    running_max = 0.0
-    still_rejecting = True
-    for rank, index in enumerate(order):
-        remaining = m - rank
-        running_max = max(running_max, raw[index] * remaining)
-        adjusted[index] = min(1.0, running_max)
-        # Compare by division, as statsmodels does, so decisions agree at exact ties.
-        still_rejecting = still_rejecting and raw[index] <= alpha / remaining
-        reject[index] = still_rejecting
+    reject, adjusted, _, _ = multipletests(raw, alpha=alpha, method=method)
     return MultipleTestingResult(
-        method="holm",
+        method=method,
         alpha_family=alpha,
         p_values_raw=tuple(raw),
-        p_values_adjusted=tuple(adjusted),
-        reject=tuple(reject),
+        p_values_adjusted=tuple(float(p) for p in adjusted),
+        reject=tuple(bool(r) for r in reject),
     )
 
 
