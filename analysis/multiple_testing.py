@@ -55,10 +55,33 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResul
     p_(i) <= alpha / (m - i + 1), stopping at the first that fails (Holm 1979, Scand. J.
     Statist. 6:65, section 2). Adjusted p-values are
     p_adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)) (Wright 1992, Biometrics 48:1005),
-    so H_(i) is rejected exactly when p_adj_(i) <= alpha. Computed by
-    ``statsmodels.stats.multitest.multipletests(method="holm")``.
+    so H_(i) is rejected exactly when p_adj_(i) <= alpha. Equals
+    ``statsmodels.stats.multitest.multipletests(method="holm")``, which is not called:
+    its Holm branch runs a full ``gc.collect()`` on every call (0.2 s in a test process),
+    and the decisions call this at every look and the dashboards once per day shown.
     """
-    return _multipletests(p_values, alpha, "holm")
+    raw = _check_p_values(p_values)
+    check_probability("alpha", alpha)
+    m = len(raw)
+    order = sorted(range(m), key=lambda i: raw[i])
+    adjusted = [0.0] * m
+    reject = [False] * m
+    running_max = 0.0
+    still_rejecting = True
+    for rank, index in enumerate(order):
+        remaining = m - rank
+        running_max = max(running_max, raw[index] * remaining)
+        adjusted[index] = min(1.0, running_max)
+        # Compare by division, as statsmodels does, so decisions agree at exact ties.
+        still_rejecting = still_rejecting and raw[index] <= alpha / remaining
+        reject[index] = still_rejecting
+    return MultipleTestingResult(
+        method="holm",
+        alpha_family=alpha,
+        p_values_raw=tuple(raw),
+        p_values_adjusted=tuple(adjusted),
+        reject=tuple(reject),
+    )
 
 
 def _multipletests(p_values: Sequence[float], alpha: float, method: str) -> MultipleTestingResult:
