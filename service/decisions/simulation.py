@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import fixed
 from analysis.sufficient_stats import SufficientStats
 from service.assignment.state import ExperimentState
 from service.decisions.evaluation import analyze
@@ -50,6 +51,9 @@ class Replay:
     rollbacks: list[str] = field(default_factory=list)
     looks: int = 0
     looks_with_errors: int = 0
+    fixed_horizon: list[str] = field(default_factory=list)
+    """Treatments a fixed-horizon test (z or Welch, Bonferroni across treatments) finds
+    better at ``planned_units``, on the same data (with ``fixed_horizon=True``)."""
 
 
 def _outcomes(rng: np.random.Generator, metric: str, n: int, lift: float) -> tuple[float, float]:
@@ -63,8 +67,15 @@ def _outcomes(rng: np.random.Generator, metric: str, n: int, lift: float) -> tup
     return float(values.sum()), float((values**2).sum())
 
 
-def replay(experiment: Experiment, scenario: Scenario, rng: np.random.Generator) -> Replay:
-    """Run one synthetic experiment through analyze and decide, look by look."""
+def replay(
+    experiment: Experiment, scenario: Scenario, rng: np.random.Generator,
+    fixed_horizon: bool = False,
+) -> Replay:  # fmt: skip
+    """Run one synthetic experiment through analyze and decide, look by look.
+
+    With ``fixed_horizon`` the traffic goes on after the decision (all arms, the weights of
+    the start) until every arm has ``planned_units``, for the fixed-horizon comparison.
+    """
     keys = experiment.variant_keys
     treatments = [k for k in keys if k != experiment.control]
     lift = {experiment.control: 0.0, **dict(zip(treatments, scenario.lifts, strict=True))}
@@ -78,9 +89,12 @@ def replay(experiment: Experiment, scenario: Scenario, rng: np.random.Generator)
     result = Replay()
     looks = int(scenario.days * 24 / scenario.look_every_hours)
     per_look = scenario.units_per_day * scenario.look_every_hours / 24.0
+    decided = False
     for look in range(1, looks + 1):
         now = START + timedelta(hours=look * scenario.look_every_hours)
         active = [experiment.control, *active_treatments(experiment, state)]
+        if decided:
+            active = list(keys)
         weights = {v.key: v.weight for v in experiment.variants if v.key in active}
         total_weight = sum(weights.values())
         arrivals = rng.multinomial(
@@ -94,8 +108,13 @@ def replay(experiment: Experiment, scenario: Scenario, rng: np.random.Generator)
             total, squares = _outcomes(rng, scenario.metric, int(count), lift[key])
             sums[key][0] += total
             sums[key][1] += squares
-        stats = {(k, metric): SufficientStats(units[k], sums[k][0], sums[k][1], 0.0, 0.0, 0.0)
+        stats = {(k, metric): SufficientStats(units[k], sums[k][0], sums[k][1])
                  for k in keys if units[k]}  # fmt: skip
+        if decided:
+            if min(units.values()) >= experiment.policy.planned_units:
+                result.fixed_horizon = _fixed_horizon(experiment, stats, metric)
+                break
+            continue
         analysis, carried = analyze(
             experiment, dict(units), stats, weights, design=design, carried=carried,
             daily_units=daily, today=now.date(),
@@ -110,8 +129,32 @@ def replay(experiment: Experiment, scenario: Scenario, rng: np.random.Generator)
             result.decision = "rolled_back" if decision.kind == "rollback" else decision.kind
             result.variant = decision.variant
             result.hours = look * scenario.look_every_hours
-            break
+            decided = True
+            if not fixed_horizon:
+                break
     return result
+
+
+def _fixed_horizon(
+    experiment: Experiment, stats: dict[tuple[str, str], SufficientStats], metric: str
+) -> list[str]:
+    """Treatments a single test at the planned size finds better (alpha / treatments each)."""
+    treatments = [k for k in experiment.variant_keys if k != experiment.control]
+    level = experiment.policy.alpha / len(treatments)
+    control = stats[(experiment.control, metric)]
+    better = []
+    for key in treatments:
+        arm = stats[(key, metric)]
+        if experiment.metrics.primary.type == "binary":
+            test = fixed.two_proportion_z(round(control.total), control.n, round(arm.total), arm.n)
+            z, p_value = test.z, test.p_value
+        else:
+            welch = fixed.welch_t(control.mean, control.sample_variance, control.n,
+                                  arm.mean, arm.sample_variance, arm.n)  # fmt: skip
+            z, p_value = welch.t, welch.p_value
+        if p_value <= level and z > 0:
+            better.append(key)
+    return better
 
 
 def experiment_for(arms: int, method: str, metric: str = "binary", **policy: Any) -> Experiment:
