@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from statsmodels.stats.power import normal_sample_size_one_tail
 from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
 
-from analysis.inflation_factor import classic_inflation_factor, sequential_inflation_factor
+from analysis.inflation_factor import (
+    classic_inflation_factor,
+    mixture_inflation_factor,
+    sequential_inflation_factor,
+)
 from analysis.validation import (
     WEIGHT_SUM_TOLERANCE,
     check_positive,
@@ -35,6 +39,7 @@ __all__ = [
     "classic_inflation_factor",
     "expected_duration",
     "inflate",
+    "mixture_inflation_factor",
     "sample_size_means",
     "sample_size_proportions",
     "sequential_inflation_factor",

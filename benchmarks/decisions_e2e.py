@@ -13,6 +13,7 @@ group-sequential), arm count and truth, it reports with 95 % Wilson intervals:
   hours to the promotion, and the fixed-horizon test's power on the same data.
 
     python benchmarks/decisions_e2e.py [--experiments 400] [--look-minutes 60] [--days 14]
+    python benchmarks/decisions_e2e.py --planned 19148 --lift-for 10000   # a plan's power
 
 ``--look-minutes 1`` is the default analysis cadence (ABX_ANALYSIS_INTERVAL_SECONDS=60); the
 tests are anytime-valid, so the cadence changes time to decision, not the error rates.
@@ -69,6 +70,10 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=14.0)
     parser.add_argument("--units-per-day", type=int, default=2_000, help="per arm")
     parser.add_argument("--planned", type=int, default=10_000, help="planned_units per arm")
+    parser.add_argument(
+        "--lift-for", type=int, help="units/arm at which the lift gives 80 %% fixed power"
+        " (default: --planned; pass it with --planned from `abx plan` to check a plan's power)",
+    )  # fmt: skip
     parser.add_argument("--metric", choices=("binary", "continuous"), default="binary")
     parser.add_argument("--arms", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -78,7 +83,7 @@ def main() -> None:
           f"{args.look_minutes:g} min for {args.days:g} days, {args.units_per_day} units/day/arm, "
           f"planned_units {args.planned}, {args.metric} primary, alpha 0.05")  # fmt: skip
     for arms in args.arms:
-        lift = lift_for_power(arms, args.planned)
+        lift = lift_for_power(arms, args.lift_for or args.planned)
         for method in args.methods:
             started = time.perf_counter()
             null = run(method, arms, (0.0,) * (arms - 1), args, args.seed + arms)
