@@ -36,10 +36,10 @@ def test_no_data_bounds_nothing_and_bad_input_is_refused() -> None:
 
 
 def test_the_true_quantile_is_covered_at_every_look_with_probability_1_minus_alpha() -> None:
-    """200 histories of 40 looks (125 to 5,000 observations): the bounds must hold at all
+    """150 histories of 40 looks (125 to 5,000 observations): the bounds must hold at all
     looks at once; by simulation the miss rate stays under alpha plus its Monte-Carlo error."""
     rng = np.random.default_rng(22)
-    alpha, sims, looks, per_look = 0.1, 200, 40, 125
+    alpha, sims, looks, per_look = 0.1, 150, 40, 125
     true_p99 = float(stats.lognorm(0.5, scale=5.0).ppf(0.99))
     bins = np.diff(stats.lognorm(0.5, scale=5.0).cdf(np.array([0.0, *EDGES, np.inf])))
     missed = 0
