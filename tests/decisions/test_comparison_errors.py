@@ -19,6 +19,7 @@ def test_uncomputed_comparisons_set_the_gauge_the_alert_reads() -> None:
     )
     assert value == 1.0
     publish_analysis("errors_exp", AnalysisOutcome(keep, None, [], {"errors": []}), 0.01, 0)
-    assert REGISTRY.get_sample_value(
-        "abx_analysis_comparison_errors", {"experiment": "errors_exp"}
-    ) == 0.0
+    assert (
+        REGISTRY.get_sample_value("abx_analysis_comparison_errors", {"experiment": "errors_exp"})
+        == 0.0
+    )
