@@ -112,7 +112,10 @@ def analyze(experiment_key: str) -> None:
     )
     click.echo(f"  reason: {decision.reason}")
     click.echo(f"  state:  {decision.state_after.state}")
-    summary = {k: outcome.numbers[k] for k in ("units", "srm", "primary", "guardrails", "skipped")}
+    summary = {
+        k: outcome.numbers[k]
+        for k in ("units", "srm", "primary", "guardrails", "skipped", "errors")
+    }
     click.echo(json.dumps(summary, indent=2, default=str))
     for delivery_id in outcome.deliveries:
         post_webhook(delivery_id)
