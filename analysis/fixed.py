@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from scipy import special
+from scipy import special, stats
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
 from analysis.validation import check_finite, check_integer, check_probability, is_integer
 
@@ -59,12 +60,10 @@ def two_proportion_z(successes_a: int, n_a: int, successes_b: int, n_b: int) -> 
     """
     _check_counts(successes_a, n_a, "a")
     _check_counts(successes_b, n_b, "b")
-    pooled = (successes_a + successes_b) / (n_a + n_b)
-    variance = pooled * (1.0 - pooled) * (1.0 / n_a + 1.0 / n_b)
-    if variance <= 0.0:
+    if successes_a + successes_b in (0, n_a + n_b):
         raise ValueError("z-test undefined: all units in both arms have the same outcome")
-    z = (successes_b / n_b - successes_a / n_a) / math.sqrt(variance)
-    return ZTest(float(z), _two_sided_normal_p(z))
+    z, p_value = proportions_ztest([successes_b, successes_a], [n_b, n_a], value=0.0)
+    return ZTest(float(z), float(p_value))
 
 
 def proportion_difference_ci(
@@ -73,7 +72,7 @@ def proportion_difference_ci(
     """Return the unpooled Wald interval for the difference of proportions p_b - p_a.
 
     (p_b - p_a) +- z_{1-(1-c)/2} sqrt(p_a (1 - p_a) / n_a + p_b (1 - p_b) / n_b)
-    (Newcombe 1998, Stat. Med. 17:873, method 1). Equals
+    (Newcombe 1998, Stat. Med. 17:873, method 1), computed by
     ``statsmodels.stats.proportion.confint_proportions_2indep(method="wald")``.
 
     Raises
@@ -88,8 +87,18 @@ def proportion_difference_ci(
     variance = rate_a * (1.0 - rate_a) / n_a + rate_b * (1.0 - rate_b) / n_b
     if variance <= 0.0:
         raise ValueError("Wald interval undefined: both observed rates are 0 or 1")
-    critical = _normal_critical(confidence_level)
-    return _interval(rate_b - rate_a, math.sqrt(variance), critical, confidence_level)
+    check_probability("confidence_level", confidence_level)
+    low, high = confint_proportions_2indep(
+        successes_b, n_b, successes_a, n_a, method="wald", compare="diff",
+        alpha=1.0 - confidence_level,
+    )  # fmt: skip
+    return DifferenceEstimate(
+        difference=float(rate_b - rate_a),
+        standard_error=math.sqrt(variance),
+        ci_low=float(low),
+        ci_high=float(high),
+        confidence_level=confidence_level,
+    )
 
 
 def welch_t(
@@ -100,17 +109,19 @@ def welch_t(
     t = (mean_b - mean_a) / sqrt(var_a / n_a + var_b / n_b), with Welch-Satterthwaite
     degrees of freedom (Welch 1947, Biometrika 34:28, eq. 9; Satterthwaite 1946) and
     two-sided p from Student's t. Variances are unbiased sample variances (ddof = 1).
-    Equals ``scipy.stats.ttest_ind_from_stats(..., equal_var=False)``.
+    Computed by ``scipy.stats.ttest_ind_from_stats(..., equal_var=False)``: statsmodels'
+    Welch test (``CompareMeans``) needs the raw observations, which the service never has.
 
     Raises
     ------
     ValueError
         For n < 2, negative or non-finite inputs, or both variances zero.
     """
-    standard_error, df = _welch_parts(mean_a, var_a, n_a, mean_b, var_b, n_b)
-    t = float((mean_b - mean_a) / standard_error)
-    p_value = float(2.0 * special.stdtr(df, -abs(t)))
-    return WelchTTest(t, df, p_value)
+    _, df = _welch_parts(mean_a, var_a, n_a, mean_b, var_b, n_b)
+    t, p_value = stats.ttest_ind_from_stats(
+        mean_b, math.sqrt(var_b), n_b, mean_a, math.sqrt(var_a), n_a, equal_var=False
+    )
+    return WelchTTest(float(t), df, float(p_value))
 
 
 def mean_difference_ci(
@@ -163,16 +174,6 @@ def _interval(
         ci_high=float(difference + half_width),
         confidence_level=confidence_level,
     )
-
-
-def _two_sided_normal_p(z: float) -> float:
-    # erfc keeps full relative precision in the tail, where 1 - Phi(|z|) would round to 0.
-    return math.erfc(abs(z) / math.sqrt(2.0))
-
-
-def _normal_critical(confidence_level: float) -> float:
-    check_probability("confidence_level", confidence_level)
-    return float(special.ndtri(0.5 + confidence_level / 2.0))
 
 
 def _check_counts(successes: int, n: int, arm: str) -> None:

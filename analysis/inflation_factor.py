@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from scipy import optimize, special
 
 from analysis import group_sequential
+from analysis.mixture_tuning import optimal_variance_ratio
+from analysis.normal_mixture import two_sided_boundary_z
 from analysis.validation import check_probability
 
 
@@ -74,3 +76,24 @@ def _inflation(
 
     drift = optimize.brentq(shortfall, 0.0, 3.0 * fixed_drift + 3.0, xtol=1e-10)
     return float((drift / fixed_drift) ** 2)
+
+
+def mixture_inflation_factor(alpha: float = 0.05, power: float = 0.8) -> float:
+    """Return units needed by an always-valid mixture test over the fixed design's, at ``power``.
+
+    The mSPRT and the confidence sequence with ``tau2 / V`` optimal at the planned size
+    (x* = :func:`analysis.mixture_tuning.optimal_variance_ratio`) reject at the planned size
+    when |Z| exceeds b = :func:`analysis.normal_mixture.two_sided_boundary_z` (x*, alpha)
+    (Johari, Pekelis & Walsh 2022; Waudby-Smith et al. 2024). Asking that final look alone
+    for the power gives the closed form
+
+        R = ((b + z_{1-beta}) / (z_{1-alpha/2} + z_{1-beta}))^2,
+
+    a slight overestimate, since an experiment may also cross at an earlier look (so the
+    plan delivers at least ``power``). About 1.9 at alpha = 0.05 and power 0.8.
+    """
+    check_probability("alpha", alpha)
+    check_probability("power", power)
+    boundary = float(two_sided_boundary_z(optimal_variance_ratio(alpha), alpha))
+    z_power = float(special.ndtri(power))
+    return ((boundary + z_power) / (float(-special.ndtri(alpha / 2.0)) + z_power)) ** 2

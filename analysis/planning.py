@@ -17,9 +17,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy import special
+from statsmodels.stats.power import normal_sample_size_one_tail
+from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
 
-from analysis.inflation_factor import classic_inflation_factor, sequential_inflation_factor
+from analysis.inflation_factor import (
+    classic_inflation_factor,
+    mixture_inflation_factor,
+    sequential_inflation_factor,
+)
 from analysis.validation import (
     WEIGHT_SUM_TOLERANCE,
     check_positive,
@@ -34,6 +39,7 @@ __all__ = [
     "classic_inflation_factor",
     "expected_duration",
     "inflate",
+    "mixture_inflation_factor",
     "sample_size_means",
     "sample_size_proportions",
     "sequential_inflation_factor",
@@ -88,7 +94,8 @@ def sample_size_proportions(
 
     (Fleiss, Levin & Paik 2003, "Statistical Methods for Rates and Proportions", 3rd ed.,
     chapter 4, without continuity correction). At r = 1 this is R's ``power.prop.test``;
-    in general it equals ``statsmodels.stats.proportion.samplesize_proportions_2indep_onetail``.
+    it is computed by ``statsmodels.stats.proportion.samplesize_proportions_2indep_onetail``
+    (whose group 1 is the control here: ``diff = p_a - p_b``, ``ratio = r``).
 
     Parameters
     ----------
@@ -108,15 +115,14 @@ def sample_size_proportions(
     treatment_rate = baseline_rate + delta
     if not 0.0 < treatment_rate < 1.0:
         raise ValueError(f"baseline + effect must lie in (0, 1), got {treatment_rate}")
-    z_alpha, z_power = _critical_values(alpha, power)
+    _check_levels(alpha, power)
     check_positive("allocation_ratio", allocation_ratio)
     r = float(allocation_ratio)
-    pooled = (baseline_rate + r * treatment_rate) / (1.0 + r)
-    null_sd = math.sqrt(pooled * (1.0 - pooled) * (1.0 + 1.0 / r))
-    alternative_sd = math.sqrt(
-        baseline_rate * (1.0 - baseline_rate) + treatment_rate * (1.0 - treatment_rate) / r
+    n_control = float(
+        samplesize_proportions_2indep_onetail(
+            -delta, treatment_rate, power, ratio=r, alpha=alpha, alternative="two-sided"
+        )
     )
-    n_control = ((z_alpha * null_sd + z_power * alternative_sd) / delta) ** 2
     return _plan(n_control, delta, alpha, power, r, 1.0)
 
 
@@ -134,10 +140,12 @@ def sample_size_means(
 
     n_a = (z_{1-alpha/2} + z_{1-beta})^2 sigma^2 (1 + 1/r) / delta^2, the normal
     approximation with a common standard deviation sigma and r = n_b / n_a (Chow, Shao &
-    Wang 2008, "Sample Size Calculations in Clinical Research", 2nd ed., section 3.2.1).
-    It equals ``statsmodels.stats.power.NormalIndPower().solve_power`` with
-    ``alternative="larger"`` at alpha / 2 (the two-sided version there adds the
-    negligible opposite tail). For small samples the t-test needs a few units more.
+    Wang 2008, "Sample Size Calculations in Clinical Research", 2nd ed., section 3.2.1),
+    computed in closed form by ``statsmodels.stats.power.normal_sample_size_one_tail`` at
+    alpha / 2 with ``std_null = sigma sqrt(1 + 1/r)``. It equals
+    ``NormalIndPower().solve_power`` with ``alternative="larger"`` at alpha / 2 (the
+    two-sided version there adds the negligible opposite tail). For small samples the
+    t-test needs a few units more.
 
     Parameters
     ----------
@@ -154,10 +162,15 @@ def sample_size_means(
     if relative and (baseline_mean is None or not math.isfinite(baseline_mean)):
         raise ValueError("a relative effect needs a finite baseline_mean")
     delta = _absolute_effect(minimum_detectable_effect, baseline_mean or 0.0, relative)
-    z_alpha, z_power = _critical_values(alpha, power)
+    _check_levels(alpha, power)
     check_positive("allocation_ratio", allocation_ratio)
     r = float(allocation_ratio)
-    n_control = ((z_alpha + z_power) * standard_deviation / delta) ** 2 * (1.0 + 1.0 / r)
+    n_control = float(
+        normal_sample_size_one_tail(
+            abs(delta), power, alpha / 2.0,
+            std_null=standard_deviation * math.sqrt(1.0 + 1.0 / r),
+        )
+    )  # fmt: skip
     return _plan(n_control, delta, alpha, power, r, 1.0)
 
 
@@ -244,10 +257,9 @@ def _ceil(value: float) -> int:
     return math.ceil(value * (1.0 - 1e-12))
 
 
-def _critical_values(alpha: float, power: float) -> tuple[float, float]:
+def _check_levels(alpha: float, power: float) -> None:
     check_probability("alpha", alpha)
     check_probability("power", power)
-    return float(-special.ndtri(alpha / 2.0)), float(special.ndtri(power))
 
 
 def _absolute_effect(effect: float, baseline: float, relative: bool) -> float:

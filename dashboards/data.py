@@ -179,6 +179,7 @@ def alerts(analysis: ExperimentAnalysis, state: ServingState | None,
     found = []
     if analysis.srm is not None and analysis.srm.flagged:
         found.append(f"SRM p={analysis.srm.p_value:.2g}")
+    found.extend(f"not computed: {error}" for error in analysis.errors)
     found.extend(f"guardrail {g.metric} breached by {g.variant}" for g in analysis.guardrails
                  if g.breached)  # fmt: skip
     found.extend(

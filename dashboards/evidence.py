@@ -9,6 +9,7 @@ The page reads the buckets once and sums them here instead of issuing a query pe
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ class ExposureSeries:
     cumulative: dict[str, list[int]]
     expected_share: dict[str, float]
     srm_p_values: list[float | None]
-    """Chi-square p-value of the running totals up to each day (None: nothing to test)."""
+    """The sequential SRM test's evidence in the running totals up to each day, as
+    ``min(1, 1 / e-value)`` (None: nothing to test); the decision's anytime-valid p-value
+    is the running minimum of this over every look the workers took."""
     srm_daily_p_values: list[float | None]
     srm_threshold: float
 
@@ -75,7 +78,8 @@ def day_range(first: date, last: date) -> list[date]:
 def exposure_series(
     experiment: Experiment, weights: Mapping[str, float], buckets: Iterable[ExposureBucket]
 ) -> ExposureSeries | None:
-    """Daily and cumulative exposures with ``srm_check_daily`` against the weights in force."""
+    """Daily and cumulative exposures, the sequential SRM test on the running totals and each
+    day's own chi-square, against the weights in force."""
     rows = list(buckets)
     if not rows:
         return None
@@ -103,7 +107,12 @@ def exposure_series(
             [expected[v] for v in tested],
             threshold=threshold,
         )
-        p_values = [r.p_value if r is not None else None for r in result.cumulative]
+        shares = [expected[v] for v in tested]
+        p_values = [
+            None if r is None
+            else math.exp(-max(srm.log_e_value(list(r.observed_counts), shares), 0.0))
+            for r in result.cumulative
+        ]  # fmt: skip
         daily_p = [r.p_value if r is not None else None for r in result.by_day]
     return ExposureSeries(days, daily, cumulative, expected, p_values, daily_p, threshold)
 

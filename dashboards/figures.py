@@ -252,7 +252,7 @@ def srm_figure(series: ExposureSeries, styles: Mapping[str, VariantStyle]) -> Fi
                      "x": [days[0], days[-1]], "y": [expected, expected], "legendgroup": variant,
                      "showlegend": False, "hoverinfo": "skip",
                      "line": {"color": style.color, "width": 1, "dash": "dot"}})  # fmt: skip
-    data.append({"type": "scatter", "mode": "lines+markers", "name": "SRM p-value (cumulative)",
+    data.append({"type": "scatter", "mode": "lines+markers", "name": "SRM p-value (sequential, cumulative)",
                  "x": days, "y": [None if p is None else max(p, 1e-300) for p in series.srm_p_values],
                  "xaxis": "x2", "yaxis": "y2", "line": {"color": NEUTRAL, "width": 2},
                  "marker": {"size": 4}, "hovertemplate": "SRM p=%{y:.3g}<extra></extra>"})  # fmt: skip

@@ -112,7 +112,7 @@ def analyze(experiment_key: str) -> None:
     )
     click.echo(f"  reason: {decision.reason}")
     click.echo(f"  state:  {decision.state_after.state}")
-    shown = ("units", "srm", "primary", "guardrails", "skipped", "maturity", "drift")
+    shown = ("units", "srm", "primary", "guardrails", "skipped", "errors", "maturity", "drift")
     summary = {k: outcome.numbers[k] for k in shown if k in outcome.numbers}
     click.echo(json.dumps(summary, indent=2, default=str))
     for delivery_id in outcome.deliveries:

@@ -102,6 +102,10 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     AbxServer(settings.model_copy(update={"database_url": url})).run()
 
 
+PLAN_DESIGNS = ["policy", "msprt", "confidence_sequence", "group_sequential", "fixed", "obf",
+                "pocock", "spending-obf"]  # fmt: skip
+
+
 @main.command()
 @click.argument("experiment_key")
 @click.option("--mde", "mde", type=float, required=True, help="Minimum detectable effect.")
@@ -110,10 +114,11 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
 @click.option("--power", type=float, default=0.8, show_default=True)
 @click.option(
     "--design",
-    type=click.Choice(["fixed", "obf", "pocock", "spending-obf"]),
-    default="fixed",
+    type=click.Choice(PLAN_DESIGNS),
+    default="policy",
     show_default=True,
-    help="Fixed horizon, classic O'Brien-Fleming/Pocock, or Lan-DeMets OBF spending.",
+    help="The experiment's policy.method (default), one of the decisions' methods, a fixed"
+    " horizon, classic O'Brien-Fleming/Pocock, or Lan-DeMets OBF spending.",
 )
 @click.option(
     "--looks", type=int, default=5, show_default=True, help="Looks of a sequential design."
@@ -162,7 +167,8 @@ def plan(
         click.echo(f"cannot plan: {error}", err=True)
         sys.exit(1)
     metric = experiment.metrics.primary
-    click.echo(f"{experiment.key}: primary metric {metric.name} ({metric.type}), design {design}")
+    shown = f"{design} ({experiment.policy.method})" if design == "policy" else design
+    click.echo(f"{experiment.key}: primary metric {metric.name} ({metric.type}), design {shown}")
     for name in ("baseline", "standard_deviation", "daily_units"):
         value = getattr(result_plan, name)
         if value is not None:

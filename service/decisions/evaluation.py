@@ -7,14 +7,12 @@ function, so a page never shows a number the decision did not use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
 
-from analysis import confidence_sequence, cuped, guardrails, msprt, srm
-from analysis.group_sequential import boundary_at_look
-from analysis.mixture_tuning import tau2_for_horizon, tau2_from_expected_effect
+from analysis import cuped, guardrails, srm
+from analysis.mixture_tuning import tau2_from_expected_effect
 from analysis.multiple_testing import holm
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.model_health import (
@@ -23,48 +21,93 @@ from service.decisions.model_health import (
     model_guardrail,
 )
 from service.decisions.results import Comparison, ExperimentAnalysis, GuardrailCheck, SrmCheck
+from service.decisions.sequential import (
+    Carried,
+    Design,
+    design_for,
+    group_sequential_look,
+    information,
+    mixture_look,
+)
 from service.events.sums import ModelHealth
 from service.experiments.schema import Experiment, Metric
 
 StatsKey = tuple[str, str]  # variant, metric
 __all__ = ["Comparison", "ExperimentAnalysis", "GuardrailCheck", "SrmCheck", "StatsKey", "analyze"]
+WEIGHT_TOLERANCE = 1e-9
+
+
+class NotYet(Exception):
+    """Not decidable yet (no outcomes, no variance): wait for data, not an error."""
 
 
 def _srm(
-    experiment: Experiment,
-    units: Mapping[str, int],
-    weights: Mapping[str, float],
-    daily: Mapping[date, Mapping[str, int]],
-) -> SrmCheck | None:
-    keys = [v.key for v in experiment.variants if weights.get(v.key, 0.0) > 0]
-    observed = [units.get(key, 0) for key in keys]
-    if len(keys) < 2 or sum(observed) == 0:
-        return None
+    design: Design, units: Mapping[str, int], weights: Mapping[str, float],
+    daily: Mapping[date, Mapping[str, int]], carried: Carried | None, today: date | None,
+) -> tuple[SrmCheck | None, Carried | None]:  # fmt: skip
+    """The anytime-valid SRM test on the cumulative counts of each allocation period.
+
+    A change of the weights in force (a YAML edit, a rolled-back variant) closes the period:
+    its final log e-value is kept and a new one starts from the counts of the last look.
+    Per-day chi-square tests run on completed days of the current period only, each at
+    its share of a second budget of ``srm_threshold`` (``srm.daily_threshold``).
+    """
+    keys = [key for key, w in weights.items() if w > 0]
+    if len(keys) < 2 or sum(units.get(key, 0) for key in keys) == 0:
+        return None, carried
     total = sum(weights[key] for key in keys)
-    shares = [weights[key] / total for key in keys]
-    threshold = experiment.policy.srm_threshold
-    result = srm.srm_check(observed, shares, threshold=threshold)
-    days = sorted(daily)
-    flagged_days: list[str] = []
-    if days:
-        by_day = srm.srm_check_daily(
-            [[daily[d].get(k, 0) for k in keys] for d in days], shares, threshold
+    shares = {key: weights[key] / total for key in keys}
+    closed, started_on = 0.0, None
+    start = {key: 0 for key in keys}
+    if carried:
+        old = {str(k): float(v) for k, v in carried["weights"].items()}
+        same = old.keys() == shares.keys() and all(
+            abs(old[k] - shares[k]) <= WEIGHT_TOLERANCE for k in keys
         )
-        flagged_days = [days[i].isoformat() for i in by_day.flagged_days]
-    return SrmCheck(result.p_value, result.flagged or bool(flagged_days), threshold,
-                    dict(zip(keys, observed, strict=True)), dict(zip(keys, shares, strict=True)),
-                    flagged_days)  # fmt: skip
+        last = {str(k): int(v) for k, v in carried["last"].items()}
+        closed = float(carried["closed_log_e"])
+        if same:
+            start = {key: int(carried["start"].get(key, 0)) for key in keys}
+            started_on = carried.get("started_on")
+        else:
+            ended = [last.get(k, 0) - int(carried["start"].get(k, 0)) for k in old]
+            if sum(ended) > 0:
+                closed += srm.log_e_value(ended, list(old.values()), design.srm_concentration)
+            start = {key: last.get(key, units.get(key, 0)) for key in keys}
+            started_on = today.isoformat() if today else None
+    counts = [max(units.get(key, 0) - start[key], 0) for key in keys]
+    result = srm.sequential_srm(
+        counts, [shares[k] for k in keys], design.srm_threshold,
+        concentration=design.srm_concentration, closed_log_e_value=closed,
+        previous_max_log_e_value=float(carried["max_log_e"]) if carried else 0.0,
+    )  # fmt: skip
+    all_days = sorted(daily)
+    flagged_days: list[str] = []
+    for number, day in enumerate(all_days, start=1):
+        complete = today is None or day < today
+        in_period = started_on is None or day.isoformat() > started_on
+        observed = [daily[day].get(k, 0) for k in keys]
+        if complete and in_period and sum(observed) > 0:
+            threshold = srm.daily_threshold(design.srm_threshold, number)
+            if srm.srm_check(observed, [shares[k] for k in keys], threshold).flagged:
+                flagged_days.append(day.isoformat())
+    check = SrmCheck(result.p_value_always_valid, result.flagged or bool(flagged_days),
+                     design.srm_threshold, {k: units.get(k, 0) for k in keys}, shares,
+                     flagged_days, result.log_e_value)  # fmt: skip
+    state = {"weights": shares, "start": start, "last": {k: units.get(k, 0) for k in keys},
+             "closed_log_e": closed, "max_log_e": result.max_log_e_value,
+             "started_on": started_on}  # fmt: skip
+    return check, state
 
 
 def _compare(
-    experiment: Experiment, metric: Metric, control: SufficientStats, treatment: SufficientStats,
-    variant: str, previous: msprt.MsprtResult | None, looks_so_far: list[float],
-) -> tuple[Comparison, msprt.MsprtResult | None]:  # fmt: skip
-    policy = experiment.policy
+    experiment: Experiment, design: Design, metric: Metric, control: SufficientStats,
+    treatment: SufficientStats, variant: str, carried: Carried | None,
+) -> tuple[Comparison, Carried]:  # fmt: skip
     difference = treatment.mean - control.mean
     variance = treatment.variance_of_mean + control.variance_of_mean
     if not variance > 0:
-        raise ValueError("no variance in either arm yet (e.g. no conversions): wait for more data")
+        raise NotYet("no variance in either arm yet (e.g. no conversions): wait for more data")
     reduction, used_cuped = 0.0, False
     if control.covariate_total is not None and treatment.covariate_total is not None:
         try:
@@ -74,60 +117,22 @@ def _compare(
         if adjusted is not None and 0 < adjusted.difference_variance < variance:
             difference, variance = adjusted.difference, adjusted.difference_variance
             reduction, used_cuped = adjusted.variance_reduction, True
-    state: msprt.MsprtResult | None = None
-    p_value: float | None
-    if policy.method == "msprt":
-        tau2 = (
-            tau2_from_expected_effect(policy.expected_effect)
-            if policy.expected_effect and metric.name == experiment.metrics.primary.name
-            else tau2_for_horizon(
-                variance * min(control.n, treatment.n) / policy.planned_units, policy.alpha
-            )
-        )
-        state = msprt.msprt_look(difference, variance, tau2, policy.alpha, previous)
-        low, high, p_value, significant = (
-            state.ci_low,
-            state.ci_high,
-            state.p_value_always_valid,
-            state.significant,
-        )
-    elif policy.method == "confidence_sequence":
-        interval = confidence_sequence.interval(
-            difference, variance, (control.variance + treatment.variance) / variance,
-            alpha=policy.alpha, planned_n=policy.planned_units,
-        )  # fmt: skip
-        low, high, p_value, significant = (
-            interval.ci_low,
-            interval.ci_high,
-            None,
-            interval.excludes(0.0),
-        )
+    units = information(control.n, treatment.n)
+    if design.method == "group_sequential":
+        look, state = group_sequential_look(design, difference, variance, units, carried)
     else:
-        # Formal looks only when information reaches the next planned fraction k/K.
-        information_max = policy.planned_units / (control.variance + treatment.variance)
-        fraction = min(1.0, (1.0 / variance) / information_max)
-        due = fraction >= (len(looks_so_far) + 1) / policy.looks or fraction >= 1.0
-        information = [*looks_so_far, 1.0 / variance] if due else looks_so_far
-        p_value = None
-        looks_taken = tuple(information)
-        if not information:
-            low, high, significant = -math.inf, math.inf, False
-        else:
-            look = boundary_at_look(
-                information, information_max, policy.alpha, final=fraction >= 1.0
-            )
-            half = look.z_critical * math.sqrt(variance)
-            low, high = difference - half, difference + half
-            significant = due and abs(difference) / math.sqrt(variance) >= look.z_critical
-    if policy.method != "group_sequential":
-        looks_taken = ()
+        tau2 = None  # the standardized mixture, fixed by the design
+        primary = metric.name == experiment.metrics.primary.name
+        if design.method == "msprt" and design.expected_effect is not None and primary:
+            tau2 = tau2_from_expected_effect(design.expected_effect)  # in the metric's units
+        look, state = mixture_look(design, difference, variance, units, tau2, carried)
     higher_is_better = metric.direction == "increase"
-    better = None if not significant else (difference > 0) == higher_is_better
+    better = None if not look.significant else (look.estimate > 0) == higher_is_better
     lift = difference / control.mean if control.mean != 0 else None
     return (
         Comparison(metric.name, variant, control.n, treatment.n, control.mean, treatment.mean, difference,
-                   lift, low, high, p_value, p_value, significant, better, used_cuped, reduction, policy.method,
-                   looks_taken),
+                   lift, look.ci_low, look.ci_high, look.p_value, look.p_value, look.significant, better,
+                   used_cuped, reduction, design.method, look.information_looks, look.z_critical),
         state,
     )  # fmt: skip
 
@@ -137,43 +142,71 @@ def analyze(
     units: Mapping[str, int],
     stats: Mapping[StatsKey, SufficientStats],
     weights: Mapping[str, float],
-    previous: Mapping[StatsKey, msprt.MsprtResult] | None = None,
-    looks_so_far: list[float] | None = None,
+    *,
+    design: Design | None = None,
+    carried: Carried | None = None,
     daily_units: Mapping[date, Mapping[str, int]] | None = None,
     health: Mapping[str, ModelHealth] | None = None,
-) -> tuple[ExperimentAnalysis, dict[StatsKey, msprt.MsprtResult]]:
-    """Compare every treatment with the control on every metric; return the new mSPRT states too."""
-    previous = previous or {}
+    today: date | None = None,
+) -> tuple[ExperimentAnalysis, Carried]:
+    """Compare every treatment with the control on every metric; return what the next look needs.
+
+    ``design`` is the experiment's stored design (:func:`design_for` when absent: a
+    what-if analysis); ``carried`` what the previous look returned. ``today`` marks the
+    days still filling (no per-day SRM test on them). A comparison that waits for data is
+    listed in ``skipped``; one that cannot be computed for any other reason in ``errors``.
+    """
+    design = design or design_for(experiment)
+    carried = carried or {}
+    previous: dict[str, Carried] = carried.get("comparisons", {})
     control = experiment.control
     treatments = [v.key for v in experiment.variants if v.key != control and units.get(v.key)]
-    result = ExperimentAnalysis(experiment.key, experiment.seed, experiment.policy.method,
-                                experiment.policy.alpha, dict(units),
-                                _srm(experiment, units, weights, daily_units or {}))  # fmt: skip
-    states: dict[StatsKey, msprt.MsprtResult] = {}
+    srm_check, srm_state = _srm(
+        design, units, weights, daily_units or {}, carried.get("srm"), today
+    )
+    result = ExperimentAnalysis(experiment.key, experiment.seed, design.method, design.alpha,
+                                dict(units), srm_check)  # fmt: skip
+    states: dict[str, Carried] = {}
     metrics = experiment.metrics
     for metric, target in [(metrics.primary, result.primary)] + [
         (m, result.secondary) for m in metrics.secondary
     ]:
         for variant in treatments:
+            name = f"{variant}/{metric.name}"
             base, other = stats.get((control, metric.name)), stats.get((variant, metric.name))
+            if name in previous:
+                states[name] = previous[name]  # kept when this look cannot be taken
             if base is None or other is None:
                 result.skipped.append(f"{metric.name}/{variant}: no outcomes yet")
                 continue
             try:
-                comparison, state = _compare(experiment, metric, base, other, variant,
-                                             previous.get((variant, metric.name)), looks_so_far or [])  # fmt: skip
-            except ValueError as error:
-                result.skipped.append(f"{metric.name}/{variant}: {error}")
+                comparison, state = _compare(
+                    experiment, design, metric, base, other, variant, previous.get(name)
+                )
+            except NotYet as waiting:
+                result.skipped.append(f"{metric.name}/{variant}: {waiting}")
+                continue
+            except (ValueError, ArithmeticError) as error:
+                result.errors.append(f"{metric.name}/{variant}: {error}")
                 continue
             target.append(comparison)
-            if state is not None:
-                states[(variant, metric.name)] = state
-    _adjust_primary(result)
-    for guardrail in metrics.guardrails:
+            states[name] = state
+    _adjust_primary(result, design)
+    _guardrails(experiment, design, treatments, stats, health or {}, result)
+    return result, {"comparisons": states, "srm": srm_state, "design_version": design.version}
+
+
+def _guardrails(
+    experiment: Experiment, design: Design, treatments: list[str],
+    stats: Mapping[StatsKey, SufficientStats], health: Mapping[str, ModelHealth],
+    result: ExperimentAnalysis,
+) -> None:  # fmt: skip
+    control = experiment.control
+    for guardrail in experiment.metrics.guardrails:
         if guardrail.name in (MODEL_FALLBACK_RATE, MODEL_LATENCY_P99):
             for variant in treatments:
-                found = model_guardrail(guardrail, variant, control, health or {},
-                                         experiment.policy.alpha, experiment.policy.planned_units)  # fmt: skip
+                found = model_guardrail(guardrail, variant, control, health,
+                                        design.alpha, design.planned_units)  # fmt: skip
                 if isinstance(found, str):
                     result.skipped.append(found)
                 else:
@@ -184,27 +217,38 @@ def analyze(
             if base is None or other is None:
                 result.skipped.append(f"{guardrail.name}/{variant}: no outcomes yet")
                 continue
+            if base.variance <= 0 and other.variance <= 0:
+                result.skipped.append(f"{guardrail.name}/{variant}: no variance in either arm yet")
+                continue
             try:
                 check = guardrails.check_guardrail(
                     base, other, margin=guardrail.margin, relative=guardrail.margin_type == "relative",
-                    higher_is_better=guardrail.direction == "increase", alpha=experiment.policy.alpha,
-                    planned_n=experiment.policy.planned_units,
+                    higher_is_better=guardrail.direction == "increase", alpha=design.alpha,
+                    planned_n=design.planned_units,
                 )  # fmt: skip
-            except ValueError as error:
-                result.skipped.append(f"{guardrail.name}/{variant}: {error}")
+            except (ValueError, ArithmeticError) as error:
+                result.errors.append(f"{guardrail.name}/{variant}: {error}")
                 continue
             result.guardrails.append(GuardrailCheck(guardrail.name, variant, check.breached, check.holds, check.harm,
                                                     check.harm_lower_bound, check.harm_upper_bound, check.margin,
                                                     check.relative))  # fmt: skip
-    return result, states
 
 
-def _adjust_primary(result: ExperimentAnalysis) -> None:
-    """Holm across the treatments' primary comparisons (family-wise error at alpha).
+def _adjust_primary(result: ExperimentAnalysis, design: Design) -> None:
+    """Family-wise error across the treatments' primary comparisons, for every method.
 
+    mSPRT: Holm on the always-valid p-values (valid at every look, since each p-value is).
+    Confidence sequences and group-sequential boundaries already run at alpha / m (the
+    design's Bonferroni split); the confidence sequence's p-value is shown adjusted by m.
     A Holm rejection implies the unadjusted test rejected too, so a comparison's
     direction (``better``) carries over unchanged when it stays significant.
     """
+    if design.method == "confidence_sequence":
+        for index, comparison in enumerate(result.primary):
+            if comparison.p_value is not None:
+                adjusted_p = min(1.0, comparison.p_value * design.treatments)
+                result.primary[index] = replace(comparison, p_value_adjusted=adjusted_p)
+        return
     with_p = [(i, c) for i, c in enumerate(result.primary) if c.p_value is not None]
     if len(with_p) < 2:
         return

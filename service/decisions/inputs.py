@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from analysis.msprt import MsprtResult
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.drift import DriftCheck, check_drift, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
 from service.decisions.results import MetricMaturity, json_safe
-from service.decisions.store import last_run_numbers
+from service.decisions.sequential import design_for
+from service.decisions.store import fix_design, last_run_numbers, stored_design
 from service.events.sums import (
     exposed_units,
     exposed_units_by_day,
@@ -23,17 +22,6 @@ from service.events.sums import (
 from service.experiments.schema import Experiment
 from service.inference.sketches import load_profile, read_sketches
 from service.settings import Settings
-
-
-def _previous_states(numbers: dict[str, Any]) -> dict[StatsKey, MsprtResult]:
-    states = {}
-    for item in numbers.get("msprt_states", []):
-        fields = {f.name: item[f.name] for f in dataclasses.fields(MsprtResult)}
-        # Stored as null when infinite (JSON has no infinity): an interval not yet bounded.
-        fields["ci_low"] = -math.inf if fields["ci_low"] is None else fields["ci_low"]
-        fields["ci_high"] = math.inf if fields["ci_high"] is None else fields["ci_high"]
-        states[(item["variant"], item["metric"])] = MsprtResult(**fields)
-    return states
 
 
 def _mature_only(
@@ -104,8 +92,11 @@ def run_analysis(
 ) -> tuple[ExperimentAnalysis, dict[str, Any]]:
     """Analyse from the rollup tables; return the analysis and the numbers to store for the next run.
 
-    ``use_history`` carries the running mSPRT minimum and group-sequential looks over from the
-    previous stored run (what keeps p-values from going up between looks).
+    ``use_history`` is the decision cycle's look: it fixes the experiment's design at its first
+    analysis and carries each test's running state over from the previous stored run (what
+    keeps p-values from going up between looks). Without it (dashboards, the API) nothing is
+    written: the analysis runs under the stored design and, up to now (``through`` unset),
+    from the last run's state, so a page shows what the next look of the workers would.
     """
     units = exposed_units(conn, experiment.key, experiment.seed, through)
     stats = {
@@ -116,20 +107,24 @@ def run_analysis(
         for metric in experiment.metrics.all_metrics():
             stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
     maturity = _mature_only(conn, experiment, units, stats, through)
-    previous = last_run_numbers(conn, experiment) if use_history else {}
-    looks = [float(x) for x in previous.get("gs_information", [])]
+    if use_history:
+        design = fix_design(conn, experiment)
+        carried = last_run_numbers(conn, experiment).get("carried", {})
+    else:
+        design = stored_design(conn, experiment) or design_for(experiment)
+        carried = {} if through else last_run_numbers(conn, experiment).get("carried", {})
     daily = exposed_units_by_day(conn, experiment.key, experiment.seed, through)
     health = model_health(conn, experiment.key, through)
-    result, states = analyze(
-        experiment, units, stats, weights, _previous_states(previous), looks, daily, health
-    )
+    today = datetime.now(UTC).date()
+    if through is not None:
+        today = min(today, through + timedelta(days=1))
+    result, state = analyze(
+        experiment, units, stats, weights, design=design, carried=carried,
+        daily_units=daily, health=health, today=today,
+    )  # fmt: skip
     result.maturity.update(maturity)
     result.drift.extend(drift_checks(conn, experiment))
     numbers = json_safe(dataclasses.asdict(result))
-    numbers["msprt_states"] = [
-        {"variant": variant, "metric": metric, **json_safe(dataclasses.asdict(state))}
-        for (variant, metric), state in states.items()
-    ]
-    primary_looks = [c.information_looks for c in result.primary if c.information_looks]
-    numbers["gs_information"] = list(primary_looks[0]) if primary_looks else looks
+    numbers["design"] = design.to_json()
+    numbers["carried"] = json_safe(state)
     return result, numbers

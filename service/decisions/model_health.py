@@ -2,15 +2,22 @@
 
 Both are read from the per-day ``model_health`` rollup of every ``/v1/predict`` answer. The
 fallback rate gets the same sequential non-inferiority test as any binary guardrail (per
-request); p99 latency is a threshold on histogram quantiles once both arms have enough
-requests, since there is no sufficient statistic for a quantile's sequential test here.
+request). p99 latency is compared with always-valid quantile bounds (Howard & Ramdas 2022;
+``analysis.quantile_sequence``) on each arm's histogram, each at alpha / 2 so that both hold
+together with probability 1 - alpha at every look: the variant is breached once the lower
+bound of its p99 is beyond the margin over the upper bound of the control's, and holds once
+its upper bound is within the margin over the control's lower bound. The bounds are bin
+edges, so the histogram's bin width (12 %) is accounted for, at the price of power for
+margins narrower than about two bins.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from analysis import guardrails
+from analysis.quantile_sequence import quantile_bounds
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.results import GuardrailCheck
 from service.events import latency as latency_histogram
@@ -45,21 +52,23 @@ def model_guardrail(
         )  # fmt: skip
         return GuardrailCheck(guardrail.name, variant, check.breached, check.holds, check.harm,
                               check.harm_lower_bound, check.harm_upper_bound, check.margin, relative)  # fmt: skip
-    # p99 latency: a threshold on histogram quantiles (no sequential test for quantiles here).
+    # p99 latency: always-valid bounds on each arm's p99, each at alpha / 2.
     if min(base.requests, other.requests) < MIN_LATENCY_REQUESTS:
         return f"{guardrail.name}/{variant}: fewer than {MIN_LATENCY_REQUESTS} predictions"
-    p99_base = latency_histogram.quantile(base.latency_counts, 0.99) or 0.0
-    p99_other = latency_histogram.quantile(other.latency_counts, 0.99) or 0.0
-    harm = (p99_other / p99_base - 1.0) if relative and p99_base > 0 else p99_other - p99_base
-    breached = harm > guardrail.margin
-    return GuardrailCheck(
-        guardrail.name,
-        variant,
-        breached,
-        not breached,
-        harm,
-        harm,
-        harm,
-        guardrail.margin,
-        relative,
-    )
+    edges = latency_histogram.EDGES
+    control_p99 = quantile_bounds(base.latency_counts, edges, 0.99, alpha / 2.0)
+    variant_p99 = quantile_bounds(other.latency_counts, edges, 0.99, alpha / 2.0)
+    estimate_base, estimate_other = control_p99.estimate or 0.0, variant_p99.estimate or 0.0
+    if relative:
+        harm = estimate_other / estimate_base - 1.0 if estimate_base > 0 else 0.0
+        harm_low = variant_p99.lower / control_p99.upper - 1.0  # upper is never 0 (an edge)
+        harm_high = (
+            variant_p99.upper / control_p99.lower - 1.0 if control_p99.lower > 0 else math.inf
+        )
+    else:
+        harm = estimate_other - estimate_base
+        harm_low = variant_p99.lower - control_p99.upper
+        harm_high = variant_p99.upper - control_p99.lower
+    return GuardrailCheck(guardrail.name, variant, harm_low > guardrail.margin,
+                          harm_high <= guardrail.margin, harm, harm_low, harm_high,
+                          guardrail.margin, relative)  # fmt: skip

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis import planning
-from analysis.inflation_factor import classic_inflation_factor, sequential_inflation_factor
+from analysis.inflation_factor import (
+    classic_inflation_factor,
+    mixture_inflation_factor,
+    sequential_inflation_factor,
+)
 from analysis.multiple_testing import bonferroni_alpha
 from service.events.sums import exposed_units, exposure_days, metric_stats
 from service.experiments.schema import Experiment
@@ -23,7 +27,10 @@ class PlanInputs:
     relative: bool = False
     alpha: float = 0.05
     power: float = 0.8
-    design: str = "fixed"  # fixed; obf, pocock (classic); spending-obf (Lan-DeMets), K equal looks
+    design: str = "fixed"
+    """fixed; obf, pocock (classic) or spending-obf (Lan-DeMets), K equal looks; msprt,
+    confidence_sequence or group_sequential (as the decisions run them); policy: the
+    experiment's own ``policy.method`` (and ``policy.looks``)."""
     looks: int = 5
     baseline: float | None = None
     """Control conversion rate (binary) or mean (relative effects on means)."""
@@ -102,14 +109,19 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
             relative=inputs.relative, alpha=alpha, power=inputs.power, allocation_ratio=ratio,
         )  # fmt: skip
     inflation = 1.0
-    if inputs.design in ("obf", "pocock"):
-        inflation = classic_inflation_factor(
-            inputs.looks, alpha=alpha, power=inputs.power, kind=inputs.design
-        )
-    elif inputs.design == "spending-obf":
-        fractions = [(i + 1) / inputs.looks for i in range(inputs.looks)]
+    design, looks = inputs.design, inputs.looks
+    if design == "policy":
+        design, looks = experiment.policy.method, experiment.policy.looks
+    if design == "group_sequential":
+        design = "spending-obf"
+    if design in ("msprt", "confidence_sequence"):
+        inflation = mixture_inflation_factor(alpha, inputs.power)
+    elif design in ("obf", "pocock"):
+        inflation = classic_inflation_factor(looks, alpha=alpha, power=inputs.power, kind=design)
+    elif design == "spending-obf":
+        fractions = [(i + 1) / looks for i in range(looks)]
         inflation = sequential_inflation_factor(fractions, alpha=alpha, power=inputs.power)
-    elif inputs.design != "fixed":
+    elif design != "fixed":
         raise ValueError(f"unknown design {inputs.design!r}")
     if inflation > 1.0:
         plan = planning.inflate(plan, inflation)

@@ -49,7 +49,9 @@ class Comparison:
     variance_reduction: float
     method: str
     information_looks: tuple[float, ...] = ()
-    """Group-sequential only: the information at each formal look so far."""
+    """Group-sequential only: the information (units) at each formal look so far."""
+    z_critical: float | None = None
+    """Group-sequential only: the boundary of the latest formal look."""
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,15 @@ class GuardrailCheck:
 @dataclass(frozen=True)
 class SrmCheck:
     p_value: float
+    """Anytime-valid (Lindon & Malek 2022), against the weights of each allocation period."""
     flagged: bool
-    """The cumulative test, or any single day's, is below the threshold."""
+    """The sequential test, or a completed day's own test, is at or below its threshold."""
     threshold: float
     observed: dict[str, int]
     expected_weights: dict[str, float]
     flagged_days: list[str] = field(default_factory=list)
+    log_e_value: float | None = None
+    """The sequential test's log e-value now (its p-value is 1 / the running maximum)."""
 
 
 @dataclass(frozen=True)
@@ -107,3 +112,6 @@ class ExperimentAnalysis:
     """Windowed metrics only: mature and pending units per variant."""
     drift: list[DriftCheck] = field(default_factory=list)
     """Drift guardrails (policy.drift), per treatment."""
+    errors: list[str] = field(default_factory=list)
+    """Comparisons that could not be computed for another reason, with why: shown on the
+    dashboard, logged and counted (``abx_analysis_comparison_errors``), never silent."""

@@ -1,10 +1,12 @@
 """What to do after one analysis: ramp, promote, roll back, halt, call it, or keep running. Pure.
 
 Rules that protect users come first: a sample-ratio mismatch halts the
-experiment (never promote on broken randomization); a breached guardrail or a
-significantly harmful primary metric rolls that variant back at once, without
-waiting for the horizon. Only then do minimum sample and runtime gate a
-promotion, which also waits for the ramp to finish. An experiment that reaches
+experiment (never promote on broken randomization); a breached guardrail rolls
+that variant back at once, without waiting for the horizon. A significantly
+harmful primary metric rolls it back too, but, like a promotion, only once
+``min_units`` and ``min_runtime_hours`` are reached (the primary's test assumes
+the normal approximation those minimums protect). Promotion also waits for the
+ramp to finish. An experiment that reaches
 its horizon without a winner is inconclusive and serves the control.
 """
 
@@ -15,7 +17,7 @@ from datetime import datetime, timedelta
 
 from service.assignment.state import TERMINAL_STATES, ExperimentState
 from service.decisions.drift import DriftCheck
-from service.decisions.evaluation import ExperimentAnalysis
+from service.decisions.evaluation import Comparison, ExperimentAnalysis
 from service.experiments.schema import Experiment
 
 
@@ -77,8 +79,11 @@ def _decide(
     if state.state in TERMINAL_STATES or state.state in ("halted", "paused"):
         return replace(keep, reason=f"the experiment is {state.state}")
     if analysis.srm is not None and analysis.srm.flagged:
-        return Decision("halt", f"sample ratio mismatch: p = {analysis.srm.p_value:.3g} < "
-                        f"{analysis.srm.threshold}", replace(state, state="halted"))  # fmt: skip
+        srm = analysis.srm
+        where = f" (days {', '.join(srm.flagged_days)})" if srm.flagged_days else ""
+        return Decision("halt", f"sample ratio mismatch{where}: anytime-valid "
+                        f"{format_p(srm.p_value)} against threshold {srm.threshold:g}",
+                        replace(state, state="halted"))  # fmt: skip
     treatments = active_treatments(experiment, state)
     for check in analysis.drift:  # before any outcome: the models' own distributions
         watched = (*treatments, experiment.control)  # the control drifts from its profile too
@@ -90,7 +95,12 @@ def _decide(
             after = replace(state, rolled_back=(*state.rolled_back, check.variant),
                             state=state.state if left else "rolled_back")  # fmt: skip
             return Decision("rollback", _drift_reason(check), after, check.variant)
-    harmful = _harmful(analysis, treatments)
+    units = analysis.units
+    runtime = now - started_at
+    enough = all(
+        units.get(v, 0) >= policy.min_units for v in [experiment.control, *treatments]
+    ) and runtime >= timedelta(hours=policy.min_runtime_hours)
+    harmful = _harmful(analysis, treatments, primary=enough)
     if harmful is not None:
         variant, why = harmful
         rolled_back = (*state.rolled_back, variant)
@@ -112,8 +122,6 @@ def _decide(
                             replace(state, ramp_step=step, ramp_started_at=now))  # fmt: skip
         return Decision("ramp", f"guardrails held for {held}; ramp complete",
                         replace(state, state="running", ramp_started_at=now))  # fmt: skip
-    units = analysis.units
-    runtime = now - started_at
     if any(units.get(v, 0) < policy.min_units for v in [experiment.control, *treatments]):
         return replace(keep, reason=f"waiting for {policy.min_units} units per variant")
     units, waiting = _mature_units(experiment, analysis, [experiment.control, *treatments])
@@ -127,7 +135,7 @@ def _decide(
     if winners:
         best = max(winners, key=lambda c: abs(c.difference))
         why = (f"{best.variant} beats {experiment.control} on {best.metric}: difference "
-               f"{best.difference:.4g} [{best.ci_low:.4g}, {best.ci_high:.4g}], p = {best.p_value_adjusted}")  # fmt: skip
+               f"{best.difference:.4g} [{best.ci_low:.4g}, {best.ci_high:.4g}], {evidence(best)}")  # fmt: skip
         after = replace(state, state="promoted", winner=best.variant)
         return Decision(
             "promote", why, after, best.variant, awaiting_approval=not policy.auto_promote
@@ -172,17 +180,40 @@ def _mature_units(
     return found.mature_units, None
 
 
-def _harmful(analysis: ExperimentAnalysis, treatments: list[str]) -> tuple[str, str] | None:
+def format_p(p_value: float) -> str:
+    """A p-value for people: three significant digits, ``p < 0.0001`` below that."""
+    return "p < 0.0001" if p_value < 1e-4 else f"p = {p_value:.3g}"
+
+
+def evidence(comparison: Comparison) -> str:
+    """What a comparison's significance rests on, in words, for the audit log and webhooks."""
+    if comparison.method == "group_sequential":
+        looks = len(comparison.information_looks)
+        boundary = f" {comparison.z_critical:.3g}" if comparison.z_critical is not None else ""
+        return f"group-sequential boundary{boundary} crossed at formal look {looks}"
+    p_value = comparison.p_value_adjusted
+    if p_value is None:
+        p_value = comparison.p_value
+    if p_value is None:
+        return "interval excludes 0"
+    adjusted = "adjusted " if comparison.p_value_adjusted != comparison.p_value else ""
+    return f"always-valid {adjusted}{format_p(p_value)}"
+
+
+def _harmful(
+    analysis: ExperimentAnalysis, treatments: list[str], primary: bool
+) -> tuple[str, str] | None:
     for check in analysis.guardrails:
         if check.variant in treatments and check.breached:
             return check.variant, (
                 f"guardrail {check.metric} breached by {check.variant}: harm lower bound "
                 f"{check.harm_lower_bound:.4g} > margin {check.margin:.4g}"
             )
-    for comparison in analysis.primary:
+    for comparison in analysis.primary if primary else []:
         if comparison.variant in treatments and comparison.better is False:
             return comparison.variant, (
                 f"{comparison.variant} is worse on {comparison.metric}: difference "
-                f"{comparison.difference:.4g} [{comparison.ci_low:.4g}, {comparison.ci_high:.4g}]"
+                f"{comparison.difference:.4g} [{comparison.ci_low:.4g}, {comparison.ci_high:.4g}],"
+                f" {evidence(comparison)}"
             )
     return None

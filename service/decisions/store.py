@@ -1,4 +1,5 @@
-"""The audit log (``decisions``) and the stored analysis runs (``analysis_runs``): their SQL.
+"""The audit log (``decisions``), the stored analysis runs (``analysis_runs``) and each
+experiment's test design (``decision_designs``): their SQL.
 
 Writers are the decision cycle and human actions, in one transaction each under the
 experiment's advisory lock; readers are the API, the dashboards and the CLI.
@@ -16,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from service.assignment.state import ExperimentState, save_state
 from service.decisions.rules import Decision
+from service.decisions.sequential import Design, design_for
 from service.decisions.webhooks import queue_deliveries
 from service.experiments.schema import Experiment
 
@@ -171,3 +173,23 @@ def already_alerted(conn: Any, experiment: Experiment, decision: Decision) -> bo
     kind, variant, reason = row
     same_guardrail = reason.split(" ", 1)[0] == decision.reason.split(" ", 1)[0]
     return bool(kind == "alert" and variant == decision.variant and same_guardrail)
+
+
+def fix_design(conn: Any, experiment: Experiment) -> Design:
+    """The experiment's stored design; the first analysis under a seed stores it."""
+    conn.execute(
+        "INSERT INTO decision_designs (experiment_key, seed, design) VALUES (%s, %s, %s)"
+        " ON CONFLICT (experiment_key, seed) DO NOTHING",
+        (experiment.key, experiment.seed, Jsonb(design_for(experiment).to_json())),
+    )
+    found = stored_design(conn, experiment)
+    return found if found is not None else design_for(experiment)
+
+
+def stored_design(conn: Any, experiment: Experiment) -> Design | None:
+    """The design fixed at the experiment's first analysis, None before it."""
+    row = conn.execute(
+        "SELECT design FROM decision_designs WHERE experiment_key = %s AND seed = %s",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    return Design.from_json(dict(row[0])) if row else None

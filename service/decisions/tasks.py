@@ -86,6 +86,8 @@ def analyze_now(key: str) -> AnalysisOutcome:
         raise
     seconds = time.perf_counter() - started
     publish_analysis(key, outcome, seconds, awaiting)
+    for error in outcome.numbers.get("errors", []):
+        log.warning("comparison not computed", experiment=key, error=error)
     log.info(
         "analysis",
         experiment=key,
@@ -103,6 +105,7 @@ def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaitin
     metrics.ANALYSIS_LAST_SUCCESS.labels(key).set(time.time())
     metrics.DECISIONS.labels(key, outcome.decision.kind).inc()
     metrics.DECISIONS_AWAITING.labels(key).set(awaiting)
+    metrics.ANALYSIS_COMPARISON_ERRORS.labels(key).set(len(outcome.numbers.get("errors", [])))
     srm = outcome.numbers.get("srm")
     if isinstance(srm, dict) and srm.get("p_value") is not None:
         metrics.SRM_P_VALUE.labels(key).set(srm["p_value"])

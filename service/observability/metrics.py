@@ -189,7 +189,13 @@ DECISIONS_AWAITING = Gauge(
 )
 SRM_P_VALUE = Gauge(
     "abx_srm_p_value",
-    "Sample-ratio mismatch p-value of the latest analysis (chi-square against the weights).",
+    "Sample-ratio mismatch anytime-valid p-value of the latest analysis (sequential test).",
+    ["experiment"],
+    multiprocess_mode="mostrecent",
+)
+ANALYSIS_COMPARISON_ERRORS = Gauge(
+    "abx_analysis_comparison_errors",
+    "Comparisons the latest analysis could not compute (other than waiting for data).",
     ["experiment"],
     multiprocess_mode="mostrecent",
 )

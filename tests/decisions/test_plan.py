@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import psycopg
@@ -101,3 +102,32 @@ def test_cli(runner: CliRunner, db: str) -> None:
     assert missing.exit_code == 1 and "needs --baseline" in missing.output
     unknown = runner.invoke(main, ["plan", "ghost", "--mde", "0.01"], env=env)
     assert unknown.exit_code == 1 and "no valid experiment 'ghost'" in unknown.output
+
+
+def test_always_valid_designs_need_the_mixture_inflation_factor() -> None:
+    from scipy.stats import norm
+
+    from analysis.planning import mixture_inflation_factor
+
+    # Independently: x* solves x = 2 log(1/alpha) + log(1 + x); the mixture rejects at the
+    # planned size when |Z| > sqrt((1 + x)/x (2 log(1/alpha) + log(1 + x))).
+    x = 8.0
+    for _ in range(200):
+        x = 2 * math.log(20) + math.log1p(x)
+    boundary = math.sqrt((1 + x) / x * (2 * math.log(20) + math.log1p(x)))
+    expected = ((boundary + norm.ppf(0.8)) / (norm.ppf(0.975) + norm.ppf(0.8))) ** 2
+    assert mixture_inflation_factor(0.05, 0.8) == pytest.approx(expected, rel=1e-9)
+    fixed = make_plan(experiment("search_embeddings"), PlanInputs(0.01, baseline=0.1), {})
+    for design in ("msprt", "confidence_sequence"):
+        plan = make_plan(
+            experiment("search_embeddings"), PlanInputs(0.01, baseline=0.1, design=design), {}
+        )
+        assert plan.inflation_factor == pytest.approx(expected, rel=1e-9)
+        assert plan.n_control == pytest.approx(fixed.n_control * expected, abs=1)
+
+
+def test_the_policy_design_is_the_experiments_own_method() -> None:
+    exp = experiment("search_embeddings")
+    own = make_plan(exp, PlanInputs(0.01, baseline=0.1, design="policy"), {})
+    named = make_plan(exp, PlanInputs(0.01, baseline=0.1, design=exp.policy.method), {})
+    assert own == named and own.inflation_factor > 1.0
