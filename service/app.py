@@ -23,12 +23,14 @@ from service.api import (
     openapi,
     predictions,
     problems,
+    sdk,
 )
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
 from service.api import shadows as shadow_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
+from service.assignment.snapshot import SnapshotCache
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
 from service.assignment.sync import StateSync
 from service.background import PeriodicThread
@@ -209,6 +211,7 @@ BLUEPRINTS = (
     decision_routes.bp,
     shadow_routes.bp,
     keys.bp,
+    sdk.bp,
     dashboard_pages.bp,
 )
 """Every blueprint the app serves; each route must be declared in openapi.yaml."""
@@ -226,6 +229,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     runtime = build_runtime(settings)
     app.extensions["abx"] = runtime
+    sdk.init_app(app, SnapshotCache(runtime.registry), settings.threads, settings.sdk_max_streams)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     # After every blueprint: each route must have its security declaration.

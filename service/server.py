@@ -33,6 +33,12 @@ def _close_runtime(server: Any, worker: Any) -> None:
         runtime.close()  # graceful shutdown: flush buffered assignments and exposures
 
 
+def _watch_worker(worker: Any) -> None:
+    state = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("abx.sdk")
+    if state is not None:
+        state.worker_alive = lambda: worker.alive  # SDK streams end when the worker stops
+
+
 def _worker_exited(server: Any, worker: Any) -> None:
     mark_dead(worker.pid)  # its live gauges (in flight, buffered rows) leave the sums
 
@@ -75,6 +81,7 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
             "accesslog": None,  # the app writes the access log, with the request id
             "logger_class": StructuredLogger,
             "loglevel": self.settings.log_level.lower(),
+            "post_worker_init": _watch_worker,
             "worker_exit": _close_runtime,
             "child_exit": _worker_exited,
             "on_exit": lambda server: self._close_all(),

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1:8000"
     workers: int | None = Field(default=None, ge=1, description="gunicorn workers; None: by cores")
     threads: int = Field(default=4, ge=1, description="threads per gunicorn worker")
+    sdk_stream_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long one GET /v1/sdk/stream stays open (SDKs reconnect).",
+    )
+    sdk_max_streams: int | None = Field(
+        default=None, ge=0, description="Open streams per worker; None: half its threads."
+    )
     api_key: str | None = Field(
         default=None, description="Removed: keys live in PostgreSQL (abx keys create)."
     )

@@ -23,6 +23,23 @@ class AssignBatchRequest(ApiModel):
     items: list[AssignRequest] = Field(min_length=1)
 
 
+class LocalExposureItem(ApiModel):
+    """One answer an SDK gave locally (reason ``hashed``): recorded as /v1/assign records it."""
+
+    experiment: Annotated[str, Field(min_length=1, max_length=64)]
+    unit: UnitId
+    seed: Annotated[str, Field(min_length=1, max_length=200)]
+    variant: Annotated[str, Field(min_length=1, max_length=64)]
+    exposed_at: float | None = None
+    """When the SDK served it, in seconds since the epoch; default: when the batch arrives."""
+
+
+class LocalExposureBatch(ApiModel):
+    batch_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+    """Chosen by the SDK, the same on every resend: a batch seen before is not written again."""
+    exposures: list[LocalExposureItem] = Field(min_length=1)
+
+
 class OutcomeBatch(ApiModel):
     events: list[Any] = Field(min_length=1)
 

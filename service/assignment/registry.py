@@ -55,6 +55,12 @@ class Registry:
             return None
         return served.at(time.time() if epoch is None else epoch)
 
+    def view(self) -> tuple[Mapping[str, ServedExperiment], Mapping[str, ExperimentState]]:
+        """The served experiments and their decision states, as swapped in together; both
+        are replaced, never changed in place, so identity tells a caller that nothing moved."""
+        with self._lock:
+            return self._served, self._states
+
     def publish_metrics(self) -> None:
         """Which experiments wait for new weights to take effect (``allocation-switching``)."""
         now = time.time()

@@ -57,6 +57,21 @@ ALLOCATION_PENDING = Gauge(
     ["experiment"],
     multiprocess_mode="livemax",
 )
+SDK_EXPOSURES = Counter(
+    "abx_sdk_exposures",
+    "Exposures that client SDKs assigned locally and sent, by outcome: recorded, duplicate"
+    " (a resent batch), stale (a seed or variant the server no longer gives).",
+    ["outcome"],
+)
+SDK_STREAMS = Gauge(
+    "abx_sdk_streams",
+    "Open GET /v1/sdk/stream connections (each holds a server thread).",
+    multiprocess_mode="livesum",
+)
+SDK_STREAMS_REFUSED = Counter(
+    "abx_sdk_streams_refused",
+    "GET /v1/sdk/stream answered 503 because ABX_SDK_MAX_STREAMS were open (clients poll).",
+)
 
 # Inference
 PREDICTIONS = Counter(

@@ -84,7 +84,12 @@ def test_a_declaration_naming_an_unknown_scope_or_scheme_is_refused() -> None:
 @pytest.fixture
 def keyed(server_factory: ServerFactory, db: str, experiments_dir: Path) -> dict[str, Any]:
     """A server (2 workers) and keys of every kind: one per scope, revoked, expired, unknown."""
-    server = server_factory(db, experiments_dir, ABX_RATE_LIMIT_UNAUTHENTICATED="1000/second")
+    server = server_factory(
+        db,
+        experiments_dir,
+        ABX_RATE_LIMIT_UNAUTHENTICATED="1000/second",
+        ABX_SDK_STREAM_SECONDS="0.5",  # GET /v1/sdk/stream with the right key ends soon
+    )
     tokens = {scope: make_key(db, f"only-{scope.replace(':', '-')}", [scope]) for scope in SCOPES}
     revoked = make_key(db, "revoked", list(SCOPES))
     with psycopg.connect(db, autocommit=True) as conn:

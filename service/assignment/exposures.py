@@ -1,0 +1,79 @@
+"""First assignments and exposures that a client SDK made locally, recorded once per batch.
+
+An SDK that assigns from the snapshot (``snapshot.py``) sends what it served in batches
+(``POST /v1/sdk/exposures``). Each item becomes the rows ``/v1/assign`` would have buffered
+for a ``hashed`` answer: the first assignment (the sticky record) and the exposure, with the
+same conflict rules as the writer's streams (``sticky.py``). The batch id is inserted in the
+same transaction, so a batch resent after a lost answer writes and counts nothing twice, and
+the answer is sent only once the rows are committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.assignment.core import CompiledExperiment
+from service.assignment.hashing import pick_index, unit_fraction
+from service.storage.fence import hold_for_write
+
+
+@dataclass(frozen=True)
+class LocalExposure:
+    experiment: str
+    seed: str
+    unit_id: str
+    variant: str
+    exposed_at: datetime
+
+
+def hashed_variants(compiled: CompiledExperiment, unit_id: str) -> frozenset[str]:
+    """The variants any allocation of the current seed gives this unit by hash."""
+    fraction = unit_fraction(compiled.variant_prefix, unit_id)
+    variants = compiled.experiment.variants
+    return frozenset(
+        variants[pick_index(fraction, bounds)].key
+        for bounds in (compiled.bounds, *compiled.other_bounds)
+    )
+
+
+def is_current(compiled: CompiledExperiment, exposure: LocalExposure) -> bool:
+    """True when the SDK's answer is one the server could have given under this seed: a
+    stale seed (re-randomized since) or a variant the hash never gives is not recorded."""
+    return exposure.seed == compiled.experiment.seed and exposure.variant in hashed_variants(
+        compiled, exposure.unit_id
+    )
+
+
+_ASSIGNMENT = (
+    "INSERT INTO assignments (experiment_key, seed, unit_id, variant_key, assigned_at)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_EXPOSURE = (
+    "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (experiment_key, seed, unit_id, variant_key) DO UPDATE"
+    " SET first_exposed_at = EXCLUDED.first_exposed_at"
+    " WHERE EXCLUDED.first_exposed_at < exposures.first_exposed_at"
+)
+
+
+def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -> bool:
+    """Write the batch's rows and its id in one transaction; False if the id was seen before."""
+    with conn.transaction():
+        hold_for_write(conn)  # the rollup's watermark must not pass these rows (fence.py)
+        new = conn.execute(
+            "INSERT INTO sdk_exposure_batches (batch_id, items) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING batch_id",
+            (batch_id, len(exposures)),
+        ).fetchone()
+        if new is None:
+            return False
+        rows = [(e.experiment, e.seed, e.unit_id, e.variant, e.exposed_at) for e in exposures]
+        if rows:
+            with conn.cursor() as cursor:
+                cursor.executemany(_ASSIGNMENT, rows)
+                cursor.executemany(_EXPOSURE, rows)
+    return True
