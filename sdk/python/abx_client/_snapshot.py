@@ -1,0 +1,147 @@
+"""The server's snapshot (``GET /v1/sdk/config``) compiled once, and local assignment over it.
+
+The rules run in the server's order: forced, status and decision stop, targeting, layer,
+promotion, coverage (capped by a ramp step), then the variant hash. Where the hash falls in
+a *moved range* (allocations of this seed disagree there, so the unit's stored first
+assignment may decide), ``evaluate`` returns None: only the server can answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from abx_client._hashing import (
+    HASH_SPEC_VERSION,
+    cumulative_bounds,
+    hash_prefix,
+    pick_index,
+    unit_fraction,
+)
+from abx_client._targeting import Predicate, compile_targeting
+
+EXPOSED_REASONS = frozenset({"sticky", "hashed"})
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A unit's variant in one experiment, and why (the reasons of ``/v1/assign``).
+
+    ``source`` says who answered: ``local`` (from the snapshot), ``server`` (asked because
+    the unit's hash lies in a moved range) or ``sdk`` (the SDK could not know: reasons
+    ``sdk-not-ready``, ``sdk-server-unavailable``, ``unknown-experiment``).
+    """
+
+    experiment: str
+    variant: str | None
+    reason: str
+    in_experiment: bool = False
+    source: str = "local"
+
+
+@dataclass(frozen=True)
+class CompiledExperiment:
+    key: str
+    seed: str
+    running: bool
+    control: str
+    variants: tuple[str, ...]
+    bounds: tuple[float, ...]
+    coverage: float
+    layer_prefix: bytes | None
+    layer_range: tuple[float, float]
+    eligible: Predicate
+    forced: Mapping[str, str]
+    moved: tuple[tuple[float, float], ...]
+    variant_prefix: bytes
+    coverage_prefix: bytes
+    winner: str | None
+    rolled_back: frozenset[str]
+    stopped: str | None
+    metrics: frozenset[str]
+
+
+def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
+    if data.get("hashing_version", HASH_SPEC_VERSION) != HASH_SPEC_VERSION:
+        raise ValueError(f"hashing version {data['hashing_version']} is not supported")
+    key, seed = data["key"], data["seed"]
+    decision = data["decision"]
+    coverage = float(data["coverage"])
+    if decision.get("coverage_cap") is not None:
+        coverage = min(coverage, float(decision["coverage_cap"]))
+    layer = data.get("layer")
+    return CompiledExperiment(
+        key=key,
+        seed=seed,
+        running=data["status"] == "running",
+        control=data["control"],
+        variants=tuple(v["key"] for v in data["variants"]),
+        bounds=cumulative_bounds(tuple(float(v["weight"]) for v in data["variants"])),
+        coverage=coverage,
+        layer_prefix=hash_prefix("layer", layer["name"]) if layer else None,
+        layer_range=(float(layer["range"][0]), float(layer["range"][1])) if layer else (0.0, 1.0),
+        eligible=compile_targeting(data.get("targeting")),
+        forced=dict(data.get("forced") or {}),
+        moved=tuple((float(lo), float(hi)) for lo, hi in data["allocation"]["moved_ranges"]),
+        variant_prefix=hash_prefix("variant", key, seed),
+        coverage_prefix=hash_prefix("coverage", key, seed),
+        winner=decision.get("winner"),
+        rolled_back=frozenset(decision.get("rolled_back") or ()),
+        stopped=decision.get("stopped"),
+        metrics=frozenset(data.get("metrics") or ()),
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    experiments: Mapping[str, CompiledExperiment]
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Snapshot:
+        return cls(
+            str(document["version"]),
+            {key: compile_experiment(data) for key, data in document["experiments"].items()},
+        )
+
+
+def evaluate(
+    compiled: CompiledExperiment, unit: str, attributes: Mapping[str, Any]
+) -> Assignment | None:
+    """The server's answer from the snapshot, or None when the unit's history decides."""
+    key, control = compiled.key, compiled.control
+    forced = compiled.forced.get(unit)
+    if forced is not None:
+        return Assignment(key, forced, "forced")
+    if not compiled.running:
+        return Assignment(key, control, "experiment-not-running")
+    if compiled.stopped is not None:
+        return Assignment(key, control, compiled.stopped)
+    if not compiled.eligible(attributes):
+        return Assignment(key, control, "targeted-out")
+    if compiled.layer_prefix is not None:
+        start, end = compiled.layer_range
+        if not start <= unit_fraction(compiled.layer_prefix, unit) < end:
+            return Assignment(key, control, "not-in-layer")
+    if compiled.winner is not None:
+        return Assignment(key, compiled.winner, "promoted")
+    if unit_fraction(compiled.coverage_prefix, unit) >= compiled.coverage:
+        return Assignment(key, control, "not-in-coverage")
+    fraction = unit_fraction(compiled.variant_prefix, unit)
+    for low, high in compiled.moved:
+        if low <= fraction < high:
+            return None
+    variant = compiled.variants[pick_index(fraction, compiled.bounds)]
+    if variant in compiled.rolled_back:
+        return Assignment(key, control, "rolled-back")
+    return Assignment(key, variant, "hashed", True)
+
+
+def from_stored(compiled: CompiledExperiment, stored: str) -> Assignment:
+    """The answer for a unit whose first assignment the server told us (in a moved range)."""
+    if stored in compiled.rolled_back:
+        return Assignment(compiled.key, compiled.control, "rolled-back", source="server")
+    if stored in compiled.variants:
+        return Assignment(compiled.key, stored, "sticky", True, source="server")
+    return Assignment(compiled.key, compiled.control, "variant-removed", source="server")

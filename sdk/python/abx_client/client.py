@@ -1,0 +1,687 @@
+"""The client: local assignment from a followed snapshot, batched exposures and events, predict.
+
+Three daemon threads do all network work, so the application's calls never wait on it
+(beyond the first snapshot, at most ``ready_timeout``, and a moved-range unit's server answer,
+at most ``fallback_timeout``):
+
+* the follower keeps the snapshot current: ``GET /v1/sdk/stream`` (server-sent events), else
+  conditional polls of ``GET /v1/sdk/config``; the last snapshot stays in force meanwhile;
+* the flusher sends queued exposures (``POST /v1/sdk/exposures``) and events
+  (``POST /v1/events``) in batches, retrying a failed batch with the same id and backoff;
+* the fallback sends the assignments only the server can answer to ``/v1/assign/batch``,
+  many callers' units in one request.
+
+Fork-safe: in a child process (gunicorn ``--preload``) the threads and connections are made
+anew on first use, the parent's queues are not inherited (the parent sends them), and the
+snapshot is kept, so a child is ready at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from abx_client._breaker import CircuitBreaker
+from abx_client._queue import BatchQueue, QueueFull
+from abx_client._snapshot import (
+    Assignment,
+    CompiledExperiment,
+    Snapshot,
+    evaluate,
+    from_stored,
+)
+
+Unit = str | int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``outputs`` from the server's model, or the caller's default (``from_server`` False)."""
+
+    experiment: str
+    variant: str | None
+    reason: str
+    outputs: Any
+    from_server: bool
+    fallback: bool = False
+    """The server's own fallback: the variant's model failed and the control's answered."""
+    error: str | None = None
+    """Why the default was returned (timeout, server error, circuit open)."""
+
+
+class RequestRejected(Exception):
+    """The server refused the request itself (a 4xx other than 429): a caller's mistake."""
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        super().__init__(f"{status}: {problem.get('detail', problem)}")
+        self.status = status
+        self.problem = problem
+
+
+@dataclass
+class _Waiting:
+    experiment: str
+    unit: str
+    attributes: Mapping[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Mapping[str, Any] | None = None
+
+
+@dataclass
+class _Batch:
+    batch_id: str
+    items: list[Any]
+    attempts: int = 0
+    retry_at: float = 0.0
+
+
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_at_exit(reference: weakref.ref[Client]) -> None:
+    client = reference()
+    if client is not None:
+        client.close()
+
+
+class Client:
+    """An abx client for threaded (WSGI) applications; see docs/sdk.md."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        ready_timeout: float = 1.0,
+        timeout: float = 2.0,
+        fallback_timeout: float = 0.25,
+        predict_timeout: float = 1.0,
+        stream: bool = True,
+        poll_interval: float = 5.0,
+        flush_interval: float = 0.5,
+        batch_size: int = 500,
+        max_queue: int = 10_000,
+        queue_full: QueueFull = "drop-oldest",
+        max_backoff: float = 30.0,
+        breaker_failures: int = 5,
+        breaker_reset_seconds: float = 10.0,
+        close_timeout: float = 5.0,
+        memory_size: int = 100_000,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ready_timeout = ready_timeout
+        self._timeout = timeout
+        self._fallback_timeout = fallback_timeout
+        self._predict_timeout = predict_timeout
+        self._use_stream = stream
+        self._poll_interval = poll_interval
+        self._flush_interval = flush_interval
+        self._batch_size = max(1, min(batch_size, 1000))
+        self._max_backoff = max_backoff
+        self._close_timeout = close_timeout
+        self._memory_size = memory_size
+        self._max_queue, self._queue_full = max_queue, queue_full
+        self._breaker_settings = (breaker_failures, breaker_reset_seconds)
+        self._snapshot: Snapshot | None = None
+        self._ready = threading.Event()
+        self._created = time.monotonic()
+        self._closed = False
+        self._set_up_process()
+        _CLIENTS.add(self)
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # --- per-process state ------------------------------------------------------------
+
+    def _set_up_process(self) -> None:
+        """Everything that must not cross a fork: locks, queues, connections, threads."""
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._exposures = BatchQueue(self._max_queue, self._queue_full)
+        self._events = BatchQueue(self._max_queue, self._queue_full)
+        self._pending: dict[str, _Batch | None] = {"exposures": None, "events": None}
+        self._backoff: dict[str, float] = {"exposures": 0.0, "events": 0.0}
+        self._exposed: dict[tuple[str, str, str], str] = {}
+        self._stored: dict[tuple[str, str, str], str] = {}
+        self._waiting: list[_Waiting] = []
+        self._waiting_ready = threading.Condition(threading.Lock())
+        self._wake_flusher = threading.Event()
+        self._stopping = threading.Event()
+        self._fallback_breaker = CircuitBreaker(*self._breaker_settings)
+        self._predict_breaker = CircuitBreaker(*self._breaker_settings)
+        self._http_client: httpx.Client | None = None
+        self._stream_response: httpx.Response | None = None
+        self._threads: list[threading.Thread] = []
+        self._started = False
+
+    def _forget_parent(self) -> None:
+        self._set_up_process()
+        if self._snapshot is not None:
+            self._ready.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            for target, name in (
+                (self._follow, "abx-client-follow"),
+                (self._flush_loop, "abx-client-flush"),
+                (self._fallback_loop, "abx-client-fallback"),
+            ):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _http(self) -> httpx.Client:
+        client = self._http_client
+        if client is None:
+            with self._lock:
+                if self._http_client is None:
+                    self._http_client = httpx.Client(headers=self._headers, timeout=self._timeout)
+                client = self._http_client
+        return client
+
+    def _count(self, what: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[what] += amount
+
+    # --- the application's calls ------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    @property
+    def version(self) -> str | None:
+        """The version (ETag) of the snapshot in force, None before the first."""
+        snapshot = self._snapshot
+        return snapshot.version if snapshot is not None else None
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait for the first snapshot (at most ``timeout``); True once there is one."""
+        if not self._started:
+            self._start()
+        return self._ready.wait(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``sdk-not-ready``, ``server``, ``sdk-server-unavailable``,
+        ``exposures_dropped``, ``events_dropped``, ``batches_sent``, ``batch_failures``,
+        ``predict_default``... (only those that happened)."""
+        with self._lock:
+            counts = dict(self._counts)
+        counts["exposures_dropped"] = counts.get("exposures_rejected", 0) + self._exposures.dropped
+        counts["events_dropped"] = counts.get("events_rejected", 0) + self._events.dropped
+        counts["exposures_queued"] = len(self._exposures)
+        counts["events_queued"] = len(self._events)
+        return counts
+
+    def assign(
+        self,
+        experiment: str,
+        unit: Unit,
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        default: str | None = None,
+    ) -> Assignment:
+        """The unit's variant, as ``/v1/assign`` would answer; never raises for the server's
+        sake. Before any snapshot (after ``ready_timeout``) the answer is ``default`` (your
+        control) with reason ``sdk-not-ready``."""
+        snapshot = self._snapshot
+        if snapshot is None or not self._started:
+            snapshot = self._await_snapshot()
+            if snapshot is None:
+                self._count("sdk-not-ready")
+                return Assignment(experiment, default, "sdk-not-ready", source="sdk")
+        compiled = snapshot.experiments.get(experiment)
+        if compiled is None:
+            self._count("unknown-experiment")
+            return Assignment(experiment, default, "unknown-experiment", source="sdk")
+        unit_id = unit if isinstance(unit, str) else _unit_text(unit)
+        answer = evaluate(compiled, unit_id, attributes or {})
+        if answer is None:
+            return self._ask_server(compiled, unit_id, attributes or {})
+        if answer.in_experiment:
+            self._expose(compiled, unit_id, answer.variant)
+        return answer
+
+    def track(
+        self,
+        unit: Unit,
+        metric: str,
+        value: float | bool,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        experiment: str | None = None,
+        timestamp: float | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Queue an outcome; returns its event id (new unless given: a retry keeps its id).
+
+        Without ``experiment`` the event goes to every experiment whose metrics declare
+        ``metric`` (decided when it is sent, from the snapshot then in force).
+        """
+        if not self._started:
+            self._start()
+        event_id = event_id or uuid.uuid4().hex
+        event: dict[str, Any] = {
+            "event_id": event_id,
+            "unit": unit if isinstance(unit, str) else _unit_text(unit),
+            "metric": metric,
+            "value": value,
+            "timestamp": time.time() if timestamp is None else timestamp,
+        }
+        if properties:
+            event["properties"] = dict(properties)
+        if experiment is not None:
+            event["experiment"] = experiment
+        self._events.put(event)
+        if len(self._events) >= self._batch_size:
+            self._wake_flusher.set()
+        return event_id
+
+    def predict(
+        self,
+        experiment: str,
+        unit: Unit,
+        attributes: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        default: Any = None,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """The variant's model output from ``/v1/predict``; when the server is slow, failing
+        or its circuit is open, ``default`` instead: a value, or a callable given the local
+        assignment (e.g. to run the control's model in-process)."""
+        if not self._predict_breaker.allow():
+            return self._predict_default(experiment, unit, attributes, default, "circuit-open")
+        body = {
+            "experiment": experiment,
+            "unit": unit,
+            "attributes": dict(attributes or {}),
+            "inputs": dict(inputs or {}),
+        }
+        try:
+            response = self._http().post(
+                self.url + "/v1/predict", json=body, timeout=timeout or self._predict_timeout
+            )
+        except httpx.HTTPError as error:
+            self._predict_breaker.failure()
+            return self._predict_default(
+                experiment, unit, attributes, default, type(error).__name__
+            )
+        if response.status_code == 429 or response.status_code >= 500:
+            self._predict_breaker.failure()
+            return self._predict_default(
+                experiment, unit, attributes, default, f"status {response.status_code}"
+            )
+        if response.status_code >= 400:
+            self._predict_breaker.success()  # the server answered: our request was wrong
+            raise RequestRejected(response.status_code, _problem(response))
+        self._predict_breaker.success()
+        answer = response.json()
+        return Prediction(
+            experiment,
+            answer["variant"],
+            answer["reason"],
+            answer["outputs"],
+            True,
+            bool(answer.get("fallback", False)),
+        )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything queued now (at most ``timeout``); True if nothing is left."""
+        deadline = time.monotonic() + (self._close_timeout if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            sent = self._flush_once(force=True)
+            if not self._has_work():
+                return True
+            if not sent:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return not self._has_work()
+
+    def close(self) -> None:
+        """Flush what is queued (at most ``close_timeout``), then stop. Called at exit too."""
+        if self._closed:
+            return
+        if self._started:
+            self.flush(self._close_timeout)
+        self._closed = True
+        self._stopping.set()
+        self._wake_flusher.set()
+        with self._waiting_ready:
+            self._waiting_ready.notify_all()
+        response = self._stream_response
+        if response is not None:
+            with contextlib.suppress(Exception):  # the follower may be reading it
+                response.close()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(0.5)
+        if self._http_client is not None:
+            self._http_client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- assignment internals ---------------------------------------------------------
+
+    def _await_snapshot(self) -> Snapshot | None:
+        if not self._started:
+            self._start()
+        remaining = self._created + self._ready_timeout - time.monotonic()
+        if remaining > 0:
+            self._ready.wait(remaining)
+        return self._snapshot
+
+    def _expose(self, compiled: CompiledExperiment, unit: str, variant: str | None) -> None:
+        """Queue the first assignment and exposure once per unit and process (as the server's
+        sticky store does); a full queue drops per ``queue_full``, counted."""
+        key = (compiled.key, compiled.seed, unit)
+        if variant is None or self._exposed.get(key) == variant:
+            return
+        self._exposures.put(
+            {"experiment": compiled.key, "unit": unit, "seed": compiled.seed,
+             "variant": variant, "exposed_at": time.time()}
+        )  # fmt: skip
+        _remember(self._exposed, key, variant, self._memory_size, self._lock)
+        if len(self._exposures) >= self._batch_size:
+            self._wake_flusher.set()
+
+    def _ask_server(
+        self, compiled: CompiledExperiment, unit: str, attributes: Mapping[str, Any]
+    ) -> Assignment:
+        key = (compiled.key, compiled.seed, unit)
+        stored = self._stored.get(key)
+        if stored is not None:
+            return from_stored(compiled, stored)
+        unavailable = Assignment(
+            compiled.key, compiled.control, "sdk-server-unavailable", source="sdk"
+        )
+        if not self._fallback_breaker.allow():
+            self._count("sdk-server-unavailable")
+            return unavailable
+        waiting = _Waiting(compiled.key, unit, attributes)
+        with self._waiting_ready:
+            self._waiting.append(waiting)
+            self._waiting_ready.notify()
+        if not waiting.done.wait(self._fallback_timeout) or waiting.answer is None:
+            self._count("sdk-server-unavailable")
+            return unavailable
+        answer = waiting.answer
+        self._count("server")
+        if answer["reason"] in ("sticky", "hashed"):
+            _remember(self._stored, key, answer["variant"], self._memory_size, self._lock)
+        return Assignment(
+            compiled.key, answer["variant"], answer["reason"], answer["in_experiment"], "server"
+        )
+
+    def _fallback_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._waiting_ready:
+                while not self._waiting and not self._stopping.is_set():
+                    self._waiting_ready.wait()
+                batch, self._waiting = self._waiting[:1000], self._waiting[1000:]
+            if not batch:
+                continue
+            body = {"items": [{"experiment": w.experiment, "unit": w.unit,
+                               "attributes": dict(w.attributes)} for w in batch]}  # fmt: skip
+            try:
+                response = self._http().post(
+                    self.url + "/v1/assign/batch", json=body, timeout=self._fallback_timeout
+                )
+                response.raise_for_status()
+                answers = response.json()["assignments"]
+                self._fallback_breaker.success()
+            except Exception:
+                self._fallback_breaker.failure()
+                answers = [None] * len(batch)
+            for waiting, answer in zip(batch, answers, strict=True):
+                waiting.answer = answer
+                waiting.done.set()
+
+    # --- snapshot following -----------------------------------------------------------
+
+    def _install(self, document: Mapping[str, Any]) -> None:
+        snapshot = Snapshot.from_json(document)
+        current = self._snapshot
+        if current is None or current.version != snapshot.version:
+            self._snapshot = snapshot
+            self._count("snapshots")
+            self._wake_flusher.set()  # first assignments reach the server before weights move
+        self._ready.set()
+
+    def _poll(self, client: httpx.Client) -> None:
+        headers = {"If-None-Match": f'"{self.version}"'} if self.version else {}
+        response = client.get(self.url + "/v1/sdk/config", headers=headers)
+        if response.status_code == 304:
+            return
+        response.raise_for_status()
+        self._install(response.json())
+
+    def _stream(self, client: httpx.Client) -> None:
+        """Read one stream until the server ends it; raise if it cannot be opened."""
+        headers = {"Accept": "text/event-stream"}
+        if self.version:
+            headers["Last-Event-ID"] = self.version
+        timeout = httpx.Timeout(self._timeout, read=30.0)
+        with client.stream(
+            "GET", self.url + "/v1/sdk/stream", headers=headers, timeout=timeout
+        ) as response:
+            response.raise_for_status()
+            self._stream_response = response
+            try:
+                event, data = "message", list[str]()
+                for line in response.iter_lines():
+                    if self._stopping.is_set():
+                        return
+                    if not line:
+                        if event == "config" and data:
+                            self._install(json.loads("\n".join(data)))
+                        event, data = "message", []
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+            finally:
+                self._stream_response = None
+
+    def _follow(self) -> None:
+        client = httpx.Client(headers=self._headers, timeout=self._timeout)
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                if self._use_stream:
+                    try:
+                        self._stream(client)
+                        failures = 0
+                        continue
+                    except Exception:
+                        if self._stopping.is_set():
+                            return
+                        self._count("stream_failures")
+                try:
+                    self._poll(client)
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    self._count("poll_failures")
+                wait = (
+                    self._poll_interval
+                    if failures == 0
+                    else _backoff(failures, self._poll_interval)
+                )
+                if not self._use_stream or failures:
+                    self._stopping.wait(wait)
+                else:
+                    self._stopping.wait(min(wait, 1.0))
+        finally:
+            client.close()
+
+    # --- batches ----------------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(len(self._exposures) or self._pending["exposures"]
+                    or (self._snapshot is not None and
+                        (len(self._events) or self._pending["events"])))  # fmt: skip
+
+    def _flush_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake_flusher.wait(self._flush_interval)
+            self._wake_flusher.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._flush_once(force=False)
+            except Exception:
+                self._count("flush_errors")
+
+    def _flush_once(self, force: bool) -> bool:
+        with self._send_lock:
+            return self._flush_locked(force)
+
+    def _flush_locked(self, force: bool) -> bool:
+        sent = False
+        for kind in ("exposures", "events"):
+            while True:
+                batch = self._next_batch(kind)
+                if batch is None or (batch.retry_at > time.monotonic() and not force):
+                    break
+                if not self._send(kind, batch):
+                    break
+                sent = True
+        return sent
+
+    def _next_batch(self, kind: str) -> _Batch | None:
+        batch = self._pending[kind]
+        if batch is not None:
+            return batch
+        if kind == "exposures":
+            items = self._exposures.take(self._batch_size)
+        else:
+            snapshot = self._snapshot
+            if snapshot is None:
+                return None  # events name their experiments from the snapshot
+            items = self._expand(snapshot, self._events.take(self._batch_size))
+        if not items:
+            return None
+        batch = _Batch(uuid.uuid4().hex, items)
+        self._pending[kind] = batch
+        return batch
+
+    def _expand(self, snapshot: Snapshot, tracked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        events = []
+        for event in tracked:
+            if "experiment" in event:
+                events.append(event)
+                continue
+            targets = [k for k, e in snapshot.experiments.items() if event["metric"] in e.metrics]
+            if not targets:
+                self._count("events_unmatched")
+            events.extend({**event, "experiment": key} for key in targets)
+        return events
+
+    def _send(self, kind: str, batch: _Batch) -> bool:
+        if kind == "exposures":
+            path, body = "/v1/sdk/exposures", {"batch_id": batch.batch_id, "exposures": batch.items}
+        else:
+            path = "/v1/events"
+            body = {"events": [{**e, "timestamp": _iso(e["timestamp"])} for e in batch.items]}
+        try:
+            response = self._http().post(self.url + path, json=body)
+        except httpx.HTTPError:
+            return self._retry_later(kind, batch)
+        if response.status_code == 429 or response.status_code >= 500:
+            return self._retry_later(kind, batch)
+        self._pending[kind] = None
+        self._backoff[kind] = 0.0
+        if response.status_code >= 400:
+            self._count(f"{kind}_rejected", len(batch.items))
+            return True
+        self._count("batches_sent")
+        self._count(f"{kind}_sent", len(batch.items))
+        return True
+
+    def _retry_later(self, kind: str, batch: _Batch) -> bool:
+        batch.attempts += 1
+        batch.retry_at = time.monotonic() + _backoff(batch.attempts, self._max_backoff)
+        self._count("batch_failures")
+        return False
+
+    def _predict_default(
+        self,
+        experiment: str,
+        unit: Unit,
+        attributes: Mapping[str, Any] | None,
+        default: Any,
+        error: str,
+    ) -> Prediction:
+        self._count("predict_default")
+        assignment = self.assign(experiment, unit, attributes)
+        value = default(assignment) if callable(default) else default
+        return Prediction(
+            experiment, assignment.variant, assignment.reason, value, False, error=error
+        )
+
+
+def _unit_text(unit: Any) -> str:
+    if isinstance(unit, bool) or not isinstance(unit, int):
+        raise TypeError(f"a unit id is a string or an integer, not {type(unit).__name__}")
+    return str(unit)
+
+
+def _remember(
+    memory: dict[tuple[str, str, str], str],
+    key: tuple[str, str, str],
+    value: str,
+    size: int,
+    lock: threading.Lock,
+) -> None:
+    with lock:
+        memory[key] = value
+        if len(memory) > size:
+            del memory[next(iter(memory))]
+
+
+def _backoff(attempt: int, ceiling: float) -> float:
+    """Exponential from 0.5 s, capped, with full jitter in its upper half."""
+    base = min(ceiling, 0.5 * 2.0 ** min(attempt - 1, 16))
+    return float(base * (0.5 + random.random() / 2))
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
+
+
+def _problem(response: httpx.Response) -> Mapping[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"detail": response.text[:500]}
+    return body if isinstance(body, dict) else {"detail": body}
