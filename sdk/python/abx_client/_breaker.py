@@ -41,6 +41,12 @@ class CircuitBreaker:
             with self._lock:
                 self._failures, self._opened_at, self._trial = 0, None, False
 
+    def trip(self) -> None:
+        """Open now: another part of the client saw the server away."""
+        with self._lock:
+            self._failures = max(self._failures, self._threshold)
+            self._opened_at, self._trial = self._clock(), False
+
     def failure(self) -> None:
         with self._lock:
             self._failures += 1

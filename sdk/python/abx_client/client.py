@@ -529,9 +529,13 @@ class Client:
                 try:
                     self._poll(client)
                     failures = 0
+                    self._fallback_breaker.success()
                 except Exception:
                     failures += 1
                     self._count("poll_failures")
+                    # The server is away: moved-range units get the control at once rather
+                    # than each waiting for a fallback request to fail.
+                    self._fallback_breaker.trip()
                 wait = (
                     self._poll_interval
                     if failures == 0

@@ -142,6 +142,8 @@ def test_circuit_breaker_opens_then_tries_once() -> None:
     assert breaker.allow()
     breaker.success()
     assert not breaker.is_open and breaker.allow()
+    breaker.trip()
+    assert not breaker.allow()
 
 
 def test_queue_full_policies_are_counted() -> None:
