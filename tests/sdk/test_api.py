@@ -33,9 +33,10 @@ def events(response: requests.Response) -> Iterator[dict[str, Any]]:
             data.append(line[5:].strip())
 
 
-def test_snapshot_etag_stream_and_scope(
+def test_snapshot_etag_stream_scope_and_exposures(
     server_factory: ServerFactory, db: str, experiments_dir: Path
 ) -> None:
+    """One server for all (each start costs the suite seconds): see the checks' names."""
     server = server_factory(db, experiments_dir, ABX_WORKERS="1", ABX_SDK_MAX_STREAMS="1")
     api = Api(server.base_url)
     first = api.get("/v1/sdk/config")
@@ -105,17 +106,14 @@ def test_snapshot_etag_stream_and_scope(
         except requests.exceptions.ConnectionError:  # the read timed out: nothing was sent
             first_event = None
         assert first_event is None
+    check_exposure_batches_are_recorded_once(api, db)
 
 
 def hashed_variant(experiment: str, seed: str, unit: str, bounds: tuple[float, ...]) -> int:
     return pick_index(unit_fraction(hash_prefix("variant", experiment, seed), unit), bounds)
 
 
-def test_exposure_batches_are_recorded_once(
-    server_factory: ServerFactory, db: str, experiments_dir: Path
-) -> None:
-    server = server_factory(db, experiments_dir)
-    api = Api(server.base_url)
+def check_exposure_batches_are_recorded_once(api: Api, db: str) -> None:
     variants = ("baseline", "embeddings_v2")
     units = [f"sdk-{i}" for i in range(20)]
     items = [

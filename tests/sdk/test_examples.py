@@ -57,7 +57,7 @@ def test_flask_and_wsgi_examples(
     wsgi_app, wsgi_url = start_example("wsgi_app.py", server.base_url, server.key,
                                        tmp_path / "wsgi.log")  # fmt: skip
     try:
-        users = [f"example-{i}" for i in range(40)]
+        users = [f"example-{i}" for i in range(15)]
         for user in users:
             page = requests.get(f"{flask_url}/checkout/{user}?country=US&app_version=2.1.0",
                                 timeout=10).json()  # fmt: skip
@@ -76,4 +76,4 @@ def test_flask_and_wsgi_examples(
             "SELECT experiment_key, count(*) FROM outcomes WHERE unit_id = ANY(%s) GROUP BY 1",
             (users,),
         ).fetchall()
-    assert dict(events) == {"search_reranker": 40, "checkout_ranker": 1}
+    assert dict(events) == {"search_reranker": 15, "checkout_ranker": 1}
