@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import random
 import threading
@@ -45,6 +46,7 @@ from abx_client._snapshot import (
 )
 
 Unit = str | int
+log = logging.getLogger("abx_client")
 
 
 @dataclass(frozen=True)
@@ -522,17 +524,21 @@ class Client:
                         self._stream(client)
                         failures = 0
                         continue
-                    except Exception:
+                    except Exception as error:
                         if self._stopping.is_set():
                             return
                         self._count("stream_failures")
+                        log.info("abx stream unavailable (%s): polling %s", _why(error), self.url)
                 try:
                     self._poll(client)
                     failures = 0
                     self._fallback_breaker.success()
-                except Exception:
+                except Exception as error:
                     failures += 1
                     self._count("poll_failures")
+                    if failures == 1:
+                        log.warning("abx server unreachable (%s): keeping snapshot %s",
+                                    _why(error), self.version)  # fmt: skip
                     # The server is away: moved-range units get the control at once rather
                     # than each waiting for a fallback request to fail.
                     self._fallback_breaker.trip()
@@ -627,6 +633,8 @@ class Client:
         self._backoff[kind] = 0.0
         if response.status_code >= 400:
             self._count(f"{kind}_rejected", len(batch.items))
+            log.error("abx refused a batch of %d %s (%s): dropped", len(batch.items), kind,
+                      _problem(response).get("detail", response.status_code))  # fmt: skip
             return True
         self._count("batches_sent")
         self._count(f"{kind}_sent", len(batch.items))
@@ -634,6 +642,10 @@ class Client:
 
     def _retry_later(self, kind: str, batch: _Batch) -> bool:
         batch.attempts += 1
+        if batch.attempts == 1:
+            log.warning(
+                "abx batch of %d %s not sent: retrying with backoff", len(batch.items), kind
+            )
         batch.retry_at = time.monotonic() + _backoff(batch.attempts, self._max_backoff)
         self._count("batch_failures")
         return False
@@ -652,6 +664,10 @@ class Client:
         return Prediction(
             experiment, assignment.variant, assignment.reason, value, False, error=error
         )
+
+
+def _why(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:200]
 
 
 def _unit_text(unit: Any) -> str:

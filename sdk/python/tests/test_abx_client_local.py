@@ -110,13 +110,13 @@ def test_decisions_and_moved_ranges() -> None:
 
 
 def test_not_ready_answers_the_default_within_the_ready_timeout() -> None:
-    with Client("http://127.0.0.1:9", "t", ready_timeout=0.2, timeout=0.2) as client:
+    with Client("http://127.0.0.1:9", "t", ready_timeout=2.0, timeout=0.2) as client:
         started = time.monotonic()
         first = client.assign("e", "u1", default="control")
-        assert 0.15 < time.monotonic() - started < 1.0
+        assert time.monotonic() - started >= 1.9  # waited for a snapshot, up to ready_timeout
         started = time.monotonic()
         second = client.assign("e", 42)
-        assert time.monotonic() - started < 0.05  # waited once, at most ready_timeout
+        assert time.monotonic() - started < 1.0  # and only once: no second wait
         assert (first.variant, first.reason, first.in_experiment) == (
             "control", "sdk-not-ready", False)  # fmt: skip
         assert (second.variant, second.reason) == (None, "sdk-not-ready")
