@@ -69,7 +69,9 @@ def compare(client: Client, api: Api, phase: str) -> dict[str, int]:
         for item, a, s in zip(items, local, served, strict=True)
         if (a.variant, a.reason) != s
     ]
-    assert mismatches == [], f"{phase}: {len(mismatches)} of {len(items)} differ: {mismatches[:10]}"
+    assert mismatches == [], (
+        f"{phase}: {len(mismatches)} of {len(items)} differ: {mismatches[:10]}; {client.stats()}"
+    )
     reasons: dict[str, int] = {}
     for answer in local:
         reasons[f"{answer.source}:{answer.reason}"] = (

@@ -539,9 +539,11 @@ class Client:
                     if failures == 1:
                         log.warning("abx server unreachable (%s): keeping snapshot %s",
                                     _why(error), self.version)  # fmt: skip
-                    # The server is away: moved-range units get the control at once rather
-                    # than each waiting for a fallback request to fail.
-                    self._fallback_breaker.trip()
+                    if isinstance(error, httpx.ConnectError):
+                        # Nothing listens: moved-range units get the control at once rather
+                        # than each waiting for a fallback request to fail. (A slow answer
+                        # is no such proof: a loaded server still answers the fallback.)
+                        self._fallback_breaker.trip()
                 wait = (
                     self._poll_interval
                     if failures == 0
