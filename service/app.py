@@ -146,7 +146,7 @@ def build_runtime(settings: Settings) -> Runtime:
         flush_interval=settings.flush_interval_seconds,
         max_rows=settings.flush_max_rows,
         max_pending=settings.max_pending_rows,
-        spool=Spool(settings.writes_spool_path, settings.spool_max_bytes),
+        spool=Spool(settings.writes_spool_path, settings.spool_max_bytes, "writes-segment"),
     )
     sticky = StickyStore(
         database, writer, settings.sticky_cache_size, settings.lookup_timeout_seconds
@@ -161,7 +161,7 @@ def build_runtime(settings: Settings) -> Runtime:
     state.poll_once(timeout=1.0)
     events = EventIngestor(
         database,
-        Spool(settings.spool_path, settings.spool_max_bytes),
+        Spool(settings.spool_path, settings.spool_max_bytes, "events-segment"),
         wait_timeout=settings.event_wait_seconds,
     )
     rollup = RollupScheduler(

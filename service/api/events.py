@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from service.api.body import read_body
 from service.api.problems import problem_response
 from service.errors import (
     InvalidRequest,
@@ -17,7 +18,7 @@ from service.errors import (
     UnknownExperiment,
     UnsupportedMediaType,
 )
-from service.events.ingest import IngestUnavailable
+from service.events.ingest import IngestRefused, IngestUnavailable
 from service.events.sums import metric_stats, outcome_status_counts
 from service.events.validation import count_batch_duplicates, validate_events
 
@@ -31,11 +32,8 @@ def _reject_constant(name: str) -> Any:
 
 def _read_events(limit_bytes: int) -> list[Any]:
     """Parse the body as {"events": [...]} JSON or as one event per NDJSON line."""
-    request.max_content_length = limit_bytes
-    if (request.content_length or 0) > limit_bytes:
-        raise PayloadTooLarge(f"The body is larger than the limit of {limit_bytes} bytes.")
     mimetype = request.mimetype
-    raw = request.get_data(cache=False)
+    raw = read_body(limit_bytes)
     try:
         text = raw.decode("utf-8")
         if mimetype in NDJSON_TYPES:
@@ -53,6 +51,8 @@ def _read_events(limit_bytes: int) -> list[Any]:
             )
     except (ValueError, UnicodeDecodeError) as error:
         raise MalformedJson(f"The body is not valid JSON: {error}") from error
+    except RecursionError as error:  # json.loads keeps C recursion under Python's limit
+        raise MalformedJson("The body is not valid JSON: it is nested too deeply.") from error
     if (
         not isinstance(body, dict)
         or set(body) != {"events"}
@@ -92,6 +92,11 @@ def post_events() -> Response:
         )
     try:
         result = runtime.events.submit([row.as_tuple() for row in rows])
+    except IngestRefused as error:
+        raise InvalidRequest(
+            f"The database refused an event of this request; nothing was stored: {error}",
+            [{"field": "events", "message": str(error)}],
+        ) from error
     except IngestUnavailable as error:
         return problem_response(
             ServiceUnavailable(f"The events were not stored: {error}. Retry later."),

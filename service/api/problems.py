@@ -28,6 +28,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.storage.quarantine import error_text
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,17 @@ def init_app(app: Flask) -> None:
         log.warning("database unreachable: %s: %s", type(error).__name__, error)
         return problem_response(
             ServiceUnavailable(f"The database is not reachable: {type(error).__name__}.")
+        )
+
+    @app.errorhandler(psycopg.DataError)
+    @app.errorhandler(UnicodeEncodeError)
+    def _refused(error: Exception) -> Response:
+        # A value the checks before it let through and PostgreSQL refused (a NUL, a lone
+        # surrogate, a number out of range): the request is at fault, and its transaction
+        # rolled back, so nothing of it was written.
+        log.warning("the database refused a value: %s", error_text(error))
+        return problem_response(
+            InvalidRequest(f"The database refused a value of this request: {error_text(error)}")
         )
 
     @app.errorhandler(Exception)

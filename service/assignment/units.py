@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import PlainValidator
 
+from service.storage.values import text_problem
+
 MAX_UNIT_LENGTH = 256
 
 
@@ -17,6 +19,9 @@ def _unit_text(value: Any) -> str:
         raise ValueError(
             f"must be a non-empty string of at most {MAX_UNIT_LENGTH} characters, or an integer"
         )
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

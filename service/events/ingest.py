@@ -7,6 +7,11 @@ them; if PostgreSQL is unreachable it appends them to the spool and fsyncs
 first. A request is acknowledged only after one of the two, so a SIGKILL
 loses nothing that was acknowledged. While spooling, the thread checks the
 database every second and replays the spool, in order, before new events.
+
+A data error is not an outage: when PostgreSQL refuses a row of the group, each request is
+committed on its own (in a savepoint) and the one holding the refused row is answered with
+the error, nothing of it written; a refused row met while replaying the spool (it was
+acknowledged already) goes to the quarantine (``storage/quarantine.py``) and the replay goes on.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from service.background import BackgroundThread, PeriodicThread
 from service.events.validation import OUTCOME_COLUMNS
 from service.observability import metrics
 from service.storage.database import Database
+from service.storage.quarantine import error_text, is_refused, keep, write_isolating
 from service.storage.spool import Spool, SpoolError
-from service.storage.staging import copy_to_stage
+from service.storage.staging import clear_stage, copy_to_stage
 
 log = logging.getLogger(__name__)
 _COLUMNS = ", ".join(OUTCOME_COLUMNS)
@@ -31,6 +37,10 @@ _COLUMNS = ", ".join(OUTCOME_COLUMNS)
 
 class IngestUnavailable(RuntimeError):
     """Neither PostgreSQL nor the spool could keep the events: nothing was acknowledged."""
+
+
+class IngestRefused(ValueError):
+    """PostgreSQL refused an event of the request (a data error): nothing of it was written."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     result: IngestResult | None = None
     error: str | None = None
+    refused: str | None = None
 
 
 class EventIngestor(BackgroundThread):
@@ -106,6 +117,8 @@ class EventIngestor(BackgroundThread):
             self._cond.notify()
         if not request.done.wait(self._wait_timeout):
             raise IngestUnavailable("timed out waiting for the events to become durable")
+        if request.refused is not None:
+            raise IngestRefused(request.refused)
         if request.result is None:
             raise IngestUnavailable(request.error or "the events could not be stored")
         return request.result
@@ -161,8 +174,15 @@ class EventIngestor(BackgroundThread):
                 log.debug("database still away: %s", error)
 
     def _commit_replayed(self, rows: list[list[Any]]) -> None:
+        try:
+            with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
+                ingest_rows(conn, rows)
+            return
+        except Exception as error:
+            if not is_refused(error):
+                raise
         with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
-            ingest_rows(conn, rows)
+            keep(conn, "outcomes", "spool", write_isolating(conn, ingest_and_clear, rows))
 
     def _write(self, batch: list[_Request]) -> None:
         rows = [row for request in batch for row in request.rows]
@@ -173,6 +193,8 @@ class EventIngestor(BackgroundThread):
                 self._release_committed(batch, fresh)
                 return
             except Exception as error:
+                if is_refused(error) and self._write_separately(batch):
+                    return
                 log.warning("database write failed, spooling: %s", error)
                 self._database_answers.clear()
                 self._spooling = True
@@ -188,6 +210,43 @@ class EventIngestor(BackgroundThread):
             request.result = IngestResult(len(request.rows), None, spooled=True)
             request.done.set()
         _count(Counter(row[0] for row in rows), "spooled")
+
+    def _write_separately(self, batch: list[_Request]) -> bool:
+        """Commit each request in a savepoint; refuse those holding a row PostgreSQL refuses.
+
+        False when the database went away meanwhile (then nothing was written: spool them).
+        """
+        committed: list[_Request] = []
+        fresh: set[tuple[str, str]] = set()
+        try:
+            with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+                for request in batch:
+                    try:
+                        with conn.transaction():
+                            fresh.update(ingest_rows(conn, request.rows))
+                            clear_stage(conn, "outcomes")
+                        committed.append(request)
+                    except Exception as error:
+                        if not is_refused(error):
+                            raise
+                        request.refused = error_text(error)
+        except Exception as error:
+            log.warning("database write failed while isolating a refused event: %s", error)
+            for request in batch:
+                request.refused = None
+            return False
+        refused = [request for request in batch if request.refused is not None]
+        log.warning(
+            "the database refused %d request(s) of %d: %s",
+            len(refused),
+            len(batch),
+            refused[0].refused if refused else "",
+        )
+        _count(Counter(row[0] for request in refused for row in request.rows), "refused")
+        for request in refused:
+            request.done.set()
+        self._release_committed(committed, fresh)
+        return True
 
     @staticmethod
     def _release_committed(batch: list[_Request], fresh: set[tuple[str, str]]) -> None:
@@ -207,6 +266,12 @@ class EventIngestor(BackgroundThread):
             request.done.set()
         _count(accepted_by, "accepted")
         _count(duplicates_by, "duplicate")
+
+
+def ingest_and_clear(conn: Any, rows: Sequence[Sequence[Any]]) -> None:
+    """``ingest_rows`` for a transaction that stages several batches (isolation, retries)."""
+    ingest_rows(conn, rows)
+    clear_stage(conn, "outcomes")
 
 
 def _count(by_experiment: Counter[str], result: str) -> None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from service.events.schema import OutcomeEvent
 from service.experiments.schema import Experiment, Metric
+from service.storage.values import MAX_JSON_DEPTH, json_problem, text_problem
 
 MAX_PROPERTIES_BYTES = 4096
 
@@ -66,13 +67,41 @@ def _value_problem(metric_type: str, value: float | bool) -> str | None:
             if metric_type == "binary"
             else f"a {metric_type} metric takes a number, not a boolean"
         )
-    if not math.isfinite(value):
-        return "must be a finite number"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        finite = False
+    if not finite:
+        return "must be a finite number (within ±1.8e308)"
     if metric_type == "binary" and value not in (0, 1):
         return "a binary metric takes 0, 1, true or false"
     if metric_type == "count" and (value < 0 or value != int(value)):
         return "a count metric takes a non-negative integer"
     return None
+
+
+_TEXT_FIELDS = ("event_id", "experiment", "unit", "metric")
+
+
+def _storable_problem(event: OutcomeEvent, properties: str | None) -> tuple[str, str] | None:
+    """The first field PostgreSQL could not store (NUL, lone surrogate, infinity, depth)."""
+    for name in _TEXT_FIELDS:
+        problem = text_problem(getattr(event, name))
+        if problem:
+            return name, problem
+    if properties is None:
+        return None
+    # Fast path: the JSON text (ASCII, escaped by json.dumps) shows none of the signs; only
+    # when one shows (maybe falsely: an emoji is a surrogate pair) is the value walked.
+    if (
+        "\\u0000" not in properties
+        and "\\ud" not in properties
+        and "Infinity" not in properties
+        and "NaN" not in properties
+        and properties.count("{") + properties.count("[") <= MAX_JSON_DEPTH
+    ):
+        return None
+    return json_problem(event.properties, "properties")
 
 
 def validate_events(
@@ -131,16 +160,23 @@ def validate_events(
             continue
         properties = None
         if event.properties is not None:
-            properties = json.dumps(event.properties, separators=(",", ":"))
-            if len(properties) > MAX_PROPERTIES_BYTES:
-                errors.append(
-                    EventError(
-                        index,
-                        f"{prefix}.properties",
-                        f"is larger than {MAX_PROPERTIES_BYTES} bytes",
-                    )
+            try:
+                properties = json.dumps(event.properties, separators=(",", ":"))
+            except RecursionError:
+                properties = "[" * (MAX_JSON_DEPTH + 1)  # the walk below names the field
+        storable = _storable_problem(event, properties)
+        if storable is not None:
+            errors.append(EventError(index, f"{prefix}.{storable[0]}", storable[1]))
+            continue
+        if properties is not None and len(properties) > MAX_PROPERTIES_BYTES:
+            errors.append(
+                EventError(
+                    index,
+                    f"{prefix}.properties",
+                    f"is larger than {MAX_PROPERTIES_BYTES} bytes",
                 )
-                continue
+            )
+            continue
         rows.append(
             OutcomeRow(
                 experiment.key,

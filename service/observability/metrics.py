@@ -124,7 +124,8 @@ SKETCH_OFFERS_DROPPED = Counter(
 # Writes
 EVENTS = Counter(
     "abx_events",
-    "Outcome events acknowledged, by result: accepted (committed), duplicate, spooled.",
+    "Outcome events by result: accepted (committed), duplicate, spooled (all acknowledged),"
+    " refused (the database refused an event of the request: answered 422, nothing written).",
     ["experiment", "result"],
 )
 QUARANTINED = Counter(

@@ -6,6 +6,13 @@ the request is acknowledged. Sealed segments (and those left by a killed
 process, whose lock died with it) are replayed in name order by whoever takes
 the lock, then deleted. A torn last line is a batch that was never
 acknowledged, so it is skipped.
+
+A segment whose replay fails ``max_replay_failures`` times in a row while PostgreSQL answers
+(anything but a connection failure: a line that is not a batch of rows, a table that refuses
+the whole batch) is moved aside into ``quarantine/`` under the spool's folder, counted and
+logged, so that the segments behind it are replayed; ``abx quarantine`` lists, retries (moves
+back) or drops it. Rows the database refuses one by one never get this far: the writers
+quarantine those rows and replay the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +29,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+
+import psycopg
 
 from service.observability import metrics
 
@@ -35,10 +45,24 @@ def _encode(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+QUARANTINE_FOLDER = "quarantine"
+
+
+def is_outage(error: BaseException) -> bool:
+    """A failure of the connection or the server (retry later), not of the segment's content."""
+    return isinstance(error, psycopg.OperationalError | OSError)
+
+
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int, stream: str = "spool", max_replay_failures: int = 3
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.stream = stream
+        """The metric label of a segment moved aside (``abx_rows_quarantined{stream}``)."""
+        self.max_replay_failures = max_replay_failures
+        self._replay_failures: dict[str, int] = {}
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sequence = 0
         self._segment: IO[str] | None = None
@@ -116,11 +140,44 @@ class Spool:
             with self._locked(path) as handle:
                 if handle is None:
                     continue  # another process owns or replays it
-                for batch in _batches(handle):
-                    ingest(batch)
-                    replayed += 1
+                try:
+                    for batch in _batches(handle):
+                        ingest(batch)
+                        replayed += 1
+                except Exception as error:
+                    if is_outage(error) or not self._failed_again(path, error):
+                        raise
+                    continue
                 path.unlink()
+                self._replay_failures.pop(path.name, None)
         return replayed
+
+    def _failed_again(self, path: Path, error: BaseException) -> bool:
+        """Count a replay failure of ``path``; True when it was moved aside for good."""
+        failures = self._replay_failures.get(path.name, 0) + 1
+        self._replay_failures[path.name] = failures
+        if failures < self.max_replay_failures:
+            return False
+        aside = self.directory / QUARANTINE_FOLDER
+        aside.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, aside / path.name)
+        self._replay_failures.pop(path.name, None)
+        metrics.QUARANTINED.labels(self.stream).inc()
+        log.error(
+            "spool segment %s failed to replay %d times (%s: %s); moved aside to %s"
+            " (see `abx quarantine list`)",
+            path.name,
+            failures,
+            type(error).__name__,
+            error,
+            aside,
+        )
+        return True
+
+    def quarantined_segments(self) -> list[Path]:
+        """Segments moved aside after failing to replay, oldest first."""
+        aside = self.directory / QUARANTINE_FOLDER
+        return sorted(aside.glob("*.spool")) if aside.is_dir() else []
 
     @staticmethod
     @contextmanager

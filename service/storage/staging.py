@@ -25,3 +25,12 @@ def copy_to_stage(
         for row in rows:
             copy.write_row(row)
     return stage
+
+
+def clear_stage(conn: Any, table: str) -> None:
+    """Empty ``stage_<table>`` before commit, when one transaction stages several batches.
+
+    Rows stay staged until the commit, so a second batch staged in the same transaction
+    would otherwise move the first one in again.
+    """
+    conn.execute(f"DELETE FROM stage_{table}")

@@ -5,6 +5,9 @@ Rows go through a temporary staging table with ``COPY`` and then one
 and processes are harmless. Each write holds the rollup's fence shared
 (``write_fence``), so the rollup's watermarks never pass over it. When
 PostgreSQL is away, rows stay buffered and the flush is retried with backoff.
+A row PostgreSQL refuses (a data error, not an outage) is isolated and quarantined
+(``storage/quarantine.py``) in the same transaction that writes the rows around it, so
+one bad row never holds up the others, here or in the spool.
 With a spool, rows that cannot be flushed are appended to it (fsynced) and
 replayed in order once PostgreSQL is back, so they survive a restart; without
 one (or if the spool fails too) they stay in memory, and past ``max_pending``
@@ -16,15 +19,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from service.background import BackgroundThread
 from service.observability import metrics
 from service.storage.database import Database
 from service.storage.fence import hold_for_write
+from service.storage.quarantine import is_refused, keep, write_isolating
 from service.storage.spool import Spool, SpoolError
-from service.storage.staging import copy_to_stage
+from service.storage.staging import clear_stage, copy_to_stage
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +147,8 @@ class BatchWriter(BackgroundThread):
         if not taken:
             return self._replay_spool()
         try:
-            with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
-                for name, buffer in taken.items():
-                    self._copy(conn, self._streams[name], buffer.rows)
-        except Exception as error:  # the database is away or refused: keep the rows
+            self._write({name: buffer.rows for name, buffer in taken.items()}, "writer")
+        except Exception as error:  # the database is away: keep the rows
             log.warning("flush failed, will retry: %s", error)
             metrics.WRITER_FLUSH_FAILURES.inc()
             if self._spool_rows(taken):
@@ -195,12 +199,39 @@ class BatchWriter(BackgroundThread):
         by_stream: dict[str, list[tuple[Any, ...]]] = {}
         for stream, *row in batch:
             by_stream.setdefault(stream, []).append(tuple(row))
-        with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
-            for stream, rows in by_stream.items():
-                self._copy(conn, self._streams[stream], rows)
+        self._write(by_stream, "spool")
 
-    @staticmethod
-    def _copy(conn: Any, stream: Stream, rows: list[tuple[Any, ...]]) -> None:
-        hold_for_write(conn)
-        stage = copy_to_stage(conn, stream.table, stream.columns, rows)
-        conn.execute(stream.insert_from_stage.format(stage=stage))
+    def _write(self, by_stream: dict[str, list[tuple[Any, ...]]], source: str) -> None:
+        """Commit the rows in one transaction; refused rows go to the quarantine instead.
+
+        The fast path is one COPY per stream. Only when PostgreSQL refuses a row does a second
+        transaction isolate the refused rows (bisecting in savepoints) and quarantine them.
+        """
+        try:
+            with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+                for name, rows in by_stream.items():
+                    write_stream(conn, rows, self._streams[name], clear=False)
+            return
+        except Exception as error:
+            if not is_refused(error):
+                raise
+        with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
+            for name, rows in by_stream.items():
+                stream = self._streams[name]
+                refused = write_isolating(conn, partial(write_stream, stream=stream), rows)
+                keep(conn, name, source, refused)
+
+
+def write_stream(
+    conn: Any, rows: Sequence[Sequence[Any]], stream: Stream, clear: bool = True
+) -> None:
+    """COPY rows into the stream's stage and move them into its table (caller's transaction).
+
+    ``clear`` empties the stage afterwards, for a transaction that stages several batches of
+    one stream (isolating refused rows); the one-batch fast path skips that round trip.
+    """
+    hold_for_write(conn)
+    stage = copy_to_stage(conn, stream.table, stream.columns, rows)
+    conn.execute(stream.insert_from_stage.format(stage=stage))
+    if clear:
+        clear_stage(conn, stream.table)

@@ -20,7 +20,7 @@ from service.assignment.sticky import EXPOSURES
 from service.events.ingest import ingest_rows
 from service.events.rollup import roll_up_once
 from service.inference.records import PREDICTIONS, PredictionRecord
-from service.storage.writer import BatchWriter, Stream
+from service.storage.writer import Stream, write_stream
 
 WINDOW = timedelta(days=7)
 GRACE = timedelta(hours=1)
@@ -55,9 +55,9 @@ def test_a_row_committed_after_a_higher_numbered_one_is_rolled_up(
     ):
         runner = threading.Thread(target=roll_up_once, args=(rollup, lambda key: WINDOW, GRACE))
         with late.transaction():
-            BatchWriter._copy(late, stream, [row("late")])  # numbered first, committed last
+            write_stream(late, [row("late")], stream, clear=False)  # numbered first, committed last
             with early.transaction():
-                BatchWriter._copy(early, stream, [row("early")])  # numbered next, committed
+                write_stream(early, [row("early")], stream, clear=False)  # numbered next, committed
             runner.start()
             runner.join(1.0)  # unfenced, it would have passed over the late row by now
         runner.join(10)
@@ -98,7 +98,7 @@ def test_an_outcome_is_attributed_only_once_its_exposure_is_counted(db: str) -> 
 
         def expose() -> None:
             with writer.transaction():
-                BatchWriter._copy(writer, EXPOSURES, [("exp", "exp.v1", "u1", "a", now)])
+                write_stream(writer, [("exp", "exp.v1", "u1", "a", now)], EXPOSURES, clear=False)
 
         # The exposure commits after the round counted exposures, before it reads events.
         injected = CommitsBeforeStatement(rollup, "WHERE status = 'new'", expose)
