@@ -76,16 +76,42 @@ def all_finite(array: np.ndarray) -> bool:
 
 
 def _array(value: Any, spec: TensorSpec) -> np.ndarray:
+    """The value as the model's dtype; a ValueError for anything that dtype cannot hold.
+
+    A finite number too large for the dtype (1e300 for float32, 2**40 for int32, an integer
+    of hundreds of digits) is the client's mistake: refused here, it never runs the model,
+    so it is never counted as the variant's failure.
+    """
+    name = np.dtype(spec.dtype).name
     if spec.floating:
-        array = np.asarray(value, dtype=spec.dtype)
+        try:
+            with np.errstate(over="ignore"):  # an overflowing cast gives inf, refused below
+                array = np.asarray(value, dtype=spec.dtype)
+        except OverflowError as error:  # an integer no float holds
+            raise ValueError(f"values must be finite numbers within the range of {name}") from error
         if not all_finite(array):
-            raise ValueError("values must be finite numbers")
+            raise ValueError(f"values must be finite numbers within the range of {name}")
         return array
     array = np.asarray(value)
     kind = "b" if spec.dtype is np.bool_ else "iu"
     if array.dtype.kind not in kind:
+        if kind == "iu" and array.dtype.kind in "fO" and _all_ints(value):
+            raise ValueError(f"values must be integers within the range of {name}")
         raise ValueError(f"values must be {'booleans' if kind == 'b' else 'integers'}")
+    if kind == "iu" and array.size and array.dtype != spec.dtype:
+        info = np.iinfo(spec.dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise ValueError(f"values must be integers within the range of {name}")
     return array.astype(spec.dtype, copy=False)
+
+
+def _all_ints(value: Any) -> bool:
+    """Whether every cell sent is an integer (numpy made floats or objects of big ones)."""
+    try:
+        cells = np.asarray(value, dtype=object)
+    except ValueError:
+        return False
+    return all(type(cell) is int for cell in cells.flat)
 
 
 _MISSING = object()
@@ -219,10 +245,22 @@ def convert_inputs(
             )
             continue
         rows = batch
-        if plan.offset is not None:
-            array = array - plan.offset
-        if plan.factor is not None:
-            array = array * plan.factor
+        if plan.offset is not None or plan.factor is not None:
+            with np.errstate(over="ignore"):
+                if plan.offset is not None:
+                    array = array - plan.offset
+                if plan.factor is not None:
+                    array = array * plan.factor
+                array = array.astype(spec.dtype, copy=False)
+            if spec.floating and not all_finite(array):
+                problems.append(
+                    {
+                        "field": field,
+                        "message": "values overflow the model's "
+                        f"{np.dtype(spec.dtype).name} once scaled; expected {spec.describe()}",
+                    }
+                )
+                continue
         feeds[spec.name] = array.astype(spec.dtype, copy=False)
     known = {plan.request_name for plan in plans}
     problems += [

@@ -85,6 +85,40 @@ def test_integer_inputs_refuse_fractions() -> None:
         convert_inputs({"ids": [1.5]}, plans, 10)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "value", "message"),
+    [
+        (np.float32, 1e300, "values must be finite numbers within the range of float32"),
+        (np.float32, 10**400, "values must be finite numbers within the range of float32"),
+        (np.float64, -(10**400), "values must be finite numbers within the range of float64"),
+        (np.int32, 2**40, "values must be integers within the range of int32"),
+        (np.int64, 2**63, "values must be integers within the range of int64"),
+        (np.int64, -(10**400), "values must be integers within the range of int64"),
+    ],
+)
+def test_finite_numbers_the_models_dtype_cannot_hold_are_refused_by_input(
+    dtype: type, value: int | float, message: str
+) -> None:
+    plans = (InputPlan("x", TensorSpec("x", dtype, (None, 2))),)
+    with pytest.raises(InputMismatch) as caught:
+        convert_inputs({"x": [[1, value]]}, plans, 10)
+    assert f"inputs.x: {message}" in str(caught.value)
+    assert caught.value.status == 422
+
+
+def test_values_that_overflow_once_scaled_are_refused() -> None:
+    ref = ModelRef.model_validate(
+        {
+            "path": "m.onnx",
+            "sha256": "0" * 64,
+            "inputs": {"raw": {"model_input": "features", "factor": 1e30}},
+        }
+    )
+    plans = input_plans(ref, [FEATURES])
+    with pytest.raises(InputMismatch, match=r"inputs\.raw: values overflow the model's float32"):
+        convert_inputs({"raw": [[1e10] * 20]}, plans, 10)
+
+
 def test_preprocessing_scales_before_the_model_sees_the_inputs() -> None:
     ref = ModelRef.model_validate(
         {
