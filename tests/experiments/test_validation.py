@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,53 @@ def test_feature_names_are_checked_against_each_other_and_the_model(tmp_path: Pa
         "'features'; variant 'b' must name them too, or requests that send them by name fail "
         "on its model",
     ]
+
+
+ALIAS_BOMB = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else 'lol'}]\n" for i in range(9)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (ALIAS_BOMB, 2, "its aliases (*l0, …) expand to more than 20000 values"),
+        ("key: x\n" + "a:\n" + "".join("  " * i + "- \n" for i in range(1, 40)), 34, "nested deeper than 32 levels"),
+        ("key: " + "[" * 5000 + "]" * 5000 + "\n", 1, "nested deeper than 32 levels"),
+        ("k: [" + ", ".join(["1"] * 30_000) + "]\n", 1, "more than 20000 values in one file"),
+        ("k: " + "x" * 300_000 + "\n", 1, "the file is larger than 262144 bytes"),
+    ],
+)  # fmt: skip
+def test_yaml_that_could_hang_or_exhaust_is_refused_as_file_line(
+    tmp_path: Path, runner: CliRunner, text: str, line: int, message: str
+) -> None:
+    path = write(tmp_path, "bomb.yaml", text)
+    started = time.monotonic()
+    result = runner.invoke(main, ["validate", str(path)])
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1
+    assert f"{path}:{line}: experiment: {message}" in result.output, result.output
+
+
+def test_a_shared_block_through_an_alias_stays_valid() -> None:
+    assert problems_of(EXAMPLES / "churn_model.yaml") == []
+
+
+def test_hot_reload_refuses_a_bomb_in_bounded_time_and_keeps_the_old_configuration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.experiments.reload import HotReloader
+
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    write(folder, "good.yaml", valid("good"))
+    applied: list[object] = []
+    reloader = HotReloader(folder, tmp_path, applied.append, interval=0)
+    bomb = write(folder, "bomb.yaml", ALIAS_BOMB)
+    started = time.monotonic()
+    assert reloader.check() is False
+    assert time.monotonic() - started < 5
+    assert applied == [] and reloader.rejected == 1
+    assert f"{bomb}:2: experiment: its aliases" in caplog.text
+    bomb.unlink()
+    assert reloader.check() is True and len(applied) == 1
