@@ -63,14 +63,28 @@ def _decision(
             "promote", reason, replace(state, state="promoted", winner=variant), variant
         ), None
     if action == "rollback":
-        if variant is None or variant == experiment.control:
-            return Decision(
-                "rollback", reason, replace(state, state="rolled_back", winner=None)
-            ), None
-        return Decision(
-            "rollback", reason, replace(state, rolled_back=(*state.rolled_back, variant)), variant
-        ), None
+        return _rollback(experiment, state, variant, reason), None
     raise ValueError(f"unknown action {action!r}; actions: {', '.join(ACTIONS)}")
+
+
+def _rollback(experiment: Experiment, state: Any, variant: str | None, reason: str) -> Decision:
+    """Roll back the whole experiment (no variant, or the control) or one treatment.
+
+    Rolling back the promoted winner ends the promotion: the experiment runs again without
+    it (a ``promoted`` state would keep serving the winner to everyone, whatever the list of
+    rolled-back variants says). A rollback that would change nothing is refused.
+    """
+    if variant is None or variant == experiment.control:
+        if state.state == "rolled_back":
+            raise ActionRefused("the experiment is already rolled back")
+        return Decision("rollback", reason, replace(state, state="rolled_back", winner=None))
+    if state.state == "rolled_back" or variant in state.rolled_back:
+        raise ActionRefused(f"variant {variant!r} is already rolled back")
+    rolled_back = (*state.rolled_back, variant)
+    if state.state == "promoted" and state.winner == variant:
+        after = replace(state, state="running", winner=None, rolled_back=rolled_back)
+        return Decision("rollback", reason, after, variant)
+    return Decision("rollback", reason, replace(state, rolled_back=rolled_back), variant)
 
 
 def act(
