@@ -22,10 +22,9 @@ from analysis.sufficient_stats import SufficientStats
 from service.decisions.results import GuardrailCheck
 from service.events import latency as latency_histogram
 from service.events.sums import ModelHealth
-from service.experiments.schema import Guardrail
+from service.experiments.schema import MODEL_FALLBACK_RATE, MODEL_LATENCY_P99, Guardrail
 
-MODEL_FALLBACK_RATE = "model_fallback_rate"
-MODEL_LATENCY_P99 = "model_latency_p99_ms"
+__all__ = ["MODEL_FALLBACK_RATE", "MODEL_LATENCY_P99", "model_guardrail"]
 MIN_LATENCY_REQUESTS = 200
 """Requests per variant before the p99 latency guardrail may judge."""
 

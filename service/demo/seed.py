@@ -35,7 +35,7 @@ metrics:
   secondary:
     - {name: order_value, type: continuous, direction: increase}
   guardrails:
-    - {name: model_latency_ms, type: continuous, direction: decrease, margin: 0.10}
+    - {name: model_latency_p99_ms, type: continuous, direction: decrease, margin: 0.10}
 policy:
   planned_units: 2000000
   horizon_days: 90
@@ -164,7 +164,7 @@ def seed_decisions(conn: Any, experiment: Experiment, start: datetime) -> list[s
         ("ramp", None, "applied", "worker", "guardrails hold: coverage 10 % -> 50 %",
          {"ramp_step": 1, "coverage": 0.5}, "ramping", "ramping", timedelta(days=2)),
         ("rollback", treatments[0], "applied", "worker",
-         "guardrail model_latency_ms breached", {"harm": 0.12, "harm_lower_bound": 0.105,
+         "guardrail model_latency_p99_ms breached", {"harm": 0.12, "harm_lower_bound": 0.105,
          "margin": 0.1, "units": 41234}, "ramping", "ramping", timedelta(days=5)),
         ("promote", treatments[-1], "awaiting_approval", "worker",
          "primary better after Holm", {"p_value_adjusted": 0.0012, "lift_relative": 0.071,

@@ -6,12 +6,14 @@ YAML line; shape and type errors are pydantic's job (``experiment_schema``).
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from service.experiments.schema import (
     LIST_OPS,
+    MODEL_HEALTH_METRICS,
     NUMERIC_OPS,
     VERSION_OPS,
     AllOf,
@@ -100,6 +102,8 @@ def _metric_problems(experiment: Experiment) -> Iterator[RuleProblem]:
             yield RuleProblem(path, f"duplicate metric name {name!r}")
         seen.add(name)
     yield from _window_problems(experiment, [path[:-1] for path, _ in paths])
+    for index, guardrail in enumerate(metrics.guardrails):
+        yield from _model_guardrail_problems(guardrail.name, guardrail.type, index)
 
 
 def _window_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[RuleProblem]:
@@ -117,6 +121,26 @@ def _window_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[
                 f"{metric.window} is longer than the experiment's outcome_window_hours "
                 f"({experiment.outcome_window_hours:g}): outcomes after that are never attributed",
             )
+
+
+def _model_guardrail_problems(name: str, kind: str, index: int) -> Iterator[RuleProblem]:
+    """A ``model_`` guardrail must be a built-in model-health metric, of its type."""
+    if not name.startswith("model_"):
+        return
+    path: DataPath = ("metrics", "guardrails", index, "name")
+    builtin = MODEL_HEALTH_METRICS.get(name)
+    if builtin is None:
+        close = difflib.get_close_matches(name, MODEL_HEALTH_METRICS, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        yield RuleProblem(
+            path,
+            f"unknown model-health guardrail {name!r}: {hint}names starting with 'model_' are"
+            f" the built-in ones, read from /v1/predict: {', '.join(MODEL_HEALTH_METRICS)}",
+        )
+    elif kind != builtin:
+        yield RuleProblem(
+            ("metrics", "guardrails", index, "type"), f"{name!r} is a {builtin} metric"
+        )
 
 
 def _targeting_problems(

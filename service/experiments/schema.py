@@ -187,6 +187,13 @@ class Maturity(StrictModel):
     """Mature units per variant before this metric can decide anything; default policy.min_units."""
 
 
+MODEL_FALLBACK_RATE = "model_fallback_rate"
+MODEL_LATENCY_P99 = "model_latency_p99_ms"
+MODEL_HEALTH_METRICS = {MODEL_FALLBACK_RATE: "binary", MODEL_LATENCY_P99: "continuous"}
+"""Guardrails read from every ``/v1/predict`` answer (no events), by name, with their type.
+Any other guardrail name starting with ``model_`` is refused: it would silently never fire."""
+
+
 class Metric(StrictModel):
     name: Key
     type: Literal["binary", "count", "continuous"]

@@ -37,7 +37,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec'
 
 def decision_experiment(key: str, webhook: str, **policy: Any) -> dict[str, Any]:
     """A two-arm experiment the workers may decide on quickly, announcing to ``webhook``."""
-    guardrail = {"name": "model_error_rate", "type": "binary", "direction": "decrease",
+    guardrail = {"name": "error_rate", "type": "binary", "direction": "decrease",
                  "margin": 0.02, "margin_type": "absolute"}  # fmt: skip
     return minimal_experiment(
         key,
@@ -159,7 +159,7 @@ def test_the_loop_promotes_rolls_back_halts_and_leaves_aa_alone(
         "aa",
     )
     simulate(db, "broken", "broken.v1", {"a": 600, "b": 600},
-             {"a": {"conversion": 0.1, "model_error_rate": 0.005}, "b": {"conversion": 0.1, "model_error_rate": 0.25}}, 3, "broken")  # fmt: skip
+             {"a": {"conversion": 0.1, "error_rate": 0.005}, "b": {"conversion": 0.1, "error_rate": 0.25}}, 3, "broken")  # fmt: skip
     simulate(
         db,
         "srm",

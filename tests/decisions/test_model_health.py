@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 from service.cli.main import main
 from service.events import latency as latency_histogram
+from tests.conftest import Api, ServerFactory, wait_for
 from tests.decisions.test_cli import reset_worker_context
 from tests.experiment_files import minimal_experiment, write_experiment
 from tests.traffic import simulate
@@ -99,3 +101,86 @@ def test_histogram_quantiles_bound_the_true_quantile() -> None:
         true = float(np.quantile(latencies, q))
         assert estimate is not None and true <= estimate <= true * 1.13
     assert latency_histogram.quantile([0] * latency_histogram.BIN_COUNT, 0.99) is None
+
+
+SLOW_TREATMENT = """\
+key: slow_treatment
+description: The treatment's model is slow; its latency guardrail must roll it back.
+owner: test
+status: running
+control: a
+variants:
+  - {{key: a, weight: 0.5, model: {{path: churn_logreg.onnx, sha256: {control}}}}}
+  - {{key: b, weight: 0.5, model: {{path: slow.onnx, sha256: {slow}}}}}
+serving: {{latency_budget_ms: 5000}}
+metrics:
+  primary: {{name: conversion, type: binary}}
+  guardrails:
+    - {{name: model_latency_p99_ms, type: continuous, direction: decrease, margin: 0.5}}
+policy: {{min_units: 100, min_runtime_hours: 0}}
+"""
+
+
+def test_a_slow_treatment_model_trips_its_latency_guardrail_under_predict_traffic(
+    server_factory: ServerFactory, runner: CliRunner, db: str, tmp_path: Path
+) -> None:
+    from service.experiments.model_refs import file_sha256
+    from tests.model_fixtures import MODELS, demo_models, slow_model
+
+    demo_models()
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "churn_logreg.onnx").write_bytes((MODELS / "churn_logreg.onnx").read_bytes())
+    slow_model(root / "slow.onnx", steps=8)  # a few milliseconds a row, the control ~0.05
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "slow_treatment.yaml").write_text(
+        SLOW_TREATMENT.format(
+            control=file_sha256(root / "churn_logreg.onnx"), slow=file_sha256(root / "slow.onnx")
+        )
+    )
+    simulate(db, "slow_treatment", "slow_treatment.v1", {"a": 300, "b": 300},
+             {"a": {"conversion": 0.1}, "b": {"conversion": 0.1}})  # fmt: skip
+    server = server_factory(db, folder, ABX_MODELS=str(root), ABX_ROLLUP_INTERVAL_SECONDS="0.2")
+    api = Api(server.base_url)
+    row = [[0.5] * 20]
+
+    def traffic(worker: int) -> None:
+        for i in range(150):
+            body = {"experiment": "slow_treatment", "unit": f"w{worker}-{i}",
+                    "inputs": {"features": row}}  # fmt: skip
+            assert api.post("/v1/predict", body).status_code == 200
+
+    threads = [threading.Thread(target=traffic, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    def rolled_up() -> dict[str, int]:
+        with psycopg.connect(db) as conn:
+            return dict(
+                conn.execute(
+                    "SELECT variant_key, sum(requests) FROM model_health"
+                    " WHERE experiment_key = 'slow_treatment' GROUP BY 1"
+                ).fetchall()
+            )
+
+    assert wait_for(lambda: min(rolled_up().values() or [0]) >= 200 and len(rolled_up()) == 2)
+    env = {"ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(folder), "ABX_MODELS": str(root),
+           "ABX_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+    reset_worker_context()
+    try:
+        result = runner.invoke(main, ["analyze", "slow_treatment"], env=env)
+    finally:
+        reset_worker_context()
+    assert result.exit_code == 0, result.output
+    assert "slow_treatment: rollback b" in result.output
+    assert "guardrail model_latency_p99_ms breached by b" in result.output
+    # The serving processes follow the stored state: nobody new gets the slow model.
+    assert wait_for(
+        lambda: all(
+            api.assign("slow_treatment", f"after-{i}")["variant"] == "a" for i in range(20)
+        ),
+        timeout=30,
+    )

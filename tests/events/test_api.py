@@ -98,7 +98,7 @@ def test_ndjson_bodies(events_api: Api, db: str) -> None:
         (
             click_event("x", "u", metric="nope"),
             "events[1].metric",
-            "has no metric 'nope' (it has: search_click, model_error_rate)",
+            "has no metric 'nope' (it has: search_click, model_fallback_rate)",
         ),
         (
             {**click_event("x", "u"), "experiment": "ghost"},

@@ -296,3 +296,25 @@ def test_hot_reload_refuses_a_bomb_in_bounded_time_and_keeps_the_old_configurati
     assert f"{bomb}:2: experiment: its aliases" in caplog.text
     bomb.unlink()
     assert reloader.check() is True and len(applied) == 1
+
+
+@pytest.mark.parametrize(
+    ("guardrail", "expected"),
+    [
+        ("{name: model_latency_ms, type: continuous, margin: 0.1}",
+         "metrics.guardrails[0].name: unknown model-health guardrail 'model_latency_ms': did you"
+         " mean 'model_latency_p99_ms'? names starting with 'model_' are the built-in ones, read"
+         " from /v1/predict: model_fallback_rate, model_latency_p99_ms"),
+        ("{name: model_error_rate, type: binary, margin: 0.01}",
+         "unknown model-health guardrail 'model_error_rate': did you mean 'model_fallback_rate'?"),
+        ("{name: model_fallback_rate, type: continuous, margin: 0.01}",
+         "metrics.guardrails[0].type: 'model_fallback_rate' is a binary metric"),
+    ],
+)  # fmt: skip
+def test_model_guardrails_must_be_the_built_in_ones(
+    tmp_path: Path, guardrail: str, expected: str
+) -> None:
+    text = valid("exp") + f"  guardrails:\n    - {guardrail}\n"
+    path = write(tmp_path, "exp.yaml", text)
+    (problem,) = problems_of(path)
+    assert expected in problem and problem.startswith(f"{path}:"), problem
