@@ -138,6 +138,16 @@ class Settings(BaseSettings):
         description="Where events are spooled while PostgreSQL is away (data_dir/spool).",
     )
     spool_max_bytes: int = Field(default=1_073_741_824, ge=1024)
+    ready_max_spool_bytes: int = Field(
+        default=268_435_456,
+        ge=0,
+        description="/readyz turns not-ready when a spool of this process holds more.",
+    )
+    ready_max_backlog_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="/readyz turns not-ready when a write has waited longer (buffered or spooled).",
+    )
     max_events_per_request: int = Field(default=10_000, ge=1)
     max_events_body_bytes: int = Field(default=33_554_432, ge=1024)
     max_future_seconds: float = Field(

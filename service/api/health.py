@@ -25,6 +25,8 @@ def healthz() -> dict[str, Any]:
 def readyz() -> Response | dict[str, Any]:
     runtime = current_app.extensions["abx"]
     reachable = runtime.database.is_reachable(timeout=1.0)
+    writes, events = runtime.writer.backlog(), runtime.events.backlog()
+    over = _over_bounds(runtime.settings, writes, events)
     warnings = [auth.AUTH_OFF_WARNING] if runtime.settings.auth == "off" else []
     extra: dict[str, Any] = {"warnings": warnings} if warnings else {}
     if auth.current().granted:
@@ -32,14 +34,42 @@ def readyz() -> Response | dict[str, Any]:
             "experiments_loaded": len(runtime.registry.experiments),
             "database": "reachable" if reachable else "unreachable",
             "allocations_loaded": runtime.registry.allocations_loaded,
-            "pending_writes": runtime.writer.pending_rows(),
+            "pending_writes": writes["pending_rows"],
+            "writes": writes,
+            "events": events,
             "keys_loaded": runtime.keys.loaded if runtime.keys is not None else None,
             **runtime.models.status(),
         }
-    if not reachable:
-        detail = "Not ready: the database is unreachable."
-        if "checks" in extra:
+    if not reachable or over:
+        detail = "Not ready: " + ("; ".join(over) if over else "the database is unreachable.")
+        if "checks" in extra and not reachable:
             detail = "Not ready: " + json.dumps(extra["checks"])
         problem = {**ServiceUnavailable(detail).problem(), **extra}
         return Response(json.dumps(problem), status=503, mimetype=PROBLEM_JSON)
     return {"status": "ready", **extra}
+
+
+def _over_bounds(settings: Any, writes: dict[str, Any], events: dict[str, Any]) -> list[str]:
+    """Why this process should get no traffic: a spool or backlog past its configured bound.
+
+    A worker whose writes cannot reach PostgreSQL keeps acknowledging into its spool; past
+    these bounds a load balancer should send the traffic to a healthier one.
+    """
+    over = []
+    limit_bytes, limit_age = settings.ready_max_spool_bytes, settings.ready_max_backlog_seconds
+    for name, spool in (("events", events["spool"]), ("writes", writes["spool"])):
+        if spool is None:
+            continue
+        if spool["bytes"] > limit_bytes:
+            over.append(f"the {name} spool holds {spool['bytes']} bytes (bound {limit_bytes})")
+        if spool["oldest_age_seconds"] > limit_age:
+            over.append(
+                f"the {name} spool's oldest record is {spool['oldest_age_seconds']:.0f} s old"
+                f" (bound {limit_age:g} s)"
+            )
+    if writes["oldest_age_seconds"] > limit_age:
+        over.append(
+            f"the oldest buffered write is {writes['oldest_age_seconds']:.0f} s old"
+            f" (bound {limit_age:g} s)"
+        )
+    return over

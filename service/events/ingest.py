@@ -93,6 +93,7 @@ class EventIngestor(BackgroundThread):
         self._spooling = spool.has_segments()
         self._database_answers = threading.Event()
         self._prober = PeriodicThread("abx-event-probe", 1.0, self._probe)
+        self.quarantined = 0
 
     def start(self) -> None:
         super().start()
@@ -126,6 +127,11 @@ class EventIngestor(BackgroundThread):
     @property
     def spooling(self) -> bool:
         return self._spooling
+
+    def backlog(self) -> dict[str, Any]:
+        """What /readyz reports: spooling or not, the spool, rows quarantined at replay."""
+        return {"spooling": self._spooling, "spool": self._spool.state(),
+                "quarantined_rows": self.quarantined}  # fmt: skip
 
     def publish_metrics(self) -> None:
         self._spool.publish_metrics("events")
@@ -182,7 +188,9 @@ class EventIngestor(BackgroundThread):
             if not is_refused(error):
                 raise
         with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
-            keep(conn, "outcomes", "spool", write_isolating(conn, ingest_and_clear, rows))
+            refused = write_isolating(conn, ingest_and_clear, rows)
+            keep(conn, "outcomes", "spool", refused)
+        self.quarantined += len(refused)
 
     def _write(self, batch: list[_Request]) -> None:
         rows = [row for request in batch for row in request.rows]

@@ -174,6 +174,15 @@ class Spool:
         )
         return True
 
+    def state(self) -> dict[str, Any]:
+        """What /readyz reports: size, the oldest record's age, segments moved aside."""
+        oldest = self.oldest_record_time()
+        return {
+            "bytes": self.size_bytes(),
+            "oldest_age_seconds": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
+            "segments_moved_aside": len(self.quarantined_segments()),
+        }
+
     def quarantined_segments(self) -> list[Path]:
         """Segments moved aside after failing to replay, oldest first."""
         aside = self.directory / QUARANTINE_FOLDER

@@ -75,6 +75,7 @@ class BatchWriter(BackgroundThread):
         self._flush_now = threading.Event()
         self.dropped = 0
         self.written = 0
+        self.quarantined = 0
 
     def put(self, stream: str, row: tuple[Any, ...]) -> bool:
         """Buffer one row; False when the buffer is full and the row was dropped."""
@@ -103,6 +104,21 @@ class BatchWriter(BackgroundThread):
             if self._in_flight_oldest is not None:
                 times.append(self._in_flight_oldest)
         return min(times) if times else None
+
+    def backlog(self) -> dict[str, Any]:
+        """What /readyz reports: rows waiting, the oldest one's age, the spool, quarantined."""
+        with self._lock:  # buffered rows only: the spool reports its own oldest record
+            times = [b.oldest for b in self._buffers.values() if b.oldest is not None]
+            if self._in_flight_oldest is not None:
+                times.append(self._in_flight_oldest)
+        oldest = min(times) if times else None
+        return {
+            "pending_rows": self.pending_rows(),
+            "oldest_age_seconds": round(time.monotonic() - oldest, 3) if oldest else 0.0,
+            "spool": self._spool.state() if self._spool is not None else None,
+            "quarantined_rows": self.quarantined,
+            "dropped_rows": self.dropped,
+        }
 
     def pending_rows(self) -> int:
         with self._lock:
@@ -220,6 +236,7 @@ class BatchWriter(BackgroundThread):
                 stream = self._streams[name]
                 refused = write_isolating(conn, partial(write_stream, stream=stream), rows)
                 keep(conn, name, source, refused)
+                self.quarantined += len(refused)
 
 
 def write_stream(

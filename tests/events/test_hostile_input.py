@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import requests
 
 from tests.api.test_api import assert_problem
 from tests.conftest import Api, ServerFactory, wait_for
@@ -124,3 +125,30 @@ def test_unstorable_values_are_refused_with_their_field_and_the_rest_flows(
             timeout=10,
         )
         assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+
+
+def test_readyz_turns_not_ready_while_a_spool_waits_past_its_bound(
+    server_factory: ServerFactory, db: str, experiments_dir: Path, tmp_path: Path
+) -> None:
+    import time
+
+    from service.storage.spool import Spool
+
+    spool_dir = tmp_path / "data" / "spool"  # ABX_DATA_DIR/spool: the events spool
+    held = Spool(spool_dir, 1_000_000)
+    now = "2026-12-01T00:00:00+00:00"
+    held.append([("search_embeddings", "search_embeddings.v1", "held-1", "u1", "search_click",
+                  "max", 1.0, now, now, None)])  # fmt: skip
+    (segment,) = spool_dir.glob("*.spool")  # open and flock-ed by this test: not replayable
+    server = server_factory(db, experiments_dir, ABX_READY_MAX_BACKLOG_SECONDS="1")
+    api = Api(server.base_url)
+    time.sleep(1.2)
+    body = assert_problem(api.get("/readyz"), 503, "the events spool's oldest record is")
+    events = body["checks"]["events"]
+    assert events["spooling"] is True and events["spool"]["bytes"] == segment.stat().st_size
+    assert body["checks"]["writes"]["quarantined_rows"] == 0
+    anonymous = requests.get(server.base_url + "/readyz", timeout=5)
+    assert anonymous.status_code == 503 and "checks" not in anonymous.json()
+    held.seal()  # the lock is released: the server replays the segment and is ready again
+    assert wait_for(lambda: api.get("/readyz").status_code == 200, timeout=20)
+    assert stored_event_ids(db) == ["held-1"]
