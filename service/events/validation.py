@@ -80,28 +80,36 @@ def _value_problem(metric_type: str, value: float | bool) -> str | None:
     return None
 
 
-_TEXT_FIELDS = ("event_id", "experiment", "unit", "metric")
+_UNDUMPABLE = "\\u0000"
 
 
 def _storable_problem(event: OutcomeEvent, properties: str | None) -> tuple[str, str] | None:
-    """The first field PostgreSQL could not store (NUL, lone surrogate, infinity, depth)."""
-    for name in _TEXT_FIELDS:
-        problem = text_problem(getattr(event, name))
-        if problem:
-            return name, problem
+    """The first field PostgreSQL could not store (NUL, lone surrogate, infinity, depth).
+
+    Only ``event_id`` and ``properties`` need it: the unit id is checked where it is parsed
+    (``UnitId``), and the experiment and metric must equal declared keys.
+    """
+    problem = text_problem(event.event_id)
+    if problem:
+        return "event_id", problem
     if properties is None:
         return None
-    # Fast path: the JSON text (ASCII, escaped by json.dumps) shows none of the signs; only
-    # when one shows (maybe falsely: an emoji is a surrogate pair) is the value walked.
+    # Fast path: the JSON text (ASCII, escaped by json.dumps; non-finite numbers made it
+    # raise) shows none of the signs; only when one shows (maybe falsely: an emoji is a
+    # surrogate pair) is the value walked. Nesting past the limit needs that many brackets.
     if (
         "\\u0000" not in properties
         and "\\ud" not in properties
-        and "Infinity" not in properties
-        and "NaN" not in properties
-        and properties.count("{") + properties.count("[") <= MAX_JSON_DEPTH
+        and (
+            len(properties) <= 2 * MAX_JSON_DEPTH
+            or properties.count("{") + properties.count("[") <= MAX_JSON_DEPTH
+        )
     ):
         return None
-    return json_problem(event.properties, "properties")
+    found = json_problem(event.properties, "properties")
+    if found is None and properties == _UNDUMPABLE:
+        return "properties", "cannot be stored as JSON"
+    return found
 
 
 def validate_events(
@@ -161,9 +169,9 @@ def validate_events(
         properties = None
         if event.properties is not None:
             try:
-                properties = json.dumps(event.properties, separators=(",", ":"))
-            except RecursionError:
-                properties = "[" * (MAX_JSON_DEPTH + 1)  # the walk below names the field
+                properties = json.dumps(event.properties, separators=(",", ":"), allow_nan=False)
+            except (RecursionError, ValueError):  # too deep, or an infinity / NaN
+                properties = _UNDUMPABLE  # never stored: the walk below names the field
         storable = _storable_problem(event, properties)
         if storable is not None:
             errors.append(EventError(index, f"{prefix}.{storable[0]}", storable[1]))

@@ -11,8 +11,8 @@ import``: a file is imported whole or refused whole. Sized for ~20 s of CI time.
 
 from __future__ import annotations
 
+import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.cli.main import main
-from tests.conftest import Api, wait_for
+from tests.conftest import EXAMPLES, Api, wait_for
 
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
 """Every code point: controls, NUL, lone surrogates, private use, unassigned."""
@@ -58,7 +58,6 @@ def encode(body: Any) -> bytes:
 def property_server(tmp_path_factory: pytest.TempPathFactory, template_database: str) -> Any:
     from service.access.scopes import SCOPES
     from tests.conftest import (
-        EXAMPLES,
         _url_for,
         create_database,
         drop_database,
@@ -81,49 +80,46 @@ def property_server(tmp_path_factory: pytest.TempPathFactory, template_database:
     drop_database(name)
 
 
-ACKNOWLEDGED: list[str] = []
+def test_whatever_is_posted_every_acknowledged_event_is_stored(property_server: Any) -> None:
+    """One test (one server, one xdist worker): post the examples, then check the database."""
+    url, api, folder = property_server
+    acknowledged: list[str] = []
+    numbers = itertools.count()
 
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(events=st.lists(EVENTS, min_size=1, max_size=4), ndjson=st.booleans())
+    def post(events: list[dict[str, Any]], ndjson: bool) -> None:
+        number = next(numbers)
+        for index, event in enumerate(events):
+            event["event_id"] = f"p{number}-{index}"
+        if ndjson:
+            body = b"\n".join(encode(event) for event in events)
+            kind = "application/x-ndjson"
+        else:
+            body, kind = encode({"events": events}), "application/json"
+        response = api.post("/v1/events", data=body, headers={"Content-Type": kind})
+        assert response.status_code < 500, response.text
+        if response.status_code == 202:
+            assert response.json()["durable"] == "committed", response.text
+            acknowledged.extend(event["event_id"] for event in events)
+        else:
+            assert response.headers["Content-Type"].startswith("application/problem+json")
+        assign = api.post(
+            "/v1/assign", data=encode({"experiment": "search_embeddings", "unit": events[0]["unit"]}),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert assign.status_code < 500, assign.text
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(events=st.lists(EVENTS, min_size=1, max_size=4), ndjson=st.booleans(), data=st.data())
-def test_posted_events_are_refused_or_stored(
-    property_server: Any, events: list[dict[str, Any]], ndjson: bool, data: st.DataObject
-) -> None:
-    _, api, _ = property_server
-    number = len(ACKNOWLEDGED) + data.draw(st.integers(0, 10**9))
-    for index, event in enumerate(events):
-        event["event_id"] = f"p{number}-{index}"
-    if ndjson:
-        body = b"\n".join(encode(event) for event in events)
-        kind = "application/x-ndjson"
-    else:
-        body, kind = encode({"events": events}), "application/json"
-    response = api.post("/v1/events", data=body, headers={"Content-Type": kind})
-    assert response.status_code < 500, response.text
-    if response.status_code == 202:
-        assert response.json()["durable"] == "committed", response.text
-        ACKNOWLEDGED.extend(event["event_id"] for event in events)
-    else:
-        assert response.headers["Content-Type"].startswith("application/problem+json")
-    unit = events[0]["unit"]
-    assign = api.post(
-        "/v1/assign", data=encode({"experiment": "search_embeddings", "unit": unit}),
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    assert assign.status_code < 500, assign.text
-
-
-def test_every_acknowledged_event_is_stored_and_nothing_wedged(property_server: Any) -> None:
-    url, api, _ = property_server
-    assert ACKNOWLEDGED, "no example was acknowledged: the strategy only makes bad events"
+    post()
+    assert acknowledged, "no example was acknowledged: the strategy only makes bad events"
     with psycopg.connect(url, autocommit=True) as conn:
         stored = {row[0] for row in conn.execute("SELECT event_id FROM outcomes")}
-        assert set(ACKNOWLEDGED) <= stored
+        assert set(acknowledged) <= stored
         assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
         units = [f"after-{i}" for i in range(6)]
         exposed = [u for u in units if api.assign("search_embeddings", u)["in_experiment"]]
@@ -136,35 +132,29 @@ def test_every_acknowledged_event_is_stored_and_nothing_wedged(property_server: 
             ),
             timeout=10,
         )
-    ready = api.get("/readyz").json()
-    assert ready["checks"]["events"]["spooling"] is False
+    assert api.get("/readyz").json()["checks"]["events"]["spooling"] is False
 
+    @settings(max_examples=15, deadline=None, derandomize=True)
+    @given(events=st.lists(EVENTS, min_size=1, max_size=3))
+    def import_file(events: list[dict[str, Any]]) -> None:
+        for index, event in enumerate(events):
+            event["event_id"] = f"import-{id(events)}-{index}"
+        path = folder / "events.ndjson"
+        path.write_bytes(b"\n".join(encode(event) for event in events) + b"\n")
+        result = CliRunner().invoke(
+            main, ["events", "import", str(path)],
+            env={"ABX_DATABASE_URL": url, "ABX_EXPERIMENTS": str(EXAMPLES)},
+        )  # fmt: skip
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        ids = [event["event_id"] for event in events]
+        with psycopg.connect(url) as conn:
+            stored = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT event_id FROM outcomes WHERE event_id = ANY(%s)", (ids,)
+                )
+            }
+        assert stored == (set(ids) if result.exit_code == 0 else set()), result.output
+        path.unlink()
 
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(events=st.lists(EVENTS, min_size=1, max_size=3))
-def test_imported_files_are_stored_whole_or_refused_whole(
-    property_server: Any, events: list[dict[str, Any]]
-) -> None:
-    url, _, folder = property_server
-    for index, event in enumerate(events):
-        event["event_id"] = f"import-{id(events)}-{index}"
-    path = folder / "events.ndjson"
-    path.write_bytes(b"\n".join(encode(event) for event in events) + b"\n")
-    from tests.conftest import EXAMPLES
-
-    result = CliRunner().invoke(
-        main, ["events", "import", str(path)],
-        env={"ABX_DATABASE_URL": url, "ABX_EXPERIMENTS": str(EXAMPLES)},
-    )  # fmt: skip
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    ids = [event["event_id"] for event in events]
-    with psycopg.connect(url) as conn:
-        stored = {
-            row[0]
-            for row in conn.execute(
-                "SELECT event_id FROM outcomes WHERE event_id = ANY(%s)", (ids,)
-            )
-        }
-    assert stored == (set(ids) if result.exit_code == 0 else set()), result.output
-    Path(path).unlink()
+    import_file()
