@@ -28,6 +28,7 @@ from service.api import (
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
 from service.api import shadows as shadow_routes
+from service.api import jobs as job_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.snapshot import SnapshotCache
@@ -212,6 +213,7 @@ BLUEPRINTS = (
     shadow_routes.bp,
     keys.bp,
     sdk.bp,
+    job_routes.bp,
     dashboard_pages.bp,
 )
 """Every blueprint the app serves; each route must be declared in openapi.yaml."""
