@@ -29,6 +29,7 @@ from service.api import decisions as decision_routes
 from service.api import events as events_routes
 from service.api import shadows as shadow_routes
 from service.api import jobs as job_routes
+from service.api import lineage as lineage_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.snapshot import SnapshotCache
@@ -214,6 +215,7 @@ BLUEPRINTS = (
     keys.bp,
     sdk.bp,
     job_routes.bp,
+    lineage_routes.bp,
     dashboard_pages.bp,
 )
 """Every blueprint the app serves; each route must be declared in openapi.yaml."""
