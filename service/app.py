@@ -27,9 +27,9 @@ from service.api import (
 )
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
-from service.api import shadows as shadow_routes
 from service.api import jobs as job_routes
 from service.api import lineage as lineage_routes
+from service.api import shadows as shadow_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.snapshot import SnapshotCache

@@ -11,8 +11,8 @@ from service.cli.backup import backup, restore
 from service.cli.decisions import action, analyze, export_state, worker
 from service.cli.infer import infer
 from service.cli.keys import keys, webhooks
-from service.cli.shadow import shadow
 from service.cli.score import score
+from service.cli.shadow import shadow
 from service.cli.status import status
 from service.cli.support import (
     AUTH_OFF,
