@@ -27,6 +27,8 @@ from service.api import (
 )
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
+from service.api import jobs as job_routes
+from service.api import lineage as lineage_routes
 from service.api import shadows as shadow_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
@@ -212,6 +214,8 @@ BLUEPRINTS = (
     shadow_routes.bp,
     keys.bp,
     sdk.bp,
+    job_routes.bp,
+    lineage_routes.bp,
     dashboard_pages.bp,
 )
 """Every blueprint the app serves; each route must be declared in openapi.yaml."""

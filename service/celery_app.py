@@ -49,7 +49,7 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 def make_celery(settings: Settings) -> Celery:
     broker, options = broker_settings(settings)
-    app = Celery("abx", broker=broker, include=["service.decisions.tasks"])
+    app = Celery("abx", broker=broker, include=["service.decisions.tasks", "service.jobs.tasks"])
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
@@ -64,6 +64,7 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": settings.analysis_interval_seconds,
             },
             "redeliver-webhooks": {"task": "abx.redeliver_webhooks", "schedule": 60.0},
+            "resume-score-jobs": {"task": "abx.resume_score_jobs", "schedule": 60.0},
         },
     )
     return app

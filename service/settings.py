@@ -171,6 +171,19 @@ class Settings(BaseSettings):
         description="whsec_ secrets (Standard Webhooks), space-separated; the first signs, all do.",
     )
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    jobs_dir: Path | None = Field(
+        default=None,
+        description="Where scoring jobs read and write files named by the API (data_dir/jobs).",
+    )
+    job_upload_max_bytes: int = Field(
+        default=268_435_456, ge=1024, description="Largest input uploaded with POST /v1/jobs/score."
+    )
+    job_chunk_rows: int = Field(
+        default=50_000, ge=1, le=1_000_000, description="Rows a scoring job commits at a time."
+    )
+    job_run_rows: int = Field(
+        default=4096, ge=1, description="Rows per onnxruntime run inside a scoring job's chunk."
+    )
 
     metrics_bind: str = Field(
         default="127.0.0.1:9464",
@@ -242,6 +255,11 @@ class Settings(BaseSettings):
     def spool_path(self) -> Path:
         """Where outcome events wait for PostgreSQL."""
         return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def jobs_path(self) -> Path:
+        """Scoring jobs' files: uploads, and the paths the API may name (relative to it)."""
+        return self.jobs_dir or self.data_dir / "jobs"
 
     @property
     def writes_spool_path(self) -> Path:

@@ -10,6 +10,7 @@ SCOPES: dict[str, str] = {
     "decisions:write": "approve, pause, resume, promote or roll back (POST .../actions)",
     "dashboards:read": "sign in to and read the analyst dashboards",
     "admin": "create, list and revoke keys (/v1/keys)",
+    "jobs": "submit, follow and cancel batch scoring jobs (/v1/jobs)",
 }
 """Scope -> what it allows. A new scope is added here, then named in the OpenAPI description."""
 
@@ -21,6 +22,7 @@ DEFAULT_RATES: dict[str, str] = {
     "decisions:write": "10/second",
     "dashboards:read": "50/second",
     "admin": "10/second",
+    "jobs": "50/second",
 }
 """Requests per key and scope unless ``ABX_RATE_LIMITS`` or the key's own ``--rate`` say
 otherwise; generous, since they are there to stop a runaway client, not to meter one."""

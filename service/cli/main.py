@@ -12,6 +12,7 @@ from service.cli.decisions import action, analyze, export_state, worker
 from service.cli.infer import infer
 from service.cli.keys import keys, webhooks
 from service.cli.quarantine import quarantine
+from service.cli.score import score
 from service.cli.shadow import shadow
 from service.cli.status import status
 from service.cli.support import (
@@ -375,6 +376,7 @@ def models_quantize(source: Path, target: Path) -> None:
 for command in (
     worker, analyze, action, export_state, status, keys, webhooks, backup, restore, infer, shadow,
     quarantine,
+    score,
 ):  # fmt: skip
     main.add_command(command)
 

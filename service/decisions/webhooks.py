@@ -112,6 +112,23 @@ def queue_deliveries(
     return deliveries
 
 
+def queue_job_deliveries(
+    conn: Any, job_id: str, urls: list[str], payload: dict[str, Any]
+) -> list[str]:
+    """A finished scoring job's announcements: delivered, signed and retried like a decision's."""
+    deliveries = []
+    request_id = current_request_id()
+    for url in urls:
+        delivery_id = str(uuid.uuid4())
+        conn.execute(
+            "INSERT INTO webhook_deliveries (delivery_id, job_id, url, payload, request_id)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (delivery_id, job_id, url, Jsonb(payload), request_id),
+        )
+        deliveries.append(delivery_id)
+    return deliveries
+
+
 def deliver_once(conn: Any, delivery_id: str, secrets: list[str], timeout: float) -> bool | None:
     """POST one pending delivery: True on success, False on failure, None if nothing to do."""
     row = conn.execute(

@@ -188,3 +188,34 @@ def shadow_reports(conn: Any, experiment: Experiment, since: datetime) -> list[S
         for variant in experiment.variants
         if variant.shadow is not None
     ]
+
+
+_LINEAGE = (
+    "SELECT variant_key, served_by, model_sha256, provider, shadow, min(predicted_at),"
+    " max(predicted_at), count(*) FROM predictions WHERE experiment_key = %s"
+    " GROUP BY variant_key, served_by, model_sha256, provider, shadow"
+    " ORDER BY variant_key, min(predicted_at), served_by"
+)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model (by checksum and provider) that answered for a variant, and when."""
+
+    variant: str
+    served_by: str
+    """The variant whose model answered: the variant itself, or the fallback's on failure."""
+    model_sha256: str
+    provider: str
+    shadow: bool
+    first_served_at: datetime
+    last_served_at: datetime
+    predictions: int
+
+
+def model_lineage(conn: Any, experiment_key: str) -> list[ServedModel]:
+    """Every model that served each variant of the experiment, from the ``predictions`` rows."""
+    return [
+        ServedModel(str(v), str(s), str(sha), str(p), bool(sh), first, last, int(n))
+        for v, s, sha, p, sh, first, last, n in conn.execute(_LINEAGE, (experiment_key,))
+    ]

@@ -232,3 +232,21 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by result: delivered, failed (will retry), abandoned.",
     ["result"],
 )
+
+# Batch scoring jobs (service/jobs/)
+JOB_ROWS = Counter(
+    "abx_job_rows",
+    "Rows a scoring job finished, by experiment and result (scored or rejected).",
+    ["experiment", "result"],
+)
+JOBS = Counter(
+    "abx_jobs",
+    "Scoring jobs that ended, by experiment and status (done, cancelled, failed).",
+    ["experiment", "status"],
+)
+JOB_CHUNK_DURATION = Histogram(
+    "abx_job_chunk_duration_seconds",
+    "Time to read, assign, score and commit one chunk of a scoring job.",
+    ["experiment"],
+    buckets=ANALYSIS_SECONDS,
+)

@@ -23,7 +23,8 @@ from service.app import BLUEPRINTS
 from service.cli.main import main
 from tests.conftest import Api, Server, ServerFactory, make_key, wait_for
 
-EXAMPLES = {"key": "checkout_ranker", "key_id": "000000000000", "version": "0", "name": "x.js"}
+EXAMPLES = {"key": "checkout_ranker", "key_id": "000000000000", "version": "0", "name": "x.js",
+            "job_id": "00000000-0000-0000-0000-000000000000"}  # fmt: skip
 
 
 def operations() -> list[tuple[str, str, Requirement]]:

@@ -1,0 +1,195 @@
+"""Batch scoring: rows/s of a scoring job against a bare onnxruntime loop over the same file.
+
+The input is one Parquet file of ``--rows`` rows (default 1M: a ``unit`` and 20 features).
+Baseline, in this process: read the file ``--chunk-rows`` at a time with pyarrow, run the
+model (default onnxruntime threads) ``--run-rows`` rows at a time, write the scores to
+Parquet. abx: ``abx worker --concurrency 2`` (two prefork processes, one onnxruntime thread
+each), the same file split in two halves submitted as two jobs of an experiment whose two
+variants both use the model (each row assigned as /v1/assign would, checked, scored, its
+chunk written and committed), timed from submission until both are done; and once more with
+the whole file as one job (one process). Run for the logistic model and the heavy MLP.
+Reported: rows/s, the ratio to the baseline, and the workers' peak RSS (VmHWM), which
+depends on the chunk size, not the file's.
+
+Run: ``python benchmarks/score.py [--rows N] [--chunk-rows N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    abx_command,
+    bench_database,
+    children_of,
+    code_version,
+    load_average,
+    peak_rss_mib,
+    print_header,
+    stop,
+)
+
+FEATURES = [f"x{i}" for i in range(20)]
+MODELS = {"logistic": "churn_logreg.onnx", "heavy MLP": "mlp_heavy.onnx"}
+
+
+def write_input(path: Path, rows: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    with pq.ParquetWriter(path, pa.schema([("unit", pa.string())] +
+                                          [(f, pa.float64()) for f in FEATURES])) as writer:  # fmt: skip
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            columns = {"unit": [f"user-{i}" for i in range(start, start + n)]}
+            values = rng.normal(size=(n, 20)).round(4)
+            columns.update({f: values[:, i] for i, f in enumerate(FEATURES)})
+            writer.write_table(pa.table(columns))
+
+
+def split(path: Path, parts: int) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    size = -(-table.num_rows // parts)
+    names = []
+    for index in range(parts):
+        name = path.with_name(f"{path.stem}-{index}.parquet")
+        pq.write_table(table.slice(index * size, size), name)
+        names.append(name)
+    return names
+
+
+def bare_loop(model: Path, source: Path, target: Path, chunk_rows: int, run_rows: int) -> float:
+    import numpy as np
+    import onnxruntime as ort
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    started = time.perf_counter()
+    rows = 0
+    with pq.ParquetWriter(target, pa.schema([("unit", pa.string()),
+                                             ("probability", pa.float32())])) as writer:  # fmt: skip
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
+            matrix = np.column_stack([batch.column(f).to_numpy() for f in FEATURES])
+            features = ((matrix - 1.0) * 0.5).astype(np.float32)
+            out = np.concatenate([
+                session.run(None, {"features": features[s : s + run_rows]})[0].reshape(-1)
+                for s in range(0, len(features), run_rows)
+            ])  # fmt: skip
+            writer.write_table(pa.table({"unit": batch.column("unit"), "probability": out}))
+            rows += batch.num_rows
+    return rows / (time.perf_counter() - started)
+
+
+def experiment_yaml(key: str, model: str, sha: str) -> str:
+    names = ", ".join(FEATURES)
+    variant = (f"    model: {{path: {model}, sha256: {sha}, inputs: {{features: "
+               f"{{features: [{names}], offset: 1.0, factor: 0.5}}}}}}\n")  # fmt: skip
+    return (f"key: {key}\ndescription: bench\nowner: bench\nstatus: running\ncontrol: a\n"
+            f"variants:\n  - key: a\n    weight: 0.5\n{variant}  - key: b\n    weight: 0.5\n"
+            f"{variant}metrics:\n  primary: {{name: conversion, type: binary}}\n")  # fmt: skip
+
+
+def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
+             chunk_rows: int) -> float:  # fmt: skip
+    """Submit one job per input, wait for all; rows/s from submission to the last done."""
+    import psycopg
+
+    os.environ.update(env)  # before the Celery app is made: the worker's broker and queue
+    from service.experiments.validation import load_experiments
+    from service.jobs import store
+    from service.jobs.submit import submit
+    from service.jobs.tasks import enqueue
+
+    loaded = load_experiments([Path(env["ABX_EXPERIMENTS"])])
+    experiment = loaded.experiments[[i.experiment.key for i in loaded.experiments].index(key)]
+    started = time.perf_counter()
+    ids = []
+    with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
+        for index, source in enumerate(inputs):
+            job = submit(conn, experiment.experiment, key, variant=None, input_path=source,
+                         input_format="parquet", output_path=folder / f"{key}-{index}.parquet",
+                         log_exposures=False, chunk_rows=chunk_rows, created_by="bench",
+                         request_id=None)  # fmt: skip
+            enqueue(job.job_id)
+            ids.append(job.job_id)
+        rows = 0
+        while True:
+            jobs = [store.get_job(conn, job_id) for job_id in ids]
+            if all(j is not None and j.status not in store.ACTIVE for j in jobs):
+                break
+            time.sleep(0.05)
+        for job in jobs:
+            assert job is not None and job.status == "done", job
+            rows += job.rows_done
+    return rows / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--run-rows", type=int, default=4096)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--broker-url", default=os.environ.get("ABX_BENCH_BROKER_URL",
+                                                               "redis://127.0.0.1:6379/0"))  # fmt: skip
+    args = parser.parse_args()
+    from service.demo.models import build_demo_models
+    from service.settings import PROJECT_ROOT
+
+    models_root = PROJECT_ROOT / "experiments" / "models"
+    shas = build_demo_models(models_root)
+    print(f"code {code_version()}; load {load_average()}; rows {args.rows:,}; "
+          f"chunk {args.chunk_rows:,}; run {args.run_rows:,}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="abx-score-") as scratch, \
+            bench_database(args.database_url) as database_url:  # fmt: skip
+        folder = Path(scratch)
+        source = folder / "input.parquet"
+        write_input(source, args.rows)
+        halves = split(source, 2)
+        experiments = folder / "experiments"
+        experiments.mkdir()
+        for name, model in MODELS.items():
+            key = "score_" + name.split()[-1].lower()
+            (experiments / f"{key}.yaml").write_text(experiment_yaml(key, model, shas[model]))
+        env = {**os.environ, "ABX_DATABASE_URL": database_url, "ABX_EXPERIMENTS": str(experiments),
+               "ABX_MODELS": str(models_root), "ABX_BROKER_URL": args.broker_url,
+               "ABX_QUEUE": f"abx-bench-score-{os.getpid()}", "ABX_WORKER_METRICS_BIND": "",
+               "ABX_DATA_DIR": str(folder / "data"), "ABX_JOB_RUN_ROWS": str(args.run_rows),
+               "ABX_LOG_LEVEL": "WARNING"}  # fmt: skip
+        worker = subprocess.Popen(
+            [*abx_command(), "worker", "--concurrency", "2"], env=env, cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL, stderr=(folder / "worker.log").open("wb"),
+        )  # fmt: skip
+        try:
+            time.sleep(8)
+            print_header(f"{'model':<10} {'bare rows/s':>12} {'2 jobs rows/s':>14} {'ratio':>6}"
+                         f" {'1 job rows/s':>13} {'ratio':>6}")  # fmt: skip
+            for name, model in MODELS.items():
+                key = "score_" + name.split()[-1].lower()
+                bare = bare_loop(models_root / model, source, folder / "bare.parquet",
+                                 args.chunk_rows, args.run_rows)  # fmt: skip
+                two = run_jobs(env, key, halves, folder, args.chunk_rows)
+                one = run_jobs(env, key, [source], folder, args.chunk_rows)
+                print(f"{name:<10} {bare:>12,.0f} {two:>14,.0f} {two / bare:>6.2f}"
+                      f" {one:>13,.0f} {one / bare:>6.2f}")  # fmt: skip
+            rss = [peak_rss_mib(pid) for pid in children_of(worker.pid)]
+            print(f"\nworker processes' peak RSS (VmHWM): {', '.join(f'{r:.0f}' for r in rss)} MiB")
+        finally:
+            stop(worker)
+            if os.environ.get("ABX_BENCH_SHOW_LOG"):
+                print((folder / "worker.log").read_text()[-3000:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

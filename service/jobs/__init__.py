@@ -1,0 +1,1 @@
+"""Batch scoring jobs: a file of rows assigned and scored in the workers, chunk by chunk."""

@@ -1,0 +1,236 @@
+"""A job's input read in chunks, and its output written chunk by chunk, then assembled.
+
+Inputs are CSV (every column read as text, so one odd value never fails the file),
+NDJSON (one JSON object a line) or Parquet, chosen by the file's extension. Chunks hold
+exactly ``chunk_rows`` rows (the last fewer) and are the same on every read of the same
+file, which is what lets a resumed job skip the chunks already committed.
+
+Each chunk's scores and rejects go to numbered part files, written to a temporary name and
+renamed; a part left by a killed worker past the committed chunk is simply overwritten.
+When every chunk is committed the parts are joined, in order, into the output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+FORMATS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson", ".parquet": "parquet",
+           ".pq": "parquet"}  # fmt: skip
+CONTENT_TYPES = {
+    "text/csv": "csv",
+    "application/x-ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "application/vnd.apache.parquet": "parquet",
+}
+EXTENSIONS = {"csv": ".csv", "ndjson": ".ndjson", "parquet": ".parquet"}
+
+
+class FileProblem(ValueError):
+    """A file abx cannot read or write as a job's input or output (the job is refused)."""
+
+
+def format_of(path: Path) -> str:
+    found = FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise FileProblem(f"{path.name}: the extension must be one of {', '.join(FORMATS)}")
+    return found
+
+
+def rejects_path(output: Path) -> Path:
+    """Where the rows that could not be scored go, with the reason: beside the output."""
+    return output.with_name(output.stem + ".rejects.ndjson")
+
+
+@dataclass
+class Chunk:
+    index: int
+    first_row: int
+    """The 0-based number, among the input's data rows, of this chunk's first row."""
+    frame: pd.DataFrame
+    """The rows, indexed by their data-row number."""
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    """Rows refused while reading (a CSV line with the wrong number of fields, bad JSON)."""
+
+
+def estimate_rows(path: Path, fmt: str) -> int:
+    """Data rows in the file: Parquet's metadata, else its line count (a fast byte scan)."""
+    if fmt == "parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(0, lines - (1 if fmt == "csv" else 0))
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
+def _csv_batches(path: Path, bad_lines: list[dict[str, Any]]) -> Iterator[pa.RecordBatch]:
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        return
+    types = dict.fromkeys(header, pa.string())
+
+    def refuse(row: Any) -> str:
+        bad_lines.append({"line": row.number, "reason": f"{row.actual_columns} fields where the "
+                          f"header has {row.expected_columns}"})  # fmt: skip
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        parse_options=pa_csv.ParseOptions(invalid_row_handler=refuse),
+        convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False),
+    )
+    yield from reader
+
+
+def _ndjson_chunks(path: Path, rows: int) -> Iterator[tuple[list[dict[str, Any]], list[int],
+                                                          list[dict[str, Any]]]]:  # fmt: skip
+    records: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    bad: list[dict[str, Any]] = []
+    row = 0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                record, reason = None, f"not valid JSON: {error}"
+            else:
+                reason = "" if isinstance(record, dict) else "not a JSON object"
+            if reason:
+                bad.append({"row": row, "line": line_number, "reason": reason})
+            else:
+                records.append(record)
+                numbers.append(row)
+            row += 1
+            if row % rows == 0:
+                yield records, numbers, bad
+                records, numbers, bad = [], [], []
+    if records or bad:
+        yield records, numbers, bad
+
+
+def read_chunks(path: Path, fmt: str, rows: int) -> Iterator[Chunk]:
+    """The input, ``rows`` at a time (a chunk of an NDJSON file counts its bad lines too)."""
+    if fmt == "ndjson":
+        first = 0
+        for index, (records, numbers, bad) in enumerate(_ndjson_chunks(path, rows)):
+            frame = pd.DataFrame.from_records(records, index=numbers) if records else pd.DataFrame()
+            yield Chunk(index, first, frame, bad)
+            first += len(records) + len(bad)
+        return
+    bad_lines: list[dict[str, Any]] = []
+    if fmt == "csv":
+        batches: Iterator[pa.RecordBatch] = _csv_batches(path, bad_lines)
+    else:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
+    first = 0
+    for index, table in enumerate(_rebatch(batches, rows)):
+        frame = table.to_pandas()
+        frame.index = pd.RangeIndex(first, first + len(frame))
+        taken, bad_lines[:] = list(bad_lines), []
+        yield Chunk(index, first, frame, taken)
+        first += len(frame)
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(final)
+
+
+def write_part(output: Path, fmt: str, index: int, scored: pd.DataFrame,
+               rejects: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Chunk ``index``'s scores and rejects, each renamed into place once complete."""
+    folder = parts_dir(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{index:08d}{EXTENSIONS[fmt]}"
+    tmp = target.with_name(target.name + ".tmp")
+    table = pa.Table.from_pandas(scored, preserve_index=False)
+    if fmt == "csv":
+        pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(include_header=index == 0))
+    elif fmt == "parquet":
+        pq.write_table(table, tmp)
+    else:
+        scored.to_json(tmp, orient="records", lines=True)
+    _replace(tmp, target)
+    reject_file = folder / f"{index:08d}.rejects.ndjson"
+    tmp = reject_file.with_name(reject_file.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for reject in rejects:
+            handle.write(json.dumps(reject, default=str) + "\n")
+    _replace(tmp, reject_file)
+
+
+def assemble(output: Path, fmt: str, chunks: int) -> None:
+    """Join parts 0..chunks-1 into the output and the rejects file; remove the parts."""
+    folder = parts_dir(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    parts = [folder / f"{index:08d}{EXTENSIONS[fmt]}" for index in range(chunks)]
+    if fmt == "parquet":
+        writer: pq.ParquetWriter | None = None
+        for part in parts:
+            table = pq.read_table(part)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is not None:
+            writer.close()
+        else:
+            pq.write_table(pa.table({}), tmp)
+    else:
+        with tmp.open("wb") as target:
+            for part in parts:
+                with part.open("rb") as source:
+                    shutil.copyfileobj(source, target)
+    _replace(tmp, output)
+    rejects = rejects_path(output)
+    tmp = rejects.with_name(rejects.name + ".tmp")
+    with tmp.open("wb") as target:
+        for index in range(chunks):
+            with (folder / f"{index:08d}.rejects.ndjson").open("rb") as source:
+                shutil.copyfileobj(source, target)
+    _replace(tmp, rejects)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def discard_parts(output: Path) -> None:
+    shutil.rmtree(parts_dir(output), ignore_errors=True)

@@ -1,0 +1,157 @@
+"""Run one scoring job to its end: resume after the last committed chunk, stop on cancel.
+
+A job runs under an advisory lock on its own connection, so two deliveries of its task
+(a redelivery after a worker was killed, the beat's resume) never score it at once; a
+killed runner's connection closes and the lock with it. Each chunk: read, assign, score,
+write its part files, flush any exposures, then commit the chunk count with the progress.
+Only then is the chunk final; the chunk after it is redone from the file if the worker
+dies. The last commit also queues the completion webhooks, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.assignment.registry import Registry
+from service.assignment.service import AssignmentService
+from service.assignment.state import read_states
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.assignment.sync import read_allocations
+from service.decisions.webhooks import queue_job_deliveries
+from service.experiments.validation import LoadResult
+from service.inference.catalog import BatchingConfig, build_catalog
+from service.inference.runner import SessionRunner
+from service.inference.sessions import SessionPool
+from service.jobs import files, store
+from service.jobs.scoring import ChunkScorer, LookupOnlySticky
+from service.observability import metrics
+from service.observability.logging import get_logger
+from service.settings import Settings
+from service.storage.database import Database
+from service.storage.writer import BatchWriter
+
+log = get_logger(__name__)
+
+
+class JobFailed(Exception):
+    """The job cannot run at all (its experiment or input is gone); it is marked failed."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    status: str
+    """done, cancelled, failed, busy (another runner holds it) or gone (it had ended)."""
+    deliveries: tuple[str, ...] = ()
+
+
+def run_job(
+    settings: Settings, loaded: LoadResult, database: Database, pool: SessionPool, job_id: str
+) -> JobOutcome:
+    with database.pool.connection(timeout=10.0) as lock_conn:
+        key = store.lock_key(job_id)
+        locked = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not (locked and locked[0]):
+            return JobOutcome("busy")
+        try:
+            return _run_locked(settings, loaded, database, pool, job_id)
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _run_locked(
+    settings: Settings, loaded: LoadResult, database: Database, pool: SessionPool, job_id: str
+) -> JobOutcome:
+    with database.pool.connection(timeout=10.0) as conn:
+        job = store.get_job(conn, job_id)
+        if job is None or job.status not in store.ACTIVE:
+            return JobOutcome("gone")
+        try:
+            total = job.rows_total
+            if total is None:
+                total = files.estimate_rows(Path(job.input_path), job.input_format)
+        except OSError as error:
+            return _fail(database, job_id, job.experiment_key, f"cannot read the input: {error}")
+        started = store.start_job(conn, job_id, total)
+    if started is None:
+        return JobOutcome("gone")
+    job = started
+    registry = Registry(loaded)
+    experiment = registry.experiments.get(job.experiment_key)
+    if experiment is None:
+        return _fail(database, job_id, job.experiment_key, "the experiment is no longer served")
+    with database.pool.connection(timeout=10.0) as conn:
+        plans, now = read_allocations(conn, registry)
+        states = read_states(conn, registry.experiments)
+    registry.apply_plans(plans, now.timestamp() - time.time(), states)
+    batching = BatchingConfig(False, settings.job_run_rows, 0.0)
+    catalog = build_catalog([experiment], settings.models, pool, batching)
+    models = catalog.get(experiment.key)
+    if models is None:
+        return _fail(database, job_id, job.experiment_key, "the experiment serves no models")
+    writer = BatchWriter(database, {ASSIGNMENTS.table: ASSIGNMENTS, EXPOSURES.table: EXPOSURES},
+                         max_rows=settings.flush_max_rows)  # fmt: skip
+    sticky_type = StickyStore if job.log_exposures else LookupOnlySticky
+    sticky = sticky_type(database, writer, settings.sticky_cache_size,
+                         settings.lookup_timeout_seconds)  # fmt: skip
+    assignments = AssignmentService(registry, sticky, lookup_grace=0.0)
+    scorer = ChunkScorer(assignments, models, SessionRunner(settings.job_run_rows),
+                         job.variant_key, settings.job_run_rows)  # fmt: skip
+    output = Path(job.output_path)
+    log.info("score job started", job=job_id, experiment=job.experiment_key,
+             resume_at_chunk=job.chunks_done, attempt=job.attempts)  # fmt: skip
+    chunks = job.chunks_done
+    try:
+        reader = files.read_chunks(Path(job.input_path), job.input_format, job.chunk_rows)
+        for chunk in reader:
+            if chunk.index < job.chunks_done:
+                continue  # committed by an earlier run
+            began = time.perf_counter()
+            result = scorer.score(chunk.frame)
+            rejects = sorted(chunk.rejects + result.rejects, key=lambda r: r.get("row", -1))
+            files.write_part(output, job.output_format, chunk.index, result.scored, rejects)
+            if job.log_exposures and not writer.flush():
+                raise RuntimeError("could not write exposures; the chunk will be redone")
+            with database.pool.connection(timeout=10.0) as conn:
+                committed = store.commit_chunk(
+                    conn, job_id, chunk.index + 1, len(result.scored), len(rejects)
+                )
+            if not committed:
+                files.discard_parts(output)
+                metrics.JOBS.labels(job.experiment_key, "cancelled").inc()
+                log.info("score job cancelled", job=job_id, chunks_done=chunk.index)
+                return JobOutcome("cancelled")
+            chunks = chunk.index + 1
+            metrics.JOB_ROWS.labels(job.experiment_key, "scored").inc(len(result.scored))
+            metrics.JOB_ROWS.labels(job.experiment_key, "rejected").inc(len(rejects))
+            metrics.JOB_CHUNK_DURATION.labels(job.experiment_key).observe(
+                time.perf_counter() - began
+            )
+    except (OSError, ValueError) as error:  # the file itself is unreadable: no row can be read
+        return _fail(database, job_id, job.experiment_key, f"cannot read the input: {error}")
+    files.assemble(output, job.output_format, chunks)
+    with database.pool.connection(timeout=10.0) as conn, conn.transaction():
+        finished = store.finish_job(conn, job_id, "done")
+        if finished is None:
+            return JobOutcome("cancelled")
+        deliveries = queue_job_deliveries(conn, job_id, experiment.policy.webhooks,
+                                          _payload(finished))  # fmt: skip
+    metrics.JOBS.labels(job.experiment_key, "done").inc()
+    log.info("score job done", job=job_id, experiment=job.experiment_key, **finished.progress())
+    return JobOutcome("done", tuple(deliveries))
+
+
+def _payload(job: store.Job) -> dict[str, Any]:
+    return {"type": "score_job.done", "job_id": job.job_id, "experiment": job.experiment_key,
+            "status": job.status, "output": job.output_path, "rejects": job.rejects_path,
+            "rows_done": job.rows_done, "rows_rejected": job.rows_rejected}  # fmt: skip
+
+
+def _fail(database: Database, job_id: str, experiment_key: str, reason: str) -> JobOutcome:
+    with database.pool.connection(timeout=10.0) as conn:
+        store.finish_job(conn, job_id, "failed", reason)
+    metrics.JOBS.labels(experiment_key, "failed").inc()
+    log.warning("score job failed", job=job_id, experiment=experiment_key, reason=reason)
+    return JobOutcome("failed")

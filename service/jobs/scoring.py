@@ -1,0 +1,230 @@
+"""One chunk of a job: assign every row as ``/v1/assign`` would, then score it in runs.
+
+Assignment goes through the serving ``AssignmentService`` (the same registry, allocation
+history, decision state and sticky lookups as the API). Offline scoring is usually not an
+exposure: unless the job asks for it, the sticky store only reads. Each variant's rows are
+checked against its model's inputs and run ``run_rows`` at a time through the serving
+runner with its fallback; a row that cannot be scored is a reject with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.assignment.core import Assignment
+from service.assignment.service import AssignmentService
+from service.assignment.sticky import StickyStore
+from service.assignment.units import MAX_UNIT_LENGTH
+from service.errors import AbxError
+from service.inference.catalog import ExperimentModels, ServingModel
+from service.inference.runner import FailureCounts, ModelRunner, run_with_fallback
+from service.inference.signature import InputPlan, convert_inputs
+
+UNIT_COLUMN = "unit"
+FIXED_COLUMNS = ("unit", "variant", "reason", "served_by")
+
+
+class LookupOnlySticky(StickyStore):
+    """Reads stored first assignments; records nothing (a job that logs no exposures)."""
+
+    def record(self, assignment: Assignment, seed: str, unit_id: str) -> None:
+        return None
+
+
+def input_columns(plan: InputPlan) -> list[str]:
+    """The file's columns for one model input: its named features, else ``<input>_<i>``."""
+    if plan.features is not None:
+        return list(plan.features)
+    width = 1
+    for dim in plan.spec.shape[1:]:
+        width *= dim or 1
+    return [f"{plan.request_name}_{i}" for i in range(width)]
+
+
+def output_columns(models: ExperimentModels) -> list[str]:
+    """Every response name any variant answers with: the same columns in every chunk."""
+    names: dict[str, None] = {}
+    for served in models.variants.values():
+        names.update(dict.fromkeys(served.response_names.values()))
+    return list(names)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    scored: pd.DataFrame
+    rejects: list[dict[str, Any]]
+
+
+class ChunkScorer:
+    def __init__(
+        self,
+        assignments: AssignmentService,
+        models: ExperimentModels,
+        runner: ModelRunner,
+        variant: str | None,
+        run_rows: int,
+    ) -> None:
+        self._assignments = assignments
+        self._models = models
+        self._runner = runner
+        self._variant = variant
+        self._run_rows = run_rows
+        self.failures = FailureCounts()
+        self.outputs = output_columns(models)
+        self._model_columns = {
+            column
+            for served in models.variants.values()
+            for plan in served.plans
+            for column in input_columns(plan)
+        }
+
+    def score(self, frame: pd.DataFrame) -> ChunkResult:
+        rejects: list[dict[str, Any]] = []
+        rows = len(frame)
+        if rows and UNIT_COLUMN not in frame.columns:
+            rejects = [{"row": int(i), "unit": None, "reason": "missing column 'unit'"}
+                       for i in frame.index]  # fmt: skip
+            return ChunkResult(self._empty(), rejects)
+        units = [_unit(value) for value in frame[UNIT_COLUMN]] if rows else []
+        extra = [c for c in frame.columns if c != UNIT_COLUMN and c not in self._model_columns]
+        attributes = frame[extra].to_dict("records") if extra else None
+        variants: list[str | None] = [None] * rows
+        reasons: list[str] = [""] * rows
+        groups: dict[str, list[int]] = {}
+        for position, unit in enumerate(units):
+            if unit is None:
+                rejects.append({"row": int(frame.index[position]), "unit": None,
+                                "reason": "unit is empty or longer than "
+                                f"{MAX_UNIT_LENGTH} characters"})  # fmt: skip
+                continue
+            if self._variant is not None:
+                variant, reason = self._variant, "explicit"
+            else:
+                found = self._assignments.assign(
+                    self._models.key, unit, attributes[position] if attributes else {}
+                )
+                variant, reason = found.variant, found.reason.value
+            variants[position], reasons[position] = variant, reason
+            groups.setdefault(variant, []).append(position)
+        values = {name: np.full(rows, np.nan) for name in self.outputs}
+        served_by: list[str | None] = [None] * rows
+        scored = np.zeros(rows, dtype=bool)
+        for variant, positions in groups.items():
+            self._score_group(frame, variant, np.asarray(positions), values, served_by, scored,
+                              rejects)  # fmt: skip
+        keep = np.flatnonzero(scored)
+        columns: dict[str, Any] = {
+            "unit": [units[i] for i in keep],
+            "variant": [variants[i] for i in keep],
+            "reason": [reasons[i] for i in keep],
+            "served_by": [served_by[i] for i in keep],
+        }
+        for name in self.outputs:
+            columns[name] = values[name][keep]
+        rejects.sort(key=lambda reject: reject.get("row", -1))
+        return ChunkResult(pd.DataFrame(columns), rejects)
+
+    def _empty(self) -> pd.DataFrame:
+        columns: dict[str, Any] = {name: pd.Series([], dtype=object) for name in FIXED_COLUMNS}
+        columns.update({name: pd.Series([], dtype=float) for name in self.outputs})
+        return pd.DataFrame(columns)
+
+    def _score_group(
+        self,
+        frame: pd.DataFrame,
+        variant_key: str,
+        positions: np.ndarray,
+        values: dict[str, np.ndarray],
+        served_by: list[str | None],
+        scored: np.ndarray,
+        rejects: list[dict[str, Any]],
+    ) -> None:
+        models = self._models
+        variant = models.variants.get(variant_key) or models.variants.get(models.fallback)
+        if variant is None:
+            for position in positions:
+                rejects.append(_reject(frame, position, f"variant {variant_key!r} has no model"))
+            return
+        checked_by = variant if variant.model is not None else models.variants[models.fallback]
+        matrices, bad = _matrices(frame, positions, checked_by.plans)
+        for position, reason in bad.items():
+            rejects.append(_reject(frame, position, reason))
+        good = np.asarray([p for p in positions if p not in bad], dtype=np.int64)
+        for start in range(0, len(good), self._run_rows):
+            batch = good[start : start + self._run_rows]
+            offsets = np.searchsorted(positions, batch)
+            inputs = {name: matrix[offsets] for name, matrix in matrices.items()}
+            try:
+                feeds, count = convert_inputs(inputs, checked_by.plans, self._run_rows)
+                result = run_with_fallback(
+                    self._runner, models, variant, feeds, count,
+                    partial(self._fallback_feeds, frame, batch),
+                    self.failures,
+                )  # fmt: skip
+            except AbxError as error:
+                for position in batch:
+                    rejects.append(_reject(frame, position, str(error)))
+                continue
+            for name, value in result.served_by.renamed(result.outputs).items():
+                flat = np.asarray(value, dtype=np.float64).reshape(len(batch), -1)
+                values[name][batch] = flat[:, 0]
+            for position in batch:
+                served_by[position] = result.served_by.variant
+            scored[batch] = True
+
+    def _fallback_feeds(
+        self, frame: pd.DataFrame, positions: np.ndarray, other: ServingModel
+    ) -> Mapping[str, np.ndarray]:
+        matrices, bad = _matrices(frame, positions, other.plans)
+        if bad:
+            raise ValueError("the fallback's model takes columns these rows lack")
+        return convert_inputs(matrices, other.plans, self._run_rows)[0]
+
+
+def _unit(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = str(int(value))
+    text = str(value)
+    return text if 1 <= len(text) <= MAX_UNIT_LENGTH else None
+
+
+def _reject(frame: pd.DataFrame, position: int, reason: str) -> dict[str, Any]:
+    unit = frame[UNIT_COLUMN].iloc[position] if UNIT_COLUMN in frame.columns else None
+    return {"row": int(frame.index[position]), "unit": _unit(unit), "reason": reason}
+
+
+def _matrices(
+    frame: pd.DataFrame, positions: np.ndarray, plans: Sequence[InputPlan]
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Each input's rows as float64 (model order), and the rows refused with the reason."""
+    matrices: dict[str, np.ndarray] = {}
+    bad: dict[int, str] = {}
+    for plan in plans:
+        columns = input_columns(plan)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            reason = f"missing column(s) {shown} (model input {plan.request_name!r})"
+            return {}, dict.fromkeys((int(p) for p in positions), reason)
+        rows = frame.iloc[positions]
+        matrix = np.empty((len(positions), len(columns)), dtype=np.float64)
+        for index, column in enumerate(columns):
+            raw = rows[column]
+            number = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64,
+                                                                  na_value=np.nan)  # fmt: skip
+            matrix[:, index] = number
+            for offset in np.flatnonzero(~np.isfinite(number)):
+                position = int(positions[offset])
+                bad.setdefault(position, f"column {column!r}: not a finite number "
+                               f"({str(raw.iloc[offset])[:40]!r})")  # fmt: skip
+        shape = tuple(d or 1 for d in plan.spec.shape[1:])
+        matrices[plan.request_name] = matrix.reshape((len(positions), *shape))
+    return matrices, bad

@@ -1,0 +1,251 @@
+"""Scoring jobs end to end: real gunicorn, a real Celery worker on the run's broker, PostgreSQL.
+
+Every row is assigned as /v1/assign answers and scored as /v1/predict would; bad rows go to
+the rejects file; a worker killed mid-job resumes without a row twice or missing; a cancel
+stops a job; the completion is a signed webhook; bad requests are problems and write nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import psutil
+import psycopg
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from service.settings import PROJECT_ROOT
+from tests.conftest import Api, ServerFactory, wait_for
+from tests.decisions.test_e2e import SECRET, Receiver, WorkerFactory
+from tests.experiment_files import minimal_experiment, write_experiment
+from tests.model_fixtures import MODELS, demo_models
+
+FEATURES = [f"x{i}" for i in range(20)]
+SLOW = Path(__file__).parents[1] / "faults" / "slow_chunks"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built() -> dict[str, str]:
+    return demo_models()
+
+
+def scoring_experiment(built: dict[str, str], webhook: str) -> dict[str, Any]:
+    inputs = {"features": {"features": FEATURES, "offset": 1.0, "factor": 0.5}}
+    return minimal_experiment(
+        "score",
+        variants=[
+            {"key": "a", "weight": 0.5, "model": {"path": "churn_logreg.onnx",
+             "sha256": built["churn_logreg.onnx"], "inputs": inputs}},
+            {"key": "b", "weight": 0.5, "model": {"path": "churn_mlp.onnx",
+             "sha256": built["churn_mlp.onnx"], "inputs": inputs}},
+        ],
+        policy={"webhooks": [webhook]},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path: Path, built: dict[str, str], receiver: Receiver) -> Path:
+    folder = tmp_path / "experiments"
+    write_experiment(folder, scoring_experiment(built, receiver.url))
+    return folder
+
+
+def rows(count: int, seed: int = 1) -> pd.DataFrame:
+    values = np.random.default_rng(seed).normal(size=(count, 20)).round(3)
+    frame = pd.DataFrame(values, columns=FEATURES)
+    frame.insert(0, "unit", [f"user-{i}" for i in range(count)])
+    return frame
+
+
+def direct(model: str, frame: pd.DataFrame) -> np.ndarray:
+    session = ort.InferenceSession(str(MODELS / model), providers=["CPUExecutionProvider"])
+    feeds = {"features": ((frame[FEATURES].to_numpy(np.float32) - 1) * 0.5)}
+    result: np.ndarray = session.run(None, feeds)[0]
+    return result.reshape(-1)
+
+
+def job_row(db: str, job_id: str) -> dict[str, Any]:
+    with psycopg.connect(db) as conn:
+        cursor = conn.execute("SELECT * FROM score_jobs WHERE job_id = %s", (job_id,))
+        names = [c.name for c in cursor.description or []]
+        row = cursor.fetchone()
+    return dict(zip(names, row, strict=True)) if row else {}
+
+
+def job_count(db: str) -> int:
+    with psycopg.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM score_jobs").fetchone()[0])  # type: ignore[index]
+
+
+def wait_status(api: Api, job_id: str, status: str, timeout: float = 90) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def reached() -> bool:
+        found.update(api.get(f"/v1/jobs/{job_id}").json())
+        return found.get("status") == status
+
+    assert wait_for(reached, timeout=timeout, interval=0.2), found
+    return found
+
+
+def test_a_job_assigns_and_scores_like_the_api_and_reports_bad_rows(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, receiver: Receiver, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    jobs = tmp_path / "data" / "jobs"
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    start_worker(setup, ABX_JOBS_DIR=str(jobs))
+    frame = rows(300)
+    frame["x3"] = frame["x3"].astype(object)
+    frame.loc[7, "x3"] = "abc"  # not a number
+    frame.loc[9, "unit"] = ""  # no unit
+    upload = frame.to_csv(index=False).encode()
+    response = api.session.post(
+        f"{server.base_url}/v1/jobs/score",
+        params={"experiment": "score", "output": "out/scores.csv", "chunk_rows": 64},
+        data=upload, headers={"Content-Type": "text/csv"}, timeout=10,
+    )  # fmt: skip
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["chunk_rows"] == 64
+    done = wait_status(api, job["job_id"], "done")
+    assert done["rows_done"] == 298 and done["rows_rejected"] == 2 and done["chunks_done"] == 5
+    assert done["rows_total"] == 300 and done["rows_per_second"] > 0 and done["eta_seconds"] is None
+
+    scored = pd.read_csv(jobs / "out" / "scores.csv", keep_default_na=False)
+    assert list(scored.columns) == ["unit", "variant", "reason", "served_by", "probability"]
+    good = frame.drop(index=[7, 9])
+    with psycopg.connect(db) as conn:  # offline scoring logged no exposure
+        assert conn.execute("SELECT count(*) FROM exposures").fetchone() == (0,)
+    assert list(scored["unit"]) == list(good["unit"])  # every good row once, in input order
+    for unit in list(good["unit"])[:40]:
+        assigned = api.assign("score", unit)
+        row = scored[scored["unit"] == unit].iloc[0]
+        assert (row["variant"], row["reason"]) == (assigned["variant"], assigned["reason"])
+    models = {"a": "churn_logreg.onnx", "b": "churn_mlp.onnx"}
+    for variant, model in models.items():
+        mine = scored["variant"] == variant
+        expected = direct(
+            model, good[mine.to_numpy()].assign(**{"x3": good["x3"][mine.to_numpy()].astype(float)})
+        )
+        np.testing.assert_allclose(scored["probability"][mine], expected, rtol=1e-5, atol=1e-6)
+    rejects = [
+        json.loads(x) for x in (jobs / "out" / "scores.rejects.ndjson").read_text().splitlines()
+    ]
+    assert [(r["row"], r["unit"]) for r in rejects] == [(7, "user-7"), (9, None)]
+    assert "'x3'" in rejects[0]["reason"] and "unit" in rejects[1]["reason"]
+
+    assert wait_for(lambda: len(receiver.requests) == 1, timeout=30)
+    headers, body = receiver.requests[0]
+    payload = Webhook(SECRET).verify(body, headers)
+    assert payload["type"] == "score_job.done" and payload["job_id"] == job["job_id"]
+    assert payload["rows_done"] == 298
+
+    # Refused requests: a problem document, and no job recorded.
+    before = job_count(db)
+    refused = [
+        api.post("/v1/jobs/score", {"experiment": "nope", "input": "in.csv", "output": "o.csv"}),
+        api.post("/v1/jobs/score", {"experiment": "score", "input": "../x.csv", "output": "o.csv"}),
+        api.post("/v1/jobs/score", {"experiment": "score", "input": "/etc/passwd", "output": "o.csv"}),
+        api.post("/v1/jobs/score", {"experiment": "score", "input": "missing.csv", "output": "o.csv"}),
+        api.post("/v1/jobs/score", {"experiment": "score", "input": "o.csv", "output": "o.xlsx"}),
+        api.post("/v1/jobs/score", {"experiment": "score", "input": "x.csv", "output": "o.csv",
+                                    "variant": "zzz"}),
+        api.post("/v1/jobs/score", {"experiment": "score"}),
+        api.session.post(f"{server.base_url}/v1/jobs/score", data=b"x", timeout=10,
+                         headers={"Content-Type": "text/plain"}),
+        api.session.post(f"{server.base_url}/v1/jobs/score", params={"experiment": "score"},
+                         data=b"unit\n1\n", headers={"Content-Type": "text/csv"}, timeout=10),
+        api.get("/v1/jobs/not-a-uuid"),
+        api.get("/v1/jobs/00000000-0000-0000-0000-000000000000"),
+        api.post(f"/v1/jobs/{job['job_id']}/cancel"),
+    ]  # fmt: skip
+    statuses = [r.status_code for r in refused]
+    assert statuses == [404, 422, 422, 422, 422, 422, 422, 415, 422, 404, 404, 409], statuses
+    assert all(r.headers["Content-Type"] == "application/problem+json" for r in refused)
+    assert job_count(db) == before
+    assert not list((jobs / "uploads").glob("*.csv"))[1:]  # only the accepted job's upload
+
+
+def test_a_killed_worker_resumes_from_its_last_chunk(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    rows(1000).to_parquet(jobs / "in.parquet")
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    worker = start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=str(SLOW),
+                          ABX_TEST_CHUNK_SLEEP="0.3")  # fmt: skip
+    job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.parquet",
+                                      "output": "out.ndjson", "chunk_rows": 50}).json()  # fmt: skip
+    assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 3, timeout=60)
+    # The pool's process (its children share the parent's command line, so the embedded
+    # beat goes too): the main process sees the worker lost and the task is delivered again.
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        child.send_signal(signal.SIGKILL)
+    killed_at = job_row(db, job["job_id"])["chunks_done"]
+    assert killed_at < 20
+    done = wait_status(api, job["job_id"], "done", timeout=120)
+    assert done["attempts"] >= 2 and done["rows_done"] == 1000
+    units = [json.loads(x)["unit"] for x in (jobs / "out.ndjson").read_text().splitlines()]
+    assert units == [f"user-{i}" for i in range(1000)]  # none twice, none missing, in order
+
+
+def test_a_cancelled_job_stops_and_the_cli_scores_inline(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    rows(1000).to_json(jobs / "in.ndjson", orient="records", lines=True)
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=str(SLOW), ABX_TEST_CHUNK_SLEEP="0.3")
+    job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.ndjson",
+                                      "output": "out.csv", "chunk_rows": 50}).json()  # fmt: skip
+    assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 1, timeout=60)
+    response = api.post(f"/v1/jobs/{job['job_id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    at_cancel = job_row(db, job["job_id"])["chunks_done"]
+    assert wait_for(lambda: not (jobs / "out.csv.parts").exists(), timeout=30)
+    assert job_row(db, job["job_id"])["chunks_done"] <= at_cancel + 1
+    assert not (jobs / "out.csv").exists()
+
+    # The command line: the same job run in this process, one variant for every row,
+    # exposures logged on request.
+    def cli(output: Path, *options: str) -> pd.DataFrame:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "score", "score", str(jobs / "in.ndjson"),
+             "-o", str(output), "--inline", *options],
+            env={**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(setup),
+                 "ABX_WEBHOOK_SECRET": SECRET, "ABX_DATA_DIR": str(tmp_path / "cli-data")},
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "done: 1000 rows scored" in result.stderr
+        return pd.read_parquet(output)
+
+    scored = cli(tmp_path / "cli" / "assigned.parquet", "--log-exposures")
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM exposures").fetchone() == (1000,)
+    assert set(scored["reason"]) == {"hashed"} and set(scored["variant"]) == {"a", "b"}
+    scored = cli(tmp_path / "cli" / "explicit.parquet", "--variant", "b")
+    assert set(scored["variant"]) == {"b"} and set(scored["reason"]) == {"explicit"}
