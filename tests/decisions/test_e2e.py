@@ -262,11 +262,17 @@ def test_humans_act_through_the_api_and_are_audited(
 
 
 def test_a_worker_killed_mid_analysis_leaves_no_half_decision(
-    db: str, decision_setup: Path, start_worker: WorkerFactory
+    db: str, decision_setup: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     simulate_lift(db)
     slow = Path(__file__).parents[1] / "faults" / "slow_decision"
-    worker = start_worker(decision_setup, PYTHONPATH=str(slow), ABX_TEST_DECISION_SLEEP="4")
+    pidfile = tmp_path / "deciding.pid"
+    worker = start_worker(
+        decision_setup,
+        PYTHONPATH=str(slow),
+        ABX_TEST_DECISION_SLEEP="4",
+        ABX_TEST_DECISION_PIDFILE=str(pidfile),
+    )
 
     key = experiment_lock_key("lift") & 0xFFFFFFFFFFFFFFFF
 
@@ -282,10 +288,13 @@ def test_a_worker_killed_mid_analysis_leaves_no_half_decision(
         return bool(row and row[0])
 
     assert wait_for(in_decision, timeout=60, interval=0.1)
-    children = psutil.Process(worker.pid).children(recursive=True)
-    for child in children:
-        if "beat" not in " ".join(child.cmdline()):
-            child.send_signal(signal.SIGKILL)
+    assert wait_for(pidfile.exists, timeout=10)
+    # The pool process inside the decision, killed; a child of the worker (not the worker).
+    deciding = int(pidfile.read_text())
+    assert deciding in {c.pid for c in psutil.Process(worker.pid).children(recursive=True)}
+    os.kill(deciding, signal.SIGKILL)
+    assert wait_for(lambda: not psutil.pid_exists(deciding) or
+                    psutil.Process(deciding).status() == psutil.STATUS_ZOMBIE, timeout=10)  # fmt: skip
     time.sleep(0.5)
     assert decisions(db, "lift") == []  # the killed transaction left nothing
     assert wait_for(lambda: decisions(db, "lift") == [("promote", "b", "applied")], timeout=60)
