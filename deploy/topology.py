@@ -280,7 +280,11 @@ backend replicas
                 process.wait()
 
     def __enter__(self) -> Topology:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # what did start is stopped: a failed start leaks no process
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
