@@ -28,18 +28,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from service.inference.oip import DATATYPES, NAMES  # the protocol's tensor types, once
 from service.inference.remote import RemoteFailure
 from service.inference.signature import TensorSpec
 from service.inference.wire import TransportError
-
-DATATYPES: dict[str, Any] = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "BOOL": np.bool_,
-}
-NAMES = {np.dtype(value): name for name, value in DATATYPES.items()}
 
 
 class EndpointConnection:
