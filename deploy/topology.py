@@ -201,6 +201,10 @@ defaults
   option redispatch 1
   retry-on conn-failure empty-response
   option http-server-close
+  # The whole request is read here before a replica sees it: a client that sends its headers
+  # or body slowly holds a cheap HAProxy connection, never a gunicorn thread, and is cut
+  # with 408 after `timeout http-request`.
+  option http-buffer-request
 frontend abx
   bind 127.0.0.1:{self.port}
   default_backend replicas
