@@ -274,6 +274,9 @@ class AccessLines:
     def _after_fork(self) -> None:
         """A child starts empty, with fresh locks: a parent's thread may have held them."""
         self._lock = threading.Lock()
+        # Held from taking a batch until it is written: a flush (at exit, in a test) returns
+        # only after a batch the thread took before it is out, never while it is in flight.
+        self._writing = threading.Lock()
         self._lines: list[bytes] = []
         self._size = 0
         self._started = False
@@ -297,6 +300,10 @@ class AccessLines:
             self.flush()
 
     def flush(self) -> None:
+        with self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             lines, self._lines, self._size = self._lines, [], 0
         output = _output
