@@ -100,19 +100,29 @@ def install_missing(apt_get: str | None, is_root: bool) -> None:
             )
         return
     print(f"installing Debian packages the tests need: {' '.join(packages)}")
-    for command in (
-        [apt_get, "update", "-qq"],
-        [apt_get, "install", "-y", "-qq", "--no-install-recommends", *packages],
-    ):
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    update = [apt_get, "update", "-qq"]
+    result = subprocess.run(update, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        _note_failure(update, result, missing)
+        return
+    # One package at a time: one that this machine's sources lack (kubectl comes from the
+    # Kubernetes repository, not Debian's) must not keep the others out.
+    for package in packages:
+        install = [apt_get, "install", "-y", "-qq", "--no-install-recommends", package]
+        result = subprocess.run(install, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            print(
-                f"note: {' '.join(command)} failed ({result.returncode}), so the tests that need"
-                f" {', '.join(tool.command for tool in missing)} will be skipped:\n"
-                f"{(result.stdout + result.stderr).strip()[-2000:]}",
-                file=sys.stderr,
-            )
-            return
+            _note_failure(install, result, [t for t in missing if t.debian_package == package])
+
+
+def _note_failure(
+    command: list[str], result: subprocess.CompletedProcess[str], tools: list[SystemTool]
+) -> None:
+    print(
+        f"note: {' '.join(command)} failed ({result.returncode}), so the tests that need"
+        f" {', '.join(tool.command for tool in tools)} will be skipped:\n"
+        f"{(result.stdout + result.stderr).strip()[-2000:]}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -94,6 +94,27 @@ def test_a_failing_package_manager_leaves_the_tests_to_skip(
     assert "note: /bin/false update -qq failed (1), so the tests that need chromium" in err
 
 
+def test_a_package_that_cannot_be_installed_keeps_no_other_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", WITHOUT_SYSTEM_TOOLS)
+    calls = tmp_path / "calls"
+    apt_get = tmp_path / "apt-get"  # the fault: a package manager without the kubectl package
+    apt_get.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\ncase "$*" in *kubectl*) exit 100;; esac\n'
+    )
+    apt_get.chmod(0o755)
+    install_missing(apt_get=str(apt_get), is_root=True)
+    _, err = capsys.readouterr()
+    asked = calls.read_text().splitlines()
+    packages = sorted({tool.debian_package for tool in SYSTEM_TOOLS.values()})
+    assert asked == ["update -qq"] + [
+        f"install -y -qq --no-install-recommends {package}" for package in packages
+    ]
+    assert "so the tests that need kubectl will be skipped" in err
+    assert err.count("failed (100)") == 1
+
+
 def test_nothing_to_do_when_every_tool_is_there(capsys: pytest.CaptureFixture[str]) -> None:
     missing = [command for command in SYSTEM_TOOLS if system_tool_path(command) is None]
     if missing:
