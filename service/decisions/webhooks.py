@@ -17,7 +17,7 @@ import binascii
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import requests
 from psycopg.types.json import Jsonb
@@ -99,31 +99,31 @@ def queue_deliveries(
 
     Each keeps the id of the request (or task) that caused it, for its ``X-Request-ID``.
     """
-    deliveries = []
-    request_id = current_request_id()
-    for url in urls:
-        delivery_id = str(uuid.uuid4())
-        conn.execute(
-            "INSERT INTO webhook_deliveries (delivery_id, decision_id, url, payload, request_id)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (delivery_id, decision_id, url, Jsonb(payload), request_id),
-        )
-        deliveries.append(delivery_id)
-    return deliveries
+    return _queue(conn, "decision_id", decision_id, urls, payload)
 
 
 def queue_job_deliveries(
     conn: Any, job_id: str, urls: list[str], payload: dict[str, Any]
 ) -> list[str]:
     """A finished scoring job's announcements: delivered, signed and retried like a decision's."""
+    return _queue(conn, "job_id", job_id, urls, payload)
+
+
+def _queue(
+    conn: Any,
+    owner: Literal["decision_id", "job_id"],
+    owner_id: str,
+    urls: list[str],
+    payload: dict[str, Any],
+) -> list[str]:
     deliveries = []
     request_id = current_request_id()
     for url in urls:
         delivery_id = str(uuid.uuid4())
         conn.execute(
-            "INSERT INTO webhook_deliveries (delivery_id, job_id, url, payload, request_id)"
+            f"INSERT INTO webhook_deliveries (delivery_id, {owner}, url, payload, request_id)"
             " VALUES (%s, %s, %s, %s, %s)",
-            (delivery_id, job_id, url, Jsonb(payload), request_id),
+            (delivery_id, owner_id, url, Jsonb(payload), request_id),
         )
         deliveries.append(delivery_id)
     return deliveries
