@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
 from service.access.scopes import SCOPES
-from service.cli.support import os_actor, settings_from_env
-from service.storage.embedded import database_url
-
-
-@contextmanager
-def _connection() -> Iterator[Any]:
-    import psycopg
-
-    settings = settings_from_env()
-    try:
-        with psycopg.connect(
-            database_url(settings.database_url, settings.data_dir), autocommit=True
-        ) as conn:
-            yield conn
-    except psycopg.errors.UndefinedTable:
-        click.echo("the keys table is missing: run `abx migrate` first", err=True)
-        sys.exit(1)
-    except psycopg.OperationalError as error:
-        click.echo(f"cannot reach the database: {error}", err=True)
-        sys.exit(1)
+from service.cli.support import database_connection, os_actor
 
 
 def _show_token(name: str, token: str, scopes: list[str]) -> None:
@@ -58,7 +36,7 @@ def create(name: str, scopes: str, owner: str, expires: str | None, rate: str | 
 
     try:
         expires_in = parse_duration(expires) if expires else None
-        with _connection() as conn:
+        with database_connection("keys") as conn:
             new = create_key(conn, name, scopes, os_actor(), owner, expires_in, rate)
     except ValueError as error:
         click.echo(f"refused: {error}", err=True)
@@ -75,7 +53,7 @@ def list_(include_revoked: bool, as_json: bool) -> None:
     """Every key with its scopes, state and last use (never a secret)."""
     from service.access.keys import describe, list_keys
 
-    with _connection() as conn:
+    with database_connection("keys") as conn:
         found = [describe(key) for key in list_keys(conn, include_revoked)]
     if as_json:
         click.echo(json.dumps({"keys": found}, indent=2))
@@ -105,7 +83,7 @@ def revoke(key: str) -> None:
     """Revoke a key now: every server refuses it within seconds."""
     from service.access.keys import revoke_key
 
-    with _connection() as conn:
+    with database_connection("keys") as conn:
         revoked = revoke_key(conn, key)
     if revoked is None:
         click.echo(f"there is no key {key!r}", err=True)
@@ -124,7 +102,7 @@ def rotate(name: str, grace: str) -> None:
 
     try:
         grace_period = parse_duration(grace)
-        with _connection() as conn:
+        with database_connection("keys") as conn:
             new, old = rotate_key(conn, name, grace_period, os_actor())
     except (ValueError, LookupError) as error:
         click.echo(f"refused: {error}", err=True)

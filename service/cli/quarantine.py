@@ -5,30 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from service.cli.support import settings_from_env
-from service.storage.embedded import database_url
-
-
-@contextmanager
-def _connection() -> Iterator[Any]:
-    import psycopg
-
-    settings = settings_from_env()
-    try:
-        with psycopg.connect(
-            database_url(settings.database_url, settings.data_dir), autocommit=True
-        ) as conn:
-            yield conn
-    except psycopg.OperationalError as error:
-        click.echo(f"cannot reach the database: {error}", err=True)
-        sys.exit(1)
+from service.cli.support import database_connection, settings_from_env
 
 
 def _spool_folders() -> list[Path]:
@@ -83,7 +65,7 @@ def list_command(stream: str | None, limit: int, as_json: bool) -> None:
     """Show quarantined rows (with the error) and segments moved aside."""
     from service.storage.quarantine import count_rows, list_rows
 
-    with _connection() as conn:
+    with database_connection() as conn:
         rows = list_rows(conn, stream, limit)
         total = count_rows(conn)
     segments = _segments()
@@ -123,7 +105,7 @@ def retry(ids: tuple[int, ...], every: bool) -> None:
     from service.storage.quarantine import retry_rows
 
     selected = _ids(ids, every)
-    with _connection() as conn, conn.transaction():
+    with database_connection() as conn, conn.transaction():
         written, refused = retry_rows(conn, _writers(), selected)
     moved = 0
     if every:
@@ -145,7 +127,7 @@ def drop(ids: tuple[int, ...], every: bool) -> None:
     from service.storage.quarantine import drop_rows
 
     selected = _ids(ids, every)
-    with _connection() as conn:
+    with database_connection() as conn:
         dropped = drop_rows(conn, selected)
     removed = 0
     if every:

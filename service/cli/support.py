@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -29,6 +32,33 @@ def experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadRe
             click.echo(str(problem), err=True)
         sys.exit(1)
     return result
+
+
+@contextmanager
+def database_connection(missing_table: str | None = None) -> Iterator[Any]:
+    """An autocommit connection to the configured database; exit 1 with a plain message if not.
+
+    ``missing_table`` names what a command's table is for, so a database that was never
+    migrated gets "run `abx migrate` first" rather than a traceback.
+    """
+    import psycopg
+
+    from service.storage.embedded import database_url
+
+    settings = settings_from_env()
+    try:
+        with psycopg.connect(
+            database_url(settings.database_url, settings.data_dir), autocommit=True
+        ) as conn:
+            yield conn
+    except psycopg.errors.UndefinedTable:
+        if missing_table is None:
+            raise
+        click.echo(f"the {missing_table} table is missing: run `abx migrate` first", err=True)
+        sys.exit(1)
+    except psycopg.OperationalError as error:
+        click.echo(f"cannot reach the database: {error}", err=True)
+        sys.exit(1)
 
 
 AUTH_OFF = (

@@ -289,6 +289,14 @@ def test_the_keys_command(runner: CliRunner, db: str) -> None:
     assert unmigrated.exit_code == 1 and "cannot reach the database" in unmigrated.output
 
 
+def test_abx_keys_on_a_database_never_migrated_says_what_to_do(
+    runner: CliRunner, empty_db: str
+) -> None:
+    refused = runner.invoke(main, ["keys", "list"], env={"ABX_DATABASE_URL": empty_db})
+    assert refused.exit_code == 1
+    assert "the keys table is missing: run `abx migrate` first" in refused.output
+
+
 def test_auth_off_is_explicit_warned_and_shown(
     server_factory: ServerFactory, db: str, experiments_dir: Path
 ) -> None:
