@@ -7,7 +7,7 @@ request). p99 latency is compared with always-valid quantile bounds (Howard & Ra
 together with probability 1 - alpha at every look: the variant is breached once the lower
 bound of its p99 is beyond the margin over the upper bound of the control's, and holds once
 its upper bound is within the margin over the control's lower bound. The bounds are bin
-edges, so the histogram's bin width (12 %) is accounted for, at the price of power for
+edges, so the histogram's bin width (2.3 %) is accounted for, at the price of power for
 margins narrower than about two bins.
 """
 

@@ -21,7 +21,7 @@ def bin_probabilities(median_ms: float) -> np.ndarray:
     return np.diff(cdf)
 
 
-def rolled_back(margin: float, harm: float, sims: int, seed: int) -> int:
+def rolled_back(margin: float, harm: float, sims: int, seed: int, per_hour: int = PER_HOUR) -> int:
     """Experiments in which the variant is ever breached, looking every 12 h."""
     rng = np.random.default_rng(seed)
     guardrail = Guardrail.model_validate(
@@ -31,10 +31,10 @@ def rolled_back(margin: float, harm: float, sims: int, seed: int) -> int:
     looks = HOURS // EVERY
     breached = 0
     for _ in range(sims):
-        a = rng.multinomial(PER_HOUR * EVERY, control, size=looks).cumsum(axis=0)
-        b = rng.multinomial(PER_HOUR * EVERY, variant, size=looks).cumsum(axis=0)
+        a = rng.multinomial(per_hour * EVERY, control, size=looks).cumsum(axis=0)
+        b = rng.multinomial(per_hour * EVERY, variant, size=looks).cumsum(axis=0)
         for look in range(looks):
-            n = PER_HOUR * EVERY * (look + 1)
+            n = per_hour * EVERY * (look + 1)
             health = {"a": ModelHealth(n, 0, list(a[look])), "b": ModelHealth(n, 0, list(b[look]))}
             check = model_guardrail(guardrail, "b", "a", health, 0.05, 10_000)
             if not isinstance(check, str) and check.breached:
@@ -50,9 +50,15 @@ def test_healthy_variants_are_rolled_back_at_most_alpha_at_any_margin(margin: fl
     assert found / sims <= 0.05 + 2.6 * math.sqrt(0.05 * 0.95 / sims)
 
 
-def test_harm_of_twice_a_wide_margin_is_caught() -> None:
-    """At margin 50 %, a p99 twice as far off (+100 %) is caught in at least 95 % of runs.
-    Narrower margins need finer bins than the 12 % the histogram has (docs/statistics.md)."""
+@pytest.mark.parametrize(("margin", "per_hour"), [(0.2, 50), (0.1, 500)])
+def test_harm_of_twice_the_margin_is_caught_given_enough_requests(
+    margin: float, per_hour: int
+) -> None:
+    """A p99 twice the margin off is caught in at least 95 % of runs within 14 days.
+
+    With 2.3 %-wide bins the limit is the tail's sample size, not the bins: a 20 % margin
+    needs about 50 requests per arm an hour, 10 % about 500, 5 % far more (docs/statistics.md).
+    """
     sims = 100
-    found = rolled_back(0.5, 1.0, sims, seed=9)
+    found = rolled_back(margin, 2 * margin, sims, seed=9, per_hour=per_hour)
     assert found / sims >= 0.95 - 2.6 * math.sqrt(0.05 * 0.95 / sims)

@@ -82,3 +82,47 @@ def test_cli_migrate_reports_failure(runner: CliRunner, empty_db: str, tmp_path:
         main, ["migrate"], env={"ABX_DATABASE_URL": empty_db, "ABX_MIGRATIONS": str(tmp_path)}
     )
     assert result.exit_code == 1 and "migration failed: 0001_bad.sql failed" in result.output
+
+
+def test_finer_latency_bins_rebuild_model_health_from_predictions(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """0024: histograms rolled up at 20 bins a decade are rebuilt at 100 from ``predictions``."""
+    from datetime import timedelta
+
+    from service.events import latency
+    from service.events.rollup import roll_up_once
+    from service.events.sums import model_health
+
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < "0024":
+            shutil.copy(path, before / path.name)
+    apply_migrations(empty_db, before)
+    served = [0.5, 4.0, 4.3, 40.0]  # 4.0 and 4.3 ms share a 12 % bin, not a 2.3 % one
+    with psycopg.connect(empty_db) as conn:
+        for latency_ms in served:
+            conn.execute(
+                "INSERT INTO predictions (experiment_key, unit_id, variant_key, reason,"
+                " in_experiment, served_by, model_sha256, provider, batch_rows, latency_ms,"
+                " fallback, cached, shadow, predicted_at) VALUES ('e', 'u', 'a', 'hashed', true,"
+                " 'a', 'x', 'cpu', 1, %s, false, false, false, now())",
+                (latency_ms,),
+            )
+        conn.execute(  # what the rollup wrote before 0024: 142 coarse bins
+            "INSERT INTO model_health VALUES ('e', 'a', current_date, 4, 0, %s)",
+            ([0] * 70 + [4] + [0] * 71,),
+        )
+        conn.execute("UPDATE rollup_state SET value = 4 WHERE name = 'predictions'")
+    apply_migrations(empty_db, MIGRATIONS)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT count(*) FROM model_health").fetchone() == (0,)
+        while roll_up_once(conn, lambda key: timedelta(days=7), timedelta(hours=1)) != (0, 0):
+            pass
+        health = model_health(conn, "e")["a"]
+    assert health.requests == len(served)
+    assert len(health.latency_counts) == latency.BIN_COUNT
+    assert [i for i, count in enumerate(health.latency_counts) if count] == sorted(
+        latency.bin_of(value) for value in served
+    )
