@@ -56,6 +56,16 @@ def validate(paths: tuple[Path, ...]) -> None:
     if not result.ok:
         click.echo(f"{len(result.problems)} problem(s) in {len(files)} file(s)", err=True)
         sys.exit(1)
+    for item in result.experiments:
+        if item.experiment.policy.expected_effect is None:
+            continue
+        from service.decisions.plan import underpowered  # scipy: only when there is a check
+
+        warning = underpowered(item.experiment)
+        if warning is not None:
+            line = item.source.line_of(("policy", "planned_units"))
+            click.echo(f"{item.source.path}:{line}: policy.planned_units: warning: {warning}",
+                       err=True)  # fmt: skip
     click.echo(f"{len(result.experiments)} experiment(s) valid")
 
 

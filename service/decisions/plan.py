@@ -138,3 +138,34 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         plan.n_control, plan.n_treatment, plan.n_control + plan.n_treatment * len(treatments),
         inflation, alpha, daily, days, baseline, deviation, sources,
     )  # fmt: skip
+
+
+def underpowered(experiment: Experiment) -> str | None:
+    """Say so when ``planned_units`` gives the policy's own method less than its power.
+
+    Checked only where the policy gives what the sample size needs: ``expected_effect`` and
+    the primary metric's ``baseline`` (binary) or ``standard_deviation``. None when enough.
+    """
+    policy = experiment.policy
+    binary = experiment.metrics.primary.type == "binary"
+    if policy.expected_effect is None or (
+        policy.baseline is None if binary else policy.standard_deviation is None
+    ):
+        return None
+    inputs = PlanInputs(
+        minimum_detectable_effect=policy.expected_effect, alpha=policy.alpha,
+        power=policy.power, design="policy", baseline=policy.baseline,
+        standard_deviation=policy.standard_deviation,
+    )  # fmt: skip
+    try:
+        plan = make_plan(experiment, inputs, {})
+    except ValueError:  # no treatment with traffic, or a method with no sample-size formula
+        return None
+    needed = max(plan.n_control, plan.n_per_treatment)
+    if needed <= policy.planned_units:
+        return None
+    return (
+        f"{policy.method} needs {needed} units per variant for power {policy.power:g} at "
+        f"expected_effect {policy.expected_effect:g}; planned_units is {policy.planned_units} "
+        f"(raise it, or expect less power)"
+    )

@@ -263,6 +263,12 @@ class Policy(StrictModel):
     """Absolute effect on the primary metric the test is tuned for (mSPRT tau2 = effect**2)."""
     planned_units: Annotated[int, Field(ge=2)] = 10_000
     """Units per variant at the horizon (tunes the tests; the horizon for inconclusive)."""
+    power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    """Power ``abx validate`` checks ``planned_units`` against, for ``expected_effect``."""
+    baseline: Annotated[float, Field(gt=0.0)] | None = None
+    """Binary primary metric: the control's expected rate, for the power check."""
+    standard_deviation: Annotated[float, Field(gt=0.0)] | None = None
+    """Count or continuous primary metric: its per-unit standard deviation, for the power check."""
     looks: Annotated[int, Field(ge=1, le=100)] = 10
     """Group-sequential only: planned looks, equally spaced in information."""
     min_units: Annotated[int, Field(ge=0)] = 500

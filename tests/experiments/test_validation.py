@@ -318,3 +318,50 @@ def test_model_guardrails_must_be_the_built_in_ones(
     path = write(tmp_path, "exp.yaml", text)
     (problem,) = problems_of(path)
     assert expected in problem and problem.startswith(f"{path}:"), problem
+
+
+@pytest.mark.parametrize("method", ["msprt", "confidence_sequence", "group_sequential"])
+def test_validate_warns_when_planned_units_are_too_few_for_the_power(
+    runner: CliRunner, tmp_path: Path, method: str
+) -> None:
+    """10 % -> 11 % needs 14,751 units per arm for 80 % power in a fixed two-sided test at 5 %
+    (Fleiss, Levin & Paik, Statistical Methods for Rates and Proportions, 3rd ed., eq. 4.14
+    without continuity correction: 14,750.8; statsmodels' arcsine NormalIndPower: 14,744);
+    no sequential method can need fewer."""
+    policy = {"method": method, "expected_effect": 0.01, "baseline": 0.10}
+    few = tmp_path / "few.yaml"
+    few.write_text(experiment_yaml(minimal_experiment("few", policy={**policy,
+                                                                      "planned_units": 14_000})))  # fmt: skip
+    warned = runner.invoke(main, ["validate", str(few)])
+    assert warned.exit_code == 0 and "1 experiment(s) valid" in warned.output
+    line = next(
+        i for i, text in enumerate(few.read_text().splitlines(), 1) if "planned_units" in text
+    )
+    assert f"{few}:{line}: policy.planned_units: warning: {method} needs " in warned.output
+    needed = int(warned.output.split(" needs ")[1].split()[0])
+    assert needed >= 14_751
+    enough = tmp_path / "enough" / "enough.yaml"
+    enough.parent.mkdir()
+    enough.write_text(experiment_yaml(minimal_experiment("enough", policy={**policy,
+                                                                            "planned_units": needed})))  # fmt: skip
+    quiet = runner.invoke(main, ["validate", str(enough)])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
+
+
+@pytest.mark.parametrize(
+    ("primary", "policy", "complaint"),
+    [
+        ("binary", {"baseline": 1.2}, "policy.baseline: a rate below 1, got 1.2"),
+        ("continuous", {"baseline": 0.2}, "policy.baseline: only for a binary primary metric"),
+        ("binary", {"standard_deviation": 3.0}, "policy.standard_deviation: not for a binary"),
+        ("binary", {"power": 1.0}, "policy.power"),
+    ],
+)
+def test_power_inputs_must_fit_the_primary_metric(
+    tmp_path: Path, primary: str, policy: dict[str, float], complaint: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(experiment_yaml(minimal_experiment(
+        "p", metrics={"primary": {"name": "m", "type": primary}}, policy=policy)))  # fmt: skip
+    found = [str(problem) for problem in load_experiments([path]).problems]
+    assert any(complaint in text for text in found), found
