@@ -50,16 +50,9 @@ TARGET_THROUGHPUT_RATIO = 0.9
 TARGET_P99_RATIO = 1.1
 
 WRK_SCRIPT = r"""
-local thread_count = 0
-function setup(thread)
-  thread:set("thread_id", thread_count)
-  thread_count = thread_count + 1
-end
 
-local counter = 0
 local countries = {"US", "CA", "GB", "DE", "FR", "BR"}
 local versions = {"1.9.0", "2.0.0", "2.3.1", "3.0.0"}
-local run_id = os.getenv("ABX_BENCH_RUN") or "run"
 local unit_pool = tonumber(os.getenv("ABX_BENCH_UNIT_POOL") or "0")
 local headers = {["Content-Type"] = "application/json",
                  ["Authorization"] = "Bearer " .. os.getenv("ABX_BENCH_TOKEN")}

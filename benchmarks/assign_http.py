@@ -63,21 +63,13 @@ from service.settings import Settings, default_workers
 TARGET_THROUGHPUT_RATIO = 0.6
 TARGET_P99_RATIO = 1.5
 
-# One Lua state per wrk thread: ``setup`` numbers the threads so unit ids never repeat
-# across threads (``common.write_wrk_script`` adds the summary).
+# ``common.write_wrk_script`` adds the preamble (thread_id, counter, run_id) and the summary.
 WRK_SCRIPT = r"""
-local thread_count = 0
-function setup(thread)
-  thread:set("thread_id", thread_count)
-  thread_count = thread_count + 1
-end
 
-local counter = 0
 local countries = {"US", "CA", "GB", "DE", "FR", "BR"}
 local versions = {"1.9.0", "2.0.0", "2.3.1", "3.0.0"}
 local platforms = {"ios", "android", "web"}
 local experiment = os.getenv("ABX_BENCH_EXPERIMENT") or "checkout_ranker"
-local run_id = os.getenv("ABX_BENCH_RUN") or "run"
 local unit_pool = tonumber(os.getenv("ABX_BENCH_UNIT_POOL") or "0")
 local headers = {["Content-Type"] = "application/json"}
 

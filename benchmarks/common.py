@@ -449,9 +449,23 @@ class WrkRun:
         return self.requests / self.seconds
 
 
+WRK_PREAMBLE = r"""
+-- One Lua state per wrk thread: setup numbers the threads, so a script that puts thread_id
+-- in its unit ids never repeats one across threads; counter counts this thread's requests.
+local thread_count = 0
+function setup(thread)
+  thread:set("thread_id", thread_count)
+  thread_count = thread_count + 1
+end
+local counter = 0
+local run_id = os.getenv("ABX_BENCH_RUN") or "run"
+"""
+
+
 def write_wrk_script(path: Path, request_lua: str) -> Path:
-    """A wrk script: ``request_lua`` (``setup``, ``request``...) and the summary ``done``."""
-    path.write_text(request_lua + WRK_DONE)
+    """A wrk script: the shared preamble (``setup``, ``thread_id``, ``counter``, ``run_id``),
+    ``request_lua`` (``request``...) and the summary ``done``."""
+    path.write_text(WRK_PREAMBLE + request_lua + WRK_DONE)
     return path
 
 

@@ -61,7 +61,6 @@ TARGET_P99 = 1.1
 TARGET_SCRAPE_MS = 50.0
 
 REQUEST_LUA = r"""
-local counter = 0
 local headers = {["Content-Type"] = "application/json"}
 local path = os.getenv("BENCH_PATH")
 local extra = os.getenv("BENCH_EXTRA") or ""

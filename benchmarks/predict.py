@@ -230,7 +230,6 @@ def cache(seconds: float) -> None:
 # --- over HTTP --------------------------------------------------------------------------
 
 REQUEST_LUA = r"""
-local counter = 0
 local headers = {["Content-Type"] = "application/json"}
 local path = os.getenv("BENCH_PATH")
 local extra = os.getenv("BENCH_EXTRA") or ""

@@ -41,13 +41,6 @@ from deploy.topology import Topology
 from service.demo.models import build_demo_models
 
 ASSIGN = r"""
-local thread_count = 0
-function setup(thread)
-  thread:set("thread_id", thread_count)
-  thread_count = thread_count + 1
-end
-local counter = 0
-local run_id = os.getenv("ABX_BENCH_RUN") or "run"
 local headers = {["Content-Type"] = "application/json"}
 function request()
   counter = counter + 1
@@ -59,13 +52,6 @@ end
 """
 
 EVENTS = r"""
-local thread_count = 0
-function setup(thread)
-  thread:set("thread_id", thread_count)
-  thread_count = thread_count + 1
-end
-local counter = 0
-local run_id = os.getenv("ABX_BENCH_RUN") or "run"
 local headers = {["Content-Type"] = "application/json"}
 function request()
   counter = counter + 1
