@@ -63,6 +63,16 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token `abx infer --bind` requires (needed off the loopback).",
     )
+    inference_max_connections: int = Field(
+        default=64,
+        ge=1,
+        description="Open connections `abx infer --bind` serves at once; more are answered 503.",
+    )
+    inference_read_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="`abx infer --bind` closes a connection silent this long (slow or idle).",
+    )
     placements: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Internal: `abx serve` passes the measured placements to its workers.",

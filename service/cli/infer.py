@@ -91,7 +91,11 @@ def infer(
         from service.inference.oip import http_server
 
         try:
-            http = http_server(bind, host, settings.inference_token)
+            http = http_server(
+                bind, host, settings.inference_token,
+                max_connections=settings.inference_max_connections,
+                read_timeout_seconds=settings.inference_read_timeout_seconds,
+            )  # fmt: skip
         except ValueError as error:
             click.echo(str(error), err=True)
             sys.exit(2)

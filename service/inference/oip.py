@@ -8,15 +8,19 @@ the workers' (``host.py``), so remote and local callers share batches.
 Security: everything but the two health probes needs ``Authorization: Bearer
 <ABX_INFERENCE_TOKEN>`` when a token is set (compared in constant time), and a bind off the
 loopback interface without a token is refused: the models and their answers are not for
-whoever can reach the port. Bodies are capped (``MAX_BODY_BYTES``). Standard library only.
+whoever can reach the port. Bodies are capped (``MAX_BODY_BYTES``), connections too (one thread
+each, ``max_connections``), and a connection silent for ``read_timeout_seconds`` is closed.
+Standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import re
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -154,6 +158,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: OipServer
 
+    def setup(self) -> None:
+        super().setup()
+        # A timeout on every read: a client that sends its headers or body slowly, or keeps an
+        # idle connection open, loses it after this long (handle_one_request closes on it).
+        self.connection.settimeout(self.server.read_timeout_seconds)
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
@@ -177,7 +187,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         host = self.server.host
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit():  # also refuses a negative length, which would read to EOF
+            self.close_connection = True
+            return self._send(
+                400, {"error": f"Content-Length must be a byte count, not {declared!r}"}
+            )
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             return self._send(413, {"error": f"bodies are limited to {MAX_BODY_BYTES} bytes"})
@@ -217,21 +233,51 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: 45\r\n\r\n"
+    b'{"error":"too many connections: retry later"}'
+)
+
+
 class OipServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` of them: one more is answered
+    503 at once and closed, so no number of clients can make the process spawn threads
+    without end (the Unix socket needs no cap: only this host's workers, as this user, reach it).
+    """
+
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], host: ModelHost, token: str | None, timeout_seconds: float
-    ) -> None:
+        self, address: tuple[str, int], host: ModelHost, token: str | None, timeout_seconds: float,
+        max_connections: int = 64, read_timeout_seconds: float = 30.0,
+    ) -> None:  # fmt: skip
         self.host = host
         self.token = token
         self.timeout_seconds = timeout_seconds
+        self.read_timeout_seconds = read_timeout_seconds
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(BUSY)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def http_server(
-    bind: str, host: ModelHost, token: str | None, timeout_seconds: float = 10.0
-) -> OipServer:
+    bind: str, host: ModelHost, token: str | None, timeout_seconds: float = 10.0,
+    max_connections: int = 64, read_timeout_seconds: float = 30.0,
+) -> OipServer:  # fmt: skip
     """The server for ``--bind``; refuses an address off the loopback without a token."""
     address, _, port = bind.rpartition(":")
     address = address.strip("[]") or "127.0.0.1"
@@ -246,4 +292,5 @@ def http_server(
             f"refusing to serve models on {address} without a token: set ABX_INFERENCE_TOKEN "
             "(clients send it as a bearer token), or bind to 127.0.0.1"
         )
-    return OipServer((address, int(port)), host, token or None, timeout_seconds)
+    return OipServer((address, int(port)), host, token or None, timeout_seconds,
+                     max_connections, read_timeout_seconds)  # fmt: skip

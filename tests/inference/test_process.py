@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -246,3 +247,55 @@ def test_oip_off_the_loopback_needs_a_token(models_root: Path) -> None:
     )
     assert result.returncode == 2
     assert "ABX_INFERENCE_TOKEN" in result.stderr
+
+
+def _raw(url: str, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes on a fresh connection and read until the server closes it or goes quiet."""
+    import socket as socketlib
+
+    host, port = url.removeprefix("http://").split(":")
+    with socketlib.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(request)
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := conn.recv(65536):
+                received += chunk
+                if b"\r\n\r\n" in received and request.startswith(b"GET"):
+                    break
+    return received
+
+
+def test_oip_caps_connections_and_drops_silent_ones(models_root: Path, tmp_path: Path) -> None:
+    """Two connections at most here: a third is answered 503 at once, never queued behind a
+    thread; a connection silent for the read timeout (1 s here) is closed, freeing its slot."""
+    import socket as socketlib
+    import time
+
+    with running_infer(
+        models_root, tmp_path / "infer.log", "--model", "churn_logreg.onnx", "--providers", "cpu",
+        port=free_port(), ABX_INFERENCE_TOKEN=TOKEN, ABX_INFERENCE_MAX_CONNECTIONS="2",
+        ABX_INFERENCE_READ_TIMEOUT_SECONDS="1",
+    ) as process:  # fmt: skip
+        assert process.url is not None
+        host, port = process.url.removeprefix("http://").split(":")
+        probe = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        silent = [socketlib.create_connection((host, int(port))) for _ in range(2)]
+        try:
+            started = time.monotonic()
+            refused = _raw(process.url, probe)
+            assert refused.startswith(b"HTTP/1.1 503"), refused
+            assert time.monotonic() - started < 1.0  # answered, not queued
+            for conn in silent:  # closed by the server after 1 s of silence
+                conn.settimeout(5.0)
+                assert conn.recv(1) == b""
+            assert _raw(process.url, probe).startswith(b"HTTP/1.1 200")
+        finally:
+            for conn in silent:
+                conn.close()
+        for length in (b"-5", b"abc"):
+            answer = _raw(process.url, b"POST /v2/models/churn_logreg/infer HTTP/1.1\r\nHost: x\r\n"
+                          b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: "
+                          + length + b"\r\n\r\n{}")  # fmt: skip
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+            assert b"Content-Length must be a byte count" in answer
+        assert "Traceback" not in process.log()
