@@ -24,6 +24,7 @@ from service.events.sums import (
 )
 from service.experiments.schema import Experiment
 from service.inference.sketches import load_profile, read_sketches
+from service.observability import metrics
 from service.settings import Settings
 
 
@@ -62,7 +63,7 @@ def _mature_only(
 def _ratio_stats(
     conn: Any, experiment: Experiment, units: dict[str, int],
     stats: dict[StatsKey, SufficientStats], through: date | None,
-) -> tuple[set[str], list[str]]:  # fmt: skip
+) -> tuple[set[str], list[str], list[str]]:  # fmt: skip
     """Put each ratio metric's linearised statistics in ``stats``; return what waits, and why.
 
     The first set holds the generic "no outcomes yet" lines the analysis would write for the
@@ -80,12 +81,13 @@ def _ratio_stats(
             waiting.append(f"{metric.name}: ratio metrics are analysed as of now only")
             continue
         assert metric.numerator is not None and metric.denominator is not None
-        found = ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
-                           metric.denominator, units)  # fmt: skip
+        with metrics.RATIO_SUMS_DURATION.labels(experiment.key).time():
+            found = ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
+                               metric.denominator, units)  # fmt: skip
         sums.update({(variant, metric.name): value for variant, value in found.items()})
-    linearized, reasons = ratio_stats(experiment, sums)
+    linearized, reasons, errors = ratio_stats(experiment, sums)
     stats.update(linearized)
-    return replaced, waiting + reasons
+    return replaced, waiting + reasons, errors
 
 
 def drift_checks(
@@ -139,7 +141,7 @@ def run_analysis(
         for metric in experiment.metrics.all_metrics():
             stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
     maturity = _mature_only(conn, experiment, units, stats, through)
-    ratios, waiting = _ratio_stats(conn, experiment, units, stats, through)
+    ratios, waiting, ratio_errors = _ratio_stats(conn, experiment, units, stats, through)
     if use_history:
         design = fix_design(conn, experiment)
         carried = last_run_numbers(conn, experiment).get("carried", {})
@@ -157,6 +159,7 @@ def run_analysis(
     )  # fmt: skip
     result.maturity.update(maturity)
     result.skipped[:] = [line for line in result.skipped if line not in ratios] + waiting
+    result.errors.extend(ratio_errors)
     result.drift.extend(drift_checks(conn, experiment))
     numbers = json_safe(dataclasses.asdict(result))
     numbers["design"] = design.to_json()

@@ -21,14 +21,16 @@ StatsKey = tuple[str, str]  # variant, metric
 
 def ratio_stats(
     experiment: Experiment, sums: Mapping[StatsKey, RatioSums]
-) -> tuple[dict[StatsKey, SufficientStats], list[str]]:
+) -> tuple[dict[StatsKey, SufficientStats], list[str], list[str]]:
     """Each (variant, ratio metric) with a denominator as linearised statistics; the rest waits.
 
-    Returns the statistics and, for each variant and ratio whose denominator is still zero
-    (no sessions yet: the ratio is undefined), a line for the analysis's ``skipped``.
+    Returns the statistics; for each variant and ratio whose denominator is still zero (no
+    sessions yet: the ratio is undefined), a line for the analysis's ``skipped``; and for sums
+    no real units can have, a line for its ``errors``.
     """
     stats: dict[StatsKey, SufficientStats] = {}
     waiting: list[str] = []
+    errors: list[str] = []
     for metric in experiment.metrics.ratio_metrics():
         for (variant, name), found in sorted(sums.items()):
             if name != metric.name:
@@ -42,5 +44,5 @@ def ratio_stats(
                     found.numerator, found.denominator, found.cross
                 )
             except ValueError as error:  # sums that real units cannot have: report, go on
-                waiting.append(f"{name}/{variant}: {error}")
-    return stats, waiting
+                errors.append(f"{name}/{variant}: {error}")
+    return stats, waiting, errors

@@ -113,6 +113,8 @@ def seed_rollups(
             total += int(n)
             exposures.append((experiment.key, experiment.seed, variant, day, int(n)))
             for metric in experiment.metrics.all_metrics():
+                if metric.type == "ratio":
+                    continue  # computed from per-unit totals, which the seed does not write
                 sums = _metric_sums(rng, metric.type, models[metric.name], variant, int(n))
                 stats.append((experiment.key, experiment.seed, variant, metric.name, day, *sums))
     with conn.cursor() as cursor:

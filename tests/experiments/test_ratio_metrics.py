@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from service.events.validation import validate_events
 from service.experiments.validation import load_experiments
 from tests.experiment_files import experiment_yaml, minimal_experiment
 
@@ -72,3 +74,21 @@ def test_a_ratio_of_declared_metrics_is_accepted(tmp_path: Path) -> None:
 def test_ratio_problems(tmp_path: Path, primary: str, extra: str, expected: str) -> None:
     found = problems_for(tmp_path, primary, extra)
     assert any(line.startswith(expected) for line in found), found
+
+
+def test_events_under_a_ratio_name_are_refused(tmp_path: Path) -> None:
+    primary = "{name: revenue_per_session, type: ratio, numerator: revenue, denominator: sessions}"
+    assert problems_for(tmp_path, primary) == []
+    experiment = load_experiments([tmp_path / "exp.yaml"]).experiments[0].experiment
+    events = [
+        {"event_id": "1", "experiment": "exp", "unit": "u1", "metric": "revenue", "value": 3.5},
+        {"event_id": "2", "experiment": "exp", "unit": "u1", "metric": "revenue_per_session",
+         "value": 1.5},
+    ]  # fmt: skip
+    _, errors = validate_events(
+        events, {"exp": experiment}.get, datetime.now(UTC), timedelta(minutes=5)
+    )
+    assert [(e.index, e.field) for e in errors] == [(1, "events[1].metric")]
+    assert (
+        "is a ratio metric" in errors[0].message and "'revenue' and 'sessions'" in errors[0].message
+    )
