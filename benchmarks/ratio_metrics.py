@@ -12,7 +12,13 @@ the share of experiments that ever reject at alpha (must stay at or under alpha)
 Monte-Carlo standard error, the coverage of the fixed-horizon 95 % interval at the last look
 with and without CUPED, and the mean CUPED variance reduction.
 
-Run: ``python benchmarks/ratio_metrics.py [--trials N] [--units N] [--looks K] [--json]``.
+``--read-units N`` instead times the analysis's one read that grows with units rather than
+buckets: ``events.sums.ratio_sums`` over N units with both parts of the ratio (2N rows of
+``unit_outcomes`` in a scratch database), against the baseline of one plain scan that sums
+a single metric's unit totals per variant.
+
+Run: ``python benchmarks/ratio_metrics.py [--trials N] [--units N] [--looks K] [--json]``
+or ``python benchmarks/ratio_metrics.py --read-units 1000000``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import json
 import math
 from typing import Any
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import common  # puts the repository root on sys.path (and bench_database)
 import numpy as np
 
 from analysis import cuped
@@ -114,6 +120,53 @@ def simulate(trials: int, units: int, looks: int, seed: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def time_read(units: int, repeats: int = 5) -> None:
+    import time
+
+    import psycopg
+
+    from service.events.sums import ratio_sums
+
+    with common.bench_database(None) as url, psycopg.connect(url, autocommit=True) as conn:
+        rng = np.random.default_rng(1)
+        values = users(rng, units)
+        with conn.cursor().copy(
+            "COPY unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
+            " x_total) FROM STDIN"
+        ) as copy:
+            for metric, post, pre in (("revenue", 0, 2), ("sessions", 1, 3)):
+                for i in range(units):
+                    copy.write_row(("bench", "bench.v1", metric, f"u{i}", "ab"[i % 2],
+                                    float(values[i, post]), float(values[i, pre])))  # fmt: skip
+        conn.execute("ANALYZE unit_outcomes")
+        exposed = {"a": (units + 1) // 2, "b": units // 2}
+
+        def ratio() -> None:
+            ratio_sums(conn, "bench", "bench.v1", "revenue", "sessions", exposed)
+
+        def scan() -> None:
+            conn.execute(
+                "SELECT variant_key, sum(y_total), sum(y_total * y_total) FROM unit_outcomes"
+                " WHERE experiment_key = 'bench' AND seed = 'bench.v1' AND metric = 'revenue'"
+                " GROUP BY variant_key"
+            ).fetchall()
+
+        timings = {}
+        for name, action in (("ratio_sums", ratio), ("one-metric scan", scan)):
+            action()  # warm the cache
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                action()
+                seconds.append(time.perf_counter() - start)
+            timings[name] = sorted(seconds)[len(seconds) // 2]
+    print(f"{units} units with both parts ({2 * units} rows), median of {repeats}, "
+          f"code {common.code_version()}, load {common.load_average()}")  # fmt: skip
+    for name, seconds in timings.items():
+        print(f"  {name:<16} {seconds * 1000:9.1f} ms")
+    print(f"  ratio_sums / scan {timings['ratio_sums'] / timings['one-metric scan']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=2_000)
@@ -121,7 +174,11 @@ def main() -> None:
     parser.add_argument("--looks", type=int, default=10)
     parser.add_argument("--seed", type=int, default=2018)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--read-units", type=int, help="time the ratio read over N units")
     args = parser.parse_args()
+    if args.read_units:
+        time_read(args.read_units)
+        return
     result = simulate(args.trials, args.units, args.looks, args.seed)
     if args.json:
         print(json.dumps(result))
