@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from service.cli.main import main
 from service.events.ingest import ingest_rows
+from service.observability import metrics
 from tests.decisions.test_cli import reset_worker_context
 from tests.experiment_files import minimal_experiment, write_experiment
 
@@ -73,6 +74,15 @@ def analyze(runner: CliRunner, key: str, env: dict[str, str]) -> tuple[str, dict
     return head, json.loads(body[body.index("{") :])
 
 
+def ratio_reads(key: str) -> float:
+    """How many ratio reads ``abx_ratio_sums_duration_seconds`` has timed for the experiment."""
+    for family in metrics.RATIO_SUMS_DURATION.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count") and sample.labels.get("experiment") == key:
+                return sample.value
+    return 0.0
+
+
 def environment(db: str, tmp_path: Path) -> dict[str, str]:
     return {"ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(tmp_path / "experiments"),
             "ABX_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
@@ -87,7 +97,9 @@ def test_primary_ratio_promotes_the_better_variant_with_cuped(
     write_experiment(tmp_path / "experiments",
                      minimal_experiment(key, metrics=metrics, policy=POLICY | {"method": method}))  # fmt: skip
     raw = simulate(db, key, {"a": 0.0, "b": 0.25}, seed=11)
+    reads = ratio_reads(key)
     head, numbers = analyze(runner, key, environment(db, tmp_path))
+    assert ratio_reads(key) == reads + 1
     [comparison] = numbers["primary"]
     revenue, sessions = raw["a"]
     assert comparison["control_mean"] == pytest.approx(revenue.sum() / sessions.sum(), rel=1e-9)
