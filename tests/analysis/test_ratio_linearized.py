@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 from scipy import stats
 
@@ -113,3 +115,30 @@ def test_linearized_variance_matches_direct_estimate() -> None:
     x, y, _, _ = _sessions(np.random.default_rng(5), (1_000,))
     direct = ratio_estimate(len(x), x.sum(), y.sum(), x @ x, y @ y, x @ y)
     assert_allclose(_arm(x, y).variance_of_mean, direct.variance, rtol=1e-9)
+
+
+unit_values = st.lists(
+    st.tuples(st.integers(0, 50), st.integers(1, 8), st.integers(0, 50), st.integers(1, 8)),
+    min_size=3, max_size=40,
+)  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(unit_values, st.floats(0.01, 100.0))
+def test_units_of_the_numerator_and_denominator_scale_out(
+    units: list[tuple[int, int, int, int]], scale: float
+) -> None:
+    # Revenue in cents instead of dollars scales the ratio and its standard error alike;
+    # sessions counted in halves divides both: the z statistic never changes.
+    x, y, x_pre, y_pre = (np.array(column, dtype=float) for column in zip(*units, strict=True))
+    base = _arm(x, y, x_pre, y_pre)
+    cents = _arm(x * scale, y, x_pre * scale, y_pre)
+    halves = _arm(x, y * scale, x_pre, y_pre * scale)
+    assert_allclose(cents.mean, base.mean * scale, rtol=1e-9)
+    assert_allclose(halves.mean, base.mean / scale, rtol=1e-9)
+    assert_allclose(cents.variance_of_mean, base.variance_of_mean * scale**2, rtol=1e-6, atol=1e-12)
+    assert_allclose(
+        halves.variance_of_mean, base.variance_of_mean / scale**2, rtol=1e-6, atol=1e-12
+    )
+    assert base.variance_of_mean >= 0
+    assert base.has_covariate
