@@ -147,7 +147,7 @@ def linearized_stats(
 
     Notes
     -----
-    Deng, Knoblich & Lu (2018), Section 3.3: to first order
+    The delta method (Deng, Knoblich & Lu 2018) is a first-order expansion: to first order
     ``R_hat - R = mean_i l_i`` with the per-unit linearisation (influence function)
     ``l_i = R + (x_i - R y_i) / ybar``. Its sums follow from the ones above, because
     ``sum_i (x_i - R y_i) = 0`` at ``R = sum_x / sum_y``::
@@ -159,7 +159,8 @@ def linearized_stats(
     variance, and every method that takes a :class:`SufficientStats` (the sequential tests,
     the guardrails) analyses the ratio unchanged. The pre-period ratio
     ``R' = sum_x' / sum_y'`` is linearised the same way and becomes the covariate, which is
-    CUPED for ratio metrics (Deng et al. 2018, Section 3.3; Deng et al. 2013)::
+    CUPED (Deng et al. 2013, Section 3.2) applied to the linearised values: CUPED for ratio
+    metrics::
 
         sum l l' = n R R' + (sum_xx' - R' sum_xy' - R sum_x'y + R R' sum_yy') / (ybar ybar')
 

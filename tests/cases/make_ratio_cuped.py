@@ -1,7 +1,7 @@
 """Derive tests/cases/ratio_metric.json's "cuped_comparison" by exact arithmetic on raw units.
 
 Independent of analysis/: every unit is linearised one by one (Deng, Knoblich & Lu 2018,
-Section 3.3: l_i = R + (x_i - R y_i) / ybar, the same for the pre-period ratio R'), then
+the delta method's first-order expansion: l_i = R + (x_i - R y_i) / ybar, the same for the pre-period ratio R'), then
 CUPED (Deng et al. 2013, Section 3.2) is applied to those per-unit values with the
 within-arm pooled theta, all in Python fractions. Run: python tests/cases/make_ratio_cuped.py
 """
@@ -68,7 +68,7 @@ def main() -> None:
         "difference_variance_exact": str(variance),
         "unadjusted_difference_variance": float(unadjusted),
         "source": "tests/cases/make_ratio_cuped.py: each unit linearised one by one, "
-        "l_i = R + (x_i - R y_i)/ybar (Deng, Knoblich & Lu 2018, Sec. 3.3), the pre-period "
+        "l_i = R + (x_i - R y_i)/ybar (the first-order Taylor expansion of the delta method, Deng, Knoblich & Lu 2018), the pre-period "
         "ratio likewise as the covariate; CUPED on those values with the within-arm pooled "
         "theta (Deng et al. 2013, Sec. 3.2), plug-in variances; exact Python fractions",
     }
