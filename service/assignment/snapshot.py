@@ -82,7 +82,7 @@ def _experiment(served: ServedExperiment, state: ExperimentState | None) -> dict
         "layer": experiment.layer.model_dump() if experiment.layer else None,
         "targeting": definition.get("targeting"),
         "forced": dict(experiment.forced),
-        "metrics": [metric.name for metric in experiment.metrics.all_metrics()],
+        "metrics": [m.name for m in experiment.metrics.all_metrics() if m.type != "ratio"],
         "allocation": {
             "earlier_weights": [list(w) for w in allocation.earlier_weights],
             "pending_weights": list(pending) if pending is not None else None,

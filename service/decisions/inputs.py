@@ -9,18 +9,22 @@ from typing import Any
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.drift import DriftCheck, check_drift, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
+from service.decisions.ratios import ratio_stats
 from service.decisions.results import MetricMaturity, json_safe
 from service.decisions.sequential import design_for
 from service.decisions.store import fix_design, last_run_numbers, stored_design
 from service.events.sums import (
+    RatioSums,
     exposed_units,
     exposed_units_by_day,
     mature_metric_stats,
     metric_stats,
     model_health,
+    ratio_sums,
 )
 from service.experiments.schema import Experiment
 from service.inference.sketches import load_profile, read_sketches
+from service.observability import metrics
 from service.settings import Settings
 
 
@@ -54,6 +58,36 @@ def _mature_only(
             {v: n - mature_units.get(v, 0) for v, n in units.items()},
         )  # fmt: skip
     return found
+
+
+def _ratio_stats(
+    conn: Any, experiment: Experiment, units: dict[str, int],
+    stats: dict[StatsKey, SufficientStats], through: date | None,
+) -> tuple[set[str], list[str], list[str]]:  # fmt: skip
+    """Put each ratio metric's linearised statistics in ``stats``; return what waits, and why.
+
+    The first set holds the generic "no outcomes yet" lines the analysis would write for the
+    variants whose ratio waits (replaced by the reason); ratios read the units' current
+    totals, so an analysis as of a past day has none.
+    """
+    replaced: set[str] = set()
+    waiting: list[str] = []
+    sums: dict[StatsKey, RatioSums] = {}
+    for metric in experiment.metrics.ratio_metrics():
+        for variant in units:
+            stats.pop((variant, metric.name), None)
+            replaced.add(f"{metric.name}/{variant}: no outcomes yet")
+        if through is not None:
+            waiting.append(f"{metric.name}: ratio metrics are analysed as of now only")
+            continue
+        assert metric.numerator is not None and metric.denominator is not None
+        with metrics.RATIO_SUMS_DURATION.labels(experiment.key).time():
+            found = ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
+                               metric.denominator, units)  # fmt: skip
+        sums.update({(variant, metric.name): value for variant, value in found.items()})
+    linearized, reasons, errors = ratio_stats(experiment, sums)
+    stats.update(linearized)
+    return replaced, waiting + reasons, errors
 
 
 def drift_checks(
@@ -107,6 +141,7 @@ def run_analysis(
         for metric in experiment.metrics.all_metrics():
             stats.setdefault((variant, metric.name), SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
     maturity = _mature_only(conn, experiment, units, stats, through)
+    ratios, waiting, ratio_errors = _ratio_stats(conn, experiment, units, stats, through)
     if use_history:
         design = fix_design(conn, experiment)
         carried = last_run_numbers(conn, experiment).get("carried", {})
@@ -123,6 +158,8 @@ def run_analysis(
         daily_units=daily, health=health, today=today,
     )  # fmt: skip
     result.maturity.update(maturity)
+    result.skipped[:] = [line for line in result.skipped if line not in ratios] + waiting
+    result.errors.extend(ratio_errors)
     result.drift.extend(drift_checks(conn, experiment))
     numbers = json_safe(dataclasses.asdict(result))
     numbers["design"] = design.to_json()

@@ -17,7 +17,8 @@ from analysis.inflation_factor import (
     sequential_inflation_factor,
 )
 from analysis.multiple_testing import bonferroni_alpha
-from service.events.sums import exposed_units, exposure_days, metric_stats
+from service.decisions.ratios import ratio_stats
+from service.events.sums import exposed_units, exposure_days, metric_stats, ratio_sums
 from service.experiments.schema import Experiment
 
 
@@ -59,7 +60,11 @@ def observed_inputs(conn: Any, experiment: Experiment) -> dict[str, float]:
     days, units = exposure_days(conn, experiment.key, experiment.seed)
     if days:
         found["daily_units"] = units / days
-    if exposed_units(conn, experiment.key, experiment.seed).get(experiment.control):
+    exposed = exposed_units(conn, experiment.key, experiment.seed)
+    primary = experiment.metrics.primary
+    if exposed.get(experiment.control) and primary.type == "ratio":
+        found.update(_ratio_baseline(conn, experiment, exposed[experiment.control]))
+    elif exposed.get(experiment.control):
         for item in metric_stats(conn, experiment.key, experiment.seed):
             if (
                 item.variant_key == experiment.control
@@ -68,6 +73,23 @@ def observed_inputs(conn: Any, experiment: Experiment) -> dict[str, float]:
                 found["baseline"] = item.stats.mean
                 found["standard_deviation"] = item.stats.variance**0.5
     return found
+
+
+def _ratio_baseline(conn: Any, experiment: Experiment, control_units: int) -> dict[str, float]:
+    """A ratio primary: the control's ratio and the standard deviation of its linearised unit.
+
+    The delta method's per-unit variance (docs/statistics.md#ratio-metrics) is what a sample
+    size for a ratio needs: n units give the ratio a variance of that over n.
+    """
+    primary, control = experiment.metrics.primary, experiment.control
+    assert primary.numerator is not None and primary.denominator is not None
+    sums = ratio_sums(conn, experiment.key, experiment.seed, primary.numerator,
+                      primary.denominator, {control: control_units})  # fmt: skip
+    stats, _, _ = ratio_stats(experiment, {(v, primary.name): s for v, s in sums.items()})
+    found = stats.get((control, primary.name))
+    if found is None:
+        return {}
+    return {"baseline": found.mean, "standard_deviation": found.variance**0.5}
 
 
 def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, float]) -> Plan:

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from service.experiments.schema import Experiment
 
@@ -66,10 +67,10 @@ def default_models(experiment: Experiment) -> dict[str, MetricModel]:
     return models
 
 
-def _metric_sums(
+def _metric_values(
     rng: np.random.Generator, metric_type: str, model: MetricModel, variant: str, n: int
-) -> tuple[float, float, float, float, float]:
-    """Sums of y, y², x, x², xy over n new units (x: the same metric before exposure)."""
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per-unit values y of n new units, and x: the same metric before exposure."""
     latent = rng.standard_normal(n)
     factor = 1.0 + model.lift.get(variant, 0.0)
     if metric_type == "binary":
@@ -85,8 +86,7 @@ def _metric_sums(
             0.0,
             model.base + model.spread * model.base * (0.7 * latent + 0.7 * rng.standard_normal(n)),
         )
-    return (float(y.sum()), float((y * y).sum()), float(x.sum()), float((x * x).sum()),
-            float((x * y).sum()))  # fmt: skip
+    return y, x
 
 
 def seed_rollups(
@@ -95,7 +95,9 @@ def seed_rollups(
 ) -> int:  # fmt: skip
     """Write ``exposure_counts`` and ``metric_stats`` for ``days`` days ending ``last_day``.
 
-    ``skew`` multiplies a variant's traffic (an SRM on purpose). Returns the exposed units.
+    ``skew`` multiplies a variant's traffic (an SRM on purpose). The metrics a ratio divides
+    also get their units' totals (``unit_outcomes``), which a ratio's analysis reads. Returns
+    the exposed units.
     """
     rng = np.random.default_rng(rng_seed)
     weights = np.array([v.weight for v in experiment.variants])
@@ -103,6 +105,10 @@ def seed_rollups(
     models = default_models(experiment)
     exposures: list[tuple[Any, ...]] = []
     stats: list[tuple[Any, ...]] = []
+    units: list[tuple[Any, ...]] = []
+    parts = {
+        name for m in experiment.metrics.ratio_metrics() for name in (m.numerator, m.denominator)
+    }
     total = 0
     for offset in range(days):
         day = last_day - timedelta(days=days - 1 - offset)
@@ -113,8 +119,16 @@ def seed_rollups(
             total += int(n)
             exposures.append((experiment.key, experiment.seed, variant, day, int(n)))
             for metric in experiment.metrics.all_metrics():
-                sums = _metric_sums(rng, metric.type, models[metric.name], variant, int(n))
-                stats.append((experiment.key, experiment.seed, variant, metric.name, day, *sums))
+                if metric.type == "ratio":
+                    continue  # computed from its parts' unit totals
+                y, x = _metric_values(rng, metric.type, models[metric.name], variant, int(n))
+                sums = (y.sum(), y @ y, x.sum(), x @ x, x @ y)
+                stats.append((experiment.key, experiment.seed, variant, metric.name, day,
+                              *(float(s) for s in sums)))  # fmt: skip
+                if metric.name in parts:
+                    units.extend((experiment.key, experiment.seed, metric.name,
+                                  f"seed-{day}-{variant}-{i}", variant, float(y[i]), float(x[i]))
+                                 for i in range(int(n)))  # fmt: skip
     with conn.cursor() as cursor:
         with cursor.copy(
             "COPY exposure_counts (experiment_key, seed, variant_key, bucket, units) FROM STDIN"
@@ -126,6 +140,12 @@ def seed_rollups(
             " sum_y, sum_y2, sum_x, sum_x2, sum_xy) FROM STDIN"
         ) as copy:
             for row in stats:
+                copy.write_row(row)
+        with cursor.copy(
+            "COPY unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
+            " x_total) FROM STDIN"
+        ) as copy:
+            for row in units:
                 copy.write_row(row)
     return total
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from analysis.ratio_metric import RatioCrossSums
 from analysis.sufficient_stats import SufficientStats
 
 
@@ -178,3 +180,53 @@ def mature_metric_stats(
         if n > 0:
             stats.setdefault(variant, SufficientStats(n, 0.0, 0.0, 0.0, 0.0, 0.0))
     return cutoff, units, stats
+
+
+@dataclass(frozen=True)
+class RatioSums:
+    """One variant's sums for a ratio metric, all from one snapshot of the unit totals."""
+
+    numerator: SufficientStats
+    denominator: SufficientStats
+    cross: RatioCrossSums
+
+
+def ratio_sums(
+    conn: Any, experiment_key: str, seed: str, numerator: str, denominator: str,
+    units: Mapping[str, int],
+) -> dict[str, RatioSums]:  # fmt: skip
+    """Per-unit sums of a ratio's numerator and denominator and their cross products.
+
+    The cross products (x y and, for CUPED, with the pre-period x' y') need both totals of
+    each unit, which the bucketed ``metric_stats`` cannot give: they are summed over the
+    units' current totals (``unit_outcomes``, one statement so every sum is of one snapshot;
+    cost grows with the units that have outcomes of either metric). Units exposed without
+    outcomes count as zeros, as in :func:`metric_stats`.
+    """
+    rows = conn.execute(
+        "SELECT coalesce(a.variant_key, b.variant_key), sum(x), sum(x*x), sum(y), sum(y*y),"
+        " sum(x*y), sum(xp), sum(xp*xp), sum(yp), sum(yp*yp), sum(xp*yp), sum(x*xp), sum(y*yp),"
+        " sum(x*yp), sum(xp*y)"
+        " FROM (SELECT unit_id, variant_key, y_total AS post_x, x_total AS pre_x FROM unit_outcomes"
+        "       WHERE experiment_key = %s AND seed = %s AND metric = %s) a"
+        " FULL JOIN (SELECT unit_id, variant_key, y_total AS post_y, x_total AS pre_y FROM unit_outcomes"
+        "       WHERE experiment_key = %s AND seed = %s AND metric = %s) b USING (unit_id),"
+        " LATERAL (SELECT coalesce(a.post_x, 0), coalesce(a.pre_x, 0), coalesce(b.post_y, 0),"
+        "          coalesce(b.pre_y, 0)) AS v(x, xp, y, yp)"
+        " GROUP BY 1",
+        (experiment_key, seed, numerator, experiment_key, seed, denominator),
+    ).fetchall()
+    found = {str(row[0]): [float(value) for value in row[1:]] for row in rows}
+    result = {}
+    for variant, n in units.items():
+        if n <= 0:
+            continue
+        x, x2, y, y2, xy, xp, xp2, yp, yp2, xpyp, xxp, yyp, xyp, xpy = found.get(
+            variant, [0.0] * 14
+        )
+        result[variant] = RatioSums(
+            SufficientStats(n, x, x2, xp, xp2, xxp),
+            SufficientStats(n, y, y2, yp, yp2, yyp),
+            RatioCrossSums(xy, xpyp, xyp, xpy),
+        )
+    return result

@@ -157,6 +157,11 @@ def validate_events(
             )
             continue
         problem = _value_problem(metric.type, event.value)
+        if metric.type == "ratio":
+            problem = (f"{metric.name!r} is a ratio metric, computed from per-unit totals of "
+                       f"{metric.numerator!r} and {metric.denominator!r}: send those instead")  # fmt: skip
+            errors.append(EventError(index, f"{prefix}.metric", problem))
+            continue
         if problem is not None:
             errors.append(EventError(index, f"{prefix}.value", problem))
             continue

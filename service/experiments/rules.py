@@ -116,6 +116,7 @@ def _metric_problems(experiment: Experiment) -> Iterator[RuleProblem]:
             yield RuleProblem(path, f"duplicate metric name {name!r}")
         seen.add(name)
     yield from _window_problems(experiment, [path[:-1] for path, _ in paths])
+    yield from _ratio_problems(experiment, [path[:-1] for path, _ in paths])
     for index, guardrail in enumerate(metrics.guardrails):
         yield from _model_guardrail_problems(guardrail.name, guardrail.type, index)
 
@@ -135,6 +136,47 @@ def _window_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[
                 f"{metric.window} is longer than the experiment's outcome_window_hours "
                 f"({experiment.outcome_window_hours:g}): outcomes after that are never attributed",
             )
+
+
+def _ratio_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[RuleProblem]:
+    """A ratio names two declared, windowless non-ratio metrics; other metrics name none."""
+    declared = {metric.name: metric for metric in experiment.metrics.all_metrics()}
+    for path, metric in zip(paths, experiment.metrics.all_metrics(), strict=True):
+        parts = (("numerator", metric.numerator), ("denominator", metric.denominator))
+        if metric.type != "ratio":
+            for field, value in parts:
+                if value is not None:
+                    yield RuleProblem((*path, field), f"only a 'type: ratio' metric takes "
+                                      f"'{field}' ({metric.name!r} is {metric.type})")  # fmt: skip
+            continue
+        if metric.window is not None:
+            yield RuleProblem((*path, "window"), "a ratio metric has no window of its own: "
+                              "it is computed from its numerator and denominator")  # fmt: skip
+        for field, value in parts:
+            if value is None:
+                yield RuleProblem(path, f"a ratio metric needs '{field}': the name of a metric "
+                                  "declared in this file")  # fmt: skip
+                continue
+            component = declared.get(value)
+            problem = None
+            if value == metric.name:
+                problem = "a ratio cannot divide itself"
+            elif component is None:
+                close = difflib.get_close_matches(value, declared, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problem = f"unknown metric {value!r}{hint}; declared: {', '.join(declared)}"
+            elif component.type == "ratio":
+                problem = f"{value!r} is itself a ratio; name the metrics it divides"
+            elif value in MODEL_HEALTH_METRICS:
+                problem = f"{value!r} is a model-health guardrail, not a per-unit metric"
+            elif component.window is not None:
+                problem = (f"{value!r} has an outcome window; ratios of windowed metrics are "
+                           "not supported yet")  # fmt: skip
+            if problem is not None:
+                yield RuleProblem((*path, field), problem)
+        if metric.numerator is not None and metric.numerator == metric.denominator:
+            yield RuleProblem((*path, "denominator"), "numerator and denominator are the same "
+                              "metric: the ratio is always 1")  # fmt: skip
 
 
 def _model_guardrail_problems(name: str, kind: str, index: int) -> Iterator[RuleProblem]:

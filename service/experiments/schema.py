@@ -196,9 +196,13 @@ Any other guardrail name starting with ``model_`` is refused: it would silently 
 
 class Metric(StrictModel):
     name: Key
-    type: Literal["binary", "count", "continuous"]
+    type: Literal["binary", "count", "continuous", "ratio"]
     direction: Literal["increase", "decrease"] = "increase"
     description: str = ""
+    numerator: Key | None = None
+    denominator: Key | None = None
+    """``type: ratio`` only: the metrics (declared in this file, not ratios) whose per-unit
+    totals divide, e.g. revenue per session; analysed by the delta method (docs/statistics.md)."""
     window: Duration | None = None
     """Outcome window (``7d``): only outcomes within it after exposure count, and only units
     exposed at least this long ago (plus ``maturity.delay``) enter the analysis."""
@@ -226,6 +230,10 @@ class Metrics(StrictModel):
 
     def all_metrics(self) -> list[Metric]:
         return [self.primary, *self.secondary, *self.guardrails]
+
+    def ratio_metrics(self) -> list[Metric]:
+        """The ``type: ratio`` metrics: computed from two others, never sent as events."""
+        return [metric for metric in self.all_metrics() if metric.type == "ratio"]
 
 
 class Ramp(StrictModel):

@@ -181,6 +181,12 @@ ANALYSIS_DURATION = Histogram(
     ["experiment"],
     buckets=ANALYSIS_SECONDS,
 )
+RATIO_SUMS_DURATION = Histogram(
+    "abx_ratio_sums_duration_seconds",
+    "Time to sum one ratio metric's per-unit cross products (grows with units, not buckets).",
+    ["experiment"],
+    buckets=ANALYSIS_SECONDS,
+)
 ANALYSIS_LAST_SUCCESS = Gauge(
     "abx_analysis_last_success_timestamp_seconds",
     "When the experiment was last analysed (Unix time, from analysis_runs).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import numpy as np
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -131,3 +132,34 @@ def test_the_policy_design_is_the_experiments_own_method() -> None:
     own = make_plan(exp, PlanInputs(0.01, baseline=0.1, design="policy"), {})
     named = make_plan(exp, PlanInputs(0.01, baseline=0.1, design=exp.policy.method), {})
     assert own == named and own.inflation_factor > 1.0
+
+
+def test_observed_ratio_baseline_is_the_delta_method_unit(db: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.experiment_files import minimal_experiment, write_experiment
+
+    metrics = {
+        "primary": {"name": "rps", "type": "ratio", "numerator": "revenue", "denominator": "sessions"},
+        "secondary": [{"name": "revenue", "type": "continuous"}, {"name": "sessions", "type": "count"}],
+    }  # fmt: skip
+    path = write_experiment(tmp_path, minimal_experiment("rps", metrics=metrics))
+    exp = load_experiments([path]).experiments[0].experiment
+    revenue, sessions = [5.0, 0.0, 12.0, 3.0, 8.0], [2.0, 1.0, 4.0, 1.0, 3.0]
+    today = datetime.now(UTC).date()
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(  # 6 exposed units: the sixth has no outcomes (counts as 0 / 0)
+            "INSERT INTO exposure_counts VALUES (%s, %s, 'a', %s, 6)", (exp.key, exp.seed, today)
+        )
+        for metric, values in (("revenue", revenue), ("sessions", sessions)):
+            for i, value in enumerate(values):
+                conn.execute(
+                    "INSERT INTO unit_outcomes VALUES (%s, %s, %s, %s, 'a', %s, 0)",
+                    (exp.key, exp.seed, metric, f"u{i}", value),
+                )
+        observed = observed_inputs(conn, exp)
+    x, y = np.array([*revenue, 0.0]), np.array([*sessions, 0.0])
+    ratio = x.sum() / y.sum()
+    linearised = (x - ratio * y) / y.mean()  # Deng et al. (2018): the unit's influence
+    assert observed["baseline"] == pytest.approx(ratio)
+    assert observed["standard_deviation"] == pytest.approx(linearised.std())
+    plan = make_plan(exp, PlanInputs(0.1), observed)
+    assert plan.sources["standard_deviation"] == "observed"

@@ -1,0 +1,48 @@
+"""Ratio metrics as the sufficient statistics every method reads. Pure.
+
+A ratio metric (``type: ratio``: revenue per session) divides two per-unit totals. Each
+variant's sums of numerator, denominator and their cross products become the sums of the
+ratio's per-unit linearisation (the delta method, :func:`analysis.ratio_metric.linearized_stats`),
+so the mSPRT, the confidence sequences, the group-sequential boundaries, CUPED and the
+guardrails analyse a ratio exactly as they analyse a mean: docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from analysis.ratio_metric import linearized_stats
+from analysis.sufficient_stats import SufficientStats
+from service.events.sums import RatioSums
+from service.experiments.schema import Experiment
+
+StatsKey = tuple[str, str]  # variant, metric
+
+
+def ratio_stats(
+    experiment: Experiment, sums: Mapping[StatsKey, RatioSums]
+) -> tuple[dict[StatsKey, SufficientStats], list[str], list[str]]:
+    """Each (variant, ratio metric) with a denominator as linearised statistics; the rest waits.
+
+    Returns the statistics; for each variant and ratio whose denominator is still zero (no
+    sessions yet: the ratio is undefined), a line for the analysis's ``skipped``; and for sums
+    no real units can have, a line for its ``errors``.
+    """
+    stats: dict[StatsKey, SufficientStats] = {}
+    waiting: list[str] = []
+    errors: list[str] = []
+    for metric in experiment.metrics.ratio_metrics():
+        for (variant, name), found in sorted(sums.items()):
+            if name != metric.name:
+                continue
+            if found.denominator.total == 0:
+                waiting.append(f"{name}/{variant}: no {metric.denominator} yet (the ratio's "
+                               "denominator is zero)")  # fmt: skip
+                continue
+            try:
+                stats[(variant, name)] = linearized_stats(
+                    found.numerator, found.denominator, found.cross
+                )
+            except ValueError as error:  # sums that real units cannot have: report, go on
+                errors.append(f"{name}/{variant}: {error}")
+    return stats, waiting, errors
