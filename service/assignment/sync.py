@@ -73,24 +73,48 @@ def sync_experiments(
                 ),
             )
             weights = weights_of(experiment)
+            # A bandit's own re-weightings are not YAML edits: compare with the YAML's rows.
             latest = conn.execute(
                 "SELECT fingerprint FROM allocations WHERE experiment_key = %s AND seed = %s"
-                " ORDER BY allocation_id DESC LIMIT 1",
+                " AND origin = 'yaml' ORDER BY allocation_id DESC LIMIT 1",
                 (experiment.key, experiment.seed),
             ).fetchone()
             if latest is None or latest[0] != _fingerprint(weights):
-                settle = 0.0 if latest is None else settle_seconds
-                conn.execute(
-                    "INSERT INTO allocations (experiment_key, seed, weights, fingerprint,"
-                    " effective_at) VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
-                    (
-                        experiment.key,
-                        experiment.seed,
-                        Jsonb(weights),
-                        _fingerprint(weights),
-                        settle,
-                    ),
+                append_allocation(
+                    conn, experiment, weights, 0.0 if latest is None else settle_seconds
                 )
+
+
+def append_allocation(
+    conn: Any,
+    experiment: Experiment,
+    weights: dict[str, float],
+    settle_seconds: float,
+    origin: str = "yaml",
+) -> None:
+    """Announce new weights, in force ``settle_seconds`` from now (the one way weights change).
+
+    Units already assigned keep their variant (the assignment core asks the sticky store
+    wherever earlier bounds differ); only new units follow the new weights.
+    """
+    conn.execute(
+        "INSERT INTO allocations (experiment_key, seed, weights, fingerprint, effective_at,"
+        " origin) VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s), %s)",
+        (experiment.key, experiment.seed, Jsonb(weights), _fingerprint(weights), settle_seconds,
+         origin),
+    )  # fmt: skip
+
+
+def allocation_history(
+    conn: Any, experiment: Experiment
+) -> list[tuple[dict[str, float], datetime]]:
+    """Every allocation of the experiment under its seed: (weights, effective_at), in order."""
+    rows = conn.execute(
+        "SELECT weights, effective_at FROM allocations WHERE experiment_key = %s AND seed = %s"
+        " ORDER BY effective_at, allocation_id",
+        (experiment.key, experiment.seed),
+    ).fetchall()
+    return [({k: float(v) for k, v in dict(weights).items()}, at) for weights, at in rows]
 
 
 def read_allocations(conn: Any, registry: Registry) -> tuple[dict[str, AllocationPlan], datetime]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from service.assignment.state import load_state
 from service.decisions.inputs import run_analysis
+from service.decisions.reweight import reweight_bandit
 from service.decisions.rules import Decision, active_treatments, decide
 from service.decisions.store import (
     already_alerted,
@@ -46,6 +47,9 @@ def analyze_and_decide(conn: Any, experiment: Experiment, actor: str = "abx") ->
         now = record_analysis_run(conn, experiment, numbers)
         decision = decide(experiment, state, analysis, started, now)
         if decision.kind == "continue":
+            reweighted = reweight_bandit(conn, experiment, state, analysis, numbers, actor)
+            if reweighted is not None:
+                return AnalysisOutcome(*reweighted, numbers)
             return AnalysisOutcome(decision, None, [], numbers)
         if decision.kind == "alert" and already_alerted(conn, experiment, decision):
             return AnalysisOutcome(dataclasses.replace(decision, kind="continue",

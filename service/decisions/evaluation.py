@@ -7,7 +7,7 @@ function, so a page never shows a number the decision did not use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date
 
@@ -15,6 +15,7 @@ from analysis import cuped, guardrails, srm
 from analysis.mixture_tuning import tau2_from_expected_effect
 from analysis.multiple_testing import holm
 from analysis.sufficient_stats import SufficientStats
+from service.decisions import bandit
 from service.decisions.model_health import (
     MODEL_FALLBACK_RATE,
     MODEL_LATENCY_P99,
@@ -148,6 +149,7 @@ def analyze(
     daily_units: Mapping[date, Mapping[str, int]] | None = None,
     health: Mapping[str, ModelHealth] | None = None,
     today: date | None = None,
+    periods: Sequence[bandit.Period] | None = None,
 ) -> tuple[ExperimentAnalysis, Carried]:
     """Compare every treatment with the control on every metric; return what the next look needs.
 
@@ -155,15 +157,23 @@ def analyze(
     what-if analysis); ``carried`` what the previous look returned. ``today`` marks the
     days still filling (no per-day SRM test on them). A comparison that waits for data is
     listed in ``skipped``; one that cannot be computed for any other reason in ``errors``.
+    A bandit's comparisons and SRM test go by allocation period (``periods``; one period of
+    the pooled sums when absent), see ``bandit.py``.
     """
     design = design or design_for(experiment)
+    if design.method == "bandit" and periods is None:
+        periods = [bandit.Period(weights, units, stats, units)]
     carried = carried or {}
     previous: dict[str, Carried] = carried.get("comparisons", {})
     control = experiment.control
     treatments = [v.key for v in experiment.variants if v.key != control and units.get(v.key)]
-    srm_check, srm_state = _srm(
-        design, units, weights, daily_units or {}, carried.get("srm"), today
-    )
+    if periods is not None:
+        active = [k for k, w in weights.items() if w > 0]
+        srm_check, srm_state = bandit.period_srm(design, periods, active, carried.get("srm"))
+    else:
+        srm_check, srm_state = _srm(
+            design, units, weights, daily_units or {}, carried.get("srm"), today
+        )
     result = ExperimentAnalysis(experiment.key, experiment.seed, design.method, design.alpha,
                                 dict(units), srm_check)  # fmt: skip
     states: dict[str, Carried] = {}
@@ -180,10 +190,15 @@ def analyze(
                 result.skipped.append(f"{metric.name}/{variant}: no outcomes yet")
                 continue
             try:
-                comparison, state = _compare(
-                    experiment, design, metric, base, other, variant, previous.get(name)
-                )
-            except NotYet as waiting:
+                if periods is not None:
+                    comparison, state = bandit.compare(
+                        design, metric, control, variant, periods, previous.get(name)
+                    )
+                else:
+                    comparison, state = _compare(
+                        experiment, design, metric, base, other, variant, previous.get(name)
+                    )
+            except (NotYet, bandit.WaitForData) as waiting:
                 result.skipped.append(f"{metric.name}/{variant}: {waiting}")
                 continue
             except (ValueError, ArithmeticError) as error:

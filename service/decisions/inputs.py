@@ -7,12 +7,15 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from analysis.sufficient_stats import SufficientStats
+from service.assignment.sync import LIVE_WRITER_SECONDS, allocation_history
+from service.decisions.bandit import Period
 from service.decisions.drift import DriftCheck, check_drift, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
 from service.decisions.ratios import ratio_stats
 from service.decisions.results import MetricMaturity, json_safe
 from service.decisions.sequential import design_for
 from service.decisions.store import fix_design, last_run_numbers, stored_design
+from service.events.periods import period_sums
 from service.events.sums import (
     RatioSums,
     exposed_units,
@@ -117,6 +120,19 @@ def drift_checks(
     ]  # fmt: skip
 
 
+def bandit_periods(conn: Any, experiment: Experiment) -> list[Period]:
+    """A bandit's allocation periods with their units and sums (``events.periods``).
+
+    Units exposed within a few state polls after a switch are left out of the SRM counts:
+    a process may not have switched yet (``allocation.py``; heartbeats live 10 s).
+    """
+    guard = timedelta(seconds=LIVE_WRITER_SECONDS + 2 * Settings().state_poll_seconds)
+    found = period_sums(
+        conn, experiment.key, experiment.seed, allocation_history(conn, experiment), guard
+    )
+    return [Period(p.weights, p.settled_units, p.stats, p.units) for p in found]
+
+
 def run_analysis(
     conn: Any,
     experiment: Experiment,
@@ -153,9 +169,10 @@ def run_analysis(
     today = datetime.now(UTC).date()
     if through is not None:
         today = min(today, through + timedelta(days=1))
+    periods = bandit_periods(conn, experiment) if design.method == "bandit" else None
     result, state = analyze(
         experiment, units, stats, weights, design=design, carried=carried,
-        daily_units=daily, health=health, today=today,
+        daily_units=daily, health=health, today=today, periods=periods or None,
     )  # fmt: skip
     result.maturity.update(maturity)
     result.skipped[:] = [line for line in result.skipped if line not in ratios] + waiting

@@ -106,6 +106,10 @@ def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaitin
     metrics.DECISIONS.labels(key, outcome.decision.kind).inc()
     metrics.DECISIONS_AWAITING.labels(key).set(awaiting)
     metrics.ANALYSIS_COMPARISON_ERRORS.labels(key).set(len(outcome.numbers.get("errors", [])))
+    bandit = outcome.numbers.get("bandit")
+    if isinstance(bandit, dict):
+        for variant, weight in bandit.get("weights", {}).items():
+            metrics.BANDIT_WEIGHT.labels(key, variant).set(weight)
     srm = outcome.numbers.get("srm")
     if isinstance(srm, dict) and srm.get("p_value") is not None:
         metrics.SRM_P_VALUE.labels(key).set(srm["p_value"])

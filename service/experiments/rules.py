@@ -57,6 +57,7 @@ def check_experiment(experiment: Experiment) -> list[RuleProblem]:
     problems.extend(_metric_problems(experiment))
     problems.extend(_drift_problems(experiment))
     problems.extend(_power_input_problems(experiment))
+    problems.extend(_bandit_problems(experiment))
     return problems
 
 
@@ -71,6 +72,36 @@ def _power_input_problems(experiment: Experiment) -> Iterator[RuleProblem]:
     if policy.standard_deviation is not None and binary:
         yield RuleProblem(("policy", "standard_deviation"), "not for a binary primary metric "
                           "(its variance follows from baseline)")  # fmt: skip
+
+
+def _bandit_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    """A bandit block needs the bandit method; its floors must fit, and the YAML weights too."""
+    policy = experiment.policy
+    if policy.method != "bandit":
+        if policy.bandit is not None:
+            yield RuleProblem(
+                ("policy", "bandit"), f"a bandit block needs method: bandit (it is {policy.method})"
+            )
+        return
+    bandit = policy.bandit_settings
+    arms = len(experiment.variants)
+    control_floor = max(bandit.control_floor, bandit.arm_floor)
+    total = control_floor + bandit.arm_floor * (arms - 1)
+    if total > 1.0 + WEIGHT_TOLERANCE:
+        yield RuleProblem(
+            ("policy", "bandit", "arm_floor") if policy.bandit else ("policy", "method"),
+            f"floors sum to {total:.6g} over {arms} arms (control {control_floor:g}, each other "
+            f"arm {bandit.arm_floor:g}): they must leave room, at most 1",
+        )
+        return
+    for index, variant in enumerate(experiment.variants):
+        floor = control_floor if variant.key == experiment.control else bandit.arm_floor
+        if variant.weight + WEIGHT_TOLERANCE < floor:
+            yield RuleProblem(
+                ("variants", index, "weight"),
+                f"a bandit starts from these weights: {variant.weight:g} is under the "
+                f"{'control' if variant.key == experiment.control else 'arm'} floor {floor:g}",
+            )
 
 
 def _drift_problems(experiment: Experiment) -> Iterator[RuleProblem]:

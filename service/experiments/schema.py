@@ -262,10 +262,28 @@ class DriftGuardrail(StrictModel):
     action: Literal["alert", "halt", "rollback"] = "alert"
 
 
+class Bandit(StrictModel):
+    """Thompson sampling (``method: bandit``): how traffic moves between arms at each analysis.
+
+    Each arm's weight is its floor plus its share of the rest by the posterior probability
+    that it is the best on the primary metric (Beta–Bernoulli for binary metrics, normal
+    otherwise); units already assigned keep their variant.
+    """
+
+    control_floor: Fraction = 0.2
+    """The control's share never goes below this (nor below ``arm_floor``)."""
+    arm_floor: Fraction = 0.05
+    """No arm's share goes below this."""
+    min_units: Annotated[int, Field(ge=0)] = 100
+    """Units every arm needs before the first re-weighting (until then the YAML's weights)."""
+    draws: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+    """Monte Carlo draws from the posteriors for the probability that each arm is best."""
+
+
 class Policy(StrictModel):
     """How the decision workers judge and act on this experiment."""
 
-    method: Literal["msprt", "confidence_sequence", "group_sequential"] = "msprt"
+    method: Literal["msprt", "confidence_sequence", "group_sequential", "bandit"] = "msprt"
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     expected_effect: Annotated[float, Field(gt=0.0)] | None = None
     """Absolute effect on the primary metric the test is tuned for (mSPRT tau2 = effect**2)."""
@@ -287,6 +305,12 @@ class Policy(StrictModel):
     srm_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     webhooks: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
     drift: list[DriftGuardrail] = Field(default_factory=list)
+    bandit: Bandit | None = None
+    """``method: bandit`` only (its defaults apply when absent)."""
+
+    @property
+    def bandit_settings(self) -> Bandit:
+        return self.bandit or Bandit()
 
 
 class Experiment(StrictModel):

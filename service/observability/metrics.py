@@ -203,6 +203,12 @@ DECISIONS = Counter(
     "Decisions recorded, automatic or human, by kind (continue counted too).",
     ["experiment", "kind"],
 )
+BANDIT_WEIGHT = Gauge(
+    "abx_bandit_weight",
+    "A bandit's latest weight per variant, as its last analysis left it (its floor at least).",
+    ["experiment", "variant"],
+    multiprocess_mode="mostrecent",
+)
 DECISIONS_AWAITING = Gauge(
     "abx_decisions_awaiting_approval",
     "Decisions waiting for a human's approve.",
