@@ -1,0 +1,59 @@
+"""A bandit's YAML: every mistake is reported as file:line: field: message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.experiments.validation import load_experiments
+from tests.experiment_files import experiment_yaml, minimal_experiment
+
+
+def bandit_yaml(**bandit: object) -> str:
+    policy: dict[str, object] = {"method": "bandit"}
+    if bandit:
+        policy["bandit"] = dict(bandit)
+    return experiment_yaml(minimal_experiment("exp", policy=policy))
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text, encoding="utf-8")
+    return [str(p) for p in load_experiments([path]).problems]
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), start=1) if needle in line)
+
+
+def test_a_bandit_with_defaults_and_one_with_every_field_are_valid(tmp_path: Path) -> None:
+    assert problems(tmp_path, bandit_yaml()) == []
+    full = bandit_yaml(control_floor=0.3, arm_floor=0.1, min_units=200, draws=5000)
+    assert problems(tmp_path, full) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle", "expected"),
+    [
+        ({"colour": 1}, "colour", "policy.bandit.colour: unknown field"),
+        ({"arm_floor": 1.5}, "arm_floor", "policy.bandit.arm_floor: Input should be less than"),
+        ({"draws": 10}, "draws", "policy.bandit.draws: Input should be greater than or equal"),
+        ({"min_units": "100"}, "min_units", "policy.bandit.min_units: Input should be a valid"),
+        ({"arm_floor": 0.6}, "arm_floor", "policy.bandit.arm_floor: floors sum to 1.2 over 2"),
+        ({"control_floor": 0.6}, "weight: 0.5", "variants[0].weight: a bandit starts from"),
+    ],
+)
+def test_bandit_fields_are_checked_with_their_line(
+    tmp_path: Path, fields: dict[str, object], needle: str, expected: str
+) -> None:
+    text = bandit_yaml(**fields)
+    found = problems(tmp_path, text)
+    assert any(f"exp.yaml:{line_of(text, needle)}: {expected}" in p for p in found), found
+
+
+def test_a_bandit_block_needs_the_bandit_method(tmp_path: Path) -> None:
+    text = experiment_yaml(minimal_experiment("exp", policy={"bandit": {"arm_floor": 0.1}}))
+    found = problems(tmp_path, text)
+    expected = f"exp.yaml:{line_of(text, 'bandit')}: policy.bandit: a bandit block needs method"
+    assert any(expected in p for p in found), found
