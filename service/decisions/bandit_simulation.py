@@ -43,6 +43,8 @@ class BanditReplay:
     significant: bool = False
     significant_look: int | None = None
     better: bool | None = None
+    variant: str | None = None
+    """The treatment of the first significant comparison."""
     srm_flagged: bool = False
     regret: float = 0.0
     """Expected conversions lost against serving the best arm to every unit."""
@@ -87,6 +89,7 @@ def replay_bandit(
         for comparison in analysis.primary:
             if comparison.significant and not result.significant:
                 result.significant, result.better = True, comparison.better
+                result.variant = comparison.variant
                 result.significant_look = index + 1
         if scenario.adaptive:
             found = bandit.reweigh(experiment, keys, pooled, rng)

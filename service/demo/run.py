@@ -98,6 +98,10 @@ def _client(
         _predict(session, base, user, rng, tally)
         if LOOP_EXPERIMENT in keys:
             _outcomes(session, base, user, tally)
+        banner = [a["variant"] for a in assignments
+                  if a["experiment"] == BANDIT_EXPERIMENT and a["in_experiment"]]  # fmt: skip
+        if banner:
+            _banner_click(session, base, user, banner[0], tally)
 
 
 PREDICT_EXPERIMENT = "checkout_ranker"
@@ -126,6 +130,37 @@ def _outcomes(session: requests.Session, base: str, user: dict[str, Any], tally:
     except (requests.RequestException, KeyError, ValueError):
         with tally.lock:
             tally.errors += 1
+
+
+BANDIT_EXPERIMENT = "offer_banner"
+TRUE_CLICKS = {"classic": 0.05, "countdown": 0.09, "social": 0.06}
+"""The bandit's truth: the countdown banner is clicked most, so traffic should move to it."""
+
+
+def _banner_click(
+    session: requests.Session, base: str, user: dict[str, Any], variant: str, tally: Tally
+) -> None:
+    """Report a click on the user's banner, drawn once from their id (deduplicated)."""
+    if not random.Random(f"{user['unit']}-click").random() < TRUE_CLICKS.get(variant, 0.0):
+        return
+    event = {"event_id": f"{user['unit']}-click", "experiment": BANDIT_EXPERIMENT,
+             "unit": user["unit"], "metric": "banner_click", "value": 1}  # fmt: skip
+    try:
+        session.post(f"{base}/v1/events", json={"events": [event]}, timeout=10).raise_for_status()
+    except requests.RequestException:
+        with tally.lock:
+            tally.errors += 1
+
+
+def _bandit_weights(base: str, token: str) -> tuple[int, dict[str, float]] | None:
+    """How many times the bandit re-weighted, and its latest weights (from the audit log)."""
+    try:
+        audit = requests.get(f"{base}/v1/experiments/{BANDIT_EXPERIMENT}/decisions", timeout=5,
+                             headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+    except (requests.RequestException, ValueError):
+        return None
+    moves = [d for d in audit.get("decisions", []) if d["kind"] == "reweight"]
+    return (len(moves), moves[-1]["numbers"]["bandit"]["weights"]) if moves else None
 
 
 def _predict(
@@ -204,6 +239,22 @@ def _report_loop(state: dict[str, Any]) -> None:
     if latest:
         line += f"; last decision {latest['kind']} by {latest['actor']}: {latest['reason']}"
     click.echo(line)
+
+
+def _report_bandit(base: str, token: str, moved_before: bool) -> bool:
+    """Show the bandit's weights; announce its first move. Returns whether it has moved."""
+    found = _bandit_weights(base, token)
+    if found is None:
+        click.echo(f"  {BANDIT_EXPERIMENT} (bandit): waiting for 100 units per arm to re-weight")
+        return moved_before
+    moves, weights = found
+    shown = ", ".join(f"{k} {w:.0%}" for k, w in weights.items())
+    click.echo(f"  {BANDIT_EXPERIMENT} (bandit): weights {shown} after {moves} re-weighting(s);"
+               f" true click rates {TRUE_CLICKS}")  # fmt: skip
+    if not moved_before:
+        click.echo(f"\n>>> {BANDIT_EXPERIMENT}: the bandit moved traffic ({shown}); users"
+                   " already assigned keep their banner\n")  # fmt: skip
+    return True
 
 
 def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -347,6 +398,7 @@ def run_demo(
         )
         started = time.monotonic()
         promoted_at: float | None = None
+        bandit_moved = False
         for thread in workers:
             thread.start()
         try:
@@ -362,6 +414,8 @@ def run_demo(
                 _report(tally, keys, time.monotonic() - started)
                 loop = _loop_state(base, analyst)
                 _report_loop(loop)
+                if BANDIT_EXPERIMENT in keys:
+                    bandit_moved = _report_bandit(base, analyst, bandit_moved)
                 if promoted_at is None and loop.get("current", {}).get("state") == "promoted":
                     promoted_at = time.monotonic()
                     click.echo(f"\n>>> {LOOP_EXPERIMENT}: the worker promoted {loop['current']['winner']}"

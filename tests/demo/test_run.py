@@ -55,6 +55,7 @@ def test_demo_runs_the_whole_loop_until_the_better_model_is_promoted(
     assert "exposures stored in PostgreSQL" in result.stdout, shown
     assert "predict checkout_ranker: " in result.stdout, shown
     assert ">>> retention_offer: the worker promoted mlp" in result.stdout, shown
+    assert ">>> offer_banner: the bandit moved traffic" in result.stdout, shown
     assert "Where to look:" in result.stdout, shown
     with psycopg.connect(db) as conn:
         (exposures,) = conn.execute("SELECT count(*) FROM exposures").fetchone()  # type: ignore[misc]
