@@ -129,7 +129,12 @@ def evidence_over_time(
     exposures: Iterable[ExposureBucket],
     metrics: Iterable[MetricBucket],
 ) -> list[EvidencePoint]:
-    """The primary comparisons of every treatment as of the end of each day (UTC)."""
+    """The primary comparisons of every treatment as of the end of each day (UTC).
+
+    None for a bandit: day sums pool its allocation periods, which its analysis never does.
+    """
+    if experiment.policy.method == "bandit":
+        return []
     primary = experiment.metrics.primary.name
     metric_rows = [m for m in metrics if m.metric == primary]
     exposure_rows = list(exposures)

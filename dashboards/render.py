@@ -27,6 +27,7 @@ INTERVALS = {
     "msprt": "always-valid interval (mSPRT)",
     "confidence_sequence": "always-valid interval (confidence sequence)",
     "group_sequential": "group-sequential boundary interval",
+    "bandit": "always-valid interval (confidence sequence by allocation period)",
 }
 
 
@@ -125,7 +126,8 @@ def experiment_figures(page: ExperimentPage) -> dict[str, figures.Figure]:
         found["exposures"] = figures.exposures_figure(
             page.exposures, styles, experiment.policy.planned_units
         )
-        if len(page.exposures.expected_share) >= 2:
+        # A bandit's weights change between days: its SRM test runs per allocation period.
+        if len(page.exposures.expected_share) >= 2 and experiment.policy.method != "bandit":
             found["srm"] = figures.srm_figure(page.exposures, styles)
     if page.health:
         found["latency"] = figures.latency_figure(page.health, styles)

@@ -136,6 +136,8 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         design, looks = experiment.policy.method, experiment.policy.looks
     if design == "group_sequential":
         design = "spending-obf"
+    if design == "bandit":  # its comparison runs under the confidence sequence
+        design = "confidence_sequence"
     if design in ("msprt", "confidence_sequence"):
         inflation = mixture_inflation_factor(alpha, inputs.power)
     elif design in ("obf", "pocock"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,6 +14,8 @@ from service.decisions.cycle import analyze_and_decide
 from service.decisions.store import decision_log
 from service.events.rollup import roll_up_once, windows_from
 from service.experiments.schema import Experiment
+from service.experiments.validation import load_experiments
+from tests.conftest import Api, ServerFactory, wait_for
 from tests.experiment_files import minimal_experiment
 
 BANDIT = Experiment.model_validate(
@@ -115,3 +118,73 @@ def test_srm_is_checked_against_the_weights_in_force_in_each_period(
     outcome = analyze_and_decide(conn, BANDIT)
     assert outcome.decision.kind == "halt"
     assert "sample ratio mismatch" in outcome.decision.reason
+
+
+def assign_batch(api: Api, units: list[str]) -> dict[str, str]:
+    """Each unit's variant of offer_banner, from /v1/assign/batch."""
+    items = [{"experiment": "offer_banner", "unit": u} for u in units]
+    answer = api.post("/v1/assign/batch", {"items": items})
+    assert answer.status_code == 200, answer.text
+    return {u: a["variant"] for u, a in zip(units, answer.json()["assignments"], strict=True)}
+
+
+def test_a_bandit_end_to_end_keeps_units_sticky_and_shows_on_every_page(
+    server_factory: ServerFactory, db: str, experiments_dir: Path, conn: psycopg.Connection
+) -> None:
+    for other in experiments_dir.glob("*.yaml"):  # the bandit alone: no models to load
+        if other.name != "offer_banner.yaml":
+            other.unlink()
+    server = server_factory(db, experiments_dir, ABX_ALLOCATION_SETTLE_SECONDS="0.5")
+    api = Api(server.base_url, key=None)
+    (loaded,) = [i.experiment for i in load_experiments([experiments_dir]).experiments
+                 if i.experiment.key == "offer_banner"]  # fmt: skip
+    units = [f"user-{i}" for i in range(900)]
+    first = assign_batch(api, units)
+    clicks = {"classic": 0.05, "countdown": 0.3, "social": 0.05}
+    events = [{"event_id": f"{u}-click", "experiment": "offer_banner", "unit": u,
+               "metric": "banner_click", "value": 1}
+              for i, u in enumerate(units) if (i % 100) / 100 < clicks[first[u]]]  # fmt: skip
+
+    def exposed() -> bool:
+        (stored,) = conn.execute(
+            "SELECT count(*) FROM exposures WHERE experiment_key = 'offer_banner'"
+        ).fetchone()
+        return bool(stored == len(units))
+
+    assert wait_for(exposed, timeout=30)  # else an event could be judged unexposed
+    assert api.post("/v1/events", {"events": events}).status_code == 202
+
+    def rolled_up() -> bool:
+        roll_up_once(conn, windows_from({loaded.key: loaded}), timedelta(minutes=5))
+        (attributed,) = conn.execute(
+            "SELECT count(*) FROM outcomes WHERE experiment_key = 'offer_banner'"
+            " AND status = 'attributed'"
+        ).fetchone()
+        return bool(attributed == len(events))
+
+    assert wait_for(rolled_up, timeout=30)
+    outcome = analyze_and_decide(conn, loaded)
+    assert outcome.decision.kind == "reweight", outcome.decision
+    weights = allocation_history(conn, loaded)[-1][0]
+    assert weights["countdown"] > 0.5 and weights["classic"] >= 0.2
+
+    def switched() -> bool:
+        summary = api.get("/v1/experiments/offer_banner").json()
+        served = {v["key"]: v["weight"] for v in summary["variants"]}
+        return not summary["allocation_pending"] and served == weights
+
+    assert wait_for(switched, timeout=30)
+    # Units already assigned keep their banner; new ones follow the new weights.
+    assert assign_batch(api, units) == first
+    fresh = list(assign_batch(api, [f"fresh-{i}" for i in range(600)]).values())
+    share = fresh.count("countdown") / len(fresh)
+    margin = 4 * (weights["countdown"] * (1 - weights["countdown"]) / len(fresh)) ** 0.5
+    assert abs(share - weights["countdown"]) < margin
+    # The audit log, the analysis API and the dashboard show the bandit.
+    audit = api.get("/v1/experiments/offer_banner/decisions").json()["decisions"]
+    assert [d["kind"] for d in audit] == ["reweight"]
+    analysis = api.get("/v1/experiments/offer_banner/analysis")
+    assert analysis.status_code == 200 and analysis.json()["method"] == "bandit"
+    assert analysis.json()["weights"] == weights
+    page = api.get("/dashboards/offer_banner")
+    assert page.status_code == 200 and "reweight" in page.text, server.log()[-3000:]
