@@ -15,6 +15,12 @@ the confidence sequence). Reported with 95 % Wilson intervals:
   traffic, and the share of runs where the bandit's final comparison found the better arm.
 
     python benchmarks/bandit.py [--replays 1000] [--periods 30] [--units 1000]
+    python benchmarks/bandit.py --part periods [--exposures 1000000]   # PostgreSQL
+
+``--part periods`` times what a bandit's analysis reads on top of a test's: its sums split
+by allocation period (one pass over its exposures and unit totals, ``events/periods.py``),
+against the pooled reads of the rollup tables every method makes, on a scratch database
+with ``--exposures`` units in 3 arms over 30 periods and a conversion for 10 % of them.
 """
 
 from __future__ import annotations
@@ -57,12 +63,78 @@ def mean_with_ci(values: list[float]) -> str:
     return f"{mean:.1f} ± {half:.1f}"
 
 
+def periods_part(exposures: int) -> None:
+    """Time the period read against the pooled rollup reads on the same data."""
+    import psycopg
+
+    from service.assignment.sync import append_allocation, sync_experiments
+    from service.decisions.inputs import bandit_periods
+    from service.events.sums import exposed_units, metric_stats
+
+    experiment = experiment_for(3, "bandit")
+    with common.bench_database(None) as url, psycopg.connect(url, autocommit=True) as conn:
+        sync_experiments(conn, [(experiment, "bench.yaml")], 0.0)
+        for _ in range(29):
+            append_allocation(conn, experiment, {"control": 0.4, "t1": 0.3, "t2": 0.3}, 0.0)
+        conn.execute(
+            "UPDATE allocations SET effective_at = now() - interval '30 hours'"
+            " + (allocation_id - (SELECT min(allocation_id) FROM allocations)) * interval '1 hour'"
+        )
+        loaded = time.perf_counter()
+        key, seed = experiment.key, experiment.seed
+        conn.execute(
+            "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
+            " SELECT %s, %s, 'u' || i, (ARRAY['control', 't1', 't2'])[1 + i %% 3],"
+            " now() - interval '30 hours' + (i::float / %s) * interval '30 hours'"
+            " FROM generate_series(1, %s) AS i",
+            (key, seed, exposures, exposures),
+        )
+        conn.execute(
+            "INSERT INTO unit_outcomes (experiment_key, seed, metric, unit_id, variant_key,"
+            " y_total) SELECT experiment_key, seed, 'primary', unit_id, variant_key, 1"
+            " FROM exposures WHERE hashtext(unit_id) % 10 = 0"
+        )
+        conn.execute(
+            "INSERT INTO exposure_counts (experiment_key, seed, variant_key, bucket, units)"
+            " SELECT experiment_key, seed, variant_key, first_exposed_at::date, count(*)"
+            " FROM exposures GROUP BY 1, 2, 3, 4"
+        )
+        conn.execute(
+            "INSERT INTO metric_stats (experiment_key, seed, variant_key, metric, bucket, sum_y,"
+            " sum_y2, sum_x, sum_x2, sum_xy) SELECT experiment_key, seed, variant_key, metric,"
+            " current_date, sum(y_total), sum(y_total * y_total), 0, 0, 0 FROM unit_outcomes"
+            " GROUP BY 1, 2, 3, 4"
+        )
+        conn.execute(
+            "UPDATE rollup_state SET value = (SELECT max(exposure_pk) FROM exposures)"
+            " WHERE name = 'exposures'"
+        )
+        conn.execute("ANALYZE")
+        print(f"{exposures} exposures, 30 periods loaded in {time.perf_counter() - loaded:.0f} s")
+
+        def pooled() -> object:
+            return exposed_units(conn, key, seed), metric_stats(conn, key, seed)
+
+        pooled_times, _ = common.timed(pooled, 5)
+        period_times, found = common.timed(lambda: bandit_periods(conn, experiment), 5)
+        units = sum(sum(p.units.values()) for p in found)
+        print(f"pooled rollup reads: median {statistics.median(pooled_times):.1f} ms")
+        print(f"period read ({len(found)} periods, {units} units): median "
+              f"{statistics.median(period_times):.0f} ms "
+              f"({statistics.median(period_times) / statistics.median(pooled_times):.0f}x)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replays", type=int, default=1000)
     parser.add_argument("--periods", type=int, default=30)
     parser.add_argument("--units", type=int, default=1000, help="units per period")
+    parser.add_argument("--part", choices=["simulation", "periods"], default="simulation")
+    parser.add_argument("--exposures", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.part == "periods":
+        periods_part(args.exposures)
+        return
     print(f"abx {common.code_version()}: {args.replays} replays, {args.periods} periods of "
           f"{args.units} units, alpha 0.05, one look and one re-weighting per period")  # fmt: skip
     started = time.perf_counter()

@@ -46,43 +46,44 @@ def period_sums(
     """
     if not allocations:
         return []
-    starts = [None, *(at for _, at in allocations[1:])]
-    ends = [*(at for _, at in allocations[1:]), None]
-    settled_from = [None if at is None else at + guard for at in starts]
+    # Period p (0-based) starts at bounds[p] (1-based in SQL) for p >= 1: width_bucket's
+    # binary search over the sorted switch times gives each exposure's period.
+    bounds = [at for _, at in allocations[1:]]
     periods = [
-        PeriodSums(weights, start, {}, {})
-        for (weights, _), start in zip(allocations, starts, strict=True)
+        PeriodSums(weights, None if index == 0 else bounds[index - 1], {}, {})
+        for index, (weights, _) in enumerate(allocations)
     ]
-    joined = (
-        " FROM exposures x JOIN unnest(%s::timestamptz[], %s::timestamptz[], %s::timestamptz[])"
-        " WITH ORDINALITY AS p(starts, ends, settled, period)"
-        " ON (p.starts IS NULL OR x.first_exposed_at >= p.starts)"
-        " AND (p.ends IS NULL OR x.first_exposed_at < p.ends)"
+    of_period = (
+        " FROM exposures x CROSS JOIN LATERAL (SELECT width_bucket(x.first_exposed_at,"
+        " %(bounds)s::timestamptz[]) AS period) p"
     )
     where = (
-        " WHERE x.experiment_key = %s AND x.seed = %s"
+        " WHERE x.experiment_key = %(key)s AND x.seed = %(seed)s"
         " AND x.exposure_pk <= (SELECT value FROM rollup_state WHERE name = 'exposures')"
     )
-    parameters = (starts, ends, settled_from, experiment_key, seed)
+    parameters = {"bounds": bounds, "key": experiment_key, "seed": seed, "guard": guard}
     for period, variant, units, settled in conn.execute(
-        "SELECT p.period, x.variant_key, count(*), count(*) FILTER (WHERE p.settled IS NULL"
-        " OR x.first_exposed_at >= p.settled)" + joined + where + " GROUP BY 1, 2",
+        "SELECT p.period, x.variant_key, count(*), count(*) FILTER (WHERE p.period = 0"
+        " OR x.first_exposed_at >= (%(bounds)s::timestamptz[])[p.period] + %(guard)s)"
+        + of_period
+        + where
+        + " GROUP BY 1, 2",
         parameters,
     ):
-        periods[period - 1].units[variant] = int(units)
-        periods[period - 1].settled_units[variant] = int(settled)
+        periods[period].units[variant] = int(units)
+        periods[period].settled_units[variant] = int(settled)
     for period, variant, metric, total, squares in conn.execute(
         "SELECT p.period, x.variant_key, u.metric, sum(u.y_total), sum(u.y_total * u.y_total)"
-        + joined
+        + of_period
         + " JOIN unit_outcomes u ON u.experiment_key = x.experiment_key AND u.seed = x.seed"
         " AND u.unit_id = x.unit_id AND u.variant_key = x.variant_key"
         + where
         + " GROUP BY 1, 2, 3",
         parameters,
     ):
-        n = periods[period - 1].units.get(variant, 0)
+        n = periods[period].units.get(variant, 0)
         if n > 0:
-            periods[period - 1].stats[(variant, metric)] = SufficientStats(
+            periods[period].stats[(variant, metric)] = SufficientStats(
                 n, float(total), float(squares)
             )
     return periods
