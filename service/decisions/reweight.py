@@ -35,7 +35,9 @@ def reweight_bandit(
     ``numbers`` (what the task publishes) gains a ``bandit`` entry either way: the weights
     in force after this look and, when they stay, why.
     """
-    if experiment.policy.method != "bandit" or state.state not in ("running", "ramping"):
+    # The method fixed at the first analysis (a YAML edit to or from `bandit` changes nothing
+    # until the experiment is re-randomized), so weights never move under a pooled analysis.
+    if analysis.method != "bandit" or state.state not in ("running", "ramping"):
         return None
     history = allocation_history(conn, experiment)
     current = history[-1][0] if history else {v.key: v.weight for v in experiment.variants}
