@@ -133,7 +133,7 @@ def _outcomes(session: requests.Session, base: str, user: dict[str, Any], tally:
 
 
 BANDIT_EXPERIMENT = "offer_banner"
-TRUE_CLICKS = {"classic": 0.05, "countdown": 0.09, "social": 0.06}
+TRUE_CLICKS = {"classic": 0.04, "countdown": 0.12, "social": 0.05}
 """The bandit's truth: the countdown banner is clicked most, so traffic should move to it."""
 
 
@@ -248,7 +248,7 @@ def _report_bandit(base: str, token: str, moved_before: bool) -> bool:
         click.echo(f"  {BANDIT_EXPERIMENT} (bandit): waiting for 100 units per arm to re-weight")
         return moved_before
     moves, weights = found
-    shown = ", ".join(f"{k} {w:.0%}" for k, w in weights.items())
+    shown = ", ".join(f"{k} {w:.0%}" for k, w in sorted(weights.items()))
     click.echo(f"  {BANDIT_EXPERIMENT} (bandit): weights {shown} after {moves} re-weighting(s);"
                f" true click rates {TRUE_CLICKS}")  # fmt: skip
     if not moved_before:
