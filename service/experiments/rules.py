@@ -96,7 +96,8 @@ def _bandit_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         return
     for index, variant in enumerate(experiment.variants):
         floor = control_floor if variant.key == experiment.control else bandit.arm_floor
-        if variant.weight + WEIGHT_TOLERANCE < floor:
+        off = variant.weight == 0 and variant.key != experiment.control  # as if rolled back
+        if not off and variant.weight + WEIGHT_TOLERANCE < floor:
             yield RuleProblem(
                 ("variants", index, "weight"),
                 f"a bandit starts from these weights: {variant.weight:g} is under the "

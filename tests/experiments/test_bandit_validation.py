@@ -31,6 +31,10 @@ def test_a_bandit_with_defaults_and_one_with_every_field_are_valid(tmp_path: Pat
     assert problems(tmp_path, bandit_yaml()) == []
     full = bandit_yaml(control_floor=0.3, arm_floor=0.1, min_units=200, draws=5000)
     assert problems(tmp_path, full) == []
+    off = full.replace("{key: a, weight: 0.5}", "{key: a, weight: 1.0}").replace(
+        "{key: b, weight: 0.5}", "{key: b, weight: 0.0}"
+    )
+    assert off != full and problems(tmp_path, off) == []  # a treatment turned off (exported)
 
 
 @pytest.mark.parametrize(
