@@ -34,11 +34,13 @@ FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
     "StratifiedDifference",
+    "StratifiedMeans",
     "beta_posterior_draws",
     "floored_weights",
     "normal_posterior_draws",
     "probability_best",
     "stratified_difference",
+    "stratified_means",
 ]
 
 
@@ -137,3 +139,38 @@ def stratified_difference(
         variance += share**2 * (treatment.variance_of_mean + control.variance_of_mean)
         information_units += 2.0 / (1.0 / control.n + 1.0 / treatment.n)
     return StratifiedDifference(difference, variance, information_units, len(used), left_out)
+
+
+@dataclass(frozen=True)
+class StratifiedMeans:
+    """Each arm's mean weighted by the periods' units, with its variance (arms independent)."""
+
+    control_mean: float
+    control_variance_of_mean: float
+    treatment_mean: float
+    treatment_variance_of_mean: float
+    information_units: float
+
+
+def stratified_means(
+    periods: Sequence[tuple[SufficientStats, SufficientStats]],
+) -> StratifiedMeans:
+    """``sum_p (N_p / N) mean_p`` for each arm (the two terms of :func:`stratified_difference`).
+
+    A guardrail's relative harm is a ratio of these, with its delta-method variance
+    (Deng, Knoblich & Lu 2018), as ``analysis.guardrails`` does for pooled sums.
+    """
+    used = [(c, t) for c, t in periods if c.n >= 2 and t.n >= 2]
+    if not used:
+        raise ValueError("no allocation period has two units in both arms yet")
+    total = sum(c.n + t.n for c, t in used)
+    means = [0.0, 0.0, 0.0, 0.0]
+    information_units = 0.0
+    for control, treatment in used:
+        share = (control.n + treatment.n) / total
+        means[0] += share * control.mean
+        means[1] += share**2 * control.variance_of_mean
+        means[2] += share * treatment.mean
+        means[3] += share**2 * treatment.variance_of_mean
+        information_units += 2.0 / (1.0 / control.n + 1.0 / treatment.n)
+    return StratifiedMeans(means[0], means[1], means[2], means[3], information_units)

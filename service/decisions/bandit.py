@@ -1,6 +1,6 @@
 """A bandit's look (``policy.method: bandit``): comparisons by period, SRM by period, new weights. Pure.
 
-Three things differ from a fixed-weight test, and only these:
+These differ from a fixed-weight test, and only these:
 
 * each comparison is the period-stratified difference of ``analysis.bandit`` (pooling
   periods whose weights differed is biased when outcomes drift), under the design's
@@ -11,7 +11,8 @@ Three things differ from a fixed-weight test, and only these:
   each kept at or above its floor (``reweigh``). The generator is passed in, seeded from
   stored data by the caller, so a re-weighting can be replayed.
 
-Guardrails and model-health checks run on the pooled sums exactly as for tests.
+Guardrails are stratified the same way (``guardrail_check``); model-health checks (served
+requests, no weights involved) and drift checks run exactly as for tests.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis import bandit, srm
+from analysis.confidence_sequence import one_sided_halfwidth, one_sided_rho
 from analysis.sufficient_stats import SufficientStats
-from service.decisions.results import Comparison, SrmCheck
+from service.decisions.results import Comparison, GuardrailCheck, SrmCheck
 from service.decisions.sequential import Carried, Design, mixture_look
-from service.experiments.schema import Experiment, Metric
+from service.experiments.schema import Experiment, Guardrail, Metric
 
 MIN_WEIGHT_CHANGE = 0.01
 """A re-weighting moves some arm by at least this much, else the weights stay: every
@@ -85,6 +87,45 @@ def compare(
         "bandit", (),
     )  # fmt: skip
     return comparison, state
+
+
+def guardrail_check(
+    design: Design, guardrail: Guardrail, control: str, variant: str, periods: Sequence[Period]
+) -> GuardrailCheck:
+    """A guardrail on the period-stratified means: one-sided bounds on the harm, as for tests.
+
+    Harm is ``s (m_t - m_c)`` or, for a relative margin, ``s (m_t / m_c - 1)`` with the
+    delta-method variance ``V_t / m_c^2 + m_t^2 V_c / m_c^4`` (``analysis.guardrails``'
+    formulas on the stratified means); the one-sided confidence sequence runs at the
+    design's alpha, tuned at ``planned_units``, with the periods' information as its time.
+    """
+    pairs = [(_arm(p, control, guardrail.name), _arm(p, variant, guardrail.name)) for p in periods]
+    try:
+        means = bandit.stratified_means(pairs)
+    except ValueError as error:
+        raise WaitForData(str(error)) from error
+    sign = 1.0 if guardrail.direction == "decrease" else -1.0  # which way is harm
+    m_c, m_t = means.control_mean, means.treatment_mean
+    relative = guardrail.margin_type == "relative"
+    if relative:
+        if not m_c > 0:
+            raise ValueError("a relative margin needs a positive control mean")
+        harm = sign * (m_t / m_c - 1.0)
+        variance = means.treatment_variance_of_mean / m_c**2
+        variance += m_t**2 * means.control_variance_of_mean / m_c**4
+    else:
+        harm = sign * (m_t - m_c)
+        variance = means.treatment_variance_of_mean + means.control_variance_of_mean
+    if not variance > 0:
+        raise WaitForData("no variance in either arm yet")
+    n = means.information_units
+    rho = one_sided_rho(None, design.planned_units, design.alpha)
+    width = one_sided_halfwidth(n, (variance * n) ** 0.5, design.alpha, rho=rho)
+    low, high = harm - width, harm + width
+    return GuardrailCheck(
+        guardrail.name, variant, low > guardrail.margin, high < guardrail.margin, harm, low,
+        high, guardrail.margin, relative,
+    )  # fmt: skip
 
 
 def period_srm(

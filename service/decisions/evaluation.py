@@ -207,14 +207,14 @@ def analyze(
             target.append(comparison)
             states[name] = state
     _adjust_primary(result, design)
-    _guardrails(experiment, design, treatments, stats, health or {}, result)
+    _guardrails(experiment, design, treatments, stats, health or {}, result, periods)
     return result, {"comparisons": states, "srm": srm_state, "design_version": design.version}
 
 
 def _guardrails(
     experiment: Experiment, design: Design, treatments: list[str],
     stats: Mapping[StatsKey, SufficientStats], health: Mapping[str, ModelHealth],
-    result: ExperimentAnalysis,
+    result: ExperimentAnalysis, periods: Sequence[bandit.Period] | None = None,
 ) -> None:  # fmt: skip
     control = experiment.control
     for guardrail in experiment.metrics.guardrails:
@@ -234,6 +234,16 @@ def _guardrails(
                 continue
             if base.variance <= 0 and other.variance <= 0:
                 result.skipped.append(f"{guardrail.name}/{variant}: no variance in either arm yet")
+                continue
+            if periods is not None:  # a bandit: stratified by allocation period
+                try:
+                    result.guardrails.append(
+                        bandit.guardrail_check(design, guardrail, control, variant, periods)
+                    )
+                except bandit.WaitForData as waiting:
+                    result.skipped.append(f"{guardrail.name}/{variant}: {waiting}")
+                except (ValueError, ArithmeticError) as error:
+                    result.errors.append(f"{guardrail.name}/{variant}: {error}")
                 continue
             try:
                 check = guardrails.check_guardrail(

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from analysis import guardrails
 from analysis.sufficient_stats import SufficientStats
 from service.decisions import bandit
 from service.decisions.bandit_simulation import BanditScenario, replay_bandit
+from service.decisions.sequential import design_for
 from service.decisions.simulation import experiment_for
 
 FLOORS = {"control_floor": 0.2, "arm_floor": 0.1, "draws": 1000, "min_units": 50}
@@ -63,3 +65,30 @@ def test_reweigh_waits_for_units_is_reproducible_and_leaves_rolled_back_arms_out
     assert isinstance(first, bandit.Reweighting) and first == again
     assert first.weights["t2"] == 0.0 and first.weights["t1"] > first.weights["control"] >= 0.2
     assert sum(first.weights.values()) == pytest.approx(1.0)
+
+
+def test_a_bandit_guardrail_on_one_period_is_the_tests_guardrail() -> None:
+    # One period, equal arms and spreads: the stratified bounds are analysis.guardrails' own.
+    rng = np.random.default_rng(21)
+    values = rng.lognormal(0.0, 0.5, 400)
+    control, treatment = (
+        SufficientStats.from_values(values),
+        SufficientStats.from_values(values + 0.1),
+    )
+    experiment = experiment_for(2, "bandit", bandit=FLOORS)
+    data = experiment.model_dump(by_alias=True)
+    data["metrics"]["guardrails"] = [{"name": "latency", "type": "continuous", "margin": 0.05,
+                                      "margin_type": "absolute"}]  # fmt: skip
+    experiment = type(experiment).model_validate(data)
+    guardrail = experiment.metrics.guardrails[0]
+    design = design_for(experiment)
+    period = bandit.Period({"control": 0.5, "t1": 0.5}, {"control": 400, "t1": 400},
+                           {("control", "latency"): control, ("t1", "latency"): treatment},
+                           {"control": 400, "t1": 400})  # fmt: skip
+    found = bandit.guardrail_check(design, guardrail, "control", "t1", [period])
+    expected = guardrails.check_guardrail(control, treatment, margin=0.05, relative=False,
+                                          alpha=design.alpha, planned_n=design.planned_units)  # fmt: skip
+    assert found.harm == pytest.approx(expected.harm)
+    assert found.harm_lower_bound == pytest.approx(expected.harm_lower_bound)
+    assert found.harm_upper_bound == pytest.approx(expected.harm_upper_bound)
+    assert (found.breached, found.holds) == (expected.breached, expected.holds)
