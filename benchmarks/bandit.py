@@ -6,7 +6,7 @@ re-weighting per allocation period, floors applied, the period-stratified differ
 the confidence sequence). Reported with 95 % Wilson intervals:
 
 * A/A, with and without a common trend in the rate: how often any look's primary
-  comparison is significant (the final comparison's false-positive rate, stopping at the
+  comparison is significant, and how often a guardrail with the same truth is breached (the final comparison's false-positive rate, stopping at the
   first rejection as the always-valid interval allows), for the stratified estimator and,
   for contrast, the naive one that pools every period; SRM alarms on exact multinomial
   splits;
@@ -35,6 +35,7 @@ import numpy as np
 
 from service.decisions.bandit_simulation import BanditReplay, BanditScenario, replay_bandit
 from service.decisions.simulation import experiment_for
+from service.experiments.schema import Experiment
 
 
 def wilson(successes: int, trials: int) -> str:
@@ -53,6 +54,11 @@ def runs(arms: int, scenario: BanditScenario, replays: int, seed: int) -> list[B
         bandit={"control_floor": 0.2, "arm_floor": 0.1 if arms == 2 else 0.05, "draws": 2000,
                 "min_units": 100},
     )  # fmt: skip
+    # A guardrail with the primary's truth (no arm harms it), margin 0.5 point absolute.
+    guardrail = {"name": "errors", "type": "binary", "margin": 0.005, "margin_type": "absolute"}
+    definition = experiment.model_dump(by_alias=True)
+    definition["metrics"]["guardrails"] = [guardrail]
+    experiment = Experiment.model_validate(definition)
     rng = np.random.default_rng(seed)
     return [replay_bandit(experiment, scenario, rng) for _ in range(replays)]
 
@@ -147,7 +153,8 @@ def main() -> None:
             label = "stratified" if stratified else "pooled (naive; SRM on current weights)"
             print(f"  arms {arms}, trend {trend:+.2f}/period, {label:38}: false positives "
                   f"{wilson(sum(r.significant for r in found), len(found))}, SRM alarms "
-                  f"{wilson(sum(r.srm_flagged for r in found), len(found))}")  # fmt: skip
+                  f"{wilson(sum(r.srm_flagged for r in found), len(found))}, guardrail breaches "
+                  f"{wilson(sum(r.guardrail_breached for r in found), len(found))}")  # fmt: skip
     print("\nA/B with a true best arm: regret (expected conversions lost) vs a fixed design")
     for rates in ((0.10, 0.12), (0.10, 0.11, 0.13)):
         total = args.units * args.periods

@@ -45,6 +45,8 @@ class BanditReplay:
     better: bool | None = None
     variant: str | None = None
     """The treatment of the first significant comparison."""
+    guardrail_breached: bool = False
+    """Any look found a guardrail breached (the guardrails see the primary's truth too)."""
     srm_flagged: bool = False
     regret: float = 0.0
     """Expected conversions lost against serving the best arm to every unit."""
@@ -64,6 +66,8 @@ def replay_bandit(
     carried: Carried = {}
     periods: list[bandit.Period] = []
     totals = {k: [0, 0.0] for k in keys}
+    guardrails = [g.name for g in experiment.metrics.guardrails]
+    guardrail_totals = dict.fromkeys(((k, g) for k in keys for g in guardrails), 0)
     result = BanditReplay()
     for index in range(scenario.periods):
         rates = [min(max(r + scenario.trend * index, 0.0), 1.0) for r in scenario.rates]
@@ -73,6 +77,10 @@ def replay_bandit(
         for key, count, rate in zip(keys, arrivals, rates, strict=True):
             successes = int(rng.binomial(int(count), rate))
             period_stats[(key, metric)] = SufficientStats(int(count), successes, successes)
+            for name in guardrails:
+                hits = int(rng.binomial(int(count), rate))
+                period_stats[(key, name)] = SufficientStats(int(count), hits, hits)
+                guardrail_totals[(key, name)] += hits
             totals[key][0] += int(count)
             totals[key][1] += successes
             result.regret += int(count) * (best - rate)
@@ -81,11 +89,15 @@ def replay_bandit(
         result.weights.append(dict(weights))
         units = {k: int(totals[k][0]) for k in keys}
         pooled = {(k, metric): SufficientStats(units[k], totals[k][1], totals[k][1]) for k in keys}
+        pooled |= {
+            (k, g): SufficientStats(units[k], n, n) for (k, g), n in guardrail_totals.items()
+        }
         analysis, carried = analyze(
             experiment, units, pooled, weights, design=design, carried=carried,
             periods=periods if scenario.stratified else None,
         )  # fmt: skip
         result.srm_flagged |= bool(analysis.srm is not None and analysis.srm.flagged)
+        result.guardrail_breached |= any(check.breached for check in analysis.guardrails)
         for comparison in analysis.primary:
             if comparison.significant and not result.significant:
                 result.significant, result.better = True, comparison.better

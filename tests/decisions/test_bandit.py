@@ -15,28 +15,39 @@ from service.decisions import bandit
 from service.decisions.bandit_simulation import BanditScenario, replay_bandit
 from service.decisions.sequential import design_for
 from service.decisions.simulation import experiment_for
+from service.experiments.schema import Experiment
 
 FLOORS = {"control_floor": 0.2, "arm_floor": 0.1, "draws": 1000, "min_units": 50}
 EXPERIMENT = experiment_for(2, "bandit", alpha=0.05, planned_units=5000, bandit=FLOORS)
+GUARDRAIL = {"name": "errors", "type": "binary", "margin": 0.005, "margin_type": "absolute"}
+GUARDED = Experiment.model_validate(
+    EXPERIMENT.model_dump(by_alias=True)
+    | {"metrics": {"primary": {"name": "primary", "type": "binary"}, "guardrails": [GUARDRAIL]}}
+)
 
 
-def false_positive_rate(scenario: BanditScenario, replays: int, seed: int) -> tuple[int, int]:
+def false_positive_rate(scenario: BanditScenario, replays: int, seed: int) -> tuple[int, ...]:
+    """Replays with a significant primary, an SRM alarm, a breached guardrail."""
     rng = np.random.default_rng(seed)
-    found = [replay_bandit(EXPERIMENT, scenario, rng) for _ in range(replays)]
-    return sum(r.significant for r in found), sum(r.srm_flagged for r in found)
+    found = [replay_bandit(GUARDED, scenario, rng) for _ in range(replays)]
+    return (sum(r.significant for r in found), sum(r.srm_flagged for r in found),
+            sum(r.guardrail_breached for r in found))  # fmt: skip
 
 
 def test_an_aa_bandit_with_a_trend_keeps_the_false_positive_rate_at_alpha() -> None:
     # Every arm's rate climbs from 5 % to 43 % over 20 periods while the weights wander:
     # pooling the periods would compare early control units with late treatment units.
     scenario = BanditScenario((0.05, 0.05), 1000, 20, trend=0.02)
-    rejections, srm_flags = false_positive_rate(scenario, 150, seed=11)
-    # One-sided binomial test of "rate <= alpha": the replays must not refute it.
+    rejections, srm_flags, breaches = false_positive_rate(scenario, 150, seed=11)
+    # One-sided binomial tests of "rate <= alpha": the replays must not refute them. The
+    # guardrail (errors, same truth in both arms) is stratified the same way.
     assert stats.binomtest(rejections, 150, 0.05, alternative="greater").pvalue > 0.001
+    assert stats.binomtest(breaches, 150, 0.05, alternative="greater").pvalue > 0.001
     assert srm_flags == 0  # the multinomial split is exact: an SRM alarm would be false
     naive = BanditScenario((0.05, 0.05), 1000, 20, trend=0.02, stratified=False)
-    naive_rejections, _ = false_positive_rate(naive, 30, seed=12)
-    assert naive_rejections >= 15  # the pooled estimator fails: the check above can fail too
+    naive_rejections, _, naive_breaches = false_positive_rate(naive, 30, seed=12)
+    # The pooled estimator fails both: the checks above can fail too.
+    assert naive_rejections >= 15 and naive_breaches >= 3
 
 
 def test_a_bandit_with_a_true_best_arm_loses_less_than_a_fixed_50_50_design() -> None:
