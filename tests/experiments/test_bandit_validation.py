@@ -61,3 +61,20 @@ def test_a_bandit_block_needs_the_bandit_method(tmp_path: Path) -> None:
     found = problems(tmp_path, text)
     expected = f"exp.yaml:{line_of(text, 'bandit')}: policy.bandit: a bandit block needs method"
     assert any(expected in p for p in found), found
+
+
+def test_a_bandit_refuses_ratio_metrics_with_their_line(tmp_path: Path) -> None:
+    metrics = {
+        "primary": {"name": "conversion", "type": "binary"},
+        "secondary": [
+            {"name": "revenue", "type": "continuous"},
+            {"name": "sessions", "type": "count"},
+            {"name": "revenue_per_session", "type": "ratio", "numerator": "revenue",
+             "denominator": "sessions"},
+        ],
+    }  # fmt: skip
+    text = experiment_yaml(minimal_experiment("exp", metrics=metrics, policy={"method": "bandit"}))
+    found = problems(tmp_path, text)
+    line = line_of(text, "revenue_per_session")
+    expected = f"exp.yaml:{line}: metrics.secondary[2].type: a bandit cannot analyse ratio"
+    assert any(expected in p for p in found), found
