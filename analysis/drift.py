@@ -27,7 +27,8 @@ import numpy as np
 from scipy import special, stats
 
 __all__ = [
-    "DriftDistance", "distance", "distance_rows", "distances", "ks_distance", "psi", "wasserstein",
+    "DriftDistance", "distance", "distance_rows", "distances", "ks_distance", "psi", "rebin",
+    "wasserstein",
 ]  # fmt: skip
 
 PSI_FLOOR = 1e-4
@@ -84,6 +85,31 @@ def bin_positions(edges: Sequence[float]) -> np.ndarray:
     """Where each bin's mass sits: the outer bins at the outer edges, the others at midpoints."""
     e = np.asarray(edges, dtype=float)
     return np.concatenate([[e[0]], (e[:-1] + e[1:]) / 2, [e[-1]]])
+
+
+def rebin(
+    edges: Sequence[float], histogram: Sequence[float], target_edges: Sequence[float]
+) -> np.ndarray:
+    """A (below, bins..., above) histogram over ``edges`` moved onto ``target_edges``.
+
+    Two models binned on different edges (each its own reference profile's quantiles) are
+    compared on one of them. Mass is taken as uniform within each bin (the usual linear
+    interpolation of a histogram's CDF), and what fell below the first edge or above the last
+    as sitting at that edge, since nothing is known of how far out it lies. Equal edges give
+    the histogram back unchanged; the total is kept.
+    """
+    e = np.asarray(edges, dtype=float)
+    h = np.asarray(histogram, dtype=float)
+    t = np.asarray(target_edges, dtype=float)
+    if h.shape != (e.size + 1,) or e.size < 2 or t.size < 2:
+        raise ValueError("a histogram over n edges has n + 1 counts (below, bins, above)")
+    if np.array_equal(e, t):
+        return h
+    total = h.sum()
+    at_edges = np.concatenate([[h[0]], h[0] + np.cumsum(h[1:-1])])  # mass below each edge
+    cdf = np.interp(t, e, at_edges, left=0.0, right=total - h[-1])
+    cdf[t > e[-1]] = total  # the mass above the last source edge sits at that edge
+    return np.diff(np.concatenate([[0.0], cdf, [total]]))
 
 
 @dataclass(frozen=True)

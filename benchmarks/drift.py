@@ -39,13 +39,19 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def false_alarms(months: int, rows: int, seed: int) -> None:
+def false_alarms(months: int, rows: int, seed: int, profiled: bool = False) -> None:
     from service.decisions.drift import check_drift
     from service.experiments.schema import DriftGuardrail
-    from service.inference.histograms import DEFAULT_EDGES, sketch_of
+    from service.inference.histograms import DEFAULT_EDGES, reference_edges, sketch_of
 
     rng = np.random.default_rng(seed)
     weights = rng.normal(scale=0.3, size=FEATURES)
+    edges = {"a": [DEFAULT_EDGES] * (FEATURES + 1), "b": [DEFAULT_EDGES] * (FEATURES + 1)}
+    if profiled:  # b's bins from a reference sample, as a profile sets them; a's the default
+        sample = rng.normal(size=(3000, FEATURES))
+        scores = 1 / (1 + np.exp(-(sample @ weights)))
+        edges["b"] = [reference_edges(sample[:, j]) for j in range(FEATURES)]
+        edges["b"].append(reference_edges(scores))
     hours = 30 * 24
     guardrails = [DriftGuardrail(kind="input_drift"), DriftGuardrail(kind="prediction_drift")]
     trips = dict.fromkeys(("input_drift", "prediction_drift"), 0)
@@ -61,10 +67,10 @@ def false_alarms(months: int, rows: int, seed: int) -> None:
                 x = rng.normal(size=(rows, FEATURES))
                 p = 1 / (1 + np.exp(-(x @ weights)))
                 features = {
-                    f"input:features[{j}]": sketch_of(x[:, j], DEFAULT_EDGES)
+                    f"input:features[{j}]": sketch_of(x[:, j], edges[variant][j])
                     for j in range(FEATURES)
                 }
-                features["output:probability[0]"] = sketch_of(p, DEFAULT_EDGES)
+                features["output:probability[0]"] = sketch_of(p, edges[variant][FEATURES])
                 grouped[(variant, at)] = features
         now = base + timedelta(hours=hours)
         for guardrail in guardrails:
@@ -77,8 +83,10 @@ def false_alarms(months: int, rows: int, seed: int) -> None:
                 longest = max(longest, run)
             trips[guardrail.kind] += longest >= guardrail.windows
         windows += hours
+    bins = "; b on profile bins, a on the default ones (re-binned)" if profiled else ""
     print_header(
-        f"false alarms on stable traffic: {months} experiment-months, {rows} rows per variant-hour"
+        f"false alarms on stable traffic: {months} experiment-months, {rows} rows per "
+        f"variant-hour{bins}"
     )
     for kind in trips:
         low, high = wilson(trips[kind], months)
@@ -219,6 +227,8 @@ def main() -> None:
     parser.add_argument("--months", type=int, default=20, help="false-alarms: experiment-months")
     parser.add_argument("--rows", type=int, default=500, help="false-alarms: rows per variant-hour")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profiled", action="store_true",
+                        help="false-alarms: the treatment on profile bins, compared re-binned")  # fmt: skip
     parser.add_argument("--requests", type=int, default=20_000, help="sketch: requests per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--experiments", type=int, default=100)
@@ -226,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"code {code_version()}; load average {load_average()}")
     if args.part == "false-alarms":
-        false_alarms(args.months, args.rows, args.seed)
+        false_alarms(args.months, args.rows, args.seed, args.profiled)
     elif args.part == "sketch":
         sketch_cost(args.requests, args.rounds)
     else:

@@ -25,7 +25,9 @@ from dashboards.sample_size import SampleSize, sample_size
 from service.assignment.state import ServingState, initial_state, serving_state
 from service.decisions.drift import DriftCheck
 from service.decisions.evaluation import Comparison, ExperimentAnalysis
+from service.decisions.graduation import GraduationCheck
 from service.decisions.inputs import drift_checks, run_analysis
+from service.decisions.shadows import graduation_checks
 from service.decisions.store import DecisionRecord, decision_log, last_analysis_at
 from service.events.sums import exposure_buckets, metric_buckets
 from service.experiments.schema import Experiment
@@ -53,6 +55,8 @@ class ExperimentPage:
     shadows: list[ShadowReport] = field(default_factory=list)
     """Each shadow over the last ``SHADOW_HOURS`` hours."""
     maturity: list[MaturitySeries] = field(default_factory=list)
+    graduation: list[GraduationCheck] = field(default_factory=list)
+    """Each shadow's hours toward ``policy.shadow_graduation`` (none without the policy)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,7 @@ def experiment_page(
         shadow_reports(conn, experiment, now.replace(minute=0, second=0, microsecond=0)
                        - timedelta(hours=SHADOW_HOURS - 1)),
         maturity_series(experiment, exposure_rows, now),
+        graduation_checks(conn, experiment),
     )  # fmt: skip
 
 

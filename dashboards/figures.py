@@ -369,12 +369,18 @@ CONFIG = {
 def drift_figure(
     checks: Sequence[DriftCheck], styles: Mapping[str, VariantStyle], guardrail: str
 ) -> Figure:
-    """One drift guardrail's distance per window and treatment, against the threshold."""
+    """One drift guardrail's distance per window and treatment, against the threshold.
+
+    A treatment checked against its reference profile and the control (``against: both``) has
+    two lines: the one against its profile dotted.
+    """
     chosen = [c for c in checks if c.guardrail == guardrail and c.variant in styles]
+    profile = "reference profile"
     data: list[dict[str, Any]] = [
         {"type": "scatter", "mode": "lines+markers", "name": f"{c.variant} vs {c.reference}",
          "x": [_iso(w.start) for w in c.history], "y": [finite(w.distance) for w in c.history],
-         "line": _line(styles[c.variant]), "marker": {"symbol": styles[c.variant].marker, "size": 5},
+         "line": {**_line(styles[c.variant]), **({"dash": "dot"} if c.reference == profile else {})},
+         "marker": {"symbol": styles[c.variant].marker, "size": 5},
          "hovertemplate": f"{html.escape(c.variant)} %{{x}}: %{{y:.3f}}<extra></extra>"}
         for c in chosen
     ]  # fmt: skip
@@ -386,10 +392,16 @@ def drift_figure(
                      "line": {"color": NEUTRAL, "dash": "dash", "width": 1.5}, "hoverinfo": "skip"})  # fmt: skip
     measure = chosen[0].measure if chosen else "distance"
     what = "outputs" if guardrail == "prediction_drift" else "input columns"
+    against = " and ".join(
+        sorted(
+            {"the reference profile" if c.reference == profile else "the control" for c in chosen}
+        )
+    )
     return {
         "data": data,
         "layout": _layout(
-            f"{guardrail}: largest {measure} over the {what}, per window, against the control",
+            f"{guardrail}: largest {measure} over the {what}, per window, against "
+            f"{against or 'the control'}",
             xaxis=_axis(**TIME_AXIS), yaxis=_axis(title={"text": f"{measure} (largest column)"},
                                                   rangemode="tozero"),
         ),

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from service.decisions.results import json_safe
+from service.decisions.shadows import graduation_checks
 from service.errors import InvalidRequest, UnknownExperiment
 from service.inference.records import shadow_reports
 
@@ -31,5 +32,8 @@ def experiment_shadows(key: str) -> dict[str, Any]:
     )
     with runtime.database.pool.connection(timeout=2.0) as conn:
         reports = shadow_reports(conn, experiment, since)
+        graduation = graduation_checks(conn, experiment)
     return {"experiment": key, "since": since.isoformat(), "hours": hours,
-            "shadows": [json_safe(r) for r in reports]}  # fmt: skip
+            "shadows": [json_safe(r) for r in reports],
+            "graduation": [json_safe(c) for c in graduation]
+            if experiment.policy.shadow_graduation is not None else None}  # fmt: skip

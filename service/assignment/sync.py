@@ -91,17 +91,21 @@ def append_allocation(
     weights: dict[str, float],
     settle_seconds: float,
     origin: str = "yaml",
+    decision_id: str | None = None,
 ) -> None:
     """Announce new weights, in force ``settle_seconds`` from now (the one way weights change).
 
     Units already assigned keep their variant (the assignment core asks the sticky store
-    wherever earlier bounds differ); only new units follow the new weights.
+    wherever earlier bounds differ); only new units follow the new weights. One set by the
+    decision workers (``origin`` ``bandit`` or ``graduation``, with its decision) stays in force
+    across restarts until the YAML's own weights change (``sync_experiments`` compares the
+    YAML with the latest YAML row only).
     """
     conn.execute(
         "INSERT INTO allocations (experiment_key, seed, weights, fingerprint, effective_at,"
-        " origin) VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s), %s)",
+        " origin, decision_id) VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s), %s, %s)",
         (experiment.key, experiment.seed, Jsonb(weights), _fingerprint(weights), settle_seconds,
-         origin),
+         origin, decision_id),
     )  # fmt: skip
 
 
@@ -235,3 +239,24 @@ def weights_in_force(conn: Any, experiment: Experiment) -> dict[str, float]:
     ).fetchone()
     stored = dict(row[0]) if row else {}
     return {v.key: float(stored.get(v.key, v.weight)) for v in experiment.variants}
+
+
+def allocated_weights(conn: Any, experiment: Experiment) -> dict[str, float]:
+    """The weights the newest allocation gives when a shadow's graduation set it, else the YAML's.
+
+    What the decision workers analyse: a graduation's allocation counts from the moment it is
+    recorded, and a YAML edit not yet synced by any serving process still counts as written.
+    (A bandit's re-weightings are analysed by allocation period, from the YAML's arms.)
+    """
+    yaml = weights_of(experiment)
+    row = conn.execute(
+        "SELECT weights, origin, (SELECT fingerprint FROM allocations WHERE experiment_key = %s"
+        " AND seed = %s AND origin = 'yaml' ORDER BY allocation_id DESC LIMIT 1)"
+        " FROM allocations WHERE experiment_key = %s AND seed = %s"
+        " ORDER BY allocation_id DESC LIMIT 1",
+        (experiment.key, experiment.seed, experiment.key, experiment.seed),
+    ).fetchone()
+    if row is None or row[1] != "graduation" or row[2] != _fingerprint(yaml):
+        return yaml  # no decision's allocation, or the YAML's weights changed since
+    stored = dict(row[0])
+    return {v.key: float(stored.get(v.key, 0.0)) for v in experiment.variants}

@@ -24,6 +24,7 @@ def shadow() -> None:
 def report(experiment_key: str, hours: int) -> None:
     """Agreement, output differences and latency per hour, with 95 % intervals."""
     from service.cli.support import experiment_or_exit, settings_from_env
+    from service.decisions.shadows import graduation_checks
     from service.inference.records import shadow_reports
     from service.storage.database import Database
     from service.storage.embedded import database_url
@@ -41,6 +42,7 @@ def report(experiment_key: str, hours: int) -> None:
     try:
         with database.pool.connection(timeout=10.0) as conn:
             reports = shadow_reports(conn, experiment, since)
+            graduation = {c.variant: c for c in graduation_checks(conn, experiment)}
     finally:
         database.close()
     for found in reports:
@@ -61,3 +63,8 @@ def report(experiment_key: str, hours: int) -> None:
             )
         if not found.hours:
             click.echo("  no shadow runs in these hours")
+        check = graduation.get(found.variant)
+        if check is not None:
+            status = "ready" if check.ready else f"latest hour: {check.missed}"
+            click.echo(f"  graduation ({check.action}, weight {check.weight:g}): "
+                       f"{check.hours_held}/{check.hours_needed} hours within bounds; {status}")  # fmt: skip

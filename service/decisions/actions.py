@@ -8,7 +8,9 @@ from typing import Any
 
 from service.assignment.state import load_state
 from service.decisions.rules import Decision
+from service.decisions.shadows import GraduationRefused, apply_graduation
 from service.decisions.store import (
+    awaiting_kind,
     last_run_numbers,
     latest_awaiting_approval,
     lock_experiment,
@@ -38,6 +40,13 @@ def _decision(
         if awaiting is None:
             raise ActionRefused("no decision awaits approval")
         decision_id, winner = awaiting
+        if awaiting_kind(conn, decision_id) == "graduate":  # a shadow proposed as a treatment
+            if state.state not in ("running", "ramping"):
+                raise ActionRefused(
+                    f"a shadow can start as a treatment only while the experiment runs "
+                    f"(it is {state.state})"
+                )
+            return Decision("approve", reason, state, winner), decision_id
         return Decision(
             "approve", reason, replace(state, state="promoted", winner=winner), winner
         ), decision_id
@@ -103,6 +112,14 @@ def act(
         if approved is not None:
             numbers["approves"] = approved
             mark_applied(conn, approved)
+            if awaiting_kind(conn, approved) == "graduate":
+                assert decision.variant is not None
+                try:
+                    numbers["weights_after"] = apply_graduation(
+                        conn, experiment, decision.variant, approved
+                    )
+                except GraduationRefused as error:
+                    raise ActionRefused(str(error)) from error
         decision_id, deliveries = record_decision(
             conn,
             experiment,

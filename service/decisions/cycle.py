@@ -13,9 +13,13 @@ import dataclasses
 from typing import Any
 
 from service.assignment.state import load_state
+from service.assignment.sync import allocated_weights
+from service.decisions.graduation import as_allocated
 from service.decisions.inputs import run_analysis
+from service.decisions.results import json_safe
 from service.decisions.reweight import reweight_bandit
 from service.decisions.rules import Decision, active_treatments, decide
+from service.decisions.shadows import apply_graduation, decide_graduation, graduation_checks
 from service.decisions.store import (
     already_alerted,
     awaits_approval,
@@ -38,26 +42,42 @@ def analyze_and_decide(conn: Any, experiment: Experiment, actor: str = "abx") ->
     """One analysis run: read, analyse, decide, apply — all in one transaction."""
     with conn.transaction():
         lock_experiment(conn, experiment.key)
+        experiment = as_allocated(experiment, allocated_weights(conn, experiment))
         state, started = load_state(conn, experiment)
         weights = {
             v.key: v.weight for v in experiment.variants
             if v.key == experiment.control or v.key in active_treatments(experiment, state)
         }  # fmt: skip
         analysis, numbers = run_analysis(conn, experiment, weights)
+        graduations = graduation_checks(conn, experiment)
+        if graduations:
+            numbers["shadow_graduation"] = json_safe([dataclasses.asdict(c) for c in graduations])
         now = record_analysis_run(conn, experiment, numbers)
         decision = decide(experiment, state, analysis, started, now)
+        still_alerted = decision.kind == "alert" and already_alerted(conn, experiment, decision)
         if decision.kind == "continue":
             reweighted = reweight_bandit(conn, experiment, state, analysis, numbers, actor)
             if reweighted is not None:
                 return AnalysisOutcome(*reweighted, numbers)
-            return AnalysisOutcome(decision, None, [], numbers)
-        if decision.kind == "alert" and already_alerted(conn, experiment, decision):
-            return AnalysisOutcome(dataclasses.replace(decision, kind="continue",
-                                   reason=f"still: {decision.reason}"), None, [], numbers)  # fmt: skip
+        if still_alerted:
+            decision = dataclasses.replace(
+                decision, kind="continue", reason=f"still: {decision.reason}"
+            )
+        if decision.kind == "continue":  # nothing else to do: may a shadow start as a treatment?
+            graduate = decide_graduation(experiment, state, graduations)
+            if graduate is None:
+                return AnalysisOutcome(decision, None, [], numbers)
+            if graduate.awaiting_approval and awaits_approval(conn, experiment, graduate):
+                return AnalysisOutcome(dataclasses.replace(decision, reason=f"graduation of "
+                                       f"{graduate.variant} awaits approval"), None, [], numbers)  # fmt: skip
+            decision = graduate
         if decision.awaiting_approval and awaits_approval(conn, experiment, decision):
             return AnalysisOutcome(dataclasses.replace(decision, kind="continue",
                                    reason="a promotion awaits approval"), None, [], numbers)  # fmt: skip
         decision_id, deliveries = record_decision(
             conn, experiment, decision, state, numbers, actor, experiment.policy.webhooks
         )
+        if decision.kind == "graduate" and not decision.awaiting_approval:
+            assert decision.variant is not None
+            apply_graduation(conn, experiment, decision.variant, decision_id)
         return AnalysisOutcome(decision, decision_id, deliveries, numbers)

@@ -1,8 +1,9 @@
 """Drift guardrails: is a treatment's model seeing or answering something else? Pure.
 
 Per window (``window_hours`` of hourly sketches), each output or input column of the
-treatment is compared with the control's over the same window (``analysis.drift``); the
-window's distance is the largest over the columns. A guardrail trips when its last
+treatment is compared with its model's reference profile, with the control's sketches over the
+same window, or with both (``against``; ``analysis.drift``); the window's distance is the
+largest over the columns. A guardrail trips when its last
 ``windows`` complete windows are all over the threshold: an effect size held for N windows,
 never a p-value (with millions of rows everything is "significant", and a test repeated
 every hour would raise false alarms without bound; docs/statistics.md). It needs no outcome,
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from analysis.drift import distance_rows
+from analysis.drift import distance_rows, rebin
 from service.experiments.schema import DriftGuardrail
 from service.inference.histograms import Sketch
 
@@ -93,20 +94,22 @@ def window_distance(
         if profile is None
         else {f: s for f, s in profile.items() if f.startswith(prefix)}
     )
+    # Two models' sketches have their own bins when either has a reference profile: the
+    # other side is moved onto this variant's bins (``analysis.drift.rebin``).
     pairs = [
-        (feature, sketch, theirs[feature])
+        (feature, *_common(sketch, theirs[feature]))
         for feature, sketch in sorted(mine.items())
-        if feature in theirs and theirs[feature].edges == sketch.edges
+        if feature in theirs
         and sketch.n >= guardrail.min_rows and theirs[feature].n >= guardrail.min_rows
     ]  # fmt: skip
     worst: tuple[float, str] | None = None
-    by_width: dict[int, list[tuple[str, Sketch, Sketch]]] = {}
+    by_width: dict[int, list[tuple[str, tuple[float, ...], list[float], list[float]]]] = {}
     for pair in pairs:
-        by_width.setdefault(len(pair[1].edges), []).append(pair)
+        by_width.setdefault(len(pair[1]), []).append(pair)
     for group in by_width.values():  # one array computation per bin count (usually one)
         values = distance_rows(
-            guardrail.measure, [s.edges for _, s, _ in group],
-            [b.histogram for _, _, b in group], [s.histogram for _, s, _ in group],
+            guardrail.measure, [e for _, e, _, _ in group],
+            [b for _, _, _, b in group], [a for _, _, a, _ in group],
         )  # fmt: skip
         index = int(values.argmax())
         if worst is None or values[index] > worst[0]:
@@ -114,6 +117,43 @@ def window_distance(
     if worst is None:
         return DriftWindow(start, None, None)
     return DriftWindow(start, worst[0], worst[1])
+
+
+def _common(mine: Sketch, theirs: Sketch) -> tuple[tuple[float, ...], list[float], list[float]]:
+    """Both histograms on one set of edges: the coarser side's, the finer one moved onto them.
+
+    The coarser side is the one whose fullest bin (the outer ones included) holds the larger
+    share: moving the finer histogram onto it errs by at most one of its small bins per edge,
+    while the other way round would spread a wide bin's mass evenly where it was not.
+    """
+    if mine.edges == theirs.edges:
+        return mine.edges, [float(c) for c in mine.histogram], [float(c) for c in theirs.histogram]
+
+    def fullest(sketch: Sketch) -> float:
+        return max(sketch.histogram) / max(sum(sketch.histogram), 1)
+
+    if fullest(mine) >= fullest(theirs):
+        moved = rebin(theirs.edges, theirs.histogram, mine.edges)
+        return mine.edges, [float(c) for c in mine.histogram], [float(c) for c in moved]
+    moved = rebin(mine.edges, mine.histogram, theirs.edges)
+    return theirs.edges, [float(c) for c in moved], [float(c) for c in theirs.histogram]
+
+
+def comparisons(
+    guardrail: DriftGuardrail, variant: str, control: str, has_profile: bool
+) -> list[str]:
+    """What ``variant`` is compared with under ``guardrail.against``: ``reference``, ``control``.
+
+    Unset, it is the model's reference profile when it has one, else the control; ``both``
+    gives both (the control is never compared with itself).
+    """
+    against = guardrail.against or ("reference" if has_profile else "control")
+    found = []
+    if against in ("reference", "both") and has_profile:
+        found.append("reference")
+    if against in ("control", "both") and variant != control:
+        found.append("control")
+    return found
 
 
 def check_drift(

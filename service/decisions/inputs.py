@@ -9,7 +9,7 @@ from typing import Any
 from analysis.sufficient_stats import SufficientStats
 from service.assignment.sync import LIVE_WRITER_SECONDS, allocation_history
 from service.decisions.bandit import Period
-from service.decisions.drift import DriftCheck, check_drift, group, window_starts
+from service.decisions.drift import DriftCheck, check_drift, comparisons, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
 from service.decisions.ratios import ratio_stats
 from service.decisions.results import MetricMaturity, json_safe
@@ -96,7 +96,8 @@ def _ratio_stats(
 def drift_checks(
     conn: Any, experiment: Experiment, history_windows: int | None = None
 ) -> list[DriftCheck]:
-    """Every drift guardrail of the policy for every treatment serving a model, as of now."""
+    """Every drift guardrail of the policy for every treatment serving a model, as of now: one
+    check per comparison its ``against`` asks for (reference profile, control, or both)."""
     guardrails = experiment.policy.drift
     if not guardrails:
         return []
@@ -114,9 +115,10 @@ def drift_checks(
             profiles[variant.key] = load_profile(Settings().models, variant.model.reference)
     return [
         check_drift(guardrail, variant, experiment.control, grouped, now, history_windows,
-                    profiles.get(variant))
+                    profiles.get(variant) if against == "reference" else None)
         for guardrail in guardrails
         for variant in treatments
+        for against in comparisons(guardrail, variant, experiment.control, variant in profiles)
     ]  # fmt: skip
 
 

@@ -97,6 +97,14 @@ def latest_awaiting_approval(conn: Any, experiment: Experiment) -> tuple[str, st
     return (str(row[0]), row[1]) if row else None
 
 
+def awaiting_kind(conn: Any, decision_id: str) -> str | None:
+    """The kind of a recorded decision (``promote`` or ``graduate`` for one awaiting approval)."""
+    row = conn.execute(
+        "SELECT kind FROM decisions WHERE decision_id = %s", (decision_id,)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
 def mark_applied(conn: Any, decision_id: str) -> None:
     conn.execute(
         "UPDATE decisions SET status = 'applied', applied_at = now() WHERE decision_id = %s",

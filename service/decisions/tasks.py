@@ -116,11 +116,20 @@ def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaitin
     for check in outcome.numbers.get("guardrails", []):
         breached = 1 if check.get("breached") else 0
         metrics.GUARDRAIL_BREACHED.labels(key, check["variant"], check["metric"]).set(breached)
-    for drift in outcome.numbers.get("drift", []):
+    for check in outcome.numbers.get("shadow_graduation", []):
+        metrics.SHADOW_GRADUATION_HOURS.labels(key, check["variant"]).set(check["hours_held"])
+    worst: dict[tuple[str, str, str], tuple[bool, float | None]] = {}
+    for drift in outcome.numbers.get("drift", []):  # against: both gives two checks: the worse
         labels = (key, drift["variant"], drift["guardrail"])
-        metrics.GUARDRAIL_BREACHED.labels(*labels).set(1 if drift["tripped"] else 0)
+        tripped, distance = worst.get(labels, (False, None))
         if drift.get("distance") is not None:
-            metrics.DRIFT_DISTANCE.labels(*labels).set(drift["distance"])
+            distance = max(distance or 0.0, drift["distance"])
+        worst[labels] = (tripped or bool(drift["tripped"]), distance)
+    for labels, (tripped, distance) in worst.items():
+        metrics.GUARDRAIL_BREACHED.labels(*labels).set(1 if tripped else 0)
+        if distance is not None:
+            metrics.DRIFT_DISTANCE.labels(*labels).set(distance)
+    for drift in outcome.numbers.get("drift", []):
         if drift["tripped"]:
             log.warning("drift", experiment=key, variant=drift["variant"],
                         guardrail=drift["guardrail"], measure=drift["measure"],

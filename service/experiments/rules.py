@@ -58,6 +58,7 @@ def check_experiment(experiment: Experiment) -> list[RuleProblem]:
     problems.extend(_drift_problems(experiment))
     problems.extend(_power_input_problems(experiment))
     problems.extend(_bandit_problems(experiment))
+    problems.extend(_graduation_problems(experiment))
     return problems
 
 
@@ -127,6 +128,37 @@ def _drift_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         if guardrail.kind in kinds:
             yield RuleProblem(("policy", "drift", index, "kind"), f"{guardrail.kind} given twice")
         kinds.add(guardrail.kind)
+        if guardrail.against in ("reference", "both"):
+            unprofiled = [v.key for v in experiment.variants if v.model is not None
+                          and v.key != experiment.control and v.model.reference is None]  # fmt: skip
+            if unprofiled:
+                yield RuleProblem(("policy", "drift", index, "against"),
+                                  f"against {guardrail.against!r} needs a reference profile on "
+                                  f"every treatment's model; none on {', '.join(unprofiled)}")  # fmt: skip
+
+
+def _graduation_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    """A graduation needs a shadow, a quality bound, and a weight the control can give."""
+    rule = experiment.policy.shadow_graduation
+    if rule is None:
+        return
+    path: DataPath = ("policy", "shadow_graduation")
+    if not any(v.shadow is not None for v in experiment.variants):
+        yield RuleProblem(path, "shadow_graduation needs a shadow variant")
+    if experiment.policy.method == "bandit":
+        yield RuleProblem(path, "a bandit sets its own weights: shadow_graduation is not for it")
+    if rule.min_agreement is None and rule.max_mean_abs_difference is None:
+        yield RuleProblem(path, "shadow_graduation needs min_agreement or max_mean_abs_difference")
+    ramp = experiment.policy.ramp
+    weight = rule.weight if rule.weight is not None else (ramp.steps[0] if ramp else None)
+    if weight is None:
+        yield RuleProblem(path, "shadow_graduation needs a weight when the policy has no ramp")
+        return
+    control = next((v for v in experiment.variants if v.key == experiment.control), None)
+    if control is not None and control.weight <= weight:
+        where = (*path, "weight") if rule.weight is not None else ("policy", "ramp", "steps", 0)
+        yield RuleProblem(where, f"a graduated shadow's weight {weight:g} is taken from the "
+                          f"control, whose weight is {control.weight:g}")  # fmt: skip
 
 
 def _variant_problems(experiment: Experiment) -> Iterator[RuleProblem]:

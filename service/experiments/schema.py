@@ -246,7 +246,7 @@ class Ramp(StrictModel):
 class DriftGuardrail(StrictModel):
     """Act when a treatment's model outputs (or inputs) drift from their reference.
 
-    The reference is the control's sketches over the same window. A window trips when the
+    The reference is set by ``against``. A window trips when the
     largest distance over the outputs (``prediction_drift``) or input columns
     (``input_drift``) exceeds ``threshold``; the guardrail trips when the last ``windows``
     windows all did (an effect size held, not a p-value: docs/statistics.md).
@@ -260,6 +260,34 @@ class DriftGuardrail(StrictModel):
     min_rows: Annotated[int, Field(ge=1)] = 500
     """Rows each side needs in a window for it to count (a thinner window breaks the run)."""
     action: Literal["alert", "halt", "rollback"] = "alert"
+    against: Literal["reference", "control", "both"] | None = None
+    """What the variant is compared with: its model's reference profile, the control's
+    sketches of the same window, or both (the guardrail trips when either comparison holds
+    over the threshold). Default: the reference profile when the model has one, else the
+    control."""
+
+
+class ShadowGraduation(StrictModel):
+    """Start a shadow as a treatment once it has stayed within bounds for ``hours`` hours.
+
+    Each complete hour of shadow runs counts when the bound of its 95% interval, not its
+    point estimate, is within every bound given (docs/statistics.md): the agreement's Wilson
+    lower bound at least ``min_agreement``, the mean absolute difference's upper bound at most
+    ``max_mean_abs_difference``; the shadow's p99 latency at most ``max_latency_p99_ms`` and
+    at most ``max_latency_ratio`` times the served model's p99 of the same hour.
+    """
+
+    min_agreement: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_mean_abs_difference: Annotated[float, Field(ge=0.0)] | None = None
+    max_latency_p99_ms: Annotated[float, Field(gt=0.0)] | None = None
+    max_latency_ratio: Annotated[float, Field(gt=0.0)] | None = None
+    hours: Annotated[int, Field(ge=1, le=720)] = 24
+    min_rows: Annotated[int, Field(ge=1)] = 100
+    """Rows with an agreement an hour needs to count (a thinner or missing hour breaks the run)."""
+    weight: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    """The new treatment's weight, taken from the control's; default: the first ramp step."""
+    action: Literal["start", "propose"] = "propose"
+    """``start`` applies it; ``propose`` records it for a human to approve."""
 
 
 class Bandit(StrictModel):
@@ -307,6 +335,7 @@ class Policy(StrictModel):
     drift: list[DriftGuardrail] = Field(default_factory=list)
     bandit: Bandit | None = None
     """``method: bandit`` only (its defaults apply when absent)."""
+    shadow_graduation: ShadowGraduation | None = None
 
     @property
     def bandit_settings(self) -> Bandit:

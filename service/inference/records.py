@@ -21,7 +21,7 @@ from service.storage.writer import BatchWriter, Stream
 _COLUMNS = (
     "experiment_key", "unit_id", "variant_key", "reason", "in_experiment", "served_by",
     "model_sha256", "provider", "batch_rows", "latency_ms", "fallback", "failure", "cached",
-    "shadow", "agreement", "max_abs_diff", "predicted_at",
+    "shadow", "agreement", "max_abs_diff", "predicted_at", "mean_abs_diff",
 )  # fmt: skip
 PREDICTIONS = Stream(
     table="predictions",
@@ -52,6 +52,8 @@ class PredictionRecord(NamedTuple):
     agreement: float | None
     max_abs_diff: float | None
     predicted_at: datetime
+    mean_abs_diff: float | None = None
+    """Shadow rows: the mean absolute output difference over the run's values."""
 
 
 class PredictionLog:
@@ -138,8 +140,9 @@ _SHADOW_HOURS = """
 SELECT date_trunc('hour', predicted_at) AS hour, count(*), sum(batch_rows),
        sum(coalesce(agreement, 0) * batch_rows) FILTER (WHERE agreement IS NOT NULL),
        sum(batch_rows) FILTER (WHERE agreement IS NOT NULL),
-       sum(max_abs_diff), sum(max_abs_diff * max_abs_diff), max(max_abs_diff),
-       count(max_abs_diff), sum(latency_ms), sum(latency_ms * latency_ms),
+       sum(coalesce(mean_abs_diff, max_abs_diff)),
+       sum(coalesce(mean_abs_diff, max_abs_diff) ^ 2), max(max_abs_diff),
+       count(coalesce(mean_abs_diff, max_abs_diff)), sum(latency_ms), sum(latency_ms * latency_ms),
        percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)
 FROM predictions
 WHERE experiment_key = %s AND variant_key = %s AND shadow AND predicted_at >= %s

@@ -176,6 +176,8 @@ class PredictionService:
             # The variant's own model answered: its inputs and outputs join its sketches.
             self._sketches.offer(experiment_key, assigned, model.sha256, feeds, outputs)
         for shadow in models.shadows:
+            if shadow.variant == assigned:  # a graduated shadow is served, not compared with itself
+                continue
             self._shadows.offer(ShadowJob(experiment_key, unit_id, shadow, inputs, renamed))
         return Prediction(
             assignment,

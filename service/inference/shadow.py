@@ -51,6 +51,20 @@ def agreement(
     return float(np.mean(np.concatenate([m.ravel() for m in matches]))), largest
 
 
+def mean_abs_difference(
+    served: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray]
+) -> float | None:
+    """The mean absolute difference over every value of the outputs both models give alike."""
+    total, count = 0.0, 0
+    for name, value in served.items():
+        other = shadow.get(name)
+        if other is None or other.shape != value.shape or value.size == 0:
+            continue
+        total += float(np.sum(np.abs(value.astype(np.float64) - other)))
+        count += value.size
+    return total / count if count else None
+
+
 @dataclass(frozen=True)
 class ShadowJob:
     experiment_key: str
@@ -129,5 +143,6 @@ class ShadowRunner(BackgroundThread):
                 agree,
                 largest,
                 datetime.now(UTC),
+                mean_abs_difference(job.served_outputs, renamed),
             )
         )

@@ -1,8 +1,8 @@
 """How a shadow compares with the served model, hour by hour, with intervals. Pure.
 
-Per hour: the agreement rate over rows (Wilson score interval), the mean of each run's
-largest absolute output difference (for one-row requests, the mean absolute difference) with a
-normal interval, the largest difference, and the shadow's mean latency (normal interval) and
+Per hour: the agreement rate over rows (Wilson score interval), the mean absolute output
+difference (each run's mean over its values, averaged over runs, so a request is one
+observation) with a normal interval, the largest difference, and the shadow's mean latency (normal interval) and
 p99 beside the served model's p99. The bounds for a shadow-to-treatment promotion read these.
 """
 
@@ -25,7 +25,8 @@ class ShadowHour:
     """Rows of the runs with an agreement (one decision per row)."""
     agreeing_rows: float
     diff_runs: int
-    """Runs with a difference: each contributes its largest absolute output difference."""
+    """Runs with a difference: each contributes its mean absolute output difference (rows
+    written before that was recorded: their largest)."""
     diff_sum: float
     diff_square_sum: float
     diff_max: float | None

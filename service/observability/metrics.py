@@ -239,6 +239,12 @@ DRIFT_DISTANCE = Gauge(
     ["experiment", "variant", "guardrail"],
     multiprocess_mode="mostrecent",
 )
+SHADOW_GRADUATION_HOURS = Gauge(
+    "abx_shadow_graduation_hours",
+    "Complete hours in a row the shadow has stayed within its graduation bounds (interval bounds).",
+    ["experiment", "variant"],
+    multiprocess_mode="mostrecent",
+)
 WEBHOOK_DELIVERIES = Counter(
     "abx_webhook_deliveries",
     "Webhook delivery attempts by result: delivered, failed (will retry), abandoned.",

@@ -14,16 +14,22 @@ from typing import Any
 def copy_to_stage(
     conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> str:
-    """COPY ``rows`` into ``stage_<table>`` (created on first use); return the stage's name."""
+    """COPY ``rows`` into ``stage_<table>`` (created on first use); return the stage's name.
+
+    A row shorter than ``columns`` gets NULL for the columns it lacks: rows spooled or
+    quarantined by an older version, before a nullable column was appended to the stream
+    (``predictions.mean_abs_diff``, 0023), are stored instead of refused.
+    """
     stage = f"stage_{table}"
     names = ", ".join(columns)
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
         f" AS SELECT {names} FROM {table} WITH NO DATA"
     )
+    width = len(columns)
     with conn.cursor().copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row(row)
+            copy.write_row(row if len(row) >= width else (*row, *(None,) * (width - len(row))))
     return stage
 
 

@@ -33,6 +33,14 @@ def test_drift_figure_draws_each_treatment_and_the_threshold() -> None:
     figure = _valid(figures.drift_figure([check], STYLES, "input_drift"))
     assert [t.name for t in figure.data] == ["b vs a", "threshold 0.25"]
     assert figure.data[0].y[0] is None and figure.data[1].y == (0.25,) * 5
+    assert figure.layout.title.text.endswith("against the control")
+    # against: both: a line per comparison, the profile's dotted; the title names both.
+    profiled = DriftCheck("input_drift", "b", "psi", 0.25, "rollback", 3, 2, False, 0.4,
+                          "input:x[0]", "reference profile", history)  # fmt: skip
+    both = _valid(figures.drift_figure([check, profiled], STYLES, "input_drift"))
+    assert [t.name for t in both.data] == ["b vs a", "b vs reference profile", "threshold 0.25"]
+    assert both.data[1].line.dash == "dot" and both.data[0].line.dash != "dot"
+    assert both.layout.title.text.endswith("against the control and the reference profile")
 
 
 def test_shadow_figure_has_interval_bars() -> None:
