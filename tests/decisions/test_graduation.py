@@ -153,10 +153,17 @@ def test_the_rule_is_validated_with_file_and_line(tmp_path: Path) -> None:
         ({"weight": 0.1}, "needs min_agreement or max_mean_abs_difference", "shadow_graduation"),
         ({"min_agreement": 0.9}, "needs a weight when the policy has no ramp", "shadow_graduation"),
         ({"min_agreement": 0.9, "weight": 0.6}, "taken from the control", "weight"),
+        (
+            {"min_agreement": 0.9, "weight": 0.1},
+            "a bandit sets its own weights",
+            "shadow_graduation",
+        ),
     ]
     for index, (rule, expected, word) in enumerate(cases):
         folder = tmp_path / f"case{index}"
         document = minimal_experiment("g", variants=variants, policy={"shadow_graduation": rule})
+        if "bandit" in expected:
+            document["policy"]["method"] = "bandit"
         if "taken from the control" in expected:  # a control of 0.5 cannot give 0.6
             document["variants"] = [{**variants[0], "weight": 0.5}, {"key": "b", "weight": 0.5},
                                     variants[1]]  # fmt: skip
