@@ -23,10 +23,15 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import REGISTRY
 from scipy import stats
 
+from service.assignment.state import ExperimentState
 from service.assignment.sync import allocated_weights, sync_experiments
+from service.decisions.cycle import AnalysisOutcome
 from service.decisions.graduation import check_graduation, graduated_weights
+from service.decisions.rules import Decision
+from service.decisions.tasks import publish_analysis
 from service.experiments.schema import ShadowGraduation
 from service.experiments.validation import load_experiments
 from service.inference.records import PREDICTIONS, PredictionRecord
@@ -424,3 +429,22 @@ def test_propose_waits_for_a_human_approval_that_applies_it(
     assert wait_for(lambda: len(receiver.calls) == 4, timeout=10)
     kinds = [json.loads(c)["kind"] for c in receiver.calls]
     assert kinds == ["graduate", "pause", "resume", "approve"]
+
+
+def test_the_worker_publishes_graduation_hours_and_the_worse_of_two_drift_checks() -> None:
+    keep = Decision("continue", "nothing to change", ExperimentState())
+    check = {"guardrail": "input_drift", "variant": "b", "measure": "psi", "feature": "x",
+             "action": "alert"}  # fmt: skip
+    numbers = {
+        "shadow_graduation": [{"variant": "s", "hours_held": 2}],
+        "drift": [
+            {**check, "reference": "reference profile", "tripped": True, "distance": 0.9},
+            {**check, "reference": "a", "tripped": False, "distance": 0.1},
+        ],
+    }
+    publish_analysis("grad_metrics", AnalysisOutcome(keep, None, [], numbers), 0.01, 0)
+    labels = {"experiment": "grad_metrics", "variant": "b", "guardrail": "input_drift"}
+    assert REGISTRY.get_sample_value("abx_guardrail_breached", labels) == 1.0
+    assert REGISTRY.get_sample_value("abx_drift_distance", labels) == pytest.approx(0.9)
+    hours = {"experiment": "grad_metrics", "variant": "s"}
+    assert REGISTRY.get_sample_value("abx_shadow_graduation_hours", hours) == 2.0
