@@ -77,6 +77,10 @@ SDK_STREAMS = Gauge(
     "Open GET /v1/sdk/stream connections (each holds a server thread).",
     multiprocess_mode="livesum",
 )
+SDK_STREAMS_REVOKED = Counter(
+    "abx_sdk_streams_revoked",
+    "GET /v1/sdk/stream streams closed because their key was revoked or expired.",
+)
 SDK_STREAMS_REFUSED = Counter(
     "abx_sdk_streams_refused",
     "GET /v1/sdk/stream answered 503 because ABX_SDK_MAX_STREAMS were open (clients poll).",
