@@ -3,27 +3,83 @@
 The master process also serves the workers' metrics on ``ABX_METRICS_BIND``
 (``service/observability/exposition.py`` says why there) and logs, like the workers,
 one JSON object per line.
+
+A master that is SIGKILLed leaves its workers behind: they notice within a second that their
+parent changed, then finish their connections for up to the graceful timeout. So that a new
+``abx serve`` can bind at once, a worker closes its listening sockets as soon as it notices
+(``AbxWorker``), and never holds the metrics exporter's socket, which it would otherwise
+inherit at fork; a new master still waits up to ``BIND_WAIT_SECONDS`` for each address.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
-from typing import Any
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from service.observability.exposition import (
     Exporter,
     enable_multiprocess,
     mark_dead,
+    parse_bind,
     start_exporter,
 )
 from service.observability.logging import configure_logging, get_logger
 from service.settings import Settings, default_workers
 
 log = get_logger(__name__)
+GRACEFUL_TIMEOUT_SECONDS = 10
+BIND_WAIT_SECONDS = GRACEFUL_TIMEOUT_SECONDS + 5
+"""How long a new master waits for an address a killed master's workers may still hold."""
+T = TypeVar("T")
+
+
+class AbxWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker that lets go of the listening sockets once its master is gone.
+
+    gunicorn keeps them open through the graceful shutdown (up to the graceful timeout), which
+    after a SIGKILLed master keeps the next one from binding. The connections in flight are
+    still finished; only new ones go to the next master.
+    """
+
+    def is_parent_alive(self) -> bool:
+        if super().is_parent_alive():
+            return True
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+        return False
+
+
+def _retry_while_in_use(bind: Callable[[], T], seconds: float, what: str) -> T:
+    """``bind()``, retried while its address is in use, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return bind()
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            log.warning("address in use, retrying (a killed server's workers?)", bind=what)
+            time.sleep(0.25)
+
+
+def _probe_bind(bind: str) -> None:
+    """Bind ``bind`` (HOST:PORT) once and let go: raises OSError while it is taken."""
+    host, port = parse_bind(bind)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        probe.bind((host, port))
+        probe.listen(1)
 
 
 def _close_runtime(server: Any, worker: Any) -> None:
@@ -73,14 +129,15 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         options = {
             "bind": self.settings.bind,
             "workers": self.settings.workers or default_workers(),
-            "worker_class": "gthread",
+            "worker_class": AbxWorker,
             "threads": self.settings.threads,
             "keepalive": 5,
-            "graceful_timeout": 10,
+            "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
             "timeout": 30,
             "accesslog": None,  # the app writes the access log, with the request id
             "logger_class": StructuredLogger,
             "loglevel": self.settings.log_level.lower(),
+            "post_fork": lambda server, worker: self._drop_exporter_socket(),
             "post_worker_init": _watch_worker,
             "worker_exit": _close_runtime,
             "child_exit": _worker_exited,
@@ -170,20 +227,35 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         self._place_models()
         if self._metrics_dir is not None:
             bind = self.settings.metrics_bind
+            directory, owns = self._metrics_dir, self.settings.metrics_dir is None
             try:
-                self.exporter = start_exporter(
-                    bind, self._metrics_dir, owns_directory=self.settings.metrics_dir is None
+                self.exporter = _retry_while_in_use(
+                    lambda: start_exporter(bind, directory, owns_directory=owns),
+                    BIND_WAIT_SECONDS,
+                    bind,
                 )
             except OSError as error:
                 raise SystemExit(
                     f"cannot serve metrics on ABX_METRICS_BIND={bind}: {error}"
                 ) from None
             log.info("serving metrics", url=self.exporter.url)
+        if not self.settings.bind.startswith(("unix:", "fd://")):
+            try:
+                _retry_while_in_use(
+                    lambda: _probe_bind(self.settings.bind), BIND_WAIT_SECONDS, self.settings.bind
+                )
+            except (OSError, ValueError) as error:
+                log.warning("bind not checked ahead", bind=self.settings.bind, error=str(error))
         try:
             super().run()
         finally:
             self._close_supervisor()
             self._close_exporter()
+
+    def _drop_exporter_socket(self) -> None:
+        """In a new worker: close the exporter's socket inherited at fork (the master serves it)."""
+        if self.exporter is not None and os.getpid() != self._master_pid:
+            self.exporter._server.socket.close()
 
     def _close_all(self) -> None:
         self._close_supervisor()

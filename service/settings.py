@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How long one GET /v1/sdk/stream stays open (SDKs reconnect).",
     )
+    sdk_batch_retention_days: float = Field(
+        default=31.0,
+        ge=1.0,
+        description="How long SDK exposure batch ids are kept to recognise a resend; the"
+        " server refuses exposures over 30 days old, so a longer retention guards every resend.",
+    )
     sdk_max_streams: int | None = Field(
         default=None, ge=0, description="Open streams per worker; None: half its threads."
     )

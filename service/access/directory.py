@@ -170,6 +170,12 @@ class KeyDirectory(PeriodicThread):
         self._used[key.key_id] = time.time()
         return key
 
+    def still_active(self, key_id: str) -> bool:
+        """Whether a key verified earlier is still active (an open stream's check; no use
+        recorded). While the database is away the last copy answers, as for ``verify``."""
+        key = self._keys.get(key_id)
+        return key is not None and key.state(datetime.now(UTC)) == "active"
+
     def active(self, key_id: str) -> ApiKey | None:
         """The key by id if it is active now (a session's key: no token to compare)."""
         key = self._keys.get(key_id)

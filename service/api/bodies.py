@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.assignment.units import UnitId
+from service.storage.values import text_problem
+
+
+def _storable(text: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+Storable = AfterValidator(_storable)
+"""Text PostgreSQL can store (no NUL, no lone surrogate): refused with the field's name, 422."""
 
 
 class ApiModel(BaseModel):
@@ -26,10 +38,10 @@ class AssignBatchRequest(ApiModel):
 class LocalExposureItem(ApiModel):
     """One answer an SDK gave locally (reason ``hashed``): recorded as /v1/assign records it."""
 
-    experiment: Annotated[str, Field(min_length=1, max_length=64)]
+    experiment: Annotated[str, Field(min_length=1, max_length=64), Storable]
     unit: UnitId
-    seed: Annotated[str, Field(min_length=1, max_length=200)]
-    variant: Annotated[str, Field(min_length=1, max_length=64)]
+    seed: Annotated[str, Field(min_length=1, max_length=200), Storable]
+    variant: Annotated[str, Field(min_length=1, max_length=64), Storable]
     exposed_at: float | None = None
     """When the SDK served it, in seconds since the epoch; default: when the batch arrives."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 
 from flask import current_app, request
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.errors import InvalidRequest, MalformedJson, PayloadTooLarge, UnsupportedMediaType
+from service.storage.values import json_problem
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -63,6 +65,28 @@ def parse_json_body(model: type[Model]) -> Model:
     except ValidationError as error:
         malformed = [e for e in error.errors(include_url=False) if e["type"] == "json_invalid"]
         if malformed:
-            detail = malformed[0].get("ctx", {}).get("error", malformed[0]["msg"])
+            detail = str(malformed[0].get("ctx", {}).get("error", malformed[0]["msg"]))
+            if "surrogate" in detail or "hex escape" in detail:
+                _refuse_lone_surrogate(raw)
             raise MalformedJson(f"The body is not valid JSON: {detail}") from error
         raise invalid_request(error) from error
+
+
+def _refuse_lone_surrogate(raw: bytes) -> None:
+    """Name the field holding a lone surrogate (422), which pydantic's parser calls bad JSON.
+
+    JSON may escape one (``"\\ud800"``), so the body is valid JSON, but no text PostgreSQL
+    stores can hold it: the client is told which field, as ``/v1/events`` tells it.
+    """
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return  # malformed indeed
+    found = json_problem(value, "")
+    if found is not None:
+        field, reason = found
+        field = field.lstrip(".") or "(body)"
+        raise InvalidRequest(
+            f"The request body is not valid: {field}: {reason}",
+            [{"field": field, "message": reason, "type": "value_error"}],
+        )

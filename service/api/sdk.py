@@ -4,7 +4,10 @@
 ETag (304 to a matching ``If-None-Match``); ``GET /v1/sdk/stream`` pushes each new version as
 a server-sent event. A stream holds one of the worker's threads (gthread), so a worker keeps at
 most ``ABX_SDK_MAX_STREAMS`` open (503 beyond: the SDK polls with the ETag instead), and each
-ends after ``ABX_SDK_STREAM_SECONDS`` or when the worker stops (the SDK reconnects).
+ends after ``ABX_SDK_STREAM_SECONDS`` or when the worker stops (the SDK reconnects). A stream
+opened with a key ends, with an ``event: revoked``, as soon as this process's copy of the keys
+(``access/directory.py``, re-read every ``ABX_KEY_REFRESH_SECONDS``) no longer holds the key
+active: revoked or expired keys stop receiving configuration within about a second.
 ``POST /v1/sdk/exposures`` records what the SDK assigned locally (``assignment/exposures.py``).
 """
 
@@ -18,6 +21,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from service.access.directory import KeyDirectory
+from service.access.keys import ApiKey
+from service.api import auth
 from service.api.bodies import LocalExposureBatch
 from service.api.body import parse_json_body
 from service.assignment.exposures import LocalExposure, is_current, record_batch
@@ -70,10 +76,17 @@ class _Events:
     """The event stream as a WSGI iterable: ``close()`` gives the stream's slot back even
     when the client left before the first event was sent."""
 
-    def __init__(self, state: SdkState, seconds: float, last_version: str | None) -> None:
+    def __init__(
+        self,
+        state: SdkState,
+        seconds: float,
+        last_version: str | None,
+        key_active: Callable[[], bool],
+    ) -> None:
         self._state = state
         self._seconds = seconds
         self._last_version = last_version
+        self._key_active = key_active
         self._closed = False
         metrics.SDK_STREAMS.inc()
 
@@ -83,6 +96,11 @@ class _Events:
         yield b"retry: 1000\n\n"
         quiet_since = time.monotonic()
         while state.worker_alive() and time.monotonic() < deadline:
+            if not self._key_active():
+                metrics.SDK_STREAMS_REVOKED.inc()
+                log.info("sdk stream closed: its key is no longer active")
+                yield b"event: revoked\ndata: {}\n\n"
+                return
             snapshot = state.cache.current()
             if snapshot.version != sent:
                 sent = snapshot.version
@@ -111,14 +129,27 @@ def stream() -> Response:
             " If-None-Match instead, and try the stream again later.",
             headers={"Retry-After": "5"},
         )
-    seconds = current_app.extensions["abx"].settings.sdk_stream_seconds
-    events = _Events(state, seconds, request.headers.get("Last-Event-ID"))
+    runtime = current_app.extensions["abx"]
+    events = _Events(
+        state,
+        runtime.settings.sdk_stream_seconds,
+        request.headers.get("Last-Event-ID"),
+        _key_check(runtime.keys, auth.current().key),
+    )
     return Response(
         events,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         direct_passthrough=True,
     )
+
+
+def _key_check(directory: KeyDirectory | None, key: ApiKey | None) -> Callable[[], bool]:
+    """Whether the key the stream was opened with is still active (always, without auth)."""
+    if directory is None or key is None:
+        return lambda: True
+    key_id = key.key_id
+    return lambda: directory.still_active(key_id)
 
 
 def _exposed_at(value: float | None, now: datetime, index: int) -> datetime:

@@ -5,14 +5,17 @@ An SDK that assigns from the snapshot (``snapshot.py``) sends what it served in 
 for a ``hashed`` answer: the first assignment (the sticky record) and the exposure, with the
 same conflict rules as the writer's streams (``sticky.py``). The batch id is inserted in the
 same transaction, so a batch resent after a lost answer writes and counts nothing twice, and
-the answer is sent only once the rows are committed.
+the answer is sent only once the rows are committed. Batch ids are kept
+``ABX_SDK_BATCH_RETENTION_DAYS`` (31): the server refuses exposures more than 30 days old, so
+an older id guards nothing, and ``prune_batches`` (run by the beat's periodic analysis task)
+deletes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from service.assignment.core import CompiledExperiment
@@ -92,3 +95,30 @@ def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -
             conn.execute(_ASSIGNMENTS, columns)
             conn.execute(_EXPOSURES, columns)
     return True
+
+
+def prune_batches(
+    conn: Any, older_than: timedelta, chunk: int = 10_000
+) -> tuple[int, float | None]:
+    """Delete batch ids received more than ``older_than`` ago; return (deleted, oldest age s).
+
+    In chunks of ``chunk`` rows (oldest first, by the ``received_at`` index), each committed on
+    its own, so a first prune of a long-grown table never holds one long transaction.
+    """
+    deleted = 0
+    while True:
+        with conn.transaction():
+            count = conn.execute(
+                "DELETE FROM sdk_exposure_batches WHERE batch_id IN (SELECT batch_id FROM"
+                " sdk_exposure_batches WHERE received_at < now() - %s ORDER BY received_at"
+                " LIMIT %s)",
+                (older_than, chunk),
+            ).rowcount
+        deleted += count
+        if count < chunk:
+            break
+    row = conn.execute(
+        "SELECT extract(epoch FROM now() - min(received_at)) FROM sdk_exposure_batches"
+    ).fetchone()
+    oldest = float(row[0]) if row and row[0] is not None else None
+    return deleted, oldest

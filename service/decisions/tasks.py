@@ -1,5 +1,8 @@
 """Celery tasks: analyse experiments, apply approved decisions, deliver webhooks.
 
+The beat's periodic ``abx.analyze_all`` also prunes the SDK's old exposure batch ids
+(``assignment/exposures.py``): it runs once per deployment, every analysis interval.
+
 Each worker process builds its context (experiments from YAML, a connection
 pool) on first use, after the fork. Task bodies are plain functions too, so
 ``abx analyze`` runs exactly the same code without a broker.
@@ -13,6 +16,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
+from service.assignment.exposures import prune_batches
 from service.celery_app import app
 from service.decisions.actions import act
 from service.decisions.cycle import AnalysisOutcome, analyze_and_decide
@@ -163,7 +167,25 @@ def analyze_all() -> list[str]:
         log.warning("could not read the analyses' state: %s", error)
     for key in keys:
         analyze_experiment.delay(key)
+    prune_sdk_batches()
     return keys
+
+
+def prune_sdk_batches() -> None:
+    """Delete SDK exposure batch ids past their retention (never fails the analyses)."""
+    ctx = context()
+    try:
+        with ctx.database.pool.connection(timeout=10.0) as conn:
+            pruned, oldest = prune_batches(
+                conn, timedelta(days=ctx.settings.sdk_batch_retention_days)
+            )
+    except Exception as error:
+        log.warning("could not prune SDK exposure batch ids: %s", error)
+        return
+    metrics.SDK_BATCHES_PRUNED.inc(pruned)
+    metrics.SDK_BATCH_OLDEST_AGE.set(oldest or 0.0)
+    if pruned:
+        log.info("pruned SDK exposure batch ids", pruned=pruned)
 
 
 @app.task(name="abx.analyze_experiment")

@@ -28,7 +28,7 @@ from service.events.validation import OUTCOME_COLUMNS
 from service.observability import metrics
 from service.storage.database import Database
 from service.storage.quarantine import error_text, is_refused, keep, write_isolating
-from service.storage.spool import Spool, SpoolError
+from service.storage.spool import BatchMark, ReplayLedger, Spool, SpoolError
 from service.storage.staging import clear_stage, copy_to_stage
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class EventIngestor(BackgroundThread):
         super().__init__("abx-event-ingest", join_timeout=10.0)
         self._database = database
         self._spool = spool
+        self._ledger = ReplayLedger(database)
         self._wait_timeout = wait_timeout
         self._queue: list[_Request] = []
         self._cond = threading.Condition()
@@ -160,7 +161,7 @@ class EventIngestor(BackgroundThread):
             return
         try:
             self._spool.seal()
-            replayed = self._spool.replay(self._commit_replayed)
+            replayed = self._spool.replay(self._commit_replayed, self._ledger)
         except Exception as error:
             log.info("still spooling: %s", error)
             self._database_answers.clear()
@@ -179,10 +180,11 @@ class EventIngestor(BackgroundThread):
             except Exception as error:
                 log.debug("database still away: %s", error)
 
-    def _commit_replayed(self, rows: list[list[Any]]) -> None:
+    def _commit_replayed(self, rows: list[list[Any]], mark: BatchMark) -> None:
         try:
             with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
                 ingest_rows(conn, rows)
+                mark.record(conn)
             return
         except Exception as error:
             if not is_refused(error):
@@ -190,6 +192,7 @@ class EventIngestor(BackgroundThread):
         with self._database.pool.connection(timeout=2.0) as conn, conn.transaction():
             refused = write_isolating(conn, ingest_and_clear, rows)
             keep(conn, "outcomes", "spool", refused)
+            mark.record(conn)
         self.quarantined += len(refused)
 
     def _write(self, batch: list[_Request]) -> None:

@@ -63,10 +63,23 @@ SDK_EXPOSURES = Counter(
     " (a resent batch), stale (a seed or variant the server no longer gives).",
     ["outcome"],
 )
+SDK_BATCHES_PRUNED = Counter(
+    "abx_sdk_exposure_batches_pruned",
+    "SDK exposure batch ids deleted after ABX_SDK_BATCH_RETENTION_DAYS (by the beat's task).",
+)
+SDK_BATCH_OLDEST_AGE = Gauge(
+    "abx_sdk_exposure_batch_oldest_age_seconds",
+    "Age of the oldest SDK exposure batch id kept, after the last prune (0: none kept).",
+    multiprocess_mode="mostrecent",
+)
 SDK_STREAMS = Gauge(
     "abx_sdk_streams",
     "Open GET /v1/sdk/stream connections (each holds a server thread).",
     multiprocess_mode="livesum",
+)
+SDK_STREAMS_REVOKED = Counter(
+    "abx_sdk_streams_revoked",
+    "GET /v1/sdk/stream streams closed because their key was revoked or expired.",
 )
 SDK_STREAMS_REFUSED = Counter(
     "abx_sdk_streams_refused",

@@ -7,12 +7,21 @@ process, whose lock died with it) are replayed in name order by whoever takes
 the lock, then deleted. A torn last line is a batch that was never
 acknowledged, so it is skipped.
 
+Each batch is replayed once: the replay of a batch records its line in ``spool_replays``
+(``ReplayLedger``) in the batch's own transaction, and a replay of the segment (after an
+outage cut it half-way, a restart, or a failure) starts after the last line recorded. Rows of
+tables without an idempotency key (``predictions``) are therefore never written twice.
+
 A segment whose replay fails ``max_replay_failures`` times in a row while PostgreSQL answers
 (anything but a connection failure: a line that is not a batch of rows, a table that refuses
 the whole batch) is moved aside into ``quarantine/`` under the spool's folder, counted and
 logged, so that the segments behind it are replayed; ``abx quarantine`` lists, retries (moves
-back) or drops it. Rows the database refuses one by one never get this far: the writers
-quarantine those rows and replay the rest.
+back) or drops it. Only the batches that never reached PostgreSQL are moved aside, from the
+failing one on, under a new name (``<segment>+<line>.spool``) so that the ledger starts afresh
+for it when it comes back. The aside copy is complete (fsynced, renamed) before the segment is
+removed, and a segment whose aside copy exists is never replayed again, so a crash between the
+two neither loses nor doubles a batch. Rows the database refuses one by one never get this
+far: the writers quarantine those rows and replay the rest.
 """
 
 from __future__ import annotations
@@ -21,11 +30,11 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +42,7 @@ from typing import IO, Any
 import psycopg
 
 from service.observability import metrics
+from service.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,48 @@ QUARANTINE_FOLDER = "quarantine"
 def is_outage(error: BaseException) -> bool:
     """A failure of the connection or the server (retry later), not of the segment's content."""
     return isinstance(error, psycopg.OperationalError | OSError)
+
+
+@dataclass(frozen=True)
+class BatchMark:
+    """Where a replayed batch sits: ``record`` it in the transaction that writes the batch."""
+
+    segment: str
+    line: int
+
+    def record(self, conn: Any) -> None:
+        conn.execute(
+            "INSERT INTO spool_replays (segment, line) VALUES (%s, %s) ON CONFLICT (segment)"
+            " DO UPDATE SET line = EXCLUDED.line, replayed_at = now()",
+            (self.segment, self.line),
+        )
+
+
+class ReplayLedger:
+    """How far each segment's replay reached, as PostgreSQL itself records it (``spool_replays``)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def replayed_through(self, segment: str) -> int:
+        """The last line of ``segment`` already in PostgreSQL (0: none)."""
+        with self._database.pool.connection(timeout=2.0) as conn:
+            row = conn.execute(
+                "SELECT line FROM spool_replays WHERE segment = %s", (segment,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def forget(self, segment: str) -> None:
+        """Drop the mark of a segment that is gone (best effort: a stale mark harms nothing)."""
+        try:
+            with self._database.pool.connection(timeout=2.0) as conn:
+                conn.execute("DELETE FROM spool_replays WHERE segment = %s", (segment,))
+        except Exception as error:
+            log.info("could not forget the replay mark of %s: %s", segment, error)
+
+
+Ingest = Callable[[list[list[Any]], BatchMark], None]
+"""Writes one batch in one transaction, in which it calls ``mark.record(conn)``."""
 
 
 class Spool:
@@ -127,11 +179,11 @@ class Spool:
     def has_segments(self) -> bool:
         return self.directory.is_dir() and any(self.directory.glob("*.spool"))
 
-    def replay(self, ingest: Callable[[list[list[Any]]], None]) -> int:
+    def replay(self, ingest: Ingest, ledger: ReplayLedger | None = None) -> int:
         """Ingest every sealed segment in order; return the batches replayed.
 
-        ``ingest`` must be idempotent (event ids make it so): a crash between
-        the commit and the unlink replays the segment again harmlessly.
+        With a ``ledger``, the batches a previous replay already wrote are skipped, so each is
+        written once. Without one, ``ingest`` must be idempotent (tests of the file format).
         """
         replayed = 0
         for path in sorted(self.directory.glob("*.spool")) if self.directory.is_dir() else []:
@@ -140,37 +192,75 @@ class Spool:
             with self._locked(path) as handle:
                 if handle is None:
                     continue  # another process owns or replays it
+                if self._aside_copies(path):
+                    # Moved aside before a crash kept it from being removed: its batches are
+                    # either in PostgreSQL (before the aside copy's line) or in that copy.
+                    self._remove(path, ledger)
+                    continue
+                written = ledger.replayed_through(path.name) if ledger is not None else 0
                 try:
-                    for batch in _batches(handle):
-                        ingest(batch)
+                    for line, batch in _batches(handle):
+                        if line <= written:
+                            continue
+                        ingest(batch, BatchMark(path.name, line))
+                        written = line
                         replayed += 1
                 except Exception as error:
-                    if is_outage(error) or not self._failed_again(path, error):
+                    if is_outage(error) or not self._failed_again(path, written + 1, error):
                         raise
+                    self._remove(path, ledger)
                     continue
-                path.unlink()
+                self._remove(path, ledger)
                 self._replay_failures.pop(path.name, None)
         return replayed
 
-    def _failed_again(self, path: Path, error: BaseException) -> bool:
-        """Count a replay failure of ``path``; True when it was moved aside for good."""
+    def _aside_copies(self, path: Path) -> list[Path]:
+        """Copies of ``path``'s unwritten batches, moved aside (or back) already."""
+        pattern = f"{path.stem}+*.spool"
+        return [*self.directory.glob(pattern), *(self.directory / QUARANTINE_FOLDER).glob(pattern)]
+
+    def _remove(self, path: Path, ledger: ReplayLedger | None) -> None:
+        path.unlink()
+        _sync_folder(path.parent)
+        if ledger is not None:
+            ledger.forget(path.name)
+
+    def _failed_again(self, path: Path, line: int, error: BaseException) -> bool:
+        """Count a replay failure of ``path`` at ``line``; True when it was moved aside for good.
+
+        The copy moved aside holds the batches from ``line`` on: those before it are in
+        PostgreSQL. The caller removes ``path`` afterwards.
+        """
         failures = self._replay_failures.get(path.name, 0) + 1
         self._replay_failures[path.name] = failures
         if failures < self.max_replay_failures:
             return False
         aside = self.directory / QUARANTINE_FOLDER
         aside.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, aside / path.name)
+        target = aside / f"{path.stem}+{line}.spool"
+        partial = aside / f".{target.name}.partial"
+        with (
+            path.open("r", encoding="utf-8") as source,
+            partial.open("w", encoding="utf-8") as copy,
+        ):
+            for number, text in enumerate(source, start=1):
+                if number >= line:
+                    copy.write(text)
+            copy.flush()
+            os.fsync(copy.fileno())
+        partial.rename(target)
+        _sync_folder(aside)
         self._replay_failures.pop(path.name, None)
         metrics.QUARANTINED.labels(self.stream).inc()
         log.error(
-            "spool segment %s failed to replay %d times (%s: %s); moved aside to %s"
-            " (see `abx quarantine list`)",
+            "spool segment %s failed to replay %d times at line %d (%s: %s); its batches from"
+            " that line on moved aside to %s (see `abx quarantine list`)",
             path.name,
             failures,
+            line,
             type(error).__name__,
             error,
-            aside,
+            target,
         )
         return True
 
@@ -206,9 +296,19 @@ class Spool:
             yield handle
 
 
-def _batches(handle: IO[str]) -> Iterator[list[list[Any]]]:
+def _batches(handle: IO[str]) -> Iterator[tuple[int, list[list[Any]]]]:
+    """(line number, batch) of each whole line; a torn line was never acknowledged."""
     for number, line in enumerate(handle, start=1):
         try:
-            yield json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError:
             log.warning("%s:%d: skipping a torn batch (never acknowledged)", handle.name, number)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename or an unlink in ``folder`` durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -29,7 +29,7 @@ from service.observability import metrics
 from service.storage.database import Database
 from service.storage.fence import hold_for_write
 from service.storage.quarantine import is_refused, keep, write_isolating
-from service.storage.spool import Spool, SpoolError
+from service.storage.spool import BatchMark, ReplayLedger, Spool, SpoolError
 from service.storage.staging import clear_stage, copy_to_stage
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class BatchWriter(BackgroundThread):
     ) -> None:
         super().__init__("abx-batch-writer")
         self._spool = spool
+        self._ledger = ReplayLedger(database)
         self._created = time.monotonic()
         self._database = database
         self._streams = streams
@@ -205,28 +206,36 @@ class BatchWriter(BackgroundThread):
             return True
         self._spool.seal()
         try:
-            self._spool.replay(self._write_spooled)
+            self._spool.replay(self._write_spooled, self._ledger)
         except Exception as error:
             log.warning("spool replay failed, will retry: %s", error)
             return False
         return True
 
-    def _write_spooled(self, batch: list[list[Any]]) -> None:
+    def _write_spooled(self, batch: list[list[Any]], mark: BatchMark) -> None:
         by_stream: dict[str, list[tuple[Any, ...]]] = {}
         for stream, *row in batch:
             by_stream.setdefault(stream, []).append(tuple(row))
-        self._write(by_stream, "spool")
+        self._write(by_stream, "spool", mark)
 
-    def _write(self, by_stream: dict[str, list[tuple[Any, ...]]], source: str) -> None:
+    def _write(
+        self,
+        by_stream: dict[str, list[tuple[Any, ...]]],
+        source: str,
+        mark: BatchMark | None = None,
+    ) -> None:
         """Commit the rows in one transaction; refused rows go to the quarantine instead.
 
         The fast path is one COPY per stream. Only when PostgreSQL refuses a row does a second
         transaction isolate the refused rows (bisecting in savepoints) and quarantine them.
+        A spooled batch's ``mark`` is recorded in the transaction that commits it.
         """
         try:
             with self._database.pool.connection(timeout=1.0) as conn, conn.transaction():
                 for name, rows in by_stream.items():
                     write_stream(conn, rows, self._streams[name], clear=False)
+                if mark is not None:
+                    mark.record(conn)
             return
         except Exception as error:
             if not is_refused(error):
@@ -237,6 +246,8 @@ class BatchWriter(BackgroundThread):
                 refused = write_isolating(conn, partial(write_stream, stream=stream), rows)
                 keep(conn, name, source, refused)
                 self.quarantined += len(refused)
+            if mark is not None:
+                mark.record(conn)
 
 
 def write_stream(

@@ -2,10 +2,12 @@
 
 hypothesis draws text from every Unicode category, control characters and lone surrogates
 included, nested ``properties`` and numbers of any size, and posts them to ``/v1/events``
-(JSON and NDJSON) and ``/v1/assign`` on one real server. Every answer must be 2xx or a 4xx
-problem, never 5xx; afterwards every event acknowledged with 202 must be a row of
-``outcomes``, nothing may be quarantined or spooled, and a fresh unit's exposure must still
-reach PostgreSQL (the writers are not wedged). The same events go through ``abx events
+(JSON and NDJSON), ``/v1/assign`` and the SDK's ``/v1/sdk/exposures`` on one real server.
+Every answer must be 2xx or a 4xx problem, never 5xx; a value PostgreSQL cannot store (NUL, a
+lone surrogate) in any field must be answered 422 naming that field; afterwards every event
+acknowledged with 202 must be a row of ``outcomes``, every exposure an SDK batch recorded a
+row of ``exposures``, nothing may be quarantined or spooled, and a fresh unit's exposure must
+still reach PostgreSQL (the writers are not wedged). The same events go through ``abx events
 import``: a file is imported whole or refused whole. Sized for ~20 s of CI time.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from typing import Any
 
 import psycopg
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 
 from service.cli.main import main
 from tests.conftest import EXAMPLES, Api, wait_for
+from tests.sdk.test_api import hashed_variant
 
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
 """Every code point: controls, NUL, lone surrogates, private use, unassigned."""
@@ -47,6 +51,72 @@ EVENTS = st.fixed_dictionaries(
     },
     optional={"properties": st.dictionaries(ANY_TEXT, JSON_VALUES, max_size=4)},
 )
+
+SEED = "search_embeddings.v1"
+VARIANTS = ("baseline", "embeddings_v2")
+UNSTORABLE = st.sampled_from(["\x00", "seed\x00", "\ud800", "a\udfffb"])
+"""Drawn often on purpose: in 60 examples, ANY_TEXT alone seldom holds a NUL or a surrogate."""
+EXPOSURES = st.fixed_dictionaries(
+    {
+        "experiment": st.one_of(st.just("search_embeddings"), ANY_TEXT, UNSTORABLE),
+        "unit": st.one_of(ANY_TEXT, st.integers(min_value=-(10**30), max_value=10**30)),
+        "seed": st.one_of(st.just(SEED), ANY_TEXT, UNSTORABLE),
+        # None: the variant the unit's hash gives (an exposure the server records).
+        "variant": st.one_of(st.none(), st.sampled_from(VARIANTS), ANY_TEXT, UNSTORABLE),
+    },
+    optional={"exposed_at": st.one_of(NUMBERS, st.just(None))},
+)
+
+
+def unstorable(value: Any) -> bool:
+    """Text PostgreSQL refuses: a NUL, or a lone surrogate UTF-8 cannot encode."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return "\x00" in value
+
+
+def post_exposures(api: Api, items: list[dict[str, Any]], recorded: list[str]) -> None:
+    """Post one SDK batch; note the units whose exposure must now be in PostgreSQL."""
+    for item in items:
+        if item["variant"] is None:
+            unit = str(item["unit"])
+            item["variant"] = (
+                VARIANTS[hashed_variant("search_embeddings", SEED, unit, (0.5, 1.0))]
+                if not unstorable(unit)
+                else VARIANTS[0]
+            )
+    answer = api.post(
+        "/v1/sdk/exposures",
+        data=encode({"batch_id": uuid.uuid4().hex, "exposures": items}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code < 500, answer.text
+    bad = {
+        f"exposures[{index}].{field}"
+        for index, item in enumerate(items)
+        for field, value in item.items()
+        if unstorable(value)
+    }
+    if bad:
+        assert answer.status_code == 422, (bad, answer.text)
+    if answer.status_code != 200:
+        assert answer.headers["Content-Type"].startswith("application/problem+json")
+        if bad:  # the problem names a field holding what PostgreSQL cannot store
+            named = {error["field"] for error in answer.json()["errors"]}
+            assert named & bad, (bad, answer.text)
+        return
+    recorded.extend(
+        str(item["unit"])
+        for item in items
+        if item["experiment"] == "search_embeddings"
+        and item["seed"] == SEED
+        and item["variant"]
+        == VARIANTS[hashed_variant("search_embeddings", SEED, str(item["unit"]), (0.5, 1.0))]
+    )
 
 
 def encode(body: Any) -> bytes:
@@ -84,6 +154,7 @@ def test_whatever_is_posted_every_acknowledged_event_is_stored(property_server: 
     """One test (one server, one xdist worker): post the examples, then check the database."""
     url, api, folder = property_server
     acknowledged: list[str] = []
+    recorded: list[str] = []
     numbers = itertools.count()
 
     @settings(
@@ -92,8 +163,12 @@ def test_whatever_is_posted_every_acknowledged_event_is_stored(property_server: 
         derandomize=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
-    @given(events=st.lists(EVENTS, min_size=1, max_size=4), ndjson=st.booleans())
-    def post(events: list[dict[str, Any]], ndjson: bool) -> None:
+    @given(
+        events=st.lists(EVENTS, min_size=1, max_size=4),
+        ndjson=st.booleans(),
+        exposures=st.lists(EXPOSURES, min_size=1, max_size=3),
+    )
+    def post(events: list[dict[str, Any]], ndjson: bool, exposures: list[dict[str, Any]]) -> None:
         number = next(numbers)
         for index, event in enumerate(events):
             event["event_id"] = f"p{number}-{index}"
@@ -114,12 +189,23 @@ def test_whatever_is_posted_every_acknowledged_event_is_stored(property_server: 
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         assert assign.status_code < 500, assign.text
+        post_exposures(api, exposures, recorded)
 
     post()
     assert acknowledged, "no example was acknowledged: the strategy only makes bad events"
+    assert recorded, "no SDK exposure was recorded: the strategy only makes bad ones"
     with psycopg.connect(url, autocommit=True) as conn:
         stored = {row[0] for row in conn.execute("SELECT event_id FROM outcomes")}
         assert set(acknowledged) <= stored
+        exposed_units = {
+            row[0]
+            for row in conn.execute(
+                "SELECT unit_id FROM exposures WHERE experiment_key = 'search_embeddings'"
+                " AND seed = %s",
+                (SEED,),
+            )
+        }
+        assert set(recorded) <= exposed_units
         assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
         units = [f"after-{i}" for i in range(6)]
         exposed = [u for u in units if api.assign("search_embeddings", u)["in_experiment"]]

@@ -237,7 +237,7 @@ def test_abx_quarantine_lists_retries_and_drops(
     spool = Spool(settings.writes_spool_path, 1_000_000, max_replay_failures=1)
     spool.append([("gone-stream", 1)])
     spool.seal()
-    spool.replay(lambda batch: {}["gone-stream"])  # KeyError once: moved aside
+    spool.replay(lambda batch, mark: {}["gone-stream"])  # KeyError once: moved aside
     (segment,) = spool.quarantined_segments()
 
     listed = runner.invoke(main, ["quarantine", "list"], env=env)
