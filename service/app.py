@@ -39,6 +39,7 @@ from service.background import PeriodicThread
 from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
 from service.events.rollup import RollupScheduler, metric_windows_from, windows_from
+from service.experiments.model_registry import count_resolutions, model_registry
 from service.experiments.validation import load_experiments
 from service.inference.records import PREDICTIONS
 from service.inference.runtime import ModelRuntime, build_model_runtime
@@ -101,7 +102,9 @@ class Runtime:
 
 
 def _load_registry(settings: Settings) -> Registry:
-    loaded = load_experiments([settings.experiments], settings.models)
+    models = model_registry(settings.mlflow_tracking_uri, settings.models)
+    count_resolutions(models)
+    loaded = load_experiments([settings.experiments], settings.models, models)
     if not loaded.ok:
         raise ConfigurationError(
             "invalid experiment files:\n" + "\n".join(str(p) for p in loaded.problems)

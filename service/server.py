@@ -157,12 +157,15 @@ class AbxServer(BaseApplication):  # type: ignore[misc]
         import onnxruntime as ort
 
         from service.experiments.model_refs import resolve_model_path
+        from service.experiments.model_registry import count_resolutions, model_registry
         from service.experiments.validation import load_experiments
         from service.inference.placement import place_models
         from service.inference.supervisor import Supervisor, device_count
 
         settings = self.settings
-        loaded = load_experiments([settings.experiments], settings.models)
+        registry = model_registry(settings.mlflow_tracking_uri, settings.models)
+        count_resolutions(registry)
+        loaded = load_experiments([settings.experiments], settings.models, registry)
         files = [  # endpoints run elsewhere: nothing to place
             v.model
             for item in loaded.experiments

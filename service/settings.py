@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     reload_poll_seconds: float = Field(
         default=1.0, ge=0, description="How often YAML and model files are checked; 0: never."
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="The MLflow tracking server whose registry 'registry: mlflow:models:/...' "
+        "models come from (needs the mlflow extra).",
+    )
+    registry_poll_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often registry aliases are asked which version they name; 0: never.",
+    )
     shadow_queue_size: int = Field(default=1000, ge=1)
     sketches: bool = Field(
         default=True, description="Per-hour distribution sketches of model inputs and outputs."

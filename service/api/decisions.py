@@ -15,6 +15,7 @@ from service.decisions.results import json_safe
 from service.decisions.store import decision_log
 from service.decisions.tasks import enqueue_deliveries
 from service.errors import Conflict, InvalidRequest, UnknownExperiment
+from service.experiments.model_registry import model_registry
 from service.experiments.schema import Experiment
 
 bp = Blueprint("decisions", __name__)
@@ -46,10 +47,17 @@ def list_decisions(key: str) -> dict[str, Any]:
 def post_action(key: str) -> tuple[dict[str, Any], int]:
     experiment = _experiment(key)
     body = parse_json_body(ActionRequest)
+    runtime = current_app.extensions["abx"]
     try:
-        with current_app.extensions["abx"].database.pool.connection(timeout=2.0) as conn:
+        with runtime.database.pool.connection(timeout=2.0) as conn:
             decision_id, decision, deliveries = act(
-                conn, experiment, body.action, body.variant, auth.current().actor, body.reason
+                conn,
+                experiment,
+                body.action,
+                body.variant,
+                auth.current().actor,
+                body.reason,
+                model_registry(runtime.settings.mlflow_tracking_uri, runtime.settings.models),
             )
     except ActionRefused as refused:
         raise Conflict(str(refused)) from refused

@@ -18,7 +18,9 @@ def served_models(key: str) -> dict[str, Any]:
     experiment = runtime.registry.experiments.get(key)
     if experiment is None:
         raise UnknownExperiment(f"There is no experiment {key!r}.")
-    configured = {v.model.sha256: v.model.path for v in experiment.variants if v.model is not None}
+    models = [v.model for v in experiment.variants if v.model is not None]
+    configured = {ref.sha256: ref.path for ref in models}
+    versions = {ref.sha256: ref.resolved.version for ref in models if ref.resolved is not None}
     with runtime.database.pool.connection(timeout=2.0) as conn:
         served = model_lineage(conn, key)
     variants: dict[str, list[dict[str, Any]]] = {v.key: [] for v in experiment.variants}
@@ -29,7 +31,7 @@ def served_models(key: str) -> dict[str, Any]:
                 "model_sha256": item.model_sha256,
                 "model_path": configured.get(item.model_sha256),
                 "provider": item.provider,
-                "registry_version": None,
+                "registry_version": versions.get(item.model_sha256),
                 "shadow": item.shadow,
                 "first_served_at": item.first_served_at.isoformat(),
                 "last_served_at": item.last_served_at.isoformat(),

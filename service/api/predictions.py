@@ -19,6 +19,7 @@ def predict() -> dict[str, Any]:
     service = current_app.extensions["abx"].models.predictions
     prediction = service.predict(body.experiment, body.unit, body.attributes, body.inputs)
     model = prediction.model
+    registry = prediction.registry
     annotate(
         experiment=body.experiment,
         variant=prediction.assignment.variant,
@@ -31,7 +32,12 @@ def predict() -> dict[str, Any]:
         "variant": prediction.assignment.variant,
         "reason": prediction.assignment.reason.value,
         "in_experiment": prediction.assignment.exposed,
-        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "sha256": model.sha256,
+            "registry": None if registry is None else registry.model_dump(),
+        },
         "outputs": prediction.outputs,
         "provider": prediction.provider,
         "latency_ms": round(prediction.latency_ms, 3),

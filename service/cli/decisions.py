@@ -132,7 +132,7 @@ def action(experiment_key: str, action: str, variant: str | None, reason: str) -
     """
     from service.cli.support import os_actor
     from service.decisions.actions import ActionRefused, act
-    from service.decisions.tasks import context, experiment, post_webhook
+    from service.decisions.tasks import context, experiment, post_webhook, registry_of
 
     if experiment_key not in context().experiments:
         click.echo(f"there is no experiment {experiment_key!r}", err=True)
@@ -140,7 +140,13 @@ def action(experiment_key: str, action: str, variant: str | None, reason: str) -
     try:
         with context().database.pool.connection(timeout=10.0) as conn:
             decision_id, decision, deliveries = act(
-                conn, experiment(experiment_key), action, variant, os_actor(), reason
+                conn,
+                experiment(experiment_key),
+                action,
+                variant,
+                os_actor(),
+                reason,
+                registry_of(context()),
             )
     except (ActionRefused, ValueError) as refused:
         click.echo(f"refused: {refused}", err=True)

@@ -22,6 +22,7 @@ from service.cli.support import (
     refuse_unsafe_settings,
     settings_from_env,
 )
+from service.experiments.model_registry import model_registry
 from service.experiments.validation import experiment_files, load_experiments
 from service.storage.embedded import database_url
 from service.storage.migrations import MigrationError, apply_migrations
@@ -50,7 +51,8 @@ def validate(paths: tuple[Path, ...]) -> None:
             f"no experiment files (*.yaml, *.yml) in {', '.join(map(str, targets))}", err=True
         )
         sys.exit(1)
-    result = load_experiments(targets, settings.models)
+    registry = model_registry(settings.mlflow_tracking_uri, settings.models)
+    result = load_experiments(targets, settings.models, registry)
     for problem in result.problems:
         click.echo(str(problem), err=True)
     if not result.ok:

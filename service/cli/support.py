@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from service.experiments.model_registry import model_registry
 from service.experiments.schema import Experiment
 from service.experiments.validation import LoadResult, load_experiments
 from service.settings import Settings
@@ -26,7 +27,9 @@ def experiments_or_exit(settings: Settings, check_models: bool = True) -> LoadRe
     Commands that never load a model (importing events, exporting state) skip the model
     file checks, so they work on a host without the model files.
     """
-    result = load_experiments([settings.experiments], settings.models if check_models else None)
+    registry = model_registry(settings.mlflow_tracking_uri, settings.models)
+    models = settings.models if check_models else None
+    result = load_experiments([settings.experiments], models, registry)
     if not result.ok:
         for problem in result.problems:
             click.echo(str(problem), err=True)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.assignment.state import load_state
+from service.decisions.aliases import move_registry_alias
 from service.decisions.rules import Decision
 from service.decisions.shadows import GraduationRefused, apply_graduation
 from service.decisions.store import (
@@ -17,6 +18,7 @@ from service.decisions.store import (
     mark_applied,
     record_decision,
 )
+from service.experiments.model_registry import ModelRegistry
 from service.experiments.schema import Experiment
 from service.observability import metrics
 
@@ -97,13 +99,20 @@ def _rollback(experiment: Experiment, state: Any, variant: str | None, reason: s
 
 
 def act(
-    conn: Any, experiment: Experiment, action: str, variant: str | None, actor: str, reason: str
+    conn: Any,
+    experiment: Experiment,
+    action: str,
+    variant: str | None,
+    actor: str,
+    reason: str,
+    registry: ModelRegistry | None = None,
 ) -> tuple[str, Decision, list[str]]:
     """Apply a human action in one transaction; return the decision id and webhook deliveries.
 
     ``actor`` goes into the audit log as given, so it must be one the caller verified: the
     API passes its key's ``key:<name>``, ``abx action`` the operating-system user
-    (``cli:<user>``)."""
+    (``cli:<user>``). A promotion of a registry model, or its rollback, moves the
+    experiment's ``policy.registry_alias`` in ``registry`` (``aliases.py``)."""
     with conn.transaction():
         lock_experiment(conn, experiment.key)
         before, _ = load_state(conn, experiment)
@@ -120,6 +129,9 @@ def act(
                     )
                 except GraduationRefused as error:
                     raise ActionRefused(str(error)) from error
+        moved = move_registry_alias(conn, experiment, before, decision, registry)
+        if moved is not None:
+            numbers["registry"] = moved
         decision_id, deliveries = record_decision(
             conn,
             experiment,

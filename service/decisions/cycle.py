@@ -14,6 +14,7 @@ from typing import Any
 
 from service.assignment.state import load_state
 from service.assignment.sync import allocated_weights
+from service.decisions.aliases import move_registry_alias
 from service.decisions.graduation import as_allocated
 from service.decisions.inputs import run_analysis
 from service.decisions.results import json_safe
@@ -27,6 +28,7 @@ from service.decisions.store import (
     record_analysis_run,
     record_decision,
 )
+from service.experiments.model_registry import ModelRegistry
 from service.experiments.schema import Experiment
 
 
@@ -38,8 +40,13 @@ class AnalysisOutcome:
     numbers: dict[str, Any]
 
 
-def analyze_and_decide(conn: Any, experiment: Experiment, actor: str = "abx") -> AnalysisOutcome:
-    """One analysis run: read, analyse, decide, apply — all in one transaction."""
+def analyze_and_decide(
+    conn: Any, experiment: Experiment, actor: str = "abx", registry: ModelRegistry | None = None
+) -> AnalysisOutcome:
+    """One analysis run: read, analyse, decide, apply — all in one transaction.
+
+    A promotion (or its rollback) of a registry model moves ``policy.registry_alias`` in
+    ``registry`` too (``aliases.py``)."""
     with conn.transaction():
         lock_experiment(conn, experiment.key)
         experiment = as_allocated(experiment, allocated_weights(conn, experiment))
@@ -74,6 +81,9 @@ def analyze_and_decide(conn: Any, experiment: Experiment, actor: str = "abx") ->
         if decision.awaiting_approval and awaits_approval(conn, experiment, decision):
             return AnalysisOutcome(dataclasses.replace(decision, kind="continue",
                                    reason="a promotion awaits approval"), None, [], numbers)  # fmt: skip
+        moved = move_registry_alias(conn, experiment, state, decision, registry)
+        if moved is not None:
+            numbers = {**numbers, "registry": moved}
         decision_id, deliveries = record_decision(
             conn, experiment, decision, state, numbers, actor, experiment.policy.webhooks
         )

@@ -77,6 +77,17 @@ def record_decision(
     return decision_id, queue_deliveries(conn, decision_id, webhooks, payload)
 
 
+def last_registry_move(conn: Any, experiment: Experiment) -> tuple[str, dict[str, Any]] | None:
+    """The newest applied decision that moved (or tried to move) a registry alias, and what."""
+    row = conn.execute(
+        "SELECT decision_id::text, numbers->'registry' FROM decisions WHERE experiment_key = %s"
+        " AND seed = %s AND status = 'applied' AND numbers ? 'registry'"
+        " ORDER BY created_at DESC, decision_id DESC LIMIT 1",
+        (experiment.key, experiment.seed),
+    ).fetchone()
+    return (str(row[0]), dict(row[1])) if row else None
+
+
 def awaits_approval(conn: Any, experiment: Experiment, decision: Decision) -> bool:
     """Whether the same decision already waits for a human's approval."""
     row = conn.execute(

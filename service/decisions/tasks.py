@@ -29,6 +29,7 @@ from service.decisions.webhooks import (
     stale_deliveries,
 )
 from service.events.rollup import metric_windows_from, roll_up_once, windows_from
+from service.experiments.model_registry import ModelRegistry, model_registry
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
 from service.observability import metrics
@@ -61,6 +62,11 @@ def context() -> WorkerContext:
     return WorkerContext(settings, experiments, database)
 
 
+def registry_of(ctx: WorkerContext) -> ModelRegistry:
+    """The model registry promotions move aliases in (``policy.registry_alias``)."""
+    return model_registry(ctx.settings.mlflow_tracking_uri, ctx.settings.models)
+
+
 def experiment(key: str) -> Experiment:
     found = context().experiments.get(key)
     if found is None:
@@ -82,7 +88,7 @@ def analyze_now(key: str) -> AnalysisOutcome:
                 )
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break
-            outcome = analyze_and_decide(conn, analysed)
+            outcome = analyze_and_decide(conn, analysed, registry=registry_of(ctx))
             awaiting = awaiting_approval_counts(conn, [analysed])[key]
     except Exception:
         metrics.ANALYSIS_RUNS.labels(key, "error").inc()
@@ -205,7 +211,9 @@ def apply_decision(key: str, action: str, variant: str | None, actor: str, reaso
 
     ``actor`` is recorded as given: callers pass one they verified (``key:<name>``)."""
     with context().database.pool.connection(timeout=10.0) as conn:
-        decision_id, _, deliveries = act(conn, experiment(key), action, variant, actor, reason)
+        decision_id, _, deliveries = act(
+            conn, experiment(key), action, variant, actor, reason, registry_of(context())
+        )
     enqueue_deliveries(deliveries)
     return decision_id
 

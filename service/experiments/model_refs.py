@@ -42,6 +42,13 @@ def model_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         if variant.model is not None:
             yield from _reference_problems(("variants", index, "model"), variant.model)
     yield from _feature_rule_problems(experiment)
+    if experiment.policy.registry_alias is not None and not any(
+        v.model is not None and v.model.registry is not None for v in experiment.variants
+    ):
+        yield RuleProblem(
+            ("policy", "registry_alias"),
+            "no variant's model comes from a registry ('registry: mlflow:models:/...')",
+        )
     fallback = experiment.serving.fallback
     if fallback is not None and fallback not in served:
         yield RuleProblem(
@@ -51,10 +58,15 @@ def model_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:
 
 
 def _reference_problems(path: DataPath, ref: ModelRef) -> Iterator[RuleProblem]:
-    """A file with its checksum, or an endpoint: one of the two, and what goes with it."""
+    """A file with its checksum, a registry model, or an endpoint; and what goes with it."""
+    if ref.registry is not None:
+        yield from _registry_problems(path, ref)
+        return
     if ref.endpoint is None:
         if ref.path is None:
-            yield RuleProblem(path, "a model needs 'path' and 'sha256', or an 'endpoint'")
+            yield RuleProblem(
+                path, "a model needs 'path' and 'sha256', a 'registry' model, or an 'endpoint'"
+            )
         elif ref.sha256 is None:
             yield RuleProblem((*path, "sha256"), "a model file needs its 'sha256'")
         if ref.token_env is not None:
@@ -68,6 +80,26 @@ def _reference_problems(path: DataPath, ref: ModelRef) -> Iterator[RuleProblem]:
             )  # fmt: skip
     if ref.batching:
         yield RuleProblem((*path, "batching"), "an endpoint's server batches: leave batching off")
+
+
+def _registry_problems(path: DataPath, ref: ModelRef) -> Iterator[RuleProblem]:
+    """A registry model names no file or endpoint; a checksum pins a version, not an alias."""
+    assert ref.registry is not None
+    for field in ("path", "endpoint", "token_env"):
+        if getattr(ref, field) is not None:
+            yield RuleProblem(
+                (*path, field),
+                f"'{field}' does not go with 'registry': the registry names the file",
+            )
+    alias = "@" in ref.registry
+    if alias and ref.sha256 is not None:
+        yield RuleProblem((*path, "sha256"), "a checksum pins one file: it goes with a registry "
+                          "version (mlflow:models:/<name>/<version>), not an alias that moves")  # fmt: skip
+    if alias and ref.reference is not None:
+        yield RuleProblem((*path, "reference"), "a reference profile is of one file: it goes "
+                          "with a registry version, not an alias that moves")  # fmt: skip
+    elif ref.reference is not None and ref.sha256 is None:
+        yield RuleProblem((*path, "sha256"), "a reference profile needs the version's 'sha256'")
 
 
 def _feature_rule_problems(experiment: Experiment) -> Iterator[RuleProblem]:

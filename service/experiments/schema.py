@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag
 
 Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -57,9 +57,30 @@ class ReferenceProfile(StrictModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+REGISTRY_PATTERN = (
+    r"^mlflow:models:/[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}(@[A-Za-z_][A-Za-z0-9_\-]{0,254}"
+    r"|/[1-9][0-9]{0,9})$"
+)
+REGISTRY_ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,254}$"
+
+
+class RegistryVersion(StrictModel):
+    """The registry version a ``registry`` reference resolved to when it was loaded."""
+
+    uri: str
+    name: str
+    version: str
+    from_cache: bool = False
+    """The registry was unreachable: the last version resolved on this host serves on."""
+
+
 class ModelRef(StrictModel):
     path: str | None = Field(default=None, min_length=1)
     """The ONNX file under the models root (with ``sha256``); or else ``endpoint``."""
+    registry: Annotated[str, Field(pattern=REGISTRY_PATTERN)] | None = None
+    """A model in an MLflow registry, ``mlflow:models:/<name>@<alias>`` or
+    ``mlflow:models:/<name>/<version>``: resolved and downloaded at load and at every reload
+    (``path`` and ``sha256`` are then filled in from the download)."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     endpoint: Annotated[str, Field(pattern=ENDPOINT_PATTERN)] | None = None
     """A model served elsewhere over the Open Inference Protocol (KServe v2 REST):
@@ -78,6 +99,18 @@ class ModelRef(StrictModel):
     reference: ReferenceProfile | None = None
     """Reference distributions of the model's inputs and outputs (``abx models profile``):
     the sketches' bins, and what the drift guardrails compare this variant with."""
+    _resolved: RegistryVersion | None = PrivateAttr(default=None)
+
+    @property
+    def resolved(self) -> RegistryVersion | None:
+        """The registry version this reference was resolved to (None: not from a registry)."""
+        return self._resolved
+
+    def with_resolution(self, path: str, sha256: str, resolved: RegistryVersion) -> ModelRef:
+        """This reference served from the file a registry version was downloaded to."""
+        copy = self.model_copy(update={"path": path, "sha256": sha256})
+        copy._resolved = resolved
+        return copy
 
 
 class Shadow(StrictModel):
@@ -333,6 +366,9 @@ class Policy(StrictModel):
     srm_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     webhooks: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
     drift: list[DriftGuardrail] = Field(default_factory=list)
+    registry_alias: Annotated[str, Field(pattern=REGISTRY_ALIAS_PATTERN)] | None = None
+    """Opt-in: promoting a variant whose model comes from an MLflow registry points this alias
+    (e.g. ``champion``) at the version it served; rolling the promotion back points it back."""
     bandit: Bandit | None = None
     """``method: bandit`` only (its defaults apply when absent)."""
     shadow_graduation: ShadowGraduation | None = None

@@ -11,8 +11,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.experiments.model_refs import model_file_problems, model_rule_problems
-from service.experiments.rules import check_experiment
-from service.experiments.schema import TARGETING_OPS, Experiment
+from service.experiments.model_registry import ModelRegistry, RegistryError
+from service.experiments.rules import RuleProblem, check_experiment
+from service.experiments.schema import TARGETING_OPS, Experiment, RegistryVersion
 from service.experiments.source import (
     DataPath,
     PathElement,
@@ -87,10 +88,50 @@ def _pydantic_problems(source: SourceDocument, error: ValidationError) -> list[P
     return problems
 
 
+def resolve_registry_models(
+    experiment: Experiment, registry: ModelRegistry | None
+) -> tuple[Experiment, list[RuleProblem]]:
+    """The experiment with every ``registry`` model resolved to its downloaded, verified file."""
+    variants = list(experiment.variants)
+    problems: list[RuleProblem] = []
+    for index, variant in enumerate(variants):
+        ref = variant.model
+        if ref is None or ref.registry is None:
+            continue
+        path = ("variants", index, "model", "registry")
+        if registry is None:
+            problems.append(RuleProblem(path, "a registry model needs ABX_MLFLOW_TRACKING_URI"))
+            continue
+        try:
+            found = registry.resolve(ref.registry)
+        except RegistryError as error:
+            problems.append(RuleProblem(path, str(error)))
+            continue
+        if ref.sha256 is not None and ref.sha256 != found.sha256:
+            problems.append(RuleProblem(
+                ("variants", index, "model", "sha256"),
+                f"{ref.registry} (version {found.version}) has SHA-256 {found.sha256}, "
+                f"not the {ref.sha256} expected",
+            ))  # fmt: skip
+            continue
+        version = RegistryVersion(
+            uri=ref.registry, name=found.name, version=found.version, from_cache=found.from_cache
+        )
+        resolved = ref.with_resolution(found.path, found.sha256, version)
+        variants[index] = variant.model_copy(update={"model": resolved})
+    return experiment.model_copy(update={"variants": variants}), problems
+
+
 def validate_document(
-    source: SourceDocument, models_root: Path | None = None, checked: dict[Path, str] | None = None
+    source: SourceDocument,
+    models_root: Path | None = None,
+    checked: dict[Path, str] | None = None,
+    registry: ModelRegistry | None = None,
 ) -> tuple[Experiment | None, list[Problem]]:
-    """Validate one parsed file on its own (and its model files, given the models root)."""
+    """Validate one parsed file on its own (and its model files, given the models root).
+
+    With the models root, registry models are resolved first (``registry``): their files
+    are then checked like any other."""
     if not isinstance(source.data, dict):
         return None, [Problem(source.path, 1, "experiment", "the file must hold one YAML mapping")]
     try:
@@ -102,9 +143,10 @@ def validate_document(
         for p in [*check_experiment(experiment), *model_rule_problems(experiment)]
     ]
     if not problems and models_root is not None:
+        experiment, resolve_problems = resolve_registry_models(experiment, registry)
         problems = [
             Problem(source.path, source.line_of(p.path), field_name(p.path), p.message)
-            for p in model_file_problems(experiment, models_root, checked)
+            for p in resolve_problems or model_file_problems(experiment, models_root, checked)
         ]
     return (None if problems else experiment), problems
 
@@ -147,10 +189,13 @@ def _cross_file_problems(loaded: Sequence[LoadedExperiment]) -> list[Problem]:
     return problems
 
 
-def load_experiments(paths: Iterable[Path], models_root: Path | None = None) -> LoadResult:
+def load_experiments(
+    paths: Iterable[Path], models_root: Path | None = None, registry: ModelRegistry | None = None
+) -> LoadResult:
     """Load and validate every experiment file under ``paths``; any problem is reported.
 
-    With ``models_root``, every model a variant names is checked too (path, SHA-256, signature).
+    With ``models_root``, every model a variant names is checked too (path, SHA-256, signature),
+    registry models resolved through ``registry`` first.
     """
     loaded: list[LoadedExperiment] = []
     checked: dict[Path, str] = {}
@@ -164,7 +209,7 @@ def load_experiments(paths: Iterable[Path], models_root: Path | None = None) -> 
         except (OSError, UnicodeDecodeError) as error:
             problems.append(Problem(path, 1, "experiment", f"cannot read file: {error}"))
             continue
-        experiment, file_problems = validate_document(source, models_root, checked)
+        experiment, file_problems = validate_document(source, models_root, checked, registry)
         problems.extend(sorted(file_problems, key=lambda p: p.line))
         if experiment is not None:
             loaded.append(LoadedExperiment(experiment, source))

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.sync import StateSync
+from service.experiments.model_registry import model_registry
 from service.experiments.reload import HotReloader
 from service.experiments.validation import LoadResult
 from service.inference.catalog import BatchingConfig, ProcessConfig, build_catalog
@@ -168,8 +169,22 @@ def build_model_runtime(
         edges.clear()
         edges.update(fresh)  # new reference bins for answers sketched from now on
 
+    uris = sorted(
+        {
+            v.model.registry
+            for experiment in registry.experiments.values()
+            for v in experiment.variants
+            if v.model is not None and v.model.registry is not None
+        }
+    )
     reloader = HotReloader(
-        settings.experiments, settings.models, apply, settings.reload_poll_seconds
+        settings.experiments,
+        settings.models,
+        apply,
+        settings.reload_poll_seconds,
+        model_registry(settings.mlflow_tracking_uri, settings.models),
+        settings.registry_poll_seconds,
+        uris,
     )
     reloader.start()
     return ModelRuntime(service, pool, shadows, reloader, sketches, _onnxruntime_status(), process)

@@ -15,6 +15,7 @@ from typing import Any
 from service.assignment.core import Assignment
 from service.assignment.service import AssignmentService
 from service.errors import InvalidRequest
+from service.experiments.schema import RegistryVersion
 from service.inference.cache import input_digest
 from service.inference.catalog import Catalog
 from service.inference.endpoint import EndpointModel
@@ -38,6 +39,8 @@ class Prediction:
     cached: bool
     provider: str
     """The execution provider that computed the outputs (in the inference process or here)."""
+    registry: RegistryVersion | None = None
+    """The registry version of the model that answered (None: a file or an endpoint)."""
 
 
 def start_series(catalog: Catalog) -> None:
@@ -187,4 +190,5 @@ class PredictionService:
             failure,
             cached,
             provider,
+            served.ref.resolved,
         )

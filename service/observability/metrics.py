@@ -113,6 +113,17 @@ INFERENCE_RESTARTS = Counter(
 BATCH_SIZE = Histogram(
     "abx_model_batch_rows", "Rows per micro-batched model run.", ["model"], buckets=BATCH_ROWS
 )
+REGISTRY_RESOLUTIONS = Counter(
+    "abx_model_registry_resolutions",
+    "Registry models resolved at load or reload, by outcome: resolved (asked the registry), "
+    "last_good (registry unreachable: the version resolved before serves on), failed.",
+    ["outcome"],
+)
+REGISTRY_ALIAS_MOVES = Counter(
+    "abx_model_registry_alias_moves",
+    "Registry aliases moved by a promotion or its rollback, by result (moved, failed).",
+    ["result"],
+)
 CACHE_LOOKUPS = Counter(
     "abx_prediction_cache_lookups",
     "Prediction cache lookups (experiments with a cache only), by result: hit or miss.",

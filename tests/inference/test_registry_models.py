@@ -1,0 +1,157 @@
+"""Models from a real MLflow registry: resolved at load and at reload, served from the cache
+while the registry is away, and promotion moving an alias (and a rollback moving it back).
+
+One SQLite-backed ``mlflow server`` serves the module (``tests/mlflow_registry.py``); each
+test registers models under its own name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.experiments.model_registry import ModelRegistry
+from tests.conftest import Api, ServerFactory, wait_for
+from tests.experiment_files import minimal_experiment, write_experiment
+from tests.mlflow_registry import Forwarder, MlflowServer, mlflow_server
+from tests.model_fixtures import MODELS, demo_models
+
+__all__ = ["mlflow_server"]  # the module-scoped fixture, used by name below
+ROW = [[0.5] * 20]
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, str]:
+    return demo_models()
+
+
+def registry_experiment(key: str, name: str, **fields: Any) -> dict[str, Any]:
+    """Control ``a`` serves ``name@champion``, treatment ``b`` ``name@challenger``."""
+    return minimal_experiment(
+        key,
+        variants=[
+            {"key": "a", "weight": 0.5, "model": {"registry": f"mlflow:models:/{name}@champion"}},
+            {"key": "b", "weight": 0.5, "model": {"registry": f"mlflow:models:/{name}@challenger"}},
+        ],
+        forced={"unit-a": "a", "unit-b": "b"},
+        **fields,
+    )
+
+
+def predict(api: Api, key: str, unit: str) -> dict[str, Any]:
+    response = api.post(
+        "/v1/predict", {"experiment": key, "unit": unit, "inputs": {"features": ROW}}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_registry_models_resolve_reload_and_outlive_the_registry(
+    mlflow_server: MlflowServer,
+    server_factory: ServerFactory,
+    db: str,
+    tmp_path: Path,
+    built: dict[str, str],
+) -> None:
+    name = "churn_serving"
+    logreg, mlp = built["churn_logreg.onnx"], built["churn_mlp.onnx"]
+    v1, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
+    client = mlflow_server.client()
+    client.set_registered_model_alias(name, "champion", v1)
+    client.set_registered_model_alias(name, "challenger", v2)
+    forwarder = Forwarder(int(mlflow_server.url.rsplit(":", 1)[1]))
+    experiments, models = tmp_path / "registry-experiments", tmp_path / "models"
+    models.mkdir()
+    yaml_file = write_experiment(experiments, registry_experiment("reg", name))
+    server = server_factory(
+        db,
+        experiments,
+        ABX_MODELS=str(models),
+        ABX_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{forwarder.port}",
+        ABX_RELOAD_POLL_SECONDS="0.1",
+        ABX_REGISTRY_POLL_SECONDS="0.2",
+    )
+    api = Api(server.base_url)
+    try:
+        control, treatment = predict(api, "reg", "unit-a"), predict(api, "reg", "unit-b")
+        # Each variant serves the version its alias names, checked against the file registered.
+        assert control["model"]["sha256"] == logreg
+        assert control["model"]["registry"] == {
+            "uri": f"mlflow:models:/{name}@champion", "name": name, "version": v1,
+            "from_cache": False,
+        }  # fmt: skip
+        assert treatment["model"]["sha256"] == mlp
+        assert treatment["model"]["registry"]["version"] == v2
+        # The registry moves the alias: the reloader notices, downloads, and serves it.
+        client.set_registered_model_alias(name, "challenger", v1)
+        assert wait_for(
+            lambda: predict(api, "reg", "unit-b")["model"]["registry"]["version"] == v1, 30
+        ), server.log()
+        assert predict(api, "reg", "unit-b")["model"]["sha256"] == logreg
+        # The registry goes away: serving goes on with the versions resolved last.
+        forwarder.close()
+        answers = [predict(api, "reg", unit) for unit in ("unit-a", "unit-b") * 5]
+        assert {a["model"]["sha256"] for a in answers} == {logreg}
+        # A reload while it is away (a YAML edit) keeps them, flagged as from the cache.
+        yaml_file.write_text(yaml_file.read_text().replace("A test experiment.", "Edited."))
+        assert wait_for(
+            lambda: predict(api, "reg", "unit-b")["model"]["registry"]["from_cache"], 30
+        ), server.log()
+        after = predict(api, "reg", "unit-b")["model"]
+        assert (after["sha256"], after["registry"]["version"]) == (logreg, v1)
+        lineage = api.get("/v1/experiments/reg/models").json()
+        served = {m["model_sha256"]: m["registry_version"] for v in lineage["variants"]
+                  for m in v["models"]}  # fmt: skip
+        assert served.get(logreg) == v1
+    finally:
+        forwarder.close()
+    # A process started while the registry is away serves the last version resolved here.
+    cold = ModelRegistry(f"http://127.0.0.1:{forwarder.port}", models)
+    resolved = cold.resolve(f"mlflow:models:/{name}@challenger")
+    assert (resolved.version, resolved.sha256, resolved.from_cache) == (v1, logreg, True)
+
+
+def test_promotion_moves_the_registry_alias_and_rollback_moves_it_back(
+    mlflow_server: MlflowServer,
+    server_factory: ServerFactory,
+    db: str,
+    tmp_path: Path,
+    built: dict[str, str],
+) -> None:
+    name = "churn_promotion"
+    v1, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
+    client = mlflow_server.client()
+    client.set_registered_model_alias(name, "champion", v1)
+    client.set_registered_model_alias(name, "challenger", v2)
+    experiments, models = tmp_path / "registry-experiments", tmp_path / "models"
+    models.mkdir()
+    experiment = registry_experiment("promo", name, policy={"registry_alias": "champion"})
+    write_experiment(experiments, experiment)
+    server = server_factory(
+        db, experiments, ABX_MODELS=str(models), ABX_MLFLOW_TRACKING_URI=mlflow_server.url
+    )
+    api = Api(server.base_url)
+    promote = api.post(
+        "/v1/experiments/promo/actions",
+        {"action": "promote", "variant": "b", "reason": "b wins"},
+    )
+    assert promote.status_code == 201, promote.text
+    assert mlflow_server.alias(name, "champion") == v2
+    rollback = api.post(
+        "/v1/experiments/promo/actions",
+        {"action": "rollback", "variant": "b", "reason": "b breaks a guardrail after all"},
+    )
+    assert rollback.status_code == 201, rollback.text
+    assert mlflow_server.alias(name, "champion") == v1
+    log = api.get("/v1/experiments/promo/decisions").json()["decisions"]
+    moves = {entry["kind"]: entry["numbers"]["registry"] for entry in log}
+    assert moves["promote"] | {"model": name, "alias": "champion", "version": v2,
+                               "previous_version": v1} == moves["promote"]  # fmt: skip
+    assert "error" not in moves["promote"]
+    assert moves["rollback"]["version"] == v1
+    assert moves["rollback"]["previous_version"] == v2
+    ids = {entry["kind"]: entry["decision_id"] for entry in log}
+    assert moves["rollback"]["reverts"] == ids["promote"]
