@@ -57,7 +57,10 @@ class MlflowServer:
         for index, path in enumerate(files):
             client.log_artifact(run.info.run_id, str(path), f"model-{index}")
             source = f"{run.info.artifact_uri}/model-{index}"
-            versions.append(str(client.create_model_version(name, source, run.info.run_id).version))
+            created = client.create_model_version(
+                name, source, run.info.run_id, await_creation_for=0
+            )
+            versions.append(str(created.version))
         client.set_terminated(run.info.run_id)
         return versions
 
@@ -85,6 +88,8 @@ def start_mlflow(folder: Path) -> MlflowServer:
              "--artifacts-destination", str(folder / "artifacts"),
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+            # No job runner (huey): the registry needs none, and it is one process less.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )  # fmt: skip
     server = MlflowServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + START_SECONDS
