@@ -100,7 +100,9 @@ def resolve_registry_models(
             continue
         path = ("variants", index, "model", "registry")
         if registry is None:
-            problems.append(RuleProblem(path, "a registry model needs ABX_MLFLOW_TRACKING_URI (the registry)"))
+            problems.append(
+                RuleProblem(path, "a registry model needs ABX_MLFLOW_TRACKING_URI (the registry)")
+            )
             continue
         try:
             found = registry.resolve(ref.registry)

@@ -52,7 +52,9 @@ def test_rules_between_registry_fields_point_at_their_line(tmp_path: Path) -> No
     ]
     pinned_alias = problems(tmp_path, {"registry": "mlflow:models:/churn@champion", "sha256": SHA})
     assert len(pinned_alias) == 1
-    assert f":{line_of(SHA, tmp_path)}: variants[0].model.sha256: a checksum pins" in pinned_alias[0]
+    assert (
+        f":{line_of(SHA, tmp_path)}: variants[0].model.sha256: a checksum pins" in pinned_alias[0]
+    )
     bad_uri = problems(tmp_path, {"registry": "mlflow:models:/churn@"})
     assert len(bad_uri) == 1 and "variants[0].model.registry: String should match" in bad_uri[0]
     assert f":{line_of('churn@', tmp_path)}:" in bad_uri[0]
