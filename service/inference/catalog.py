@@ -184,7 +184,10 @@ def build_catalog(
             if ref.endpoint is not None:
                 variants[variant.key] = _endpoint_model(variant.key, ref, rate, process)
                 continue
-            assert ref.path is not None and ref.sha256 is not None  # the rules made sure
+            if ref.path is None or ref.sha256 is None:  # a registry model loaded unresolved
+                error = f"{ref.registry} was not resolved (loaded without the models root)"
+                variants[variant.key] = ServingModel(variant.key, ref, None, error, ())
+                continue
             path = resolve_model_path(models_root, ref.path) or models_root / ref.path
             placement = placements.get(ref.sha256) or (process.default if process else None)
             remote = None

@@ -21,7 +21,8 @@ from service.assignment.state import read_states
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
 from service.assignment.sync import read_allocations
 from service.decisions.webhooks import queue_job_deliveries
-from service.experiments.validation import LoadResult
+from service.experiments.model_registry import model_registry
+from service.experiments.validation import LoadResult, field_name, resolve_registry_models
 from service.inference.catalog import BatchingConfig, build_catalog
 from service.inference.runner import SessionRunner
 from service.inference.sessions import SessionPool
@@ -86,6 +87,14 @@ def _run_locked(
         plans, now = read_allocations(conn, registry)
         states = read_states(conn, registry.experiments)
     registry.apply_plans(plans, now.timestamp() - time.time(), states)
+    # Registry models: the versions their references name now (the YAML was loaded without
+    # the models root), downloaded to the cache like a serving process does.
+    experiment, unresolved = resolve_registry_models(
+        experiment, model_registry(settings.mlflow_tracking_uri, settings.models)
+    )
+    if unresolved:
+        problems = "; ".join(f"{field_name(p.path)}: {p.message}" for p in unresolved)
+        return _fail(database, job_id, job.experiment_key, f"registry models: {problems}")
     batching = BatchingConfig(False, settings.job_run_rows, 0.0)
     catalog = build_catalog([experiment], settings.models, pool, batching)
     models = catalog.get(experiment.key)
