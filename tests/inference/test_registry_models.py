@@ -7,13 +7,20 @@ test registers models under its own name.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from service.assignment.state import load_state
+from service.decisions.actions import act
+from service.decisions.rules import Decision
+from service.decisions.store import decision_log, record_decision
 from service.experiments.model_registry import ModelRegistry
-from tests.conftest import Api, ServerFactory, wait_for
+from service.experiments.schema import Experiment
+from tests.conftest import Api, ServerFactory, free_port, wait_for
 from tests.experiment_files import minimal_experiment, write_experiment
 from tests.mlflow_registry import Forwarder, MlflowServer, mlflow_server
 from tests.model_fixtures import MODELS, demo_models
@@ -155,3 +162,43 @@ def test_promotion_moves_the_registry_alias_and_rollback_moves_it_back(
     assert moves["rollback"]["previous_version"] == v2
     ids = {entry["kind"]: entry["decision_id"] for entry in log}
     assert moves["rollback"]["reverts"] == ids["promote"]
+
+
+def test_an_approved_promotion_moves_the_alias_as_the_worker_sees_it(
+    mlflow_server: MlflowServer, db: str, tmp_path: Path
+) -> None:
+    """The decision workers load the YAML without resolving models: the version to promote is
+    the one the variant's reference names in the registry when the promotion is applied."""
+    name = "churn_approval"
+    _, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
+    client = mlflow_server.client()
+    client.set_registered_model_alias(name, "challenger", v2)  # no champion yet
+    experiment = Experiment.model_validate(
+        registry_experiment("approval", name, policy={"registry_alias": "champion"})
+    )
+    registry = ModelRegistry(mlflow_server.url, tmp_path / "models")
+    with psycopg.connect(db, autocommit=True) as conn:
+        before, _ = load_state(conn, experiment)
+        promoted = replace(before, state="promoted", winner="b")
+        awaiting = Decision("promote", "policy", promoted, "b", awaiting_approval=True)
+        with conn.transaction():
+            record_decision(conn, experiment, awaiting, before, {}, "abx", [])
+        assert mlflow_server.alias(name, "champion") is None  # awaiting: nothing moves
+        act(conn, experiment, "approve", None, "cli:test", "go", registry)
+        assert mlflow_server.alias(name, "champion") == v2
+        # The whole experiment rolled back: the alias named nothing before, so it goes.
+        act(conn, experiment, "rollback", None, "cli:test", "stop", registry)
+        assert mlflow_server.alias(name, "champion") is None
+        # A registry that does not answer never stops a promotion; the audit entry says so.
+        away = ModelRegistry(f"http://127.0.0.1:{free_port()}", tmp_path / "models")
+        act(conn, experiment, "promote", "b", "cli:test", "again", away)
+        after, _ = load_state(conn, experiment)
+        entries = decision_log(conn, "approval")
+    assert (after.state, after.winner) == ("promoted", "b")
+    moves = [(e.kind, e.numbers.get("registry")) for e in entries]
+    assert moves[0] == ("promote", None)  # the decision that awaited approval
+    assert moves[1][0] == "approve" and moves[1][1]["version"] == v2
+    assert moves[1][1]["previous_version"] is None
+    assert moves[2][0] == "rollback" and moves[2][1]["version"] is None
+    assert moves[3][0] == "promote" and "error" in moves[3][1]
+    assert mlflow_server.alias(name, "champion") is None
