@@ -79,6 +79,8 @@ def _promote(
         # The version this process served; a process that loaded no models asks the registry.
         version = ref.resolved.version if ref.resolved is not None else registry.lookup(reference)
         moved["version"] = version
+        if ref.resolved is not None:
+            moved["sha256"] = ref.sha256  # the file this process served for that version
         moved["previous_version"] = registry.alias_version(reference.name, alias)
         registry.move_alias(reference.name, alias, version)
     except RegistryError as error:

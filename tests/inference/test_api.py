@@ -64,7 +64,12 @@ def test_outputs_equal_a_direct_onnxruntime_run(api: Api, built: dict[str, str])
         variant = body["variant"]
         assert variant == api.assign("checkout_ranker", f"user-{i}", **US_APP)["variant"]
         model = files[variant]
-        assert body["model"] == {"name": model[:-5], "version": "1", "sha256": built[model]}
+        assert body["model"] == {
+            "name": model[:-5],
+            "version": "1",
+            "sha256": built[model],
+            "registry": None,
+        }  # a file, not a registry model
         assert body["provider"] == "CPUExecutionProvider" and body["fallback"] is False
         np.testing.assert_allclose(body["outputs"]["probability"], direct(model, RAW), rtol=1e-6)
         seen.add(variant)

@@ -156,7 +156,8 @@ def test_promotion_moves_the_registry_alias_and_rollback_moves_it_back(
     log = api.get("/v1/experiments/promo/decisions").json()["decisions"]
     moves = {entry["kind"]: entry["numbers"]["registry"] for entry in log}
     assert moves["promote"] | {"model": name, "alias": "champion", "version": v2,
-                               "previous_version": v1} == moves["promote"]  # fmt: skip
+                               "previous_version": v1, "sha256": built["churn_mlp.onnx"]} \
+        == moves["promote"]  # fmt: skip
     assert "error" not in moves["promote"]
     assert moves["rollback"]["version"] == v1
     assert moves["rollback"]["previous_version"] == v2
