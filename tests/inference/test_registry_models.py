@@ -56,23 +56,31 @@ def predict(api: Api, key: str, unit: str) -> dict[str, Any]:
     return body
 
 
-def test_registry_models_resolve_reload_and_outlive_the_registry(
+def test_registry_models_serve_reload_promote_and_outlive_the_registry(
     mlflow_server: MlflowServer,
     server_factory: ServerFactory,
     db: str,
     tmp_path: Path,
     built: dict[str, str],
 ) -> None:
-    name = "churn_serving"
+    """One abx server (they take seconds to start): ``reg`` serves and reloads registry models,
+    ``promo`` moves its ``champion`` alias on promotion and back on rollback; then the
+    registry goes away."""
+    name, promoted_name = "churn_serving", "churn_promotion"
     logreg, mlp = built["churn_logreg.onnx"], built["churn_mlp.onnx"]
-    v1, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
+    files = [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"]
+    v1, v2 = mlflow_server.register(name, files)
+    p1, p2 = mlflow_server.register(promoted_name, files)
     client = mlflow_server.client()
-    client.set_registered_model_alias(name, "champion", v1)
-    client.set_registered_model_alias(name, "challenger", v2)
+    for model, (first, second) in ((name, (v1, v2)), (promoted_name, (p1, p2))):
+        client.set_registered_model_alias(model, "champion", first)
+        client.set_registered_model_alias(model, "challenger", second)
     forwarder = Forwarder(int(mlflow_server.url.rsplit(":", 1)[1]))
     experiments, models = tmp_path / "registry-experiments", tmp_path / "models"
     models.mkdir()
     yaml_file = write_experiment(experiments, registry_experiment("reg", name))
+    policy = {"registry_alias": "champion"}
+    write_experiment(experiments, registry_experiment("promo", promoted_name, policy=policy))
     server = server_factory(
         db,
         experiments,
@@ -92,7 +100,34 @@ def test_registry_models_resolve_reload_and_outlive_the_registry(
         }  # fmt: skip
         assert treatment["model"]["sha256"] == mlp
         assert treatment["model"]["registry"]["version"] == v2
-        # The registry moves the alias: the reloader notices, downloads, and serves it.
+
+        # Promotion moves promo's champion alias to the winner's version; rollback moves it back.
+        promote = api.post(
+            "/v1/experiments/promo/actions",
+            {"action": "promote", "variant": "b", "reason": "b wins"},
+        )
+        assert promote.status_code == 201, promote.text
+        assert mlflow_server.alias(promoted_name, "champion") == p2
+        rollback = api.post(
+            "/v1/experiments/promo/actions",
+            {"action": "rollback", "variant": "b", "reason": "b breaks a guardrail after all"},
+        )
+        assert rollback.status_code == 201, rollback.text
+        assert mlflow_server.alias(promoted_name, "champion") == p1
+        log = api.get("/v1/experiments/promo/decisions").json()["decisions"]
+        moves = {entry["kind"]: entry["numbers"]["registry"] for entry in log}
+        assert moves["promote"] == {
+            "model": promoted_name, "alias": "champion", "variant": "b",
+            "source": f"mlflow:models:/{promoted_name}@challenger", "version": p2,
+            "previous_version": p1, "sha256": mlp,
+        }  # fmt: skip
+        ids = {entry["kind"]: entry["decision_id"] for entry in log}
+        assert moves["rollback"] == {
+            "model": promoted_name, "alias": "champion", "version": p1,
+            "previous_version": p2, "reverts": ids["promote"],
+        }  # fmt: skip
+
+        # The registry moves an alias: the reloader notices, downloads, and serves it.
         client.set_registered_model_alias(name, "challenger", v1)
         assert wait_for(
             lambda: predict(api, "reg", "unit-b")["model"]["registry"]["version"] == v1, 30
@@ -119,50 +154,6 @@ def test_registry_models_resolve_reload_and_outlive_the_registry(
     cold = ModelRegistry(f"http://127.0.0.1:{forwarder.port}", models)
     resolved = cold.resolve(f"mlflow:models:/{name}@challenger")
     assert (resolved.version, resolved.sha256, resolved.from_cache) == (v1, logreg, True)
-
-
-def test_promotion_moves_the_registry_alias_and_rollback_moves_it_back(
-    mlflow_server: MlflowServer,
-    server_factory: ServerFactory,
-    db: str,
-    tmp_path: Path,
-    built: dict[str, str],
-) -> None:
-    name = "churn_promotion"
-    v1, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
-    client = mlflow_server.client()
-    client.set_registered_model_alias(name, "champion", v1)
-    client.set_registered_model_alias(name, "challenger", v2)
-    experiments, models = tmp_path / "registry-experiments", tmp_path / "models"
-    models.mkdir()
-    experiment = registry_experiment("promo", name, policy={"registry_alias": "champion"})
-    write_experiment(experiments, experiment)
-    server = server_factory(
-        db, experiments, ABX_MODELS=str(models), ABX_MLFLOW_TRACKING_URI=mlflow_server.url
-    )
-    api = Api(server.base_url)
-    promote = api.post(
-        "/v1/experiments/promo/actions",
-        {"action": "promote", "variant": "b", "reason": "b wins"},
-    )
-    assert promote.status_code == 201, promote.text
-    assert mlflow_server.alias(name, "champion") == v2
-    rollback = api.post(
-        "/v1/experiments/promo/actions",
-        {"action": "rollback", "variant": "b", "reason": "b breaks a guardrail after all"},
-    )
-    assert rollback.status_code == 201, rollback.text
-    assert mlflow_server.alias(name, "champion") == v1
-    log = api.get("/v1/experiments/promo/decisions").json()["decisions"]
-    moves = {entry["kind"]: entry["numbers"]["registry"] for entry in log}
-    assert moves["promote"] | {"model": name, "alias": "champion", "version": v2,
-                               "previous_version": v1, "sha256": built["churn_mlp.onnx"]} \
-        == moves["promote"]  # fmt: skip
-    assert "error" not in moves["promote"]
-    assert moves["rollback"]["version"] == v1
-    assert moves["rollback"]["previous_version"] == v2
-    ids = {entry["kind"]: entry["decision_id"] for entry in log}
-    assert moves["rollback"]["reverts"] == ids["promote"]
 
 
 def test_an_approved_promotion_moves_the_alias_as_the_worker_sees_it(
