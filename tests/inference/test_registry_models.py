@@ -127,10 +127,15 @@ def test_registry_models_serve_reload_promote_and_outlive_the_registry(
             "previous_version": p2, "reverts": ids["promote"],
         }  # fmt: skip
 
-        # The registry moves an alias: the reloader notices, downloads, and serves it.
+        # The registry moves an alias: each worker's reloader notices, downloads, and serves it
+        # (20 answers in a row from whichever workers take them, before the registry goes).
         client.set_registered_model_alias(name, "challenger", v1)
         assert wait_for(
-            lambda: predict(api, "reg", "unit-b")["model"]["registry"]["version"] == v1, 30
+            lambda: all(
+                predict(api, "reg", "unit-b")["model"]["registry"]["version"] == v1
+                for _ in range(20)
+            ),
+            30,
         ), server.log()
         assert predict(api, "reg", "unit-b")["model"]["sha256"] == logreg
         # The registry goes away: serving goes on with the versions resolved last.
