@@ -84,6 +84,19 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResul
     )
 
 
+def benjamini_hochberg(p_values: Sequence[float], alpha: float = 0.05) -> MultipleTestingResult:
+    """Control the false discovery rate by the Benjamini-Hochberg step-up procedure.
+
+    With p-values sorted ascending, reject H_(1), ..., H_(k) for the largest k with
+    p_(k) <= k alpha / m (Benjamini & Hochberg 1995, J. R. Statist. Soc. B 57:289, section
+    3). The expected share of false rejections among rejections is at most alpha for
+    independent (or positively dependent) tests. Adjusted p-values are
+    p_adj_(i) = min(1, min_{j >= i} m p_(j) / j). Computed by
+    ``statsmodels.stats.multitest.multipletests(method="fdr_bh")``.
+    """
+    return _multipletests(p_values, alpha, "fdr_bh")
+
+
 def _multipletests(p_values: Sequence[float], alpha: float, method: str) -> MultipleTestingResult:
     raw = _check_p_values(p_values)
     check_probability("alpha", alpha)

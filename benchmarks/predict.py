@@ -64,7 +64,7 @@ from common import (
 
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
-from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURE_ATTRIBUTES, EXPOSURES, StickyStore
 from service.demo.models import build_demo_models
 from service.experiments.validation import load_experiments
 from service.inference.catalog import BatchingConfig, build_catalog
@@ -101,7 +101,7 @@ def service_for(path: Path, batching: bool, max_rows: int = 64, wait_ms: float =
     assert loaded.ok, loaded.problems
     registry = Registry(loaded)
     database = Database("postgresql://unused@127.0.0.1:1/none")  # never reached: no lookups
-    streams = {s.table: s for s in (ASSIGNMENTS, EXPOSURES, PREDICTIONS)}
+    streams = {s.table: s for s in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES, PREDICTIONS)}
     writer = BatchWriter(database, streams, max_pending=10**9)
     sticky = StickyStore(database, writer, 1_000_000, 0.1)
     assignments = AssignmentService(registry, sticky, lookup_grace=0.1)

@@ -33,12 +33,18 @@ from service.api import shadows as shadow_routes
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.snapshot import SnapshotCache
-from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.assignment.sticky import (
+    ASSIGNMENTS,
+    EXPOSURE_ATTRIBUTES,
+    EXPOSURES,
+    StickyStore,
+)
 from service.assignment.sync import StateSync
 from service.background import PeriodicThread
 from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
 from service.events.rollup import RollupScheduler, metric_windows_from, windows_from
+from service.events.segments import segment_specs_from
 from service.experiments.model_registry import count_resolutions, model_registry
 from service.experiments.validation import load_experiments
 from service.inference.records import PREDICTIONS
@@ -145,6 +151,7 @@ def build_runtime(settings: Settings) -> Runtime:
         {
             ASSIGNMENTS.table: ASSIGNMENTS,
             EXPOSURES.table: EXPOSURES,
+            EXPOSURE_ATTRIBUTES.table: EXPOSURE_ATTRIBUTES,
             PREDICTIONS.table: PREDICTIONS,
             SKETCHES.table: SKETCHES,
         },
@@ -175,6 +182,7 @@ def build_runtime(settings: Settings) -> Runtime:
         timedelta(seconds=settings.attribution_grace_seconds),
         settings.rollup_interval_seconds,
         metric_windows_from(registry.experiments),
+        segment_specs_from(registry.experiments),
     )
     assignment_service = AssignmentService(
         registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1

@@ -44,6 +44,9 @@ class LocalExposureItem(ApiModel):
     variant: Annotated[str, Field(min_length=1, max_length=64), Storable]
     exposed_at: float | None = None
     """When the SDK served it, in seconds since the epoch; default: when the batch arrives."""
+    attributes: dict[str, Any] | None = None
+    """The attributes the SDK assigned with: those the experiment analyses by (``segments``)
+    are recorded with the unit's first exposure."""
 
 
 class LocalExposureBatch(ApiModel):

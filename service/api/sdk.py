@@ -29,6 +29,7 @@ from service.api.body import parse_json_body
 from service.assignment.exposures import LocalExposure, is_current, record_batch
 from service.assignment.snapshot import Snapshot, SnapshotCache
 from service.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from service.experiments.segments import recorded_attributes
 from service.observability import metrics
 from service.observability.logging import annotate, get_logger
 
@@ -192,6 +193,7 @@ def exposures() -> dict[str, Any]:
             item.unit,
             item.variant,
             _exposed_at(item.exposed_at, now, index),
+            recorded_attributes(compiled.experiment, item.attributes or {}),
         )
         if is_current(compiled, exposure):
             current.append(exposure)

@@ -13,6 +13,7 @@ deletes it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,8 @@ class LocalExposure:
     unit_id: str
     variant: str
     exposed_at: datetime
+    segment_attributes: dict[str, str] | None = None
+    """What the experiment's ``segments`` record (``experiments/segments.py``), else None."""
 
 
 def hashed_variants(compiled: CompiledExperiment, unit_id: str) -> frozenset[str]:
@@ -71,6 +74,14 @@ _EXPOSURES = (
     " SET first_exposed_at = EXCLUDED.first_exposed_at"
     " WHERE EXCLUDED.first_exposed_at < exposures.first_exposed_at"
 )
+_ATTRIBUTES = (
+    "INSERT INTO exposure_attributes (experiment_key, seed, unit_id, attributes, exposed_at)"
+    " SELECT DISTINCT ON (experiment_key, seed, unit_id) experiment_key, seed, unit_id,"
+    " attributes::jsonb, at FROM unnest(%(experiments)s::text[], %(seeds)s::text[],"
+    " %(units)s::text[], %(attributes)s::text[], %(times)s::timestamptz[])"
+    " AS r(experiment_key, seed, unit_id, attributes, at)"
+    " ORDER BY experiment_key, seed, unit_id, at ON CONFLICT DO NOTHING"
+)
 
 
 def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -> bool:
@@ -94,6 +105,16 @@ def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -
             }
             conn.execute(_ASSIGNMENTS, columns)
             conn.execute(_EXPOSURES, columns)
+        segmented = [e for e in exposures if e.segment_attributes is not None]
+        if segmented:  # first written wins, as in sticky.EXPOSURE_ATTRIBUTES
+            conn.execute(_ATTRIBUTES, {
+                "experiments": [e.experiment for e in segmented],
+                "seeds": [e.seed for e in segmented],
+                "units": [e.unit_id for e in segmented],
+                "attributes": [json.dumps(e.segment_attributes, separators=(",", ":"))
+                               for e in segmented],
+                "times": [e.exposed_at for e in segmented],
+            })  # fmt: skip
     return True
 
 

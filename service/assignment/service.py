@@ -10,6 +10,7 @@ from service.assignment.core import Assignment, assign
 from service.assignment.registry import Registry, ServedExperiment
 from service.assignment.sticky import StickyStore
 from service.errors import InvalidRequest, UnknownExperiment
+from service.experiments.segments import recorded_attributes
 from service.observability import metrics
 
 
@@ -44,7 +45,9 @@ class AssignmentService:
             return stored
 
         assignment = assign(compiled, unit_id, attributes, stored_variant)
-        self._sticky.record(assignment, seed, unit_id)
+        self._sticky.record(
+            assignment, seed, unit_id, recorded_attributes(compiled.experiment, attributes)
+        )
         metrics.ASSIGNMENTS.labels(
             experiment_key, assignment.variant, assignment.reason.value
         ).inc()

@@ -7,8 +7,10 @@ buffered through the ``BatchWriter``, never written on the request path.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +42,20 @@ EXPOSURES = Stream(
         " WHERE EXCLUDED.first_exposed_at < exposures.first_exposed_at"
     ),
 )
+EXPOSURE_ATTRIBUTES = Stream(
+    table="exposure_attributes",
+    columns=("experiment_key", "seed", "unit_id", "attributes", "exposed_at"),
+    # The first row written wins and is never updated: the segments are those of the first
+    # exposure, and the rollup may already have counted the unit in them.
+    insert_from_stage=(
+        "INSERT INTO exposure_attributes (experiment_key, seed, unit_id, attributes, exposed_at)"
+        " SELECT DISTINCT ON (experiment_key, seed, unit_id)"
+        " experiment_key, seed, unit_id, attributes, exposed_at FROM {stage}"
+        " ORDER BY experiment_key, seed, unit_id, exposed_at ON CONFLICT DO NOTHING"
+    ),
+)
+"""The segment attributes of a unit's first exposure (``experiments/segments.py``), as JSON
+text; written in the same flush as the exposure, so the rollup never counts one without it."""
 _LOOKUP = (
     "SELECT variant_key FROM assignments WHERE experiment_key = %s AND seed = %s AND unit_id = %s"
 )
@@ -76,8 +92,15 @@ class StickyStore:
         self._remember(key, row[0])
         return str(row[0])
 
-    def record(self, assignment: Assignment, seed: str, unit_id: str) -> None:
-        """Buffer the first assignment and the exposure, once per unit and process."""
+    def record(
+        self,
+        assignment: Assignment,
+        seed: str,
+        unit_id: str,
+        segment_attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        """Buffer the first assignment and the exposure, once per unit and process, with the
+        exposure's segment attributes when the experiment has segments."""
         if not assignment.exposed:
             return
         key = (assignment.experiment, seed, unit_id)
@@ -88,6 +111,11 @@ class StickyStore:
         if assignment.record:
             self._writer.put(ASSIGNMENTS.table, row)
         self._writer.put(EXPOSURES.table, row)
+        if segment_attributes is not None:
+            attributes = json.dumps(dict(segment_attributes), separators=(",", ":"))
+            self._writer.put(
+                EXPOSURE_ATTRIBUTES.table, (assignment.experiment, seed, unit_id, attributes, now)
+            )
         self._remember(key, assignment.variant)
 
     def _remember(self, key: tuple[str, str, str], variant: str) -> None:

@@ -32,14 +32,14 @@ def _writers() -> dict[str, Any]:
     """How each stream's rows are written again (the same statements as the live writers)."""
     from functools import partial
 
-    from service.assignment.sticky import ASSIGNMENTS, EXPOSURES
+    from service.assignment.sticky import ASSIGNMENTS, EXPOSURE_ATTRIBUTES, EXPOSURES
     from service.events.ingest import ingest_and_clear
     from service.inference.records import PREDICTIONS
     from service.storage.writer import write_stream
 
     writers: dict[str, Any] = {
         stream.table: partial(write_stream, stream=stream)
-        for stream in (ASSIGNMENTS, EXPOSURES, PREDICTIONS)
+        for stream in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES, PREDICTIONS)
     }
     writers["outcomes"] = ingest_and_clear
     return writers

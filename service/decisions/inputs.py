@@ -13,9 +13,11 @@ from service.decisions.drift import DriftCheck, check_drift, comparisons, group,
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
 from service.decisions.ratios import ratio_stats
 from service.decisions.results import MetricMaturity, json_safe
-from service.decisions.sequential import design_for
+from service.decisions.segments import analyze_segments, srm_drill_down
+from service.decisions.sequential import Design, design_for
 from service.decisions.store import fix_design, last_run_numbers, stored_design
 from service.events.periods import period_sums
+from service.events.segments import segment_stats, segment_units_by_day
 from service.events.sums import (
     RatioSums,
     exposed_units,
@@ -135,6 +137,26 @@ def bandit_periods(conn: Any, experiment: Experiment) -> list[Period]:
     return [Period(p.weights, p.settled_units, p.stats, p.units) for p in found]
 
 
+def _with_segments(
+    conn: Any, experiment: Experiment, design: Design, result: ExperimentAnalysis,
+    state: dict[str, Any], through: date | None,
+) -> ExperimentAnalysis:  # fmt: skip
+    """Add the per-segment results and, when the SRM test flags, its per-segment drill-down."""
+    if not experiment.segment_attributes:
+        return result
+    days = segment_units_by_day(conn, experiment.key, experiment.seed, through)
+    stats = segment_stats(conn, experiment.key, experiment.seed, days, through)
+    report = analyze_segments(experiment, design, days, stats)
+    check = result.srm
+    if check is not None and check.flagged and report is not None:
+        period = state.get("srm") or {}
+        drill = srm_drill_down(report.attributes, days, check.expected_weights,
+                               period.get("started_on"), design.srm_threshold,
+                               design.srm_concentration)  # fmt: skip
+        check = dataclasses.replace(check, segments=drill)
+    return dataclasses.replace(result, srm=check, segments=report)
+
+
 def run_analysis(
     conn: Any,
     experiment: Experiment,
@@ -180,6 +202,7 @@ def run_analysis(
     result.skipped[:] = [line for line in result.skipped if line not in ratios] + waiting
     result.errors.extend(ratio_errors)
     result.drift.extend(drift_checks(conn, experiment))
+    result = _with_segments(conn, experiment, design, result, state, through)
     numbers = json_safe(dataclasses.asdict(result))
     numbers["design"] = design.to_json()
     numbers["carried"] = json_safe(state)

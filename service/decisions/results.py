@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.decisions.drift import DriftCheck
+from service.decisions.segments import SegmentReport, SegmentSrm
 
 
 def json_safe(value: Any) -> Any:
@@ -79,6 +80,8 @@ class SrmCheck:
     flagged_days: list[str] = field(default_factory=list)
     log_e_value: float | None = None
     """The sequential test's log e-value now (its p-value is 1 / the running maximum)."""
+    segments: list[SegmentSrm] = field(default_factory=list)
+    """When flagged and the experiment has segments: the same test per segment (drill-down)."""
 
 
 @dataclass(frozen=True)
@@ -115,3 +118,5 @@ class ExperimentAnalysis:
     errors: list[str] = field(default_factory=list)
     """Comparisons that could not be computed for another reason, with why: shown on the
     dashboard, logged and counted (``abx_analysis_comparison_errors``), never silent."""
+    segments: SegmentReport | None = None
+    """Per-segment results (``segments`` in the YAML): shown, never read by the rules."""

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from service.assignment.state import TERMINAL_STATES, ExperimentState
 from service.decisions.drift import DriftCheck
-from service.decisions.evaluation import Comparison, ExperimentAnalysis
+from service.decisions.evaluation import Comparison, ExperimentAnalysis, SrmCheck
 from service.experiments.schema import Experiment
 
 
@@ -59,6 +59,18 @@ def decide(
     return decision
 
 
+def _srm_segments(check: SrmCheck) -> str:
+    """Where the imbalance is, from the per-segment drill-down (empty without segments)."""
+    if not check.segments:
+        return ""
+    flagged = [s for s in check.segments if s.flagged]
+    if not flagged:
+        return "; no single segment explains it"
+    named = ", ".join(f"{s.attribute}={s.segment} ({format_p(s.p_value_adjusted)}, Holm)"
+                      for s in sorted(flagged, key=lambda s: s.p_value_adjusted))  # fmt: skip
+    return f"; imbalance in {named}"
+
+
 def _drift_reason(check: DriftCheck) -> str:
     return (
         f"{check.guardrail} of {check.variant}: {check.measure} {check.distance:.4g} on "
@@ -82,7 +94,8 @@ def _decide(
         srm = analysis.srm
         where = f" (days {', '.join(srm.flagged_days)})" if srm.flagged_days else ""
         return Decision("halt", f"sample ratio mismatch{where}: anytime-valid "
-                        f"{format_p(srm.p_value)} against threshold {srm.threshold:g}",
+                        f"{format_p(srm.p_value)} against threshold {srm.threshold:g}"
+                        f"{_srm_segments(srm)}",
                         replace(state, state="halted"))  # fmt: skip
     treatments = active_treatments(experiment, state)
     for check in analysis.drift:  # before any outcome: the models' own distributions

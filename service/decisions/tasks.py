@@ -29,6 +29,7 @@ from service.decisions.webhooks import (
     stale_deliveries,
 )
 from service.events.rollup import metric_windows_from, roll_up_once, windows_from
+from service.events.segments import segment_specs_from
 from service.experiments.model_registry import ModelRegistry, model_registry
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
@@ -84,8 +85,9 @@ def analyze_now(key: str) -> AnalysisOutcome:
             grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
             while True:
                 done = roll_up_once(
-                    conn, windows_from(ctx.experiments), grace, metric_windows_from(ctx.experiments)
-                )
+                    conn, windows_from(ctx.experiments), grace,
+                    metric_windows_from(ctx.experiments), segment_specs_from(ctx.experiments),
+                )  # fmt: skip
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break
             outcome = analyze_and_decide(conn, analysed, registry=registry_of(ctx))
@@ -123,6 +125,14 @@ def publish_analysis(key: str, outcome: AnalysisOutcome, seconds: float, awaitin
     srm = outcome.numbers.get("srm")
     if isinstance(srm, dict) and srm.get("p_value") is not None:
         metrics.SRM_P_VALUE.labels(key).set(srm["p_value"])
+    if isinstance(srm, dict):
+        flagged: dict[str, int] = {}
+        for segment in srm.get("segments") or []:
+            flagged[segment["attribute"]] = flagged.get(segment["attribute"], 0) + int(
+                bool(segment["flagged"])
+            )
+        for attribute in (outcome.numbers.get("segments") or {}).get("attributes", []):
+            metrics.SRM_SEGMENTS_FLAGGED.labels(key, attribute).set(flagged.get(attribute, 0))
     for check in outcome.numbers.get("guardrails", []):
         breached = 1 if check.get("breached") else 0
         metrics.GUARDRAIL_BREACHED.labels(key, check["variant"], check["metric"]).set(breached)

@@ -64,6 +64,10 @@ def classify(
 
 UnitKey = tuple[str, str, str, str]  # experiment, seed, metric, unit
 StatsKey = tuple[str, str, str, str, date]  # experiment, seed, variant, metric, bucket
+SegmentKey = tuple[str, str, str, str, str, str, date]
+"""experiment, seed, attribute, segment, variant, metric, bucket."""
+UnitSegments = Mapping[tuple[str, str, str], tuple[tuple[str, str], ...]]
+"""(experiment, seed, unit) -> its (attribute, segment) pairs."""
 
 
 @dataclass
@@ -90,6 +94,10 @@ class Rollup:
         default_factory=lambda: defaultdict(StatsDelta)
     )
     """The same changes keyed by the unit's first-exposure day (windowed metrics only)."""
+    segment_deltas: dict[SegmentKey, StatsDelta] = field(
+        default_factory=lambda: defaultdict(StatsDelta)
+    )
+    """The same changes (by event day) in each of the unit's segments."""
 
 
 def _combine(aggregation: str, current: float, value: float) -> float:
@@ -101,11 +109,12 @@ def apply_events(
     exposures: Mapping[tuple[str, str, str], Exposure],
     current_totals: Mapping[UnitKey, UnitTotals],
     cohort_metrics: Collection[tuple[str, str]] = (),
+    unit_segments: UnitSegments | None = None,
 ) -> Rollup:
     """Fold attributed and pre-period events into unit totals and per-bucket deltas.
 
     ``cohort_metrics`` names the (experiment, metric) pairs whose changes are also kept by
-    exposure cohort.
+    exposure cohort; ``unit_segments`` the segments whose sums a unit's changes also go to.
     """
     rollup = Rollup()
     ordered = sorted(
@@ -139,6 +148,11 @@ def apply_events(
             targets.append(rollup.cohort_deltas[
                 (event.experiment_key, event.seed, totals.variant_key, event.metric, cohort)
             ])  # fmt: skip
+        for attribute, segment in (unit_segments or {}).get(
+            (event.experiment_key, event.seed, event.unit_id), ()
+        ):
+            targets.append(rollup.segment_deltas[(event.experiment_key, event.seed, attribute,
+                           segment, totals.variant_key, event.metric, bucket)])  # fmt: skip
         for target in targets:
             target.sum_y += totals.y_total - old_y
             target.sum_y2 += totals.y_total**2 - old_y**2

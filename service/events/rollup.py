@@ -20,16 +20,19 @@ from datetime import timedelta
 from typing import Any
 
 from service.background import PeriodicThread
+from service.events import segments
 from service.events.attribution import (
     Event,
     Exposure,
     Status,
     UnitKey,
+    UnitSegments,
     UnitTotals,
     apply_events,
     classify,
 )
 from service.events.latency import BIN_COUNT, bin_of
+from service.events.segments import SegmentSpecs
 from service.experiments.schema import duration_hours
 from service.observability import metrics
 from service.storage.database import Database
@@ -43,7 +46,9 @@ EXPOSURE_CHUNK = 200_000
 PARTITION_CHECK_SECONDS = 3600.0
 
 
-def _roll_exposures(conn: Any, through: int) -> tuple[int, int]:
+def _roll_exposures(
+    conn: Any, through: int, segment_specs: SegmentSpecs | None = None
+) -> tuple[int, int]:
     """Count new exposures per variant and day; return how many, and the pk counted through.
 
     Short of a full chunk, every exposure up to ``through`` has been read (the fence says
@@ -65,6 +70,8 @@ def _roll_exposures(conn: Any, through: int) -> tuple[int, int]:
         )
     if not rows:
         return 0, counted_through
+    if segment_specs is not None:
+        segments.count_exposures(conn, watermark, counted_through, segment_specs)
     counts = Counter((key, seed, variant, day) for _, key, seed, variant, day in rows)
     with conn.cursor() as cursor:
         cursor.executemany(
@@ -166,8 +173,10 @@ def _write(
     exposures: Mapping[tuple[str, str, str], Exposure],
     totals: Mapping[UnitKey, UnitTotals],
     cohort_metrics: set[tuple[str, str]],
+    unit_segments: UnitSegments | None = None,
 ) -> None:
-    rollup = apply_events(events, exposures, totals, cohort_metrics)
+    rollup = apply_events(events, exposures, totals, cohort_metrics, unit_segments)
+    segments.write_stats(conn, rollup.segment_deltas)
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
@@ -243,11 +252,13 @@ def roll_up_once(
     windows: Callable[[str], timedelta],
     grace: timedelta,
     metric_windows: MetricWindows | None = None,
+    segment_specs: SegmentSpecs | None = None,
 ) -> tuple[int, int] | None:
     """One chunk of work in one transaction; None when another process holds the lock.
 
     ``metric_windows(experiment, metric)`` is a metric's own outcome window, if it has one:
     its outcomes count only within it, and are also summed by exposure cohort.
+    ``segment_specs(experiment)`` are the attributes it is analysed by (``segments.py``).
     """
     through = committed_through(conn)
     with conn.transaction():
@@ -256,7 +267,7 @@ def roll_up_once(
         ).fetchone()
         if not locked:
             return None
-        exposures_counted, counted_through = _roll_exposures(conn, through.exposures)
+        exposures_counted, counted_through = _roll_exposures(conn, through.exposures, segment_specs)
         exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
         if counted_through < through.exposures:
             # A backlog of exposures: outcomes wait until the exposures before them are
@@ -292,7 +303,11 @@ def roll_up_once(
             }
         )
         cohort_metrics = {pair for pair, window in own.items() if window is not None}
-        _write(conn, classified, exposures, _load_totals(conn, keys), cohort_metrics)
+        by_unit = (
+            segments.unit_segments(conn, events, counted_through, segment_specs)
+            if segment_specs is not None else None
+        )  # fmt: skip
+        _write(conn, classified, exposures, _load_totals(conn, keys), cohort_metrics, by_unit)
         return exposures_done, len(events)
 
 
@@ -324,11 +339,13 @@ class RollupScheduler(PeriodicThread):
         grace: timedelta,
         interval: float,
         metric_windows: MetricWindows | None = None,
+        segment_specs: SegmentSpecs | None = None,
     ) -> None:
         super().__init__("abx-rollup", interval, join_timeout=3.0)
         self._database = database
         self._windows = windows
         self._metric_windows = metric_windows
+        self._segment_specs = segment_specs
         self._grace = grace
         self._next_partition_check = 0.0
 
@@ -336,7 +353,9 @@ class RollupScheduler(PeriodicThread):
         """Roll up everything that is there now (for tests, CLI and benchmarks)."""
         for _ in range(max_rounds):
             with self._database.pool.connection(timeout=5.0) as conn:
-                done = roll_up_once(conn, self._windows, self._grace, self._metric_windows)
+                done = roll_up_once(
+                    conn, self._windows, self._grace, self._metric_windows, self._segment_specs
+                )
             if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 return
 
@@ -347,7 +366,12 @@ class RollupScheduler(PeriodicThread):
                     # Months of outcome partitions exist ahead; keep it so as time passes.
                     conn.execute("SELECT abx_ensure_outcome_partitions()")
                     self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
-                if roll_up_once(conn, self._windows, self._grace, self._metric_windows) is None:
+                if (
+                    roll_up_once(
+                        conn, self._windows, self._grace, self._metric_windows, self._segment_specs
+                    )
+                    is None
+                ):
                     return  # another process holds the rollup: it reports the lag
                 metrics.ROLLUP_LAST_SUCCESS.set(time.time())
                 for stream, seconds in rollup_lag(conn).items():

@@ -59,6 +59,7 @@ def check_experiment(experiment: Experiment) -> list[RuleProblem]:
     problems.extend(_power_input_problems(experiment))
     problems.extend(_bandit_problems(experiment))
     problems.extend(_graduation_problems(experiment))
+    problems.extend(_segment_problems(experiment))
     return problems
 
 
@@ -115,6 +116,35 @@ def _bandit_problems(experiment: Experiment) -> Iterator[RuleProblem]:
                 f"a bandit starts from these weights: {variant.weight:g} is under the "
                 f"{'control' if variant.key == experiment.control else 'arm'} floor {floor:g}",
             )
+
+
+RESERVED_SEGMENTS = ("other", "(none)")
+
+
+def _segment_problems(experiment: Experiment) -> Iterator[RuleProblem]:
+    """Each attribute once; declared values distinct, not a reserved bucket, with no cap."""
+    seen: set[str] = set()
+    for index, spec in enumerate(experiment.segment_attributes):
+        entry = experiment.segments[index]
+        path: DataPath = (
+            ("segments", index) if isinstance(entry, str) else ("segments", index, "attribute")
+        )
+        if spec.attribute in seen:
+            yield RuleProblem(path, f"attribute {spec.attribute!r} given twice")
+        seen.add(spec.attribute)
+        if spec.values is None:
+            continue
+        if spec.max_values is not None:
+            yield RuleProblem(("segments", index, "max_values"),
+                              "give either 'values' or 'max_values': the values are the cap")  # fmt: skip
+        values: set[str] = set()
+        for position, value in enumerate(spec.values):
+            if value in values:
+                yield RuleProblem(("segments", index, "values", position), f"{value!r} given twice")
+            elif value in RESERVED_SEGMENTS:
+                yield RuleProblem(("segments", index, "values", position),
+                                  f"{value!r} is the bucket of undeclared values, not a value")  # fmt: skip
+            values.add(value)
 
 
 def _drift_problems(experiment: Experiment) -> Iterator[RuleProblem]:

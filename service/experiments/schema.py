@@ -341,6 +341,50 @@ class Bandit(StrictModel):
     """Monte Carlo draws from the posteriors for the probability that each arm is best."""
 
 
+AttributeName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+SEGMENT_VALUES_DEFAULT = 10
+SEGMENT_VALUES_MAX = 50
+
+
+class SegmentAttribute(StrictModel):
+    """One attribute to analyse by, read from the unit's first exposure (docs/statistics.md).
+
+    ``values`` names the values that get a bucket of their own; without it the first
+    ``max_values`` values seen (in the order the rollup counts exposures) do. Any other
+    value is counted as ``other``; an exposure without the attribute as ``(none)``.
+    """
+
+    attribute: AttributeName
+    values: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]],
+                      Field(min_length=1, max_length=SEGMENT_VALUES_MAX)] | None = None  # fmt: skip
+    max_values: Annotated[int, Field(ge=1, le=SEGMENT_VALUES_MAX)] | None = None
+
+    @property
+    def cap(self) -> int:
+        """How many values get a bucket of their own."""
+        if self.values is not None:
+            return len(self.values)
+        return self.max_values or SEGMENT_VALUES_DEFAULT
+
+
+def _segment_kind(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return "<name>"
+    if isinstance(entry, dict | SegmentAttribute):
+        return "<attribute>"
+    return None
+
+
+SegmentEntry = Annotated[
+    Annotated[AttributeName, Tag("<name>")] | Annotated[SegmentAttribute, Tag("<attribute>")],
+    Discriminator(
+        _segment_kind,
+        custom_error_type="segment_entry",
+        custom_error_message="a segment is an attribute name, or a mapping with 'attribute'",
+    ),
+]
+
+
 class Policy(StrictModel):
     """How the decision workers judge and act on this experiment."""
 
@@ -372,6 +416,10 @@ class Policy(StrictModel):
     bandit: Bandit | None = None
     """``method: bandit`` only (its defaults apply when absent)."""
     shadow_graduation: ShadowGraduation | None = None
+    segment_correction: Literal["holm", "fdr_bh"] = "holm"
+    """Multiplicity correction of per-segment results, across one attribute's segments and
+    treatments: Holm (family-wise error) or Benjamini-Hochberg (false discovery rate).
+    Segment results are shown, never used by the decision rules."""
 
     @property
     def bandit_settings(self) -> Bandit:
@@ -395,6 +443,16 @@ class Experiment(StrictModel):
     serving: Serving = Field(default_factory=Serving)
     outcome_window_hours: Annotated[float, Field(gt=0.0)] = 168.0
     policy: Policy = Field(default_factory=Policy)
+    segments: Annotated[list[SegmentEntry], Field(max_length=5)] = Field(default_factory=list)
+    """Attributes to analyse by (``[platform, country]``), recorded with the first exposure."""
+
+    @property
+    def segment_attributes(self) -> tuple[SegmentAttribute, ...]:
+        """``segments`` with bare names spelled out (first-seen values, default cap)."""
+        return tuple(
+            SegmentAttribute(attribute=entry) if isinstance(entry, str) else entry
+            for entry in self.segments
+        )
 
     @property
     def seed(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from service.assignment.registry import Registry
 from service.assignment.service import AssignmentService
 from service.assignment.state import read_states
-from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURE_ATTRIBUTES, EXPOSURES, StickyStore
 from service.assignment.sync import read_allocations
 from service.decisions.webhooks import queue_job_deliveries
 from service.experiments.model_registry import model_registry
@@ -100,7 +100,7 @@ def _run_locked(
     models = catalog.get(experiment.key)
     if models is None:
         return _fail(database, job_id, job.experiment_key, "the experiment serves no models")
-    writer = BatchWriter(database, {ASSIGNMENTS.table: ASSIGNMENTS, EXPOSURES.table: EXPOSURES},
+    writer = BatchWriter(database, {s.table: s for s in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES)},
                          max_rows=settings.flush_max_rows)  # fmt: skip
     sticky_type = StickyStore if job.log_exposures else LookupOnlySticky
     sticky = sticky_type(database, writer, settings.sticky_cache_size,

@@ -33,7 +33,13 @@ FIXED_COLUMNS = ("unit", "variant", "reason", "served_by")
 class LookupOnlySticky(StickyStore):
     """Reads stored first assignments; records nothing (a job that logs no exposures)."""
 
-    def record(self, assignment: Assignment, seed: str, unit_id: str) -> None:
+    def record(
+        self,
+        assignment: Assignment,
+        seed: str,
+        unit_id: str,
+        segment_attributes: Mapping[str, str] | None = None,
+    ) -> None:
         return None
 
 

@@ -245,6 +245,19 @@ SRM_P_VALUE = Gauge(
     ["experiment"],
     multiprocess_mode="mostrecent",
 )
+SRM_SEGMENTS_FLAGGED = Gauge(
+    "abx_srm_segments_flagged",
+    "Segments of the attribute where the latest analysis' SRM drill-down found the imbalance"
+    " (0 while the experiment's SRM test holds).",
+    ["experiment", "attribute"],
+    multiprocess_mode="mostrecent",
+)
+SEGMENT_EXPOSURES = Counter(
+    "abx_segment_exposures",
+    "Exposures the rollup counted per segment attribute, by bucket: own (a value with a bucket"
+    " of its own) or other (past the attribute's cap of values).",
+    ["experiment", "bucket"],
+)
 ANALYSIS_COMPARISON_ERRORS = Gauge(
     "abx_analysis_comparison_errors",
     "Comparisons the latest analysis could not compute (other than waiting for data).",

@@ -1,8 +1,10 @@
-"""Holm and Bonferroni against statsmodels.stats.multitest.multipletests."""
+"""Holm, Bonferroni and Benjamini-Hochberg against statsmodels and a published example."""
 
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.stats.multitest import multipletests
 
-from analysis.multiple_testing import bonferroni, bonferroni_alpha, holm
+from analysis.multiple_testing import benjamini_hochberg, bonferroni, bonferroni_alpha, holm
 
 P_VALUE_LISTS = [
     [0.01, 0.04, 0.03],
@@ -95,3 +97,22 @@ def test_bonferroni_alpha_split() -> None:
 def test_invalid_input_raises_value_error(call: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_benjamini_hochberg_published_example() -> None:
+    """The worked example of Benjamini & Hochberg (1995): four rejections, Holm three."""
+    cases = json.loads((Path(__file__).parents[1] / "cases" / "multiple_testing.json").read_text())
+    for case in cases["cases"]:
+        found = benjamini_hochberg(case["p_values"], alpha=case["alpha"])
+        assert sum(found.reject) == case["rejected_fdr_bh"]
+        assert found.reject[: case["rejected_fdr_bh"]] == (True,) * case["rejected_fdr_bh"]
+        assert sum(holm(case["p_values"], alpha=case["alpha"]).reject) == case["rejected_holm"]
+
+
+@pytest.mark.parametrize("p_values", P_VALUE_LISTS)
+def test_benjamini_hochberg_equals_statsmodels(p_values: list[float]) -> None:
+    result = benjamini_hochberg(p_values, alpha=0.05)
+    reject, adjusted, _, _ = multipletests(p_values, alpha=0.05, method="fdr_bh")
+    assert result.reject == tuple(bool(r) for r in reject)
+    assert result.p_values_adjusted == pytest.approx(list(adjusted), rel=1e-15)
+    assert result.method == "fdr_bh"
