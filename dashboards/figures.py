@@ -18,6 +18,7 @@ from typing import Any
 from dashboards.evidence import EvidencePoint, ExposureSeries
 from dashboards.palette import NEUTRAL, VariantStyle, with_alpha
 from service.decisions.drift import DriftCheck
+from service.decisions.segments import SegmentReport
 from service.decisions.store import DecisionRecord
 from service.inference.records import VariantHealth
 from service.inference.shadow_report import ShadowReport
@@ -456,5 +457,46 @@ def maturity_figure(
         "layout": _layout(
             f"{metric} (window {window}): units analysed (mature) and waiting (pending)",
             xaxis=_axis(**DAY_AXIS), yaxis=_axis(title={"text": "units"}, rangemode="tozero"),
+        ),
+    }  # fmt: skip
+
+
+def segments_figure(
+    report: SegmentReport, attribute: str, styles: Mapping[str, VariantStyle], metric_type: str
+) -> Figure:
+    """Each segment's difference on the primary metric with its always-valid interval, one
+    row per segment and one marker per treatment; filled where significant after correction."""
+    scale, unit = difference_scale(metric_type)
+    rows = [c for c in report.comparisons if c.attribute == attribute]
+    segments = sorted({c.segment for c in rows})
+    data = []
+    for variant in dict.fromkeys(c.variant for c in rows):
+        mine = [c for c in rows if c.variant == variant]
+        style = styles.get(variant)
+        data.append({
+            "type": "scatter", "mode": "markers", "name": variant, "orientation": "h",
+            "x": [c.difference * scale for c in mine], "y": [c.segment for c in mine],
+            "error_x": {"type": "data", "symmetric": False,
+                        "array": [(finite(c.ci_high) or c.difference) * scale - c.difference * scale
+                                  for c in mine],
+                        "arrayminus": [c.difference * scale - (finite(c.ci_low) or c.difference) * scale
+                                       for c in mine]},
+            "marker": {"size": 10, "color": style.color if style else NEUTRAL,
+                       "symbol": [(style.marker if style else "circle") + ("" if c.significant else "-open")
+                                  for c in mine]},
+            "customdata": [[c.p_value_adjusted, c.treatment_units, c.control_units] for c in mine],
+            "hovertemplate": f"{html.escape(variant)} %{{y}}: %{{x:.3g}} {unit}, adjusted p=%{{customdata[0]:.3g}}"
+                             ", units %{customdata[1]} vs %{customdata[2]}<extra></extra>",
+        })  # fmt: skip
+    correction = "Holm" if report.correction == "holm" else "Benjamini-Hochberg"
+    return {
+        "data": data,
+        "layout": _layout(
+            f"{html.escape(report.metric)} by {html.escape(attribute)}: treatment minus control "
+            f"({unit}), filled when significant after {correction}; informs, never decides",
+            height=max(260, 60 + 40 * len(segments)), hovermode="closest",
+            xaxis=_axis(title={"text": f"difference ({unit}), {1 - report.alpha:.0%} always-valid"
+                               " interval, not adjusted"}, zeroline=True),
+            yaxis=_axis(type="category", categoryorder="array", categoryarray=segments),
         ),
     }  # fmt: skip

@@ -140,6 +140,13 @@ def experiment_figures(page: ExperimentPage) -> dict[str, figures.Figure]:
         found[f"maturity_{series.metric}"] = figures.maturity_figure(
             series.days, series.mature, series.pending, styles, series.metric, series.window
         )
+    report = page.analysis.segments
+    if report is not None:
+        for attribute in report.attributes:
+            if any(c.attribute == attribute for c in report.comparisons):
+                found[f"segments_{attribute}"] = figures.segments_figure(
+                    report, attribute, styles, primary.type
+                )
     if page.decisions:
         moments = [d.created_at for d in page.decisions]
         if page.exposures is not None:

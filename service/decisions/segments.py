@@ -3,7 +3,9 @@
 Each segment (a value of an attribute the experiment names in ``segments``) gets the
 primary metric's treatment-versus-control comparison from its own sufficient statistics:
 the mSPRT's always-valid p-value and interval of one look (Johari et al. 2022), valid
-whenever a page is read. Reading many segments finds false "effects" by chance, so the
+whenever a page is read. Its mixture is the design's standardized one at the policy's alpha,
+tuned for a segment's share of the plan (``planned_units`` over the attribute's cap plus
+``other``): fixed in advance, as any mixture must be, and valid whatever it is. Reading many segments finds false "effects" by chance, so the
 p-values of one attribute's segments and treatments are adjusted together, by Holm (the
 family-wise error, Holm 1979) or Benjamini-Hochberg (the false discovery rate, Benjamini &
 Hochberg 1995), as ``policy.segment_correction`` says. The decision rules never read these
@@ -128,10 +130,8 @@ def _compare(
                 adjusted.difference_variance,
                 True,
             )
-    # The design's standardized mixture at the policy's alpha: valid for any tau2.
-    tau2 = replace(design, comparison_alpha=design.alpha).mixing_variance(
-        variance, information(control.n, treatment.n)
-    )
+    # The design's standardized mixture (valid for any tau2), tuned for a segment's share.
+    tau2 = design.mixing_variance(variance, information(control.n, treatment.n))
     look = msprt.msprt_look(difference, variance, tau2, design.alpha)
     lift = difference / control.mean if control.mean != 0 else None
     return SegmentComparison(attribute, segment, metric, variant, control.n, treatment.n,
@@ -144,7 +144,8 @@ def analyze_segments(
     experiment: Experiment, design: Design, days: SegmentDays, stats: SegmentStats
 ) -> SegmentReport | None:
     """Every segment's primary comparisons, adjusted per attribute; None without segments."""
-    attributes = [spec.attribute for spec in experiment.segment_attributes]
+    specs = experiment.segment_attributes
+    attributes = [spec.attribute for spec in specs]
     if not attributes:
         return None
     metric = experiment.metrics.primary.name
@@ -152,7 +153,11 @@ def analyze_segments(
     correction = experiment.policy.segment_correction
     units: dict[str, dict[str, dict[str, int]]] = {a: {} for a in attributes}
     report = SegmentReport(attributes, correction, design.alpha, metric, units)
-    for attribute in attributes:
+    for spec in specs:
+        attribute = spec.attribute
+        # Tuned (fixed in advance) for a segment's share of the plan: the cap's values and other.
+        planned = max(2, design.planned_units // (spec.cap + 1))
+        tuned = replace(design, comparison_alpha=design.alpha, planned_units=planned)
         family: list[SegmentComparison] = []
         for (name, segment), segment_days in sorted(days.items()):
             if name != attribute:
@@ -168,9 +173,7 @@ def analyze_segments(
                     report.skipped.append(f"{label}: no units in one arm yet")
                     continue
                 try:
-                    family.append(
-                        _compare(attribute, segment, metric, variant, base, other, design)
-                    )
+                    family.append(_compare(attribute, segment, metric, variant, base, other, tuned))
                 except (ValueError, ArithmeticError) as error:
                     report.skipped.append(f"{label}: {error}")
         if not family:

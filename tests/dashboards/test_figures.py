@@ -122,3 +122,36 @@ def test_model_health_and_decision_figures() -> None:
     timeline = _valid(figures.decisions_figure(decisions, STYLES))
     assert {t.name for t in timeline.data} == {"(experiment)", "ranker_a"}
     assert "UTC" in timeline.layout.xaxis.title.text
+
+
+def test_segments_figure_draws_each_segment_with_its_interval() -> None:
+    import numpy as np
+
+    from analysis.sufficient_stats import SufficientStats
+    from service.decisions.segments import analyze_segments
+    from service.decisions.sequential import design_for
+
+    definition = yaml.safe_load(FIVE_VARIANTS_YAML)
+    definition["policy"]["planned_units"] = 20_000
+    experiment = Experiment.model_validate(
+        definition | {"segments": [{"attribute": "os", "max_values": 2}]}
+    )
+    rng = np.random.default_rng(2)
+    days, stats = {}, {}
+    for segment in ("ios", "android", "other"):
+        days[("os", segment)] = {START: {v: 2000 for v in EXPERIMENT.variant_keys}}
+        stats[("os", segment)] = {
+            (v, EXPERIMENT.metrics.primary.name): SufficientStats.from_binary(
+                2000,
+                int(rng.binomial(2000, 0.3 if v == TREATMENTS[0] and segment == "ios" else 0.2)),
+            )
+            for v in EXPERIMENT.variant_keys
+        }
+    report = analyze_segments(experiment, design_for(experiment), days, stats)
+    assert report is not None
+    figure = _valid(figures.segments_figure(report, "os", STYLES, "binary"))
+    assert [trace.name for trace in figure.data] == TREATMENTS
+    first = figure.data[0]
+    assert sorted(first.y) == ["android", "ios", "other"]
+    assert first.marker.symbol[list(first.y).index("ios")] == STYLES[TREATMENTS[0]].marker  # filled
+    assert "never decides" in figure.layout.title.text

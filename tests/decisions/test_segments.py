@@ -3,6 +3,7 @@ for the corrections, and the audit entry of a halted experiment through the work
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -14,10 +15,12 @@ from click.testing import CliRunner
 from statsmodels.stats.multitest import multipletests
 
 from analysis.sufficient_stats import SufficientStats
+from dashboards.report import report_html
 from service.cli.main import main
 from service.decisions.segments import NOTE, analyze_segments, srm_drill_down
 from service.decisions.sequential import design_for
 from service.experiments.schema import Experiment
+from service.experiments.validation import load_experiments
 from tests.decisions.test_cli import reset_worker_context
 from tests.experiment_files import minimal_experiment, write_experiment
 
@@ -163,3 +166,12 @@ def test_a_halt_for_srm_names_the_segment_in_the_audit_log(
     assert [s for s, d in drill.items() if d["flagged"]] == ["android"]
     assert numbers["segments"]["note"] == NOTE
     assert set(numbers["segments"]["units"]["platform"]) == {"ios", "android", "web"}
+    # The dashboard (here its offline report) shows where the imbalance is.
+    [loaded] = load_experiments([folder]).experiments
+    with psycopg.connect(db) as conn:
+        page = html.unescape(report_html(conn, loaded.experiment))
+    assert "The imbalance is in platform=android (SRM test per segment, below)." in page
+    table = page[page.index('id="srm-segments-table"') :]
+    table = table[: table.index("</table>")]
+    assert table.count("imbalance</span>") == 1
+    assert NOTE in page
