@@ -43,6 +43,14 @@ exist. One untimed cycle warms the worker up (imports, YAML, pools), then
 ``--worker-cycles`` are timed. Each task also runs the rollup once first (the
 task's own code: nothing left to do here).
 
+Segments (``--segment-attributes``, default 2, of ``--segment-values``, default 10, values
+each): every experiment declares ``segments`` with that cap, and each exposed unit has its
+recorded attributes (``exposure_attributes``, generated server-side as the exposures, values
+spread independently of the arm), so the rollup also fills ``segment_exposure_counts`` and
+``segment_metric_stats`` and every analysis reads them and compares every segment. The same
+cycles are then run again on copies of the YAML files without ``segments`` (the same data):
+the ratio is what segments cost the cycle. ``--segment-attributes 0`` measures without.
+
 The database is ``abx_bench_<random>``, created, migrated and dropped here.
 
 Run: ``python benchmarks/analysis_cycle.py [--events N] [--experiments 100]``.
@@ -92,6 +100,7 @@ from common import (
 )
 
 from service.events.rollup import EVENT_CHUNK, roll_up_once, windows_from
+from service.events.segments import segment_specs_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
 from service.settings import Settings
@@ -103,7 +112,7 @@ ARMS = ("control", "control", "treatment_a", "treatment_b")  # weights 0.5 / 0.2
 METRICS = ("conversion", "revenue", "sessions", "latency_ms", "error_rate")
 WINDOW_DAYS = 7  # the default outcome_window_hours (168)
 DECISION_TABLES = "experiment_state, decisions, analysis_runs, webhook_deliveries"
-ROLLUP_TABLES = "metric_stats, exposure_counts"
+ROLLUP_TABLES = "metric_stats, exposure_counts, segment_metric_stats, segment_exposure_counts"
 WORKER_CYCLE_TIMEOUT = 300.0
 
 
@@ -111,7 +120,14 @@ def experiment_key(index: int) -> str:
     return f"cycle_{index:04d}"
 
 
-def experiment_yaml(index: int) -> str:
+def segments_yaml(attributes: int, values: int) -> str:
+    if attributes == 0:
+        return ""
+    items = ", ".join(f"{{attribute: attr{i}, max_values: {values}}}" for i in range(attributes))
+    return f"segments: [{items}]\n"
+
+
+def experiment_yaml(index: int, segments: str = "") -> str:
     method = {8: "confidence_sequence", 9: "group_sequential"}.get(index % 10, "msprt")
     return f"""\
 # Written by benchmarks/analysis_cycle.py.
@@ -138,13 +154,13 @@ policy:
   min_runtime_hours: 0
   planned_units: 1000000
   horizon_days: null
-"""
+{segments}"""
 
 
-def write_experiments(folder: Path, count: int) -> list[Experiment]:
+def write_experiments(folder: Path, count: int, segments: str = "") -> list[Experiment]:
     """Write the YAML files, check them with ``abx validate``, and load them."""
     for index in range(count):
-        (folder / f"{experiment_key(index)}.yaml").write_text(experiment_yaml(index))
+        (folder / f"{experiment_key(index)}.yaml").write_text(experiment_yaml(index, segments))
     checked = subprocess.run(
         [*abx_command(), "validate", str(folder)],
         capture_output=True,
@@ -171,6 +187,23 @@ SELECT (%(keys)s::text[])[1 + u %% %(x)s], (%(seeds)s::text[])[1 + u %% %(x)s], 
        %(start)s::timestamptz + ((u * 7919) %% %(span)s) * interval '1 second'
 FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS u
 """
+
+
+# Unit u's attribute i is value (q / V^i) mod V with q = (u / X) / 4: independent of its
+# experiment (u mod X) and its arm ((u / X) mod 4), so every segment sees the configured split.
+def exposure_attributes_sql(attributes: int, values: int) -> str:
+    pairs = ", ".join(
+        f"'attr{i}', 'v' || ((q / {values**i}) %% {values})" for i in range(attributes)
+    )
+    return f"""
+INSERT INTO exposure_attributes (experiment_key, seed, unit_id, attributes, exposed_at)
+SELECT (%(keys)s::text[])[1 + u %% %(x)s], (%(seeds)s::text[])[1 + u %% %(x)s], 'u-' || u,
+       jsonb_build_object({pairs}),
+       %(start)s::timestamptz + ((u * 7919) %% %(span)s) * interval '1 second'
+FROM (SELECT u, (u / %(x)s) / 4 AS q
+      FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS u) AS s
+"""
+
 
 # Event g goes to unit (g * 2654435761) mod units and metric (g / X) mod 5: not g mod 5, which
 # would tie each experiment to one metric whenever X divides the number of units.
@@ -208,6 +241,8 @@ class Dataset:
     experiments: list[Experiment]
     start: datetime
     days: int
+    segment_attributes: int = 0
+    segment_values: int = 10
 
     def params(self) -> dict[str, Any]:
         return {
@@ -230,6 +265,11 @@ def load(url: str, data: Dataset, units: tuple[int, int], events: tuple[int, int
         conn.execute(
             EXPOSURES_SQL, {**data.params(), "low": units[0], "high": units[1] - 1}
         )  # fmt: skip
+        if data.segment_attributes:
+            conn.execute(
+                exposure_attributes_sql(data.segment_attributes, data.segment_values),
+                {**data.params(), "low": units[0], "high": units[1] - 1},
+            )  # fmt: skip
         for low in range(events[0], events[1], LOAD_CHUNK):
             high = min(events[1], low + LOAD_CHUNK) - 1
             chunk_started = time.perf_counter()
@@ -241,7 +281,7 @@ def load(url: str, data: Dataset, units: tuple[int, int], events: tuple[int, int
                 f"({time.perf_counter() - chunk_started:.1f} s for the last {high + 1 - low:,})",
                 flush=True,
             )
-        conn.execute("VACUUM ANALYZE exposures, outcomes, event_ids")
+        conn.execute("VACUUM ANALYZE exposures, exposure_attributes, outcomes, event_ids")
     return time.perf_counter() - started
 
 
@@ -305,11 +345,12 @@ def child_main(url: str, folder: Path, cycles: int, profile: bool) -> int:
         # What every abx.analyze_experiment task does first (analyze_now): a rollup round,
         # here with nothing left to do.
         windows = windows_from({e.key: e for e in experiments})
+        specs = segment_specs_from({e.key: e for e in experiments})
         grace = timedelta(seconds=Settings().attribution_grace_seconds)
         idle_ms = []
         for _ in range(5):
             idle_started = time.perf_counter()
-            roll_up_once(conn, windows, grace)
+            roll_up_once(conn, windows, grace, segment_specs=specs)
             idle_ms.append(1000 * (time.perf_counter() - idle_started))
         report["idle_rollup_ms"] = statistics.median(idle_ms)
         report["failed"] = failed
@@ -502,6 +543,9 @@ class SizeResult:
     worker: WorkerCycles | None = None
     worker_skipped: str | None = None
     notes: list[str] = field(default_factory=list)
+    segment_metric_stats_rows: int = 0
+    plain: Cycles | None = None
+    """The same cycles on the experiments without ``segments`` (the same data)."""
 
 
 def measure_size(
@@ -520,7 +564,8 @@ def measure_size(
     wait_for_quiet()
     windows = windows_from({e.key: e for e in data.experiments})
     grace = timedelta(seconds=Settings().attribution_grace_seconds)
-    rollup = roll_up(url, windows, grace, events - before[0], args.rollup_timeout)
+    specs = segment_specs_from({e.key: e for e in data.experiments})
+    rollup = roll_up(url, windows, grace, events - before[0], args.rollup_timeout, specs)
     state = "complete" if rollup.complete else "STOPPED at --rollup-timeout"
     print(
         f"  rollup ({state}): {rollup.events:,} events in {rollup.seconds:.0f} s "
@@ -538,12 +583,24 @@ def measure_size(
     print(
         "  sequential cycles: " + ", ".join(f"{s:.2f}" for s in cycles.seconds) + " s", flush=True
     )
-    stats_rows, count_rows = scalars(
-        url, "SELECT (SELECT count(*) FROM metric_stats), (SELECT count(*) FROM exposure_counts)"
+    stats_rows, count_rows, segment_rows = scalars(
+        url,
+        "SELECT (SELECT count(*) FROM metric_stats), (SELECT count(*) FROM exposure_counts),"
+        " (SELECT count(*) FROM segment_metric_stats)",
     )
     result = SizeResult(
         events, units, load_seconds, rollup, stats_rows, count_rows, dead, unvacuumed, cycles
     )
+    result.segment_metric_stats_rows = segment_rows
+    if data.segment_attributes:
+        execute(url, f"TRUNCATE {DECISION_TABLES}")
+        result.plain = run_cycles(url, folder.with_name("plain"), args.cycles)
+        print(
+            "  the same cycles without segments: "
+            + ", ".join(f"{s:.2f}" for s in result.plain.seconds)
+            + " s",
+            flush=True,
+        )
     if args.no_worker:
         result.worker_skipped = "--no-worker"
     elif not redis_reachable(args.broker_url):
@@ -652,6 +709,19 @@ def print_report(results: list[SizeResult], experiments: int, cycles: int) -> bo
             )
         else:
             print(f"  worker: skipped ({r.worker_skipped})")
+    for r in results:
+        if r.plain is not None:
+            with_segments = statistics.median(r.cycles.steady)
+            without = statistics.median(r.plain.steady)
+            print(
+                f"\n{r.events:,} events: segments: segment_metric_stats {r.segment_metric_stats_rows:,}"
+                f" rows; cycle median with segments {with_segments:.2f} s, without "
+                f"{without:.2f} s ({with_segments / without:.2f}x); CPU py + pg with "
+                f"{statistics.median(r.cycles.steady_cpu):.2f} + "
+                f"{statistics.median(r.cycles.steady_backend_cpu):.2f} s, without "
+                f"{statistics.median(r.plain.steady_cpu):.2f} + "
+                f"{statistics.median(r.plain.steady_backend_cpu):.2f} s"
+            )
     largest = results[-1]
     steady = statistics.median(largest.cycles.steady)
     met = steady < TARGET_CYCLE_SECONDS and largest.cycles.seconds[0] < TARGET_CYCLE_SECONDS
@@ -697,6 +767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rollup-timeout", type=float, default=3600.0, help="stop the rollup after this many s"
     )
+    parser.add_argument(
+        "--segment-attributes", type=int, default=2, help="segment attributes per experiment"
+    )
+    parser.add_argument("--segment-values", type=int, default=10, help="values per attribute")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
         "--admin-url",
@@ -714,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--events must be 1,000..50,000,000 and --experiments 1..1,000")
     if not 1 <= args.days <= 60 or not 1 <= args.cycles <= 50 or not 1 <= args.worker_cycles <= 20:
         parser.error("--days must be 1..60, --cycles 1..50, --worker-cycles 1..20")
+    if not 0 <= args.segment_attributes <= 5 or not 1 <= args.segment_values <= 50:
+        parser.error("--segment-attributes must be 0..5 and --segment-values 1..50")
     if not 1 <= args.rollup_timeout <= 7200:
         parser.error("--rollup-timeout must be 1..7200 s")
     sizes = sorted({min(args.small_events, args.events), args.events})
@@ -736,10 +812,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         folder = Path(scratch, "experiments")
         folder.mkdir()
-        experiments = write_experiments(folder, args.experiments)
+        segments = segments_yaml(args.segment_attributes, args.segment_values)
+        experiments = write_experiments(folder, args.experiments, segments)
+        if segments:
+            plain = Path(scratch, "plain")
+            plain.mkdir()
+            write_experiments(plain, args.experiments)
         data = Dataset(
-            experiments, datetime.now(UTC) - timedelta(days=args.days + WINDOW_DAYS), args.days
-        )
+            experiments, datetime.now(UTC) - timedelta(days=args.days + WINDOW_DAYS), args.days,
+            args.segment_attributes, args.segment_values,
+        )  # fmt: skip
         before = (0, 0)
         for events in sizes:
             result = measure_size(url, data, folder, before, events, args, Path(scratch))

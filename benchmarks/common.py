@@ -265,6 +265,7 @@ def roll_up(
     grace: timedelta,
     expected_events: int,
     timeout: float,
+    segment_specs: Callable[[str], Any] | None = None,
 ) -> Rollup:
     """``roll_up_once`` from one connection until idle or ``timeout`` seconds, every round timed."""
     import psycopg
@@ -280,7 +281,7 @@ def roll_up(
         started = time.perf_counter()
         for _ in range(expected_events // EVENT_CHUNK + expected_events // EXPOSURE_CHUNK + 50):
             round_started = time.perf_counter()
-            done = roll_up_once(conn, windows, grace)
+            done = roll_up_once(conn, windows, grace, segment_specs=segment_specs)
             if done is None:
                 time.sleep(0.1)  # another process holds the rollup lock
                 continue

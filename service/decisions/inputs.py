@@ -145,7 +145,8 @@ def _with_segments(
     if not experiment.segment_attributes:
         return result
     days = segment_units_by_day(conn, experiment.key, experiment.seed, through)
-    stats = segment_stats(conn, experiment.key, experiment.seed, days, through)
+    primary = [experiment.metrics.primary.name]  # what the segment analysis compares
+    stats = segment_stats(conn, experiment.key, experiment.seed, days, primary, through)
     report = analyze_segments(experiment, design, days, stats)
     check = result.srm
     if check is not None and check.flagged and report is not None:

@@ -169,9 +169,11 @@ def segment_units_by_day(
 
 
 def segment_stats(
-    conn: Any, experiment_key: str, seed: str, units: SegmentDays, through: date | None = None
-) -> SegmentStats:
-    """Each segment's sums per (variant, metric); counted units without outcomes are zeros."""
+    conn: Any, experiment_key: str, seed: str, units: SegmentDays, metrics: list[str],
+    through: date | None = None,
+) -> SegmentStats:  # fmt: skip
+    """Each segment's sums per (variant, metric) of ``metrics``; counted units without outcomes
+    are zeros."""
     found: SegmentStats = {}
     totals = {
         segment: {v: sum(day.get(v, 0) for day in days.values())
@@ -181,9 +183,9 @@ def segment_stats(
     for attribute, segment, variant, metric, *values in conn.execute(
         "SELECT attribute, segment, variant_key, metric, sum(sum_y), sum(sum_y2), sum(sum_x),"
         " sum(sum_x2), sum(sum_xy) FROM segment_metric_stats WHERE experiment_key = %s"
-        " AND seed = %s AND (%s::date IS NULL OR bucket <= %s::date)"
+        " AND seed = %s AND metric = ANY(%s) AND (%s::date IS NULL OR bucket <= %s::date)"
         " GROUP BY attribute, segment, variant_key, metric",
-        (experiment_key, seed, through, through),
+        (experiment_key, seed, metrics, through, through),
     ):
         n = totals.get((attribute, segment), {}).get(variant, 0)
         if n > 0:
