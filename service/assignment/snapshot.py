@@ -83,6 +83,7 @@ def _experiment(served: ServedExperiment, state: ExperimentState | None) -> dict
         "targeting": definition.get("targeting"),
         "forced": dict(experiment.forced),
         "metrics": [m.name for m in experiment.metrics.all_metrics() if m.type != "ratio"],
+        "segments": [spec.attribute for spec in experiment.segment_attributes],
         "allocation": {
             "earlier_weights": [list(w) for w in allocation.earlier_weights],
             "pending_weights": list(pending) if pending is not None else None,

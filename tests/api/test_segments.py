@@ -9,9 +9,10 @@ from pathlib import Path
 
 import psycopg
 
+from abx_client import Client
 from service.decisions.segments import NOTE
 from tests.api.test_api import expected_assignment
-from tests.conftest import Api, wait_for
+from tests.conftest import Api, Server, wait_for
 
 FIRST = {"country": "US", "app_version": "2.1.0", "platform": "ios"}
 LATER = {"country": "DE", "app_version": "2.2.0", "platform": "android"}
@@ -25,7 +26,9 @@ def recorded(db: str) -> dict[str, dict[str, str]]:
         ).fetchall())  # fmt: skip
 
 
-def test_segments_come_from_the_first_exposure(api: Api, db: str, experiments_dir: Path) -> None:
+def test_segments_come_from_the_first_exposure(
+    server: Server, api: Api, db: str, experiments_dir: Path
+) -> None:
     exposed = [f"web-{i}" for i in range(40) if api.assign("checkout_ranker", f"web-{i}",
                                                            **FIRST)["in_experiment"]]  # fmt: skip
     assert len(exposed) > 20  # coverage 0.8
@@ -39,12 +42,21 @@ def test_segments_come_from_the_first_exposure(api: Api, db: str, experiments_di
                            "attributes": FIRST | {"email": "someone@example.com"}})  # fmt: skip
     response = api.post("/v1/sdk/exposures", {"batch_id": uuid.uuid4().hex, "exposures": hashed})
     assert response.status_code == 200 and response.json()["recorded"] == len(hashed)
+    # The client SDK sends the segment attributes of the snapshot's experiment with each
+    # local exposure, and only those.
+    client = Client(server.base_url, server.key, flush_interval=0.1)
+    try:
+        answers = [client.assign("checkout_ranker", f"client-{i}", FIRST | {"email": "x@y.z"})
+                   for i in range(40)]  # fmt: skip
+    finally:
+        client.close()
+    hashed += [{"unit": f"client-{i}"} for i, a in enumerate(answers) if a.reason == "hashed"]
     first = {"platform": "ios", "country": "US"}
     assert wait_for(lambda: len(recorded(db)) == len(exposed) + len(hashed))
     # Later requests (any worker, any batch) with changed attributes change nothing.
     for unit in exposed:
         api.assign("checkout_ranker", unit, **LATER)
-    later = [item | {"attributes": LATER} for item in hashed]
+    later = [item | {"attributes": LATER} for item in hashed if "seed" in item]
     api.post("/v1/sdk/exposures", {"batch_id": uuid.uuid4().hex, "exposures": later})
     time.sleep(0.5)  # past the writers' flush interval
     assert recorded(db) == {unit: first for unit in [*exposed, *(h["unit"] for h in hashed)]}

@@ -60,6 +60,8 @@ class CompiledExperiment:
     rolled_back: frozenset[str]
     stopped: str | None
     metrics: frozenset[str]
+    segments: tuple[str, ...] = ()
+    """The attributes the experiment is analysed by: sent with the unit's exposure."""
 
 
 def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
@@ -90,6 +92,7 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
         rolled_back=frozenset(decision.get("rolled_back") or ()),
         stopped=decision.get("stopped"),
         metrics=frozenset(data.get("metrics") or ()),
+        segments=tuple(data.get("segments") or ()),
     )
 
 

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -267,7 +268,7 @@ class Client:
         if answer is None:
             return self._ask_server(compiled, unit_id, attributes or {})
         if answer.in_experiment:
-            self._expose(compiled, unit_id, answer.variant)
+            self._expose(compiled, unit_id, answer.variant, attributes)
         return answer
 
     def track(
@@ -402,16 +403,24 @@ class Client:
             self._ready.wait(remaining)
         return self._snapshot
 
-    def _expose(self, compiled: CompiledExperiment, unit: str, variant: str | None) -> None:
+    def _expose(
+        self, compiled: CompiledExperiment, unit: str, variant: str | None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         """Queue the first assignment and exposure once per unit and process (as the server's
-        sticky store does); a full queue drops per ``queue_full``, counted."""
+        sticky store does); a full queue drops per ``queue_full``, counted. The experiment's
+        segment attributes (only those, only plain values) go with it."""
         key = (compiled.key, compiled.seed, unit)
         if variant is None or self._exposed.get(key) == variant:
             return
-        self._exposures.put(
-            {"experiment": compiled.key, "unit": unit, "seed": compiled.seed,
-             "variant": variant, "exposed_at": time.time()}
-        )  # fmt: skip
+        item: dict[str, Any] = {"experiment": compiled.key, "unit": unit, "seed": compiled.seed,
+                                "variant": variant, "exposed_at": time.time()}  # fmt: skip
+        if compiled.segments:
+            given = attributes or {}
+            item["attributes"] = {
+                name: given[name] for name in compiled.segments if _plain(given.get(name))
+            }
+        self._exposures.put(item)
         _remember(self._exposed, key, variant, self._memory_size, self._lock)
         if len(self._exposures) >= self._batch_size:
             self._wake_flusher.set()
@@ -707,3 +716,10 @@ def _problem(response: httpx.Response) -> Mapping[str, Any]:
     except ValueError:
         return {"detail": response.text[:500]}
     return body if isinstance(body, dict) else {"detail": body}
+
+
+def _plain(value: Any) -> bool:
+    """A value JSON carries as is (no NaN): the server records only such segment values."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int | bool)
