@@ -53,6 +53,9 @@ class LocalExposureBatch(ApiModel):
     batch_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
     """Chosen by the SDK, the same on every resend: a batch seen before is not written again."""
     exposures: list[LocalExposureItem] = Field(min_length=1)
+    client: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/+-]{1,64}$")] | None = None
+    """The SDK's name and version (``abx-client-python/0.1.0``): recorded with the exposures
+    of segmented experiments, so the SRM drill-down can name an SDK version."""
 
 
 class OutcomeBatch(ApiModel):

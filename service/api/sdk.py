@@ -193,7 +193,7 @@ def exposures() -> dict[str, Any]:
             item.unit,
             item.variant,
             _exposed_at(item.exposed_at, now, index),
-            recorded_attributes(compiled.experiment, item.attributes or {}),
+            recorded_attributes(compiled.experiment, item.attributes or {}, body.client or "sdk"),
         )
         if is_current(compiled, exposure):
             current.append(exposure)

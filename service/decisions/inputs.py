@@ -28,6 +28,7 @@ from service.events.sums import (
     ratio_sums,
 )
 from service.experiments.schema import Experiment
+from service.experiments.segments import CLIENT
 from service.inference.sketches import load_profile, read_sketches
 from service.observability import metrics
 from service.settings import Settings
@@ -151,7 +152,7 @@ def _with_segments(
     check = result.srm
     if check is not None and check.flagged and report is not None:
         period = state.get("srm") or {}
-        drill = srm_drill_down(report.attributes, days, check.expected_weights,
+        drill = srm_drill_down([*report.attributes, CLIENT], days, check.expected_weights,
                                period.get("started_on"), design.srm_threshold,
                                design.srm_concentration)  # fmt: skip
         check = dataclasses.replace(check, segments=drill)

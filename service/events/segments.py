@@ -20,7 +20,7 @@ from typing import Any
 from analysis.sufficient_stats import SufficientStats
 from service.events.attribution import Event, SegmentKey, StatsDelta, UnitSegments
 from service.experiments.schema import SegmentAttribute
-from service.experiments.segments import OTHER, admits, segment_of
+from service.experiments.segments import OTHER, admits, counted_attributes, segment_of
 from service.observability import metrics
 
 SegmentSpecs = Callable[[str], tuple[SegmentAttribute, ...]]
@@ -30,11 +30,11 @@ Admitted = dict[
 
 
 def segment_specs_from(experiments: Mapping[str, Any]) -> SegmentSpecs:
-    """Each experiment's segment attributes as the YAML now says (none for an unknown key)."""
+    """Each experiment's counted attributes as the YAML now says (none for an unknown key)."""
 
     def specs(key: str) -> tuple[SegmentAttribute, ...]:
         experiment = experiments.get(key)
-        return experiment.segment_attributes if experiment is not None else ()
+        return counted_attributes(experiment) if experiment is not None else ()
 
     return specs
 

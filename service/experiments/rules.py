@@ -131,6 +131,9 @@ def _segment_problems(experiment: Experiment) -> Iterator[RuleProblem]:
         )
         if spec.attribute in seen:
             yield RuleProblem(path, f"attribute {spec.attribute!r} given twice")
+        if spec.attribute.startswith("abx."):
+            yield RuleProblem(path, "names starting with 'abx.' are abx's own (abx.client is"
+                              " always counted for the SRM drill-down)")  # fmt: skip
         seen.add(spec.attribute)
         if spec.values is None:
             continue

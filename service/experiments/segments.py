@@ -24,6 +24,12 @@ from service.experiments.schema import Experiment, SegmentAttribute
 OTHER = "other"
 NONE = "(none)"
 VALUE_CHARS = 64
+CLIENT = "abx.client"
+"""A built-in attribute of every segmented experiment: who made the exposure, ``server``
+(``/v1/assign``, ``/v1/predict``) or the client SDK's name and version from its exposure
+batch. Only the SRM drill-down reads it (an imbalance in one SDK version is a bug there)."""
+CLIENT_SEGMENT = SegmentAttribute(attribute=CLIENT, max_values=10)
+SERVER = "server"
 
 
 def recorded_value(raw: Any) -> str:
@@ -36,14 +42,22 @@ def recorded_value(raw: Any) -> str:
     return text.encode("utf-8", "replace").decode("utf-8") or NONE
 
 
+def counted_attributes(experiment: Experiment) -> tuple[SegmentAttribute, ...]:
+    """The attributes the rollup counts: the experiment's segments and ``abx.client``."""
+    specs = experiment.segment_attributes
+    return (*specs, CLIENT_SEGMENT) if specs else ()
+
+
 def recorded_attributes(
-    experiment: Experiment, attributes: Mapping[str, Any]
+    experiment: Experiment, attributes: Mapping[str, Any], client: str = SERVER
 ) -> dict[str, str] | None:
     """The segment attributes to record with the exposure; None when it has no segments."""
     specs = experiment.segment_attributes
     if not specs:
         return None
-    return {s.attribute: recorded_value(attributes.get(s.attribute)) for s in specs}
+    found = {s.attribute: recorded_value(attributes.get(s.attribute)) for s in specs}
+    found[CLIENT] = recorded_value(client)
+    return found
 
 
 def segment_of(

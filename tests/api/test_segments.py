@@ -9,8 +9,9 @@ from pathlib import Path
 
 import psycopg
 
-from abx_client import Client
+from abx_client import Client, __version__
 from service.decisions.segments import NOTE
+from service.experiments.segments import CLIENT
 from tests.api.test_api import expected_assignment
 from tests.conftest import Api, Server, wait_for
 
@@ -40,7 +41,8 @@ def test_segments_come_from_the_first_exposure(
             hashed.append({"experiment": "checkout_ranker", "unit": f"sdk-{i}",
                            "seed": "checkout_ranker.v1", "variant": variant,
                            "attributes": FIRST | {"email": "someone@example.com"}})  # fmt: skip
-    response = api.post("/v1/sdk/exposures", {"batch_id": uuid.uuid4().hex, "exposures": hashed})
+    response = api.post("/v1/sdk/exposures", {"batch_id": uuid.uuid4().hex, "exposures": hashed,
+                                              "client": "abx-client-go/1.2.3"})  # fmt: skip
     assert response.status_code == 200 and response.json()["recorded"] == len(hashed)
     # The client SDK sends the segment attributes of the snapshot's experiment with each
     # local exposure, and only those.
@@ -50,16 +52,21 @@ def test_segments_come_from_the_first_exposure(
                    for i in range(40)]  # fmt: skip
     finally:
         client.close()
-    hashed += [{"unit": f"client-{i}"} for i, a in enumerate(answers) if a.reason == "hashed"]
+    local = [f"client-{i}" for i, a in enumerate(answers) if a.reason == "hashed"]
     first = {"platform": "ios", "country": "US"}
-    assert wait_for(lambda: len(recorded(db)) == len(exposed) + len(hashed))
+    # Who made each exposure is recorded too (abx.client), for the SRM drill-down.
+    expected = ({u: first | {CLIENT: "server"} for u in exposed}
+                | {h["unit"]: first | {CLIENT: "abx-client-go/1.2.3"} for h in hashed}
+                | {u: first | {CLIENT: f"abx-client-python/{__version__}"} for u in local})  # fmt: skip
+    assert len(local) > 20
+    assert wait_for(lambda: len(recorded(db)) == len(expected))
     # Later requests (any worker, any batch) with changed attributes change nothing.
     for unit in exposed:
         api.assign("checkout_ranker", unit, **LATER)
-    later = [item | {"attributes": LATER} for item in hashed if "seed" in item]
+    later = [item | {"attributes": LATER} for item in hashed]
     api.post("/v1/sdk/exposures", {"batch_id": uuid.uuid4().hex, "exposures": later})
     time.sleep(0.5)  # past the writers' flush interval
-    assert recorded(db) == {unit: first for unit in [*exposed, *(h["unit"] for h in hashed)]}
+    assert recorded(db) == expected
 
     def analysed() -> dict:  # type: ignore[type-arg]
         body = api.get("/v1/experiments/checkout_ranker/analysis").json()
@@ -71,7 +78,7 @@ def test_segments_come_from_the_first_exposure(
     assert segments["note"] == NOTE and segments["correction"] == "holm"
     units = segments["units"]
     assert set(units["platform"]) == {"ios"} and set(units["country"]) == {"US"}
-    assert sum(units["platform"]["ios"].values()) == len(exposed) + len(hashed)
+    assert sum(units["platform"]["ios"].values()) == len(expected)
     # An experiment without segments records no attributes and reports no segments.
     assert any(api.assign("search_embeddings", f"user-{i}", **FIRST)["in_experiment"]
                for i in range(20))  # fmt: skip

@@ -20,6 +20,7 @@ from service.cli.main import main
 from service.decisions.segments import NOTE, analyze_segments, srm_drill_down
 from service.decisions.sequential import design_for
 from service.experiments.schema import Experiment
+from service.experiments.segments import CLIENT
 from service.experiments.validation import load_experiments
 from tests.decisions.test_cli import reset_worker_context
 from tests.experiment_files import minimal_experiment, write_experiment
@@ -138,7 +139,9 @@ def test_a_halt_for_srm_names_the_segment_in_the_audit_log(
             continue  # android's control exposures are lost
         at = now - timedelta(days=1, seconds=int(rng.integers(0, 3600)))
         rows.append(("seg", "seg.v1", f"u{i}", variant, at))
-        attributes.append(("seg", "seg.v1", f"u{i}", json.dumps({"platform": platform}), at))
+        client = "abx-client-python/0.1.0" if platform == "android" else "server"
+        recorded = {"platform": platform, CLIENT: client}
+        attributes.append(("seg", "seg.v1", f"u{i}", json.dumps(recorded), at))
     with psycopg.connect(db) as conn:
         with conn.cursor().copy("COPY exposures (experiment_key, seed, unit_id, variant_key,"
                                 " first_exposed_at) FROM STDIN") as copy:  # fmt: skip
@@ -159,19 +162,23 @@ def test_a_halt_for_srm_names_the_segment_in_the_audit_log(
             "SELECT reason, numbers FROM decisions WHERE experiment_key = 'seg'"
         ).fetchone()  # type: ignore[misc]
     assert reason.startswith("sample ratio mismatch"), reason
-    assert "imbalance in platform=android" in reason, reason
-    assert "ios" not in reason and "web" not in reason
-    drill = {s["segment"]: s for s in numbers["srm"]["segments"]}
-    assert set(drill) == {"ios", "android", "web"}
-    assert [s for s, d in drill.items() if d["flagged"]] == ["android"]
+    assert "imbalance in " in reason and "platform=android" in reason, reason
+    assert f"{CLIENT}=abx-client-python/0.1.0" in reason, reason  # the SDK version
+    assert "ios" not in reason and "web" not in reason and "server" not in reason
+    drill = {(s["attribute"], s["segment"]): s for s in numbers["srm"]["segments"]}
+    assert set(drill) == {("platform", "ios"), ("platform", "android"), ("platform", "web"),
+                          (CLIENT, "server"), (CLIENT, "abx-client-python/0.1.0")}  # fmt: skip
+    assert [k for k, d in drill.items() if d["flagged"]] == [
+        ("platform", "android"), (CLIENT, "abx-client-python/0.1.0")
+    ]  # fmt: skip
     assert numbers["segments"]["note"] == NOTE
     assert set(numbers["segments"]["units"]["platform"]) == {"ios", "android", "web"}
     # The dashboard (here its offline report) shows where the imbalance is.
     [loaded] = load_experiments([folder]).experiments
     with psycopg.connect(db) as conn:
         page = html.unescape(report_html(conn, loaded.experiment))
-    assert "The imbalance is in platform=android (SRM test per segment, below)." in page
+    assert "The imbalance is in platform=android, abx.client=abx-client-python/0.1.0" in page
     table = page[page.index('id="srm-segments-table"') :]
     table = table[: table.index("</table>")]
-    assert table.count("imbalance</span>") == 1
+    assert table.count("imbalance</span>") == 2
     assert NOTE in page

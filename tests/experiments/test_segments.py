@@ -8,6 +8,7 @@ import pytest
 
 from service.experiments.schema import Experiment, SegmentAttribute
 from service.experiments.segments import (
+    CLIENT,
     NONE,
     OTHER,
     admits,
@@ -54,6 +55,7 @@ def test_names_and_mappings_are_accepted(tmp_path: Path) -> None:
          ":12: segments[0].values[1]: 'other' is the bucket of undeclared values"),
         ("segments:\n- {attribute: c, values: [US, US]}\n", ":12: segments[0].values[1]: 'US' given twice"),
         ("segments: [a, b, c, d, e, f]\n", ":11: segments: List should have at most 5 items"),
+        ("segments: [abx.client]\n", ":11: segments[0]: names starting with 'abx.' are abx's own"),
         ("policy: {segment_correction: bonferroni}\n",
          ":11: policy.segment_correction: Input should be 'holm' or 'fdr_bh'"),
     ],
@@ -67,7 +69,10 @@ def test_only_the_segment_attributes_are_recorded_as_text() -> None:
     experiment = Experiment.model_validate(minimal_experiment(segments=["platform", "beta", "age"]))
     attributes = {"platform": "ios", "beta": True, "age": 31, "email": "x@example.com"}
     assert recorded_attributes(experiment, attributes) == {
-        "platform": "ios", "beta": "true", "age": "31"
+        "platform": "ios", "beta": "true", "age": "31", CLIENT: "server"
+    }  # fmt: skip
+    assert recorded_attributes(experiment, {}, "abx-client-python/0.1.0") == {
+        "platform": NONE, "beta": NONE, "age": NONE, CLIENT: "abx-client-python/0.1.0"
     }  # fmt: skip
     assert recorded_attributes(Experiment.model_validate(minimal_experiment()), attributes) is None
     assert recorded_value(None) == NONE

@@ -2,6 +2,7 @@
 
 from abx_client._hashing import HASH_SPEC_VERSION
 from abx_client._snapshot import Assignment
+from abx_client._version import __version__
 from abx_client.aio import AsyncClient
 from abx_client.client import Client, Prediction, RequestRejected
 
@@ -12,5 +13,5 @@ __all__ = [
     "Client",
     "Prediction",
     "RequestRejected",
+    "__version__",
 ]
-__version__ = "0.1.0"

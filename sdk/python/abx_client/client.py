@@ -45,9 +45,12 @@ from abx_client._snapshot import (
     evaluate,
     from_stored,
 )
+from abx_client._version import __version__
 
 Unit = str | int
 log = logging.getLogger("abx_client")
+CLIENT_NAME = f"abx-client-python/{__version__}"
+"""Sent with every exposure batch: the server's SRM drill-down names SDK versions."""
 
 
 @dataclass(frozen=True)
@@ -630,7 +633,8 @@ class Client:
 
     def _send(self, kind: str, batch: _Batch) -> bool:
         if kind == "exposures":
-            path, body = "/v1/sdk/exposures", {"batch_id": batch.batch_id, "exposures": batch.items}
+            path, body = "/v1/sdk/exposures", {"batch_id": batch.batch_id, "exposures": batch.items,
+                                               "client": CLIENT_NAME}  # fmt: skip
         else:
             path = "/v1/events"
             body = {"events": [{**e, "timestamp": _iso(e["timestamp"])} for e in batch.items]}
