@@ -17,7 +17,7 @@ from service.decisions.segments import analyze_segments, srm_drill_down
 from service.decisions.sequential import Design, design_for
 from service.decisions.store import fix_design, last_run_numbers, stored_design
 from service.events.periods import period_sums
-from service.events.segments import segment_stats, segment_units_by_day
+from service.events.segments import segment_stats, segment_units, segment_units_by_day
 from service.events.sums import (
     RatioSums,
     exposed_units,
@@ -145,13 +145,14 @@ def _with_segments(
     """Add the per-segment results and, when the SRM test flags, its per-segment drill-down."""
     if not experiment.segment_attributes:
         return result
-    days = segment_units_by_day(conn, experiment.key, experiment.seed, through)
+    units = segment_units(conn, experiment.key, experiment.seed, through)
     primary = [experiment.metrics.primary.name]  # what the segment analysis compares
-    stats = segment_stats(conn, experiment.key, experiment.seed, days, primary, through)
-    report = analyze_segments(experiment, design, days, stats)
+    stats = segment_stats(conn, experiment.key, experiment.seed, units, primary, through)
+    report = analyze_segments(experiment, design, units, stats)
     check = result.srm
     if check is not None and check.flagged and report is not None:
         period = state.get("srm") or {}
+        days = segment_units_by_day(conn, experiment.key, experiment.seed, through)
         drill = srm_drill_down([*report.attributes, CLIENT], days, check.expected_weights,
                                period.get("started_on"), design.srm_threshold,
                                design.srm_concentration)  # fmt: skip

@@ -30,6 +30,8 @@ from service.experiments.schema import Experiment
 
 SegmentDays = Mapping[tuple[str, str], Mapping[date, Mapping[str, int]]]
 """(attribute, segment) -> day of first exposure -> variant -> units."""
+SegmentUnits = Mapping[tuple[str, str], Mapping[str, int]]
+"""(attribute, segment) -> variant -> units."""
 SegmentStats = Mapping[tuple[str, str], Mapping[tuple[str, str], SufficientStats]]
 """(attribute, segment) -> (variant, metric) -> sufficient statistics."""
 
@@ -141,7 +143,7 @@ def _compare(
 
 
 def analyze_segments(
-    experiment: Experiment, design: Design, days: SegmentDays, stats: SegmentStats
+    experiment: Experiment, design: Design, segment_units: SegmentUnits, stats: SegmentStats
 ) -> SegmentReport | None:
     """Every segment's primary comparisons, adjusted per attribute; None without segments."""
     specs = experiment.segment_attributes
@@ -159,10 +161,10 @@ def analyze_segments(
         planned = max(2, design.planned_units // (spec.cap + 1))
         tuned = replace(design, comparison_alpha=design.alpha, planned_units=planned)
         family: list[SegmentComparison] = []
-        for (name, segment), segment_days in sorted(days.items()):
+        for (name, segment), by_variant in sorted(segment_units.items()):
             if name != attribute:
                 continue
-            units[attribute][segment] = _totals(segment_days)
+            units[attribute][segment] = dict(by_variant)
             found = stats.get((attribute, segment), {})
             for variant in experiment.variant_keys:
                 if variant == control or not units[attribute][segment].get(variant):

@@ -149,14 +149,31 @@ def write_stats(conn: Any, deltas: Mapping[SegmentKey, StatsDelta]) -> None:
 
 SegmentDays = dict[tuple[str, str], dict[date, dict[str, int]]]
 """(attribute, segment) -> day of first exposure -> variant -> units."""
+SegmentUnits = dict[tuple[str, str], dict[str, int]]
+"""(attribute, segment) -> variant -> units."""
 SegmentStats = dict[tuple[str, str], dict[tuple[str, str], SufficientStats]]
 """(attribute, segment) -> (variant, metric) -> sufficient statistics."""
+
+
+def segment_units(
+    conn: Any, experiment_key: str, seed: str, through: date | None = None
+) -> SegmentUnits:
+    """Exposed units per segment and variant (the segments' ``n``)."""
+    found: SegmentUnits = {}
+    for attribute, segment, variant, units in conn.execute(
+        "SELECT attribute, segment, variant_key, sum(units)::bigint FROM segment_exposure_counts"
+        " WHERE experiment_key = %s AND seed = %s AND (%s::date IS NULL OR bucket <= %s::date)"
+        " GROUP BY attribute, segment, variant_key",
+        (experiment_key, seed, through, through),
+    ):
+        found.setdefault((attribute, segment), {})[variant] = int(units)
+    return found
 
 
 def segment_units_by_day(
     conn: Any, experiment_key: str, seed: str, through: date | None = None
 ) -> SegmentDays:
-    """Exposed units per segment, day and variant (the segments' SRM and their ``n``)."""
+    """Exposed units per segment, day and variant (the SRM drill-down's counts)."""
     found: SegmentDays = {}
     for attribute, segment, bucket, variant, units in conn.execute(
         "SELECT attribute, segment, bucket, variant_key, units FROM segment_exposure_counts"
@@ -169,17 +186,12 @@ def segment_units_by_day(
 
 
 def segment_stats(
-    conn: Any, experiment_key: str, seed: str, units: SegmentDays, metrics: list[str],
+    conn: Any, experiment_key: str, seed: str, units: SegmentUnits, metrics: list[str],
     through: date | None = None,
 ) -> SegmentStats:  # fmt: skip
     """Each segment's sums per (variant, metric) of ``metrics``; counted units without outcomes
     are zeros."""
     found: SegmentStats = {}
-    totals = {
-        segment: {v: sum(day.get(v, 0) for day in days.values())
-                  for v in {v for day in days.values() for v in day}}
-        for segment, days in units.items()
-    }  # fmt: skip
     for attribute, segment, variant, metric, *values in conn.execute(
         "SELECT attribute, segment, variant_key, metric, sum(sum_y), sum(sum_y2), sum(sum_x),"
         " sum(sum_x2), sum(sum_xy) FROM segment_metric_stats WHERE experiment_key = %s"
@@ -187,7 +199,7 @@ def segment_stats(
         " GROUP BY attribute, segment, variant_key, metric",
         (experiment_key, seed, metrics, through, through),
     ):
-        n = totals.get((attribute, segment), {}).get(variant, 0)
+        n = units.get((attribute, segment), {}).get(variant, 0)
         if n > 0:
             found.setdefault((attribute, segment), {})[(variant, metric)] = SufficientStats(
                 n, *(float(v) for v in values)

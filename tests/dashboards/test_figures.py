@@ -137,9 +137,9 @@ def test_segments_figure_draws_each_segment_with_its_interval() -> None:
         definition | {"segments": [{"attribute": "os", "max_values": 2}]}
     )
     rng = np.random.default_rng(2)
-    days, stats = {}, {}
+    units, stats = {}, {}
     for segment in ("ios", "android", "other"):
-        days[("os", segment)] = {START: {v: 2000 for v in EXPERIMENT.variant_keys}}
+        units[("os", segment)] = {v: 2000 for v in EXPERIMENT.variant_keys}
         stats[("os", segment)] = {
             (v, EXPERIMENT.metrics.primary.name): SufficientStats.from_binary(
                 2000,
@@ -147,7 +147,7 @@ def test_segments_figure_draws_each_segment_with_its_interval() -> None:
             )
             for v in EXPERIMENT.variant_keys
         }
-    report = analyze_segments(experiment, design_for(experiment), days, stats)
+    report = analyze_segments(experiment, design_for(experiment), units, stats)
     assert report is not None
     figure = _valid(figures.segments_figure(report, "os", STYLES, "binary"))
     assert [trace.name for trace in figure.data] == TREATMENTS

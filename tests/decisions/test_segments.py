@@ -36,15 +36,15 @@ def experiment(correction: str = "holm") -> Experiment:
 
 
 def simulate(rng: np.random.Generator, rates: dict[str, dict[str, float]], n: int):  # type: ignore[no-untyped-def]
-    """Binary outcomes per segment and variant: (segment days, segment stats)."""
-    days, stats = {}, {}
+    """Binary outcomes per segment and variant: (segment units, segment stats)."""
+    units, stats = {}, {}
     for segment, by_variant in rates.items():
-        days[("platform", segment)] = {DAY: {v: n for v in by_variant}}
+        units[("platform", segment)] = {v: n for v in by_variant}
         stats[("platform", segment)] = {
             (v, "conversion"): SufficientStats.from_binary(n, int(rng.binomial(n, rate)))
             for v, rate in by_variant.items()
         }
-    return days, stats
+    return units, stats
 
 
 @pytest.mark.parametrize("correction", ["holm", "fdr_bh"])
@@ -57,8 +57,8 @@ def test_a_a_segments_rarely_show_an_effect(correction: str) -> None:
     exp = experiment(correction)
     design = design_for(exp)
     for _ in range(400):
-        days, stats = simulate(rng, {s: {"a": 0.2, "b": 0.2} for s in SEGMENTS}, 400)
-        report = analyze_segments(exp, design, days, stats)
+        units, stats = simulate(rng, {s: {"a": 0.2, "b": 0.2} for s in SEGMENTS}, 400)
+        report = analyze_segments(exp, design, units, stats)
         assert report is not None and len(report.comparisons) == 10
         found += any(c.significant for c in report.comparisons)
     rate = found / 400
