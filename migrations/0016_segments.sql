@@ -36,7 +36,8 @@ CREATE TABLE segment_exposure_counts (
     PRIMARY KEY (experiment_key, seed, attribute, segment, variant_key, bucket)
 );
 
--- Sufficient statistics per segment, as metric_stats per variant.
+-- Sufficient statistics per segment, as metric_stats per variant. The key leads with the
+-- metric: the analysis reads one metric (the primary) of one experiment.
 CREATE TABLE segment_metric_stats (
     experiment_key text NOT NULL,
     seed           text NOT NULL,
@@ -50,5 +51,5 @@ CREATE TABLE segment_metric_stats (
     sum_x          double precision NOT NULL DEFAULT 0,
     sum_x2         double precision NOT NULL DEFAULT 0,
     sum_xy         double precision NOT NULL DEFAULT 0,
-    PRIMARY KEY (experiment_key, seed, attribute, segment, variant_key, metric, bucket)
+    PRIMARY KEY (experiment_key, seed, metric, attribute, segment, variant_key, bucket)
 );
