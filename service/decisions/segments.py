@@ -155,6 +155,9 @@ def analyze_segments(
     correction = experiment.policy.segment_correction
     units: dict[str, dict[str, dict[str, int]]] = {a: {} for a in attributes}
     report = SegmentReport(attributes, correction, design.alpha, metric, units)
+    if experiment.metrics.primary.type == "ratio":
+        report.skipped.append(f"{metric}: a ratio metric is not analysed per segment yet")
+        return report
     for spec in specs:
         attribute = spec.attribute
         # Tuned (fixed in advance) for a segment's share of the plan: the cap's values and other.

@@ -83,9 +83,17 @@ def test_the_correction_is_statsmodels_and_an_effect_is_found_where_it_is(correc
     assert report.units["platform"]["s3"] == {"a": 3000, "b": 3000}
 
 
-def test_no_segments_no_report() -> None:
+def test_no_segments_no_report_and_a_ratio_primary_is_said_to_wait() -> None:
     exp = Experiment.model_validate(minimal_experiment())
     assert analyze_segments(exp, design_for(exp), {}, {}) is None
+    metrics = {"primary": {"name": "per_session", "type": "ratio", "numerator": "revenue",
+                           "denominator": "sessions"},
+               "secondary": [{"name": "revenue", "type": "continuous"},
+                             {"name": "sessions", "type": "count"}]}  # fmt: skip
+    ratio = Experiment.model_validate(minimal_experiment(segments=["platform"], metrics=metrics))
+    report = analyze_segments(ratio, design_for(ratio), {("platform", "ios"): {"a": 9, "b": 9}}, {})
+    assert report is not None and report.comparisons == []
+    assert report.skipped == ["per_session: a ratio metric is not analysed per segment yet"]
 
 
 def segment_counts(rng: np.random.Generator, control_share: dict[str, float], n: int):  # type: ignore[no-untyped-def]
