@@ -21,6 +21,7 @@ def assignment_json(assignment: Assignment) -> dict[str, Any]:
         "variant": assignment.variant,
         "reason": assignment.reason.value,
         "in_experiment": assignment.exposed,
+        "holdout": assignment.holdout.holdout if assignment.holdout is not None else None,
     }
 
 
