@@ -14,9 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from hashlib import sha256
 from typing import Any
 
-from service.assignment.hashing import cumulative_bounds, hash_prefix, pick_index, unit_fraction
+from service.assignment.hashing import (
+    cumulative_bounds,
+    fraction_threshold,
+    hash_prefix,
+    pick_index,
+    unit_fraction,
+)
 from service.experiments.holdouts import HOLDOUT_GROUP, REST_GROUP, Holdout
 from service.experiments.schema import Experiment
 from service.experiments.targeting import Predicate, compile_targeting
@@ -59,6 +66,8 @@ class CompiledHoldout:
     seed: str
     share: float
     prefix: bytes
+    threshold: bytes
+    """``fraction_threshold(share)``: a digest below it is a member (``fraction < share``)."""
     member: HoldoutExposure
     rest: HoldoutExposure
 
@@ -70,6 +79,7 @@ def compile_holdout(holdout: Holdout) -> CompiledHoldout:
         seed=holdout.seed,
         share=holdout.share,
         prefix=hash_prefix("holdout", holdout.key, holdout.seed),
+        threshold=fraction_threshold(holdout.share),
         member=HoldoutExposure(holdout.key, holdout.seed, HOLDOUT_GROUP),
         rest=HoldoutExposure(holdout.key, holdout.seed, REST_GROUP),
     )
@@ -197,7 +207,8 @@ def assign(
     rest = None
     holdout = compiled.holdout
     if holdout is not None:
-        if unit_fraction(holdout.prefix, unit_id) < holdout.share:
+        # fraction < share, as one SHA-256 and a bytes comparison (hashing.fraction_threshold).
+        if sha256(holdout.prefix + unit_id.encode()).digest() < holdout.threshold:
             return Assignment(key, control, Reason.HOLDOUT, holdout=holdout.member)
         rest = holdout.rest
     if serving.winner is not None:

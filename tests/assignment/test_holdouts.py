@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 from service.assignment.core import (
@@ -15,6 +18,7 @@ from service.assignment.core import (
     compile_experiment,
     compile_holdout,
 )
+from service.assignment.hashing import fraction_threshold, hash_prefix, unit_fraction
 from service.assignment.registry import Registry, shrunk_holdouts
 from service.experiments.holdouts import Holdout
 from service.experiments.schema import Experiment
@@ -167,3 +171,27 @@ def test_a_smaller_share_under_the_same_seed_is_refused() -> None:
     assert shrunk_holdouts(old, {"launches": holdout(share=0.02, version=2)}) == []
     (message,) = shrunk_holdouts(old, {"launches": holdout(share=0.02)})
     assert "launches" in message and "version" in message
+
+
+@given(
+    st.text(max_size=40),
+    st.one_of(
+        st.floats(0.0, 0.1),
+        st.sampled_from([0.0, 0.03, 0.05, 0.1, 2**-53, 0.1 - 2**-55]),
+    ),
+)
+def test_the_threshold_comparison_is_exactly_fraction_below_share(unit: str, share: float) -> None:
+    prefix = hash_prefix("holdout", "launches", "launches.v1")
+    digest = hashlib.sha256(prefix + unit.encode()).digest()
+    assert (digest < fraction_threshold(share)) == (unit_fraction(prefix, unit) < share)
+
+
+def test_the_threshold_is_exact_at_the_fraction_grid() -> None:
+    """A digest whose fraction equals the share is not below it; one step less is."""
+    share = 0.03
+    top53 = math.ceil(share * 2**53)
+    threshold = fraction_threshold(share)
+    at = (top53 << 11).to_bytes(8, "big") + bytes(24)
+    below = ((top53 - 1) << 11 | 0x7FF).to_bytes(8, "big") + b"\xff" * 24
+    assert not at < threshold and below < threshold
+    assert (top53 - 1) / 2**53 < share <= top53 / 2**53
