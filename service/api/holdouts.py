@@ -16,14 +16,9 @@ from flask import Blueprint, current_app
 from service.decisions.inputs import run_analysis
 from service.decisions.results import json_safe
 from service.errors import UnknownHoldout
-from service.experiments.holdouts import HOLDOUT_GROUP, REST_GROUP, Holdout, Scope
+from service.experiments.holdouts import Scope
 
 bp = Blueprint("holdouts", __name__)
-
-
-def holdout_weights(holdout: Holdout) -> dict[str, float]:
-    """The split the holdout hash gives among the units that reach its check."""
-    return {HOLDOUT_GROUP: holdout.share, REST_GROUP: 1.0 - holdout.share}
 
 
 @bp.get("/v1/holdouts/<key>")
@@ -34,7 +29,7 @@ def holdout_analysis(key: str) -> dict[str, Any]:
     if holdout is None:
         raise UnknownHoldout(f"There is no holdout {key!r}.")
     experiment = registry.holdout_experiments[key]
-    weights = holdout_weights(holdout)
+    weights = holdout.weights
     with runtime.database.pool.connection(timeout=2.0) as conn:
         result, _ = run_analysis(conn, experiment, weights, use_history=False)
     return {

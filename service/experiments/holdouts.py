@@ -88,6 +88,11 @@ class Holdout(StrictModel):
         """Membership seed: changing salt or version re-randomizes who is held out."""
         return f"{self.salt or self.key}.v{self.version}"
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """The split the holdout hash gives among the units that reach its check."""
+        return {HOLDOUT_GROUP: self.share, REST_GROUP: 1.0 - self.share}
+
     def covers(self, experiment: Experiment) -> bool:
         """Whether ``experiment`` is in this holdout's scope."""
         if self.scope == "all":
@@ -107,7 +112,8 @@ class Holdout(StrictModel):
         """
         return Experiment(
             key=self.key,
-            description=self.description,
+            description=f"Holdout of {self.share:.1%} of units since {self.start}: "
+            f"{self.description}",
             owner=self.owner,
             status="running",
             salt=self.salt,

@@ -11,6 +11,7 @@ from typing import Any
 
 from service.assignment.hashing import hash_prefix, unit_fraction
 from tests.conftest import Api, ServerFactory, wait_for
+from tests.dashboards.test_pages import _as_text, _parse
 from tests.experiment_files import minimal_experiment, write_experiment
 
 SHARE = 0.1
@@ -117,11 +118,27 @@ def test_a_holdout_from_assignment_to_its_always_valid_effect_and_sdk_exposures(
     assert comparison["ci_low"] <= 0.10 <= comparison["ci_high"]
     assert comparison["ci_low"] > 0
 
+    check_dashboard(api, report)
+
     missing = api.get("/v1/holdouts/nope")
     assert missing.status_code == 404
     assert missing.headers["Content-Type"] == "application/problem+json"
     assert missing.json()["type"].endswith("unknown-holdout")
     check_sdk_holdout_exposures(api)
+
+
+def check_dashboard(api: Api, report: dict[str, Any]) -> None:
+    """The holdout's page shows the API's numbers, and the index lists it."""
+    page = api.get("/dashboards/launches")
+    assert page.status_code == 200, page.text[:500]
+    numbers = _parse(page.text)
+    (comparison,) = report["analysis"]["primary"]
+    shown = numbers.rows[("conversion", "rest")]
+    for field in ("difference", "ci_low", "ci_high", "treatment_units"):
+        assert shown[field] == _as_text(comparison[field]), field
+    index = api.get("/dashboards/")
+    assert index.status_code == 200
+    assert 'href="/dashboards/launches"' in index.text
 
 
 def check_sdk_holdout_exposures(api: Api) -> None:
