@@ -195,3 +195,31 @@ def test_the_threshold_is_exact_at_the_fraction_grid() -> None:
     below = ((top53 - 1) << 11 | 0x7FF).to_bytes(8, "big") + b"\xff" * 24
     assert not at < threshold and below < threshold
     assert (top53 - 1) / 2**53 < share <= top53 / 2**53
+
+
+def test_hot_reload_applies_a_larger_share_and_refuses_a_smaller_one(tmp_path: Any) -> None:
+    from service.experiments.reload import HotReloader
+    from service.experiments.validation import load_experiments
+    from tests.experiment_files import write_experiment
+
+    write_experiment(tmp_path, minimal_experiment("exp"))
+    path = write_experiment(tmp_path / "holdouts", holdout_yaml())
+    registry = Registry(load_experiments([tmp_path]))
+    reloader = HotReloader(tmp_path, tmp_path / "models", registry.replace, interval=0)
+
+    def share_of_exp() -> float:
+        compiled = registry.get("exp")
+        assert compiled is not None and compiled.holdout is not None
+        return compiled.holdout.share
+
+    path.write_text(path.read_text().replace("share: 0.05", "share: 0.08"))
+    assert reloader.check() is True
+    assert share_of_exp() == 0.08 and registry.holdouts["launches"].share == 0.08
+    path.write_text(path.read_text().replace("share: 0.08", "share: 0.02"))
+    assert reloader.check() is False  # refused: the old configuration keeps serving
+    assert share_of_exp() == 0.08
+    path.write_text(path.read_text().replace("share: 0.02", "share: 0.5"))
+    assert reloader.check() is False  # invalid: share above 0.1
+    path.write_text(path.read_text().replace("share: 0.5", "share: 0.02\nversion: 2"))
+    assert reloader.check() is True  # a new version is a new holdout: any share
+    assert share_of_exp() == 0.02
