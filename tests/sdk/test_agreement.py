@@ -52,7 +52,7 @@ def server_answers(api: Api, items: list[tuple[str, str | int, dict[str, Any]]])
         response = api.post("/v1/assign/batch", body)
         assert response.status_code == 200, response.text
         answers += [
-            (a["variant"], a["reason"], a["holdout"]) for a in response.json()["assignments"]
+            (a["variant"], a["reason"], a.get("holdout")) for a in response.json()["assignments"]
         ]
     return answers
 
