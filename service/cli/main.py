@@ -68,7 +68,8 @@ def validate(paths: tuple[Path, ...]) -> None:
             line = item.source.line_of(("policy", "planned_units"))
             click.echo(f"{item.source.path}:{line}: policy.planned_units: warning: {warning}",
                        err=True)  # fmt: skip
-    click.echo(f"{len(result.experiments)} experiment(s) valid")
+    holdouts = f", {len(result.holdouts)} holdout(s)" if result.holdouts else ""
+    click.echo(f"{len(result.experiments)} experiment(s){holdouts} valid")
 
 
 @main.command()

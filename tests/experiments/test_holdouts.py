@@ -121,3 +121,17 @@ def test_a_holdout_file_named_alone_is_checked_as_a_holdout(tmp_path: Path) -> N
         str(p) for p in load_experiments([folder / "holdouts" / "launches.yaml"]).problems
     ]
     assert ":4: share:" in problem
+
+
+def test_abx_validate_counts_holdouts(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from service.cli.main import main
+
+    folder = folder_with(tmp_path, HOLDOUT)
+    ok = CliRunner().invoke(main, ["validate", str(folder)])
+    assert ok.exit_code == 0 and "2 experiment(s), 1 holdout(s) valid" in ok.output, ok.output
+    (folder / "holdouts" / "launches.yaml").write_text(HOLDOUT.replace("0.03", "0.3"))
+    bad = CliRunner().invoke(main, ["validate", str(folder)])
+    assert bad.exit_code == 1
+    assert f"{folder / 'holdouts' / 'launches.yaml'}:4: share:" in bad.output
