@@ -179,7 +179,8 @@ def shrunk_holdouts(old: Mapping[str, Holdout], new: Mapping[str, Holdout]) -> l
 
     Membership is ``fraction < share``, so a larger share only adds units; a smaller one
     would release held-out units into launched treatments, ending their months of history.
-    Shrinking takes a new ``version`` (or ``salt``): a new, re-randomized holdout.
+    Shrinking takes a new ``version`` (or ``salt``): a new, re-randomized holdout. Across
+    restarts ``abx serve`` checks the same with ``assignment.holdouts.record_shares``.
     """
     return [
         f"holdout {key!r}: share {before.share} -> {after.share} under seed {after.seed!r} "

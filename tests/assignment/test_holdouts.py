@@ -223,3 +223,40 @@ def test_hot_reload_applies_a_larger_share_and_refuses_a_smaller_one(tmp_path: A
     path.write_text(path.read_text().replace("share: 0.5", "share: 0.02\nversion: 2"))
     assert reloader.check() is True  # a new version is a new holdout: any share
     assert share_of_exp() == 0.02
+
+
+def test_the_largest_share_is_kept_and_a_smaller_one_refused_across_restarts(db: str) -> None:
+    import psycopg
+
+    from service.assignment.holdouts import record_shares
+
+    with psycopg.connect(db) as conn:
+        assert record_shares(conn, {"launches": holdout(share=0.05)}) == []
+        assert record_shares(conn, {"launches": holdout(share=0.08)}) == []
+        (refusal,) = record_shares(conn, {"launches": holdout(share=0.02)})
+        assert "0.08" in refusal and "version" in refusal
+        assert record_shares(conn, {"launches": holdout(share=0.02, version=2)}) == []
+        rows = conn.execute(
+            "SELECT seed, share FROM holdout_shares WHERE holdout_key = 'launches' ORDER BY seed"
+        ).fetchall()
+    assert rows == [("launches.v1", 0.08), ("launches.v2", 0.02)]
+
+
+def test_abx_serve_refuses_to_start_with_a_smaller_share(db: str, tmp_path: Any) -> None:
+    import os
+
+    import psycopg
+    from click.testing import CliRunner
+
+    from service.cli.main import main
+    from tests.experiment_files import write_experiment
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO holdout_shares VALUES ('launches', 'launches.v1', 0.08, now())")
+    write_experiment(tmp_path, minimal_experiment("exp"))
+    write_experiment(tmp_path / "holdouts", holdout_yaml())  # share 0.05
+    env = {**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(tmp_path),
+           "ABX_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+    result = CliRunner().invoke(main, ["serve", "--no-migrate"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "share 0.05 is below the 0.08" in result.output
