@@ -168,8 +168,12 @@ def _connection() -> Any:
 
 
 def _experiment(key: str) -> tuple[Any, dict[str, float]]:
-    compiled = _runtime().registry.get(key)
+    registry = _runtime().registry
+    compiled = registry.get(key)
     if compiled is None:
+        holdout = registry.holdouts.get(key)
+        if holdout is not None:  # a holdout's page: its two groups, as an experiment's
+            return registry.holdout_experiments[key], holdout.weights
         raise UnknownExperiment(f"There is no experiment {key!r}.")
     experiment = compiled.experiment
     weights = dict(zip(experiment.variant_keys, compiled.allocation.weights, strict=True))
@@ -182,6 +186,7 @@ def index() -> str:
     experiments = []
     for compiled in sorted(registry.all(), key=lambda c: c.experiment.key):
         experiments.append(_experiment(compiled.experiment.key))
+    experiments.extend(_experiment(key) for key in sorted(registry.holdouts))
     with _connection() as conn:
         rows = index_rows(conn, experiments, datetime.now(UTC))
     return render_index(rows, datetime.now(UTC), account=_account())

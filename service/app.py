@@ -27,6 +27,7 @@ from service.api import (
 )
 from service.api import decisions as decision_routes
 from service.api import events as events_routes
+from service.api import holdouts as holdout_routes
 from service.api import jobs as job_routes
 from service.api import lineage as lineage_routes
 from service.api import shadows as shadow_routes
@@ -178,10 +179,10 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     rollup = RollupScheduler(
         database,
-        windows_from(registry.experiments),
+        windows_from({**registry.experiments, **registry.holdout_experiments}),
         timedelta(seconds=settings.attribution_grace_seconds),
         settings.rollup_interval_seconds,
-        metric_windows_from(registry.experiments),
+        metric_windows_from({**registry.experiments, **registry.holdout_experiments}),
         segment_specs_from(registry.experiments),
     )
     assignment_service = AssignmentService(
@@ -221,6 +222,7 @@ BLUEPRINTS = (
     openapi.bp,
     predictions.bp,
     analysis_routes.bp,
+    holdout_routes.bp,
     decision_routes.bp,
     shadow_routes.bp,
     keys.bp,

@@ -6,7 +6,8 @@
     ├── Unauthorized (401 unauthorized)  — no key, or one that is unknown, revoked or expired
     ├── Forbidden (403 forbidden)  — a valid key without the operation's scope
     ├── NotFound (404 not-found)
-    │   └── UnknownExperiment (404 unknown-experiment)
+    │   ├── UnknownExperiment (404 unknown-experiment)
+    │   └── UnknownHoldout (404 unknown-holdout)
     ├── MethodNotAllowed (405 method-not-allowed)
     ├── Conflict (409 conflict)
     ├── PayloadTooLarge (413 payload-too-large)
@@ -80,6 +81,10 @@ class NotFound(AbxError):
 
 class UnknownExperiment(NotFound):
     slug, title = "unknown-experiment", "Unknown experiment"
+
+
+class UnknownHoldout(NotFound):
+    slug, title = "unknown-holdout", "Unknown holdout"
 
 
 class MethodNotAllowed(AbxError):

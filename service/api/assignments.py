@@ -16,12 +16,15 @@ bp = Blueprint("assignments", __name__)
 
 
 def assignment_json(assignment: Assignment) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "experiment": assignment.experiment,
         "variant": assignment.variant,
         "reason": assignment.reason.value,
         "in_experiment": assignment.exposed,
     }
+    if assignment.holdout is not None:  # only where a holdout's check was reached
+        body["holdout"] = assignment.holdout.holdout
+    return body
 
 
 @bp.post("/v1/assign")

@@ -79,9 +79,11 @@ def post_events() -> Response:
         raise PayloadTooLarge(
             f"A request holds at most {settings.max_events_per_request} events; this one has {len(events)}."
         )
+    registry = runtime.registry
     rows, errors = validate_events(
         events,
-        runtime.registry.experiments.get,
+        # A holdout's metrics are posted under its key, as an experiment's are under theirs.
+        lambda key: registry.experiments.get(key) or registry.holdout_experiments.get(key),
         datetime.now(UTC),
         timedelta(seconds=settings.max_future_seconds),
     )

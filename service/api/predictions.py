@@ -27,7 +27,7 @@ def predict() -> dict[str, Any]:
         fallback=prediction.failure,
         unit=body.unit,
     )
-    return {
+    answer = {
         "experiment": body.experiment,
         "variant": prediction.assignment.variant,
         "reason": prediction.assignment.reason.value,
@@ -44,3 +44,6 @@ def predict() -> dict[str, Any]:
         "fallback": prediction.failure is not None,
         "cached": prediction.cached,
     }
+    if prediction.assignment.holdout is not None:  # as /v1/assign: only where it was reached
+        answer["holdout"] = prediction.assignment.holdout.holdout
+    return answer

@@ -26,7 +26,12 @@ from service.access.keys import ApiKey
 from service.api import auth
 from service.api.bodies import LocalExposureBatch
 from service.api.body import parse_json_body
-from service.assignment.exposures import LocalExposure, is_current, record_batch
+from service.assignment.exposures import (
+    LocalExposure,
+    is_current,
+    is_current_holdout,
+    record_batch,
+)
 from service.assignment.snapshot import Snapshot, SnapshotCache
 from service.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from service.experiments.segments import recorded_attributes
@@ -176,8 +181,17 @@ def exposures() -> dict[str, Any]:
             f"A batch holds at most {limit} exposures; this one has {len(body.exposures)}."
         )
     now = datetime.now(UTC)
-    errors, current, stale = [], [], 0
+    errors, current, holdouts, stale = [], [], [], 0
     for index, item in enumerate(body.exposures):
+        holdout = runtime.registry.holdouts.get(item.experiment)
+        if holdout is not None:  # the unit reached the holdout's check; variant: its group
+            exposure = LocalExposure(item.experiment, item.seed, item.unit, item.variant,
+                                     _exposed_at(item.exposed_at, now, index))  # fmt: skip
+            if is_current_holdout(holdout, exposure):
+                holdouts.append(exposure)
+            else:
+                stale += 1
+            continue
         compiled = runtime.registry.get(item.experiment)
         if compiled is None:
             errors.append({"field": f"exposures[{index}].experiment",
@@ -205,8 +219,8 @@ def exposures() -> dict[str, Any]:
             errors,
         )
     with runtime.database.pool.connection(timeout=runtime.settings.lookup_timeout_seconds) as conn:
-        new = record_batch(conn, body.batch_id, current)
-    recorded = len(current) if new else 0
+        new = record_batch(conn, body.batch_id, current, holdouts)
+    recorded = len(current) + len(holdouts) if new else 0
     metrics.SDK_EXPOSURES.labels("recorded").inc(recorded)
     metrics.SDK_EXPOSURES.labels("duplicate" if not new else "stale").inc(
         len(body.exposures) if not new else stale

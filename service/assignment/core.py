@@ -1,11 +1,12 @@
 """Assignment core: which variant a unit gets, and why. Pure: no I/O, no clock.
 
 Rules apply in this order: forced -> status (and a decision's stop) ->
-targeting -> layer slice -> promotion -> coverage (capped by a ramp step) ->
-sticky -> hash, and a rolled-back variant sends its units to the control. Three independent hashes (docs/hashing.md) keep the
-decisions apart: the layer hash is shared by a layer's experiments, the
-coverage hash makes ramps nested (raising coverage never drops anyone), and
-the variant hash alone picks the variant.
+targeting -> layer slice -> holdout -> promotion -> coverage (capped by a ramp step) ->
+sticky -> hash, and a rolled-back variant sends its units to the control. Four independent
+hashes (docs/hashing.md) keep the decisions apart: the layer hash is shared by a layer's
+experiments, the holdout hash (one per holdout, shared by every experiment in its scope)
+holds a sticky share of units on the control, the coverage hash makes ramps nested
+(raising coverage never drops anyone), and the variant hash alone picks the variant.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from hashlib import sha256
 from typing import Any
 
-from service.assignment.hashing import cumulative_bounds, hash_prefix, pick_index, unit_fraction
+from service.assignment.hashing import (
+    cumulative_bounds,
+    fraction_threshold,
+    hash_prefix,
+    pick_index,
+    unit_fraction,
+)
+from service.experiments.holdouts import HOLDOUT_GROUP, REST_GROUP, Holdout
 from service.experiments.schema import Experiment
 from service.experiments.targeting import Predicate, compile_targeting
 
@@ -25,6 +34,7 @@ class Reason(StrEnum):
     NOT_RUNNING = "experiment-not-running"
     TARGETED_OUT = "targeted-out"
     NOT_IN_LAYER = "not-in-layer"
+    HOLDOUT = "holdout"
     NOT_IN_COVERAGE = "not-in-coverage"
     SWITCHING = "allocation-switching"
     VARIANT_REMOVED = "variant-removed"
@@ -41,12 +51,49 @@ EXPOSED_REASONS = frozenset({Reason.STICKY, Reason.HASHED})
 
 
 @dataclass(frozen=True)
+class HoldoutExposure:
+    """The unit reached a holdout's check: an exposure of the holdout, in one of its groups."""
+
+    holdout: str
+    seed: str
+    group: str
+    """``holdout`` (kept on the control) or ``rest`` (everyone else who got this far)."""
+
+
+@dataclass(frozen=True)
+class CompiledHoldout:
+    key: str
+    seed: str
+    share: float
+    prefix: bytes
+    threshold: bytes
+    """``fraction_threshold(share)``: a digest below it is a member (``fraction < share``)."""
+    member: HoldoutExposure
+    rest: HoldoutExposure
+
+
+def compile_holdout(holdout: Holdout) -> CompiledHoldout:
+    """Precompute the membership prefix and the two exposures (shared, never rebuilt)."""
+    return CompiledHoldout(
+        key=holdout.key,
+        seed=holdout.seed,
+        share=holdout.share,
+        prefix=hash_prefix("holdout", holdout.key, holdout.seed),
+        threshold=fraction_threshold(holdout.share),
+        member=HoldoutExposure(holdout.key, holdout.seed, HOLDOUT_GROUP),
+        rest=HoldoutExposure(holdout.key, holdout.seed, REST_GROUP),
+    )
+
+
+@dataclass(frozen=True)
 class Assignment:
     experiment: str
     variant: str
     reason: Reason
     record: bool = False
     """True for a first assignment that the edge must persist as the sticky record."""
+    holdout: HoldoutExposure | None = None
+    """Set when the experiment is in a holdout's scope and the unit reached its check."""
 
     @property
     def exposed(self) -> bool:
@@ -98,12 +145,15 @@ class CompiledExperiment:
     other_bounds: tuple[tuple[float, ...], ...]
     serving: ServingOverride = NO_OVERRIDE
     """Bounds of earlier and pending allocations that differ from the current ones."""
+    holdout: CompiledHoldout | None = None
+    """The holdout whose scope holds this experiment (validation allows at most one)."""
 
 
 def compile_experiment(
     experiment: Experiment,
     allocation: Allocation | None = None,
     serving: ServingOverride = NO_OVERRIDE,
+    holdout: CompiledHoldout | None = None,
 ) -> CompiledExperiment:
     """Precompute hash prefixes, cumulative bounds and the targeting predicate."""
     allocation = allocation or Allocation(tuple(v.weight for v in experiment.variants))
@@ -123,6 +173,7 @@ def compile_experiment(
         bounds=current,
         other_bounds=tuple(sorted(other_bounds)),
         serving=serving,
+        holdout=holdout,
     )
 
 
@@ -152,26 +203,34 @@ def assign(
         start, end = experiment.layer.range
         if not start <= unit_fraction(compiled.layer_prefix, unit_id) < end:
             return Assignment(key, control, Reason.NOT_IN_LAYER)
+    # The holdout comes before promotion: a launched winner is what it measures.
+    rest = None
+    holdout = compiled.holdout
+    if holdout is not None:
+        # fraction < share, as one SHA-256 and a bytes comparison (hashing.fraction_threshold).
+        if sha256(holdout.prefix + unit_id.encode()).digest() < holdout.threshold:
+            return Assignment(key, control, Reason.HOLDOUT, holdout=holdout.member)
+        rest = holdout.rest
     if serving.winner is not None:
-        return Assignment(key, serving.winner, Reason.PROMOTED)
+        return Assignment(key, serving.winner, Reason.PROMOTED, holdout=rest)
     coverage = experiment.coverage
     if serving.coverage_cap is not None:
         coverage = min(coverage, serving.coverage_cap)
     if unit_fraction(compiled.coverage_prefix, unit_id) >= coverage:
-        return Assignment(key, control, Reason.NOT_IN_COVERAGE)
+        return Assignment(key, control, Reason.NOT_IN_COVERAGE, holdout=rest)
     fraction = unit_fraction(compiled.variant_prefix, unit_id)
     index = pick_index(fraction, compiled.bounds)
     if any(pick_index(fraction, bounds) != index for bounds in compiled.other_bounds):
         stored = stored_variant()
         if stored is not None:
             if stored in serving.rolled_back:
-                return Assignment(key, control, Reason.ROLLED_BACK)
+                return Assignment(key, control, Reason.ROLLED_BACK, holdout=rest)
             if stored in experiment.variant_keys:
-                return Assignment(key, stored, Reason.STICKY)
-            return Assignment(key, control, Reason.VARIANT_REMOVED)
+                return Assignment(key, stored, Reason.STICKY, holdout=rest)
+            return Assignment(key, control, Reason.VARIANT_REMOVED, holdout=rest)
         if compiled.allocation.pending_weights is not None:
-            return Assignment(key, control, Reason.SWITCHING)
+            return Assignment(key, control, Reason.SWITCHING, holdout=rest)
     variant = experiment.variants[index].key
     if variant in serving.rolled_back:
-        return Assignment(key, control, Reason.ROLLED_BACK)
-    return Assignment(key, variant, Reason.HASHED, record=True)
+        return Assignment(key, control, Reason.ROLLED_BACK, holdout=rest)
+    return Assignment(key, variant, Reason.HASHED, record=True, holdout=rest)

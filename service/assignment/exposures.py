@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from service.assignment.core import CompiledExperiment
-from service.assignment.hashing import pick_index, unit_fraction
+from service.assignment.hashing import hash_prefix, pick_index, unit_fraction
+from service.experiments.holdouts import HOLDOUT_GROUP, REST_GROUP, Holdout
 from service.storage.fence import hold_for_write
 
 
@@ -51,6 +52,14 @@ def is_current(compiled: CompiledExperiment, exposure: LocalExposure) -> bool:
     return exposure.seed == compiled.experiment.seed and exposure.variant in hashed_variants(
         compiled, exposure.unit_id
     )
+
+
+def is_current_holdout(holdout: Holdout, exposure: LocalExposure) -> bool:
+    """True when the SDK's holdout exposure names this seed and the group the hash gives."""
+    if exposure.seed != holdout.seed or exposure.variant not in (HOLDOUT_GROUP, REST_GROUP):
+        return False
+    member = unit_fraction(hash_prefix("holdout", holdout.key, holdout.seed), exposure.unit_id)
+    return (member < holdout.share) == (exposure.variant == HOLDOUT_GROUP)
 
 
 # One statement per table over arrays (not a statement per row): a batch of 1,000 is two round
@@ -84,8 +93,27 @@ _ATTRIBUTES = (
 )
 
 
-def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -> bool:
-    """Write the batch's rows and its id in one transaction; False if the id was seen before."""
+def _columns(exposures: Sequence[LocalExposure]) -> dict[str, list[Any]]:
+    return {
+        "experiments": [e.experiment for e in exposures],
+        "seeds": [e.seed for e in exposures],
+        "units": [e.unit_id for e in exposures],
+        "variants": [e.variant for e in exposures],
+        "times": [e.exposed_at for e in exposures],
+    }
+
+
+def record_batch(
+    conn: Any,
+    batch_id: str,
+    exposures: Sequence[LocalExposure],
+    holdout_exposures: Sequence[LocalExposure] = (),
+) -> bool:
+    """Write the batch's rows and its id in one transaction; False if the id was seen before.
+
+    Holdout exposures (the holdout's key, seed and group) are exposures only: membership is
+    the hash's alone, so there is no first assignment to keep.
+    """
     with conn.transaction():
         hold_for_write(conn)  # the rollup's watermark must not pass these rows (fence.py)
         new = conn.execute(
@@ -96,13 +124,7 @@ def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -
         if new is None:
             return False
         if exposures:
-            columns = {
-                "experiments": [e.experiment for e in exposures],
-                "seeds": [e.seed for e in exposures],
-                "units": [e.unit_id for e in exposures],
-                "variants": [e.variant for e in exposures],
-                "times": [e.exposed_at for e in exposures],
-            }
+            columns = _columns(exposures)
             conn.execute(_ASSIGNMENTS, columns)
             conn.execute(_EXPOSURES, columns)
         segmented = [e for e in exposures if e.segment_attributes is not None]
@@ -115,6 +137,8 @@ def record_batch(conn: Any, batch_id: str, exposures: Sequence[LocalExposure]) -
                                for e in segmented],
                 "times": [e.exposed_at for e in segmented],
             })  # fmt: skip
+        if holdout_exposures:
+            conn.execute(_EXPOSURES, _columns(holdout_exposures))
     return True
 
 

@@ -7,6 +7,7 @@ way of hashing must get a new version, never replace this one in place.
 from __future__ import annotations
 
 import hashlib
+import math
 
 HASH_SPEC_VERSION = 1
 _SCALE = float(1 << 53)
@@ -32,6 +33,23 @@ def unit_fraction(prefix: bytes, unit_id: str) -> float:
     """
     digest = hashlib.sha256(prefix + unit_id.encode()).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / _SCALE
+
+
+def fraction_threshold(bound: float) -> bytes:
+    """Return bytes ``t`` such that ``sha256(prefix + unit).digest() < t`` exactly when
+    ``unit_fraction(prefix, unit) < bound``, for ``0 <= bound < 1``.
+
+    The fraction is ``top53 / 2**53`` with ``top53 = u64 >> 11`` (``u64``: the digest's first
+    8 bytes, big-endian). ``bound * 2**53`` is exact in double precision (a power-of-two
+    scale), so with ``T = ceil(bound * 2**53)``: ``top53 < bound * 2**53`` iff ``top53 < T``
+    iff ``u64 < T << 11``. Comparing the whole digest with those 8 big-endian bytes is the
+    same test (bytes compare lexicographically; an equal prefix leaves the longer digest
+    greater), and skips the integer conversion and the division on the request path: the
+    holdout check is one SHA-256 and one comparison.
+    """
+    if not 0.0 <= bound < 1.0:
+        raise ValueError(f"a threshold needs a bound in [0, 1), got {bound}")
+    return (math.ceil(bound * _SCALE) << 11).to_bytes(8, "big")
 
 
 def pick_index(fraction: float, cumulative_upper_bounds: tuple[float, ...]) -> int:

@@ -8,8 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.assignment.allocation import AllocationPlan
-from service.assignment.core import CompiledExperiment, compile_experiment
+from service.assignment.core import (
+    CompiledExperiment,
+    CompiledHoldout,
+    compile_experiment,
+    compile_holdout,
+)
 from service.assignment.state import ExperimentState, override_for
+from service.experiments.holdouts import Holdout
 from service.experiments.schema import Experiment
 from service.experiments.validation import LoadResult
 from service.observability import metrics
@@ -35,8 +41,24 @@ class Registry:
             item.experiment.key: item.experiment for item in loaded.experiments
         }
         self.sources = {item.experiment.key: str(item.source.path) for item in loaded.experiments}
+        self.holdouts: dict[str, Holdout] = {
+            item.holdout.key: item.holdout for item in loaded.holdouts
+        }
+        self.holdout_experiments: dict[str, Experiment] = {
+            key: holdout.as_experiment() for key, holdout in self.holdouts.items()
+        }
+        """Each holdout as the events pipeline and its analysis see it (two groups)."""
+        compiled_holdouts = [(h, compile_holdout(h)) for h in self.holdouts.values()]
+        self._holdout_of: dict[str, CompiledHoldout] = {
+            key: compiled
+            for key, experiment in self.experiments.items()
+            for holdout, compiled in compiled_holdouts
+            if holdout.covers(experiment)
+        }
         self._served = {
-            key: ServedExperiment(compile_experiment(e, None, override_for(e, None)))
+            key: ServedExperiment(
+                compile_experiment(e, None, override_for(e, None), self._holdout_of.get(key))
+            )
             for key, e in self.experiments.items()
         }
         self._plans: dict[str, AllocationPlan] = {}
@@ -93,7 +115,9 @@ class Registry:
                 ) == self._states.get(key)
                 if unchanged and key in self._plans:
                     continue
-                served[key] = _serve(experiment, plan, clock_offset, new_states.get(key))
+                served[key] = _serve(
+                    experiment, plan, clock_offset, new_states.get(key), self._holdout_of.get(key)
+                )
                 if plan is not None:
                     self._plans[key] = plan
             self._states = new_states
@@ -109,6 +133,9 @@ class Registry:
         a new or re-randomized one starts from its YAML weights.
         """
         fresh = Registry(loaded)
+        refused = shrunk_holdouts(self.holdouts, fresh.holdouts)
+        if refused:
+            raise ValueError("; ".join(refused))
         with self._lock:
             served, plans = dict(fresh._served), {}
             for key, experiment in fresh.experiments.items():
@@ -117,9 +144,13 @@ class Registry:
                     continue
                 if old.variant_keys == experiment.variant_keys:
                     state = self._states.get(key)
-                    served[key] = _serve(experiment, plan, self._clock_offset, state)
+                    served[key] = _serve(
+                        experiment, plan, self._clock_offset, state, fresh._holdout_of.get(key)
+                    )
                     plans[key] = plan
             self.experiments, self.sources = fresh.experiments, fresh.sources
+            self.holdouts, self.holdout_experiments = fresh.holdouts, fresh.holdout_experiments
+            self._holdout_of = fresh._holdout_of
             self._served, self._plans = served, plans
 
 
@@ -128,15 +159,34 @@ def _serve(
     plan: AllocationPlan | None,
     clock_offset: float,
     state: ExperimentState | None,
+    holdout: CompiledHoldout | None,
 ) -> ServedExperiment:
     serving = override_for(experiment, state)
     if plan is None:
-        return ServedExperiment(compile_experiment(experiment, None, serving))
+        return ServedExperiment(compile_experiment(experiment, None, serving, holdout))
     after = None
     switch_at = float("inf")
     if plan.after_switch is not None and plan.switch_at is not None:
-        after = compile_experiment(experiment, plan.after_switch, serving)
+        after = compile_experiment(experiment, plan.after_switch, serving, holdout)
         switch_at = plan.switch_at.timestamp() - clock_offset
     return ServedExperiment(
-        compile_experiment(experiment, plan.before_switch, serving), after, switch_at
+        compile_experiment(experiment, plan.before_switch, serving, holdout), after, switch_at
     )
+
+
+def shrunk_holdouts(old: Mapping[str, Holdout], new: Mapping[str, Holdout]) -> list[str]:
+    """Why a reload is refused: a holdout whose share fell under the same seed.
+
+    Membership is ``fraction < share``, so a larger share only adds units; a smaller one
+    would release held-out units into launched treatments, ending their months of history.
+    Shrinking takes a new ``version`` (or ``salt``): a new, re-randomized holdout. Across
+    restarts ``abx serve`` checks the same with ``assignment.holdouts.record_shares``.
+    """
+    return [
+        f"holdout {key!r}: share {before.share} -> {after.share} under seed {after.seed!r} "
+        "would release held-out units; raise its version to start a new holdout instead"
+        for key, before in old.items()
+        if (after := new.get(key)) is not None
+        and after.seed == before.seed
+        and after.share < before.share
+    ]

@@ -2,7 +2,8 @@
 
 Published by ``GET /v1/sdk/config`` and pushed by ``GET /v1/sdk/stream``. The snapshot
 holds, per experiment, the rules of ``core.assign`` as data (status, decision state,
-targeting, layer, coverage and its ramp cap, weights in force, forced units) and the
+targeting, layer, the holdout whose scope holds it, coverage and its ramp cap, weights in
+force, forced units) and the
 **moved ranges**: the stretches of the variant hash where the allocations of this seed
 (earlier, current and announced) disagree. Outside them no allocation the server could be
 serving gives a different variant, so ``core.assign`` never consults the sticky store
@@ -27,6 +28,7 @@ from service.assignment.core import CompiledExperiment
 from service.assignment.hashing import HASH_SPEC_VERSION, pick_index
 from service.assignment.registry import Registry, ServedExperiment
 from service.assignment.state import ExperimentState, initial_state
+from service.experiments.holdouts import Holdout
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,11 @@ def _experiment(served: ServedExperiment, state: ExperimentState | None) -> dict
         ],
         "coverage": experiment.coverage,
         "layer": experiment.layer.model_dump() if experiment.layer else None,
+        "holdout": (
+            {"key": holdout.key, "seed": holdout.seed, "share": holdout.share}
+            if (holdout := compiled.holdout) is not None
+            else None
+        ),
         "targeting": definition.get("targeting"),
         "forced": dict(experiment.forced),
         "metrics": [m.name for m in experiment.metrics.all_metrics() if m.type != "ratio"],
@@ -100,16 +107,23 @@ def _experiment(served: ServedExperiment, state: ExperimentState | None) -> dict
 
 
 def build_snapshot(
-    served: Mapping[str, ServedExperiment], states: Mapping[str, ExperimentState]
+    served: Mapping[str, ServedExperiment],
+    states: Mapping[str, ExperimentState],
+    holdouts: Mapping[str, Holdout] | None = None,
 ) -> Snapshot:
     experiments = {key: _experiment(served[key], states.get(key)) for key in sorted(served)}
-    canonical = json.dumps(experiments, sort_keys=True, separators=(",", ":")).encode()
-    version = hashlib.sha256(canonical).hexdigest()[:32]
-    document = {
-        "version": version,
-        "hashing_version": HASH_SPEC_VERSION,
-        "experiments": experiments,
+    # Holdouts by key, with the metrics an SDK's track() fans out to (each experiment names
+    # the holdout whose check it runs under "holdout").
+    holdout_entries = {
+        key: {"seed": h.seed, "share": h.share, "metrics": [m.name for m in h.metrics]}
+        for key, h in sorted((holdouts or {}).items())
     }
+    content: dict[str, Any] = {"experiments": experiments}
+    if holdout_entries:
+        content["holdouts"] = holdout_entries
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    version = hashlib.sha256(canonical).hexdigest()[:32]
+    document = {"version": version, "hashing_version": HASH_SPEC_VERSION, **content}
     return Snapshot(version, json.dumps(document, separators=(",", ":")).encode())
 
 
@@ -127,7 +141,7 @@ class SnapshotCache:
         served, states = self._registry.view()
         with self._lock:
             if self._snapshot is None or self._source != (id(served), id(states)):
-                self._snapshot = build_snapshot(served, states)
+                self._snapshot = build_snapshot(served, states, self._registry.holdouts)
                 # Identity of the very objects held: the registry keeps them alive while
                 # they are current, so an id cannot be reused by a newer table meanwhile.
                 self._source = (id(served), id(states))

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.assignment.core import Assignment
+from service.observability import metrics
 from service.storage.database import Database
 from service.storage.writer import BatchWriter, Stream
 
@@ -101,6 +102,8 @@ class StickyStore:
     ) -> None:
         """Buffer the first assignment and the exposure, once per unit and process, with the
         exposure's segment attributes when the experiment has segments."""
+        if assignment.holdout is not None:
+            self._record_holdout(assignment, unit_id)
         if not assignment.exposed:
             return
         key = (assignment.experiment, seed, unit_id)
@@ -117,6 +120,18 @@ class StickyStore:
                 EXPOSURE_ATTRIBUTES.table, (assignment.experiment, seed, unit_id, attributes, now)
             )
         self._remember(key, assignment.variant)
+
+    def _record_holdout(self, assignment: Assignment, unit_id: str) -> None:
+        """The holdout's exposure (its group as the variant), once per unit and process."""
+        exposure = assignment.holdout
+        assert exposure is not None
+        key = (exposure.holdout, exposure.seed, unit_id)
+        if self._cache.get(key) == exposure.group:
+            return
+        row = (exposure.holdout, exposure.seed, unit_id, exposure.group, datetime.now(UTC))
+        self._writer.put(EXPOSURES.table, row)
+        metrics.HOLDOUT_EXPOSURES.labels(exposure.holdout, exposure.group).inc()
+        self._remember(key, exposure.group)
 
     def _remember(self, key: tuple[str, str, str], variant: str) -> None:
         if self._cache_size == 0:

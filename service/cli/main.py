@@ -23,7 +23,7 @@ from service.cli.support import (
     settings_from_env,
 )
 from service.experiments.model_registry import model_registry
-from service.experiments.validation import experiment_files, load_experiments
+from service.experiments.validation import LoadResult, experiment_files, load_experiments
 from service.storage.embedded import database_url
 from service.storage.migrations import MigrationError, apply_migrations
 
@@ -68,7 +68,8 @@ def validate(paths: tuple[Path, ...]) -> None:
             line = item.source.line_of(("policy", "planned_units"))
             click.echo(f"{item.source.path}:{line}: policy.planned_units: warning: {warning}",
                        err=True)  # fmt: skip
-    click.echo(f"{len(result.experiments)} experiment(s) valid")
+    holdouts = f", {len(result.holdouts)} holdout(s)" if result.holdouts else ""
+    click.echo(f"{len(result.experiments)} experiment(s){holdouts} valid")
 
 
 @main.command()
@@ -113,7 +114,31 @@ def serve(bind: str | None, workers: int | None, run_migrations: bool) -> None:
     url = database_url(settings.database_url, settings.data_dir)
     if run_migrations:
         apply_migrations(url, settings.migrations)
+    if result.holdouts:
+        refuse_shrunk_holdouts(url, result)
     AbxServer(settings.model_copy(update={"database_url": url})).run()
+
+
+def refuse_shrunk_holdouts(url: str, result: LoadResult) -> None:
+    """Exit if a holdout's share fell under its seed since it last served (holdout_shares).
+
+    With the database away nothing can be compared: serving goes on (it never waits on
+    PostgreSQL) and the check runs at the next start.
+    """
+    import psycopg
+
+    from service.assignment.holdouts import record_shares
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            refusals = record_shares(conn, {i.holdout.key: i.holdout for i in result.holdouts})
+    except psycopg.Error as error:
+        click.echo(f"WARNING: holdout shares not checked (database unavailable: {error})", err=True)
+        return
+    for refusal in refusals:
+        click.echo(refusal, err=True)
+    if refusals:
+        sys.exit(1)
 
 
 PLAN_DESIGNS = ["policy", "msprt", "confidence_sequence", "group_sequential", "fixed", "obf",

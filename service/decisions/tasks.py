@@ -11,7 +11,7 @@ pool) on first use, after the fork. Task bodies are plain functions too, so
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -48,6 +48,8 @@ class WorkerContext:
     settings: Settings
     experiments: dict[str, Experiment]
     database: Database
+    holdouts: dict[str, Experiment] = field(default_factory=dict)
+    """Each holdout as the rollup sees it (``Holdout.as_experiment``): its outcome window."""
 
 
 @cache
@@ -60,7 +62,8 @@ def context() -> WorkerContext:
     check_secrets(settings.webhook_secrets, any(e.policy.webhooks for e in experiments.values()))
     database = Database(database_url(settings.database_url, settings.data_dir))
     database.open()
-    return WorkerContext(settings, experiments, database)
+    holdouts = {i.holdout.key: i.holdout.as_experiment() for i in result.holdouts}
+    return WorkerContext(settings, experiments, database, holdouts)
 
 
 def registry_of(ctx: WorkerContext) -> ModelRegistry:
@@ -84,9 +87,10 @@ def analyze_now(key: str) -> AnalysisOutcome:
         with ctx.database.pool.connection(timeout=10.0) as conn:
             grace = timedelta(seconds=ctx.settings.attribution_grace_seconds)
             while True:
+                windows = {**ctx.experiments, **ctx.holdouts}
                 done = roll_up_once(
-                    conn, windows_from(ctx.experiments), grace,
-                    metric_windows_from(ctx.experiments), segment_specs_from(ctx.experiments),
+                    conn, windows_from(windows), grace,
+                    metric_windows_from(windows), segment_specs_from(ctx.experiments),
                 )  # fmt: skip
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break

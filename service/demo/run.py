@@ -108,6 +108,8 @@ PREDICT_EXPERIMENT = "checkout_ranker"
 LOOP_EXPERIMENT = "retention_offer"
 TRUE_RETENTION = {"logistic": 0.10, "mlp": 0.16}
 """The simulated effect: users served by the MLP churn model are retained more often."""
+HOLDOUT = "launches_2026"
+"""The example holdout: its ``retained`` is posted too, so its page shows what launched."""
 
 
 def _outcomes(session: requests.Session, base: str, user: dict[str, Any], tally: Tally) -> None:
@@ -125,6 +127,8 @@ def _outcomes(session: requests.Session, base: str, user: dict[str, Any], tally:
                    "unit": user["unit"], "metric": "offer_cost", "value": round(draw.gauss(5, 1), 2)}]  # fmt: skip
         if variant in TRUE_RETENTION and draw.random() < TRUE_RETENTION[variant]:
             events.append({"event_id": f"{user['unit']}-retained", "experiment": LOOP_EXPERIMENT,
+                           "unit": user["unit"], "metric": "retained", "value": 1})  # fmt: skip
+            events.append({"event_id": f"{user['unit']}-retained", "experiment": HOLDOUT,
                            "unit": user["unit"], "metric": "retained", "value": 1})  # fmt: skip
         session.post(f"{base}/v1/events", json={"events": events}, timeout=10).raise_for_status()
     except (requests.RequestException, KeyError, ValueError):
@@ -255,6 +259,25 @@ def _report_bandit(base: str, token: str, moved_before: bool) -> bool:
         click.echo(f"\n>>> {BANDIT_EXPERIMENT}: the bandit moved traffic ({shown}); users"
                    " already assigned keep their banner\n")  # fmt: skip
     return True
+
+
+def _report_holdout(base: str, token: str) -> None:
+    """The example holdout's groups and its cumulative effect on retention, as the API says."""
+    try:
+        response = requests.get(f"{base}/v1/holdouts/{HOLDOUT}", timeout=5,
+                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        if response.status_code != 200:
+            return
+        report = response.json()
+    except (requests.RequestException, ValueError):
+        return
+    units = report["analysis"]["units"]
+    line = (f"  holdout {HOLDOUT} ({report['share']:.0%}): held out {units.get('holdout', 0)},"
+            f" rest {units.get('rest', 0)}")  # fmt: skip
+    for comparison in report["analysis"]["primary"]:
+        line += (f"; {comparison['metric']} rest - holdout {comparison['difference']:+.3f}"
+                 f" [{comparison['ci_low']:+.3f}, {comparison['ci_high']:+.3f}] (always valid)")  # fmt: skip
+    click.echo(line)
 
 
 def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -416,6 +439,7 @@ def run_demo(
                 _report_loop(loop)
                 if BANDIT_EXPERIMENT in keys:
                     bandit_moved = _report_bandit(base, analyst, bandit_moved)
+                _report_holdout(base, analyst)
                 if promoted_at is None and loop.get("current", {}).get("state") == "promoted":
                     promoted_at = time.monotonic()
                     click.echo(f"\n>>> {LOOP_EXPERIMENT}: the worker promoted {loop['current']['winner']}"
@@ -432,6 +456,7 @@ def run_demo(
         click.echo(
             f"\nWhere to look: {base}/dashboards/ (analyst pages),"
             f" {base}/v1/experiments/{LOOP_EXPERIMENT}/decisions (audit log),"
+            f" {base}/v1/holdouts/{HOLDOUT} (the holdout),"
             " `abx export-state` (the decision as a YAML change to commit)"
         )
         click.echo("\nThe demo's keys are revoked now; make your own with `abx keys create`.")

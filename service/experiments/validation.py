@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.experiments.holdouts import Holdout, Scope, check_holdout
 from service.experiments.model_refs import model_file_problems, model_rule_problems
 from service.experiments.model_registry import ModelRegistry, RegistryError
 from service.experiments.rules import RuleProblem, check_experiment
@@ -23,6 +24,7 @@ from service.experiments.source import (
 )
 
 EXPERIMENT_SUFFIXES = (".yaml", ".yml")
+HOLDOUTS_FOLDER = "holdouts"
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,16 @@ class LoadedExperiment:
 
 
 @dataclass(frozen=True)
+class LoadedHoldout:
+    holdout: Holdout
+    source: SourceDocument
+
+
+@dataclass(frozen=True)
 class LoadResult:
     experiments: tuple[LoadedExperiment, ...]
     problems: tuple[Problem, ...]
+    holdouts: tuple[LoadedHoldout, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -61,14 +70,27 @@ def field_name(path: Sequence[PathElement]) -> str:
 
 
 def experiment_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand folders to their experiment files (not recursive), keep files as given."""
+    """Expand folders to their experiment files (not recursive), keep files as given.
+
+    A folder's ``holdouts/`` subfolder is expanded too: its files are holdouts
+    (``is_holdout_file``), and a file named inside such a folder is one as well.
+    """
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
             files.extend(sorted(p for p in path.iterdir() if p.suffix in EXPERIMENT_SUFFIXES))
+            holdouts = path / HOLDOUTS_FOLDER
+            if holdouts.is_dir():
+                files.extend(
+                    sorted(p for p in holdouts.iterdir() if p.suffix in EXPERIMENT_SUFFIXES)
+                )
         else:
             files.append(path)
     return files
+
+
+def is_holdout_file(path: Path) -> bool:
+    return path.parent.name == HOLDOUTS_FOLDER
 
 
 def _pydantic_problems(source: SourceDocument, error: ValidationError) -> list[Problem]:
@@ -194,12 +216,13 @@ def _cross_file_problems(loaded: Sequence[LoadedExperiment]) -> list[Problem]:
 def load_experiments(
     paths: Iterable[Path], models_root: Path | None = None, registry: ModelRegistry | None = None
 ) -> LoadResult:
-    """Load and validate every experiment file under ``paths``; any problem is reported.
+    """Load and validate every experiment and holdout file under ``paths``; any problem is reported.
 
     With ``models_root``, every model a variant names is checked too (path, SHA-256, signature),
     registry models resolved through ``registry`` first.
     """
     loaded: list[LoadedExperiment] = []
+    holdouts: list[LoadedHoldout] = []
     checked: dict[Path, str] = {}
     problems: list[Problem] = []
     for path in experiment_files(paths):
@@ -211,9 +234,77 @@ def load_experiments(
         except (OSError, UnicodeDecodeError) as error:
             problems.append(Problem(path, 1, "experiment", f"cannot read file: {error}"))
             continue
+        if is_holdout_file(path):
+            holdout, file_problems = validate_holdout_document(source)
+            problems.extend(sorted(file_problems, key=lambda p: p.line))
+            if holdout is not None:
+                holdouts.append(LoadedHoldout(holdout, source))
+            continue
         experiment, file_problems = validate_document(source, models_root, checked, registry)
         problems.extend(sorted(file_problems, key=lambda p: p.line))
         if experiment is not None:
             loaded.append(LoadedExperiment(experiment, source))
     problems.extend(_cross_file_problems(loaded))
-    return LoadResult(tuple(loaded), tuple(problems))
+    problems.extend(holdout_scope_problems(holdouts, loaded))
+    return LoadResult(tuple(loaded), tuple(problems), tuple(holdouts))
+
+
+def validate_holdout_document(source: SourceDocument) -> tuple[Holdout | None, list[Problem]]:
+    """Validate one holdout file on its own: its shape, then ``holdouts.check_holdout``."""
+    if not isinstance(source.data, dict):
+        return None, [Problem(source.path, 1, "holdout", "the file must hold one YAML mapping")]
+    try:
+        holdout = Holdout.model_validate(source.data)
+    except ValidationError as error:
+        return None, _pydantic_problems(source, error)
+    problems = [
+        Problem(source.path, source.line_of(p.path), field_name(p.path), p.message)
+        for p in check_holdout(holdout)
+    ]
+    return (None if problems else holdout), problems
+
+
+def holdout_scope_problems(
+    holdouts: Sequence[LoadedHoldout], experiments: Sequence[LoadedExperiment]
+) -> list[Problem]:
+    """Keys unique among experiments and holdouts, scopes naming what exists, and every
+    experiment in at most one holdout's scope (two would both claim its units' control)."""
+    problems: list[Problem] = []
+    experiment_keys = {item.experiment.key: item for item in experiments}
+    layers = {i.experiment.layer.name for i in experiments if i.experiment.layer is not None}
+    seen: dict[str, LoadedHoldout] = {}
+    for item in holdouts:
+        holdout, source = item.holdout, item.source
+
+        def problem(path: DataPath, message: str, source: SourceDocument = source) -> None:
+            problems.append(Problem(source.path, source.line_of(path), field_name(path), message))
+
+        clash = experiment_keys.get(holdout.key)
+        first = seen.setdefault(holdout.key, item)
+        if clash is not None:
+            problem(("key",), f"key {holdout.key!r} is also an experiment's ({clash.source.path})")
+        elif first is not item:
+            problem(
+                ("key",), f"duplicate holdout key {holdout.key!r} (also in {first.source.path})"
+            )
+        if isinstance(holdout.scope, Scope):
+            for index, key in enumerate(holdout.scope.experiments):
+                if key not in experiment_keys:
+                    problem(("scope", "experiments", index), f"unknown experiment {key!r}")
+            for index, name in enumerate(holdout.scope.layers):
+                if name not in layers:
+                    problem(("scope", "layers", index), f"no experiment is in layer {name!r}")
+    for loaded in experiments:
+        covering = [item for item in holdouts if item.holdout.covers(loaded.experiment)]
+        for item in covering[1:]:
+            problems.append(
+                Problem(
+                    item.source.path,
+                    item.source.line_of(("scope",)),
+                    "scope",
+                    f"experiment {loaded.experiment.key!r} is already in the scope of holdout "
+                    f"{covering[0].holdout.key!r} ({covering[0].source.path}); "
+                    "an experiment may be in one holdout only",
+                )
+            )
+    return problems

@@ -51,6 +51,11 @@ ASSIGNMENTS = Counter(
     "Assignments answered (by /v1/assign, its batch form and /v1/predict), by variant and reason.",
     ["experiment", "variant", "reason"],
 )
+HOLDOUT_EXPOSURES = Counter(
+    "abx_holdout_exposures",
+    "Holdout exposures written (once per unit and process), by holdout and group (holdout, rest).",
+    ["holdout", "group"],
+)
 ALLOCATION_PENDING = Gauge(
     "abx_allocation_changes_pending",
     "1 while an experiment's new weights wait for every process to flush (allocation-switching).",

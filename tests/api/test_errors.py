@@ -28,6 +28,7 @@ EXPECTED_STATUS = {
     "TooManyRequests": 429,
     "NotFound": 404,
     "UnknownExperiment": 404,
+    "UnknownHoldout": 404,
     "MethodNotAllowed": 405,
     "Conflict": 409,
     "PayloadTooLarge": 413,

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from service.assignment.core import assign, compile_experiment
+from service.assignment.core import assign, compile_experiment, compile_holdout
 from service.assignment.hashing import cumulative_bounds, hash_prefix, pick_index, unit_fraction
+from service.experiments.holdouts import Holdout
 from service.experiments.schema import Experiment
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "hashing_v1.json").read_text("utf-8"))
@@ -34,6 +35,23 @@ def test_assignment_vectors() -> None:
     for case in VECTORS["assignments"]["cases"]:
         result = assign(compiled, case["unit"], case["attributes"], lambda: None)
         assert (result.variant, result.reason.value) == (case["variant"], case["reason"]), case
+
+
+def test_holdout_assignment_vectors() -> None:
+    vectors = VECTORS["holdout_assignments"]
+    holdout = compile_holdout(Holdout.model_validate(vectors["holdout"]))
+    compiled = compile_experiment(Experiment.model_validate(vectors["experiment"]), holdout=holdout)
+    reasons = set()
+    for case in vectors["cases"]:
+        result = assign(compiled, case["unit"], case["attributes"], lambda: None)
+        group = result.holdout.group if result.holdout is not None else None
+        assert (result.variant, result.reason.value, group) == (
+            case["variant"],
+            case["reason"],
+            case["holdout_group"],
+        ), case
+        reasons.add(case["reason"])
+    assert {"holdout", "hashed", "not-in-coverage", "not-in-layer", "forced"} <= reasons
 
 
 def test_buckets_are_uniform_over_100k_units() -> None:

@@ -57,6 +57,9 @@ def test_demo_runs_the_whole_loop_until_the_better_model_is_promoted(
     assert ">>> retention_offer: the worker promoted mlp" in result.stdout, shown
     assert ">>> offer_banner: the bandit moved traffic" in result.stdout, shown
     assert "Where to look:" in result.stdout, shown
+    # The example holdout: both groups exposed, and its retention effect reported.
+    assert "holdout launches_2026 (3%): held out" in result.stdout, shown
+    assert "retained rest - holdout" in result.stdout, shown
     with psycopg.connect(db) as conn:
         (exposures,) = conn.execute("SELECT count(*) FROM exposures").fetchone()  # type: ignore[misc]
         keys = conn.execute("SELECT name, revoked_at IS NOT NULL FROM api_keys").fetchall()

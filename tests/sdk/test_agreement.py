@@ -1,5 +1,5 @@
-"""The SDK and /v1/assign agree on every unit: every example experiment, then after a weight
-change, a ramp step, a halt, a promotion and a rollback.
+"""The SDK and /v1/assign agree on every unit: every example experiment (under the example
+holdout), then after a weight change, a ramp step, a halt, a promotion and a rollback.
 
 ``ABX_SDK_AGREEMENT_UNITS`` sets the units per experiment (the suite: 1,500; the claim in
 docs/sdk.md is measured with 100,000). Every answer is compared, variant and reason; the
@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from abx_client import Client
+from service.assignment.hashing import hash_prefix, unit_fraction
 from service.assignment.state import ExperimentState, load_state, save_state
 from service.experiments.schema import Experiment
-from tests.conftest import Api, Server, ServerFactory, wait_for
+from tests.conftest import EXAMPLES, Api, Server, ServerFactory, wait_for
 
 UNITS = int(os.environ.get("ABX_SDK_AGREEMENT_UNITS", "1500"))
 EXPERIMENTS = ("checkout_ranker", "churn_model", "retention_offer", "search_embeddings",
@@ -50,7 +51,9 @@ def server_answers(api: Api, items: list[tuple[str, str | int, dict[str, Any]]])
                           for e, u, a in items[start:start + 1000]]}  # fmt: skip
         response = api.post("/v1/assign/batch", body)
         assert response.status_code == 200, response.text
-        answers += [(a["variant"], a["reason"]) for a in response.json()["assignments"]]
+        answers += [
+            (a["variant"], a["reason"], a.get("holdout")) for a in response.json()["assignments"]
+        ]
     return answers
 
 
@@ -65,9 +68,9 @@ def compare(client: Client, api: Api, phase: str) -> dict[str, int]:
         f"{phase}: SDK {sdk_seconds:.2f} s, server {time.monotonic() - started - sdk_seconds:.2f} s"
     )
     mismatches = [
-        (item[0], item[1], (a.variant, a.reason), s)
+        (item[0], item[1], (a.variant, a.reason, a.holdout), s)
         for item, a, s in zip(items, local, served, strict=True)
-        if (a.variant, a.reason) != s
+        if (a.variant, a.reason, a.holdout) != s
     ]
     assert mismatches == [], (
         f"{phase}: {len(mismatches)} of {len(items)} differ: {mismatches[:10]}; {client.stats()}"
@@ -99,6 +102,9 @@ def agreement_server(
     definition = yaml.safe_load(offer.read_text())
     definition["policy"]["ramp"] = {"steps": [0.2, 0.5, 1.0], "hold_hours": 0}
     offer.write_text(yaml.safe_dump(definition, sort_keys=False))
+    (experiments_dir / "holdouts").mkdir()
+    for holdout in (EXAMPLES / "holdouts").glob("*.yaml"):
+        (experiments_dir / "holdouts" / holdout.name).write_text(holdout.read_text())
     server = server_factory(
         db, experiments_dir, ABX_ALLOCATION_SETTLE_SECONDS="0.5", ABX_RELOAD_POLL_SECONDS="0.2"
     )
@@ -126,8 +132,9 @@ def test_sdk_agrees_with_the_server_through_every_change(
     first = compare(client, api, "as configured")
     assert first.get("local:hashed", 0) > UNITS and "server:sticky" not in first
     assert {"local:forced", "local:targeted-out", "local:not-in-layer", "local:not-in-coverage",
-            "local:experiment-not-running"} <= set(first)  # fmt: skip
+            "local:experiment-not-running", "local:holdout"} <= set(first)  # fmt: skip
     assert client.flush(30)  # the SDK's first assignments are stored before weights move
+    check_holdout_exposures(db)
 
     embeddings = experiments_dir / "search_embeddings.yaml"
     definition = yaml.safe_load(embeddings.read_text())
@@ -158,7 +165,9 @@ def test_sdk_agrees_with_the_server_through_every_change(
     assert promoted.status_code == 201, promoted.text
     assert wait_for(lambda: settled(
         client, server, lambda s: s.experiments["checkout_ranker"].winner == "ranker_v2"), timeout=60)  # fmt: skip
-    assert compare(client, api, "after a promotion").get("local:promoted", 0) > 0
+    after_promotion = compare(client, api, "after a promotion")
+    assert after_promotion.get("local:promoted", 0) > 0
+    assert after_promotion.get("local:holdout", 0) > 0  # a launch never reaches held-out units
 
     rolled = api.post("/v1/experiments/search_embeddings/actions",
                       {"action": "rollback", "variant": "embeddings_v2", "reason": "agreement"})  # fmt: skip
@@ -169,3 +178,20 @@ def test_sdk_agrees_with_the_server_through_every_change(
     last = compare(client, api, "after a rollback")
     assert last.get("local:rolled-back", 0) > 0
     assert "sdk-server-unavailable" not in client.stats()
+
+
+def check_holdout_exposures(db: str) -> None:
+    """The SDK's local answers reached the holdout's exposures, each unit in the group its
+    hash gives (held out: fraction < share), with both groups present."""
+    holdout = yaml.safe_load((EXAMPLES / "holdouts" / "launches_2026.yaml").read_text())
+    seed = f"{holdout['key']}.v1"
+    prefix = hash_prefix("holdout", holdout["key"], seed)
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT unit_id, variant_key FROM exposures WHERE experiment_key = %s AND seed = %s",
+            (holdout["key"], seed),
+        ).fetchall()
+    groups = {group for _, group in rows}
+    assert groups == {"holdout", "rest"}, groups
+    for unit, group in rows:
+        assert (unit_fraction(prefix, unit) < holdout["share"]) == (group == "holdout"), unit

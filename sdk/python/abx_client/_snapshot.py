@@ -1,7 +1,7 @@
 """The server's snapshot (``GET /v1/sdk/config``) compiled once, and local assignment over it.
 
 The rules run in the server's order: forced, status and decision stop, targeting, layer,
-promotion, coverage (capped by a ramp step), then the variant hash. Where the hash falls in
+holdout, promotion, coverage (capped by a ramp step), then the variant hash. Where the hash falls in
 a *moved range* (allocations of this seed disagree there, so the unit's stored first
 assignment may decide), ``evaluate`` returns None: only the server can answer.
 """
@@ -9,7 +9,7 @@ assignment may decide), ``evaluate`` returns None: only the server can answer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from abx_client._hashing import (
@@ -38,6 +38,11 @@ class Assignment:
     reason: str
     in_experiment: bool = False
     source: str = "local"
+    holdout: str | None = None
+    """The holdout whose check the unit reached (reason ``holdout``: held out; otherwise its
+    comparison group), as ``/v1/assign`` answers it."""
+    holdout_group: str | None = None
+    """``holdout`` or ``rest`` when ``holdout`` is set."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,15 @@ class CompiledExperiment:
     metrics: frozenset[str]
     segments: tuple[str, ...] = ()
     """The attributes the experiment is analysed by: sent with the unit's exposure."""
+    holdout: CompiledHoldout | None = None
+
+
+@dataclass(frozen=True)
+class CompiledHoldout:
+    key: str
+    seed: str
+    share: float
+    prefix: bytes
 
 
 def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
@@ -73,6 +87,7 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
     if decision.get("coverage_cap") is not None:
         coverage = min(coverage, float(decision["coverage_cap"]))
     layer = data.get("layer")
+    holdout = data.get("holdout")
     return CompiledExperiment(
         key=key,
         seed=seed,
@@ -93,6 +108,14 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
         stopped=decision.get("stopped"),
         metrics=frozenset(data.get("metrics") or ()),
         segments=tuple(data.get("segments") or ()),
+        holdout=CompiledHoldout(
+            holdout["key"],
+            holdout["seed"],
+            float(holdout["share"]),
+            hash_prefix("holdout", holdout["key"], holdout["seed"]),
+        )
+        if holdout
+        else None,
     )
 
 
@@ -100,12 +123,18 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
 class Snapshot:
     version: str
     experiments: Mapping[str, CompiledExperiment]
+    holdout_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Holdout key -> its metrics: ``track`` without an experiment sends to these too."""
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> Snapshot:
         return cls(
             str(document["version"]),
             {key: compile_experiment(data) for key, data in document["experiments"].items()},
+            {
+                key: frozenset(data.get("metrics") or ())
+                for key, data in (document.get("holdouts") or {}).items()
+            },
         )
 
 
@@ -127,24 +156,39 @@ def evaluate(
         start, end = compiled.layer_range
         if not start <= unit_fraction(compiled.layer_prefix, unit) < end:
             return Assignment(key, control, "not-in-layer")
+    holdout_key = None
+    holdout = compiled.holdout
+    if holdout is not None:
+        if unit_fraction(holdout.prefix, unit) < holdout.share:
+            return Assignment(key, control, "holdout", holdout=holdout.key, holdout_group="holdout")
+        holdout_key = holdout.key
+    rest = "rest" if holdout_key is not None else None
     if compiled.winner is not None:
-        return Assignment(key, compiled.winner, "promoted")
+        return Assignment(key, compiled.winner, "promoted", holdout=holdout_key, holdout_group=rest)
     if unit_fraction(compiled.coverage_prefix, unit) >= compiled.coverage:
-        return Assignment(key, control, "not-in-coverage")
+        return Assignment(key, control, "not-in-coverage", holdout=holdout_key, holdout_group=rest)
     fraction = unit_fraction(compiled.variant_prefix, unit)
     for low, high in compiled.moved:
         if low <= fraction < high:
             return None
     variant = compiled.variants[pick_index(fraction, compiled.bounds)]
     if variant in compiled.rolled_back:
-        return Assignment(key, control, "rolled-back")
-    return Assignment(key, variant, "hashed", True)
+        return Assignment(key, control, "rolled-back", holdout=holdout_key, holdout_group=rest)
+    return Assignment(key, variant, "hashed", True, holdout=holdout_key, holdout_group=rest)
 
 
 def from_stored(compiled: CompiledExperiment, stored: str) -> Assignment:
-    """The answer for a unit whose first assignment the server told us (in a moved range)."""
+    """The answer for a unit whose first assignment the server told us (in a moved range).
+
+    Only a unit past the holdout's check reaches a moved range, so it is in group ``rest``.
+    """
+    holdout = compiled.holdout.key if compiled.holdout is not None else None
+    group = "rest" if holdout is not None else None
     if stored in compiled.rolled_back:
-        return Assignment(compiled.key, compiled.control, "rolled-back", source="server")
+        return Assignment(compiled.key, compiled.control, "rolled-back", source="server",
+                          holdout=holdout, holdout_group=group)  # fmt: skip
     if stored in compiled.variants:
-        return Assignment(compiled.key, stored, "sticky", True, source="server")
-    return Assignment(compiled.key, compiled.control, "variant-removed", source="server")
+        return Assignment(compiled.key, stored, "sticky", True, source="server",
+                          holdout=holdout, holdout_group=group)  # fmt: skip
+    return Assignment(compiled.key, compiled.control, "variant-removed", source="server",
+                      holdout=holdout, holdout_group=group)  # fmt: skip

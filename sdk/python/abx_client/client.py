@@ -272,6 +272,11 @@ class Client:
             return self._ask_server(compiled, unit_id, attributes or {})
         if answer.in_experiment:
             self._expose(compiled, unit_id, answer.variant, attributes)
+        if compiled.holdout is not None and answer.holdout_group is not None:
+            # The unit reached the holdout's check: an exposure of the holdout, in its group.
+            self._expose_holdout(
+                compiled.holdout.key, compiled.holdout.seed, unit_id, answer.holdout_group
+            )
         return answer
 
     def track(
@@ -428,6 +433,17 @@ class Client:
         if len(self._exposures) >= self._batch_size:
             self._wake_flusher.set()
 
+    def _expose_holdout(self, holdout: str, seed: str, unit: str, group: str) -> None:
+        """Queue the unit's exposure of a holdout (its group as the variant), once per process."""
+        key = (holdout, seed, unit)
+        if self._exposed.get(key) == group:
+            return
+        self._exposures.put({"experiment": holdout, "unit": unit, "seed": seed,
+                             "variant": group, "exposed_at": time.time()})  # fmt: skip
+        _remember(self._exposed, key, group, self._memory_size, self._lock)
+        if len(self._exposures) >= self._batch_size:
+            self._wake_flusher.set()
+
     def _ask_server(
         self, compiled: CompiledExperiment, unit: str, attributes: Mapping[str, Any]
     ) -> Assignment:
@@ -452,9 +468,12 @@ class Client:
         self._count("server")
         if answer["reason"] in ("sticky", "hashed"):
             _remember(self._stored, key, answer["variant"], self._memory_size, self._lock)
-        return Assignment(
-            compiled.key, answer["variant"], answer["reason"], answer["in_experiment"], "server"
+        holdout = answer.get("holdout")
+        group = (
+            None if holdout is None else ("holdout" if answer["reason"] == "holdout" else "rest")
         )
+        return Assignment(compiled.key, answer["variant"], answer["reason"],
+                          answer["in_experiment"], "server", holdout, group)  # fmt: skip
 
     def _fallback_loop(self) -> None:
         while not self._stopping.is_set():
@@ -626,6 +645,7 @@ class Client:
                 events.append(event)
                 continue
             targets = [k for k, e in snapshot.experiments.items() if event["metric"] in e.metrics]
+            targets += [k for k, m in snapshot.holdout_metrics.items() if event["metric"] in m]
             if not targets:
                 self._count("events_unmatched")
             events.extend({**event, "experiment": key} for key in targets)

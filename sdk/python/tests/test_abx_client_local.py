@@ -60,6 +60,23 @@ def test_assignment_vectors() -> None:
         assert answer.in_experiment == (case["reason"] in ("hashed", "sticky"))
 
 
+@needs_vectors
+def test_holdout_assignment_vectors() -> None:
+    vectors = json.loads(VECTORS.read_text("utf-8"))["holdout_assignments"]
+    holdout = vectors["holdout"]
+    entry = snapshot_entry(
+        vectors["experiment"],
+        holdout={"key": holdout["key"], "seed": f"{holdout['key']}.v1", "share": holdout["share"]},
+    )
+    compiled = compile_experiment(entry)
+    for case in vectors["cases"]:
+        answer = evaluate(compiled, case["unit"], case["attributes"])
+        assert answer is not None
+        assert (answer.variant, answer.reason, answer.holdout_group) == (
+            case["variant"], case["reason"], case["holdout_group"]), case  # fmt: skip
+        assert answer.holdout == (holdout["key"] if case["holdout_group"] else None)
+
+
 def test_bounds_end_at_one_from_the_last_positive_weight() -> None:
     assert cumulative_bounds((0.1, 0.2, 0.7)) == (0.1, 0.30000000000000004, 1.0)
     assert cumulative_bounds((0.5, 0.5, 0.0)) == (0.5, 1.0, 1.0)
