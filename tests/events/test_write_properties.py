@@ -67,12 +67,21 @@ def mostly(good: Any, *bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 EXPOSURES = st.fixed_dictionaries(
     {
         "experiment": mostly("search_embeddings", ANY_TEXT, UNSTORABLE),
-        "unit": st.one_of(ANY_TEXT, st.integers(min_value=-(10**30), max_value=10**30)),
+        "unit": st.one_of(
+            st.text(
+                st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+            ),
+            st.text(
+                st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+            ),
+            ANY_TEXT,
+            st.integers(min_value=-(10**30), max_value=10**30),
+        ),
         "seed": mostly(SEED, st.one_of(ANY_TEXT, UNSTORABLE)),
         # None: the variant the unit's hash gives (an exposure the server records).
         "variant": st.one_of(st.none(), st.sampled_from(VARIANTS), ANY_TEXT, UNSTORABLE),
     },
-    optional={"exposed_at": st.one_of(NUMBERS, st.just(None))},
+    optional={"exposed_at": mostly(None, NUMBERS)},
 )
 
 
@@ -220,7 +229,9 @@ def test_whatever_is_posted_every_acknowledged_event_is_stored(property_server: 
         assert wait_for(
             lambda: (
                 conn.execute(
-                    "SELECT count(*) FROM exposures WHERE unit_id = ANY(%s)", (exposed,)
+                    "SELECT count(*) FROM exposures WHERE unit_id = ANY(%s)"
+                    " AND experiment_key = 'search_embeddings'",
+                    (exposed,),
                 ).fetchone()[0]
                 == len(exposed)
             ),
