@@ -121,6 +121,16 @@ def allocation_history(
     return [({k: float(v) for k, v in dict(weights).items()}, at) for weights, at in rows]
 
 
+def last_allocation_age_hours(conn: Any, experiment: Experiment, origin: str) -> float | None:
+    """Hours since the experiment's latest allocation of ``origin`` took effect; None: none."""
+    (age,) = conn.execute(
+        "SELECT extract(epoch FROM now() - max(effective_at)) / 3600.0 FROM allocations"
+        " WHERE experiment_key = %s AND seed = %s AND origin = %s",
+        (experiment.key, experiment.seed, origin),
+    ).fetchone()
+    return None if age is None else float(age)
+
+
 def read_allocations(conn: Any, registry: Registry) -> tuple[dict[str, AllocationPlan], datetime]:
     """Plan the allocation of every experiment of the registry; also return the database time."""
     now, flushed_through = conn.execute(

@@ -16,7 +16,11 @@ import numpy as np
 
 from analysis.sufficient_stats import SufficientStats
 from service.assignment.state import ExperimentState
-from service.assignment.sync import allocation_history, append_allocation
+from service.assignment.sync import (
+    allocation_history,
+    append_allocation,
+    last_allocation_age_hours,
+)
 from service.decisions import bandit
 from service.decisions.evaluation import ExperimentAnalysis
 from service.decisions.rules import Decision, active_treatments
@@ -41,6 +45,12 @@ def reweight_bandit(
         return None
     history = allocation_history(conn, experiment)
     current = history[-1][0] if history else {v.key: v.weight for v in experiment.variants}
+    wait = experiment.policy.bandit_settings.min_hours_between_moves
+    since = last_allocation_age_hours(conn, experiment, "bandit")
+    if since is not None and since < wait:
+        numbers["bandit"] = {"weights": current, "kept": f"the last move was {since:.2f} h "
+                             f"ago; moves are at least {wait:g} h apart"}  # fmt: skip
+        return None
     active = [experiment.control, *active_treatments(experiment, state)]
     seed = bandit.rng_seed(experiment, len(history))
     pooled = _pooled_primary(conn, experiment)

@@ -339,6 +339,9 @@ class Bandit(StrictModel):
     """Units every arm needs before the first re-weighting (until then the YAML's weights)."""
     draws: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
     """Monte Carlo draws from the posteriors for the probability that each arm is best."""
+    min_hours_between_moves: Annotated[float, Field(ge=0.0, le=24 * 7)] = 1.0
+    """Hours after a move before the next: every move is an allocation each new unit's
+    assignment checks (docs/statistics.md), so moves are kept to a bounded number."""
 
 
 AttributeName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]

@@ -102,6 +102,12 @@ def test_a_bandit_reweights_through_the_allocation_history_and_audits_it(
     primary = second.numbers["primary"][0]
     assert primary["method"] == "bandit" and primary["treatment_units"] == 300 + split["b"]
     assert primary["ci_low"] < 0.2 < primary["ci_high"]
+    # Moves are at least min_hours_between_moves (1 h by default) apart: the second look kept
+    # the weights although the posterior moved, and said why.
+    assert second.decision.kind != "reweight"
+    assert second.numbers["bandit"]["weights"] == weights
+    assert "moves are at least 1 h apart" in second.numbers["bandit"]["kept"]
+    assert len(allocation_history(conn, BANDIT)) == 2
 
 
 def test_srm_is_checked_against_the_weights_in_force_in_each_period(
@@ -169,9 +175,14 @@ def test_a_bandit_end_to_end_keeps_units_sticky_and_shows_on_every_page(
     assert weights["countdown"] > 0.5 and weights["classic"] >= 0.2
 
     def switched() -> bool:
-        summary = api.get("/v1/experiments/offer_banner").json()
-        served = {v["key"]: v["weight"] for v in summary["variants"]}
-        return not summary["allocation_pending"] and served == weights
+        """Every worker serves the new weights: ten answers in a row, whichever worker gives
+        them (each polls the state on its own; until it has, new units get the old weights)."""
+        for _ in range(10):
+            summary = api.get("/v1/experiments/offer_banner").json()
+            served = {v["key"]: v["weight"] for v in summary["variants"]}
+            if summary["allocation_pending"] or served != weights:
+                return False
+        return True
 
     assert wait_for(switched, timeout=30)
     # Units already assigned keep their banner; new ones follow the new weights.
