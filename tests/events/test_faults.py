@@ -227,6 +227,7 @@ def test_exposures_made_while_postgres_is_down_survive_a_restart(
             return dict(
                 conn.execute(
                     "SELECT unit_id, variant_key FROM exposures WHERE unit_id LIKE 'offline-%'"
+                    " AND experiment_key = 'search_embeddings'"
                 ).fetchall()
             )
 

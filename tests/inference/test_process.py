@@ -267,26 +267,41 @@ def _raw(url: str, request: bytes, timeout: float = 5.0) -> bytes:
 
 def test_oip_caps_connections_and_drops_silent_ones(models_root: Path, tmp_path: Path) -> None:
     """Two connections at most here: a third is answered 503 at once, never queued behind a
-    thread; a connection silent for the read timeout (1 s here) is closed, freeing its slot."""
+    thread; a connection silent for the read timeout (3 s here) is closed, freeing its slot."""
+    import select
     import socket as socketlib
     import time
 
     with running_infer(
         models_root, tmp_path / "infer.log", "--model", "churn_logreg.onnx", "--providers", "cpu",
         port=free_port(), ABX_INFERENCE_TOKEN=TOKEN, ABX_INFERENCE_MAX_CONNECTIONS="2",
-        ABX_INFERENCE_READ_TIMEOUT_SECONDS="1",
+        ABX_INFERENCE_READ_TIMEOUT_SECONDS="3",
     ) as process:  # fmt: skip
         assert process.url is not None
         host, port = process.url.removeprefix("http://").split(":")
         probe = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-        silent = [socketlib.create_connection((host, int(port))) for _ in range(2)]
+
+        def hold_both_slots() -> list[socketlib.socket]:
+            """Two silent connections that each got a slot: the start-up probe's connection
+            may still hold one for a moment, and a refused connection is answered at once."""
+            for _ in range(20):
+                held = [socketlib.create_connection((host, int(port))) for _ in range(2)]
+                time.sleep(0.3)
+                if not select.select(held, [], [], 0)[0]:
+                    return held
+                for conn in held:
+                    conn.close()
+                time.sleep(0.5)
+            raise AssertionError("two connections never held both slots at once")
+
+        silent = hold_both_slots()
         try:
             started = time.monotonic()
             refused = _raw(process.url, probe)
             assert refused.startswith(b"HTTP/1.1 503"), refused
             assert time.monotonic() - started < 1.0  # answered, not queued
-            for conn in silent:  # closed by the server after 1 s of silence
-                conn.settimeout(5.0)
+            for conn in silent:  # closed by the server after 3 s of silence
+                conn.settimeout(10.0)
                 assert conn.recv(1) == b""
             assert _raw(process.url, probe).startswith(b"HTTP/1.1 200")
         finally:
