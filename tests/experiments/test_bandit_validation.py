@@ -29,7 +29,9 @@ def line_of(text: str, needle: str) -> int:
 
 def test_a_bandit_with_defaults_and_one_with_every_field_are_valid(tmp_path: Path) -> None:
     assert problems(tmp_path, bandit_yaml()) == []
-    full = bandit_yaml(control_floor=0.3, arm_floor=0.1, min_units=200, draws=5000)
+    full = bandit_yaml(
+        control_floor=0.3, arm_floor=0.1, min_units=200, draws=5000, min_hours_between_moves=0.5
+    )
     assert problems(tmp_path, full) == []
     off = full.replace("{key: a, weight: 0.5}", "{key: a, weight: 1.0}").replace(
         "{key: b, weight: 0.5}", "{key: b, weight: 0.0}"
@@ -44,6 +46,16 @@ def test_a_bandit_with_defaults_and_one_with_every_field_are_valid(tmp_path: Pat
         ({"arm_floor": 1.5}, "arm_floor", "policy.bandit.arm_floor: Input should be less than"),
         ({"draws": 10}, "draws", "policy.bandit.draws: Input should be greater than or equal"),
         ({"min_units": "100"}, "min_units", "policy.bandit.min_units: Input should be a valid"),
+        (
+            {"min_hours_between_moves": -1},
+            "min_hours_between_moves",
+            "policy.bandit.min_hours_between_moves: Input should be greater than or equal",
+        ),
+        (
+            {"min_hours_between_moves": 200},
+            "min_hours_between_moves",
+            "policy.bandit.min_hours_between_moves: Input should be less than or equal",
+        ),
         ({"arm_floor": 0.6}, "arm_floor", "policy.bandit.arm_floor: floors sum to 1.2 over 2"),
         ({"control_floor": 0.6}, "weight: 0.5", "variants[0].weight: a bandit starts from"),
     ],
