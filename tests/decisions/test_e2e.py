@@ -337,15 +337,18 @@ def test_a_request_id_reaches_the_task_and_its_webhook(
         assert conn.execute("SELECT request_id FROM webhook_deliveries").fetchall() == [
             ("rid-pause-1",)
         ]
-    lines = [
-        json.loads(line)
-        for line in (tmp_path / "worker-0.log").read_text().splitlines()
-        if line.startswith("{")
-    ]
-    assert any(
-        line.get("request_id") == "rid-pause-1" and line.get("task") == "abx.deliver_webhook"
-        for line in lines
-    ), lines[-20:]
+
+    def worker_lines() -> list[dict[str, Any]]:
+        text = (tmp_path / "worker-0.log").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def logged() -> bool:  # the worker logs the task after the receiver has the request
+        return any(
+            line.get("request_id") == "rid-pause-1" and line.get("task") == "abx.deliver_webhook"
+            for line in worker_lines()
+        )
+
+    assert wait_for(logged, timeout=10), worker_lines()[-20:]
 
 
 def test_a_second_scheduler_waits_as_a_standby_until_the_first_stops(

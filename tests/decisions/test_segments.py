@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -138,14 +138,15 @@ def test_a_halt_for_srm_names_the_segment_in_the_audit_log(
         "seg", segments=["platform"], policy={"min_units": 100, "min_runtime_hours": 0}
     ))  # fmt: skip
     rng = np.random.default_rng(1)
-    now = datetime.now(UTC)
+    # Within yesterday whatever the hour (across midnight, each day alone holds less evidence).
+    yesterday = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), time(10), UTC)
     rows, attributes = [], []
     for i in range(12_000):
         platform = ["ios", "android", "web"][i % 3]
         variant = "ab"[int(rng.integers(0, 2))]
         if platform == "android" and variant == "a" and rng.random() < 0.15:
             continue  # android's control exposures are lost
-        at = now - timedelta(days=1, seconds=int(rng.integers(0, 3600)))
+        at = yesterday + timedelta(seconds=int(rng.integers(0, 3600)))
         rows.append(("seg", "seg.v1", f"u{i}", variant, at))
         client = "abx-client-python/0.1.0" if platform == "android" else "server"
         recorded = {"platform": platform, CLIENT: client}
