@@ -1,13 +1,16 @@
 """Rows the database refuses: told apart from outages, set aside, counted, never blocking.
 
 A row PostgreSQL refuses (a NUL in a text column, a number out of range, a broken
-constraint) will be refused on every retry, so treating it as "the database is away" would
-replay it, and everything queued behind it, forever. ``write_isolating`` finds the refused
-rows of a batch by bisection inside savepoints, writes the others, and ``keep`` sets the
-refused ones aside in the ``quarantine`` table in the same transaction, with the error, so
-that ``abx quarantine list|retry|drop`` can show and handle them. Only errors of SQLSTATE
-classes 22 (data exception) and 23 (integrity constraint), and the client's own refusal to
-encode a value (a lone surrogate), count as refused rows; anything else is an outage.
+constraint, an index entry over PostgreSQL's size limit) will be refused on every retry, so
+treating it as "the database is away" would replay it, and everything queued behind it,
+forever. ``write_isolating`` finds the refused rows of a batch by bisection inside
+savepoints, writes the others, and ``keep`` sets the refused ones aside in the
+``quarantine`` table in the same transaction, with the error, so that
+``abx quarantine list|retry|drop`` can show and handle them. Only errors of SQLSTATE classes
+22 (data exception), 23 (integrity constraint) and 54 (program limit exceeded: an index row
+too large), and the client's own refusal to encode a value (a lone surrogate), count as
+refused rows; anything else is an outage. A refusal the batch as a whole causes is no row's
+fault: the bisection writes the halves, and only a row refused on its own is set aside.
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ WriteRows = Callable[[Any, Sequence[Row]], None]
 """Writes rows in the caller's transaction (``conn``, rows); raises what the database says."""
 
 
+REFUSED_CLASSES = ("22", "23", "54")
+"""SQLSTATE classes that blame the data: data exception, integrity, program limit exceeded."""
+
+
 def is_refused(error: BaseException) -> bool:
     """True when the database (or the client's encoder) refuses the data, not the connection."""
     if isinstance(error, psycopg.DataError | psycopg.IntegrityError | UnicodeEncodeError):
         return True
-    return isinstance(error, psycopg.Error) and (error.sqlstate or "")[:2] in ("22", "23")
+    return isinstance(error, psycopg.Error) and (error.sqlstate or "")[:2] in REFUSED_CLASSES
 
 
 def error_text(error: BaseException) -> str:

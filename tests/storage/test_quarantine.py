@@ -7,7 +7,9 @@ a column's range (SQLSTATE 22003).
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,3 +261,21 @@ def test_abx_quarantine_lists_retries_and_drops(
     with psycopg.connect(db) as conn:
         assert quarantine.count_rows(conn) == 0
     assert spool.quarantined_segments() == []
+
+
+def test_an_index_row_over_the_size_limit_is_refused_not_an_outage(db: str) -> None:
+    """SQLSTATE 54000 (program limit exceeded) blames the row: it is set aside, the rest written."""
+    huge = base64.b64encode(os.urandom(9000)).decode()  # incompressible: ~12 kB in the index
+
+    def write(conn: Any, rows: Any) -> None:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO limited VALUES (%s)", rows)
+
+    with psycopg.connect(db) as conn:
+        conn.execute("CREATE TEMP TABLE limited (value text PRIMARY KEY)")
+        refused = quarantine.write_isolating(conn, write, [("a",), (huge,), ("b",), ("c",)])
+        assert [r.row for r in refused] == [(huge,)]
+        assert refused[0].error.sqlstate == "54000"  # type: ignore[attr-defined]
+        assert quarantine.is_refused(refused[0].error)
+        stored = conn.execute("SELECT value FROM limited ORDER BY 1").fetchall()
+        assert stored == [("a",), ("b",), ("c",)]
