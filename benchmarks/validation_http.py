@@ -8,7 +8,11 @@ measurement, alternating which server goes first in each round, since other work
 machine comes and goes. ``/v1/assign``: one new unit per request (``checkout_ranker``, half of
 them targeted). ``/v1/events``: batches of 100 unique events, half with a small
 ``properties`` object, a tenth with a non-ASCII unit. Reported: requests/s of each and the
-median of the per-round ratios (with / without).
+median of the per-round ratios (with / without), and the servers' own CPU seconds per
+request (master and workers, from /proc) with the ratio of those (without / with, so that
+above 1 means cheaper, as for throughput). On a machine where other work comes and goes the
+throughput ratio swings by tens of percent; CPU per request barely moves with the load, and
+while a server is CPU-bound its throughput is the inverse of it.
 
 Run: ``python benchmarks/validation_http.py [--rounds N] [--seconds S] [--connections C]``.
 """
@@ -27,9 +31,11 @@ from pathlib import Path
 
 from common import (
     ROOT,
+    Server,
     abx_command,
     bench_database,
     code_version,
+    cpu_seconds,
     load_average,
     print_header,
     serving,
@@ -57,8 +63,9 @@ def _events_body(tag: str, number: int) -> bytes:
     return json.dumps({"events": events}).encode()
 
 
-def _drive(port: int, path: str, tag: str, connections: int, seconds: float) -> float:
-    """Requests/s answered 2xx over ``seconds`` by ``connections`` keep-alive clients."""
+def _drive(port: int, path: str, tag: str, connections: int, seconds: float) -> tuple[float, int]:
+    """Requests/s answered 2xx over ``seconds`` by ``connections`` keep-alive clients, and
+    how many."""
     body = _assign_body if path == "/v1/assign" else _events_body
     done, errors = [0] * connections, [0] * connections
     deadline = time.perf_counter() + seconds
@@ -91,7 +98,17 @@ def _drive(port: int, path: str, tag: str, connections: int, seconds: float) -> 
         thread.join()
     if sum(errors):
         print(f"  ({sum(errors)} errors on {path})")
-    return sum(done) / (time.perf_counter() - started)
+    return sum(done) / (time.perf_counter() - started), sum(done)
+
+
+def _measure(
+    server: Server, path: str, tag: str, connections: int, seconds: float
+) -> tuple[float, float]:
+    """Requests/s and the server's CPU seconds per request over one measurement."""
+    pids = server.pids
+    before = cpu_seconds(pids)
+    rate, requests = _drive(server.port, path, tag, connections, seconds)
+    return rate, (cpu_seconds(pids) - before) / max(requests, 1)
 
 
 def main() -> None:
@@ -117,12 +134,17 @@ def main() -> None:
                 _drive(off.port, endpoint, "warm-off", args.connections, 2.0)
             for endpoint in ("/v1/assign", "/v1/events"):
                 with_checks, without, ratios = [], [], []
+                cpu: dict[str, list[float]] = {on.name: [], off.name: []}
+                cpu_ratios = []
                 for number in range(args.rounds):
                     order = [(on, with_checks), (off, without)]
                     for server, rates in order if number % 2 == 0 else order[::-1]:
-                        rates.append(_drive(server.port, endpoint, f"{server.name}-{number}",
-                                            args.connections, args.seconds))  # fmt: skip
+                        rate, per_request = _measure(server, endpoint, f"{server.name}-{number}",
+                                                     args.connections, args.seconds)  # fmt: skip
+                        rates.append(rate)
+                        cpu[server.name].append(per_request)
                     ratios.append(with_checks[-1] / without[-1])
+                    cpu_ratios.append(cpu[off.name][-1] / cpu[on.name][-1])
                 unit = "requests/s" + (
                     f" ({EVENTS_PER_REQUEST} events each)" if endpoint == "/v1/events" else ""
                 )
@@ -131,6 +153,13 @@ def main() -> None:
                     f" checks, {statistics.median(without):,.1f} without; ratio (median of"
                     f" rounds) {statistics.median(ratios):.3f}; rounds:"
                     f" {', '.join(f'{r:.3f}' for r in ratios)}",
+                    flush=True,
+                )
+                print(
+                    f"  server CPU per request: {statistics.median(cpu[on.name]) * 1e3:.3f} ms"
+                    f" with the checks, {statistics.median(cpu[off.name]) * 1e3:.3f} ms without;"
+                    f" ratio without/with (median of rounds) {statistics.median(cpu_ratios):.3f};"
+                    f" rounds: {', '.join(f'{r:.3f}' for r in cpu_ratios)}",
                     flush=True,
                 )
     print(f"load after: {load_average()}")
