@@ -51,17 +51,26 @@ def _stop(signum: int, frame: object) -> None:
 @click.option(
     "--threads", type=int, help="onnxruntime threads (default: ABX_MODEL_THREADS or all cores)."
 )
+@click.option(
+    "--metrics-bind",
+    help="Serve this process's Prometheus metrics on HOST:PORT (for abx infer on its own).",
+)
 @click.option("--parent-pid", type=int, hidden=True)
 def infer(
     socket_path: str | None,
     bind: str | None,
+    metrics_bind: str | None,
     models: tuple[str, ...],
     providers: str,
     max_batch: int | None,
     threads: int | None,
     parent_pid: int | None,
 ) -> None:
-    """Serve models to every worker of this host from one process (one per GPU)."""
+    """Serve models to every worker of this host from one process (one per GPU).
+
+    With --bind, every *.onnx file at the top of ABX_MODELS is served by its stem and
+    reloaded when it changes (checked every ABX_RELOAD_POLL_SECONDS).
+    """
     from service.inference.host import LoadError, ModelHost
     from service.inference.process import serve
     from service.inference.providers import CPU, CUDA
@@ -86,9 +95,30 @@ def infer(
             click.echo(f"cannot load {relative}: {error}", err=True)
             sys.exit(1)
         click.echo(f"loaded {relative} on {hosted.model.provider}", err=True)
+    if metrics_bind is not None:
+        from prometheus_client import start_http_server
+
+        from service.observability.exposition import parse_bind
+
+        try:
+            metrics_host, metrics_port = parse_bind(metrics_bind)
+            start_http_server(metrics_port, metrics_host)
+        except (ValueError, OSError) as error:
+            click.echo(f"--metrics-bind: {error}", err=True)
+            sys.exit(2)
     http = None
     if bind is not None:
+        from service.inference.folder import ModelFolder
         from service.inference.oip import http_server
+
+        folder = ModelFolder(
+            host,
+            settings.reload_poll_seconds,
+            lambda name, outcome: metrics.INFERENCE_MODEL_RELOADS.labels(name, outcome).inc(),
+        )
+        folder.scan(settled=True)  # every model of the folder is loaded before serving
+        if settings.reload_poll_seconds > 0:
+            folder.start()
 
         try:
             http = http_server(

@@ -19,6 +19,14 @@ kept it from its next batch and woke thirty threads to fight over the GIL at
 once; the chain spreads them out (about a fifth more throughput with 64 request
 threads, benchmarks/README.md). A request that gave up (latency budget) is
 skipped by the chain, which wakes the one after it.
+
+A request may carry a deadline (its latency budget, as a ``time.monotonic()``
+instant). Rows whose deadline passed while they queued are never run: the batch
+thread drops them when it takes the next batch and answers them ``TimeoutError``
+(the caller falls back), so a burst of late requests cannot push the timely ones
+behind it past their own budgets. With ``run_until``, a batch whose requests all
+carry deadlines is run until the latest of them: once every request in it is late
+the run itself may be cut (the inference process's watchdog stops it).
 """
 
 from __future__ import annotations
@@ -61,6 +69,8 @@ class PendingRun:
     after: PendingRun | None = None
     """The request of the same batch that this one wakes once it is awake itself."""
     abandoned: bool = False
+    deadline: float | None = None
+    """When the request's budget ends (``time.monotonic()``); None: no budget."""
     _done: threading.Lock = field(default_factory=_locked)
 
     def wait(self, timeout: float | None) -> Outputs:
@@ -104,12 +114,16 @@ class MicroBatcher(BackgroundThread):
         max_wait: float,
         name: str = "",
         observe_rows: Callable[[float], None] | None = None,
+        run_until: Callable[[Feeds, float], Outputs] | None = None,
     ) -> None:
         """``observe_rows`` gets each batch's size (a histogram's ``observe``): no metrics
-        import here, so the inference process runs on a host with only numpy and onnxruntime."""
+        import here, so the inference process runs on a host with only numpy and onnxruntime.
+        ``run_until(feeds, deadline)``: the run for a batch whose every request has a
+        deadline, given the latest of them (it may stop the run then)."""
         super().__init__(f"abx-batch-{name}")
         self._observe_rows = observe_rows
         self._run_model = run
+        self._run_until = run_until
         self._max_rows = max_rows
         self._max_wait = max_wait
         self._queue: deque[PendingRun] = deque()
@@ -120,12 +134,15 @@ class MicroBatcher(BackgroundThread):
         self._handoff = threading.Lock()
         self.batches = 0
         self.rows = 0
+        self.expired = 0
+        """Requests dropped unrun because their deadline passed while they queued."""
         self._recent: deque[float] = deque(maxlen=RECENT)
         """Seconds from submit to answer, newest last."""
         self.start()
 
-    def submit(self, feeds: Feeds, rows: int) -> PendingRun:
-        pending = PendingRun(feeds, rows, self._handoff)
+    def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> PendingRun:
+        """Queue the rows; ``deadline`` (``time.monotonic()``): run them only before it."""
+        pending = PendingRun(feeds, rows, self._handoff, deadline=deadline)
         with self._ready:
             if not self.stopping:
                 self._queue.append(pending)
@@ -175,18 +192,26 @@ class MicroBatcher(BackgroundThread):
             if recent
         }
         mean = self.rows / self.batches if self.batches else 0.0
-        return {"batches": self.batches, "rows": self.rows, "mean_rows": round(mean, 2), **waited}
+        return {
+            "batches": self.batches,
+            "rows": self.rows,
+            "mean_rows": round(mean, 2),
+            "expired": self.expired,
+            **waited,
+        }
 
     def _wake(self) -> None:
         with self._ready:
             self._ready.notify()
 
-    def _take(self) -> list[PendingRun]:
+    def _take(self) -> tuple[list[PendingRun], list[PendingRun]]:
+        """The next batch, and the requests dropped from it because their deadline passed (one
+        that gave up without a deadline still runs: asked again, it is answered)."""
         with self._ready:
             while (not self._queue or self._busy) and not self.stopping:
                 self._ready.wait()
             if not self._queue:
-                return []
+                return [], []
             deadline = self._queue[0].arrived + self._max_wait
             while self._queued_rows < self._max_rows and not self.stopping:
                 remaining = deadline - time.monotonic()
@@ -194,35 +219,59 @@ class MicroBatcher(BackgroundThread):
                     break
                 self._ready.wait(remaining)
             taken: list[PendingRun] = []
+            late: list[PendingRun] = []
             rows = 0
+            now = time.monotonic()
             while self._queue and (not taken or rows + self._queue[0].rows <= self._max_rows):
                 pending = self._queue.popleft()
+                self._queued_rows -= pending.rows
+                if pending.deadline is not None and pending.deadline <= now:
+                    late.append(pending)
+                    continue
                 taken.append(pending)
                 rows += pending.rows
-            self._queued_rows -= rows
             self._busy = bool(taken)
-            return taken
+            self.expired += len(late)
+            return taken, late
 
     def _run(self) -> None:
         while True:
-            taken = self._take()
+            taken, late = self._take()
+            if late:
+                self._answer_late(late)
             if not taken:
-                return
+                if self.stopping and not self._queue:
+                    return
+                continue
             try:
                 self._run_batch(taken)
             finally:
                 with self._ready:
                     self._busy = False
 
+    def _answer_late(self, late: list[PendingRun]) -> None:
+        """Wake each late request with a TimeoutError (one that gave up already wakes nobody)."""
+        with self._handoff:
+            for pending in late:
+                pending.error = TimeoutError(
+                    "the latency budget passed while the rows waited for a batch; not run"
+                )
+                pending._done.release()
+
     def _run_batch(self, taken: list[PendingRun]) -> None:
+        deadlines = [p.deadline for p in taken if p.deadline is not None]
+        whole = self._run_until is not None and len(deadlines) == len(taken)
+        until = max(deadlines) if whole else None  # no budget in the batch: run it out
         try:
             if len(taken) == 1:
-                batch = self._run_model(taken[0].feeds)
+                feeds = taken[0].feeds
             else:
                 names = taken[0].feeds
-                batch = self._run_model(
-                    {n: np.concatenate([p.feeds[n] for p in taken]) for n in names}
-                )
+                feeds = {n: np.concatenate([p.feeds[n] for p in taken]) for n in names}
+            if until is not None and self._run_until is not None:
+                batch = self._run_until(feeds, until)
+            else:
+                batch = self._run_model(feeds)
             start = 0
             for pending in taken:
                 pending.batch, pending.start = batch, start

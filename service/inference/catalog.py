@@ -219,6 +219,7 @@ def build_catalog(
                     0.0,
                     model.name,
                     metrics.BATCH_SIZE.labels(model.name).observe,
+                    run_until=remote.run_until,
                 )
                 batchers[model.sha256] = batcher
             elif batched:

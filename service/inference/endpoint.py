@@ -133,6 +133,9 @@ class EndpointModel:
                 for name, value in feeds.items()
             ],
             "outputs": self._outputs,
+            # The budget as a deadline for the server (Triton's request timeout, in
+            # microseconds): rows that would answer too late are not run at all.
+            "parameters": {"timeout": max(1, int(timeout * 1e6))},
         }  # fmt: skip
         answer = self.connection.request("POST", "/infer", body, timeout)
         try:

@@ -8,7 +8,15 @@ names a new checksum: it is loaded beside the old one, which finishes the runs i
 and is dropped once unused (least recently used first, beyond ``keep``).
 
 Requests are checked against the model's inputs before they join a batch: one malformed
-request must not fail the rows of the others in its batch. Free of the web stack and of
+request must not fail the rows of the others in its batch. Each carries its deadline (the
+caller's remaining budget, counted from when it arrived): rows still queued when it passes are
+answered as a timeout without running, and a batch runs only until the latest deadline in it
+(the watchdog stops it there: nobody is left to answer).
+
+The Open Inference Protocol names models by file stem (``names``): ``abx infer --bind`` keeps
+that table in step with the models folder (``folder.py``). Swapping a name's version drops the
+old one from the host and closes its batcher, which runs what is queued first; requests that
+already hold the old version finish on its session. Free of the web stack and of
 prometheus-client (batch sizes go to ``observe``), for a bare GPU host.
 """
 
@@ -101,6 +109,10 @@ class ModelHost:
         self._models: dict[str, Hosted] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._names: dict[str, Hosted] = {}
+        """The Open Inference Protocol's names (file stems) when a folder is watched."""
+        self.problems: dict[str, str] = {}
+        """Per name, why its newest file is not the version serving (``folder.py``)."""
         self._watchdog = Watchdog()
 
     def _resolve(self, relative: str) -> Path:
@@ -131,12 +143,17 @@ class ModelHost:
             except Exception as error:
                 raise LoadError(f"{relative}: {error}") from None
             observe = self._observe(model.name) if self._observe else None
-            batcher = MicroBatcher(model.run, self.max_rows, self.max_wait, model.name, observe)
+            batcher = MicroBatcher(
+                model.run, self.max_rows, self.max_wait, model.name, observe,
+                run_until=lambda feeds, deadline: self._run_until(model, feeds, deadline),
+            )  # fmt: skip
             hosted = Hosted(model, batcher, relative)
             with self._lock:
                 self._models[sha256] = hosted
                 self._loading.pop(sha256, None)
-                evicted = sorted(self._models.values(), key=lambda h: h.used)[: -self._keep]
+                named = {id(h) for h in self._names.values()}
+                unnamed = [h for h in self._models.values() if id(h) not in named]
+                evicted = sorted(unnamed, key=lambda h: h.used)[: max(0, len(unnamed) - self._keep)]
                 for old in evicted:
                     del self._models[old.model.sha256]
         for old in evicted:
@@ -148,22 +165,66 @@ class ModelHost:
         return self.load(relative, file_sha256(self._resolve(relative)))
 
     def by_name(self, name: str) -> Hosted | None:
-        """The most recently loaded model of that file stem (the Open Inference Protocol's name)."""
+        """The version serving that file stem (the Open Inference Protocol's name): the one
+        the watched folder names, else the most recently used loaded model of that stem."""
         with self._lock:
+            if (named := self._names.get(name)) is not None:
+                return named
             found = [h for h in self._models.values() if h.model.name == name]
         return max(found, key=lambda h: h.used) if found else None
 
-    def run(self, hosted: Hosted, feeds: Feeds, timeout: float | None) -> Outputs:
-        """Check, then run in the model's shared batch; TimeoutError past ``timeout``."""
+    def name(self, name: str, hosted: Hosted | None) -> Hosted | None:
+        """Serve ``hosted`` as ``name`` (None: no longer served); the version it replaced.
+
+        The replaced version leaves the host at once (new requests cannot reach it) and its
+        batcher is closed, which runs the rows already queued before it stops.
+        """
+        with self._lock:
+            old = self._names.pop(name, None)
+            if hosted is not None:
+                self._names[name] = hosted
+            if old is None or old is hosted or any(h is old for h in self._names.values()):
+                return None  # still serving (another file with the same content)
+            if self._models.get(old.model.sha256) is old:
+                del self._models[old.model.sha256]
+        old.batcher.close()
+        return old
+
+    def names(self) -> dict[str, Hosted]:
+        with self._lock:
+            return dict(self._names)
+
+    def run(
+        self, hosted: Hosted, feeds: Feeds, timeout: float | None, received: float | None = None
+    ) -> Outputs:
+        """Check, then run in the model's shared batch; TimeoutError past ``timeout`` seconds
+        from ``received`` (``time.monotonic()``, default now), rows unrun if still queued."""
         rows = check_feeds(hosted.model.inputs, feeds, self.max_rows)
-        hosted.used = time.monotonic()
+        hosted.used = now = time.monotonic()
         if timeout is None:
             outputs = hosted.batcher.run_if_idle(feeds, rows)
-        else:
-            outputs = self._run_if_idle_within(hosted, feeds, rows, timeout)
+            return outputs if outputs is not None else hosted.batcher.submit(feeds, rows).wait(None)
+        deadline = (received if received is not None else now) + timeout
+        if deadline <= now:
+            raise TimeoutError("the latency budget had passed when the rows arrived; not run")
+        outputs = self._run_if_idle_within(hosted, feeds, rows, deadline - now)
         if outputs is not None:
             return outputs
-        return hosted.batcher.submit(feeds, rows).wait(timeout)
+        pending = hosted.batcher.submit(feeds, rows, deadline)
+        return pending.wait(max(0.0, deadline - time.monotonic()))
+
+    def _run_until(self, model: LoadedModel, feeds: Feeds, deadline: float) -> Outputs:
+        """A batch's run, stopped by the watchdog once its latest request's deadline passed."""
+        options = ort.RunOptions()
+        active = self._watchdog.arm(options, deadline - time.monotonic())
+        try:
+            return model.run(feeds, options)
+        except Exception:
+            if time.monotonic() >= deadline:
+                raise TimeoutError("every request of the batch passed its deadline") from None
+            raise
+        finally:
+            active[0] = False
 
     def _run_if_idle_within(
         self, hosted: Hosted, feeds: Feeds, rows: int, timeout: float
@@ -184,11 +245,13 @@ class ModelHost:
     def status(self) -> dict[str, Any]:
         with self._lock:
             hosted = list(self._models.values())
+            served = {id(h) for h in self._names.values()}
         return {
             h.model.sha256: {
                 "name": h.model.name,
                 "path": h.relative,
                 "provider": h.model.provider,
+                "serves_name": id(h) in served,
                 "batching": h.batcher.stats(),
             }
             for h in hosted
@@ -196,6 +259,6 @@ class ModelHost:
 
     def close(self) -> None:
         with self._lock:
-            hosted, self._models = list(self._models.values()), {}
+            hosted, self._models, self._names = list(self._models.values()), {}, {}
         for h in hosted:
             h.batcher.close()

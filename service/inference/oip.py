@@ -3,7 +3,14 @@
 ``abx infer --bind HOST:PORT`` serves ``/v2/health/live``, ``/v2/health/ready``, ``/v2``,
 ``/v2/models/<stem>``, ``/v2/models/<stem>/ready`` and ``POST /v2/models/<stem>/infer``, a
 model named by its file's stem. Rows go through the same checks and the same micro-batcher as
-the workers' (``host.py``), so remote and local callers share batches.
+the workers' (``host.py``), so remote and local callers share batches. With ``--bind`` every
+``*.onnx`` file at the top of the models folder is served and reloaded when it changes
+(``folder.py``): the metadata shows the version serving, and ``parameters.reload_error`` while
+a newer file of that name failed to load.
+
+A request's ``parameters.timeout`` (microseconds, Triton's convention; at most the server's
+own limit) is its deadline, counted from its arrival: rows still queued then are not run and
+the request is answered 503, as is one whose run passed it.
 
 Security: everything but the two health probes needs ``Authorization: Bearer
 <ABX_INFERENCE_TOKEN>`` when a token is set (compared in constant time), and a bind off the
@@ -21,6 +28,7 @@ import ipaddress
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -78,10 +86,17 @@ def tensor_to_json(name: str, array: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _missing(host: ModelHost, name: str) -> str:
+    problem = host.problems.get(name)
+    return f"no model {name!r}" + (f" (its file did not load: {problem})" if problem else "")
+
+
 def metadata(host: ModelHost, name: str) -> dict[str, Any]:
+    """The serving version's metadata; ``parameters.reload_error`` while a newer file of that
+    name failed to load (the version named here serves on)."""
     hosted = host.by_name(name)
     if hosted is None:
-        raise ProtocolError(404, f"no model {name!r}")
+        raise ProtocolError(404, _missing(host, name))
     model = hosted.model
     outputs = [
         {
@@ -91,8 +106,11 @@ def metadata(host: ModelHost, name: str) -> dict[str, Any]:
         }
         for o in model.session.get_outputs()
     ]
+    parameters = {"sha256": model.sha256, "provider": model.provider}
+    if (problem := host.problems.get(name)) is not None:
+        parameters["reload_error"] = problem
     return {
-        "name": model.name,
+        "name": name,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
         "inputs": [
@@ -104,7 +122,7 @@ def metadata(host: ModelHost, name: str) -> dict[str, Any]:
             for s in model.inputs
         ],
         "outputs": outputs,
-        "parameters": {"sha256": model.sha256, "provider": model.provider},
+        "parameters": parameters,
     }
 
 
@@ -118,12 +136,29 @@ def _ort_numpy(type_name: str) -> Any:
     return ORT_TYPES.get(type_name, np.float32)
 
 
-def infer(host: ModelHost, name: str, body: Any, timeout: float | None) -> dict[str, Any]:
+def request_timeout(body: dict[str, Any], longest: float | None) -> float | None:
+    """Seconds the request may take: ``parameters.timeout`` (microseconds, as Triton's clients
+    send it), at most the server's ``longest``."""
+    parameters = body.get("parameters")
+    given = parameters.get("timeout") if isinstance(parameters, dict) else None
+    if given is None:
+        return longest
+    if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
+        raise ProtocolError(400, f"parameters.timeout is microseconds above 0, not {given!r}")
+    seconds = float(given) / 1e6
+    return seconds if longest is None else min(seconds, longest)
+
+
+def infer(
+    host: ModelHost, name: str, body: Any, timeout: float | None, received: float | None = None
+) -> dict[str, Any]:
+    """Run one request; rows still queued ``timeout`` seconds after ``received`` never run."""
     hosted = host.by_name(name)
     if hosted is None:
-        raise ProtocolError(404, f"no model {name!r}")
+        raise ProtocolError(404, _missing(host, name))
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise ProtocolError(400, "the body is an object with an 'inputs' list")
+    timeout = request_timeout(body, timeout)
     feeds = dict(tensor_from_json(item) for item in body["inputs"])
     wanted = body.get("outputs")
     names = list(hosted.model.output_names)
@@ -136,7 +171,7 @@ def infer(host: ModelHost, name: str, body: Any, timeout: float | None) -> dict[
             raise ProtocolError(400, f"unknown outputs {unknown}; the model has {names}")
         names = asked
     try:
-        outputs = host.run(hosted, feeds, timeout)
+        outputs = host.run(hosted, feeds, timeout, received)
     except BadInput as error:
         raise ProtocolError(400, str(error)) from None
     except TimeoutError as error:
@@ -144,7 +179,7 @@ def infer(host: ModelHost, name: str, body: Any, timeout: float | None) -> dict[
     except Exception as error:  # the model failed on valid input
         raise ProtocolError(500, f"the model failed: {error}") from None
     answer: dict[str, Any] = {
-        "model_name": hosted.model.name,
+        "model_name": name,
         "model_version": hosted.model.version,
         "outputs": [tensor_to_json(n, outputs[n]) for n in names],
         "parameters": {"provider": hosted.model.provider},
@@ -198,6 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._send(413, {"error": f"bodies are limited to {MAX_BODY_BYTES} bytes"})
         raw = self.rfile.read(length) if length else b""
+        received = time.monotonic()
         try:
             if method == "GET" and path == "/v2/health/live":
                 return self._send(200, {"live": True})
@@ -221,7 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
                     body = json.loads(raw)
                 except ValueError:
                     raise ProtocolError(400, "the body is not JSON") from None
-                return self._send(200, infer(host, name, body, self.server.timeout_seconds))
+                answer = infer(host, name, body, self.server.timeout_seconds, received)
+                return self._send(200, answer)
             raise ProtocolError(405, f"{method} is not allowed on {path}")
         except ProtocolError as error:
             return self._send(error.status, {"error": str(error)})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import socketserver
@@ -37,12 +38,18 @@ def failure(reason: str, detail: str) -> tuple[dict[str, Any], dict[str, np.ndar
 def dispatch(
     host: ModelHost, header: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One request: ``run`` (rows of a model), ``load`` (before traffic), ``status``, ``ping``."""
+    """One request: ``run`` (rows of a model), ``load`` (before traffic), ``status``, ``ping``.
+
+    A run's ``timeout`` is the caller's remaining budget in seconds, counted from the frame's
+    arrival here: relative, since the caller's clock is not this process's to read.
+    """
+    received = time.monotonic()
     op = header.get("op")
     if op == "ping":
         return {"ok": True, "pid": os.getpid()}, {}
     if op == "status":
-        return {"ok": True, "pid": os.getpid(), "models": host.status()}, {}
+        models, problems = host.status(), dict(host.problems)
+        return {"ok": True, "pid": os.getpid(), "models": models, "problems": problems}, {}
     if op not in ("run", "load"):
         return failure("bad-request", f"unknown op {op!r}")
     path, sha256 = header.get("path"), header.get("model")
@@ -58,7 +65,11 @@ def dispatch(
         return {**described, "version": model.version, "timings_ms": model.timings_ms}, {}
     timeout = header.get("timeout")
     try:
-        outputs = host.run(hosted, arrays, float(timeout) if timeout is not None else None)
+        if timeout is not None and not (
+            isinstance(timeout, int | float) and math.isfinite(timeout)
+        ):
+            raise BadInput(f"timeout is seconds, not {timeout!r}")
+        outputs = host.run(hosted, arrays, None if timeout is None else float(timeout), received)
     except BadInput as error:
         return failure("bad-input", str(error))
     except TimeoutError as error:

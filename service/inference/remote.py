@@ -8,6 +8,7 @@ fails a request (``runner.py``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,14 @@ class ProcessModel:
     def run_batch(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A worker's coalesced batch (``MicroBatcher``'s run): waits the default timeout."""
         return self.run(feeds, None)[0]
+
+    def run_until(self, feeds: Mapping[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+        """A coalesced batch whose requests all have budgets (``MicroBatcher``'s ``run_until``):
+        the process gets what is left until the latest of them, and runs none of it later."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the latency budget passed before the rows were sent")
+        return self.run(feeds, remaining)[0]
 
     def run(
         self, feeds: Mapping[str, np.ndarray], budget: float | None

@@ -92,7 +92,8 @@ class SessionRunner:
             # the fallback's run: the worker's own session of the same file answers
             return self._run_inline(model, feeds, budget)
         if served.batcher is not None and rows < self._max_batch_rows:
-            return served.batcher.submit(feeds, rows).wait(budget), model.provider
+            pending = served.batcher.submit(feeds, rows, _deadline(budget))
+            return pending.wait(budget), model.provider
         return self._run_inline(model, feeds, budget)
 
     def _run_remote(
@@ -106,7 +107,9 @@ class SessionRunner:
             return remote.run(feeds, budget)
         outputs = batcher.run_if_idle(feeds, rows, lambda f: remote.run(f, budget)[0])
         if outputs is None:
-            outputs = batcher.submit(feeds, rows).wait(budget)
+            # Queued behind this worker's frame in flight: the rows go with the next one only
+            # if the budget has not passed by then, and the process gets the time left.
+            outputs = batcher.submit(feeds, rows, _deadline(budget)).wait(budget)
         return outputs, remote.provider[0]
 
     def _run_inline(
@@ -120,6 +123,10 @@ class SessionRunner:
             return model.run(feeds, options), model.provider
         finally:
             active[0] = False
+
+
+def _deadline(budget: float | None) -> float | None:
+    return None if budget is None else time.monotonic() + budget
 
 
 def finite(outputs: Outputs) -> bool:

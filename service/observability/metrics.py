@@ -115,6 +115,13 @@ INFERENCE_RESTARTS = Counter(
     "abx_inference_process_restarts",
     "Times abx serve restarted its inference process after it died.",
 )
+INFERENCE_MODEL_RELOADS = Counter(
+    "abx_inference_model_reloads",
+    "abx infer --bind: a model file of the served folder acted on, by name (file stem) and "
+    "outcome: loaded (a new version serves), failed (it did not load; the old one serves on), "
+    "removed (the file is gone).",
+    ["model", "outcome"],
+)
 BATCH_SIZE = Histogram(
     "abx_model_batch_rows", "Rows per micro-batched model run.", ["model"], buckets=BATCH_ROWS
 )
