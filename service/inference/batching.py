@@ -136,6 +136,8 @@ class MicroBatcher(BackgroundThread):
         self.rows = 0
         self.expired = 0
         """Requests dropped unrun because their deadline passed while they queued."""
+        self.cut = 0
+        """Batches stopped (``run_until``) because every request in them passed its deadline."""
         self._recent: deque[float] = deque(maxlen=RECENT)
         """Seconds from submit to answer, newest last."""
         self.start()
@@ -193,10 +195,12 @@ class MicroBatcher(BackgroundThread):
         }
         mean = self.rows / self.batches if self.batches else 0.0
         return {
+            "running": self._busy,
             "batches": self.batches,
             "rows": self.rows,
             "mean_rows": round(mean, 2),
             "expired": self.expired,
+            "cut": self.cut,
             **waited,
         }
 
@@ -277,6 +281,7 @@ class MicroBatcher(BackgroundThread):
                 pending.batch, pending.start = batch, start
                 start += pending.rows
         except Exception as error:  # every request of the batch gets the model's failure
+            self.cut += until is not None and isinstance(error, TimeoutError)
             for pending in taken:
                 pending.error = error
         self.batches += 1

@@ -182,7 +182,7 @@ def infer(
         "model_name": name,
         "model_version": hosted.model.version,
         "outputs": [tensor_to_json(n, outputs[n]) for n in names],
-        "parameters": {"provider": hosted.model.provider},
+        "parameters": {"provider": hosted.model.provider, "sha256": hosted.model.sha256},
     }
     if isinstance(body.get("id"), str):
         answer["id"] = body["id"]

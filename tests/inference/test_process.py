@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import requests
 
 from service.inference.wire import InferenceClient, TransportError
 from service.settings import PROJECT_ROOT
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.inference.inference_process import InferProcess, running_infer
 from tests.model_fixtures import MODELS, demo_models, slow_model
 
@@ -148,6 +149,82 @@ def test_a_run_past_its_budget_is_answered_as_a_timeout(
     assert (reply["ok"], reply["reason"]) == (False, "timeout")
 
 
+def _slow_stats(infer: InferProcess, models_root: Path) -> dict[str, Any]:
+    stats: dict[str, Any] = status(infer)[sha(models_root, "slow.onnx")]["batching"]
+    return stats
+
+
+def _occupy_slow_model(infer: InferProcess, models_root: Path) -> threading.Thread:
+    """A run of the slow model with a long budget, under way when this returns."""
+    row = np.ones((1, 20), np.float32)
+
+    def occupy() -> None:
+        connection = infer.client()
+        try:
+            assert run(connection, models_root, "slow.onnx", row, timeout=60.0)[0]["ok"]
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=occupy)
+    thread.start()
+    assert wait_for(lambda: _slow_stats(infer, models_root)["running"], timeout=30)
+    return thread
+
+
+def test_rows_whose_deadline_passes_while_queued_are_answered_and_never_run(
+    infer: InferProcess, models_root: Path
+) -> None:
+    row = np.ones((1, 20), np.float32)
+    client = infer.client()
+    try:
+        started = time.monotonic()
+        assert run(client, models_root, "slow.onnx", row, timeout=60.0)[0]["ok"]  # loaded
+        one_run = time.monotonic() - started
+        before = _slow_stats(infer, models_root)
+        occupying = _occupy_slow_model(infer, models_root)
+        started = time.monotonic()
+        reply, outputs = run(client, models_root, "slow.onnx", row, timeout=0.05)
+        answered = time.monotonic() - started
+    finally:
+        client.close()
+    occupying.join(60)
+    assert (reply["ok"], reply["reason"], outputs) == (False, "timeout", {})
+    assert answered < one_run / 2  # at its deadline, not after the run it queued behind
+    assert wait_for(lambda: _slow_stats(infer, models_root)["expired"] == before["expired"] + 1)
+    after = _slow_stats(infer, models_root)
+    assert after["rows"] - before["rows"] == 1  # the occupying run's row only
+
+
+def test_a_batch_whose_every_request_is_late_is_cut(models_root: Path, tmp_path: Path) -> None:
+    """With a batch wait, every request goes through the batch thread: a batch whose latest
+    deadline passes mid-run is stopped there (``cut``), not run to its end."""
+    row = np.ones((1, 20), np.float32)
+    with running_infer(
+        models_root, tmp_path / "infer.log", "--model", "slow.onnx", "--providers", "cpu",
+        ABX_BATCH_MAX_WAIT_MS="1",
+    ) as process:  # fmt: skip
+        client = process.client()
+        try:
+            started = time.monotonic()
+            assert run(client, models_root, "slow.onnx", row, timeout=60.0)[0]["ok"]
+            one_run = time.monotonic() - started
+            started = time.monotonic()
+            reply, outputs = run(client, models_root, "slow.onnx", row, timeout=one_run / 4)
+            answered = time.monotonic() - started
+
+            def stats() -> dict[str, Any]:
+                found: dict[str, Any] = status(process)[sha(models_root, "slow.onnx")]["batching"]
+                return found
+
+            assert wait_for(lambda: stats()["cut"] == 1, timeout=one_run / 2)  # not at its end
+            assert (stats()["expired"], stats()["running"]) == (0, False)
+            assert run(client, models_root, "slow.onnx", row, timeout=60.0)[0]["ok"]  # still fine
+        finally:
+            client.close()
+    assert (reply["ok"], reply["reason"], outputs) == (False, "timeout", {})
+    assert answered < one_run / 2
+
+
 def test_a_client_sees_a_dead_process_as_a_transport_error(
     models_root: Path, tmp_path: Path
 ) -> None:
@@ -234,6 +311,27 @@ def test_oip_refuses_without_the_token_and_on_bad_requests(infer: InferProcess) 
     assert oip(infer, "POST", "/v2/models/nope/infer", json=good).status_code == 404
     unknown = {**good, "outputs": [{"name": "nope"}]}
     assert oip(infer, "POST", path, json=unknown).status_code == 400
+
+
+def test_oip_request_timeout_is_a_deadline_and_is_checked(infer: InferProcess) -> None:
+    """``parameters.timeout`` (microseconds, Triton's convention): the slow model's run is
+    stopped there and answered 503; a timeout that is not a positive number is a 400."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 20], "data": [1.0] * 20}]
+    }
+    started = time.monotonic()
+    assert oip(infer, "POST", "/v2/models/slow/infer", json=body).status_code == 200
+    one_run = time.monotonic() - started
+    started = time.monotonic()
+    answer = oip(infer, "POST", "/v2/models/slow/infer",
+                 json={**body, "parameters": {"timeout": 50_000}})  # fmt: skip
+    assert answer.status_code == 503, answer.text
+    assert time.monotonic() - started < one_run / 2
+    for bad in ("soon", -5, 0, True):
+        answer = oip(infer, "POST", "/v2/models/slow/infer",
+                     json={**body, "parameters": {"timeout": bad}})  # fmt: skip
+        assert answer.status_code == 400, (bad, answer.text)
+        assert "parameters.timeout" in answer.json()["error"]
 
 
 def test_oip_off_the_loopback_needs_a_token(models_root: Path) -> None:

@@ -322,6 +322,68 @@ def test_concurrent_requests_with_budgets_are_all_answered_or_time_out() -> None
     assert {"ok", "timeout"} <= set(outcomes), Counter(outcomes)
 
 
+def test_rows_whose_deadline_passes_in_the_queue_are_never_run() -> None:
+    """A request that waited past its deadline behind a running batch is answered with a
+    TimeoutError and its rows are never fed to the model; one still in time runs."""
+    started, release = threading.Event(), threading.Event()
+    fed: list[list[int]] = []
+
+    def run(feeds: dict) -> dict:
+        fed.append(feeds["x"].ravel().tolist())
+        started.set()
+        release.wait(5)
+        return {"y": feeds["x"] * 2}
+
+    batcher = MicroBatcher(run, max_rows=8, max_wait=0.0)
+    running = batcher.submit({"x": np.array([[1]])}, 1)
+    assert started.wait(5)
+    now = time.monotonic()
+    late = batcher.submit({"x": np.array([[2]])}, 1, deadline=now + 0.05)
+    timely = batcher.submit({"x": np.array([[3]])}, 1, deadline=now + 30)
+    unbounded = batcher.submit({"x": np.array([[4]])}, 1)
+    time.sleep(0.1)  # past ``late``'s deadline while the first batch still runs
+    release.set()
+    assert running.wait(5)["y"].tolist() == [[2]]
+    with pytest.raises(TimeoutError, match="not run"):
+        late.wait(5)
+    assert timely.wait(5)["y"].tolist() == [[6]]
+    assert unbounded.wait(5)["y"].tolist() == [[8]]
+    batcher.close()
+    assert fed == [[1], [3, 4]]  # the late row never reached the model
+    assert (batcher.stats()["expired"], batcher.stats()["rows"]) == (1, 3)
+
+
+def test_a_batch_of_budgeted_requests_runs_until_the_latest_deadline_only() -> None:
+    """``run_until`` gets the latest deadline of a batch whose requests all have one; a batch
+    with a request without a deadline runs with ``run`` (nobody may cut it)."""
+    started, release = threading.Event(), threading.Event()
+    given: list[float | None] = []
+
+    def run(feeds: dict) -> dict:
+        given.append(None)
+        started.set()
+        release.wait(5)
+        return {"y": feeds["x"]}
+
+    def run_until(feeds: dict, deadline: float) -> dict:
+        given.append(deadline)
+        raise TimeoutError("cut at the deadline")
+
+    batcher = MicroBatcher(run, max_rows=8, max_wait=0.0, run_until=run_until)
+    first = batcher.submit({"x": np.array([[1]])}, 1)
+    assert started.wait(5)
+    now = time.monotonic()
+    both = [batcher.submit({"x": np.array([[v]])}, 1, now + d) for v, d in ((2, 20), (3, 30))]
+    release.set()
+    first.wait(5)
+    for pending in both:
+        with pytest.raises(TimeoutError, match="cut"):
+            pending.wait(5)
+    batcher.close()
+    assert given == [None, now + 30]
+    assert batcher.stats()["cut"] == 1
+
+
 def test_micro_batcher_hands_the_models_error_to_every_request() -> None:
     def run(feeds: dict) -> dict:
         raise RuntimeError("model exploded")
