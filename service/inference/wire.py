@@ -124,6 +124,9 @@ class InferenceClient:
         self.path = path
         self._connect_timeout = connect_timeout
         self._local = threading.local()
+        self._open: set[socket.socket] = set()
+        """Every thread's connection, for ``close_all``."""
+        self._open_lock = threading.Lock()
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -134,12 +137,25 @@ class InferenceClient:
             sock.close()
             raise TransportError(f"inference process at {self.path}: {error}") from None
         self._local.sock = sock
+        with self._open_lock:
+            self._open.add(sock)
         return sock
 
     def close(self) -> None:
+        """Close this thread's connection."""
         sock = getattr(self._local, "sock", None)
         self._local.sock = None
         if sock is not None:
+            with self._open_lock:
+                self._open.discard(sock)
+            sock.close()
+
+    def close_all(self) -> None:
+        """Close every thread's connection (at shutdown: a thread still calling fails over
+        to a fresh connection, as after a restart of the process)."""
+        with self._open_lock:
+            socks, self._open = list(self._open), set()
+        for sock in socks:
             sock.close()
 
     def call(
