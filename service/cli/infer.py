@@ -111,11 +111,11 @@ def infer(
         from service.inference.folder import ModelFolder
         from service.inference.oip import http_server
 
-        folder = ModelFolder(
-            host,
-            settings.reload_poll_seconds,
-            lambda name, outcome: metrics.INFERENCE_MODEL_RELOADS.labels(name, outcome).inc(),
-        )
+        def report(name: str, outcome: str) -> None:
+            metrics.INFERENCE_MODEL_RELOADS.labels(name, outcome).inc()
+            metrics.INFERENCE_MODEL_RELOAD_BROKEN.labels(name).set(outcome == "failed")
+
+        folder = ModelFolder(host, settings.reload_poll_seconds, report)
         folder.scan(settled=True)  # every model of the folder is loaded before serving
         if settings.reload_poll_seconds > 0:
             folder.start()

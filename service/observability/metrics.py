@@ -122,6 +122,13 @@ INFERENCE_MODEL_RELOADS = Counter(
     "removed (the file is gone).",
     ["model", "outcome"],
 )
+INFERENCE_MODEL_RELOAD_BROKEN = Gauge(
+    "abx_inference_model_reload_broken",
+    "abx infer --bind: 1 while the newest file of a model name does not load (the version "
+    "loaded before serves on, or nothing does for a new name), else 0.",
+    ["model"],
+    multiprocess_mode="livemax",
+)
 BATCH_SIZE = Histogram(
     "abx_model_batch_rows", "Rows per micro-batched model run.", ["model"], buckets=BATCH_ROWS
 )

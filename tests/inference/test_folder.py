@@ -103,11 +103,20 @@ def infer(folder: Path, tmp_path: Path, metrics_port: int) -> Iterator[InferProc
         yield process
 
 
-def reloads(metrics_port: int, name: str, outcome: str) -> float:
+def scraped(metrics_port: int, series: str) -> float:
     text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    line = f'abx_inference_model_reloads_total{{model="{name}",outcome="{outcome}"}} '
-    found = [row for row in text.splitlines() if row.startswith(line)]
-    return float(found[0].removeprefix(line)) if found else 0.0
+    found = [row for row in text.splitlines() if row.startswith(f"{series} ")]
+    return float(found[0].removeprefix(f"{series} ")) if found else 0.0
+
+
+def reloads(metrics_port: int, name: str, outcome: str) -> float:
+    return scraped(
+        metrics_port, f'abx_inference_model_reloads_total{{model="{name}",outcome="{outcome}"}}'
+    )
+
+
+def broken(metrics_port: int, name: str) -> float:
+    return scraped(metrics_port, f'abx_inference_model_reload_broken{{model="{name}"}}')
 
 
 def test_a_changed_file_is_swapped_in_under_load_and_fails_no_request(
@@ -220,6 +229,7 @@ def test_a_broken_new_file_keeps_the_old_version_serving_and_is_reported(
     old = sha(MODELS / "churn_logreg.onnx")
     put(b"these bytes are not an ONNX model", folder / "churn.onnx")
     assert wait_for(lambda: reloads(metrics_port, "churn", "failed") == 1), infer.log()
+    assert broken(metrics_port, "churn") == 1
     meta = get(infer, "/v2/models/churn").json()
     assert meta["parameters"]["sha256"] == old
     assert "churn.onnx" in meta["parameters"]["reload_error"]
@@ -243,5 +253,6 @@ def test_a_broken_new_file_keeps_the_old_version_serving_and_is_reported(
     put(MODELS / "churn_mlp.onnx", folder / "churn.onnx")
     assert wait_for(lambda: serving_sha(infer, "churn") == new, timeout=60), infer.log()
     assert "reload_error" not in get(infer, "/v2/models/churn").json()["parameters"]
+    assert broken(metrics_port, "churn") == 0
     assert post(infer, "churn", rows).json()["parameters"]["sha256"] == new
     assert "Traceback" not in infer.log()
