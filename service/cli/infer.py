@@ -111,15 +111,6 @@ def infer(
         from service.inference.folder import ModelFolder
         from service.inference.oip import http_server
 
-        def report(name: str, outcome: str) -> None:
-            metrics.INFERENCE_MODEL_RELOADS.labels(name, outcome).inc()
-            metrics.INFERENCE_MODEL_RELOAD_BROKEN.labels(name).set(outcome == "failed")
-
-        folder = ModelFolder(host, settings.reload_poll_seconds, report)
-        folder.scan(settled=True)  # every model of the folder is loaded before serving
-        if settings.reload_poll_seconds > 0:
-            folder.start()
-
         try:
             http = http_server(
                 bind, host, settings.inference_token,
@@ -129,6 +120,17 @@ def infer(
         except ValueError as error:
             click.echo(str(error), err=True)
             sys.exit(2)
+
+        def report(name: str, outcome: str) -> None:
+            metrics.INFERENCE_MODEL_RELOADS.labels(name, outcome).inc()
+            metrics.INFERENCE_MODEL_RELOAD_BROKEN.labels(name).set(outcome == "failed")
+
+        # Every model of the folder is loaded before the server answers (the port is bound
+        # above, so a bad --bind fails before the models load).
+        folder = ModelFolder(host, settings.reload_poll_seconds, report)
+        folder.scan(settled=True)
+        if settings.reload_poll_seconds > 0:
+            folder.start()
     signal.signal(signal.SIGTERM, _stop)
     if parent_pid is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()

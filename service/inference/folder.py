@@ -15,8 +15,9 @@ was last acted on:
 - a file that is gone stops being served (404), after the requests in flight are answered.
 
 Polling, not inotify: it needs nothing beyond the standard library, works on every file
-system a models folder lives on (network and container volumes included), and a look at a
-few dozen files costs microseconds. Free of the web stack, as ``host.py``.
+system a models folder lives on (network and container volumes included), and a look is cheap:
+about 0.26 ms for 30 files on the 2-core development machine under load, once a poll interval
+(``ABX_RELOAD_POLL_SECONDS``). Free of the web stack, as ``host.py``.
 """
 
 from __future__ import annotations
