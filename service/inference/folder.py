@@ -23,6 +23,7 @@ about 0.26 ms for 30 files on the 2-core development machine under load, once a 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 Mark = tuple[int, int]
 """A file's size and modification time (ns): what a look compares."""
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+"""The stems a URL path can name (``oip.MODEL_PATH``); other files are not served."""
 
 
 def look(root: Path) -> dict[str, Mark]:
@@ -47,7 +50,7 @@ def look(root: Path) -> dict[str, Mark]:
             stat = path.stat()
         except OSError:  # removed between the listing and the look
             continue
-        if path.is_file():
+        if path.is_file() and NAME.match(path.stem):
             marks[path.stem] = (stat.st_size, stat.st_mtime_ns)
     return marks
 

@@ -46,6 +46,7 @@ DATATYPES: dict[str, Any] = {
 }
 NAMES = {np.dtype(value): name for name, value in DATATYPES.items()}
 MODEL_PATH = re.compile(r"^/v2/models/([A-Za-z0-9_.-]+)(/ready|/infer)?$")
+"""A model's routes; ``folder.NAME`` serves only the stems this can name."""
 
 
 class ProtocolError(ValueError):

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 import requests
 
+from service.inference.folder import look
 from tests.conftest import free_port, wait_for
 from tests.inference.inference_process import InferProcess, running_infer
 from tests.model_fixtures import MODELS, demo_models, slow_model
@@ -256,3 +257,13 @@ def test_a_broken_new_file_keeps_the_old_version_serving_and_is_reported(
     assert broken(metrics_port, "churn") == 0
     assert post(infer, "churn", rows).json()["parameters"]["sha256"] == new
     assert "Traceback" not in infer.log()
+
+
+def test_only_top_level_onnx_files_a_url_can_name_are_served(tmp_path: Path) -> None:
+    for relative in ("churn.onnx", "v1.2-b_c.onnx", "with space.onnx", "notes.txt", "sub/x.onnx"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x" * len(relative))
+    (tmp_path / "folder.onnx").mkdir()
+    marks = look(tmp_path)
+    assert sorted(marks) == ["churn", "v1.2-b_c"]
+    assert marks["churn"][0] == len("churn.onnx")  # the size, then the modification time
