@@ -190,10 +190,6 @@ class ModelHost:
         old.batcher.close()
         return old
 
-    def names(self) -> dict[str, Hosted]:
-        with self._lock:
-            return dict(self._names)
-
     def run(
         self, hosted: Hosted, feeds: Feeds, timeout: float | None, received: float | None = None
     ) -> Outputs:
