@@ -135,12 +135,16 @@ class ModelHost:
             with self._lock:
                 if (hosted := self._models.get(sha256)) is not None:
                     return hosted
-            path = self._resolve(relative)
-            if file_sha256(path) != sha256:
-                raise LoadError(f"{relative} does not have SHA-256 {sha256}")
             try:
+                path = self._resolve(relative)
+                if file_sha256(path) != sha256:
+                    raise LoadError(f"{relative} does not have SHA-256 {sha256}")
                 model = load_model(path, sha256, self.providers, self.threads, (1, self.max_rows))
             except Exception as error:
+                with self._lock:  # a failed load leaves no lock behind (any sha256 may be asked)
+                    self._loading.pop(sha256, None)
+                if isinstance(error, LoadError):
+                    raise
                 raise LoadError(f"{relative}: {error}") from None
             observe = self._observe(model.name) if self._observe else None
             batcher = MicroBatcher(

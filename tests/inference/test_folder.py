@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from service.inference.folder import look
+from service.inference.host import LoadError, ModelHost
 from tests.conftest import free_port, wait_for
 from tests.inference.inference_process import InferProcess, running_infer
 from tests.model_fixtures import MODELS, demo_models, slow_model
@@ -267,3 +268,19 @@ def test_only_top_level_onnx_files_a_url_can_name_are_served(tmp_path: Path) -> 
     marks = look(tmp_path)
     assert sorted(marks) == ["churn", "v1.2-b_c"]
     assert marks["churn"][0] == len("churn.onnx")  # the size, then the modification time
+
+
+def test_failed_loads_leave_nothing_behind(tmp_path: Path) -> None:
+    """Any SHA-256 may be asked for: a load that fails keeps no per-version lock."""
+    put(MODELS / "churn_logreg.onnx", tmp_path / "churn_logreg.onnx")
+    host = ModelHost(tmp_path, threads=1, max_rows=8, max_wait=0.001)
+    for number in range(50):
+        with pytest.raises(LoadError):
+            host.load("churn_logreg.onnx", f"{number:064x}")  # not its checksum
+    with pytest.raises(LoadError, match="no model file"):
+        host.load("missing.onnx", "0" * 64)
+    assert host._loading == {}
+    hosted = host.load("churn_logreg.onnx", sha(tmp_path / "churn_logreg.onnx"))
+    assert hosted.model.sha256 == sha(tmp_path / "churn_logreg.onnx")
+    assert host._loading == {}
+    hosted.batcher.close()
