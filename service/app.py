@@ -44,6 +44,7 @@ from service.assignment.sync import StateSync
 from service.background import PeriodicThread
 from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
+from service.events.ratios import configured_pairs_from
 from service.events.rollup import RollupScheduler, metric_windows_from, windows_from
 from service.events.segments import segment_specs_from
 from service.experiments.model_registry import count_resolutions, model_registry
@@ -184,6 +185,7 @@ def build_runtime(settings: Settings) -> Runtime:
         settings.rollup_interval_seconds,
         metric_windows_from({**registry.experiments, **registry.holdout_experiments}),
         segment_specs_from(registry.experiments),
+        configured_pairs_from(registry.experiments),
     )
     assignment_service = AssignmentService(
         registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1

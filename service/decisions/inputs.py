@@ -25,6 +25,7 @@ from service.events.sums import (
     mature_metric_stats,
     metric_stats,
     model_health,
+    ratio_since,
     ratio_sums,
 )
 from service.experiments.schema import Experiment
@@ -73,8 +74,9 @@ def _ratio_stats(
     """Put each ratio metric's linearised statistics in ``stats``; return what waits, and why.
 
     The first set holds the generic "no outcomes yet" lines the analysis would write for the
-    variants whose ratio waits (replaced by the reason); ratios read the units' current
-    totals, so an analysis as of a past day has none.
+    variants whose ratio waits (replaced by the reason). The rollup keeps a ratio's cross
+    products from its first round after the ratio appeared (``events/ratios.py``): until
+    then, and as of a day before that, the ratio waits.
     """
     replaced: set[str] = set()
     waiting: list[str] = []
@@ -83,13 +85,19 @@ def _ratio_stats(
         for variant in units:
             stats.pop((variant, metric.name), None)
             replaced.add(f"{metric.name}/{variant}: no outcomes yet")
-        if through is not None:
-            waiting.append(f"{metric.name}: ratio metrics are analysed as of now only")
-            continue
         assert metric.numerator is not None and metric.denominator is not None
+        since = ratio_since(conn, experiment.key, experiment.seed, metric.numerator,
+                            metric.denominator)  # fmt: skip
+        if since is None:
+            waiting.append(f"{metric.name}: its cross products are not rolled up yet")
+            continue
+        if through is not None and through < since:
+            waiting.append(f"{metric.name}: its cross products are kept since {since},"
+                           f" after {through}")  # fmt: skip
+            continue
         with metrics.RATIO_SUMS_DURATION.labels(experiment.key).time():
             found = ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
-                               metric.denominator, units)  # fmt: skip
+                               metric.denominator, units, through)  # fmt: skip
         sums.update({(variant, metric.name): value for variant, value in found.items()})
     linearized, reasons, errors = ratio_stats(experiment, sums)
     stats.update(linearized)

@@ -28,6 +28,7 @@ from service.decisions.webhooks import (
     retry_delay_seconds,
     stale_deliveries,
 )
+from service.events.ratios import configured_pairs_from
 from service.events.rollup import metric_windows_from, roll_up_once, windows_from
 from service.events.segments import segment_specs_from
 from service.experiments.model_registry import ModelRegistry, model_registry
@@ -91,6 +92,7 @@ def analyze_now(key: str) -> AnalysisOutcome:
                 done = roll_up_once(
                     conn, windows_from(windows), grace,
                     metric_windows_from(windows), segment_specs_from(ctx.experiments),
+                    configured_pairs_from(windows),
                 )  # fmt: skip
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break

@@ -9,6 +9,13 @@ the event that caused it, so summing buckets up to a day gives exact sums of
 per-unit totals as of that day. Metrics with an outcome window also record
 each change in the bucket of the unit's *exposure* day (its cohort), so an
 analysis can sum the cohorts whose window has closed: mature units only.
+
+A ratio metric's cross products (numerator times denominator, and with their pre-period
+totals) are products of two metrics' totals of one unit: each change of either total adds
+new product minus old product, with the other metric's current total, to the variant's
+(and the unit's segments') ``ratio_deltas`` in the same event-day bucket. Squares and
+products are not additive over increments, but these differences telescope: summed over
+all changes they give the sum of the products of the units' final totals, exactly.
 """
 
 from __future__ import annotations
@@ -68,6 +75,12 @@ SegmentKey = tuple[str, str, str, str, str, str, date]
 """experiment, seed, attribute, segment, variant, metric, bucket."""
 UnitSegments = Mapping[tuple[str, str, str], tuple[tuple[str, str], ...]]
 """(experiment, seed, unit) -> its (attribute, segment) pairs."""
+RatioPairs = Mapping[tuple[str, str], Collection[tuple[str, str]]]
+"""(experiment, seed) -> the (numerator, denominator) pairs of its ratio metrics."""
+RatioKey = tuple[str, str, str, str, str, str, str, date]
+"""experiment, seed, numerator, denominator, attribute, segment, variant, bucket; attribute
+and segment are '' for the whole experiment."""
+WHOLE = ("", "")
 
 
 @dataclass
@@ -87,6 +100,16 @@ class StatsDelta:
 
 
 @dataclass
+class CrossDelta:
+    """Changes of Σxy, Σx'y', Σxy' and Σx'y (x numerator, y denominator, ' pre-period)."""
+
+    sum_xy: float = 0.0
+    sum_xpyp: float = 0.0
+    sum_xyp: float = 0.0
+    sum_xpy: float = 0.0
+
+
+@dataclass
 class Rollup:
     totals: dict[UnitKey, UnitTotals] = field(default_factory=dict)
     deltas: dict[StatsKey, StatsDelta] = field(default_factory=lambda: defaultdict(StatsDelta))
@@ -98,6 +121,23 @@ class Rollup:
         default_factory=lambda: defaultdict(StatsDelta)
     )
     """The same changes (by event day) in each of the unit's segments."""
+    ratio_deltas: dict[RatioKey, CrossDelta] = field(
+        default_factory=lambda: defaultdict(CrossDelta)
+    )
+    """Changes of ratio cross products (by event day), whole experiment and per segment."""
+
+
+def _cross_change(
+    changed_is_numerator: bool, old: UnitTotals, new: UnitTotals, other: UnitTotals
+) -> CrossDelta:
+    """The cross products' change when one part of a ratio changes and the other stands."""
+    if changed_is_numerator:
+        d_post, d_pre = new.y_total - old.y_total, new.x_total - old.x_total
+        return CrossDelta(d_post * other.y_total, d_pre * other.x_total,
+                          d_post * other.x_total, d_pre * other.y_total)  # fmt: skip
+    d_post, d_pre = new.y_total - old.y_total, new.x_total - old.x_total
+    return CrossDelta(other.y_total * d_post, other.x_total * d_pre,
+                      other.y_total * d_pre, other.x_total * d_post)  # fmt: skip
 
 
 def _combine(aggregation: str, current: float, value: float) -> float:
@@ -110,11 +150,14 @@ def apply_events(
     current_totals: Mapping[UnitKey, UnitTotals],
     cohort_metrics: Collection[tuple[str, str]] = (),
     unit_segments: UnitSegments | None = None,
+    ratio_pairs: RatioPairs | None = None,
 ) -> Rollup:
     """Fold attributed and pre-period events into unit totals and per-bucket deltas.
 
     ``cohort_metrics`` names the (experiment, metric) pairs whose changes are also kept by
-    exposure cohort; ``unit_segments`` the segments whose sums a unit's changes also go to.
+    exposure cohort; ``unit_segments`` the segments whose sums a unit's changes also go to;
+    ``ratio_pairs`` the ratios whose cross products they change (``current_totals`` must then
+    hold the unit's total of the other metric of each pair, where it has one).
     """
     rollup = Rollup()
     ordered = sorted(
@@ -134,6 +177,7 @@ def apply_events(
             )
             rollup.totals[key] = totals
         old_y, old_x = totals.y_total, totals.x_total
+        before = UnitTotals(totals.variant_key, old_y, old_x)
         if status is Status.ATTRIBUTED:
             totals.y_total = _combine(event.aggregation, old_y, event.value)
         else:
@@ -159,4 +203,33 @@ def apply_events(
             target.sum_x += totals.x_total - old_x
             target.sum_x2 += totals.x_total**2 - old_x**2
             target.sum_xy += totals.x_total * totals.y_total - old_x * old_y
+        _add_cross(rollup, event, before, totals, bucket, current_totals, unit_segments,
+                   ratio_pairs)  # fmt: skip
     return rollup
+
+
+def _add_cross(
+    rollup: Rollup, event: Event, before: UnitTotals, after: UnitTotals, bucket: date,
+    current_totals: Mapping[UnitKey, UnitTotals], unit_segments: UnitSegments | None,
+    ratio_pairs: RatioPairs | None,
+) -> None:  # fmt: skip
+    """Add the change of every ratio cross product the event's metric is a part of."""
+    pairs = (ratio_pairs or {}).get((event.experiment_key, event.seed), ())
+    for numerator, denominator in pairs:
+        if event.metric not in (numerator, denominator):
+            continue
+        other_metric = denominator if event.metric == numerator else numerator
+        other_key = (event.experiment_key, event.seed, other_metric, event.unit_id)
+        other = rollup.totals.get(other_key) or current_totals.get(other_key)
+        change = _cross_change(event.metric == numerator, before, after,
+                               other or UnitTotals(after.variant_key))  # fmt: skip
+        places = [WHOLE, *(unit_segments or {}).get(
+            (event.experiment_key, event.seed, event.unit_id), ())]  # fmt: skip
+        for attribute, segment in places:
+            target = rollup.ratio_deltas[(event.experiment_key, event.seed, numerator,
+                                          denominator, attribute, segment,
+                                          after.variant_key, bucket)]  # fmt: skip
+            target.sum_xy += change.sum_xy
+            target.sum_xpyp += change.sum_xpyp
+            target.sum_xyp += change.sum_xyp
+            target.sum_xpy += change.sum_xpy

@@ -20,10 +20,11 @@ from datetime import timedelta
 from typing import Any
 
 from service.background import PeriodicThread
-from service.events import segments
+from service.events import ratios, segments
 from service.events.attribution import (
     Event,
     Exposure,
+    RatioPairs,
     Status,
     UnitKey,
     UnitSegments,
@@ -32,6 +33,7 @@ from service.events.attribution import (
     classify,
 )
 from service.events.latency import BIN_COUNT, bin_of
+from service.events.ratios import ConfiguredPairs
 from service.events.segments import SegmentSpecs
 from service.experiments.schema import duration_hours
 from service.observability import metrics
@@ -174,9 +176,11 @@ def _write(
     totals: Mapping[UnitKey, UnitTotals],
     cohort_metrics: set[tuple[str, str]],
     unit_segments: UnitSegments | None = None,
+    ratio_pairs: RatioPairs | None = None,
 ) -> None:
-    rollup = apply_events(events, exposures, totals, cohort_metrics, unit_segments)
+    rollup = apply_events(events, exposures, totals, cohort_metrics, unit_segments, ratio_pairs)
     segments.write_stats(conn, rollup.segment_deltas)
+    ratios.write_deltas(conn, rollup.ratio_deltas)
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
@@ -253,12 +257,15 @@ def roll_up_once(
     grace: timedelta,
     metric_windows: MetricWindows | None = None,
     segment_specs: SegmentSpecs | None = None,
+    ratio_pairs: ConfiguredPairs | None = None,
 ) -> tuple[int, int] | None:
     """One chunk of work in one transaction; None when another process holds the lock.
 
     ``metric_windows(experiment, metric)`` is a metric's own outcome window, if it has one:
     its outcomes count only within it, and are also summed by exposure cohort.
     ``segment_specs(experiment)`` are the attributes it is analysed by (``segments.py``).
+    ``ratio_pairs()`` are the YAML's ratio metrics; the pairs already kept (``ratio_pairs``
+    table) are kept whatever it says (``ratios.py``).
     """
     through = committed_through(conn)
     with conn.transaction():
@@ -269,6 +276,7 @@ def roll_up_once(
             return None
         exposures_counted, counted_through = _roll_exposures(conn, through.exposures, segment_specs)
         exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
+        pairs = ratios.tracked_pairs(conn, ratio_pairs, counted_through, segment_specs)
         if counted_through < through.exposures:
             # A backlog of exposures: outcomes wait until the exposures before them are
             # counted, so none is judged unexposed while its exposure is still unread.
@@ -295,19 +303,20 @@ def roll_up_once(
             )
             for e in events
         ]
-        keys = sorted(
-            {
-                (e.experiment_key, e.seed, e.metric, e.unit_id)
-                for e, s in classified
-                if s in (Status.ATTRIBUTED, Status.PRE_PERIOD)
-            }
-        )
+        changed = {
+            (e.experiment_key, e.seed, e.metric, e.unit_id)
+            for e, s in classified
+            if s in (Status.ATTRIBUTED, Status.PRE_PERIOD)
+        }
+        # A ratio's cross products need the unit's total of the other part too.
+        keys = sorted(changed | ratios.partner_keys(changed, pairs))
         cohort_metrics = {pair for pair, window in own.items() if window is not None}
         by_unit = (
             segments.unit_segments(conn, events, counted_through, segment_specs)
             if segment_specs is not None else None
         )  # fmt: skip
-        _write(conn, classified, exposures, _load_totals(conn, keys), cohort_metrics, by_unit)
+        _write(conn, classified, exposures, _load_totals(conn, keys), cohort_metrics, by_unit,
+               pairs)  # fmt: skip
         return exposures_done, len(events)
 
 
@@ -340,8 +349,10 @@ class RollupScheduler(PeriodicThread):
         interval: float,
         metric_windows: MetricWindows | None = None,
         segment_specs: SegmentSpecs | None = None,
+        ratio_pairs: ConfiguredPairs | None = None,
     ) -> None:
         super().__init__("abx-rollup", interval, join_timeout=3.0)
+        self._ratio_pairs = ratio_pairs
         self._database = database
         self._windows = windows
         self._metric_windows = metric_windows
@@ -354,7 +365,12 @@ class RollupScheduler(PeriodicThread):
         for _ in range(max_rounds):
             with self._database.pool.connection(timeout=5.0) as conn:
                 done = roll_up_once(
-                    conn, self._windows, self._grace, self._metric_windows, self._segment_specs
+                    conn,
+                    self._windows,
+                    self._grace,
+                    self._metric_windows,
+                    self._segment_specs,
+                    self._ratio_pairs,
                 )
             if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 return
@@ -368,7 +384,12 @@ class RollupScheduler(PeriodicThread):
                     self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
                 if (
                     roll_up_once(
-                        conn, self._windows, self._grace, self._metric_windows, self._segment_specs
+                        conn,
+                        self._windows,
+                        self._grace,
+                        self._metric_windows,
+                        self._segment_specs,
+                        self._ratio_pairs,
                     )
                     is None
                 ):

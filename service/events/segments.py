@@ -104,6 +104,13 @@ def unit_segments(
     keys = sorted(
         {(e.experiment_key, e.seed, e.unit_id) for e in events if specs(e.experiment_key)}
     )
+    return segments_of_units(conn, keys, counted_through, specs)
+
+
+def segments_of_units(
+    conn: Any, keys: list[tuple[str, str, str]], counted_through: int, specs: SegmentSpecs
+) -> UnitSegments:
+    """The segments of these (experiment, seed, unit)s, as their exposures were counted."""
     if not keys:
         return {}
     rows = conn.execute(

@@ -191,42 +191,81 @@ class RatioSums:
     cross: RatioCrossSums
 
 
+RatioParts = dict[tuple[str, str, str], RatioSums]
+"""(attribute, segment, variant) -> the ratio's sums; attribute = segment = '' for the whole
+experiment."""
+
+
+def ratio_since(conn: Any, experiment_key: str, seed: str, numerator: str,
+                denominator: str) -> date | None:  # fmt: skip
+    """The day the rollup began keeping this ratio's cross products; None: not yet."""
+    row = conn.execute(
+        "SELECT since FROM ratio_pairs WHERE experiment_key = %s AND seed = %s"
+        " AND numerator = %s AND denominator = %s",
+        (experiment_key, seed, numerator, denominator),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def ratio_parts(
+    conn: Any, experiment_key: str, seed: str, numerator: str, denominator: str,
+    units: Mapping[tuple[str, str], Mapping[str, int]], through: date | None = None,
+    per_segment: bool = False,
+) -> RatioParts:  # fmt: skip
+    """A ratio's sums from the rollup: each part's (``metric_stats``) and their cross products
+    (``ratio_stats``, kept by the rollup: ``events/ratios.py``), in buckets up to ``through``.
+
+    One statement, so every sum is of one snapshot; its cost grows with variants (times
+    segments) times days, not with units. ``units`` holds the exposed units per (attribute,
+    segment) and variant, ``('', '')`` for the whole experiment (``per_segment`` False) or
+    the segments' (from ``segment_exposure_counts``); units without outcomes count as zeros.
+    """
+    table, where = (
+        ("segment_metric_stats", "attribute <> ''")
+        if per_segment
+        else ("metric_stats", "attribute = ''")
+    )
+    groups = "attribute, segment" if per_segment else "''::text, ''::text"
+    by = "attribute, segment, variant_key" if per_segment else "variant_key"
+    cut = "AND (%(through)s::date IS NULL OR bucket <= %(through)s::date)"
+    part = (
+        f"SELECT %(part{{0}})s::text, {groups}, variant_key, sum(sum_y), sum(sum_y2),"
+        f" sum(sum_x), sum(sum_x2), sum(sum_xy) FROM {table} WHERE experiment_key = %(key)s"
+        f" AND seed = %(seed)s AND metric = %(part{{0}})s {cut} GROUP BY {by}"
+    )
+    rows = conn.execute(
+        f"{part.format('x')} UNION ALL {part.format('y')} UNION ALL"
+        f" SELECT ''::text, attribute, segment, variant_key, sum(sum_xy), sum(sum_xpyp),"
+        f" sum(sum_xyp), sum(sum_xpy), 0 FROM ratio_stats WHERE experiment_key = %(key)s"
+        f" AND seed = %(seed)s AND numerator = %(partx)s AND denominator = %(party)s"
+        f" AND {where} {cut} GROUP BY attribute, segment, variant_key",
+        {"key": experiment_key, "seed": seed, "partx": numerator, "party": denominator,
+         "through": through},
+    ).fetchall()  # fmt: skip
+    found: dict[tuple[str, str, str, str], list[float]] = {}
+    for metric, attribute, segment, variant, *values in rows:
+        name = "cross" if metric == "" else ("x" if metric == numerator else "y")
+        found[(name, attribute, segment, variant)] = [float(v) for v in values]
+    result: RatioParts = {}
+    zeros = [0.0] * 5
+    for (attribute, segment), by_variant in units.items():
+        for variant, n in by_variant.items():
+            if n <= 0:
+                continue
+            x = found.get(("x", attribute, segment, variant), zeros)
+            y = found.get(("y", attribute, segment, variant), zeros)
+            xy, xpyp, xyp, xpy, _ = found.get(("cross", attribute, segment, variant), zeros)
+            result[(attribute, segment, variant)] = RatioSums(
+                SufficientStats(n, *x), SufficientStats(n, *y), RatioCrossSums(xy, xpyp, xyp, xpy)
+            )
+    return result
+
+
 def ratio_sums(
     conn: Any, experiment_key: str, seed: str, numerator: str, denominator: str,
-    units: Mapping[str, int],
+    units: Mapping[str, int], through: date | None = None,
 ) -> dict[str, RatioSums]:  # fmt: skip
-    """Per-unit sums of a ratio's numerator and denominator and their cross products.
-
-    The cross products (x y and, for CUPED, with the pre-period x' y') need both totals of
-    each unit, which the bucketed ``metric_stats`` cannot give: they are summed over the
-    units' current totals (``unit_outcomes``, one statement so every sum is of one snapshot;
-    cost grows with the units that have outcomes of either metric). Units exposed without
-    outcomes count as zeros, as in :func:`metric_stats`.
-    """
-    rows = conn.execute(
-        "SELECT coalesce(a.variant_key, b.variant_key), sum(x), sum(x*x), sum(y), sum(y*y),"
-        " sum(x*y), sum(xp), sum(xp*xp), sum(yp), sum(yp*yp), sum(xp*yp), sum(x*xp), sum(y*yp),"
-        " sum(x*yp), sum(xp*y)"
-        " FROM (SELECT unit_id, variant_key, y_total AS post_x, x_total AS pre_x FROM unit_outcomes"
-        "       WHERE experiment_key = %s AND seed = %s AND metric = %s) a"
-        " FULL JOIN (SELECT unit_id, variant_key, y_total AS post_y, x_total AS pre_y FROM unit_outcomes"
-        "       WHERE experiment_key = %s AND seed = %s AND metric = %s) b USING (unit_id),"
-        " LATERAL (SELECT coalesce(a.post_x, 0), coalesce(a.pre_x, 0), coalesce(b.post_y, 0),"
-        "          coalesce(b.pre_y, 0)) AS v(x, xp, y, yp)"
-        " GROUP BY 1",
-        (experiment_key, seed, numerator, experiment_key, seed, denominator),
-    ).fetchall()
-    found = {str(row[0]): [float(value) for value in row[1:]] for row in rows}
-    result = {}
-    for variant, n in units.items():
-        if n <= 0:
-            continue
-        x, x2, y, y2, xy, xp, xp2, yp, yp2, xpyp, xxp, yyp, xyp, xpy = found.get(
-            variant, [0.0] * 14
-        )
-        result[variant] = RatioSums(
-            SufficientStats(n, x, x2, xp, xp2, xxp),
-            SufficientStats(n, y, y2, yp, yp2, yyp),
-            RatioCrossSums(xy, xpyp, xyp, xpy),
-        )
-    return result
+    """Each variant's sums of a ratio's parts and their cross products (:func:`ratio_parts`)."""
+    parts = ratio_parts(conn, experiment_key, seed, numerator, denominator, {("", ""): units},
+                        through)  # fmt: skip
+    return {variant: sums for (_, _, variant), sums in parts.items()}

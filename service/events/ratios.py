@@ -1,0 +1,149 @@
+"""The rollup's ratio cross products: which pairs it keeps, their first sums, their changes.
+
+A ratio metric's analysis needs, per variant, Σxy, Σx'y', Σxy' and Σx'y over the units'
+totals of numerator (x) and denominator (y), ' the pre-period: products of two metrics of one
+unit, which the per-metric ``metric_stats`` cannot give. The rollup keeps them in
+``ratio_stats`` as differences of products (``attribution.apply_events``), in the transaction
+that updates the units' totals, so reading them costs variants times days, never units.
+
+The pairs kept are those in ``ratio_pairs``. When the YAML names a ratio the table does not
+hold yet, the rollup's next round (holding the rollup's lock, so no total changes meanwhile)
+sums the products of the units' current totals once, into that day's bucket, and records the
+pair: from then on every change adds its difference. That first sum is the one read that
+grows with units; a pair is never dropped (a ratio removed from the YAML costs a few rows).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+from service.events.attribution import WHOLE, CrossDelta, RatioKey, RatioPairs
+from service.events.segments import SegmentSpecs, segments_of_units
+
+RatioPair = tuple[str, str, str, str]
+"""experiment, seed, numerator, denominator."""
+ConfiguredPairs = Callable[[], Collection[RatioPair]]
+
+
+def configured_pairs_from(experiments: Mapping[str, Any]) -> ConfiguredPairs:
+    """Every ratio metric's (experiment, seed, numerator, denominator), as the YAML now says."""
+
+    def pairs() -> list[RatioPair]:
+        return sorted(
+            {
+                (experiment.key, experiment.seed, metric.numerator, metric.denominator)
+                for experiment in list(experiments.values())
+                for metric in experiment.metrics.ratio_metrics()
+            }
+        )
+
+    return pairs
+
+
+def _unit_products(conn: Any, pair: RatioPair) -> list[tuple[str, str, float, float, float, float]]:
+    """Each unit with a total of either part: (unit, variant, x, x', y, y')."""
+    key, seed, numerator, denominator = pair
+    return [
+        (str(u), str(v), float(x), float(xp), float(y), float(yp))
+        for u, v, x, xp, y, yp in conn.execute(
+            "SELECT unit_id, coalesce(a.variant_key, b.variant_key), coalesce(a.y_total, 0),"
+            " coalesce(a.x_total, 0), coalesce(b.y_total, 0), coalesce(b.x_total, 0)"
+            " FROM (SELECT unit_id, variant_key, y_total, x_total FROM unit_outcomes"
+            "       WHERE experiment_key = %s AND seed = %s AND metric = %s) a"
+            " FULL JOIN (SELECT unit_id, variant_key, y_total, x_total FROM unit_outcomes"
+            "       WHERE experiment_key = %s AND seed = %s AND metric = %s) b USING (unit_id)",
+            (key, seed, numerator, key, seed, denominator),
+        )
+    ]
+
+
+def _first_sums(
+    conn: Any, pair: RatioPair, counted_through: int, specs: SegmentSpecs | None
+) -> dict[tuple[str, str, str], CrossDelta]:
+    """The cross products of the units' current totals per (attribute, segment, variant)."""
+    rows = _unit_products(conn, pair)
+    key, seed = pair[0], pair[1]
+    by_unit = (
+        segments_of_units(conn, [(key, seed, row[0]) for row in rows], counted_through, specs)
+        if specs is not None and specs(key) else {}
+    )  # fmt: skip
+    sums: dict[tuple[str, str, str], CrossDelta] = defaultdict(CrossDelta)
+    for unit, variant, x, xp, y, yp in rows:
+        for attribute, segment in (WHOLE, *by_unit.get((key, seed, unit), ())):
+            target = sums[(attribute, segment, variant)]
+            target.sum_xy += x * y
+            target.sum_xpyp += xp * yp
+            target.sum_xyp += x * yp
+            target.sum_xpy += xp * y
+    return sums
+
+
+def tracked_pairs(
+    conn: Any,
+    configured: ConfiguredPairs | None,
+    counted_through: int,
+    specs: SegmentSpecs | None = None,
+) -> RatioPairs:
+    """The pairs the rollup keeps, after starting those the YAML names for the first time.
+
+    Call within the rollup's transaction and lock: a first sum and the changes after it must
+    see the same unit totals.
+    """
+    known = {
+        tuple(row) for row in conn.execute(
+            "SELECT experiment_key, seed, numerator, denominator FROM ratio_pairs"
+        )
+    }  # fmt: skip
+    for pair in configured() if configured is not None else ():
+        if pair in known:
+            continue
+        (today,) = conn.execute("SELECT now()::date").fetchone()
+        first = _first_sums(conn, pair, counted_through, specs)
+        write_deltas(conn, {
+            (*pair, attribute, segment, variant, today): sums
+            for (attribute, segment, variant), sums in first.items()
+        })  # fmt: skip
+        conn.execute(
+            "INSERT INTO ratio_pairs (experiment_key, seed, numerator, denominator, since)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (*pair, today),
+        )
+        known.add(pair)
+    found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for key, seed, numerator, denominator in sorted(known):
+        found.setdefault((key, seed), []).append((numerator, denominator))
+    return found
+
+
+def partner_keys(
+    keys: Iterable[tuple[str, str, str, str]], pairs: RatioPairs
+) -> set[tuple[str, str, str, str]]:
+    """The (experiment, seed, metric, unit) totals of the other part of each ratio touched."""
+    found = set()
+    for key, seed, metric, unit in keys:
+        for numerator, denominator in pairs.get((key, seed), ()):
+            if metric == numerator:
+                found.add((key, seed, denominator, unit))
+            elif metric == denominator:
+                found.add((key, seed, numerator, unit))
+    return found
+
+
+def write_deltas(conn: Any, deltas: Mapping[RatioKey, CrossDelta]) -> None:
+    """Add changes of the cross products to ``ratio_stats``."""
+    if not deltas:
+        return
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO ratio_stats (experiment_key, seed, numerator, denominator, attribute,"
+            " segment, variant_key, bucket, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (experiment_key, seed, numerator, denominator, attribute, segment,"
+            " variant_key, bucket) DO UPDATE SET sum_xy = ratio_stats.sum_xy + EXCLUDED.sum_xy,"
+            " sum_xpyp = ratio_stats.sum_xpyp + EXCLUDED.sum_xpyp,"
+            " sum_xyp = ratio_stats.sum_xyp + EXCLUDED.sum_xyp,"
+            " sum_xpy = ratio_stats.sum_xpy + EXCLUDED.sum_xpy",
+            [(*k, d.sum_xy, d.sum_xpyp, d.sum_xyp, d.sum_xpy) for k, d in deltas.items()],
+        )
