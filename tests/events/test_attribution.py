@@ -113,3 +113,66 @@ def test_bucket_sums_equal_sums_of_unit_totals(
             (x[mine] * y[mine]).sum(),
         ]
         np.testing.assert_allclose(sums[variant], expected, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 7),
+            st.sampled_from(["rev", "ses", "other"]),
+            st.floats(-50, 50, allow_nan=False),
+            st.integers(-10 * 24, 10 * 24),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    st.integers(1, 5),
+    st.sampled_from(["sum", "max"]),
+    st.randoms(use_true_random=False),
+)
+def test_ratio_cross_products_telescope_to_products_of_unit_totals(
+    raw: list[tuple[int, str, float, int]], chunks: int, aggregation: str, shuffle
+) -> None:  # type: ignore[no-untyped-def]
+    """Split into rounds in any order (late events, either part first, a max metric), the
+    ratio's cross products per variant and segment equal Σxy, Σx'y', Σxy', Σx'y of the
+    units' final totals (Deng et al. 2018 need these four beyond each part's own sums)."""
+    exposures = {("exp", "exp.v1", f"u{u}"): Exposure("ab"[u % 2], T0) for u in range(8)}
+    segments = {("exp", "exp.v1", f"u{u}"): (("platform", "ios" if u < 4 else "web"),)
+                for u in range(8)}  # fmt: skip
+    pairs = {("exp", "exp.v1"): [("rev", "ses")]}
+    events = []
+    for pk, (unit, metric, value, hours) in enumerate(raw):
+        e = Event(pk, "exp", "exp.v1", f"u{unit}", metric,
+                  aggregation if metric == "rev" else "sum", value,
+                  T0 + timedelta(hours=hours), T0)  # fmt: skip
+        events.append((e, classify(e, exposures[("exp", "exp.v1", e.unit_id)], WINDOW, T0, GRACE)))
+    shuffle.shuffle(events)  # rounds see events in any order of occurrence
+    totals: dict = {}
+    found: dict = {}
+    size = -(-len(events) // chunks)
+    for start in range(0, len(events), size):
+        rollup = apply_events(events[start : start + size], exposures, totals, (), segments, pairs)
+        totals = {**totals, **rollup.totals}
+        for (_, _, num, den, attribute, segment, variant, _), d in rollup.ratio_deltas.items():
+            assert (num, den) == ("rev", "ses")
+            place = found.setdefault((attribute, segment, variant), np.zeros(4))
+            place += [d.sum_xy, d.sum_xpyp, d.sum_xyp, d.sum_xpy]
+    post = {m: np.zeros(8) for m in ("rev", "ses")}
+    pre = {m: np.zeros(8) for m in ("rev", "ses")}
+    for e, status in sorted(events, key=lambda pair: (pair[0].occurred_at, pair[0].event_pk)):
+        if e.metric == "other" or status not in (Status.ATTRIBUTED, Status.PRE_PERIOD):
+            continue
+        target = (post if status is Status.ATTRIBUTED else pre)[e.metric]
+        unit = int(e.unit_id[1:])
+        combine = max if e.aggregation == "max" else (lambda a, b: a + b)
+        target[unit] = combine(target[unit], e.value)
+    x, y, xp, yp = post["rev"], post["ses"], pre["rev"], pre["ses"]
+    for attribute, segment, members in (("", "", range(8)), ("platform", "ios", range(4)),
+                                        ("platform", "web", range(4, 8))):  # fmt: skip
+        for variant in "ab":
+            mine = [u for u in members if "ab"[u % 2] == variant]
+            expected = [(x[mine] * y[mine]).sum(), (xp[mine] * yp[mine]).sum(),
+                        (x[mine] * yp[mine]).sum(), (xp[mine] * y[mine]).sum()]  # fmt: skip
+            got = found.get((attribute, segment, variant), np.zeros(4))
+            np.testing.assert_allclose(got, expected, atol=1e-6)
