@@ -12,10 +12,12 @@ the share of experiments that ever reject at alpha (must stay at or under alpha)
 Monte-Carlo standard error, the coverage of the fixed-horizon 95 % interval at the last look
 with and without CUPED, and the mean CUPED variance reduction.
 
-``--read-units N`` instead times the analysis's one read that grows with units rather than
-buckets: ``events.sums.ratio_sums`` over N units with both parts of the ratio (2N rows of
-``unit_outcomes`` in a scratch database), against the baseline of one plain scan that sums
-a single metric's unit totals per variant.
+``--read-units N`` instead times the analysis's ratio read, ``events.sums.ratio_sums``, which
+reads the rollup's buckets (``metric_stats`` and ``ratio_stats``, 2 variants times 28 days),
+against the read it replaced (the per-unit cross products over ``unit_outcomes``, N units with
+both parts: 2N rows) and one plain scan summing a single metric's unit totals per variant,
+all in one scratch database in the same run; and the one-off first sum of a ratio the rollup
+has not kept yet (``events.ratios.tracked_pairs``), the one step that still reads every unit.
 
 Run: ``python benchmarks/ratio_metrics.py [--trials N] [--units N] [--looks K] [--json]``
 or ``python benchmarks/ratio_metrics.py --read-units 1000000``.
@@ -120,29 +122,84 @@ def simulate(trials: int, units: int, looks: int, seed: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def time_read(units: int, repeats: int = 5) -> None:
+# The read of the code before the rollup kept cross products (ratio_sums until 0025): every
+# look summed per-unit products over unit_outcomes. Kept here as the baseline.
+PER_UNIT_READ = (
+    "SELECT coalesce(a.variant_key, b.variant_key), sum(x), sum(x*x), sum(y), sum(y*y),"
+    " sum(x*y), sum(xp), sum(xp*xp), sum(yp), sum(yp*yp), sum(xp*yp), sum(x*xp), sum(y*yp),"
+    " sum(x*yp), sum(xp*y)"
+    " FROM (SELECT unit_id, variant_key, y_total AS post_x, x_total AS pre_x FROM unit_outcomes"
+    "       WHERE experiment_key = 'bench' AND seed = 'bench.v1' AND metric = 'revenue') a"
+    " FULL JOIN (SELECT unit_id, variant_key, y_total AS post_y, x_total AS pre_y"
+    "       FROM unit_outcomes WHERE experiment_key = 'bench' AND seed = 'bench.v1'"
+    "       AND metric = 'sessions') b USING (unit_id),"
+    " LATERAL (SELECT coalesce(a.post_x, 0), coalesce(a.pre_x, 0), coalesce(b.post_y, 0),"
+    "          coalesce(b.pre_y, 0)) AS v(x, xp, y, yp)"
+    " GROUP BY 1"
+)
+
+
+def _seed_read(conn: Any, units: int, days: int) -> np.ndarray:
+    """``unit_outcomes`` of N units with both parts, and the rollup's day buckets of the same
+    units (each unit's totals on one of ``days`` days): ``metric_stats`` and ``ratio_stats``."""
+    rng = np.random.default_rng(1)
+    values = users(rng, units)
+    variant = np.arange(units) % 2
+    day = rng.integers(0, days, units)
+    with conn.cursor().copy(
+        "COPY unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
+        " x_total) FROM STDIN"
+    ) as copy:
+        for metric, post, pre in (("revenue", 0, 2), ("sessions", 1, 3)):
+            for i in range(units):
+                copy.write_row(("bench", "bench.v1", metric, f"u{i}", "ab"[variant[i]],
+                                float(values[i, post]), float(values[i, pre])))  # fmt: skip
+    from datetime import date, timedelta
+
+    first = date(2026, 1, 1)
+    with conn.cursor() as cursor:
+        for v in (0, 1):
+            for d in range(days):
+                x, y, xp, yp = values[(variant == v) & (day == d)].T
+                bucket = first + timedelta(days=d)
+                for metric, post, pre in (("revenue", x, xp), ("sessions", y, yp)):
+                    cursor.execute(
+                        "INSERT INTO metric_stats VALUES ('bench', 'bench.v1', %s, %s, %s,"
+                        " %s, %s, %s, %s, %s)",
+                        ("ab"[v], metric, bucket, *(float(s) for s in (
+                            post.sum(), post @ post, pre.sum(), pre @ pre, pre @ post))),
+                    )  # fmt: skip
+                cursor.execute(
+                    "INSERT INTO ratio_stats VALUES ('bench', 'bench.v1', 'revenue', 'sessions',"
+                    " '', '', %s, %s, %s, %s, %s, %s)",
+                    ("ab"[v], bucket, float(x @ y), float(xp @ yp), float(x @ yp), float(xp @ y)),
+                )
+    conn.execute("INSERT INTO ratio_pairs VALUES ('bench', 'bench.v1', 'revenue', 'sessions',"
+                 " %s)", (first,))  # fmt: skip
+    conn.execute("ANALYZE")
+    return values
+
+
+def time_read(units: int, days: int = 28, repeats: int = 5) -> None:
     import time
 
     import psycopg
 
+    from service.events.ratios import tracked_pairs
     from service.events.sums import ratio_sums
 
     with common.bench_database(None) as url, psycopg.connect(url, autocommit=True) as conn:
-        rng = np.random.default_rng(1)
-        values = users(rng, units)
-        with conn.cursor().copy(
-            "COPY unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
-            " x_total) FROM STDIN"
-        ) as copy:
-            for metric, post, pre in (("revenue", 0, 2), ("sessions", 1, 3)):
-                for i in range(units):
-                    copy.write_row(("bench", "bench.v1", metric, f"u{i}", "ab"[i % 2],
-                                    float(values[i, post]), float(values[i, pre])))  # fmt: skip
-        conn.execute("ANALYZE unit_outcomes")
+        values = _seed_read(conn, units, days)
         exposed = {"a": (units + 1) // 2, "b": units // 2}
+        found = ratio_sums(conn, "bench", "bench.v1", "revenue", "sessions", exposed)
+        x, y = values[0::2, 0], values[0::2, 1]
+        assert math.isclose(found["a"].cross.sum_xy, float(x @ y), rel_tol=1e-9)
 
-        def ratio() -> None:
+        def rolled_up() -> None:
             ratio_sums(conn, "bench", "bench.v1", "revenue", "sessions", exposed)
+
+        def per_unit() -> None:
+            conn.execute(PER_UNIT_READ).fetchall()
 
         def scan() -> None:
             conn.execute(
@@ -152,7 +209,9 @@ def time_read(units: int, repeats: int = 5) -> None:
             ).fetchall()
 
         timings = {}
-        for name, action in (("ratio_sums", ratio), ("one-metric scan", scan)):
+        actions = (("rolled-up read", rolled_up), ("per-unit read", per_unit),
+                   ("one-metric scan", scan))  # fmt: skip
+        for name, action in actions:
             action()  # warm the cache
             seconds = []
             for _ in range(repeats):
@@ -160,11 +219,19 @@ def time_read(units: int, repeats: int = 5) -> None:
                 action()
                 seconds.append(time.perf_counter() - start)
             timings[name] = sorted(seconds)[len(seconds) // 2]
-    print(f"{units} units with both parts ({2 * units} rows), median of {repeats}, "
+        # The one read that still grows with units: a ratio's first sum, once per ratio.
+        conn.execute("DELETE FROM ratio_pairs")
+        start = time.perf_counter()
+        with conn.transaction():
+            tracked_pairs(conn, lambda: [("bench", "bench.v1", "revenue", "sessions")], 0)
+        first_sum = time.perf_counter() - start
+    print(f"{units} units with both parts ({2 * units} rows), {days} days, median of {repeats}, "
           f"code {common.code_version()}, load {common.load_average()}")  # fmt: skip
     for name, seconds in timings.items():
         print(f"  {name:<16} {seconds * 1000:9.1f} ms")
-    print(f"  ratio_sums / scan {timings['ratio_sums'] / timings['one-metric scan']:.2f}")
+    print(f"  per-unit / rolled-up {timings['per-unit read'] / timings['rolled-up read']:.0f}")
+    print(f"  per-unit / scan {timings['per-unit read'] / timings['one-metric scan']:.2f}")
+    print(f"  first sum of a newly named ratio (once) {first_sum * 1000:9.1f} ms")
 
 
 def main() -> None:
