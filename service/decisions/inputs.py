@@ -17,7 +17,13 @@ from service.decisions.segments import analyze_segments, srm_drill_down
 from service.decisions.sequential import Design, design_for
 from service.decisions.store import fix_design, last_run_numbers, stored_design
 from service.events.periods import period_sums
-from service.events.segments import segment_stats, segment_units, segment_units_by_day
+from service.events.segments import (
+    SegmentStats,
+    SegmentUnits,
+    segment_stats,
+    segment_units,
+    segment_units_by_day,
+)
 from service.events.sums import (
     RatioSums,
     exposed_units,
@@ -25,6 +31,7 @@ from service.events.sums import (
     mature_metric_stats,
     metric_stats,
     model_health,
+    ratio_parts,
     ratio_since,
     ratio_sums,
 )
@@ -146,17 +153,55 @@ def bandit_periods(conn: Any, experiment: Experiment) -> list[Period]:
     return [Period(p.weights, p.settled_units, p.stats, p.units) for p in found]
 
 
+def _segment_ratio_stats(
+    conn: Any, experiment: Experiment, units: SegmentUnits, through: date | None
+) -> tuple[SegmentStats, list[str]]:
+    """A ratio primary's linearised statistics per segment, and the lines of what waits."""
+    metric = experiment.metrics.primary
+    assert metric.numerator is not None and metric.denominator is not None
+    since = ratio_since(conn, experiment.key, experiment.seed, metric.numerator,
+                        metric.denominator)  # fmt: skip
+    if since is None:
+        return {}, [f"{metric.name}: its cross products are not rolled up yet"]
+    if through is not None and through < since:
+        return {}, [f"{metric.name}: its cross products are kept since {since}, after {through}"]
+    parts = ratio_parts(conn, experiment.key, experiment.seed, metric.numerator,
+                        metric.denominator, units, through, per_segment=True)  # fmt: skip
+    stats: SegmentStats = {}
+    lines: list[str] = []
+    for (attribute, segment), by_variant in units.items():
+        sums = {
+            (variant, metric.name): parts[(attribute, segment, variant)]
+            for variant in by_variant
+            if (attribute, segment, variant) in parts
+        }
+        linearized, waiting, errors = ratio_stats(experiment, sums)
+        stats[(attribute, segment)] = linearized
+        lines.extend(f"{attribute}={segment}: {line}" for line in waiting + errors)
+    return stats, lines
+
+
 def _with_segments(
     conn: Any, experiment: Experiment, design: Design, result: ExperimentAnalysis,
     state: dict[str, Any], through: date | None,
 ) -> ExperimentAnalysis:  # fmt: skip
-    """Add the per-segment results and, when the SRM test flags, its per-segment drill-down."""
+    """Add the per-segment results and, when the SRM test flags, its per-segment drill-down.
+
+    A ratio primary is compared per segment on its linearised statistics, as the whole
+    experiment's is (``ratios.py``), from the rollup's sums per segment.
+    """
     if not experiment.segment_attributes:
         return result
     units = segment_units(conn, experiment.key, experiment.seed, through)
-    primary = [experiment.metrics.primary.name]  # what the segment analysis compares
-    stats = segment_stats(conn, experiment.key, experiment.seed, units, primary, through)
+    primary = experiment.metrics.primary.name  # what the segment analysis compares
+    waiting: list[str] = []
+    if experiment.metrics.primary.type == "ratio":
+        stats, waiting = _segment_ratio_stats(conn, experiment, units, through)
+    else:
+        stats = segment_stats(conn, experiment.key, experiment.seed, units, [primary], through)
     report = analyze_segments(experiment, design, units, stats)
+    if report is not None:
+        report.skipped.extend(waiting)
     check = result.srm
     if check is not None and check.flagged and report is not None:
         period = state.get("srm") or {}

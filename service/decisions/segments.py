@@ -1,7 +1,8 @@
 """Results per segment, and the SRM test per segment when the experiment's fails. Pure.
 
 Each segment (a value of an attribute the experiment names in ``segments``) gets the
-primary metric's treatment-versus-control comparison from its own sufficient statistics:
+primary metric's treatment-versus-control comparison from its own sufficient statistics (a
+ratio primary's are its linearised ones, as for the whole experiment: ``ratios.py``):
 the mSPRT's always-valid p-value and interval of one look (Johari et al. 2022), valid
 whenever a page is read. Its mixture is the design's standardized one at the policy's alpha,
 tuned for a segment's share of the plan (``planned_units`` over the attribute's cap plus
@@ -155,9 +156,6 @@ def analyze_segments(
     correction = experiment.policy.segment_correction
     units: dict[str, dict[str, dict[str, int]]] = {a: {} for a in attributes}
     report = SegmentReport(attributes, correction, design.alpha, metric, units)
-    if experiment.metrics.primary.type == "ratio":
-        report.skipped.append(f"{metric}: a ratio metric is not analysed per segment yet")
-        return report
     for spec in specs:
         attribute = spec.attribute
         # Tuned (fixed in advance) for a segment's share of the plan: the cap's values and other.

@@ -42,34 +42,38 @@ def configured_pairs_from(experiments: Mapping[str, Any]) -> ConfiguredPairs:
     return pairs
 
 
-def _unit_products(conn: Any, pair: RatioPair) -> list[tuple[str, str, float, float, float, float]]:
-    """Each unit with a total of either part: (unit, variant, x, x', y, y')."""
-    key, seed, numerator, denominator = pair
-    return [
-        (str(u), str(v), float(x), float(xp), float(y), float(yp))
-        for u, v, x, xp, y, yp in conn.execute(
-            "SELECT unit_id, coalesce(a.variant_key, b.variant_key), coalesce(a.y_total, 0),"
-            " coalesce(a.x_total, 0), coalesce(b.y_total, 0), coalesce(b.x_total, 0)"
-            " FROM (SELECT unit_id, variant_key, y_total, x_total FROM unit_outcomes"
-            "       WHERE experiment_key = %s AND seed = %s AND metric = %s) a"
-            " FULL JOIN (SELECT unit_id, variant_key, y_total, x_total FROM unit_outcomes"
-            "       WHERE experiment_key = %s AND seed = %s AND metric = %s) b USING (unit_id)",
-            (key, seed, numerator, key, seed, denominator),
-        )
-    ]
+_PARTS = (
+    " FROM (SELECT unit_id, variant_key, y_total, x_total FROM unit_outcomes"
+    "       WHERE experiment_key = %s AND seed = %s AND metric = %s) a"
+    " FULL JOIN (SELECT unit_id, variant_key, y_total, x_total FROM unit_outcomes"
+    "       WHERE experiment_key = %s AND seed = %s AND metric = %s) b USING (unit_id),"
+    " LATERAL (SELECT coalesce(a.variant_key, b.variant_key), coalesce(a.y_total, 0),"
+    "          coalesce(a.x_total, 0), coalesce(b.y_total, 0), coalesce(b.x_total, 0))"
+    "          AS v(variant, x, xp, y, yp)"
+)
 
 
 def _first_sums(
     conn: Any, pair: RatioPair, counted_through: int, specs: SegmentSpecs | None
 ) -> dict[tuple[str, str, str], CrossDelta]:
-    """The cross products of the units' current totals per (attribute, segment, variant)."""
-    rows = _unit_products(conn, pair)
-    key, seed = pair[0], pair[1]
-    by_unit = (
-        segments_of_units(conn, [(key, seed, row[0]) for row in rows], counted_through, specs)
-        if specs is not None and specs(key) else {}
-    )  # fmt: skip
+    """The cross products of the units' current totals per (attribute, segment, variant).
+
+    The whole experiment's are summed in PostgreSQL; segments need each unit's segment
+    (``segments.py``), so with segments the units' products are summed here.
+    """
+    key, seed, numerator, denominator = pair
+    parameters = (key, seed, numerator, key, seed, denominator)
     sums: dict[tuple[str, str, str], CrossDelta] = defaultdict(CrossDelta)
+    if specs is None or not specs(key):
+        for variant, *values in conn.execute(
+            "SELECT variant, sum(x * y), sum(xp * yp), sum(x * yp), sum(xp * y)" + _PARTS
+            + " GROUP BY variant", parameters,
+        ):  # fmt: skip
+            sums[(*WHOLE, variant)] = CrossDelta(*(float(v) for v in values))
+        return sums
+    rows = conn.execute("SELECT unit_id, variant, x, xp, y, yp" + _PARTS, parameters).fetchall()
+    by_unit = segments_of_units(conn, [(key, seed, row[0]) for row in rows], counted_through,
+                                specs)  # fmt: skip
     for unit, variant, x, xp, y, yp in rows:
         for attribute, segment in (WHOLE, *by_unit.get((key, seed, unit), ())):
             target = sums[(attribute, segment, variant)]

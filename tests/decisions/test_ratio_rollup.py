@@ -126,7 +126,7 @@ def check_analysis(conn: Any, truth: dict[str, np.ndarray], through: date | None
 
 def rollup(conn: Any, pairs: Any = None) -> None:
     windows = windows_from({KEY: experiment()})
-    while (done := roll_up_once(conn, windows, GRACE, ratio_pairs=pairs)) not in (None, (0, 0)):
+    while roll_up_once(conn, windows, GRACE, ratio_pairs=pairs) not in (None, (0, 0)):
         pass
 
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from statsmodels.stats.multitest import multipletests
 
+from analysis.ratio_metric import RatioCrossSums, linearized_stats
 from analysis.sufficient_stats import SufficientStats
 from dashboards.report import report_html
 from service.cli.main import main
@@ -83,17 +84,48 @@ def test_the_correction_is_statsmodels_and_an_effect_is_found_where_it_is(correc
     assert report.units["platform"]["s3"] == {"a": 3000, "b": 3000}
 
 
-def test_no_segments_no_report_and_a_ratio_primary_is_said_to_wait() -> None:
+def test_no_segments_no_report() -> None:
     exp = Experiment.model_validate(minimal_experiment())
     assert analyze_segments(exp, design_for(exp), {}, {}) is None
+
+
+def test_a_ratio_primary_is_compared_per_segment_on_its_linearised_statistics() -> None:
+    """Given a segment's linearised ratio statistics, the segment's comparison is the
+    difference of the ratios with the delta-method variance (Deng et al. 2018): the mSPRT
+    interval centred on R_b - R_a, and a segment without statistics in one arm waits."""
     metrics = {"primary": {"name": "per_session", "type": "ratio", "numerator": "revenue",
                            "denominator": "sessions"},
                "secondary": [{"name": "revenue", "type": "continuous"},
                              {"name": "sessions", "type": "count"}]}  # fmt: skip
     ratio = Experiment.model_validate(minimal_experiment(segments=["platform"], metrics=metrics))
-    report = analyze_segments(ratio, design_for(ratio), {("platform", "ios"): {"a": 9, "b": 9}}, {})
-    assert report is not None and report.comparisons == []
-    assert report.skipped == ["per_session: a ratio metric is not analysed per segment yet"]
+    rng = np.random.default_rng(8)
+    stats = {}
+    for variant, spend in (("a", 2.0), ("b", 2.6)):
+        sessions = 1.0 + rng.poisson(2.0, 4000)
+        revenue = rng.gamma(sessions * 4.0, spend / 4.0)
+        cross = RatioCrossSums(float(revenue @ sessions))
+        stats[("per_session", variant)] = (revenue, sessions, linearized_stats(
+            SufficientStats(4000, revenue.sum(), revenue @ revenue),
+            SufficientStats(4000, sessions.sum(), sessions @ sessions), cross))  # fmt: skip
+    units = {("platform", "ios"): {"a": 4000, "b": 4000}, ("platform", "web"): {"a": 9, "b": 9}}
+    found = {("platform", "ios"): {(v, "per_session"): stats[("per_session", v)][2] for v in "ab"},
+             ("platform", "web"): {}}  # fmt: skip
+    report = analyze_segments(ratio, design_for(ratio), units, found)
+    assert report is not None
+    [comparison] = report.comparisons
+    (ra, sa, _), (rb, sb, _) = stats[("per_session", "a")], stats[("per_session", "b")]
+    assert comparison.control_mean == pytest.approx(ra.sum() / sa.sum(), rel=1e-12)
+    assert comparison.treatment_mean == pytest.approx(rb.sum() / sb.sum(), rel=1e-12)
+    # Unit by unit: the linearised values' variance is the delta method's.
+    variance = sum(
+        np.var((r - r.sum() / s.sum() * s) / s.mean(), ddof=1) / len(r)
+        for r, s in ((ra, sa), (rb, sb))
+    )
+    half_width = (comparison.ci_high - comparison.ci_low) / 2
+    assert comparison.ci_low + half_width == pytest.approx(comparison.difference, rel=1e-9)
+    assert half_width > 1.96 * variance**0.5  # always-valid: wider than the fixed-n interval
+    assert comparison.significant
+    assert report.skipped == ["platform=web/b: no units in one arm yet"]
 
 
 def segment_counts(rng: np.random.Generator, control_share: dict[str, float], n: int):  # type: ignore[no-untyped-def]
