@@ -18,7 +18,13 @@ from analysis.inflation_factor import (
 )
 from analysis.multiple_testing import bonferroni_alpha
 from service.decisions.ratios import ratio_stats
-from service.events.sums import exposed_units, exposure_days, metric_stats, ratio_sums
+from service.events.sums import (
+    exposed_units,
+    exposure_days,
+    metric_stats,
+    ratio_since,
+    ratio_sums,
+)
 from service.experiments.schema import Experiment
 
 
@@ -83,6 +89,9 @@ def _ratio_baseline(conn: Any, experiment: Experiment, control_units: int) -> di
     """
     primary, control = experiment.metrics.primary, experiment.control
     assert primary.numerator is not None and primary.denominator is not None
+    if ratio_since(conn, experiment.key, experiment.seed, primary.numerator,
+                   primary.denominator) is None:  # fmt: skip
+        return {}  # the rollup keeps no cross products of this ratio yet
     sums = ratio_sums(conn, experiment.key, experiment.seed, primary.numerator,
                       primary.denominator, {control: control_units})  # fmt: skip
     stats, _, _ = ratio_stats(experiment, {(v, primary.name): s for v, s in sums.items()})

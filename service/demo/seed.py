@@ -96,8 +96,8 @@ def seed_rollups(
     """Write ``exposure_counts`` and ``metric_stats`` for ``days`` days ending ``last_day``.
 
     ``skew`` multiplies a variant's traffic (an SRM on purpose). The metrics a ratio divides
-    also get their units' totals (``unit_outcomes``), which a ratio's analysis reads. Returns
-    the exposed units.
+    also get their units' totals (``unit_outcomes``) and the ratio its cross products
+    (``ratio_stats``, ``ratio_pairs``), as the rollup keeps them. Returns the exposed units.
     """
     rng = np.random.default_rng(rng_seed)
     weights = np.array([v.weight for v in experiment.variants])
@@ -106,9 +106,12 @@ def seed_rollups(
     exposures: list[tuple[Any, ...]] = []
     stats: list[tuple[Any, ...]] = []
     units: list[tuple[Any, ...]] = []
-    parts = {
-        name for m in experiment.metrics.ratio_metrics() for name in (m.numerator, m.denominator)
-    }
+    pairs = sorted({
+        (m.numerator, m.denominator) for m in experiment.metrics.ratio_metrics()
+        if m.numerator is not None and m.denominator is not None
+    })  # fmt: skip
+    parts = {name for pair in pairs for name in pair}
+    cross: list[tuple[Any, ...]] = []
     total = 0
     for offset in range(days):
         day = last_day - timedelta(days=days - 1 - offset)
@@ -118,6 +121,7 @@ def seed_rollups(
                 continue
             total += int(n)
             exposures.append((experiment.key, experiment.seed, variant, day, int(n)))
+            drawn: dict[str, tuple[Any, Any]] = {}
             for metric in experiment.metrics.all_metrics():
                 if metric.type == "ratio":
                     continue  # computed from its parts' unit totals
@@ -126,9 +130,15 @@ def seed_rollups(
                 stats.append((experiment.key, experiment.seed, variant, metric.name, day,
                               *(float(s) for s in sums)))  # fmt: skip
                 if metric.name in parts:
+                    drawn[metric.name] = (y, x)
                     units.extend((experiment.key, experiment.seed, metric.name,
                                   f"seed-{day}-{variant}-{i}", variant, float(y[i]), float(x[i]))
                                  for i in range(int(n)))  # fmt: skip
+            for numerator, denominator in pairs:
+                (x, xp), (y, yp) = drawn[numerator], drawn[denominator]
+                cross.append((experiment.key, experiment.seed, numerator, denominator, "", "",
+                              variant, day, float(x @ y), float(xp @ yp), float(x @ yp),
+                              float(xp @ y)))  # fmt: skip
     with conn.cursor() as cursor:
         with cursor.copy(
             "COPY exposure_counts (experiment_key, seed, variant_key, bucket, units) FROM STDIN"
@@ -147,6 +157,25 @@ def seed_rollups(
         ) as copy:
             for row in units:
                 copy.write_row(row)
+        # The rollup's cross products of the same units (events/ratios.py), kept from the
+        # first seeded day unless the rollup already keeps the ratio (then they add up).
+        cursor.executemany(
+            "INSERT INTO ratio_stats (experiment_key, seed, numerator, denominator, attribute,"
+            " segment, variant_key, bucket, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (experiment_key, seed, numerator, denominator, attribute, segment,"
+            " variant_key, bucket) DO UPDATE SET sum_xy = ratio_stats.sum_xy + EXCLUDED.sum_xy,"
+            " sum_xpyp = ratio_stats.sum_xpyp + EXCLUDED.sum_xpyp,"
+            " sum_xyp = ratio_stats.sum_xyp + EXCLUDED.sum_xyp,"
+            " sum_xpy = ratio_stats.sum_xpy + EXCLUDED.sum_xpy",
+            cross,
+        )
+        cursor.executemany(
+            "INSERT INTO ratio_pairs (experiment_key, seed, numerator, denominator, since)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(experiment.key, experiment.seed, *pair, last_day - timedelta(days=days - 1))
+             for pair in pairs],
+        )  # fmt: skip
     return total
 
 

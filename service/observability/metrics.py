@@ -226,7 +226,7 @@ ANALYSIS_DURATION = Histogram(
 )
 RATIO_SUMS_DURATION = Histogram(
     "abx_ratio_sums_duration_seconds",
-    "Time to sum one ratio metric's per-unit cross products (grows with units, not buckets).",
+    "Time to read one ratio metric's sums from the rollup (grows with days, not units).",
     ["experiment"],
     buckets=ANALYSIS_SECONDS,
 )

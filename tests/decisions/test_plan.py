@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -135,6 +135,9 @@ def test_the_policy_design_is_the_experiments_own_method() -> None:
 
 
 def test_observed_ratio_baseline_is_the_delta_method_unit(db: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from service.events.ingest import ingest_rows
+    from service.events.ratios import configured_pairs_from
+    from service.events.rollup import roll_up_once, windows_from
     from tests.experiment_files import minimal_experiment, write_experiment
 
     metrics = {
@@ -144,17 +147,25 @@ def test_observed_ratio_baseline_is_the_delta_method_unit(db: str, tmp_path) -> 
     path = write_experiment(tmp_path, minimal_experiment("rps", metrics=metrics))
     exp = load_experiments([path]).experiments[0].experiment
     revenue, sessions = [5.0, 0.0, 12.0, 3.0, 8.0], [2.0, 1.0, 4.0, 1.0, 3.0]
-    today = datetime.now(UTC).date()
+    exposed = datetime.now(UTC) - timedelta(hours=2)
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(  # 6 exposed units: the sixth has no outcomes (counts as 0 / 0)
-            "INSERT INTO exposure_counts VALUES (%s, %s, 'a', %s, 6)", (exp.key, exp.seed, today)
-        )
-        for metric, values in (("revenue", revenue), ("sessions", sessions)):
-            for i, value in enumerate(values):
-                conn.execute(
-                    "INSERT INTO unit_outcomes VALUES (%s, %s, %s, %s, 'a', %s, 0)",
-                    (exp.key, exp.seed, metric, f"u{i}", value),
-                )
+        for i in range(6):  # 6 exposed units: the sixth has no outcomes (counts as 0 / 0)
+            conn.execute(
+                "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key,"
+                " first_exposed_at) VALUES (%s, %s, %s, 'a', %s)",
+                (exp.key, exp.seed, f"u{i}", exposed),
+            )
+        events = [
+            (exp.key, exp.seed, f"{metric}-{i}", f"u{i}", metric, "sum", value,
+             exposed + timedelta(minutes=5), exposed, None)
+            for metric, values in (("revenue", revenue), ("sessions", sessions))
+            for i, value in enumerate(values)
+        ]  # fmt: skip
+        with conn.transaction():
+            ingest_rows(conn, events)
+        assert observed_inputs(conn, exp).get("baseline") is None  # no cross products kept yet
+        roll_up_once(conn, windows_from({exp.key: exp}), timedelta(hours=1),
+                     ratio_pairs=configured_pairs_from({exp.key: exp}))  # fmt: skip
         observed = observed_inputs(conn, exp)
     x, y = np.array([*revenue, 0.0]), np.array([*sessions, 0.0])
     ratio = x.sum() / y.sum()

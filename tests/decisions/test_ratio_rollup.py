@@ -9,6 +9,7 @@ day, with the same ratio computed unit by unit in Python from the events themsel
 
 from __future__ import annotations
 
+import json
 from dataclasses import astuple
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -21,9 +22,12 @@ from analysis import cuped
 from analysis.ratio_metric import RatioCrossSums, linearized_stats
 from analysis.sufficient_stats import SufficientStats
 from service.decisions.inputs import run_analysis
+from service.decisions.segments import analyze_segments
+from service.decisions.sequential import design_for
 from service.events.ingest import ingest_rows
 from service.events.ratios import configured_pairs_from
 from service.events.rollup import roll_up_once, windows_from
+from service.events.segments import segment_specs_from
 from service.events.sums import ratio_since, ratio_sums
 from service.experiments.schema import Experiment
 from tests.experiment_files import minimal_experiment
@@ -199,3 +203,65 @@ def test_a_ratio_first_named_after_its_events_starts_from_the_unit_totals(db: st
         truth = data.truth(None)
         check_read(conn, truth, None)
         check_analysis(conn, truth, None)
+
+
+def test_a_ratio_primary_per_segment_equals_the_per_unit_computation(db: str) -> None:
+    """Segments of a ratio primary: first summed from the units (named after its events), then
+    kept by the rollup through late events; each segment's comparison is the one computed
+    from the segment's units directly."""
+    segmented = Experiment.model_validate(
+        minimal_experiment(KEY, metrics=METRICS, segments=["platform"])
+    )
+    rng = np.random.default_rng(27)
+    data = Units(datetime.now(UTC).date() - timedelta(days=3), rng)
+    platform = {unit: ("ios", "web", "android")[i % 3] for i, (unit, _) in enumerate(data.units)}
+    windows = windows_from({KEY: segmented})
+    specs = segment_specs_from({KEY: segmented})
+    pairs = configured_pairs_from({KEY: segmented})
+
+    def roll(named: bool) -> None:
+        while roll_up_once(conn, windows, GRACE, segment_specs=specs,
+                           ratio_pairs=pairs if named else None) not in (None, (0, 0)):  # fmt: skip
+            pass
+
+    with psycopg.connect(db) as conn:
+        with conn.cursor().copy("COPY exposures (experiment_key, seed, unit_id, variant_key,"
+                                " first_exposed_at) FROM STDIN") as copy:  # fmt: skip
+            for unit, variant in data.units:
+                copy.write_row((KEY, SEED, unit, variant, at(data.exposure_day, 0)))
+        with conn.cursor().copy("COPY exposure_attributes (experiment_key, seed, unit_id,"
+                                " attributes, exposed_at) FROM STDIN") as copy:  # fmt: skip
+            for unit, _ in data.units:
+                copy.write_row((KEY, SEED, unit, json.dumps({"platform": platform[unit]}),
+                                at(data.exposure_day, 0)))  # fmt: skip
+        first, second = data.units[::2], data.units[1::2]
+        ingest_rows(conn, [r for day in (-1, 0) for r in data.day_events(first, day)])
+        conn.commit()
+        roll(named=False)
+        roll(named=True)  # the first sum, per segment from the units
+        rows = [r for day in (-1, 0, 1) for r in data.day_events(second, day)]
+        ingest_rows(conn, rows + data.day_events(first, 1) + data.events[:40])
+        conn.commit()
+        roll(named=True)
+        result, _ = run_analysis(conn, segmented, {"a": 0.5, "b": 0.5}, use_history=False)
+    assert result.segments is not None
+    truth = data.truth(None)
+    names = {v: [u for u, w in data.units if w == v] for v in "ab"}
+    units: dict[tuple[str, str], dict[str, int]] = {}
+    stats: dict[tuple[str, str], dict[tuple[str, str], SufficientStats]] = {}
+    for segment in ("ios", "web", "android"):
+        for variant in "ab":
+            mine = [i for i, u in enumerate(names[variant]) if platform[u] == segment]
+            units.setdefault(("platform", segment), {})[variant] = len(mine)
+            stats.setdefault(("platform", segment), {})[(variant, "revenue_per_session")] = (
+                linearized_stats(*reference(truth[variant][mine]))
+            )
+    expected = analyze_segments(segmented, design_for(segmented), units, stats)
+    assert expected is not None and len(expected.comparisons) == 3
+    assert result.segments.units == expected.units
+    assert not result.segments.skipped, result.segments.skipped
+    for got, want in zip(result.segments.comparisons, expected.comparisons, strict=True):
+        assert (got.segment, got.cuped) == (want.segment, want.cuped)
+        for field in ("control_mean", "treatment_mean", "difference", "ci_low", "ci_high",
+                      "p_value", "p_value_adjusted"):  # fmt: skip
+            assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-9), field
