@@ -34,3 +34,19 @@ CREATE TABLE ratio_stats (
     PRIMARY KEY (experiment_key, seed, numerator, denominator, attribute, segment, variant_key,
                  bucket)
 );
+
+-- A windowed ratio's cross products by the unit's exposure day (its cohort), as
+-- metric_cohort_stats: summing the cohorts whose window has closed gives mature units only.
+CREATE TABLE ratio_cohort_stats (
+    experiment_key text NOT NULL,
+    seed           text NOT NULL,
+    numerator      text NOT NULL,
+    denominator    text NOT NULL,
+    variant_key    text NOT NULL,
+    cohort         date NOT NULL,
+    sum_xy         double precision NOT NULL DEFAULT 0,
+    sum_xpyp       double precision NOT NULL DEFAULT 0,
+    sum_xyp        double precision NOT NULL DEFAULT 0,
+    sum_xpy        double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (experiment_key, seed, numerator, denominator, variant_key, cohort)
+);

@@ -29,6 +29,7 @@ from service.events.sums import (
     exposed_units,
     exposed_units_by_day,
     mature_metric_stats,
+    mature_ratio_sums,
     metric_stats,
     model_health,
     ratio_parts,
@@ -102,9 +103,15 @@ def _ratio_stats(
             waiting.append(f"{metric.name}: its cross products are kept since {since},"
                            f" after {through}")  # fmt: skip
             continue
+        hours = metric.maturity_hours
         with metrics.RATIO_SUMS_DURATION.labels(experiment.key).time():
-            found = ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
-                               metric.denominator, units, through)  # fmt: skip
+            found = (
+                ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
+                           metric.denominator, units, through)
+                if hours is None  # a windowed ratio: its mature units only (_mature_only)
+                else mature_ratio_sums(conn, experiment.key, experiment.seed, metric.numerator,
+                                       metric.denominator, hours, through)
+            )  # fmt: skip
         sums.update({(variant, metric.name): value for variant, value in found.items()})
     linearized, reasons, errors = ratio_stats(experiment, sums)
     stats.update(linearized)

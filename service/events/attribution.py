@@ -81,6 +81,10 @@ RatioKey = tuple[str, str, str, str, str, str, str, date]
 """experiment, seed, numerator, denominator, attribute, segment, variant, bucket; attribute
 and segment are '' for the whole experiment."""
 WHOLE = ("", "")
+COHORT = ("abx.cohort", "")
+"""The (attribute, segment) under which ``ratio_deltas`` holds a windowed ratio's changes by
+exposure cohort (the key's date is then the unit's first-exposure day; attributes starting
+with ``abx.`` are never segments)."""
 
 
 @dataclass
@@ -203,17 +207,20 @@ def apply_events(
             target.sum_x += totals.x_total - old_x
             target.sum_x2 += totals.x_total**2 - old_x**2
             target.sum_xy += totals.x_total * totals.y_total - old_x * old_y
-        _add_cross(rollup, event, before, totals, bucket, current_totals, unit_segments,
-                   ratio_pairs)  # fmt: skip
+        windowed = (event.experiment_key, event.metric) in cohort_metrics
+        _add_cross(rollup, event, before, totals, bucket,
+                   exposure.first_exposed_at.date() if windowed else None, current_totals,
+                   unit_segments, ratio_pairs)  # fmt: skip
     return rollup
 
 
 def _add_cross(
     rollup: Rollup, event: Event, before: UnitTotals, after: UnitTotals, bucket: date,
-    current_totals: Mapping[UnitKey, UnitTotals], unit_segments: UnitSegments | None,
-    ratio_pairs: RatioPairs | None,
+    cohort: date | None, current_totals: Mapping[UnitKey, UnitTotals],
+    unit_segments: UnitSegments | None, ratio_pairs: RatioPairs | None,
 ) -> None:  # fmt: skip
-    """Add the change of every ratio cross product the event's metric is a part of."""
+    """Add the change of every ratio cross product the event's metric is a part of; with a
+    ``cohort`` (a windowed metric), also under :data:`COHORT` on the unit's exposure day."""
     pairs = (ratio_pairs or {}).get((event.experiment_key, event.seed), ())
     for numerator, denominator in pairs:
         if event.metric not in (numerator, denominator):
@@ -223,12 +230,14 @@ def _add_cross(
         other = rollup.totals.get(other_key) or current_totals.get(other_key)
         change = _cross_change(event.metric == numerator, before, after,
                                other or UnitTotals(after.variant_key))  # fmt: skip
-        places = [WHOLE, *(unit_segments or {}).get(
-            (event.experiment_key, event.seed, event.unit_id), ())]  # fmt: skip
-        for attribute, segment in places:
+        places = [(*WHOLE, bucket), *((a, s, bucket) for a, s in (unit_segments or {}).get(
+            (event.experiment_key, event.seed, event.unit_id), ()))]  # fmt: skip
+        if cohort is not None:
+            places.append((*COHORT, cohort))
+        for attribute, segment, day in places:
             target = rollup.ratio_deltas[(event.experiment_key, event.seed, numerator,
                                           denominator, attribute, segment,
-                                          after.variant_key, bucket)]  # fmt: skip
+                                          after.variant_key, day)]  # fmt: skip
             target.sum_xy += change.sum_xy
             target.sum_xpyp += change.sum_xpyp
             target.sum_xyp += change.sum_xyp

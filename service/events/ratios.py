@@ -19,12 +19,14 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from service.events.attribution import WHOLE, CrossDelta, RatioKey, RatioPairs
+from service.events.attribution import COHORT, WHOLE, CrossDelta, RatioKey, RatioPairs
 from service.events.segments import SegmentSpecs, segments_of_units
 
 RatioPair = tuple[str, str, str, str]
 """experiment, seed, numerator, denominator."""
 ConfiguredPairs = Callable[[], Collection[RatioPair]]
+Windowed = Callable[[str, str], object]
+"""(experiment, metric) -> its own outcome window, None without one."""
 
 
 def configured_pairs_from(experiments: Mapping[str, Any]) -> ConfiguredPairs:
@@ -84,16 +86,37 @@ def _first_sums(
     return sums
 
 
+def _first_cohort_sums(conn: Any, pair: RatioPair) -> dict[RatioKey, CrossDelta]:
+    """A windowed ratio's cross products of the units' current totals by exposure cohort."""
+    key, seed, numerator, denominator = pair
+    found: dict[RatioKey, CrossDelta] = {}
+    for variant, cohort, *values in conn.execute(
+        "SELECT variant, cohort, sum(x * y), sum(xp * yp), sum(x * yp), sum(xp * y)"
+        + _PARTS.replace(
+            " USING (unit_id),",
+            " USING (unit_id) JOIN (SELECT unit_id, min(first_exposed_at)::date AS cohort"
+            " FROM exposures WHERE experiment_key = %s AND seed = %s GROUP BY unit_id) c"
+            " USING (unit_id),",
+        )
+        + " GROUP BY variant, cohort",
+        (key, seed, numerator, key, seed, denominator, key, seed),
+    ):  # fmt: skip
+        found[(*pair, *COHORT, variant, cohort)] = CrossDelta(*(float(v) for v in values))
+    return found
+
+
 def tracked_pairs(
     conn: Any,
     configured: ConfiguredPairs | None,
     counted_through: int,
     specs: SegmentSpecs | None = None,
+    windows: Windowed | None = None,
 ) -> RatioPairs:
     """The pairs the rollup keeps, after starting those the YAML names for the first time.
 
     Call within the rollup's transaction and lock: a first sum and the changes after it must
-    see the same unit totals.
+    see the same unit totals. A ratio of windowed parts (``windows``) also gets its first
+    sums by exposure cohort.
     """
     known = {
         tuple(row) for row in conn.execute(
@@ -109,6 +132,8 @@ def tracked_pairs(
             (*pair, attribute, segment, variant, today): sums
             for (attribute, segment, variant), sums in first.items()
         })  # fmt: skip
+        if windows is not None and windows(pair[0], pair[2]) is not None:
+            write_deltas(conn, _first_cohort_sums(conn, pair))
         conn.execute(
             "INSERT INTO ratio_pairs (experiment_key, seed, numerator, denominator, since)"
             " VALUES (%s, %s, %s, %s, %s)",
@@ -136,10 +161,25 @@ def partner_keys(
 
 
 def write_deltas(conn: Any, deltas: Mapping[RatioKey, CrossDelta]) -> None:
-    """Add changes of the cross products to ``ratio_stats``."""
-    if not deltas:
-        return
+    """Add changes of the cross products to ``ratio_stats`` (by cohort: ``ratio_cohort_stats``)."""
+    by_cohort = [(*k[:4], k[6], k[7], d.sum_xy, d.sum_xpyp, d.sum_xyp, d.sum_xpy)
+                 for k, d in deltas.items() if k[4:6] == COHORT]  # fmt: skip
+    deltas = {k: d for k, d in deltas.items() if k[4:6] != COHORT}
     with conn.cursor() as cursor:
+        if by_cohort:
+            cursor.executemany(
+                "INSERT INTO ratio_cohort_stats (experiment_key, seed, numerator, denominator,"
+                " variant_key, cohort, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (experiment_key, seed, numerator, denominator, variant_key, cohort)"
+                " DO UPDATE SET sum_xy = ratio_cohort_stats.sum_xy + EXCLUDED.sum_xy,"
+                " sum_xpyp = ratio_cohort_stats.sum_xpyp + EXCLUDED.sum_xpyp,"
+                " sum_xyp = ratio_cohort_stats.sum_xyp + EXCLUDED.sum_xyp,"
+                " sum_xpy = ratio_cohort_stats.sum_xpy + EXCLUDED.sum_xpy",
+                by_cohort,
+            )
+        if not deltas:
+            return
         cursor.executemany(
             "INSERT INTO ratio_stats (experiment_key, seed, numerator, denominator, attribute,"
             " segment, variant_key, bucket, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"

@@ -276,7 +276,9 @@ def roll_up_once(
             return None
         exposures_counted, counted_through = _roll_exposures(conn, through.exposures, segment_specs)
         exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
-        pairs = ratios.tracked_pairs(conn, ratio_pairs, counted_through, segment_specs)
+        pairs = ratios.tracked_pairs(
+            conn, ratio_pairs, counted_through, segment_specs, metric_windows
+        )
         if counted_through < through.exposures:
             # A backlog of exposures: outcomes wait until the exposures before them are
             # counted, so none is judged unexposed while its exposure is still unread.

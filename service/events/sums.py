@@ -269,3 +269,50 @@ def ratio_sums(
     parts = ratio_parts(conn, experiment_key, seed, numerator, denominator, {("", ""): units},
                         through)  # fmt: skip
     return {variant: sums for (_, _, variant), sums in parts.items()}
+
+
+def mature_ratio_sums(
+    conn: Any, experiment_key: str, seed: str, numerator: str, denominator: str,
+    maturity_hours: float, through: date | None = None,
+) -> dict[str, RatioSums]:  # fmt: skip
+    """A windowed ratio over mature units only, as :func:`mature_metric_stats` for a metric.
+
+    The cohorts (days of first exposure) whose last unit is mature: their units from
+    ``exposure_counts``, the parts' sums from ``metric_cohort_stats`` and the cross products
+    from ``ratio_cohort_stats``, in one statement.
+    """
+    cohorts = "FROM {0}, cut WHERE experiment_key = %(key)s AND seed = %(seed)s AND {1} < cut.day"
+    parts = (
+        " UNION ALL SELECT %(part{0})s::text, variant_key, sum(sum_y), sum(sum_y2), sum(sum_x),"
+        " sum(sum_x2), sum(sum_xy) " + cohorts.format("metric_cohort_stats", "cohort")
+        + " AND metric = %(part{0})s GROUP BY variant_key"
+    )  # fmt: skip
+    rows = conn.execute(
+        "WITH cut AS (SELECT (least(now(), coalesce((%(through)s::date + 1)::timestamptz, now()))"
+        " - %(hours)s * interval '1 hour')::date AS day)"
+        " SELECT ''::text, variant_key, sum(units)::float8, 0, 0, 0, 0 "
+        + cohorts.format("exposure_counts", "bucket") + " GROUP BY variant_key"
+        + parts.format("x") + parts.format("y")
+        + " UNION ALL SELECT 'cross', variant_key, sum(sum_xy), sum(sum_xpyp), sum(sum_xyp),"
+        " sum(sum_xpy), 0 " + cohorts.format("ratio_cohort_stats", "cohort")
+        + " AND numerator = %(partx)s AND denominator = %(party)s GROUP BY variant_key",
+        {"key": experiment_key, "seed": seed, "partx": numerator, "party": denominator,
+         "through": through, "hours": maturity_hours},
+    ).fetchall()  # fmt: skip
+    found: dict[tuple[str, str], list[float]] = {}
+    for part, variant, *values in rows:
+        name = {"": "n", "cross": "cross", numerator: "x", denominator: "y"}[part]
+        found[(name, variant)] = [float(v) for v in values]
+    zeros = [0.0] * 5
+    result = {}
+    for (name, variant), (units, *_) in found.items():
+        n = int(units)
+        if name != "n" or n <= 0:
+            continue
+        xy, xpyp, xyp, xpy, _ = found.get(("cross", variant), zeros)
+        result[variant] = RatioSums(
+            SufficientStats(n, *found.get(("x", variant), zeros)),
+            SufficientStats(n, *found.get(("y", variant), zeros)),
+            RatioCrossSums(xy, xpyp, xyp, xpy),
+        )
+    return result

@@ -246,8 +246,18 @@ def _window_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[
             )
 
 
+def _same_window(first: str | None, second: str | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return duration_hours(first) == duration_hours(second)
+
+
 def _ratio_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[RuleProblem]:
-    """A ratio names two declared, windowless non-ratio metrics; other metrics name none."""
+    """A ratio names two declared non-ratio metrics; other metrics name none.
+
+    A ratio with ``window`` needs both parts to have that window (their outcomes are attributed
+    within it, and the ratio's mature cohorts are theirs); a ratio without one, windowless parts.
+    """
     declared = {metric.name: metric for metric in experiment.metrics.all_metrics()}
     for path, metric in zip(paths, experiment.metrics.all_metrics(), strict=True):
         parts = (("numerator", metric.numerator), ("denominator", metric.denominator))
@@ -257,9 +267,6 @@ def _ratio_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[R
                     yield RuleProblem((*path, field), f"only a 'type: ratio' metric takes "
                                       f"'{field}' ({metric.name!r} is {metric.type})")  # fmt: skip
             continue
-        if metric.window is not None:
-            yield RuleProblem((*path, "window"), "a ratio metric has no window of its own: "
-                              "it is computed from its numerator and denominator")  # fmt: skip
         for field, value in parts:
             if value is None:
                 yield RuleProblem(path, f"a ratio metric needs '{field}': the name of a metric "
@@ -277,9 +284,13 @@ def _ratio_problems(experiment: Experiment, paths: list[DataPath]) -> Iterator[R
                 problem = f"{value!r} is itself a ratio; name the metrics it divides"
             elif value in MODEL_HEALTH_METRICS:
                 problem = f"{value!r} is a model-health guardrail, not a per-unit metric"
-            elif component.window is not None:
-                problem = (f"{value!r} has an outcome window; ratios of windowed metrics are "
-                           "not supported yet")  # fmt: skip
+            elif not _same_window(component.window, metric.window):
+                problem = (
+                    f"{value!r} has the outcome window {component.window}; give the ratio "
+                    f"'window: {component.window}' too" if metric.window is None
+                    else f"{value!r} needs the ratio's window ('window: {metric.window}'), "
+                    f"has {component.window or 'none'}: its outcomes count within the window"
+                )  # fmt: skip
             if problem is not None:
                 yield RuleProblem((*path, field), problem)
         if metric.numerator is not None and metric.numerator == metric.denominator:

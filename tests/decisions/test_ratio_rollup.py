@@ -26,7 +26,7 @@ from service.decisions.segments import analyze_segments
 from service.decisions.sequential import design_for
 from service.events.ingest import ingest_rows
 from service.events.ratios import configured_pairs_from
-from service.events.rollup import roll_up_once, windows_from
+from service.events.rollup import metric_windows_from, roll_up_once, windows_from
 from service.events.segments import segment_specs_from
 from service.events.sums import ratio_since, ratio_sums
 from service.experiments.schema import Experiment
@@ -265,3 +265,73 @@ def test_a_ratio_primary_per_segment_equals_the_per_unit_computation(db: str) ->
         for field in ("control_mean", "treatment_mean", "difference", "ci_low", "ci_high",
                       "p_value", "p_value_adjusted"):  # fmt: skip
             assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-9), field
+
+
+def test_a_windowed_ratio_reads_its_mature_units_only(db: str) -> None:
+    """``window: 1d`` on the ratio and its parts: outcomes count within a day of exposure, and
+    only units whose day has passed are analysed, with the cross products of those units."""
+    windowed = {"name": "rps", "type": "ratio", "numerator": "revenue",
+                "denominator": "sessions", "window": "1d"}  # fmt: skip
+    parts = [{"name": "revenue", "type": "continuous", "window": "1d"},
+             {"name": "sessions", "type": "count", "window": "1d"}]  # fmt: skip
+    exp = Experiment.model_validate(
+        minimal_experiment(KEY, metrics={"primary": windowed, "secondary": parts})
+    )
+    rng = np.random.default_rng(28)
+    now = datetime.now(UTC)
+    old = at(now.date() - timedelta(days=3), 0)
+    units = [(f"{v}{i}", v, old if i % 4 else now - timedelta(hours=1)) for v in "ab"
+             for i in range(UNITS)]  # fmt: skip
+    events: list[tuple[Any, ...]] = []
+    truth = {unit: np.zeros(4) for unit, _, _ in units}
+
+    def emit(unit: str, exposed: datetime, offset: timedelta, counted: bool, column: int) -> None:
+        sessions = float(1 + rng.poisson(1.0))
+        revenue = float(rng.gamma(2.0 * sessions, 2.0))
+        for metric, value in (("revenue", revenue), ("sessions", sessions)):
+            events.append((KEY, SEED, f"w{len(events)}", unit, metric, "sum", value,
+                           exposed + offset, now, None))  # fmt: skip
+            if counted:
+                truth[unit][column + (metric == "sessions")] += value
+
+    for unit, _, exposed in units:
+        emit(unit, exposed, -timedelta(hours=12), True, 2)  # pre-period: the covariate
+        if exposed == old:
+            emit(unit, exposed, timedelta(hours=float(rng.uniform(1, 20))), True, 0)
+            emit(unit, exposed, timedelta(hours=30), False, 0)  # outside the window
+        else:
+            emit(unit, exposed, timedelta(minutes=10), True, 0)  # not mature yet
+    windows = windows_from({KEY: exp})
+    metric_windows = metric_windows_from({KEY: exp})
+    pairs = configured_pairs_from({KEY: exp})
+
+    def roll(named: bool) -> None:
+        while roll_up_once(conn, windows, GRACE, metric_windows,
+                           ratio_pairs=pairs if named else None) not in (None, (0, 0)):  # fmt: skip
+            pass
+
+    with psycopg.connect(db) as conn:
+        with conn.cursor().copy("COPY exposures (experiment_key, seed, unit_id, variant_key,"
+                                " first_exposed_at) FROM STDIN") as copy:  # fmt: skip
+            for unit, variant, exposed in units:
+                copy.write_row((KEY, SEED, unit, variant, exposed))
+        half = len(events) // 2
+        ingest_rows(conn, events[:half])
+        conn.commit()
+        roll(named=False)
+        roll(named=True)  # the first sums, by exposure cohort too
+        ingest_rows(conn, events[half:] + events[:30])
+        conn.commit()
+        roll(named=True)
+        result, _ = run_analysis(conn, exp, {"a": 0.5, "b": 0.5}, use_history=False)
+    mature = {v: np.array([truth[u] for u, w, e in units if w == v and e == old]) for v in "ab"}
+    assert result.maturity["rps"].mature_units == {v: len(mature[v]) for v in "ab"}
+    [comparison] = [c for c in result.primary if c.metric == "rps"]
+    control, treatment = (linearized_stats(*reference(mature[v])) for v in "ab")
+    expected = cuped.compare(control, treatment)
+    assert comparison.control_units == len(mature["a"])
+    assert comparison.control_mean == pytest.approx(control.mean, rel=1e-9)
+    assert comparison.treatment_mean == pytest.approx(treatment.mean, rel=1e-9)
+    assert comparison.cuped
+    assert comparison.difference == pytest.approx(expected.difference, rel=1e-9)
+    assert comparison.variance_reduction == pytest.approx(expected.variance_reduction, rel=1e-9)

@@ -37,6 +37,16 @@ def test_a_ratio_of_declared_metrics_is_accepted(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_a_windowed_ratio_of_parts_with_its_window_is_accepted(tmp_path: Path) -> None:
+    primary = ("{name: rps, type: ratio, numerator: revenue, denominator: sessions, window: 7d,"
+               " maturity: {delay: 1d, min_units: 50}}")  # fmt: skip
+    parts = ("  secondary:\n  - {name: revenue, type: continuous, window: 168h}\n"
+             "  - {name: sessions, type: count, window: 1w}\n")  # fmt: skip
+    assert problems_for(tmp_path, primary, parts) == []
+    experiment = load_experiments([tmp_path / "exp.yaml"]).experiments[0].experiment
+    assert experiment.metrics.primary.maturity_hours == 8 * 24
+
+
 @pytest.mark.parametrize(
     ("primary", "extra", "expected"),
     [
@@ -51,7 +61,11 @@ def test_a_ratio_of_declared_metrics_is_accepted(tmp_path: Path) -> None:
         ("{name: r, type: ratio, numerator: revenue, denominator: revenue}", SECONDARY,
          ":10: metrics.primary.denominator: numerator and denominator are the same metric"),
         ("{name: r, type: ratio, numerator: revenue, denominator: sessions, window: 7d}", SECONDARY,
-         ":10: metrics.primary.window: a ratio metric has no window of its own"),
+         ":10: metrics.primary.numerator: 'revenue' needs the ratio's window ('window: 7d'), has none"),
+        ("{name: r, type: ratio, numerator: revenue, denominator: sessions, window: 7d}",
+         "  secondary:\n  - {name: revenue, type: continuous, window: 7d}\n"
+         "  - {name: sessions, type: count, window: 2d}\n",
+         ":10: metrics.primary.denominator: 'sessions' needs the ratio's window ('window: 7d'), has 2d"),
         ("{name: r, type: binary, numerator: revenue}", SECONDARY,
          ":10: metrics.primary.numerator: only a 'type: ratio' metric takes 'numerator'"),
         ("{name: r, type: ratio, numerator: 3, denominator: sessions}", SECONDARY,
@@ -64,7 +78,7 @@ def test_a_ratio_of_declared_metrics_is_accepted(tmp_path: Path) -> None:
         ("{name: r, type: ratio, numerator: revenue, denominator: sessions}",
          "  secondary:\n  - {name: revenue, type: continuous}\n"
          "  - {name: sessions, type: count, window: 1d}\n",
-         ":10: metrics.primary.denominator: 'sessions' has an outcome window"),
+         ":10: metrics.primary.denominator: 'sessions' has the outcome window 1d; give the ratio"),
         ("{name: c, type: binary}",
          SECONDARY + "  guardrails:\n  - {name: model_latency_p99_ms, type: continuous, margin: 0.1}\n"
          "  - {name: g, type: ratio, numerator: revenue, denominator: model_latency_p99_ms, margin: 1}\n",
