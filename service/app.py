@@ -180,12 +180,12 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     rollup = RollupScheduler(
         database,
-        windows_from({**registry.experiments, **registry.holdout_experiments}),
+        windows_from(registry.live(with_holdouts=True)),
         timedelta(seconds=settings.attribution_grace_seconds),
         settings.rollup_interval_seconds,
-        metric_windows_from({**registry.experiments, **registry.holdout_experiments}),
-        segment_specs_from(registry.experiments),
-        configured_pairs_from(registry.experiments),
+        metric_windows_from(registry.live(with_holdouts=True)),
+        segment_specs_from(registry.live()),
+        configured_pairs_from(registry.live()),
     )
     assignment_service = AssignmentService(
         registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from service.assignment.allocation import AllocationPlan
@@ -35,6 +35,23 @@ class ServedExperiment:
         return self.before_switch
 
 
+class LiveExperiments(Mapping[str, Experiment]):
+    """The registry's experiments as they are at each read: hot reload replaces its dicts, so
+    a long-lived reader (the app's rollup) must not hold one taken at start."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Experiment]]) -> None:
+        self._read = read
+
+    def __getitem__(self, key: str) -> Experiment:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
 class Registry:
     def __init__(self, loaded: LoadResult) -> None:
         self.experiments: dict[str, Experiment] = {
@@ -48,6 +65,8 @@ class Registry:
             key: holdout.as_experiment() for key, holdout in self.holdouts.items()
         }
         """Each holdout as the events pipeline and its analysis see it (two groups)."""
+        self.with_holdouts: dict[str, Experiment] = {**self.experiments, **self.holdout_experiments}
+        """Both of the above: what the outcome rollup attributes events to."""
         compiled_holdouts = [(h, compile_holdout(h)) for h in self.holdouts.values()]
         self._holdout_of: dict[str, CompiledHoldout] = {
             key: compiled
@@ -125,6 +144,13 @@ class Registry:
             self._clock_offset = clock_offset
             self.allocations_loaded = True
 
+    def live(self, with_holdouts: bool = False) -> LiveExperiments:
+        """The experiments (and, ``with_holdouts``, each holdout as an experiment) as they are
+        whenever read, across hot reloads."""
+        if with_holdouts:
+            return LiveExperiments(lambda: self.with_holdouts)
+        return LiveExperiments(lambda: self.experiments)
+
     def replace(self, loaded: LoadResult) -> None:
         """Serve a reloaded configuration (hot reload) in one step.
 
@@ -150,6 +176,7 @@ class Registry:
                     plans[key] = plan
             self.experiments, self.sources = fresh.experiments, fresh.sources
             self.holdouts, self.holdout_experiments = fresh.holdouts, fresh.holdout_experiments
+            self.with_holdouts = fresh.with_holdouts
             self._holdout_of = fresh._holdout_of
             self._served, self._plans = served, plans
 
