@@ -42,5 +42,5 @@ def test_the_rollups_readers_follow_a_reload(tmp_path: Path) -> None:
 
     assert window("exp") == timedelta(hours=24) and window("new") == timedelta(hours=48)
     assert metric_window("exp", "conversion") == timedelta(hours=20)
-    assert [s.attribute for s in specs("exp")][0] == "platform"
+    assert [s.attribute for s in specs("exp")] == ["platform", "abx.client"]
     assert pairs() == [("exp", "exp.v1", "clicks", "views")]
