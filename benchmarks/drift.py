@@ -7,15 +7,24 @@ each drift guardrail (default policy: PSI > 0.25 for 3 windows in a row, 500+ ro
 and how many single windows go over the threshold, with Wilson 95 % intervals. The suite's
 fast version is ``tests/decisions/test_drift.py::test_stable_traffic_trips_neither...``.
 
-``--part sketch`` (no database): a real onnxruntime session of the demo ``churn_logreg``
-answers one-row requests, with the sketch book off and on (``offer`` on the request path and
-the background ``drain`` that bins, both timed), turn about; reports the added microseconds
-per predicted row against the same loop with it off, and this process's RSS.
+``--part sketch`` (no database): a real onnxruntime session of the demo ``churn_logreg`` (one
+thread) answers ``--requests`` requests of ``--batch`` rows. Measured as CPU time of this thread
+(``time.thread_time``, so other processes on the machine only blur it, where wall-clock A/Bs
+on a loaded machine were meaningless), per predicted row, median of ``--rounds`` rounds taken
+turn about: the model run alone; the request path's ``offer`` (the enqueue) less a bare call
+with the same arguments; and the background ``drain`` that bins, before (the code this
+benchmark replaced, kept here: every offer's arrays checked one by one, every column through
+``np.histogram``) and after (``SketchBook.drain``). Both drains must hand the writer the same
+rows. Also the peak memory ``tracemalloc`` sees during one drain of each.
 
 ``--part evaluate`` (PostgreSQL): ``--experiments`` × 3 variants × 20 input columns + 1 output
-of hourly sketches over ``--days`` days, COPYed into a scratch database, then one beat's worth
-of drift guardrails (``service.decisions.inputs.drift_checks`` for every experiment, as the
-workers call it) is timed.
+of hourly sketches, generated inside a scratch database (an unlogged table) for each history
+length of ``--days`` in turn (1, 7, 30 and 90 days: the older hours are added at each step),
+then one beat's worth of drift guardrails (``service.decisions.inputs.drift_checks`` for every
+experiment, as the workers call it, each in its own transaction) is timed before (the code
+this benchmark replaced, kept here verbatim: sketches read in text format, one distance
+computation per window) and after, turn about; both must give the same checks. Reported: wall
+seconds, CPU seconds of this process and of its PostgreSQL backend (``/proc``).
 """
 
 from __future__ import annotations
