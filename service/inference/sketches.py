@@ -3,6 +3,8 @@
 A request only appends a reference to its arrays to a bounded queue (``offer``: no binning,
 no I/O). A background thread drains the queue every ``interval`` seconds, bins each feature
 into fixed bins (the model's, set once: ``DEFAULT_EDGES`` unless a reference says otherwise),
+a whole drain at once per key (``sketch_offers``: one concatenation per array name, then
+``histograms.sketch_columns`` over blocks of columns; no Python loop over rows or values),
 and hands one row per (experiment, variant, model, hour, feature) to the batch writer, which
 COPYs them and adds them to ``model_sketches`` (a batch's rows for one key are summed first).
 A row holds at most ``MAX_BINS`` counts, and a model at most ``MAX_FEATURES`` features, so a
