@@ -63,7 +63,7 @@ def histories(
     return guardrail, grouped, profile
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(histories(), st.integers(0, 12))
 def test_a_check_measures_its_windows_together_as_one_at_a_time(drawn: Any, history: int) -> None:
     guardrail, grouped, profile = drawn

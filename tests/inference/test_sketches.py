@@ -10,6 +10,7 @@ not agree with one another, and bins from reference profiles.
 from __future__ import annotations
 
 import tracemalloc
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -211,7 +212,7 @@ def rows_of(offers: list[Any], sketch: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(offer_lists())
 def test_a_drain_writes_what_the_straightforward_path_would(offers: list[Any]) -> None:
     expected = rows_of(offers, sketch_offers_one_by_one)
@@ -222,14 +223,15 @@ def test_a_drain_writes_what_the_straightforward_path_would(offers: list[Any]) -
     for _experiment, variant, sha, _hour, feeds, outputs in offers:
         book.offer("exp", variant, sha, feeds, outputs)
     assert book.drain() == len(written)
-    drained = {(row[1], row[2], row[4]): (row[6], row[7:]) for row in written}
+    assert {row[3] for row in written} <= {datetime.fromtimestamp(0, UTC)}
+    drained = {(row[1], row[2], row[4]): (row[5], row[6], row[7:]) for row in written}
     by_key = {}
     for offer in offers:  # the book's clock puts every offer in hour 0: regroup without hours
         by_key.setdefault((offer[1], offer[2]), []).append(offer)
     for (variant, sha), members in by_key.items():
         for feature, sketch in sketch_offers_one_by_one(members, sha, edges_for):
-            counts, rest = drained.pop((variant, sha, feature))
-            assert counts == list(sketch.counts)
+            edges, counts, rest = drained.pop((variant, sha, feature))
+            assert (edges, counts) == (list(sketch.edges), list(sketch.counts))
             assert rest == (sketch.below, sketch.above, sketch.invalid, sketch.n, sketch.sum_value,
                             sketch.sum_square)  # fmt: skip
     assert drained == {}
@@ -246,3 +248,33 @@ def test_at_most_max_features_columns_of_each_kind_as_before() -> None:
     assert inputs[39:41] == ["input:first[39]", "input:second[0]"]
     assert inputs[-1] == f"input:second[{MAX_FEATURES - 41}]"
     assert [f for f, _ in found if f.startswith("output:")] == ["output:probability[0]"]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["one-dimensional", "three-dimensional", "strings beside numbers", "integers", "booleans"],
+)
+def test_offers_alike_in_an_unusual_shape_take_the_fast_path_to_the_same_rows(shape: str) -> None:
+    rng = np.random.default_rng(9)
+    offers = []
+    for rows in (1, 7, 3):
+        feeds: dict[str, Any] = {"features": rng.normal(size=(rows, 3))}
+        outputs: dict[str, Any] = {"probability": rng.random((rows, 1))}
+        if shape == "one-dimensional":
+            outputs["probability"] = outputs["probability"].ravel()
+        elif shape == "three-dimensional":
+            feeds["features"] = rng.normal(size=(rows, 2, 3))
+        elif shape == "strings beside numbers":
+            feeds["text"] = np.array(["a", "b", "c"] * rows)[:rows]
+        elif shape == "integers":
+            feeds["features"] = rng.integers(-2, 3, size=(rows, 3))
+        elif shape == "booleans":
+            feeds["features"] = rng.random((rows, 3)) > 0.5
+        offers.append(("exp", "a", "p", 1, feeds, outputs))
+    found = sketch_offers(offers, "p", edges_for)
+    assert found == sketch_offers_one_by_one(offers, "p", edges_for)
+    width = 6 if shape == "three-dimensional" else 3
+    assert [f for f, _ in found] == ["output:probability[0]"] + [
+        f"input:features[{j}]" for j in range(width)
+    ]
+    assert all(sketch.n == 11 for _, sketch in found)
