@@ -12,7 +12,7 @@ so it acts from the first hours of an experiment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -76,16 +76,22 @@ def _merged(
     return found
 
 
-def window_distance(
+_Pair = tuple[str, tuple[float, ...], Sequence[float], Sequence[float]]
+"""A feature compared in one window: its name, the common edges, this variant's histogram and
+the reference's."""
+
+
+def window_pairs(
     guardrail: DriftGuardrail,
     variant: str,
     reference: str,
     sketches: Grouped,
     start: datetime,
     profile: Mapping[str, Sketch] | None = None,
-) -> DriftWindow:
-    """One window's largest distance: against ``profile`` (the model's reference profile) when
-    given, else against the ``reference`` variant's sketches of the same window."""
+) -> list[_Pair]:
+    """The features one window compares (enough rows on both sides), on common edges: against
+    ``profile`` (the model's reference profile) when given, else against the ``reference``
+    variant's sketches of the same window."""
     hours = [start + timedelta(hours=h) for h in range(guardrail.window_hours)]
     prefix = PREFIX[guardrail.kind]
     mine = _merged(sketches, variant, hours, prefix)
@@ -96,38 +102,76 @@ def window_distance(
     )
     # Two models' sketches have their own bins when either has a reference profile: the
     # other side is moved onto this variant's bins (``analysis.drift.rebin``).
-    pairs = [
+    return [
         (feature, *_common(sketch, theirs[feature]))
         for feature, sketch in sorted(mine.items())
         if feature in theirs
         and sketch.n >= guardrail.min_rows and theirs[feature].n >= guardrail.min_rows
     ]  # fmt: skip
-    worst: tuple[float, str] | None = None
-    by_width: dict[int, list[tuple[str, tuple[float, ...], list[float], list[float]]]] = {}
-    for pair in pairs:
-        by_width.setdefault(len(pair[1]), []).append(pair)
-    for group in by_width.values():  # one array computation per bin count (usually one)
-        values = distance_rows(
-            guardrail.measure, [e for _, e, _, _ in group],
-            [b for _, _, _, b in group], [a for _, _, a, _ in group],
-        )  # fmt: skip
-        index = int(values.argmax())
-        if worst is None or values[index] > worst[0]:
-            worst = (float(values[index]), group[index][0])
-    if worst is None:
-        return DriftWindow(start, None, None)
-    return DriftWindow(start, worst[0], worst[1])
 
 
-def _common(mine: Sketch, theirs: Sketch) -> tuple[tuple[float, ...], list[float], list[float]]:
+def window_distances(
+    measure: str, starts: list[datetime], pairs_by_window: list[list[_Pair]]
+) -> list[DriftWindow]:
+    """Each window's largest distance over its features, all windows' features measured
+    together: one array computation per bin count (usually one for the whole check), not one
+    per window. Ties go to the first bin count seen in the window, then the first feature by
+    name, whatever the other windows hold."""
+    by_width: dict[int, list[_Pair]] = {}
+    placed: list[dict[int, list[int]]] = []  # per window: bin count -> its rows in by_width
+    for pairs in pairs_by_window:
+        groups: dict[int, list[int]] = {}
+        for pair in pairs:
+            rows = by_width.setdefault(len(pair[1]), [])
+            groups.setdefault(len(pair[1]), []).append(len(rows))
+            rows.append(pair)
+        placed.append(groups)
+    values = {
+        width: distance_rows(
+            measure, [e for _, e, _, _ in rows], [b for _, _, _, b in rows],
+            [a for _, _, a, _ in rows],
+        )
+        for width, rows in by_width.items()
+    }  # fmt: skip
+    found = []
+    for start, groups in zip(starts, placed, strict=True):
+        worst: tuple[float, str] | None = None
+        for width, indices in groups.items():
+            measured = values[width][indices]
+            index = int(measured.argmax())
+            if worst is None or measured[index] > worst[0]:
+                worst = (float(measured[index]), by_width[width][indices[index]][0])
+        found.append(
+            DriftWindow(start, None, None) if worst is None else DriftWindow(start, *worst)
+        )
+    return found
+
+
+def window_distance(
+    guardrail: DriftGuardrail,
+    variant: str,
+    reference: str,
+    sketches: Grouped,
+    start: datetime,
+    profile: Mapping[str, Sketch] | None = None,
+) -> DriftWindow:
+    """One window's largest distance: against ``profile`` (the model's reference profile) when
+    given, else against the ``reference`` variant's sketches of the same window."""
+    pairs = window_pairs(guardrail, variant, reference, sketches, start, profile)
+    return window_distances(guardrail.measure, [start], [pairs])[0]
+
+
+def _common(
+    mine: Sketch, theirs: Sketch
+) -> tuple[tuple[float, ...], Sequence[float], Sequence[float]]:
     """Both histograms on one set of edges: the coarser side's, the finer one moved onto them.
 
     The coarser side is the one whose fullest bin (the outer ones included) holds the larger
     share: moving the finer histogram onto it errs by at most one of its small bins per edge,
     while the other way round would spread a wide bin's mass evenly where it was not.
     """
-    if mine.edges == theirs.edges:
-        return mine.edges, [float(c) for c in mine.histogram], [float(c) for c in theirs.histogram]
+    if mine.edges == theirs.edges:  # the counts as they are: distance_rows reads them as floats
+        return mine.edges, mine.histogram, theirs.histogram
 
     def fullest(sketch: Sketch) -> float:
         return max(sketch.histogram) / max(sum(sketch.histogram), 1)
@@ -167,7 +211,10 @@ def check_drift(
 ) -> DriftCheck:
     """One guardrail for one treatment, as of ``now`` (the current, partial window is left out)."""
     starts = window_starts(now, guardrail, max(history_windows or 0, guardrail.windows))
-    history = [window_distance(guardrail, variant, reference, sketches, s, profile) for s in starts]
+    history = window_distances(
+        guardrail.measure, starts,
+        [window_pairs(guardrail, variant, reference, sketches, s, profile) for s in starts],
+    )  # fmt: skip
     over = 0
     for window in reversed(history):
         if window.distance is None or window.distance <= guardrail.threshold:
