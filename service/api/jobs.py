@@ -6,14 +6,14 @@ import uuid
 from typing import Annotated, Any
 
 from flask import Blueprint, current_app, request
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from service.api import auth
 from service.api.bodies import ApiModel
 from service.api.body import invalid_request, parse_json_body
 from service.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
 from service.jobs import files, store
-from service.jobs.submit import check_format, inside, submit
+from service.jobs.submit import check_format, check_table, inside, submit
 from service.jobs.tasks import enqueue
 from service.observability.logging import annotate, current_request_id
 
@@ -25,10 +25,18 @@ PathText = Annotated[str, Field(min_length=1, max_length=1024)]
 
 class ScoreOptions(ApiModel):
     experiment: Annotated[str, Field(min_length=1, max_length=64)]
-    output: PathText
+    output: PathText | None = None
+    output_table: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """``schema.table`` in abx's database; its name is checked by ``jobs.targets``."""
     variant: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     log_exposures: bool = False
     chunk_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_output(self) -> ScoreOptions:
+        if (self.output is None) == (self.output_table is None):
+            raise ValueError("name exactly one of output (a file) and output_table")
+        return self
 
 
 class ScoreRequest(ScoreOptions):
@@ -71,8 +79,13 @@ def post_score() -> tuple[dict[str, Any], int]:
                 + f" (got {request.mimetype or 'no content type'})."
             )
         body = _upload_options()
-    output_path = inside(root, body.output, "output")
-    check_format(output_path, "output")
+    output_path = None
+    if body.output is not None:
+        output_path = inside(root, body.output, "output")
+        check_format(output_path, "output")
+    else:
+        assert body.output_table is not None
+        check_table(body.output_table)  # before an upload is stored
     experiment = runtime.registry.experiments.get(body.experiment)
     if not request.is_json:
         upload = root / "uploads" / f"{uuid.uuid4().hex}{files.EXTENSIONS[input_format]}"
@@ -83,6 +96,7 @@ def post_score() -> tuple[dict[str, Any], int]:
             job = submit(
                 conn, experiment, body.experiment, variant=body.variant,
                 input_path=input_path, input_format=input_format, output_path=output_path,
+                output_table=body.output_table, rejects_dir=root / "rejects",
                 log_exposures=body.log_exposures,
                 chunk_rows=body.chunk_rows or settings.job_chunk_rows,
                 created_by=auth.current().actor, request_id=current_request_id(),

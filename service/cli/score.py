@@ -15,8 +15,11 @@ from service.cli.support import experiments_or_exit, os_actor, settings_from_env
 @click.argument("experiment_key")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False,
                                                               path_type=Path))  # fmt: skip
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="The scores (.csv, .ndjson or .parquet); rejects go beside it.")  # fmt: skip
+@click.option("--output-table", metavar="SCHEMA.TABLE",
+              help="Or: a table in abx's database (made if absent); rejects go to"
+              " ABX_JOBS_DIR/rejects/JOB.rejects.ndjson.")  # fmt: skip
 @click.option("--variant", help="Score every row with this variant instead of assigning.")
 @click.option("--log-exposures", is_flag=True, help="Record assignments and exposures.")
 @click.option("--chunk-rows", type=click.IntRange(1, 1_000_000), help="Default ABX_JOB_CHUNK_ROWS.")
@@ -25,7 +28,8 @@ from service.cli.support import experiments_or_exit, os_actor, settings_from_env
 def score(
     experiment_key: str,
     input_path: Path,
-    output: Path,
+    output: Path | None,
+    output_table: str | None,
     variant: str | None,
     log_exposures: bool,
     chunk_rows: int | None,
@@ -34,9 +38,12 @@ def score(
 ) -> None:
     """Assign each row of INPUT (its `unit` column) as /v1/assign would and score it.
 
-    INPUT is CSV, NDJSON or Parquet; every row lands in OUTPUT or, with its reason, in
-    OUTPUT's rejects file. The job runs in `abx worker` processes unless --inline.
+    INPUT is CSV, NDJSON or Parquet; every row lands in OUTPUT (-o, or --output-table)
+    or, with its reason, in the rejects file. The job runs in `abx worker` processes
+    unless --inline.
     """
+    if (output is None) == (output_table is None):
+        raise click.UsageError("name the scores' destination: -o OUTPUT or --output-table")
     from service.errors import AbxError
     from service.jobs import store
     from service.jobs.submit import check_format, submit
@@ -53,7 +60,8 @@ def score(
             job = submit(
                 conn, experiments.get(experiment_key), experiment_key, variant=variant,
                 input_path=input_path, input_format=check_format(input_path, "input"),
-                output_path=output, log_exposures=log_exposures,
+                output_path=output, output_table=output_table,
+                rejects_dir=settings.jobs_path / "rejects", log_exposures=log_exposures,
                 chunk_rows=chunk_rows or settings.job_chunk_rows,
                 created_by=os_actor(), request_id=None,
             )  # fmt: skip
@@ -89,7 +97,8 @@ def score(
             time.sleep(0.5)
     database.close()
     click.echo(
-        f"{current.status}: {current.rows_done} rows scored to {current.output_path},"
+        f"{current.status}: {current.rows_done} rows scored to"
+        f" {current.output_path or 'table ' + str(current.output_table)},"
         f" {current.rows_rejected} rejected ({current.rejects_path})"
         + (f"; {current.error}" if current.error else ""),
         err=True,

@@ -7,7 +7,8 @@ file, which is what lets a resumed job skip the chunks already committed.
 
 Each chunk's scores and rejects go to numbered part files, written to a temporary name and
 renamed; a part left by a killed worker past the committed chunk is simply overwritten.
-When every chunk is committed the parts are joined, in order, into the output.
+When every chunk is committed the parts are joined, in order, into the output. A job whose
+scores go to a table (``tables.py``) has rejects parts only, joined the same way.
 """
 
 from __future__ import annotations
@@ -176,21 +177,25 @@ def _replace(tmp: Path, final: Path) -> None:
     tmp.replace(final)
 
 
-def write_part(output: Path, fmt: str, index: int, scored: pd.DataFrame,
+def write_part(output: Path, fmt: str, index: int, scored: pd.DataFrame | None,
                rejects: list[dict[str, Any]]) -> None:  # fmt: skip
-    """Chunk ``index``'s scores and rejects, each renamed into place once complete."""
+    """Chunk ``index``'s scores and rejects, each renamed into place once complete.
+
+    ``scored`` is None for a job whose scores go to a table: only its rejects have a part
+    (``output`` is then the rejects file, and its parts sit beside it)."""
     folder = parts_dir(output)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{index:08d}{EXTENSIONS[fmt]}"
-    tmp = target.with_name(target.name + ".tmp")
-    table = pa.Table.from_pandas(scored, preserve_index=False)
-    if fmt == "csv":
-        pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(include_header=index == 0))
-    elif fmt == "parquet":
-        pq.write_table(table, tmp)
-    else:
-        scored.to_json(tmp, orient="records", lines=True)
-    _replace(tmp, target)
+    if scored is not None:
+        target = folder / f"{index:08d}{EXTENSIONS[fmt]}"
+        tmp = target.with_name(target.name + ".tmp")
+        table = pa.Table.from_pandas(scored, preserve_index=False)
+        if fmt == "csv":
+            pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(include_header=index == 0))
+        elif fmt == "parquet":
+            pq.write_table(table, tmp)
+        else:
+            scored.to_json(tmp, orient="records", lines=True)
+        _replace(tmp, target)
     reject_file = folder / f"{index:08d}.rejects.ndjson"
     tmp = reject_file.with_name(reject_file.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
@@ -222,14 +227,25 @@ def assemble(output: Path, fmt: str, chunks: int) -> None:
                 with part.open("rb") as source:
                     shutil.copyfileobj(source, target)
     _replace(tmp, output)
-    rejects = rejects_path(output)
+    _join_rejects(folder, chunks, rejects_path(output))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def assemble_rejects(rejects: Path, chunks: int) -> None:
+    """A table job's end: join its rejects parts (``write_part`` with no scores) into ``rejects``."""
+    folder = parts_dir(rejects)
+    _join_rejects(folder, chunks, rejects)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _join_rejects(folder: Path, chunks: int, rejects: Path) -> None:
+    rejects.parent.mkdir(parents=True, exist_ok=True)
     tmp = rejects.with_name(rejects.name + ".tmp")
     with tmp.open("wb") as target:
         for index in range(chunks):
             with (folder / f"{index:08d}.rejects.ndjson").open("rb") as source:
                 shutil.copyfileobj(source, target)
     _replace(tmp, rejects)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def discard_parts(output: Path) -> None:

@@ -5,7 +5,9 @@ A job runs under an advisory lock on its own connection, so two deliveries of it
 killed runner's connection closes and the lock with it. Each chunk: read, assign, score,
 write its part files, flush any exposures, then commit the chunk count with the progress.
 Only then is the chunk final; the chunk after it is redone from the file if the worker
-dies. The last commit also queues the completion webhooks, in the same transaction.
+dies. A job writing to a table inserts the chunk's rows in that same transaction, so the
+table holds exactly the committed chunks. The last commit also queues the completion
+webhooks, in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from service.experiments.validation import LoadResult, field_name, resolve_regis
 from service.inference.catalog import BatchingConfig, build_catalog
 from service.inference.runner import SessionRunner
 from service.inference.sessions import SessionPool
-from service.jobs import files, store
+from service.jobs import files, store, tables
 from service.jobs.scoring import ChunkScorer, LookupOnlySticky
+from service.jobs.targets import parse_table_name
 from service.observability import metrics
 from service.observability.logging import get_logger
 from service.settings import Settings
@@ -108,7 +111,15 @@ def _run_locked(
     assignments = AssignmentService(registry, sticky, lookup_grace=0.0)
     scorer = ChunkScorer(assignments, models, SessionRunner(settings.job_run_rows),
                          job.variant_key, settings.job_run_rows)  # fmt: skip
-    output = Path(job.output_path)
+    table = parse_table_name(job.output_table) if job.output_table else None
+    # A table job's part files are its rejects' only: they sit beside the rejects file.
+    output = Path(job.output_path) if job.output_path else Path(job.rejects_path)
+    if table is not None:
+        try:
+            with database.pool.connection(timeout=10.0) as conn:
+                tables.ensure_table(conn, table, scorer.outputs)
+        except tables.TableProblem as problem:
+            return _fail(database, job_id, job.experiment_key, f"output table: {problem}")
     log.info("score job started", job=job_id, experiment=job.experiment_key,
              resume_at_chunk=job.chunks_done, attempt=job.attempts)  # fmt: skip
     chunks = job.chunks_done
@@ -120,13 +131,16 @@ def _run_locked(
             began = time.perf_counter()
             result = scorer.score(chunk.frame)
             rejects = sorted(chunk.rejects + result.rejects, key=lambda r: r.get("row", -1))
-            files.write_part(output, job.output_format, chunk.index, result.scored, rejects)
+            files.write_part(output, job.output_format, chunk.index,
+                             None if table else result.scored, rejects)  # fmt: skip
             if job.log_exposures and not writer.flush():
                 raise RuntimeError("could not write exposures; the chunk will be redone")
-            with database.pool.connection(timeout=10.0) as conn:
+            with database.pool.connection(timeout=10.0) as conn, conn.transaction():
                 committed = store.commit_chunk(
                     conn, job_id, chunk.index + 1, len(result.scored), len(rejects)
                 )
+                if committed and table is not None:
+                    tables.insert_rows(conn, table, job_id, result.scored, scorer.outputs)
             if not committed:
                 files.discard_parts(output)
                 metrics.JOBS.labels(job.experiment_key, "cancelled").inc()
@@ -140,7 +154,13 @@ def _run_locked(
             )
     except (OSError, ValueError) as error:  # the file itself is unreadable: no row can be read
         return _fail(database, job_id, job.experiment_key, f"cannot read the input: {error}")
-    files.assemble(output, job.output_format, chunks)
+    except tables.TableProblem as problem:  # the chunk's transaction was rolled back whole
+        files.discard_parts(output)
+        return _fail(database, job_id, job.experiment_key, f"output table: {problem}")
+    if table is None:
+        files.assemble(output, job.output_format, chunks)
+    else:
+        files.assemble_rejects(output, chunks)
     with database.pool.connection(timeout=10.0) as conn, conn.transaction():
         finished = store.finish_job(conn, job_id, "done")
         if finished is None:
@@ -154,7 +174,8 @@ def _run_locked(
 
 def _payload(job: store.Job) -> dict[str, Any]:
     return {"type": "score_job.done", "job_id": job.job_id, "experiment": job.experiment_key,
-            "status": job.status, "output": job.output_path, "rejects": job.rejects_path,
+            "status": job.status, "output": job.output_path, "output_table": job.output_table,
+            "rejects": job.rejects_path,
             "rows_done": job.rows_done, "rows_rejected": job.rows_rejected}  # fmt: skip
 
 

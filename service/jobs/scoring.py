@@ -64,6 +64,7 @@ def output_columns(models: ExperimentModels) -> list[str]:
 @dataclass(frozen=True)
 class ChunkResult:
     scored: pd.DataFrame
+    """Scored rows, indexed by their input data-row numbers (files leave the index out)."""
     rejects: list[dict[str, Any]]
 
 
@@ -134,7 +135,7 @@ class ChunkScorer:
         for name in self.outputs:
             columns[name] = values[name][keep]
         rejects.sort(key=lambda reject: reject.get("row", -1))
-        return ChunkResult(pd.DataFrame(columns), rejects)
+        return ChunkResult(pd.DataFrame(columns, index=frame.index[keep]), rejects)
 
     def _empty(self) -> pd.DataFrame:
         columns: dict[str, Any] = {name: pd.Series([], dtype=object) for name in FIXED_COLUMNS}

@@ -15,7 +15,8 @@ from typing import Any
 COLUMNS = (
     "job_id, experiment_key, variant_key, input_path, input_format, output_path, output_format,"
     " rejects_path, log_exposures, chunk_rows, status, rows_total, rows_done, rows_rejected,"
-    " chunks_done, attempts, error, created_by, created_at, started_at, updated_at, finished_at"
+    " chunks_done, attempts, error, created_by, created_at, started_at, updated_at, finished_at,"
+    " output_table"
 )
 ACTIVE = ("queued", "running")
 
@@ -27,8 +28,10 @@ class Job:
     variant_key: str | None
     input_path: str
     input_format: str
-    output_path: str
+    output_path: str | None
+    """The output file; None when the scores go to ``output_table``."""
     output_format: str
+    """csv, ndjson, parquet, or table."""
     rejects_path: str
     log_exposures: bool
     chunk_rows: int
@@ -44,6 +47,8 @@ class Job:
     started_at: datetime | None
     updated_at: datetime
     finished_at: datetime | None
+    output_table: str | None = None
+    """``schema.table`` in abx's database (``tables.py``), or None for a file."""
 
     def progress(self) -> dict[str, Any]:
         """Rows done, rate and ETA as ``GET /v1/jobs/<id>`` shows them."""
@@ -72,6 +77,7 @@ class Job:
             "status": self.status,
             "input": self.input_path,
             "output": self.output_path,
+            "output_table": self.output_table,
             "rejects": self.rejects_path,
             "log_exposures": self.log_exposures,
             "chunk_rows": self.chunk_rows,
@@ -98,21 +104,25 @@ def create_job(
     variant_key: str | None,
     input_path: str,
     input_format: str,
-    output_path: str,
+    output_path: str | None,
+    output_table: str | None = None,
     output_format: str,
     rejects_path: str,
     log_exposures: bool,
     chunk_rows: int,
     created_by: str,
     request_id: str | None,
+    job_id: str | None = None,
 ) -> Job:
-    job_id = str(uuid.uuid4())
+    job_id = job_id or str(uuid.uuid4())
     row = conn.execute(
         "INSERT INTO score_jobs (job_id, experiment_key, variant_key, input_path, input_format,"
-        " output_path, output_format, rejects_path, log_exposures, chunk_rows, created_by,"
-        f" request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {COLUMNS}",
+        " output_path, output_table, output_format, rejects_path, log_exposures, chunk_rows,"
+        " created_by, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        f" RETURNING {COLUMNS}",
         (job_id, experiment_key, variant_key, input_path, input_format, output_path,
-         output_format, rejects_path, log_exposures, chunk_rows, created_by, request_id),
+         output_table, output_format, rejects_path, log_exposures, chunk_rows, created_by,
+         request_id),
     ).fetchone()  # fmt: skip
     return _job(row)
 

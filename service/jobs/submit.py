@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidRequest, UnknownExperiment
 from service.experiments.schema import Experiment
-from service.jobs import files, store
+from service.jobs import files, store, tables
+from service.jobs.targets import TableName, TableNameProblem, parse_table_name
 
 
 def inside(root: Path, name: str, field: str) -> Path:
@@ -29,6 +31,16 @@ def check_format(path: Path, field: str) -> str:
         raise InvalidRequest(str(problem), [{"field": field, "message": str(problem)}]) from None
 
 
+def check_table(text: str, field: str = "output_table") -> TableName:
+    """The output table's name, strictly checked (``targets.py``), or a 422 problem."""
+    try:
+        return parse_table_name(text)
+    except TableNameProblem as problem:
+        raise InvalidRequest(
+            f"{field}: {problem}", [{"field": field, "message": str(problem)}]
+        ) from None
+
+
 def submit(
     conn: Any,
     experiment: Experiment | None,
@@ -37,7 +49,9 @@ def submit(
     variant: str | None,
     input_path: Path,
     input_format: str,
-    output_path: Path,
+    output_path: Path | None,
+    output_table: str | None = None,
+    rejects_dir: Path | None = None,
     log_exposures: bool,
     chunk_rows: int,
     created_by: str,
@@ -54,20 +68,43 @@ def submit(
     if not input_path.is_file():
         message = f"there is no file {input_path.name!r} to read"
         raise InvalidRequest(message, [{"field": "input", "message": message}])
-    output_format = check_format(output_path, "output")
-    if output_path.resolve() == input_path.resolve():
-        message = "the output would overwrite the input"
+    job_id = str(uuid.uuid4())
+    if (output_path is None) == (output_table is None):
+        message = "name either an output file or an output table"
         raise InvalidRequest(message, [{"field": "output", "message": message}])
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    if output_table is not None:
+        if rejects_dir is None:
+            raise ValueError("a job writing to a table needs a folder for its rejects")
+        table = check_table(output_table)
+        try:
+            tables.check_target(conn, table)
+        except tables.TableProblem as problem:
+            message = str(problem)
+            raise InvalidRequest(message, [{"field": "output_table", "message": message}]) from None
+        output_format, output, output_name = "table", None, table.qualified
+        # Rejects of a table job: a file named after the job, in the jobs folder.
+        rejects = files.rejects_path(rejects_dir.resolve() / f"{job_id}.ndjson")
+        rejects.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        assert output_path is not None
+        output_format = check_format(output_path, "output")
+        if output_path.resolve() == input_path.resolve():
+            message = "the output would overwrite the input"
+            raise InvalidRequest(message, [{"field": "output", "message": message}])
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        output, output_name = str(output_path.resolve()), None
+        rejects = files.rejects_path(output_path.resolve())
     return store.create_job(
         conn,
+        job_id=job_id,
         experiment_key=experiment.key,
         variant_key=variant,
         input_path=str(input_path.resolve()),
         input_format=input_format,
-        output_path=str(output_path.resolve()),
+        output_path=output,
+        output_table=output_name,
         output_format=output_format,
-        rejects_path=str(files.rejects_path(output_path.resolve())),
+        rejects_path=str(rejects),
         log_exposures=log_exposures,
         chunk_rows=chunk_rows,
         created_by=created_by,

@@ -31,6 +31,9 @@ from tests.model_fixtures import MODELS, demo_models
 
 FEATURES = [f"x{i}" for i in range(20)]
 SLOW = Path(__file__).parents[1] / "faults" / "slow_chunks"
+FAULT_PATH = os.pathsep.join([str(SLOW), str(PROJECT_ROOT)])
+"""The fault's sitecustomize imports ``service`` before the working folder is on the path:
+without this tree named, it would patch (and the worker run) whichever abx is installed."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,7 +193,7 @@ def test_a_killed_worker_resumes_from_its_last_chunk(
         db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
     )
     api = Api(server.base_url)
-    worker = start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=str(SLOW),
+    worker = start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH,
                           ABX_TEST_CHUNK_SLEEP="0.3")  # fmt: skip
     job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.parquet",
                                       "output": "out.ndjson", "chunk_rows": 50}).json()  # fmt: skip
@@ -218,7 +221,7 @@ def test_a_cancelled_job_stops_and_the_cli_scores_inline(
         db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
     )
     api = Api(server.base_url)
-    start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=str(SLOW), ABX_TEST_CHUNK_SLEEP="0.3")
+    start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH, ABX_TEST_CHUNK_SLEEP="0.3")
     job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.ndjson",
                                       "output": "out.csv", "chunk_rows": 50}).json()  # fmt: skip
     assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 1, timeout=60)
@@ -249,3 +252,152 @@ def test_a_cancelled_job_stops_and_the_cli_scores_inline(
     assert set(scored["reason"]) == {"hashed"} and set(scored["variant"]) == {"a", "b"}
     scored = cli(tmp_path / "cli" / "explicit.parquet", "--variant", "b")
     assert set(scored["variant"]) == {"b"} and set(scored["reason"]) == {"explicit"}
+
+
+def table_rows(db: str, table: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db) as conn:
+        return conn.execute(
+            f"SELECT job_id::text, row_number, unit, variant, reason, probability FROM {table}"
+            " ORDER BY row_number"
+        ).fetchall()
+
+
+def test_a_killed_worker_resumes_into_the_output_table(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    frame = rows(1000)
+    frame["x5"] = frame["x5"].astype(object)
+    frame.loc[420, "x5"] = "n/a"  # not a number: a reject, in the rejects file
+    frame.loc[777, "unit"] = ""  # no unit
+    frame.to_csv(jobs / "in.csv", index=False)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA analytics")
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    worker = start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH,
+                          ABX_TEST_CHUNK_SLEEP="0.3")  # fmt: skip
+    response = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.csv",
+                                           "output_table": "analytics.churn_scores",
+                                           "chunk_rows": 50})  # fmt: skip
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["output"] is None and job["output_table"] == "analytics.churn_scores"
+    assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 3, timeout=60), {
+        k: v
+        for k, v in job_row(db, job["job_id"]).items()
+        if k in ("status", "error", "chunks_done")
+    }
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        child.send_signal(signal.SIGKILL)
+    killed_at = job_row(db, job["job_id"])["chunks_done"]
+    assert killed_at < 20
+    done = wait_status(api, job["job_id"], "done", timeout=120)
+    assert done["attempts"] >= 2 and done["rows_done"] == 998 and done["rows_rejected"] == 2
+
+    found = table_rows(db, "analytics.churn_scores")
+    good = frame.drop(index=[420, 777])
+    assert [r[1] for r in found] == list(good.index)  # none twice, none missing
+    assert [r[2] for r in found] == list(good["unit"])
+    assert {r[0] for r in found} == {job["job_id"]}
+    probabilities = np.array([r[5] for r in found])
+    for variant, model in {"a": "churn_logreg.onnx", "b": "churn_mlp.onnx"}.items():
+        mine = np.array([r[3] == variant for r in found])
+        assert mine.sum() > 300
+        expected = direct(model, good[mine].assign(x5=good["x5"][mine].astype(float)))
+        np.testing.assert_allclose(probabilities[mine], expected, rtol=1e-5, atol=1e-6)
+    rejects_file = Path(done["rejects"])
+    assert rejects_file.parent == (jobs / "rejects").resolve()
+    rejects = [json.loads(x) for x in rejects_file.read_text().splitlines()]
+    assert [(r["row"], r["unit"]) for r in rejects] == [(420, "user-420"), (777, None)]
+    assert not list((jobs / "rejects").glob("*.parts"))
+
+
+def test_table_outputs_are_checked_and_a_misfit_table_fails_the_job(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    from service.jobs import tables
+    from service.jobs.targets import parse_table_name
+
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    rows(100).to_csv(jobs / "in.csv", index=False)
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    before = job_count(db)
+
+    def score(**fields: Any) -> Any:
+        return api.post("/v1/jobs/score", {"experiment": "score", "input": "in.csv", **fields})
+
+    refused = [
+        score(output_table="Scores"),
+        score(output_table="a.b.c"),
+        score(output_table="s; DROP TABLE score_jobs"),
+        score(output_table="pg_catalog.scores"),
+        score(output_table="x" * 64),
+        score(output_table="score_jobs"),  # abx's own table
+        score(output_table="nowhere.scores"),  # no such schema
+        score(output_table="scores", output="out.csv"),  # both
+        score(),  # neither
+        api.session.post(f"{server.base_url}/v1/jobs/score", data=b"unit\n1\n", timeout=10,
+                         params={"experiment": "score", "output_table": "Bad"},
+                         headers={"Content-Type": "text/csv"}),
+    ]  # fmt: skip
+    statuses = [r.status_code for r in refused]
+    assert statuses == [422] * len(refused), [r.text for r in refused]
+    assert all(r.headers["Content-Type"] == "application/problem+json" for r in refused)
+    fields = [e["field"] for r in refused[:7] for e in r.json()["errors"]]
+    assert fields == ["output_table"] * 7
+    assert job_count(db) == before
+    assert not list((jobs / "uploads").glob("*.csv"))
+
+    # A table abx made for other outputs: accepted (abx's own), then the worker fails the job.
+    with psycopg.connect(db, autocommit=True) as conn:
+        tables.ensure_table(conn, parse_table_name("old_scores"), ["score"])
+    start_worker(setup, ABX_JOBS_DIR=str(jobs))
+    job = score(output_table="old_scores").json()
+    failed = wait_status(api, job["job_id"], "failed")
+    assert "other columns" in failed["error"] and "probability" in failed["error"]
+    assert job_count(db) == before + 1
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM old_scores").fetchone() == (0,)
+
+
+def test_the_cli_scores_into_a_table(db: str, setup: Path, tmp_path: Path) -> None:
+    rows(120).to_parquet(tmp_path / "in.parquet")
+
+    def cli(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "score", "score", str(tmp_path / "in.parquet"),
+             "--inline", "--chunk-rows", "50", *options],
+            env={**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(setup),
+                 "ABX_WEBHOOK_SECRET": SECRET, "ABX_DATA_DIR": str(tmp_path / "data")},
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    result = cli("--output-table", "cli_scores", "--variant", "b")
+    assert result.returncode == 0, result.stderr
+    assert "done: 120 rows scored to table public.cli_scores" in result.stderr
+    found = table_rows(db, "cli_scores")
+    assert [r[1] for r in found] == list(range(120))
+    assert {(r[3], r[4]) for r in found} == {("b", "explicit")}
+    np.testing.assert_allclose([r[5] for r in found], direct("churn_mlp.onnx", rows(120)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert (tmp_path / "data" / "jobs" / "rejects").is_dir()
+    before = job_count(db)
+    for options, message in [
+        (("--output-table", "t", "-o", str(tmp_path / "o.csv")), "-o OUTPUT or --output-table"),
+        ((), "-o OUTPUT or --output-table"),
+        (("--output-table", "Bad-Name"), "output_table: the table name 'Bad-Name'"),
+        (("--output-table", "score_jobs"), "not made by an abx scoring job"),
+    ]:
+        refused = cli(*options)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert job_count(db) == before
