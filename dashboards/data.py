@@ -3,7 +3,8 @@
 The per-variant table is ``service.decisions.inputs.run_analysis`` (what the decision
 workers and ``GET /v1/experiments/<key>/analysis`` run), so a page never shows a number
 the decisions did not use. Cost: a handful of queries over (variants x metrics x days)
-bucket rows plus a bounded read of recent predictions, never a scan of raw events.
+bucket rows plus a bounded read of recent predictions, never a scan of raw events. Model
+lineage is one grouped read of ``predictions`` (``records.experiment_lineage``, the API's).
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from service.decisions.shadows import graduation_checks
 from service.decisions.store import DecisionRecord, decision_log, last_analysis_at
 from service.events.sums import exposure_buckets, metric_buckets
 from service.experiments.schema import Experiment
-from service.inference.records import VariantHealth, recent_health, shadow_reports
+from service.inference.records import (
+    VariantHealth,
+    VariantLineage,
+    experiment_lineage,
+    recent_health,
+    shadow_reports,
+)
 from service.inference.shadow_report import ShadowReport
 
 
@@ -57,6 +64,8 @@ class ExperimentPage:
     maturity: list[MaturitySeries] = field(default_factory=list)
     graduation: list[GraduationCheck] = field(default_factory=list)
     """Each shadow's hours toward ``policy.shadow_graduation`` (none without the policy)."""
+    lineage: list[VariantLineage] = field(default_factory=list)
+    """Every model version that served each variant: ``GET /v1/experiments/<key>/models``."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,7 @@ def experiment_page(
                        - timedelta(hours=SHADOW_HOURS - 1)),
         maturity_series(experiment, exposure_rows, now),
         graduation_checks(conn, experiment),
+        experiment_lineage(conn, experiment),
     )  # fmt: skip
 
 

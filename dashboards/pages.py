@@ -227,4 +227,5 @@ def data(key: str) -> dict[str, Any]:
         "decisions": json_safe(page.decisions),
         "state": json_safe(page.state),
         "sample_size": json_safe(page.sample_size),
+        "models": json_safe(page.lineage),
     }

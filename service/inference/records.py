@@ -222,3 +222,54 @@ def model_lineage(conn: Any, experiment_key: str) -> list[ServedModel]:
         ServedModel(str(v), str(s), str(sha), str(p), bool(sh), first, last, int(n))
         for v, s, sha, p, sh, first, last, n in conn.execute(_LINEAGE, (experiment_key,))
     ]
+
+
+@dataclass(frozen=True)
+class LineageEntry:
+    """One model version that served a variant, with what the experiment's file says of it."""
+
+    served_by: str
+    model_sha256: str
+    model_path: str | None
+    """The file the experiment names for this checksum now (None: no longer configured)."""
+    provider: str
+    registry_version: str | None
+    """The registry version the reference resolved to, for a model now served from a
+    registry (None: a file, or a checksum no current reference resolves to)."""
+    shadow: bool
+    first_served_at: datetime
+    last_served_at: datetime
+    predictions: int
+
+
+@dataclass(frozen=True)
+class VariantLineage:
+    variant: str
+    models: list[LineageEntry]
+
+
+def experiment_lineage(conn: Any, experiment: Experiment) -> list[VariantLineage]:
+    """Every model version that served each variant, oldest first: the one read behind
+    ``GET /v1/experiments/<key>/models``, the dashboards and ``abx report``.
+
+    Variants of the file come first, in its order, each listed even when nothing served it;
+    a variant that served once but has left the file follows."""
+    models = [v.model for v in experiment.variants if v.model is not None]
+    configured = {ref.sha256: ref.path for ref in models}
+    versions = {ref.sha256: ref.resolved.version for ref in models if ref.resolved is not None}
+    variants: dict[str, list[LineageEntry]] = {v.key: [] for v in experiment.variants}
+    for item in model_lineage(conn, experiment.key):
+        variants.setdefault(item.variant, []).append(
+            LineageEntry(
+                item.served_by,
+                item.model_sha256,
+                configured.get(item.model_sha256),
+                item.provider,
+                versions.get(item.model_sha256),
+                item.shadow,
+                item.first_served_at,
+                item.last_served_at,
+                item.predictions,
+            )
+        )
+    return [VariantLineage(name, entries) for name, entries in variants.items()]

@@ -161,6 +161,59 @@ def test_report_renders_offline(
     assert problems == []
 
 
+LINEAGE_ROWS = """() => Array.from(document.querySelectorAll('#lineage-table tbody tr')).map(r => {
+  const field = name => r.querySelector(`[data-field=${name}]`).dataset.value;
+  return [r.dataset.variant, r.dataset.servedBy, r.dataset.sha256, r.dataset.provider,
+          +field('predictions'), field('first_served_at'), field('last_served_at'),
+          field('registry_version') || null, r.offsetParent !== null];
+})"""
+
+
+def test_model_lineage_on_the_page_is_the_models_api(
+    browser: Any, dashboard_server: Server, db: str, analyst: str, tmp_path: Path
+) -> None:
+    """The lineage table, read in Chromium, row for row what /v1/experiments/<key>/models says."""
+    import requests
+
+    base = dashboard_server.base_url
+    reader = make_key(db, "lineage-reader", ["experiments:read"])
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems = _watch(page, base)
+    page.goto(base + "/dashboards/login?next=/dashboards/checkout_ranker")
+    page.fill("#key", analyst)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/dashboards/checkout_ranker")
+    shown = page.evaluate(LINEAGE_ROWS)
+    api = requests.get(base + "/v1/experiments/checkout_ranker/models",
+                       headers={"X-API-Key": reader}, timeout=10).json()  # fmt: skip
+    expected = [
+        [entry["variant"], m["served_by"], m["model_sha256"], m["provider"], m["predictions"],
+         m["first_served_at"], m["last_served_at"], m["registry_version"], True]
+        for entry in api["variants"] for m in entry["models"]
+    ]  # fmt: skip
+    assert shown == expected
+    # The seed served 300 predictions per variant with traffic, a few by the control's model.
+    served: dict[str, int] = {}
+    for row in shown:
+        served[row[0]] = served.get(row[0], 0) + row[4]
+    assert set(served.values()) == {300} and len(served) >= 2
+    assert any(row[0] != row[1] for row in shown)  # a fallback row
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#lineage").scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "dashboard-lineage.png", full_page=False)
+
+    # The downloaded report carries the same table, rendered from the file alone.
+    report = requests.get(base + "/dashboards/checkout_ranker/report.html",
+                          headers={"X-API-Key": analyst}, timeout=30)  # fmt: skip
+    target = tmp_path / "report.html"
+    target.write_bytes(report.content)
+    offline = browser.new_page(viewport={"width": 1400, "height": 900})
+    offline_problems = _watch(offline, "file://")
+    offline.goto(target.as_uri())
+    assert [row[:5] for row in offline.evaluate(LINEAGE_ROWS)] == [row[:5] for row in expected]
+    assert problems == [] and offline_problems == []
+
+
 HOSTILE = (
     '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
     '<a href="https://evil.example/">click</a><a href="javascript:window.__xss=3">js</a>'

@@ -254,7 +254,8 @@ def test_abx_report_writes_a_self_contained_file(
     html = target.read_text()
     _self_contained(html)
     for section in ("fig-evidence", "fig-p_value", "fig-exposures", "fig-srm", "fig-latency",
-                    "fig-reliability", "fig-decisions", "decision-table", "sample-size-table"):  # fmt: skip
+                    "fig-reliability", "fig-decisions", "decision-table", "sample-size-table",
+                    "lineage-table"):  # fmt: skip
         assert f'id="{section}"' in html, section
     assert "all experiments" not in html  # no links back to a server the reader may not reach
     missing = runner.invoke(main, ["report", "nope", "-o", str(target)])
