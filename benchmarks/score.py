@@ -7,7 +7,9 @@ Parquet. abx: ``abx worker --concurrency 2`` (two prefork processes, one onnxrun
 each), the same file split in two halves submitted as two jobs of an experiment whose two
 variants both use the model (each row assigned as /v1/assign would, checked, scored, its
 chunk written and committed), timed from submission until both are done; and once more with
-the whole file as one job (one process). Run for the logistic model and the heavy MLP.
+the whole file as one job (one process), to a Parquet file and to a PostgreSQL table (each
+chunk's rows COPYed in the transaction that commits it). Run for the logistic model and the
+heavy MLP.
 Reported: rows/s, the ratio to the baseline, and the workers' peak RSS (VmHWM), which
 depends on the chunk size, not the file's.
 
@@ -101,7 +103,7 @@ def experiment_yaml(key: str, model: str, sha: str) -> str:
 
 
 def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
-             chunk_rows: int) -> float:  # fmt: skip
+             chunk_rows: int, table: bool = False) -> float:  # fmt: skip
     """Submit one job per input, wait for all; rows/s from submission to the last done."""
     import psycopg
 
@@ -117,8 +119,11 @@ def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
     ids = []
     with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
         for index, source in enumerate(inputs):
+            output = None if table else folder / f"{key}-{index}.parquet"
             job = submit(conn, experiment.experiment, key, variant=None, input_path=source,
-                         input_format="parquet", output_path=folder / f"{key}-{index}.parquet",
+                         input_format="parquet", output_path=output,
+                         output_table=f"{key}_{index}_{time.time_ns()}" if table else None,
+                         rejects_dir=folder / "rejects",
                          log_exposures=False, chunk_rows=chunk_rows, created_by="bench",
                          request_id=None)  # fmt: skip
             enqueue(job.job_id)
@@ -174,15 +179,18 @@ def main() -> None:
         try:
             time.sleep(8)
             print_header(f"{'model':<10} {'bare rows/s':>12} {'2 jobs rows/s':>14} {'ratio':>6}"
-                         f" {'1 job rows/s':>13} {'ratio':>6}")  # fmt: skip
+                         f" {'1 job rows/s':>13} {'ratio':>6} {'1 job to table':>15}"
+                         f" {'vs file':>7}")  # fmt: skip
             for name, model in MODELS.items():
                 key = "score_" + name.split()[-1].lower()
                 bare = bare_loop(models_root / model, source, folder / "bare.parquet",
                                  args.chunk_rows, args.run_rows)  # fmt: skip
                 two = run_jobs(env, key, halves, folder, args.chunk_rows)
                 one = run_jobs(env, key, [source], folder, args.chunk_rows)
+                into_table = run_jobs(env, key, [source], folder, args.chunk_rows, table=True)
                 print(f"{name:<10} {bare:>12,.0f} {two:>14,.0f} {two / bare:>6.2f}"
-                      f" {one:>13,.0f} {one / bare:>6.2f}")  # fmt: skip
+                      f" {one:>13,.0f} {one / bare:>6.2f} {into_table:>15,.0f}"
+                      f" {into_table / one:>7.2f}")  # fmt: skip
             rss = [peak_rss_mib(pid) for pid in children_of(worker.pid)]
             print(f"\nworker processes' peak RSS (VmHWM): {', '.join(f'{r:.0f}' for r in rss)} MiB")
         finally:
