@@ -204,9 +204,34 @@ def write_part(output: Path, fmt: str, index: int, scored: pd.DataFrame | None,
     _replace(tmp, reject_file)
 
 
+def _assembled(folder: Path, chunks: int) -> bool:
+    """True when an earlier run already assembled: the parts are removed only after the output
+    and rejects are in place, so committed chunks without their folder mean it is done (a
+    worker killed after assembling, before the job was marked done, resumes here)."""
+    if chunks == 0 or folder.exists():
+        return False
+    shutil.rmtree(_removing(folder), ignore_errors=True)
+    return True
+
+
+def _removing(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".removing")
+
+
+def _remove_parts(folder: Path) -> None:
+    """Renamed first, then deleted: the parts folder is there whole or not at all."""
+    gone = _removing(folder)
+    shutil.rmtree(gone, ignore_errors=True)
+    if folder.exists():
+        folder.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def assemble(output: Path, fmt: str, chunks: int) -> None:
     """Join parts 0..chunks-1 into the output and the rejects file; remove the parts."""
     folder = parts_dir(output)
+    if _assembled(folder, chunks):
+        return
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     parts = [folder / f"{index:08d}{EXTENSIONS[fmt]}" for index in range(chunks)]
@@ -228,14 +253,16 @@ def assemble(output: Path, fmt: str, chunks: int) -> None:
                     shutil.copyfileobj(source, target)
     _replace(tmp, output)
     _join_rejects(folder, chunks, rejects_path(output))
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove_parts(folder)
 
 
 def assemble_rejects(rejects: Path, chunks: int) -> None:
     """A table job's end: join its rejects parts (``write_part`` with no scores) into ``rejects``."""
     folder = parts_dir(rejects)
+    if _assembled(folder, chunks):
+        return
     _join_rejects(folder, chunks, rejects)
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove_parts(folder)
 
 
 def _join_rejects(folder: Path, chunks: int, rejects: Path) -> None:

@@ -75,3 +75,28 @@ def test_parts_are_joined_in_order_and_removed(tmp_path: Path, fmt: str) -> None
 def test_unknown_extensions_are_refused(tmp_path: Path) -> None:
     with pytest.raises(files.FileProblem):
         files.format_of(tmp_path / "in.xlsx")
+
+
+def test_a_run_resumed_after_assembling_finds_the_job_assembled(tmp_path: Path) -> None:
+    """A worker killed after assembling, before the job was marked done: the resumed run
+    assembles again, which must keep the output (its parts are gone) and not fail."""
+    output = tmp_path / "out.csv"
+    for index in range(2):
+        files.write_part(output, "csv", index, frame(2), [{"row": index, "reason": "r"}])
+    files.assemble(output, "csv", 2)
+    first = output.read_bytes(), files.rejects_path(output).read_bytes()
+    files.assemble(output, "csv", 2)  # the resumed run
+    assert (output.read_bytes(), files.rejects_path(output).read_bytes()) == first
+    # Killed while removing the parts: they were renamed aside first, so the folder is gone
+    # whole and what is left aside is cleared by the next run.
+    aside = files.parts_dir(output).with_name("out.csv.parts.removing")
+    aside.mkdir()
+    (aside / "00000000.csv").write_text("unit,x\n")
+    files.assemble(output, "csv", 2)
+    assert not aside.exists() and output.read_bytes() == first[0]
+    # A table job's rejects alike.
+    rejects = tmp_path / "job.rejects.ndjson"
+    files.write_part(rejects, "csv", 0, None, [{"row": 7, "reason": "r"}])
+    files.assemble_rejects(rejects, 1)
+    files.assemble_rejects(rejects, 1)
+    assert [json.loads(line)["row"] for line in rejects.read_text().splitlines()] == [7]
