@@ -9,7 +9,7 @@ assignment may decide), ``evaluate`` returns None: only the server can answer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from abx_client._hashing import (
@@ -68,6 +68,54 @@ class CompiledExperiment:
     segments: tuple[str, ...] = ()
     """The attributes the experiment is analysed by: sent with the unit's exposure."""
     holdout: CompiledHoldout | None = None
+    answers: _Answers | None = field(default=None, compare=False, repr=False)
+    """Every local answer this experiment can give, made once (``evaluate`` allocates none)."""
+
+
+@dataclass(frozen=True)
+class _Answers:
+    """The ``Assignment`` objects of one compiled experiment, made at compile time.
+
+    An answer depends only on the experiment, the reason and the variant, so ``evaluate``
+    hands out these shared (frozen) objects: the application's call allocates nothing the
+    garbage collector must later walk.
+    """
+
+    hashed: tuple[Assignment, ...]
+    """By variant index; a rolled-back variant's entry is the control's ``rolled-back``."""
+    control: Mapping[str, Assignment]
+    """Reason -> the control's answer with that reason."""
+    forced: Mapping[str, Assignment]
+    promoted: Assignment | None
+
+
+def _answers(compiled: CompiledExperiment) -> _Answers:
+    key, control = compiled.key, compiled.control
+    holdout = compiled.holdout.key if compiled.holdout is not None else None
+    rest = "rest" if holdout is not None else None
+    before_holdout = ("experiment-not-running", "targeted-out", "not-in-layer")
+    controls = {reason: Assignment(key, control, reason) for reason in before_holdout}
+    if compiled.stopped is not None:
+        controls[compiled.stopped] = Assignment(key, control, compiled.stopped)
+    if holdout is not None:
+        controls["holdout"] = Assignment(
+            key, control, "holdout", holdout=holdout, holdout_group="holdout"
+        )
+    for reason in ("not-in-coverage", "rolled-back"):
+        controls[reason] = Assignment(key, control, reason, holdout=holdout, holdout_group=rest)
+    hashed = tuple(
+        controls["rolled-back"]
+        if variant in compiled.rolled_back
+        else Assignment(key, variant, "hashed", True, holdout=holdout, holdout_group=rest)
+        for variant in compiled.variants
+    )
+    promoted = (
+        Assignment(key, compiled.winner, "promoted", holdout=holdout, holdout_group=rest)
+        if compiled.winner is not None
+        else None
+    )
+    forced = {unit: Assignment(key, variant, "forced") for unit, variant in compiled.forced.items()}
+    return _Answers(hashed, controls, forced, promoted)
 
 
 @dataclass(frozen=True)
@@ -88,7 +136,7 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
         coverage = min(coverage, float(decision["coverage_cap"]))
     layer = data.get("layer")
     holdout = data.get("holdout")
-    return CompiledExperiment(
+    compiled = CompiledExperiment(
         key=key,
         seed=seed,
         running=data["status"] == "running",
@@ -117,6 +165,7 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
         if holdout
         else None,
     )
+    return replace(compiled, answers=_answers(compiled))
 
 
 @dataclass(frozen=True)
@@ -142,39 +191,33 @@ def evaluate(
     compiled: CompiledExperiment, unit: str, attributes: Mapping[str, Any]
 ) -> Assignment | None:
     """The server's answer from the snapshot, or None when the unit's history decides."""
-    key, control = compiled.key, compiled.control
-    forced = compiled.forced.get(unit)
+    answers = compiled.answers
+    assert answers is not None, "compile_experiment makes the answers"
+    forced = answers.forced.get(unit)
     if forced is not None:
-        return Assignment(key, forced, "forced")
+        return forced
     if not compiled.running:
-        return Assignment(key, control, "experiment-not-running")
+        return answers.control["experiment-not-running"]
     if compiled.stopped is not None:
-        return Assignment(key, control, compiled.stopped)
+        return answers.control[compiled.stopped]
     if not compiled.eligible(attributes):
-        return Assignment(key, control, "targeted-out")
+        return answers.control["targeted-out"]
     if compiled.layer_prefix is not None:
         start, end = compiled.layer_range
         if not start <= unit_fraction(compiled.layer_prefix, unit) < end:
-            return Assignment(key, control, "not-in-layer")
-    holdout_key = None
+            return answers.control["not-in-layer"]
     holdout = compiled.holdout
-    if holdout is not None:
-        if unit_fraction(holdout.prefix, unit) < holdout.share:
-            return Assignment(key, control, "holdout", holdout=holdout.key, holdout_group="holdout")
-        holdout_key = holdout.key
-    rest = "rest" if holdout_key is not None else None
-    if compiled.winner is not None:
-        return Assignment(key, compiled.winner, "promoted", holdout=holdout_key, holdout_group=rest)
+    if holdout is not None and unit_fraction(holdout.prefix, unit) < holdout.share:
+        return answers.control["holdout"]
+    if answers.promoted is not None:
+        return answers.promoted
     if unit_fraction(compiled.coverage_prefix, unit) >= compiled.coverage:
-        return Assignment(key, control, "not-in-coverage", holdout=holdout_key, holdout_group=rest)
+        return answers.control["not-in-coverage"]
     fraction = unit_fraction(compiled.variant_prefix, unit)
     for low, high in compiled.moved:
         if low <= fraction < high:
             return None
-    variant = compiled.variants[pick_index(fraction, compiled.bounds)]
-    if variant in compiled.rolled_back:
-        return Assignment(key, control, "rolled-back", holdout=holdout_key, holdout_group=rest)
-    return Assignment(key, variant, "hashed", True, holdout=holdout_key, holdout_group=rest)
+    return answers.hashed[pick_index(fraction, compiled.bounds)]
 
 
 def from_stored(compiled: CompiledExperiment, stored: str) -> Assignment:

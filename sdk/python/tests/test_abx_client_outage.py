@@ -1,0 +1,130 @@
+"""The SDK once its server has gone away: the application's calls stay local and cheap.
+
+A real HTTP server (the standard library's) publishes a snapshot and is then shut down, so
+every request of the SDK's threads is refused, as with a stopped ``abx serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from abx_client import Client
+
+SNAPSHOT = {
+    "version": "v1",
+    "experiments": {
+        "e": {
+            "key": "e", "status": "running", "seed": "e.v1", "hashing_version": 1,
+            "control": "a", "variants": [{"key": "a", "weight": 0.5}, {"key": "b", "weight": 0.5}],
+            "coverage": 1.0, "layer": None, "targeting": None, "forced": {}, "metrics": ["m"],
+            "allocation": {"earlier_weights": [], "pending_weights": None, "moved_ranges": []},
+            "decision": {"state": "running", "winner": None, "rolled_back": [], "stopped": None,
+                         "coverage_cap": None},
+        }
+    },
+}  # fmt: skip
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path != "/v1/sdk/config":
+            self.send_error(404)  # no stream: the SDK polls
+            return
+        body = json.dumps(SNAPSHOT).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("ETag", '"v1"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server:
+    """A server that publishes ``SNAPSHOT`` until ``stop()``; refused connections after."""
+
+    def __init__(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._stopped = False
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    running = _Server()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _thread_stat(name: str) -> tuple[int, int]:
+    """(voluntary context switches, CPU nanoseconds) of this process's thread ``name``."""
+    (thread,) = [t for t in threading.enumerate() if t.name == name]
+    task = Path(f"/proc/self/task/{thread.native_id}")
+    switches = next(
+        int(line.split()[1])
+        for line in (task / "status").read_text().splitlines()
+        if line.startswith("voluntary_ctxt_switches")
+    )
+    return switches, int((task / "schedstat").read_text().split()[0])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
+def test_a_gone_server_costs_the_application_no_background_work(server: _Server) -> None:
+    with Client(
+        server.url, None, close_timeout=0.5, batch_size=50, max_queue=1000, timeout=0.5
+    ) as client:
+        assert client.wait_ready(5)
+        server.stop()
+        for index in range(200):  # a full batch is due; sending it fails: backoff
+            client.assign("e", f"before-{index}")
+        deadline = time.monotonic() + 10
+        while "batch_failures" not in client.stats() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.stats()["batch_failures"] >= 1
+
+        switches, cpu = _thread_stat("abx-client-flush")
+        started = time.monotonic()
+        answers = [client.assign("e", f"after-{index}") for index in range(20_000)]
+        elapsed = time.monotonic() - started
+        switches_after, cpu_after = _thread_stat("abx-client-flush")
+
+        assert {(a.reason, a.source) for a in answers} == {("hashed", "local")}
+        # The flusher wakes every flush_interval (0.5 s) or for a retry, not per queued item
+        # (an earlier version woke for each of the 20,000: thousands of switches).
+        assert switches_after - switches <= 2 * (elapsed / 0.5) + 10
+        assert cpu_after - cpu < 50e6  # under 50 ms of CPU in all
+        stats = client.stats()
+        assert stats["exposures_queued"] == 1000 and stats["exposures_dropped"] > 19_000
+        # A refused stream is not followed by a poll that must fail the same way.
+        assert stats["stream_failures"] >= 1 and "poll_failures" not in stats
+
+
+def test_the_memory_of_exposed_units_keeps_the_newest(server: _Server) -> None:
+    with Client(server.url, None, close_timeout=0.5, memory_size=100, timeout=0.5) as client:
+        assert client.wait_ready(5)
+        server.stop()
+        for index in range(150):
+            client.assign("e", f"u{index}")
+        queued = client.stats()["exposures_queued"]
+        client.assign("e", "u149")  # remembered: not queued again
+        assert client.stats()["exposures_queued"] == queued
+        client.assign("e", "u0")  # forgotten (the oldest of 150 beyond 100): queued again
+        assert client.stats()["exposures_queued"] == queued + 1
