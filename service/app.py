@@ -248,7 +248,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     runtime = build_runtime(settings)
     app.extensions["abx"] = runtime
-    sdk.init_app(app, SnapshotCache(runtime.registry), settings.threads, settings.sdk_max_streams)
+    sdk.init_app(
+        app,
+        SnapshotCache(runtime.registry, settings.allocation_settle_seconds),
+        settings.threads,
+        settings.sdk_max_streams,
+    )
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     # After every blueprint: each route must have its security declaration.

@@ -10,6 +10,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LIVE_WRITER_SECONDS = 10.0
+"""A serving process whose heartbeat is older than this counts as gone: weight switches stop
+waiting for its buffered first assignments (``assignment/sync.py``)."""
 
 
 def default_migrations() -> Path:
@@ -154,7 +157,14 @@ class Settings(BaseSettings):
     flush_interval_seconds: float = Field(default=0.2, gt=0)
     flush_max_rows: int = Field(default=5000, ge=1)
     max_pending_rows: int = Field(default=1_000_000, ge=1)
-    state_poll_seconds: float = Field(default=1.0, gt=0)
+    state_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=LIVE_WRITER_SECONDS / 2,
+        description="How often each process reads allocations and sends its heartbeat; at most"
+        " half the time a heartbeat counts as live, so a polling process is never taken for"
+        " gone (and a weight switch never goes ahead without it) between two of its polls.",
+    )
     allocation_settle_seconds: float = Field(
         default=3.0, ge=0, description="Notice given to every process before new weights apply."
     )

@@ -8,7 +8,12 @@ lookup for such a unit first waits out one flush interval, so a first
 assignment still buffered in another process reaches PostgreSQL before the
 lookup reads it. The new weights become current once every live process has
 (a) read the state after the switch time and (b) flushed every first
-assignment it made before that read (its heartbeat's ``flushed_through``).
+assignment it made under an earlier view (its heartbeat's ``flushed_through``).
+A process that heard of the change late made first assignments after the switch
+time under the old weights; they hold the switch until flushed, however late
+they were made. Every process heartbeats at least twice within the time a
+heartbeat counts as live (``ABX_STATE_POLL_SECONDS`` at most 5 s), so no live
+process is skipped.
 """
 
 from __future__ import annotations

@@ -110,7 +110,14 @@ def build_snapshot(
     served: Mapping[str, ServedExperiment],
     states: Mapping[str, ExperimentState],
     holdouts: Mapping[str, Holdout] | None = None,
+    settle_seconds: float | None = None,
 ) -> Snapshot:
+    """The document of ``GET /v1/sdk/config``.
+
+    ``settle_seconds`` (``ABX_ALLOCATION_SETTLE_SECONDS``) is published as
+    ``allocation_settle_seconds``: the notice every weight change gives. An SDK that polls
+    polls often enough to hear of a change, and send what it assigned before, well inside it.
+    """
     experiments = {key: _experiment(served[key], states.get(key)) for key in sorted(served)}
     # Holdouts by key, with the metrics an SDK's track() fans out to (each experiment names
     # the holdout whose check it runs under "holdout").
@@ -119,6 +126,8 @@ def build_snapshot(
         for key, h in sorted((holdouts or {}).items())
     }
     content: dict[str, Any] = {"experiments": experiments}
+    if settle_seconds is not None:
+        content["allocation_settle_seconds"] = settle_seconds
     if holdout_entries:
         content["holdouts"] = holdout_entries
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
@@ -130,8 +139,9 @@ def build_snapshot(
 class SnapshotCache:
     """The snapshot of one registry, rebuilt only when the registry swapped its tables."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, settle_seconds: float | None = None) -> None:
         self._registry = registry
+        self._settle_seconds = settle_seconds
         self._lock = threading.Lock()
         self._source: tuple[object, object] | None = None
         self._snapshot: Snapshot | None = None
@@ -141,7 +151,9 @@ class SnapshotCache:
         served, states = self._registry.view()
         with self._lock:
             if self._snapshot is None or self._source != (id(served), id(states)):
-                self._snapshot = build_snapshot(served, states, self._registry.holdouts)
+                self._snapshot = build_snapshot(
+                    served, states, self._registry.holdouts, self._settle_seconds
+                )
                 # Identity of the very objects held: the registry keeps them alive while
                 # they are current, so an id cannot be reused by a newer table meanwhile.
                 self._source = (id(served), id(states))

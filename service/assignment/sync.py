@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -28,12 +28,12 @@ from service.assignment.registry import Registry
 from service.assignment.state import read_states
 from service.background import PeriodicThread
 from service.experiments.schema import Experiment
+from service.settings import LIVE_WRITER_SECONDS
 from service.storage.database import Database
 from service.storage.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 SYNC_LOCK_KEY = 0x616278_02
-LIVE_WRITER_SECONDS = 10.0
 
 
 def weights_of(experiment: Experiment) -> dict[str, float]:
@@ -173,6 +173,9 @@ class StateSync(PeriodicThread):
         self._writer = writer
         self._last_applied: float | None = None
         self._created = time.monotonic()
+        # (applied at, read started at) of recent views, oldest first: which view a
+        # buffered row was assigned under (see ``_heartbeat``).
+        self._views: deque[tuple[float, float]] = deque(maxlen=256)
         self._synced = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -210,6 +213,7 @@ class StateSync(PeriodicThread):
             log.warning("state refresh failed: %s", error)
             return False
         self._registry.apply_plans(plans, database_now.timestamp() - time.time(), states)
+        self._views.append((time.monotonic(), started))
         self._last_applied = started
         return True
 
@@ -218,12 +222,31 @@ class StateSync(PeriodicThread):
         self._synced = False
         return self.poll_once()
 
+    def view_read_before(self, moment: float) -> float:
+        """When the read began of the view this process served at ``moment`` (monotonic):
+        the latest view applied by then; its own start before any (the YAML's weights)."""
+        read = self._created
+        for applied, started in self._views:
+            if applied > moment:
+                break
+            read = started
+        if self._views and self._views[0][0] > moment and len(self._views) == self._views.maxlen:
+            return self._created  # that view has left the history: claim no more than start
+        return read
+
     def _heartbeat(self, conn: Any) -> None:
-        # Flushed through: nothing this process may have assigned under an older view of
-        # the allocations is still buffered. Ages, not clock readings, cross to the server.
-        # Before the first successful read, this process served the YAML's own weights.
-        marks = [self._last_applied or self._created, self._writer.oldest_unflushed()]
-        age = time.monotonic() - min(mark for mark in marks if mark is not None)
+        # Flushed through: every first assignment this process made under a view of the
+        # allocations read before this moment is in PostgreSQL. A buffered row counts by
+        # the view it was made under, not by when it was made: a process that heard of a
+        # change late made rows after the switch time under the old weights, and they must
+        # hold the switch until flushed. Ages, not clock readings, cross to the server.
+        oldest = self._writer.oldest_unflushed()
+        mark = (
+            self._last_applied or self._created
+            if oldest is None
+            else min(self._last_applied or self._created, self.view_read_before(oldest))
+        )
+        age = time.monotonic() - mark
         conn.execute(
             "INSERT INTO writer_heartbeats (worker_id, flushed_through, seen_at)"
             " VALUES (%s, now() - make_interval(secs => %s), now())"

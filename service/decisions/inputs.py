@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from analysis.sufficient_stats import SufficientStats
-from service.assignment.sync import LIVE_WRITER_SECONDS, allocation_history
+from service.assignment.sync import allocation_history
 from service.decisions.bandit import Period
 from service.decisions.drift import DriftCheck, check_drift, comparisons, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
@@ -40,7 +40,7 @@ from service.experiments.schema import Experiment
 from service.experiments.segments import CLIENT
 from service.inference.sketches import load_profile, read_sketches
 from service.observability import metrics
-from service.settings import Settings
+from service.settings import LIVE_WRITER_SECONDS, Settings
 
 
 def _mature_only(
