@@ -10,10 +10,15 @@ One real ``abx serve`` (2 workers, the example experiments, production poll sett
    reference; ``benchmarks/assign_core.py`` explains both), units per second, median of
    ``--repeats``, and each call's latency over ``--units`` calls on all example experiments
    (p50, p99, max). Target: at least 3x GrowthBook, p99 under 50 µs.
-2. **Server stopped**: the server is stopped, then ``--units`` calls of one application thread
+2. **Server stopped**: the follower SDKs of (3) are closed (the promise is about one client in
+   the application), the server is stopped, then ``--units`` calls of one application thread
    (all examples, the last snapshot in force) are timed one by one. Target: none over 1 ms.
-   A machine shared with other work can stall any thread for milliseconds; the count of calls
-   over 1 ms and the machine's load are printed so a stall can be told from the SDK.
+   A machine shared with other work can stall any thread for milliseconds, so each call over
+   1 ms is put down to what took most of its time, from the thread's
+   ``/proc/thread-self/schedstat`` read before and after it (outside the timed span): its own
+   CPU time (the SDK's work, or a stolen virtual CPU), waiting on the run queue for a core
+   (the machine's other work), or neither (blocked: a lock or the GIL held by another thread
+   of this process). CPU time is counted in scheduler ticks, so ``own CPU`` is approximate.
 3. **Propagation**: ``--clients`` SDKs follow the stream; ``--changes`` decisions (pause,
    resume through the API) and YAML weight changes; the time from the change (the API's
    answer, the file's write) until each SDK holds a new snapshot. Target: median under 1 s.
@@ -150,6 +155,37 @@ def call_times(
     return times
 
 
+def attributed_call_times(
+    client: Client, units: Sequence[str], attributes: Sequence[dict[str, Any]]
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """``call_times``, and for each call over 1 ms what took most of it (see the docstring)."""
+    times: dict[str, list[float]] = {"local": [], "server": [], "sdk": []}
+    causes = {"own CPU": 0, "run queue": 0, "blocked": 0}
+    clock = time.perf_counter
+    schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+
+    def read() -> tuple[int, int]:
+        running, waiting, _ = os.pread(schedstat, 100, 0).split()
+        return int(running), int(waiting)
+
+    try:
+        for index, (unit_id, unit_attributes) in enumerate(zip(units, attributes, strict=True)):
+            experiment = EXPERIMENTS[index % len(EXPERIMENTS)]
+            running, waiting = read()
+            started = clock()
+            answer = client.assign(experiment, unit_id, unit_attributes)
+            seconds = clock() - started
+            times[answer.source].append(seconds)
+            if seconds > 0.001:
+                running_after, waiting_after = read()
+                parts = {"own CPU": running_after - running, "run queue": waiting_after - waiting}
+                parts["blocked"] = int(seconds * 1e9) - sum(parts.values())
+                causes[max(parts, key=lambda part: parts[part])] += 1
+    finally:
+        os.close(schedstat)
+    return times, causes
+
+
 def describe(times: Sequence[float]) -> str:
     if not times:
         return "none"
@@ -248,23 +284,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {kind:<13} median {statistics.median(done):.3f} s, max {max(done):.3f} s,"
                       f" {len(done)}/{len(seconds)} received (target median < 1 s)")  # fmt: skip
             workers = [rss_mib(pid) for pid in server.workers]
+            for follower in followers:
+                follower.close()
 
             stop(server.process)
-            print_header("2. the server stopped: one thread, every call timed")
+            print_header("2. the server stopped: one client, one thread, every call timed")
             time.sleep(1.0)
             load = load_average()
-            times = call_times(client, list(reversed(units)), list(reversed(attributes)))
+            times, causes = attributed_call_times(
+                client, list(reversed(units)), list(reversed(attributes))
+            )
             every = [t for group in times.values() for t in group]
             slow = sum(t > 0.001 for t in every)
             print(f"  {len(every):,} calls: {describe(every)}; over 1 ms: {slow} (target 0);"
-                  f" load {load}")  # fmt: skip
+                  f" load {load} before, {load_average()} after")  # fmt: skip
+            print(f"  calls over 1 ms by what took most of them: {causes}")
             for source, group in times.items():
                 over = sum(t > 0.001 for t in group)
                 print(f"    answered by {source:<6} {len(group):>7,}: {describe(group)};"
                       f" over 1 ms: {over}")  # fmt: skip
             print(f"  SDK counters: {client.stats()}")
-        for c in (client, *followers):
-            c.close()
+        client.close()
     print()
     print(f"VmRSS this process (SDK side): {rss_before:.0f} MiB before the clients,"
           f" {rss_mib(os.getpid()):.0f} MiB at the end; server workers"

@@ -174,6 +174,9 @@ class Snapshot:
     experiments: Mapping[str, CompiledExperiment]
     holdout_metrics: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Holdout key -> its metrics: ``track`` without an experiment sends to these too."""
+    settle_seconds: float | None = None
+    """The notice a weight change gives before it applies (the server's
+    ``ABX_ALLOCATION_SETTLE_SECONDS``); None from a server that does not say."""
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> Snapshot:
@@ -184,7 +187,12 @@ class Snapshot:
                 key: frozenset(data.get("metrics") or ())
                 for key, data in (document.get("holdouts") or {}).items()
             },
+            _seconds(document.get("allocation_settle_seconds")),
         )
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 def evaluate(

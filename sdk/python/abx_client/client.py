@@ -49,6 +49,7 @@ from abx_client._version import __version__
 
 Unit = str | int
 log = logging.getLogger("abx_client")
+MIN_POLL_SECONDS = 0.1
 CLIENT_NAME = f"abx-client-python/{__version__}"
 """Sent with every exposure batch: the server's SRM drill-down names SDK versions."""
 
@@ -183,6 +184,7 @@ class Client:
         self._waiting: list[_Waiting] = []
         self._waiting_ready = threading.Condition(threading.Lock())
         self._wake_flusher = threading.Event()
+        self._flush_now = False
         self._stopping = threading.Event()
         self._fallback_breaker = CircuitBreaker(*self._breaker_settings)
         self._predict_breaker = CircuitBreaker(*self._breaker_settings)
@@ -532,7 +534,10 @@ class Client:
         if current is None or current.version != snapshot.version:
             self._snapshot = snapshot
             self._count("snapshots")
-            self._wake_flusher.set()  # first assignments reach the server before weights move
+            # First assignments reach the server before weights move: now, even if a batch
+            # is waiting out its backoff.
+            self._flush_now = True
+            self._wake_flusher.set()
         self._ready.set()
 
     def _poll(self, client: httpx.Client) -> None:
@@ -620,7 +625,18 @@ class Client:
             self._fallback_breaker.trip()
 
     def _poll_every(self) -> float:
-        return self._poll_interval
+        """``poll_interval``, but at least three polls within the server's settle time.
+
+        A weight change applies ``allocation_settle_seconds`` after it is announced. A polling
+        SDK must hear of it before then (to stop assigning the moved ranges locally) and
+        send the first assignments it made there under the old weights (``_install`` wakes
+        the flusher), or the server could give one of those units a second variant.
+        """
+        snapshot = self._snapshot
+        settle = snapshot.settle_seconds if snapshot is not None else None
+        if settle is None:
+            return self._poll_interval
+        return max(MIN_POLL_SECONDS, min(self._poll_interval, settle / 3))
 
     # --- batches ----------------------------------------------------------------------
 
@@ -635,8 +651,9 @@ class Client:
             self._wake_flusher.clear()
             if self._stopping.is_set():
                 return
+            force, self._flush_now = self._flush_now, False
             try:
-                self._flush_once(force=False)
+                self._flush_once(force=force)
             except Exception:
                 self._count("flush_errors")
 
