@@ -16,9 +16,11 @@ One real ``abx serve`` (2 workers, the example experiments, production poll sett
    A machine shared with other work can stall any thread for milliseconds, so each call over
    1 ms is put down to what took most of its time, from the thread's
    ``/proc/thread-self/schedstat`` read before and after it (outside the timed span): its own
-   CPU time (the SDK's work, or a stolen virtual CPU), waiting on the run queue for a core
-   (the machine's other work), or neither (blocked: a lock or the GIL held by another thread
-   of this process). CPU time is counted in scheduler ticks, so ``own CPU`` is approximate.
+   CPU time (the SDK's work, or a stolen virtual CPU), waiting on the run queue for a core,
+   or neither (blocked: asleep on a lock or the GIL). A thread woken from a GIL or lock wait
+   also queues for a core, so on a loaded machine a wait for another thread of this process
+   shows mostly as ``run queue`` too: ``sdk_stall.py`` prints the background threads' CPU to
+   tell the two apart. CPU time is counted in scheduler ticks, so ``own CPU`` is approximate.
 3. **Propagation**: ``--clients`` SDKs follow the stream; ``--changes`` decisions (pause,
    resume through the API) and YAML weight changes; the time from the change (the API's
    answer, the file's write) until each SDK holds a new snapshot. Target: median under 1 s.
