@@ -451,12 +451,14 @@ class Client:
     def _wake_if_due(self, kind: str, queue: BatchQueue) -> None:
         """Wake the flusher when a full batch waits and the flusher is idle.
 
-        Not while a batch of this kind waits out its backoff (the server is failing): a wake
-        per queued item would then spin the flusher against the application for the GIL.
+        Not while a batch of this kind waits out its backoff (the server is failing), nor for
+        events before the first snapshot (they cannot be sent yet): a wake per queued item
+        would then spin the flusher against the application for the GIL.
         """
         if (
             len(queue) >= self._batch_size
             and self._pending[kind] is None
+            and (kind == "exposures" or self._snapshot is not None)
             and not self._wake_flusher.is_set()
         ):
             self._wake_flusher.set()

@@ -128,3 +128,22 @@ def test_the_memory_of_exposed_units_keeps_the_newest(server: _Server) -> None:
         assert client.stats()["exposures_queued"] == queued
         client.assign("e", "u0")  # forgotten (the oldest of 150 beyond 100): queued again
         assert client.stats()["exposures_queued"] == queued + 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
+def test_events_tracked_before_any_snapshot_do_not_spin_the_flusher() -> None:
+    # Nothing listens: no snapshot ever comes, so events cannot be sent (they name their
+    # experiments from it) and wait in the queue.
+    with Client(
+        "http://127.0.0.1:9", None, batch_size=50, timeout=0.2, close_timeout=0.2
+    ) as client:
+        client.track("u0", "m", 1.0)  # starts the threads
+        switches, _ = _thread_stat("abx-client-flush")
+        started = time.monotonic()
+        for index in range(20_000):
+            client.track(f"u{index}", "m", 1.0)
+        elapsed = time.monotonic() - started
+        switches_after, _ = _thread_stat("abx-client-flush")
+        assert switches_after - switches <= 2 * (elapsed / 0.5) + 10
+        assert client.stats()["events_queued"] == 10_000  # max_queue; the rest dropped, counted
+        assert client.stats()["events_dropped"] == 10_001
