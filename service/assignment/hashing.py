@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 HASH_SPEC_VERSION = 1
 _SCALE = float(1 << 53)
@@ -35,6 +38,25 @@ def unit_fraction(prefix: bytes, unit_id: str) -> float:
     return (int.from_bytes(digest[:8], "big") >> 11) / _SCALE
 
 
+def unit_hashes(prefix: bytes, encoded_units: Sequence[bytes]) -> np.ndarray:
+    """Return the first 8 digest bytes of many units as big-endian ``uint64`` (spec v1).
+
+    One hashlib call per unit in a comprehension is the fastest form measured here
+    (about 0.45 us a unit): a numpy SHA-256 over 64 rounds costs more than that in array
+    passes. ``encoded_units`` are the UTF-8 unit ids. Whole digests are joined and every
+    fourth 8-byte word kept, which is cheaper than slicing each digest.
+    """
+    if not encoded_units:
+        return np.zeros(0, dtype=np.uint64)
+    digests = b"".join([hashlib.sha256(prefix + unit).digest() for unit in encoded_units])
+    return np.frombuffer(digests, dtype=">u8")[::4].astype(np.uint64)
+
+
+def hash_fractions(hashes: np.ndarray) -> np.ndarray:
+    """``unit_fraction`` of ``unit_hashes``: the top 53 bits over 2**53, bit for bit."""
+    return (hashes >> np.uint64(11)).astype(np.float64) / _SCALE
+
+
 def fraction_threshold(bound: float) -> bytes:
     """Return bytes ``t`` such that ``sha256(prefix + unit).digest() < t`` exactly when
     ``unit_fraction(prefix, unit) < bound``, for ``0 <= bound < 1``.
@@ -50,6 +72,31 @@ def fraction_threshold(bound: float) -> bytes:
     if not 0.0 <= bound < 1.0:
         raise ValueError(f"a threshold needs a bound in [0, 1), got {bound}")
     return (math.ceil(bound * _SCALE) << 11).to_bytes(8, "big")
+
+
+def threshold_word(threshold: bytes) -> np.uint64:
+    """``fraction_threshold`` as a ``uint64`` to compare with ``unit_hashes``.
+
+    ``digest < threshold`` (bytes) holds exactly when the digest's first 8 bytes, as a
+    big-endian integer, are below the threshold's: an equal first word leaves the longer
+    digest greater.
+    """
+    return np.uint64(int.from_bytes(threshold, "big"))
+
+
+def pick_indexes(fractions: np.ndarray, cumulative_upper_bounds: tuple[float, ...]) -> np.ndarray:
+    """``pick_index`` for many fractions: the first bound strictly above each, else the last.
+
+    One pass per variant rather than ``searchsorted``, which assumes sorted bounds: the
+    scalar rule takes the first bound above, whatever the order rounding left them in.
+    """
+    picked = np.full(len(fractions), len(cumulative_upper_bounds) - 1, dtype=np.intp)
+    open_ = np.ones(len(fractions), dtype=bool)
+    for index, upper in enumerate(cumulative_upper_bounds[:-1]):
+        hit = open_ & (fractions < upper)
+        picked[hit] = index
+        open_ &= ~hit
+    return picked
 
 
 def pick_index(fraction: float, cumulative_upper_bounds: tuple[float, ...]) -> int:

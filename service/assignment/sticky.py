@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
+from service.assignment.batch import NO_HOLDOUT, BatchAssignment
 from service.assignment.core import Assignment
 from service.observability import metrics
 from service.storage.database import Database
@@ -61,6 +64,14 @@ _LOOKUP = (
     "SELECT variant_key FROM assignments WHERE experiment_key = %s AND seed = %s AND unit_id = %s"
 )
 
+_LOOKUP_MANY = (
+    "SELECT unit_id, variant_key FROM assignments"
+    " WHERE experiment_key = %s AND seed = %s AND unit_id = ANY(%s)"
+)
+
+SegmentAttributes = Callable[[int], Mapping[str, str] | None]
+"""The segment attributes to record with the exposure of the unit at a batch position."""
+
 
 class StickyStore:
     def __init__(
@@ -92,6 +103,53 @@ class StickyStore:
             return None
         self._remember(key, row[0])
         return str(row[0])
+
+    def stored_variants(
+        self, experiment_key: str, seed: str, unit_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """``stored_variant`` for many units: the cache, then one query for the rest.
+
+        Units without a stored first assignment are left out; when the store cannot be
+        reached in time, so are all those the cache did not hold (they are treated as new,
+        as one lookup's failure is).
+        """
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for unit_id in unit_ids:
+            cached = self._cache.get((experiment_key, seed, unit_id))
+            if cached is not None:
+                found[unit_id] = cached
+            else:
+                missing.append(unit_id)
+        if not missing:
+            return found
+        try:
+            with self._database.pool.connection(timeout=self._lookup_timeout) as conn:
+                rows = conn.execute(_LOOKUP_MANY, (experiment_key, seed, missing)).fetchall()
+        except Exception as error:
+            self.lookup_failures += 1
+            log.warning("sticky lookup of %d units failed for %s: %s", len(missing),
+                        experiment_key, error)  # fmt: skip
+            return found
+        for unit_id, variant in rows:
+            found[str(unit_id)] = str(variant)
+            self._remember((experiment_key, seed, str(unit_id)), str(variant))
+        return found
+
+    def record_batch(
+        self,
+        batch: BatchAssignment,
+        seed: str,
+        unit_ids: Sequence[str],
+        segment_attributes: SegmentAttributes,
+    ) -> None:
+        """``record`` for each unit of a batch that has something to record (an exposure of
+        the experiment or of its holdout); the writer flushes them with one COPY a stream."""
+        exposed = batch.exposed() | (batch.holdout_groups != NO_HOLDOUT)
+        for position in np.flatnonzero(exposed).tolist():
+            assignment = batch.assignment(position)
+            attributes = segment_attributes(position) if assignment.exposed else None
+            self.record(assignment, seed, unit_ids[position], attributes)
 
     def record(
         self,

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.assignment.batch import BatchAssignment
 from service.assignment.core import Assignment
 from service.assignment.service import AssignmentService
-from service.assignment.sticky import StickyStore
+from service.assignment.sticky import SegmentAttributes, StickyStore
 from service.assignment.units import MAX_UNIT_LENGTH
 from service.errors import AbxError
 from service.inference.catalog import ExperimentModels, ServingModel
@@ -39,6 +40,15 @@ class LookupOnlySticky(StickyStore):
         seed: str,
         unit_id: str,
         segment_attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        return None
+
+    def record_batch(
+        self,
+        batch: BatchAssignment,
+        seed: str,
+        unit_ids: Sequence[str],
+        segment_attributes: SegmentAttributes,
     ) -> None:
         return None
 
@@ -98,39 +108,42 @@ class ChunkScorer:
             rejects = [{"row": int(i), "unit": None, "reason": "missing column 'unit'"}
                        for i in frame.index]  # fmt: skip
             return ChunkResult(self._empty(), rejects)
-        units = [_unit(value) for value in frame[UNIT_COLUMN]] if rows else []
+        units = _units(frame[UNIT_COLUMN]) if rows else np.empty(0, dtype=object)
         extra = [c for c in frame.columns if c != UNIT_COLUMN and c not in self._model_columns]
-        attributes = frame[extra].to_dict("records") if extra else None
-        variants: list[str | None] = [None] * rows
-        reasons: list[str] = [""] * rows
-        groups: dict[str, list[int]] = {}
-        for position, unit in enumerate(units):
-            if unit is None:
-                rejects.append({"row": int(frame.index[position]), "unit": None,
-                                "reason": "unit is empty or longer than "
-                                f"{MAX_UNIT_LENGTH} characters"})  # fmt: skip
-                continue
-            if self._variant is not None:
-                variant, reason = self._variant, "explicit"
-            else:
-                found = self._assignments.assign(
-                    self._models.key, unit, attributes[position] if attributes else {}
-                )
-                variant, reason = found.variant, found.reason.value
-            variants[position], reasons[position] = variant, reason
-            groups.setdefault(variant, []).append(position)
+        refused = np.asarray(pd.isna(units), dtype=bool)
+        valid = np.flatnonzero(~refused)
+        for position in np.flatnonzero(refused).tolist():
+            rejects.append({"row": int(frame.index[position]), "unit": None,
+                            "reason": "unit is empty or longer than "
+                            f"{MAX_UNIT_LENGTH} characters"})  # fmt: skip
+        variants = np.full(rows, None, dtype=object)
+        reasons = np.full(rows, None, dtype=object)
+        if self._variant is not None:
+            variants[valid], reasons[valid] = self._variant, "explicit"
+        elif len(valid):
+            found = self._assignments.assign_batch(
+                self._models.key, units[valid].tolist(),
+                (lambda: frame[extra].iloc[valid].to_dict("records")) if extra else None,
+            )  # fmt: skip
+            variants[valid], reasons[valid] = found.variants(), found.reasons()
         values = {name: np.full(rows, np.nan) for name in self.outputs}
-        served_by: list[str | None] = [None] * rows
+        served_by = np.full(rows, None, dtype=object)
         scored = np.zeros(rows, dtype=bool)
-        for variant, positions in groups.items():
-            self._score_group(frame, variant, np.asarray(positions), values, served_by, scored,
-                              rejects)  # fmt: skip
+        assigned = variants[valid]
+        for variant in dict.fromkeys(assigned.tolist()):
+            self._score_group(frame, variant, valid[assigned == variant], values, served_by,
+                              scored, rejects)  # fmt: skip
         keep = np.flatnonzero(scored)
         columns: dict[str, Any] = {
-            "unit": [units[i] for i in keep],
-            "variant": [variants[i] for i in keep],
-            "reason": [reasons[i] for i in keep],
-            "served_by": [served_by[i] for i in keep],
+            # Text ids pass through as the input's own (Arrow) column: no per-row objects.
+            "unit": (
+                frame[UNIT_COLUMN].array[keep]
+                if isinstance(frame[UNIT_COLUMN].dtype, pd.StringDtype)
+                else units[keep]
+            ),
+            "variant": variants[keep],
+            "reason": reasons[keep],
+            "served_by": served_by[keep],
         }
         for name in self.outputs:
             columns[name] = values[name][keep]
@@ -148,7 +161,7 @@ class ChunkScorer:
         variant_key: str,
         positions: np.ndarray,
         values: dict[str, np.ndarray],
-        served_by: list[str | None],
+        served_by: np.ndarray,
         scored: np.ndarray,
         rejects: list[dict[str, Any]],
     ) -> None:
@@ -162,7 +175,7 @@ class ChunkScorer:
         matrices, bad = _matrices(frame, positions, checked_by.plans)
         for position, reason in bad.items():
             rejects.append(_reject(frame, position, reason))
-        good = np.asarray([p for p in positions if p not in bad], dtype=np.int64)
+        good = positions[~np.isin(positions, list(bad))] if bad else positions
         for start in range(0, len(good), self._run_rows):
             batch = good[start : start + self._run_rows]
             offsets = np.searchsorted(positions, batch)
@@ -181,8 +194,7 @@ class ChunkScorer:
             for name, value in result.served_by.renamed(result.outputs).items():
                 flat = np.asarray(value, dtype=np.float64).reshape(len(batch), -1)
                 values[name][batch] = flat[:, 0]
-            for position in batch:
-                served_by[position] = result.served_by.variant
+            served_by[batch] = result.served_by.variant
             scored[batch] = True
 
     def _fallback_feeds(
@@ -201,6 +213,21 @@ def _unit(value: Any) -> str | None:
         value = str(int(value))
     text = str(value)
     return text if 1 <= len(text) <= MAX_UNIT_LENGTH else None
+
+
+def _units(column: pd.Series) -> np.ndarray:
+    """Each row's unit id as ``_unit`` gives it (None where refused), whole columns at once
+    where the column's type allows it: text and integer columns need no per-row Python."""
+    units: np.ndarray
+    if isinstance(column.dtype, pd.StringDtype):
+        units = column.to_numpy(dtype=object, na_value=None)
+        lengths = column.str.len().to_numpy(dtype=np.float64, na_value=np.nan)
+        units[~((lengths >= 1) & (lengths <= MAX_UNIT_LENGTH))] = None
+    elif isinstance(column.dtype, np.dtype) and column.dtype.kind in "iu":
+        units = column.to_numpy().astype(str).astype(object)  # decimal text, as str(int)
+    else:
+        units = np.asarray([_unit(value) for value in column], dtype=object)
+    return units
 
 
 def _reject(frame: pd.DataFrame, position: int, reason: str) -> dict[str, Any]:
