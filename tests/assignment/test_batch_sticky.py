@@ -1,0 +1,143 @@
+"""Batch assignment through the serving edge: stored first assignments read in one query,
+first assignments and exposures written as the per-unit path writes them, against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service.app import Runtime, build_runtime
+from service.assignment.core import Reason
+from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
+from service.settings import Settings
+from service.storage.database import Database
+from service.storage.writer import BatchWriter
+from tests.conftest import wait_for
+from tests.experiment_files import minimal_experiment, write_experiment
+
+
+def runtime_with_weights(db: str, folder: Path, a: float, b: float) -> Runtime:
+    variants = [{"key": "a", "weight": a}, {"key": "b", "weight": b}]
+    write_experiment(folder, minimal_experiment("batch_sticky", variants=variants))
+    return build_runtime(
+        Settings(
+            database_url=db,
+            experiments=folder,
+            data_dir=folder / "data",
+            state_poll_seconds=0.1,
+            allocation_settle_seconds=0.5,
+            flush_interval_seconds=3600,  # the tests flush by hand
+        )
+    )
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[Runtime]]:
+    started: list[Runtime] = []
+    yield started
+    for runtime in started:
+        runtime.close()
+
+
+def rows(db: str, table: str) -> dict[str, str]:
+    with psycopg.connect(db) as conn:
+        found = conn.execute(
+            f"SELECT unit_id, variant_key FROM {table} WHERE experiment_key = 'batch_sticky'"
+        ).fetchall()
+    return {unit: variant for unit, variant in found}
+
+
+def test_batch_keeps_stored_assignments_after_a_weight_change_and_records_new_ones(
+    db: str, tmp_path: Path, runtimes: list[Runtime]
+) -> None:
+    first = runtime_with_weights(db, tmp_path / "a", 0.5, 0.5)
+    runtimes.append(first)
+    old_units = [f"old-{i}" for i in range(300)]
+    seen = {unit: first.assignments.assign("batch_sticky", unit, {}).variant for unit in old_units}
+    assert first.writer.flush()
+
+    second = runtime_with_weights(db, tmp_path / "b", 0.9, 0.1)
+    runtimes.append(second)
+
+    def switched() -> bool:
+        current = second.registry.get("batch_sticky")
+        return current is not None and current.allocation.weights == (0.9, 0.1)
+
+    assert wait_for(switched, timeout=10)
+    compiled = second.registry.get("batch_sticky")
+    assert compiled is not None and compiled.other_bounds  # history: lookups are needed
+
+    new_units = [f"new-{i}" for i in range(2000)]
+    units = old_units + new_units
+    batch = second.assignments.assign_batch("batch_sticky", units)
+    variants, reasons = batch.variants().tolist(), batch.reasons().tolist()
+    # Every stored unit keeps its first variant, whatever the new weights say.
+    assert variants[: len(old_units)] == [seen[u] for u in old_units]
+    assert set(reasons[: len(old_units)]) <= {Reason.STICKY.value, Reason.HASHED.value}
+    assert Reason.STICKY.value in reasons[: len(old_units)]
+    # The per-unit path of a third process answers the same for every unit.
+    third = runtime_with_weights(db, tmp_path / "c", 0.9, 0.1)
+    runtimes.append(third)
+    assert wait_for(lambda: third.registry.get("batch_sticky").allocation.weights  # type: ignore[union-attr]
+                    == (0.9, 0.1), timeout=10)  # fmt: skip
+    scalar = [third.assignments.assign("batch_sticky", unit, {}) for unit in units]
+    assert variants == [a.variant for a in scalar]
+    assert reasons == [a.reason.value for a in scalar]
+    fresh = variants[len(old_units) :]
+    assert 0.87 < fresh.count("a") / len(fresh) < 0.93
+    # The batch's first assignments and exposures reach PostgreSQL like the scalar path's.
+    assert second.writer.flush()
+    stored = rows(db, ASSIGNMENTS.table)
+    exposed = rows(db, EXPOSURES.table)
+    for unit, variant, reason in zip(units, variants, reasons, strict=True):
+        if reason == Reason.HASHED.value:
+            assert stored[unit] == variant and exposed[unit] == variant
+    assert {u for u, r in zip(units, reasons, strict=True) if r == Reason.HASHED.value} <= set(
+        stored
+    )
+
+
+def test_bulk_lookup_reads_once_and_a_failed_lookup_treats_units_as_new(db: str) -> None:
+    database = Database(db)
+    database.open()
+    try:
+        writer = BatchWriter(database, {s.table: s for s in (ASSIGNMENTS, EXPOSURES)})
+        now = datetime.now(UTC)
+        with (
+            psycopg.connect(db, autocommit=True) as conn,
+            conn.cursor().copy(
+                "COPY assignments (experiment_key, seed, unit_id, variant_key, assigned_at)"
+                " FROM STDIN"
+            ) as copy,
+        ):
+            for i in range(500):
+                copy.write_row(("bulk", "bulk.v1", f"u{i}", "b" if i % 2 else "a", now))
+        store = StickyStore(database, writer, cache_size=100, lookup_timeout=5.0)
+        asked = [f"u{i}" for i in range(0, 1000, 3)]
+        found = store.stored_variants("bulk", "bulk.v1", asked)
+        assert found == {f"u{i}": ("b" if i % 2 else "a") for i in range(0, 500, 3)}
+        assert store.stored_variants("other", "bulk.v1", asked) == {}
+        assert store.stored_variants("bulk", "bulk.v1", []) == {}
+        assert store.lookup_failures == 0
+    finally:
+        database.close()
+
+    # A store that cannot be reached in time: the units are new (as one failed lookup is),
+    # the failure is counted, and the cached ones are still answered.
+    away = Database("postgresql://postgres@127.0.0.1:9/none")
+    away.open()
+    try:
+        store = StickyStore(away, BatchWriter(away, {}), cache_size=10, lookup_timeout=0.3)
+        store._remember(("bulk", "bulk.v1", "u1"), "b")
+        started = time.monotonic()
+        assert store.stored_variants("bulk", "bulk.v1", ["u1", "u2"]) == {"u1": "b"}
+        assert store.lookup_failures == 1
+        assert time.monotonic() - started < 5
+    finally:
+        away.close()
