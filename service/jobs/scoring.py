@@ -248,17 +248,21 @@ def _matrices(
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             reason = f"missing column(s) {shown} (model input {plan.request_name!r})"
             return {}, dict.fromkeys((int(p) for p in positions), reason)
-        rows = frame.iloc[positions]
-        matrix = np.empty((len(positions), len(columns)), dtype=np.float64)
-        for index, column in enumerate(columns):
-            raw = rows[column]
-            number = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64,
-                                                                  na_value=np.nan)  # fmt: skip
-            matrix[:, index] = number
-            for offset in np.flatnonzero(~np.isfinite(number)):
-                position = int(positions[offset])
-                bad.setdefault(position, f"column {column!r}: not a finite number "
-                               f"({str(raw.iloc[offset])[:40]!r})")  # fmt: skip
+        rows = frame[columns].iloc[positions]  # only the model's columns are copied
+        if all(isinstance(t, np.dtype) and t.kind in "fiu" for t in rows.dtypes):
+            matrix = rows.to_numpy(dtype=np.float64)  # numbers already: one copy, no parsing
+        else:
+            matrix = np.column_stack([
+                pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=np.float64,
+                                                                      na_value=np.nan)
+                for column in columns
+            ]).reshape(len(positions), len(columns))  # fmt: skip
+        # Row-major order: each refused row is named by its first bad column, in model order.
+        for offset, index in zip(*np.nonzero(~np.isfinite(matrix)), strict=True):
+            position = int(positions[offset])
+            raw = rows[columns[index]].iloc[offset]
+            bad.setdefault(position, f"column {columns[index]!r}: not a finite number "
+                           f"({str(raw)[:40]!r})")  # fmt: skip
         shape = tuple(d or 1 for d in plan.spec.shape[1:])
         matrices[plan.request_name] = matrix.reshape((len(positions), *shape))
     return matrices, bad

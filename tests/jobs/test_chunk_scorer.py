@@ -120,5 +120,21 @@ def test_an_explicit_variant_skips_assignment_and_an_empty_chunk_is_empty(
     assert set(result.scored["variant"]) == {"b"} and set(result.scored["reason"]) == {"explicit"}
     np.testing.assert_allclose(result.scored["probability"], direct("churn_mlp.onnx", frame),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+    # Refused rows: a missing number in a float column, text in a column of mixed values.
+    frame.loc[2, "x4"] = np.nan
+    frame.loc[2, "x7"] = np.inf
+    mixed = frame.astype({"x5": object})
+    mixed.loc[6, "x5"] = "abc"
+    for chunk, refused in ((frame, {2: "column 'x4': not a finite number ('nan')"}),
+                           (mixed, {2: "column 'x4': not a finite number ('nan')",
+                                    6: "column 'x5': not a finite number ('abc')"})):  # fmt: skip
+        result = ChunkScorer(assignments, models, SessionRunner(16), "b", 16).score(chunk)
+        assert [(r["row"], r["unit"], r["reason"]) for r in result.rejects] == [
+            (row, f"user-{row}", reason) for row, reason in refused.items()
+        ]
+        good = chunk.drop(index=list(refused)).astype({"x5": float})
+        assert list(result.scored["unit"]) == list(good["unit"])
+        np.testing.assert_allclose(result.scored["probability"], direct("churn_mlp.onnx", good),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
     empty = ChunkScorer(assignments, models, SessionRunner(16), None, 16).score(frame.iloc[:0])
     assert len(empty.scored) == 0 and empty.rejects == []
