@@ -130,7 +130,7 @@ class ChunkScorer:
         served_by = np.full(rows, None, dtype=object)
         scored = np.zeros(rows, dtype=bool)
         assigned = variants[valid]
-        for variant in dict.fromkeys(assigned.tolist()):
+        for variant in pd.unique(assigned):  # in order of first appearance
             self._score_group(frame, variant, valid[assigned == variant], values, served_by,
                               scored, rejects)  # fmt: skip
         keep = np.flatnonzero(scored)
