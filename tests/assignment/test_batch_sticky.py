@@ -4,6 +4,7 @@ first assignments and exposures written as the per-unit path writes them, agains
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from service.app import Runtime, build_runtime
-from service.assignment.core import Reason
+from service.assignment.core import Reason, assign
 from service.assignment.sticky import ASSIGNMENTS, EXPOSURES, StickyStore
 from service.settings import Settings
 from service.storage.database import Database
@@ -141,3 +142,59 @@ def test_bulk_lookup_reads_once_and_a_failed_lookup_treats_units_as_new(db: str)
         assert time.monotonic() - started < 5
     finally:
         away.close()
+
+
+HOLDOUT = """\
+key: launches
+description: d
+owner: o
+share: 0.1
+scope: all
+start: 2026-01-01
+metrics:
+  - {name: conversion, type: binary}
+"""
+
+
+def test_batch_records_holdout_exposures_and_segments_like_the_per_unit_path(
+    db: str, tmp_path: Path, runtimes: list[Runtime]
+) -> None:
+    folder = tmp_path / "config"
+    write_experiment(folder, minimal_experiment("batch_sticky", coverage=0.8,
+                                                segments=["platform"]))  # fmt: skip
+    (folder / "holdouts").mkdir()
+    (folder / "holdouts" / "launches.yaml").write_text(HOLDOUT, encoding="utf-8")
+    runtime = build_runtime(Settings(database_url=db, experiments=folder,
+                                     data_dir=folder / "data", flush_interval_seconds=3600))  # fmt: skip
+    runtimes.append(runtime)
+    units = [f"user-{i}" for i in range(3000)]
+    attributes = [{"platform": ("ios", "web")[i % 2]} for i in range(3000)]
+    batch = runtime.assignments.assign_batch("batch_sticky", units, lambda: attributes)
+    assert runtime.writer.flush()
+
+    compiled = runtime.registry.get("batch_sticky")
+    assert compiled is not None
+    expected = [
+        assign(compiled, u, a, lambda: None) for u, a in zip(units, attributes, strict=True)
+    ]
+    assert [batch.assignment(i) for i in range(len(units))] == expected
+    with psycopg.connect(db) as conn:
+        exposures = set(
+            conn.execute("SELECT experiment_key, unit_id, variant_key FROM exposures").fetchall()
+        )
+        segments = dict(conn.execute(
+            "SELECT unit_id, attributes FROM exposure_attributes").fetchall())  # fmt: skip
+    wanted = {("batch_sticky", u, a.variant) for u, a in zip(units, expected, strict=True)
+              if a.exposed}  # fmt: skip
+    wanted |= {("launches", u, a.holdout.group) for u, a in zip(units, expected, strict=True)
+               if a.holdout is not None}  # fmt: skip
+    assert exposures == wanted
+    assert {group for key, _, group in exposures if key == "launches"} == {"holdout", "rest"}
+    assert {r.reason for r in expected} >= {Reason.HOLDOUT, Reason.NOT_IN_COVERAGE, Reason.HASHED}
+    for unit, attrs, answer in zip(units, attributes, expected, strict=True):
+        if answer.exposed:
+            recorded = segments[unit]
+            recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+            assert recorded["platform"] == attrs["platform"]
+        else:
+            assert unit not in segments
