@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -178,16 +179,28 @@ def test_batch_records_holdout_exposures_and_segments_like_the_per_unit_path(
         assign(compiled, u, a, lambda: None) for u, a in zip(units, attributes, strict=True)
     ]
     assert [batch.assignment(i) for i in range(len(units))] == expected
-    with psycopg.connect(db) as conn:
-        exposures = set(
-            conn.execute("SELECT experiment_key, unit_id, variant_key FROM exposures").fetchall()
-        )
-        segments = dict(conn.execute(
-            "SELECT unit_id, attributes FROM exposure_attributes").fetchall())  # fmt: skip
     wanted = {("batch_sticky", u, a.variant) for u, a in zip(units, expected, strict=True)
               if a.exposed}  # fmt: skip
     wanted |= {("launches", u, a.holdout.group) for u, a in zip(units, expected, strict=True)
                if a.holdout is not None}  # fmt: skip
+    found: dict[str, Any] = {}
+
+    def written() -> bool:
+        # The writer's own thread may hold a batch in flight (5000 rows wake it) while
+        # flush() takes the rest: wait for both to commit.
+        runtime.writer.flush()
+        with psycopg.connect(db) as conn:
+            found["exposures"] = set(
+                conn.execute(
+                    "SELECT experiment_key, unit_id, variant_key FROM exposures"
+                ).fetchall()
+            )
+            found["segments"] = dict(conn.execute(
+                "SELECT unit_id, attributes FROM exposure_attributes").fetchall())  # fmt: skip
+        return bool(found["exposures"] == wanted)
+
+    wait_for(written, timeout=15)
+    exposures, segments = found["exposures"], found["segments"]
     assert exposures == wanted
     assert {group for key, _, group in exposures if key == "launches"} == {"holdout", "rest"}
     assert {r.reason for r in expected} >= {Reason.HOLDOUT, Reason.NOT_IN_COVERAGE, Reason.HASHED}
