@@ -72,6 +72,9 @@ class BatchWriter(BackgroundThread):
         self._max_pending = max_pending
         self._buffers = {name: _Buffer() for name in streams}
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        """One flush at a time: a caller's flush waits for the writer thread's batch in flight,
+        so True means every row put before the call is committed."""
         self._in_flight_oldest: float | None = None
         self._flush_now = threading.Event()
         self.dropped = 0
@@ -155,6 +158,10 @@ class BatchWriter(BackgroundThread):
 
     def flush(self) -> bool:
         """Write everything buffered now; True when it all reached PostgreSQL."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             taken = {n: b for n, b in self._buffers.items() if b.rows}
             for name in taken:
