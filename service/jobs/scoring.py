@@ -26,6 +26,7 @@ from service.errors import AbxError
 from service.inference.catalog import ExperimentModels, ServingModel
 from service.inference.runner import FailureCounts, ModelRunner, run_with_fallback
 from service.inference.signature import InputPlan, convert_inputs
+from service.storage.values import text_problem
 
 UNIT_COLUMN = "unit"
 FIXED_COLUMNS = ("unit", "variant", "reason", "served_by")
@@ -114,8 +115,7 @@ class ChunkScorer:
         valid = np.flatnonzero(~refused)
         for position in np.flatnonzero(refused).tolist():
             rejects.append({"row": int(frame.index[position]), "unit": None,
-                            "reason": "unit is empty or longer than "
-                            f"{MAX_UNIT_LENGTH} characters"})  # fmt: skip
+                            "reason": _unit_problem(frame[UNIT_COLUMN].iloc[position])})  # fmt: skip
         variants = np.full(rows, None, dtype=object)
         reasons = np.full(rows, None, dtype=object)
         if self._variant is not None:
@@ -206,13 +206,29 @@ class ChunkScorer:
         return convert_inputs(matrices, other.plans, self._run_rows)[0]
 
 
-def _unit(value: Any) -> str | None:
+def _unit_text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return None
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = str(int(value))
-    text = str(value)
-    return text if 1 <= len(text) <= MAX_UNIT_LENGTH else None
+        return str(int(value))
+    return str(value)
+
+
+def _unit(value: Any) -> str | None:
+    """The unit id of a cell, or None when it cannot be one: empty, too long, or holding what
+    PostgreSQL cannot store (a NUL, a lone surrogate), as ``/v1/assign`` refuses."""
+    text = _unit_text(value)
+    if text is None or not 1 <= len(text) <= MAX_UNIT_LENGTH or text_problem(text):
+        return None
+    return text
+
+
+def _unit_problem(value: Any) -> str:
+    """Why ``_unit`` refused a cell (the reject's reason)."""
+    text = _unit_text(value)
+    if text is not None and 1 <= len(text) <= MAX_UNIT_LENGTH:
+        return f"unit {text_problem(text)}"
+    return f"unit is empty or longer than {MAX_UNIT_LENGTH} characters"
 
 
 def _units(column: pd.Series) -> np.ndarray:
@@ -223,6 +239,8 @@ def _units(column: pd.Series) -> np.ndarray:
         units = column.to_numpy(dtype=object, na_value=None)
         lengths = column.str.len().to_numpy(dtype=np.float64, na_value=np.nan)
         units[~((lengths >= 1) & (lengths <= MAX_UNIT_LENGTH))] = None
+        # What PostgreSQL cannot store: a NUL (Arrow's strings hold no lone surrogates).
+        units[column.str.contains("\x00", regex=False, na=False).to_numpy(dtype=bool)] = None
     elif isinstance(column.dtype, np.dtype) and column.dtype.kind in "iu":
         units = column.to_numpy().astype(str).astype(object)  # decimal text, as str(int)
     else:

@@ -89,7 +89,12 @@ def test_a_chunk_is_assigned_like_the_per_unit_path(
         frame.loc[3, "unit"] = ""
         frame.loc[4, "unit"] = "x" * 300
         frame.loc[5, "unit"] = None
-    refused = {3, 4, 5} if units.dtype != np.int64 else set()
+        frame.loc[6, "unit"] = "nul\x00unit"  # what PostgreSQL cannot store, as /v1/assign
+    if units.dtype == object:  # Arrow's strings cannot hold a lone surrogate at all
+        frame.loc[7, "unit"] = "lone\ud800surrogate"
+    refused = {3, 4, 5, 6} if units.dtype != np.int64 else set()
+    if units.dtype == object:
+        refused.add(7)
     scorer = ChunkScorer(assignments, models, SessionRunner(64), None, 64)
     result = scorer.score(frame)
 
@@ -108,7 +113,12 @@ def test_a_chunk_is_assigned_like_the_per_unit_path(
         np.testing.assert_allclose(result.scored["probability"][mine],
                                    direct(model, good[mine]), rtol=1e-5, atol=1e-6)  # fmt: skip
     assert [(r["row"], r["unit"]) for r in result.rejects] == [(i, None) for i in sorted(refused)]
-    assert all("unit is empty or longer than 256" in r["reason"] for r in result.rejects)
+    reasons = {r["row"]: r["reason"] for r in result.rejects}
+    assert all("unit is empty or longer than 256" in reasons[row] for row in {3, 4, 5} & refused)
+    if 6 in refused:
+        assert reasons[6] == "unit must not contain the NUL character (\\u0000)"
+    if 7 in refused:
+        assert reasons[7].startswith("unit must not contain a lone UTF-16 surrogate")
 
 
 def test_an_explicit_variant_skips_assignment_and_an_empty_chunk_is_empty(
