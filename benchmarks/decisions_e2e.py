@@ -2,21 +2,32 @@
 
 Every look runs ``service.decisions.evaluation.analyze`` and ``service.decisions.rules.decide``
 (what the Celery cycle calls) with the design fixed at the first look and the state carried
-between looks (``service/decisions/simulation.py``). Per method (mSPRT, confidence sequence,
-group-sequential), arm count and truth, it reports with 95 % Wilson intervals:
+between looks (``service/decisions/simulation.py``), on binary, heavy-tailed continuous
+(log-normal revenue) or ratio (revenue per session) primary metrics, with a refund-rate
+guardrail and the model-health guardrails (p99 latency within 10 %, fallback rate within 1
+point) replayed in the same looks (``--guardrails``, on by default). Per method (mSPRT,
+confidence sequence, group-sequential), arm count, metric kind and truth, it reports with
+95 % Wilson intervals:
 
 * A/A (no true difference): false decisions (any promotion, or a rollback for a worse
-  primary), SRM halts, looks with a comparison left uncomputed, and the fixed-horizon test's
-  false positives on the same data;
-* A/B (the last treatment lifted so that the fixed-horizon test has about 80 % power at
-  ``planned_units``): promotions of the better arm (power), wrong promotions, the median
-  hours to the promotion, and the fixed-horizon test's power on the same data.
+  primary: the family-wise error alpha bounds), rollbacks by a guardrail (each at its own
+  alpha), SRM halts, looks with a comparison left uncomputed (an error) and looks past
+  ``min_units`` without a primary comparison, and the fixed-horizon test's false positives
+  on the same data;
+* A/B (the last treatment lifted so that a fixed-horizon test, Bonferroni across
+  treatments, has 80 % power at ``--fixed-units``): ``planned_units`` is what ``abx plan``
+  sizes for the method (``make_plan`` with ``design="policy"``) for that lift at 80 %
+  power; promotions of the better arm (power, against the plan's 80 %), wrong promotions,
+  the median hours to the promotion, and the fixed-horizon test's power at
+  ``--fixed-units`` on the same data (its decision comes when the arms reach them).
 
-    python benchmarks/decisions_e2e.py [--experiments 400] [--look-minutes 60] [--days 14]
-    python benchmarks/decisions_e2e.py --planned 19148 --lift-for 10000   # a plan's power
+    python benchmarks/decisions_e2e.py [--experiments 200] [--look-minutes 60] [--days 28]
+    python benchmarks/decisions_e2e.py --metrics ratio --arms 5 --methods msprt
+    python benchmarks/decisions_e2e.py --timing --look-minutes 1   # what a 60 s cadence costs
 
-``--look-minutes 1`` is the default analysis cadence (ABX_ANALYSIS_INTERVAL_SECONDS=60); the
-tests are anytime-valid, so the cadence changes time to decision, not the error rates.
+``--look-minutes 1`` is the default analysis cadence (ABX_ANALYSIS_INTERVAL_SECONDS=60): see
+``--timing``, which replays one A/A experiment per row for ``--days`` and prints the cost per
+look and per experiment, and how many looks no unit reached (repeated, not recomputed).
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ import common
 import numpy as np
 from scipy import special
 
+from service.decisions.plan import PlanInputs, make_plan
 from service.decisions.simulation import Replay, Scenario, experiment_for, replay
+from service.decisions.synthetic import relative_sd
 
 METHODS = ("msprt", "confidence_sequence", "group_sequential")
 
@@ -47,63 +60,121 @@ def wilson(successes: int, trials: int) -> str:
     return f"{rate:.3f} [{max(0.0, centre - half):.3f}, {min(1.0, centre + half):.3f}]"
 
 
-def lift_for_power(arms: int, planned: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Relative lift of a 10 % rate that a Bonferroni z-test detects with ``power`` at ``planned``."""
+def lift_for_power(
+    arms: int, units: int, sd: float, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """Relative lift a Bonferroni z-test detects with ``power`` at ``units`` per arm."""
     z = -special.ndtri(alpha / (arms - 1) / 2) + special.ndtri(power)
-    return float(z * math.sqrt(2 * 0.1 * 0.9 / planned) / 0.1)
+    return float(z * sd * math.sqrt(2.0 / units))
 
 
-def run(method: str, arms: int, lifts: tuple[float, ...], args: argparse.Namespace,
-        seed: int) -> list[Replay]:  # fmt: skip
-    looks = {"looks": 5} if method == "group_sequential" else {}
-    experiment = experiment_for(arms, method, args.metric, min_units=500, min_runtime_hours=24,
-                                planned_units=args.planned, **looks)  # fmt: skip
-    scenario = Scenario(args.units_per_day, args.days, args.look_minutes / 60.0, lifts, args.metric)
+def planned_units(method: str, arms: int, metric: str, lift: float, sd: float, looks: int) -> int:
+    """What ``abx plan`` sizes per arm for the method (the policy's own design)."""
+    experiment = experiment_for(arms, method, metric, looks=looks)
+    inputs = PlanInputs(lift, relative=True, design="policy", baseline=1.0, standard_deviation=sd)
+    if metric == "binary":  # the plan reads a rate and its own variance
+        inputs = PlanInputs(lift, relative=True, design="policy", baseline=0.10)
+    plan = make_plan(experiment, inputs, {})
+    return max(plan.n_control, plan.n_per_treatment)
+
+
+def run(method: str, arms: int, metric: str, lifts: tuple[float, ...], planned: int,
+        args: argparse.Namespace, seed: int, experiments: int) -> list[Replay]:  # fmt: skip
+    looks = {"looks": args.gs_looks} if method == "group_sequential" else {}
+    experiment = experiment_for(
+        arms, method, metric, guardrails=args.guardrails, min_units=500, min_runtime_hours=24,
+        planned_units=planned, horizon_days=args.days, **looks,
+    )  # fmt: skip
+    scenario = Scenario(args.units_per_day, args.days, args.look_minutes / 60.0, lifts, metric,
+                        args.guardrails)  # fmt: skip
     rng = np.random.default_rng(seed)
-    return [replay(experiment, scenario, rng, fixed_horizon=True) for _ in range(args.experiments)]
+    return [
+        replay(experiment, scenario, rng, fixed_horizon=True, fixed_units=args.fixed_units)
+        for _ in range(experiments)
+    ]
+
+
+def timing(args: argparse.Namespace) -> None:
+    for metric in args.metrics:
+        for arms in args.arms:
+            experiment = experiment_for(arms, "msprt", metric, guardrails=args.guardrails,
+                                        min_units=500, min_runtime_hours=24, horizon_days=args.days,
+                                        planned_units=10**9)  # fmt: skip
+            scenario = Scenario(args.units_per_day, args.days, args.look_minutes / 60.0,
+                                (0.0,) * (arms - 1), metric, args.guardrails)  # fmt: skip
+            started = time.perf_counter()
+            found = replay(experiment, scenario, np.random.default_rng(args.seed))
+            elapsed = time.perf_counter() - started
+            computed = found.looks - found.looks_repeated
+            print(f"{metric:10s} {arms} arms: {found.looks} looks ({found.looks_repeated} repeated) "
+                  f"in {elapsed:.1f} s: {elapsed / max(computed, 1) * 1e3:.2f} ms per computed look",
+                  flush=True)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiments", type=int, default=400)
+    parser.add_argument("--experiments", type=int, default=200, help="A/A replays per row")
+    parser.add_argument("--ab-experiments", type=int, help="A/B replays per row (default: same)")
     parser.add_argument("--look-minutes", type=float, default=60.0)
-    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument("--days", type=float, default=28.0, help="also the policy's horizon_days")
     parser.add_argument("--units-per-day", type=int, default=2_000, help="per arm")
-    parser.add_argument("--planned", type=int, default=10_000, help="planned_units per arm")
-    parser.add_argument(
-        "--lift-for", type=int, help="units/arm at which the lift gives 80 %% fixed power"
-        " (default: --planned; pass it with --planned from `abx plan` to check a plan's power)",
-    )  # fmt: skip
-    parser.add_argument("--metric", choices=("binary", "continuous"), default="binary")
-    parser.add_argument("--arms", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--fixed-units", type=int, default=10_000,
+                        help="units per arm of the fixed-horizon test (80 %% power there)")  # fmt: skip
+    parser.add_argument("--metrics", nargs="+", default=["binary", "continuous", "ratio"],
+                        choices=("binary", "continuous", "ratio"))  # fmt: skip
+    parser.add_argument("--arms", type=int, nargs="+", default=[2, 3, 5])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--gs-looks", type=int, default=5)
+    parser.add_argument("--no-guardrails", dest="guardrails", action="store_false")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--timing", action="store_true", help="cost per look, one A/A per row")
     args = parser.parse_args()
-    print(f"# {common.code_version()}: {args.experiments} experiments per row, a look every "
-          f"{args.look_minutes:g} min for {args.days:g} days, {args.units_per_day} units/day/arm, "
-          f"planned_units {args.planned}, {args.metric} primary, alpha 0.05")  # fmt: skip
-    for arms in args.arms:
-        lift = lift_for_power(arms, args.lift_for or args.planned)
-        for method in args.methods:
-            started = time.perf_counter()
-            null = run(method, arms, (0.0,) * (arms - 1), args, args.seed + arms)
-            false = sum(r.decision == "promote" or bool(r.rollbacks) for r in null)
-            halts = sum(r.decision == "halt" for r in null)
-            errors = sum(r.looks_with_errors > 0 for r in null)
-            fixed_false = sum(bool(r.fixed_horizon) for r in null)
-            print(f"{method:20s} {arms} arms A/A: false decisions {wilson(false, len(null))}, "
-                  f"SRM halts {wilson(halts, len(null))}, experiments with an uncomputed look "
-                  f"{errors}; fixed horizon false positives {wilson(fixed_false, len(null))}")  # fmt: skip
-            best = f"t{arms - 1}"
-            lifted = run(method, arms, (0.0,) * (arms - 2) + (lift,), args, args.seed + 10 + arms)
-            right = [r for r in lifted if r.decision == "promote" and r.variant == best]
-            wrong = sum(r.decision == "promote" and r.variant != best for r in lifted)
-            hours = statistics.median(r.hours for r in right if r.hours) if right else math.nan
-            fixed_power = sum(best in r.fixed_horizon for r in lifted)
-            print(f"{method:20s} {arms} arms lift {lift:.3f}: promoted the better arm "
-                  f"{wilson(len(right), len(lifted))} (median {hours:.0f} h), wrong promotions "
-                  f"{wrong}; fixed horizon power {wilson(fixed_power, len(lifted))} "
-                  f"[{time.perf_counter() - started:.0f} s]", flush=True)  # fmt: skip
+    if args.timing:
+        timing(args)
+        return
+    print(f"# {common.code_version()}: {args.experiments} A/A and {args.ab_experiments or args.experiments}"
+          f" A/B experiments per row, a look every {args.look_minutes:g} min for up to "
+          f"{args.days:g} days, {args.units_per_day} units/day/arm, fixed test at "
+          f"{args.fixed_units}/arm, guardrails {'on' if args.guardrails else 'off'}, alpha 0.05")  # fmt: skip
+    for metric in args.metrics:
+        sd = relative_sd(metric, np.random.default_rng(args.seed))
+        for arms in args.arms:
+            lift = lift_for_power(arms, args.fixed_units, sd)
+            for method in args.methods:
+                started = time.perf_counter()
+                planned = planned_units(method, arms, metric, lift, sd, args.gs_looks)
+                seed = args.seed + 100 * arms + 7 * len(metric)
+                null = run(method, arms, metric, (0.0,) * (arms - 1), planned, args, seed,
+                           args.experiments)  # fmt: skip
+                primary = [r for r in null if r.decision == "promote"
+                           or "primary" in r.rollback_metrics]  # fmt: skip
+                guarded = {
+                    name: sum(name in r.rollback_metrics for r in null)
+                    for name in ("refund_rate", "model_latency_p99_ms", "model_fallback_rate")
+                }
+                halts = sum(r.decision == "halt" for r in null)
+                errors = sum(r.looks_with_errors for r in null)
+                missing = sum(r.looks_without_primary for r in null)
+                fixed_false = sum(bool(r.fixed_horizon) for r in null)
+                row = f"{metric:10s} {method:19s} {arms} arms"
+                print(f"{row} A/A: false decisions {wilson(len(primary), len(null))}; guardrail "
+                      f"rollbacks {', '.join(f'{k} {wilson(v, len(null))}' for k, v in guarded.items())}; "
+                      f"SRM halts {wilson(halts, len(null))}; looks with an error {errors}, "
+                      f"without a primary comparison {missing} of {sum(r.looks for r in null)}; "
+                      f"fixed horizon false positives {wilson(fixed_false, len(null))}", flush=True)  # fmt: skip
+                best = f"t{arms - 1}"
+                lifted = run(method, arms, metric, (0.0,) * (arms - 2) + (lift,), planned, args,
+                             seed + 1, args.ab_experiments or args.experiments)  # fmt: skip
+                right = [r for r in lifted if r.decision == "promote" and r.variant == best]
+                wrong = sum(r.decision == "promote" and r.variant != best for r in lifted)
+                hours = statistics.median(r.hours for r in right if r.hours) if right else math.nan
+                fixed_power = sum(best in r.fixed_horizon for r in lifted)
+                fixed_hours = args.fixed_units / args.units_per_day * 24
+                print(f"{row} lift {lift:.3f}, planned {planned}: promoted the better arm "
+                      f"{wilson(len(right), len(lifted))} (median {hours:.0f} h), wrong promotions "
+                      f"{wrong}, rollbacks {sum(bool(r.rollbacks) for r in lifted)}; fixed horizon "
+                      f"power {wilson(fixed_power, len(lifted))} (at {fixed_hours:.0f} h) "
+                      f"[{time.perf_counter() - started:.0f} s]", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

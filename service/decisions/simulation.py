@@ -1,20 +1,31 @@
 """Synthetic experiments replayed look by look through the workers' own decision code. Pure.
 
 Each look draws the new units of every arm (a multinomial split of the traffic by the
-weights in force, so the SRM test sees real noise), their outcomes, and runs
-``evaluation.analyze`` and ``rules.decide`` exactly as the decision cycle does: the design
-fixed at the first look, the carried state passed from look to look, rolled-back variants
-taken out of the weights, the experiment stopped at promote, halt, inconclusive or when no
-treatment is left. What it reports per experiment is what a user would see: the decision,
-when, and whether any look left a comparison uncomputed. Used by
-``benchmarks/decisions_e2e.py`` (figures in docs/statistics.md) and, small, by the tests.
+weights in force, so the SRM test sees real noise), their outcomes and, with guardrails,
+their refunds and predictions (``synthetic.py``), and runs ``evaluation.analyze`` and
+``rules.decide`` exactly as the decision cycle does (``inputs.run_analysis``: ratios
+linearised by ``ratios.ratio_stats``, model health as the rollup's per-variant sums): the
+design fixed at the first look, the carried state passed from look to look, rolled-back
+variants taken out of the weights, the experiment stopped at promote, halt, inconclusive
+or when no treatment is left. What it reports per experiment is what a user would see: the
+decision, when, why each rollback happened, and whether any look left a comparison
+uncomputed. Used by ``benchmarks/decisions_e2e.py`` (figures in docs/statistics.md) and,
+small, by the tests.
+
+A look that no unit reached repeats the previous one exactly (``skip_unchanged``): the
+analysis is a function of the sums, the carried state, the weights and the day, and the
+rules of the analysis, the state and the time; so when no unit arrived, the previous look
+decided "continue", the day is the same and no time gate of the rules (``min_runtime_hours``,
+the horizon) lies between the two looks, the look would decide "continue" again with the
+same state to carry (but the mixture tests' informational look counter). Such looks are
+counted, not recomputed; ``tests/decisions/test_simulation.py`` checks the replay is the
+same with and without.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -22,10 +33,13 @@ import numpy as np
 from analysis import fixed
 from analysis.sufficient_stats import SufficientStats
 from service.assignment.state import ExperimentState
-from service.decisions.evaluation import analyze
+from service.decisions import synthetic
+from service.decisions.evaluation import ExperimentAnalysis, analyze
+from service.decisions.ratios import ratio_stats
 from service.decisions.rules import active_treatments, decide
 from service.decisions.sequential import Carried, design_for
-from service.experiments.schema import Experiment
+from service.events.sums import ModelHealth
+from service.experiments.schema import MODEL_FALLBACK_RATE, MODEL_LATENCY_P99, Experiment
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -38,7 +52,11 @@ class Scenario:
     days: float
     look_every_hours: float
     lifts: tuple[float, ...]
-    metric: str = "binary"  # binary (10 % base rate) | continuous (log-normal, heavy-tailed)
+    metric: str = "binary"  # binary | continuous (log-normal revenue) | ratio: synthetic.py
+    guardrails: bool = False
+    """Draw refunds and predictions for the guardrails of ``experiment_for(guardrails=True)``."""
+    latency_slowdown: tuple[float, ...] = ()
+    """Each treatment's true relative latency increase (default: none)."""
 
 
 @dataclass
@@ -49,47 +67,73 @@ class Replay:
     variant: str | None = None
     hours: float | None = None
     rollbacks: list[str] = field(default_factory=list)
+    rollback_metrics: list[str] = field(default_factory=list)
+    """For each rollback, the metric it rests on: a guardrail's name, or the primary's."""
     looks: int = 0
     looks_with_errors: int = 0
+    looks_without_primary: int = 0
+    """Looks past ``min_units`` at which an active treatment had no primary comparison."""
+    looks_repeated: int = 0
+    """Looks no unit reached, counted without recomputing (``skip_unchanged``)."""
     fixed_horizon: list[str] = field(default_factory=list)
     """Treatments a fixed-horizon test (z or Welch, Bonferroni across treatments) finds
     better at ``planned_units``, on the same data (with ``fixed_horizon=True``)."""
 
 
-def _outcomes(rng: np.random.Generator, metric: str, n: int, lift: float) -> tuple[float, float]:
-    """Sum and sum of squares of ``n`` units' outcomes."""
-    if n == 0:
-        return 0.0, 0.0
-    if metric == "binary":
-        successes = float(rng.binomial(n, 0.10 * (1.0 + lift)))
-        return successes, successes
-    values = rng.lognormal(math.log(20.0), 1.0, n) * (1.0 + lift)
-    return float(values.sum()), float((values**2).sum())
+def _inputs(
+    experiment: Experiment, scenario: Scenario, arms: dict[str, synthetic.Arm]
+) -> tuple[dict[tuple[str, str], SufficientStats], dict[str, ModelHealth], list[str]]:
+    """What ``inputs.run_analysis`` reads from the rollup: statistics, model health, errors."""
+    stats: dict[tuple[str, str], SufficientStats] = {}
+    errors: list[str] = []
+    for key, arm in arms.items():
+        if arm.units:
+            for name, found in arm.stats(scenario.metric, scenario.guardrails).items():
+                stats[(key, name)] = found
+    if scenario.metric == "ratio":
+        sums = {(k, synthetic.PRIMARY): arm.ratio_sums() for k, arm in arms.items() if arm.units}
+        linearised, _, errors = ratio_stats(experiment, sums)
+        stats.update(linearised)
+    health = {k: arm.health() for k, arm in arms.items() if arm.units and scenario.guardrails}
+    return stats, health, errors
+
+
+def _gates(experiment: Experiment, hours: float) -> tuple[bool, ...]:
+    """Which of the rules' time gates ``hours`` of runtime has passed."""
+    policy = experiment.policy
+    maturity = experiment.metrics.primary.maturity_hours or 0.0
+    horizon = (policy.horizon_days or float("inf")) * 24.0 + maturity
+    return hours >= policy.min_runtime_hours, hours >= horizon
 
 
 def replay(
     experiment: Experiment, scenario: Scenario, rng: np.random.Generator,
-    fixed_horizon: bool = False,
+    fixed_horizon: bool = False, skip_unchanged: bool = True, fixed_units: int | None = None,
 ) -> Replay:  # fmt: skip
     """Run one synthetic experiment through analyze and decide, look by look.
 
     With ``fixed_horizon`` the traffic goes on after the decision (all arms, the weights of
-    the start) until every arm has ``planned_units``, for the fixed-horizon comparison.
+    the start) until every arm has ``fixed_units`` (default ``planned_units``), where the
+    fixed-horizon test is run on the same data.
     """
     keys = experiment.variant_keys
     treatments = [k for k in keys if k != experiment.control]
-    lift = {experiment.control: 0.0, **dict(zip(treatments, scenario.lifts, strict=True))}
+    slowdown = scenario.latency_slowdown or (0.0,) * len(treatments)
+    arms = {experiment.control: synthetic.Arm()} | {
+        key: synthetic.Arm(lift, slow)
+        for key, lift, slow in zip(treatments, scenario.lifts, slowdown, strict=True)
+    }
     metric = experiment.metrics.primary.name
     design = design_for(experiment)
     state = ExperimentState()
     carried: Carried = {}
-    units = dict.fromkeys(keys, 0)
-    sums = {k: [0.0, 0.0] for k in keys}
     daily: dict[Any, dict[str, int]] = {}
     result = Replay()
     looks = int(scenario.days * 24 / scenario.look_every_hours)
     per_look = scenario.units_per_day * scenario.look_every_hours / 24.0
-    decided = False
+    decided = fixed_done = False
+    fixed_n = fixed_units or experiment.policy.planned_units
+    last: tuple[date, tuple[bool, ...]] | None = None  # the last look that decided "continue"
     for look in range(1, looks + 1):
         now = START + timedelta(hours=look * scenario.look_every_hours)
         active = [experiment.control, *active_treatments(experiment, state)]
@@ -102,37 +146,67 @@ def replay(
         )
         day = (now - timedelta(hours=scenario.look_every_hours / 2)).date()
         for key, count in zip(active, arrivals, strict=True):
-            units[key] += int(count)
             daily.setdefault(day, {}).setdefault(key, 0)
             daily[day][key] += int(count)
-            total, squares = _outcomes(rng, scenario.metric, int(count), lift[key])
-            sums[key][0] += total
-            sums[key][1] += squares
-        stats = {(k, metric): SufficientStats(units[k], sums[k][0], sums[k][1])
-                 for k in keys if units[k]}  # fmt: skip
+            arms[key].add(rng, scenario.metric, int(count), scenario.guardrails)
+        if fixed_horizon and not fixed_done and min(a.units for a in arms.values()) >= fixed_n:
+            stats, _, _ = _inputs(experiment, scenario, arms)
+            result.fixed_horizon = _fixed_horizon(experiment, stats, metric)
+            fixed_done = True
         if decided:
-            if min(units.values()) >= experiment.policy.planned_units:
-                result.fixed_horizon = _fixed_horizon(experiment, stats, metric)
+            if fixed_done:
                 break
             continue
+        hours = look * scenario.look_every_hours
+        here = (now.date(), _gates(experiment, hours))
+        if skip_unchanged and not arrivals.any() and last == here:
+            result.looks += 1
+            result.looks_repeated += 1
+            continue
+        stats, health, ratio_errors = _inputs(experiment, scenario, arms)
         analysis, carried = analyze(
-            experiment, dict(units), stats, weights, design=design, carried=carried,
-            daily_units=daily, today=now.date(),
+            experiment, {k: a.units for k, a in arms.items() if a.units}, stats, weights,
+            design=design, carried=carried, daily_units=daily, health=health, today=now.date(),
         )  # fmt: skip
         result.looks += 1
-        result.looks_with_errors += bool(analysis.errors)
+        result.looks_with_errors += bool(analysis.errors or ratio_errors)
+        result.looks_without_primary += _without_primary(experiment, state, analysis)
         decision = decide(experiment, state, analysis, START, now)
+        last = here if decision.kind == "continue" and decision.state_after == state else None
         if decision.kind == "rollback" and decision.variant:
             result.rollbacks.append(decision.variant)
+            result.rollback_metrics.append(_rollback_metric(analysis, decision.variant, metric))
         state = decision.state_after
         if decision.kind in ("promote", "halt", "inconclusive") or state.state == "rolled_back":
             result.decision = "rolled_back" if decision.kind == "rollback" else decision.kind
             result.variant = decision.variant
-            result.hours = look * scenario.look_every_hours
+            result.hours = hours
             decided = True
-            if not fixed_horizon:
+            if not fixed_horizon or fixed_done:
                 break
     return result
+
+
+def _without_primary(
+    experiment: Experiment, state: ExperimentState, analysis: ExperimentAnalysis
+) -> bool:
+    """Whether an active treatment past ``min_units`` lacks its primary comparison."""
+    needed = experiment.policy.min_units
+    if analysis.units.get(experiment.control, 0) < needed:
+        return False
+    compared = {c.variant for c in analysis.primary}
+    return any(
+        analysis.units.get(t, 0) >= needed and t not in compared
+        for t in active_treatments(experiment, state)
+    )
+
+
+def _rollback_metric(analysis: ExperimentAnalysis, variant: str, primary: str) -> str:
+    """The guardrail a rollback rests on (the rules check guardrails first), else the primary."""
+    for check in analysis.guardrails:
+        if check.variant == variant and check.breached:
+            return check.metric
+    return primary
 
 
 def _fixed_horizon(
@@ -157,12 +231,33 @@ def _fixed_horizon(
     return better
 
 
-def experiment_for(arms: int, method: str, metric: str = "binary", **policy: Any) -> Experiment:
-    """An experiment of ``arms`` equal arms with one primary metric, for replays."""
+def experiment_for(
+    arms: int, method: str, metric: str = "binary", guardrails: bool = False, **policy: Any
+) -> Experiment:
+    """An experiment of ``arms`` equal arms with one primary metric, for replays.
+
+    ``metric="ratio"`` declares the ratio's numerator and denominator as secondary metrics
+    (as a YAML file must). ``guardrails`` adds a refund-rate guardrail (absolute margin 0.5
+    points on 2 %) and the model-health guardrails of ``experiments/checkout_ranker.yaml`` and
+    ``search_embeddings.yaml``: p99 latency within 10 %, fallback rate within 1 point.
+    """
     keys = ["control", *(f"t{i}" for i in range(1, arms))]
+    primary: dict[str, Any] = {"name": synthetic.PRIMARY, "type": metric}
+    secondary: list[dict[str, Any]] = []
+    if metric == "ratio":
+        primary |= {"numerator": synthetic.NUMERATOR, "denominator": synthetic.DENOMINATOR}
+        secondary = [{"name": synthetic.NUMERATOR, "type": "continuous"},
+                     {"name": synthetic.DENOMINATOR, "type": "count"}]  # fmt: skip
+    checks: list[dict[str, Any]] = []
+    if guardrails:
+        checks = [
+            {"name": synthetic.REFUNDS, "type": "binary", "margin": 0.005, "margin_type": "absolute"},
+            {"name": MODEL_LATENCY_P99, "type": "continuous", "margin": 0.10},
+            {"name": MODEL_FALLBACK_RATE, "type": "binary", "margin": 0.01, "margin_type": "absolute"},
+        ]  # fmt: skip
     return Experiment.model_validate({
         "key": "sim", "description": "replay", "owner": "sim", "status": "running",
         "control": "control", "variants": [{"key": k, "weight": 1 / arms} for k in keys],
-        "metrics": {"primary": {"name": "primary", "type": metric}},
+        "metrics": {"primary": primary, "secondary": secondary, "guardrails": checks},
         "policy": {"method": method, **policy},
     })  # fmt: skip
