@@ -220,8 +220,12 @@ def _guardrails(
     for guardrail in experiment.metrics.guardrails:
         if guardrail.name in (MODEL_FALLBACK_RATE, MODEL_LATENCY_P99):
             for variant in treatments:
-                found = model_guardrail(guardrail, variant, control, health,
-                                        design.alpha, design.planned_units)  # fmt: skip
+                try:
+                    found = model_guardrail(guardrail, variant, control, health,
+                                            design.alpha, design.planned_units)  # fmt: skip
+                except (ValueError, ArithmeticError) as error:  # e.g. relative, control at 0
+                    result.errors.append(f"{guardrail.name}/{variant}: {error}")
+                    continue
                 if isinstance(found, str):
                     result.skipped.append(found)
                 else:

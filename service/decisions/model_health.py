@@ -43,9 +43,12 @@ def model_guardrail(
             return GuardrailCheck(
                 guardrail.name, variant, False, False, 0.0, 0.0, 0.0, guardrail.margin, relative
             )
+        rates = (SufficientStats.from_binary(base.requests, base.fallbacks),
+                 SufficientStats.from_binary(other.requests, other.fallbacks))  # fmt: skip
+        if rates[0].variance <= 0 and rates[1].variance <= 0:  # e.g. one request, fallen back
+            return f"{guardrail.name}/{variant}: no variance in either arm yet"
         check = guardrails.check_guardrail(
-            SufficientStats.from_binary(base.requests, base.fallbacks),
-            SufficientStats.from_binary(other.requests, other.fallbacks),
+            *rates,
             margin=guardrail.margin, relative=relative, higher_is_better=False, alpha=alpha,
             planned_n=planned_units,
         )  # fmt: skip

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from analysis.sufficient_stats import SufficientStats
+from service.decisions.evaluation import analyze
 from service.decisions.model_health import model_guardrail
+from service.decisions.simulation import experiment_for
 from service.events import latency
 from service.events.sums import ModelHealth
 from service.experiments.schema import Guardrail
@@ -62,3 +65,39 @@ def test_harm_of_twice_the_margin_is_caught_given_enough_requests(
     sims = 100
     found = rolled_back(margin, 2 * margin, sims, seed=9, per_hour=per_hour)
     assert found / sims >= 0.95 - 2.6 * math.sqrt(0.05 * 0.95 / sims)
+
+
+@pytest.mark.parametrize(
+    ("control", "variant"), [((1, 1), (1, 0)), ((1, 0), (1, 1)), ((3, 3), (2, 0))]
+)
+def test_fallback_rate_without_variance_waits(
+    control: tuple[int, int], variant: tuple[int, int]
+) -> None:
+    """A few requests all fallen back (or none) in each arm: no harm variance, so wait."""
+    guardrail = Guardrail.model_validate({"name": "model_fallback_rate", "type": "binary",
+                                          "margin": 0.01, "margin_type": "absolute"})  # fmt: skip
+    empty = [0] * latency.BIN_COUNT
+    health = {"a": ModelHealth(*control, empty), "b": ModelHealth(*variant, empty)}
+    found = model_guardrail(guardrail, "b", "a", health, 0.05, 10_000)
+    assert found == "model_fallback_rate/b: no variance in either arm yet"
+
+
+def test_relative_fallback_margin_with_no_control_fallback_is_an_error_not_a_crash() -> None:
+    """The analysis lists it in ``errors`` (dashboard, log, metric) and analyses the rest."""
+    experiment = experiment_for(2, "msprt", "binary", True)
+    data = experiment.model_dump()
+    for check in data["metrics"]["guardrails"]:
+        if check["name"] == "model_fallback_rate":
+            check["margin_type"] = "relative"
+    experiment = type(experiment).model_validate(data)
+    empty = [0] * latency.BIN_COUNT
+    health = {"control": ModelHealth(50, 0, empty), "t1": ModelHealth(40, 3, empty)}
+    stats = {(k, m): SufficientStats.from_binary(n, n // 10)
+             for k, n in (("control", 50), ("t1", 40)) for m in ("primary", "refund_rate")}  # fmt: skip
+    analysis, _ = analyze(experiment, {"control": 50, "t1": 40}, stats,
+                          {"control": 0.5, "t1": 0.5}, health=health)  # fmt: skip
+    assert analysis.errors == [
+        "model_fallback_rate/t1: a relative margin needs a positive control mean"
+    ]
+    assert [c.variant for c in analysis.primary] == ["t1"]
+    assert {g.metric for g in analysis.guardrails} == {"refund_rate"}
