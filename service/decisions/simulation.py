@@ -98,12 +98,13 @@ def _inputs(
     return stats, health, errors
 
 
-def _gates(experiment: Experiment, hours: float) -> tuple[bool, ...]:
-    """Which of the rules' time gates ``hours`` of runtime has passed."""
+def _gates(experiment: Experiment, runtime: timedelta) -> tuple[bool, ...]:
+    """Which of the rules' time gates the runtime has passed (as ``rules.decide`` reckons)."""
     policy = experiment.policy
-    maturity = experiment.metrics.primary.maturity_hours or 0.0
-    horizon = (policy.horizon_days or float("inf")) * 24.0 + maturity
-    return hours >= policy.min_runtime_hours, hours >= horizon
+    maturity = timedelta(hours=experiment.metrics.primary.maturity_hours or 0.0)
+    days = policy.horizon_days
+    horizon = days is not None and runtime >= timedelta(days=days) + maturity
+    return runtime >= timedelta(hours=policy.min_runtime_hours), horizon
 
 
 def replay(
@@ -134,6 +135,7 @@ def replay(
     decided = fixed_done = False
     fixed_n = fixed_units or experiment.policy.planned_units
     last: tuple[date, tuple[bool, ...]] | None = None  # the last look that decided "continue"
+    repeated = (False, False)  # what that look counted: an error, a primary missing
     for look in range(1, looks + 1):
         now = START + timedelta(hours=look * scenario.look_every_hours)
         active = [experiment.control, *active_treatments(experiment, state)]
@@ -158,19 +160,23 @@ def replay(
                 break
             continue
         hours = look * scenario.look_every_hours
-        here = (now.date(), _gates(experiment, hours))
+        here = (now.date(), _gates(experiment, now - START))
         if skip_unchanged and not arrivals.any() and last == here:
             result.looks += 1
             result.looks_repeated += 1
+            result.looks_with_errors += repeated[0]
+            result.looks_without_primary += repeated[1]
             continue
         stats, health, ratio_errors = _inputs(experiment, scenario, arms)
         analysis, carried = analyze(
             experiment, {k: a.units for k, a in arms.items() if a.units}, stats, weights,
             design=design, carried=carried, daily_units=daily, health=health, today=now.date(),
         )  # fmt: skip
+        repeated = (bool(analysis.errors or ratio_errors),
+                    _without_primary(experiment, state, analysis))  # fmt: skip
         result.looks += 1
-        result.looks_with_errors += bool(analysis.errors or ratio_errors)
-        result.looks_without_primary += _without_primary(experiment, state, analysis)
+        result.looks_with_errors += repeated[0]
+        result.looks_without_primary += repeated[1]
         decision = decide(experiment, state, analysis, START, now)
         last = here if decision.kind == "continue" and decision.state_after == state else None
         if decision.kind == "rollback" and decision.variant:
