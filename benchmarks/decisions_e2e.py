@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--gs-looks", type=int, default=5)
     parser.add_argument("--no-guardrails", dest="guardrails", action="store_false")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--aa-only", action="store_true", help="no A/B replays")
     parser.add_argument("--timing", action="store_true", help="cost per look, one A/A per row")
     args = parser.parse_args()
     if args.timing:
@@ -165,6 +166,8 @@ def main() -> None:
                       f"SRM halts {wilson(halts, len(null))}; looks with an error {errors}, "
                       f"without a primary comparison {missing} of {sum(r.looks for r in null)}; "
                       f"fixed horizon false positives {wilson(fixed_false, len(null))}", flush=True)  # fmt: skip
+                if args.aa_only:
+                    continue
                 best = f"t{arms - 1}"
                 lifted = run(method, arms, metric, (0.0,) * (arms - 2) + (lift,), planned, args,
                              seed + 1, args.ab_experiments or args.experiments)  # fmt: skip
