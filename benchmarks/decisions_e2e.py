@@ -136,7 +136,8 @@ def main() -> None:
     if args.timing:
         timing(args)
         return
-    print(f"# {common.code_version()}: {args.experiments} A/A and {args.ab_experiments or args.experiments}"
+    ab = 0 if args.aa_only else args.ab_experiments or args.experiments
+    print(f"# {common.code_version()}: {args.experiments} A/A and {ab}"
           f" A/B experiments per row, a look every {args.look_minutes:g} min for up to "
           f"{args.days:g} days, {args.units_per_day} units/day/arm, fixed test at "
           f"{args.fixed_units}/arm, guardrails {'on' if args.guardrails else 'off'}, alpha 0.05")  # fmt: skip
