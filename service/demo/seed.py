@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.events.attribution import CrossDelta, RatioKey
+from service.events.ratios import write_deltas
 from service.experiments.schema import Experiment
 
 FIVE_VARIANTS_YAML = """\
@@ -111,7 +113,7 @@ def seed_rollups(
         if m.numerator is not None and m.denominator is not None
     })  # fmt: skip
     parts = {name for pair in pairs for name in pair}
-    cross: list[tuple[Any, ...]] = []
+    cross: dict[RatioKey, CrossDelta] = {}
     total = 0
     for offset in range(days):
         day = last_day - timedelta(days=days - 1 - offset)
@@ -136,9 +138,10 @@ def seed_rollups(
                                  for i in range(int(n)))  # fmt: skip
             for numerator, denominator in pairs:
                 (x, xp), (y, yp) = drawn[numerator], drawn[denominator]
-                cross.append((experiment.key, experiment.seed, numerator, denominator, "", "",
-                              variant, day, float(x @ y), float(xp @ yp), float(x @ yp),
-                              float(xp @ y)))  # fmt: skip
+                key = (experiment.key, experiment.seed, numerator, denominator, "", "",
+                       variant, day)  # fmt: skip
+                cross[key] = CrossDelta(float(x @ y), float(xp @ yp), float(x @ yp),
+                                        float(xp @ y))  # fmt: skip
     with conn.cursor() as cursor:
         with cursor.copy(
             "COPY exposure_counts (experiment_key, seed, variant_key, bucket, units) FROM STDIN"
@@ -157,25 +160,15 @@ def seed_rollups(
         ) as copy:
             for row in units:
                 copy.write_row(row)
-        # The rollup's cross products of the same units (events/ratios.py), kept from the
-        # first seeded day unless the rollup already keeps the ratio (then they add up).
-        cursor.executemany(
-            "INSERT INTO ratio_stats (experiment_key, seed, numerator, denominator, attribute,"
-            " segment, variant_key, bucket, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (experiment_key, seed, numerator, denominator, attribute, segment,"
-            " variant_key, bucket) DO UPDATE SET sum_xy = ratio_stats.sum_xy + EXCLUDED.sum_xy,"
-            " sum_xpyp = ratio_stats.sum_xpyp + EXCLUDED.sum_xpyp,"
-            " sum_xyp = ratio_stats.sum_xyp + EXCLUDED.sum_xyp,"
-            " sum_xpy = ratio_stats.sum_xpy + EXCLUDED.sum_xpy",
-            cross,
-        )
         cursor.executemany(
             "INSERT INTO ratio_pairs (experiment_key, seed, numerator, denominator, since)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             [(experiment.key, experiment.seed, *pair, last_day - timedelta(days=days - 1))
              for pair in pairs],
         )  # fmt: skip
+    # The rollup's cross products of the same units, kept from the first seeded day unless
+    # the rollup already keeps the ratio (then they add up).
+    write_deltas(conn, cross)
     return total
 
 
