@@ -69,11 +69,18 @@ def _merged(
             if not feature.startswith(prefix):
                 continue
             seen = found.get(feature)
-            if seen is None:
-                found[feature] = sketch
-            elif seen.edges == sketch.edges:
-                found[feature] = seen.merge(sketch)
+            found[feature] = sketch if seen is None else combine(seen, sketch)
     return found
+
+
+def combine(seen: Sketch, sketch: Sketch) -> Sketch:
+    """Two sketches of one feature as one: merged when their bins agree; otherwise (a variant
+    served by two models with their own profiles' bins, after a reload or by the fallback)
+    the one of more rows stands for both, ties going to the one seen first, whatever the
+    order the rows were read in."""
+    if seen.edges == sketch.edges:
+        return seen.merge(sketch)
+    return sketch if sketch.n > seen.n else seen
 
 
 _Pair = tuple[str, tuple[float, ...], Sequence[float], Sequence[float]]
@@ -236,8 +243,5 @@ def group(
     for (variant, _model, hour, feature), sketch in sketches.items():
         features = grouped.setdefault((variant, hour), {})
         seen = features.get(feature)
-        if seen is None or seen.edges != sketch.edges:
-            features[feature] = sketch
-        else:
-            features[feature] = seen.merge(sketch)
+        features[feature] = sketch if seen is None else combine(seen, sketch)
     return grouped

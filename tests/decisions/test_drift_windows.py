@@ -11,6 +11,7 @@ import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.decisions import drift
 from service.decisions.drift import check_drift, group, window_distance, window_starts
 from service.experiments.schema import DriftGuardrail
 from service.inference.histograms import DEFAULT_EDGES, Sketch, reference_edges, sketch_of
@@ -127,3 +128,22 @@ def test_sketches_read_back_in_binary_are_the_ones_written(db: str) -> None:
         grouped = group(found)
         assert set(grouped) == {("a", hour), ("b", hour), ("a", hour + timedelta(hours=1)),
                                 ("a", hour + timedelta(hours=2))}  # fmt: skip
+
+
+def test_a_variant_served_by_two_models_on_other_bins_keeps_the_larger_sketch() -> None:
+    """Sketches of one feature on different bins (a reload mid-hour, the fallback's model) are
+    not merged: the one of more rows stands for the variant, whichever was read first; sketches
+    on the same bins add up."""
+    rng = np.random.default_rng(3)
+    fine = np.linspace(-3.0, 3.0, 21)
+    coarse = np.linspace(-3.0, 3.0, 7)
+    big = sketch_of(rng.normal(size=500), fine)
+    small = sketch_of(rng.normal(size=40), coarse)
+    same = sketch_of(rng.normal(size=60), fine)
+    hour = datetime(2026, 6, 1, 10, tzinfo=UTC)
+    for order in ([("m1", big), ("m2", small)], [("m2", small), ("m1", big)]):
+        rows = {("b", model, hour, "output:p"): sketch for model, sketch in order}
+        assert drift.group(rows)[("b", hour)]["output:p"] == big
+    merged = drift.group({("b", "m1", hour, "output:p"): big, ("b", "m2", hour, "output:p"): same})
+    assert merged[("b", hour)]["output:p"] == big.merge(same)
+    assert drift.combine(small, big) == big and drift.combine(big, small) == big
