@@ -4,7 +4,8 @@ The per-variant table is ``service.decisions.inputs.run_analysis`` (what the dec
 workers and ``GET /v1/experiments/<key>/analysis`` run), so a page never shows a number
 the decisions did not use. Cost: a handful of queries over (variants x metrics x days)
 bucket rows plus a bounded read of recent predictions, never a scan of raw events. Model
-lineage is one grouped read of ``predictions`` (``records.experiment_lineage``, the API's).
+lineage is one grouped read of ``predictions`` joined with the registry versions loaded
+(``records.experiment_lineage``, the API's).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from service.events.rollup import RollupScheduler, metric_windows_from, windows_
 from service.events.segments import segment_specs_from
 from service.experiments.model_registry import count_resolutions, model_registry
 from service.experiments.validation import load_experiments
-from service.inference.records import PREDICTIONS
+from service.inference.records import PREDICTIONS, REGISTRY_VERSIONS
 from service.inference.runtime import ModelRuntime, build_model_runtime
 from service.inference.sketches import SKETCHES
 from service.observability.logging import flush_access_log
@@ -156,6 +156,7 @@ def build_runtime(settings: Settings) -> Runtime:
             EXPOSURE_ATTRIBUTES.table: EXPOSURE_ATTRIBUTES,
             PREDICTIONS.table: PREDICTIONS,
             SKETCHES.table: SKETCHES,
+            REGISTRY_VERSIONS.table: REGISTRY_VERSIONS,
         },
         flush_interval=settings.flush_interval_seconds,
         max_rows=settings.flush_max_rows,

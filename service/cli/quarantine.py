@@ -34,12 +34,12 @@ def _writers() -> dict[str, Any]:
 
     from service.assignment.sticky import ASSIGNMENTS, EXPOSURE_ATTRIBUTES, EXPOSURES
     from service.events.ingest import ingest_and_clear
-    from service.inference.records import PREDICTIONS
+    from service.inference.records import PREDICTIONS, REGISTRY_VERSIONS
     from service.storage.writer import write_stream
 
     writers: dict[str, Any] = {
         stream.table: partial(write_stream, stream=stream)
-        for stream in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES, PREDICTIONS)
+        for stream in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES, PREDICTIONS, REGISTRY_VERSIONS)
     }
     writers["outcomes"] = ingest_and_clear
     return writers

@@ -1,5 +1,6 @@
 """The ``predictions`` table: one row per answer and per shadow run, buffered off the request
-path, and the bounded read of its newest rows that the dashboards show.
+path, and the bounded read of its newest rows that the dashboards show; the
+``registry_versions`` table: which registry version each loaded model was.
 
 ``predictions`` holds one row per request, so it is the one table a page cannot sum whole
 without scanning millions of rows. Each variant is read through its index
@@ -10,6 +11,7 @@ bounded however long the experiment has run.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -30,6 +32,43 @@ PREDICTIONS = Stream(
         f"INSERT INTO predictions ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM {{stage}}"
     ),
 )
+
+
+_VERSION_COLUMNS = (
+    "experiment_key", "variant_key", "model_sha256", "registry_uri", "registry_name",
+    "registry_version", "first_loaded_at",
+)  # fmt: skip
+_VERSION_KEY = "experiment_key, variant_key, model_sha256, registry_uri, registry_version"
+REGISTRY_VERSIONS = Stream(
+    table="registry_versions",
+    columns=_VERSION_COLUMNS,
+    # Every worker loads the same versions, and a batch replayed from the spool may repeat a
+    # key: one row per key with the earliest load, kept the earliest across batches.
+    insert_from_stage=(
+        f"INSERT INTO registry_versions AS r ({_VERSION_KEY}, registry_name, first_loaded_at)"
+        f" SELECT {_VERSION_KEY}, min(registry_name), min(first_loaded_at) FROM {{stage}}"
+        f" GROUP BY {_VERSION_KEY}"
+        f" ON CONFLICT ({_VERSION_KEY}) DO UPDATE"
+        f" SET first_loaded_at = EXCLUDED.first_loaded_at WHERE EXCLUDED.first_loaded_at < r.first_loaded_at"
+    ),
+)
+
+
+def registry_version_rows(
+    experiments: Iterable[Experiment], loaded_at: datetime
+) -> list[tuple[str, str, str, str, str, str, datetime]]:
+    """A ``registry_versions`` row for each variant whose model a registry resolved.
+
+    Written when a serving process loads or reloads its experiments, never per request: the
+    ``predictions`` rows of the version carry its checksum, which the lineage joins on."""
+    return [
+        (experiment.key, variant.key, ref.sha256, ref.resolved.uri, ref.resolved.name,
+         ref.resolved.version, loaded_at)
+        for experiment in experiments
+        for variant in experiment.variants
+        if (ref := variant.model) is not None and ref.resolved is not None
+        and ref.sha256 is not None
+    ]  # fmt: skip
 
 
 class PredictionRecord(NamedTuple):
@@ -224,6 +263,40 @@ def model_lineage(conn: Any, experiment_key: str) -> list[ServedModel]:
     ]
 
 
+_VERSIONS = (
+    "SELECT variant_key, model_sha256, registry_name, registry_version, first_loaded_at"
+    " FROM registry_versions WHERE experiment_key = %s ORDER BY first_loaded_at, registry_version"
+)
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A registry version a variant's model was loaded as (a ``registry_versions`` row)."""
+
+    name: str
+    version: str
+    first_loaded_at: datetime
+
+
+def loaded_versions(conn: Any, experiment_key: str) -> dict[tuple[str, str], list[LoadedVersion]]:
+    """(variant, checksum) -> the registry versions loaded for it, oldest load first."""
+    found: dict[tuple[str, str], list[LoadedVersion]] = {}
+    for variant, sha, name, version, at in conn.execute(_VERSIONS, (experiment_key,)):
+        found.setdefault((str(variant), str(sha)), []).append(
+            LoadedVersion(str(name), str(version), at)
+        )
+    return found
+
+
+def _version_served(loads: list[LoadedVersion], last_served_at: datetime) -> LoadedVersion:
+    """The version that answered last: the newest loaded before the last answer.
+
+    One checksum has several versions only when the same bytes were registered again; the
+    answers cannot tell them apart, so the lineage names the one loaded last before them."""
+    before = [load for load in loads if load.first_loaded_at <= last_served_at]
+    return before[-1] if before else loads[0]
+
+
 @dataclass(frozen=True)
 class LineageEntry:
     """One model version that served a variant, with what the experiment's file says of it."""
@@ -234,8 +307,10 @@ class LineageEntry:
     """The file the experiment names for this checksum now (None: no longer configured)."""
     provider: str
     registry_version: str | None
-    """The registry version the reference resolved to, for a model now served from a
-    registry (None: a file, or a checksum no current reference resolves to)."""
+    """The registry version this checksum was loaded as for the variant that answered, kept
+    however the aliases moved since (None: a file, not a registry model)."""
+    registry_name: str | None
+    """The registered model's name in the registry (None: a file)."""
     shadow: bool
     first_served_at: datetime
     last_served_at: datetime
@@ -253,23 +328,34 @@ def experiment_lineage(conn: Any, experiment: Experiment) -> list[VariantLineage
     ``GET /v1/experiments/<key>/models``, the dashboards and ``abx report``.
 
     Variants of the file come first, in its order, each listed even when nothing served it;
-    a variant that served once but has left the file follows."""
+    a variant that served once but has left the file follows. A registry model's version
+    comes from ``registry_versions`` (what the serving processes loaded), joined on the
+    variant that answered and the checksum; answers logged before that table existed fall
+    back to the version a current reference resolves to."""
     models = [v.model for v in experiment.variants if v.model is not None]
     configured = {ref.sha256: ref.path for ref in models}
-    versions = {ref.sha256: ref.resolved.version for ref in models if ref.resolved is not None}
+    current = {ref.sha256: ref.resolved for ref in models if ref.resolved is not None}
+    loads = loaded_versions(conn, experiment.key)
     variants: dict[str, list[LineageEntry]] = {v.key: [] for v in experiment.variants}
     for item in model_lineage(conn, experiment.key):
+        name = version = None
+        if (found := loads.get((item.served_by, item.model_sha256))) is not None:
+            served = _version_served(found, item.last_served_at)
+            name, version = served.name, served.version
+        elif (resolved := current.get(item.model_sha256)) is not None:
+            name, version = resolved.name, resolved.version
         variants.setdefault(item.variant, []).append(
             LineageEntry(
                 item.served_by,
                 item.model_sha256,
                 configured.get(item.model_sha256),
                 item.provider,
-                versions.get(item.model_sha256),
+                version,
+                name,
                 item.shadow,
                 item.first_served_at,
                 item.last_served_at,
                 item.predictions,
             )
         )
-    return [VariantLineage(name, entries) for name, entries in variants.items()]
+    return [VariantLineage(key, entries) for key, entries in variants.items()]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import onnxruntime as ort
@@ -14,12 +16,13 @@ from service.assignment.service import AssignmentService
 from service.assignment.sync import StateSync
 from service.experiments.model_registry import model_registry
 from service.experiments.reload import HotReloader
+from service.experiments.schema import Experiment
 from service.experiments.validation import LoadResult
 from service.inference.catalog import BatchingConfig, ProcessConfig, build_catalog
 from service.inference.histograms import DEFAULT_EDGES
 from service.inference.install import install_problem, installed_runtime_packages
 from service.inference.placement import Placement
-from service.inference.records import PredictionLog
+from service.inference.records import REGISTRY_VERSIONS, PredictionLog, registry_version_rows
 from service.inference.runner import SessionRunner
 from service.inference.service import PredictionService
 from service.inference.sessions import SessionPool, default_threads
@@ -139,6 +142,13 @@ def build_model_runtime(
         registry.experiments.values(), settings.models, pool, batching, process=process
     )
     predictions_log = PredictionLog(writer)
+
+    def record_versions(experiments: Iterable[Experiment], loaded_at: datetime) -> None:
+        """Which registry version each variant's model is, once per load (lineage)."""
+        for row in registry_version_rows(experiments, loaded_at):
+            writer.put(REGISTRY_VERSIONS.table, row)
+
+    record_versions(registry.experiments.values(), datetime.now(UTC))
     shadows = ShadowRunner(predictions_log, settings.shadow_queue_size, settings.max_batch_items)
     edges = profile_edges(settings.models, registry.experiments.values())
     sketches = SketchBook(
@@ -160,10 +170,12 @@ def build_model_runtime(
 
     def apply(loaded: LoadResult) -> None:
         experiments = [item.experiment for item in loaded.experiments]
+        loaded_at = datetime.now(UTC)  # before the new models answer: no answer precedes it
         service.catalog = build_catalog(
             experiments, settings.models, pool, batching, previous=service.catalog, process=process
         )
         registry.replace(loaded)
+        record_versions(experiments, loaded_at)
         state.resync()
         fresh = profile_edges(settings.models, experiments)
         edges.clear()

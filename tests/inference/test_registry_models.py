@@ -152,7 +152,8 @@ def test_registry_models_serve_reload_promote_and_outlive_the_registry(
         lineage = api.get("/v1/experiments/reg/models").json()
         served = {m["model_sha256"]: m["registry_version"] for v in lineage["variants"]
                   for m in v["models"]}  # fmt: skip
-        assert served.get(logreg) == v1
+        # b's first version (mlp, v2) keeps its version though no alias names it any more.
+        assert served == {logreg: v1, mlp: v2}
     finally:
         forwarder.close()
     # A process started while the registry is away serves the last version resolved here.
@@ -199,3 +200,58 @@ def test_an_approved_promotion_moves_the_alias_as_the_worker_sees_it(
     assert moves[2][0] == "rollback" and moves[2][1]["version"] is None
     assert moves[3][0] == "promote" and "error" in moves[3][1]
     assert mlflow_server.alias(name, "champion") is None
+
+
+def test_lineage_keeps_every_served_version_after_the_alias_moves(
+    mlflow_server: MlflowServer,
+    server_factory: ServerFactory,
+    db: str,
+    tmp_path: Path,
+    built: dict[str, str],
+) -> None:
+    """Serve version 1, move the alias to version 2 (hot reload), serve: the lineage names
+    both versions, the first one too though no reference resolves to it any more."""
+    name = "churn_lineage"
+    logreg, mlp = built["churn_logreg.onnx"], built["churn_mlp.onnx"]
+    v1, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
+    client = mlflow_server.client()
+    client.set_registered_model_alias(name, "champion", v1)
+    client.set_registered_model_alias(name, "challenger", v1)
+    experiments, models = tmp_path / "lineage-experiments", tmp_path / "models"
+    models.mkdir()
+    write_experiment(experiments, registry_experiment("lin", name))
+    server = server_factory(
+        db,
+        experiments,
+        ABX_MODELS=str(models),
+        ABX_MLFLOW_TRACKING_URI=mlflow_server.url,
+        ABX_RELOAD_POLL_SECONDS="0.1",
+        ABX_REGISTRY_POLL_SECONDS="0.2",
+    )
+    api = Api(server.base_url)
+    first = [predict(api, "lin", "unit-b") for _ in range(3)]
+    assert {(a["model"]["sha256"], a["model"]["registry"]["version"]) for a in first} == {
+        (logreg, v1)
+    }
+    client.set_registered_model_alias(name, "challenger", v2)
+    assert wait_for(
+        lambda: all(
+            predict(api, "lin", "unit-b")["model"]["registry"]["version"] == v2 for _ in range(20)
+        ),
+        30,
+    ), server.log()
+    later = [predict(api, "lin", "unit-b") for _ in range(3)]
+    assert {a["model"]["sha256"] for a in later} == {mlp}
+    found: dict[str, Any] = {}
+
+    def logged() -> bool:
+        found.update(api.get("/v1/experiments/lin/models").json())
+        b = next(v for v in found["variants"] if v["variant"] == "b")
+        return {m["model_sha256"] for m in b["models"]} == {logreg, mlp}
+
+    assert wait_for(logged, 30), found
+    b = next(v for v in found["variants"] if v["variant"] == "b")
+    shown = [(m["model_sha256"], m["registry_name"], m["registry_version"]) for m in b["models"]]
+    assert shown == [(logreg, name, v1), (mlp, name, v2)]  # oldest first
+    assert all(m["served_by"] == "b" and m["provider"] == "CPUExecutionProvider"
+               for m in b["models"])  # fmt: skip
