@@ -215,7 +215,8 @@ def test_lineage_keeps_every_served_version_after_the_alias_moves(
     logreg, mlp = built["churn_logreg.onnx"], built["churn_mlp.onnx"]
     v1, v2 = mlflow_server.register(name, [MODELS / "churn_logreg.onnx", MODELS / "churn_mlp.onnx"])
     client = mlflow_server.client()
-    client.set_registered_model_alias(name, "champion", v1)
+    # a serves version 2 throughout: once b moves on, no reference resolves to version 1.
+    client.set_registered_model_alias(name, "champion", v2)
     client.set_registered_model_alias(name, "challenger", v1)
     experiments, models = tmp_path / "lineage-experiments", tmp_path / "models"
     models.mkdir()
@@ -253,5 +254,6 @@ def test_lineage_keeps_every_served_version_after_the_alias_moves(
     b = next(v for v in found["variants"] if v["variant"] == "b")
     shown = [(m["model_sha256"], m["registry_name"], m["registry_version"]) for m in b["models"]]
     assert shown == [(logreg, name, v1), (mlp, name, v2)]  # oldest first
+    assert b["models"][0]["model_path"] is None  # no longer configured: the version stays
     assert all(m["served_by"] == "b" and m["provider"] == "CPUExecutionProvider"
                for m in b["models"])  # fmt: skip
