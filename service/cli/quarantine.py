@@ -35,11 +35,19 @@ def _writers() -> dict[str, Any]:
     from service.assignment.sticky import ASSIGNMENTS, EXPOSURE_ATTRIBUTES, EXPOSURES
     from service.events.ingest import ingest_and_clear
     from service.inference.records import PREDICTIONS, REGISTRY_VERSIONS
+    from service.inference.sketches import SKETCHES
     from service.storage.writer import write_stream
 
+    streams = (
+        ASSIGNMENTS,
+        EXPOSURES,
+        EXPOSURE_ATTRIBUTES,
+        PREDICTIONS,
+        REGISTRY_VERSIONS,
+        SKETCHES,
+    )
     writers: dict[str, Any] = {
-        stream.table: partial(write_stream, stream=stream)
-        for stream in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES, PREDICTIONS, REGISTRY_VERSIONS)
+        stream.table: partial(write_stream, stream=stream) for stream in streams
     }
     writers["outcomes"] = ingest_and_clear
     return writers

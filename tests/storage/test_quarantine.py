@@ -279,3 +279,30 @@ def test_an_index_row_over_the_size_limit_is_refused_not_an_outage(db: str) -> N
         assert quarantine.is_refused(refused[0].error)
         stored = conn.execute("SELECT value FROM limited ORDER BY 1").fetchall()
         assert stored == [("a",), ("b",), ("c",)]
+
+
+def test_a_quarantined_sketch_row_is_retried_through_its_stream(
+    db: str, database: Database, tmp_path: Path, runner: CliRunner
+) -> None:
+    """``abx quarantine retry`` knows every stream the writer quarantines, sketches included."""
+    from service.inference.sketches import SKETCHES
+
+    def sketch(n: int) -> tuple[Any, ...]:
+        return ("exp", "a", "sha", NOW, "output:p", [0.0, 0.5, 1.0], [3, 4], 0, 0, 0, n, 3.5, 2.5)
+
+    writer = BatchWriter(database, {SKETCHES.table: SKETCHES})
+    writer.put(SKETCHES.table, sketch(2**70))  # 22003: out of bigint
+    assert writer.flush()
+    env = {"ABX_DATABASE_URL": db, "ABX_DATA_DIR": str(tmp_path / "data")}
+    with psycopg.connect(db, autocommit=True) as conn:
+        (row,) = quarantine.list_rows(conn)
+        assert row.stream == "model_sketches"
+        conn.execute(
+            "UPDATE quarantine SET row_json = %s WHERE quarantine_id = %s",
+            (quarantine.row_json(sketch(7)), row.quarantine_id),
+        )  # an operator repaired it
+    retried = runner.invoke(main, ["quarantine", "retry", str(row.quarantine_id)], env=env)
+    assert retried.exit_code == 0 and "written 1, refused again 0" in retried.output
+    assert stored(db, "SELECT n, counts, edges FROM model_sketches") == [
+        (7, [3, 4], [0.0, 0.5, 1.0])
+    ]
