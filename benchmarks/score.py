@@ -15,18 +15,29 @@ is made before its clock starts: the ratio compares rates, not the workers' firs
 Reported: rows/s, the ratio to the baseline, and the workers' peak RSS (VmHWM), which
 depends on the chunk size, not the file's.
 
+A second baseline, the floor of any sticky experiment, in this process and the same run: the
+bare loop plus assigning every row exactly as a job does (``assignment.batch.assign_batch``
+on the compiled experiment: one SHA-256 of each unit with the spec's prefix) and writing the
+job's own output columns (``unit, variant, reason, served_by`` and the model's outputs) in one
+Parquet file. Each job rate is reported against both. ``--profile`` then runs one
+``--profile-rows`` job of the logistic model in this process under cProfile and prints where
+its time went (read, assignment, model, write parts, commit, assemble).
+
 Run: ``python benchmarks/score.py [--rows N] [--chunk-rows N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import (
     abx_command,
@@ -40,6 +51,7 @@ from common import (
 )
 
 FEATURES = [f"x{i}" for i in range(20)]
+FIXED_COLUMNS = ("unit", "variant", "reason", "served_by")  # the job output's first
 MODELS = {"logistic": "churn_logreg.onnx", "heavy MLP": "mlp_heavy.onnx"}
 
 
@@ -95,6 +107,93 @@ def bare_loop(model: Path, source: Path, target: Path, chunk_rows: int, run_rows
     return rows / (time.perf_counter() - started)
 
 
+def experiments_by_key(env: dict[str, str]) -> dict[str, Any]:
+    from service.experiments.validation import load_experiments
+
+    loaded = load_experiments([Path(env["ABX_EXPERIMENTS"])])
+    return {item.experiment.key: item.experiment for item in loaded.experiments}
+
+
+def floor_loop(model: Path, source: Path, target: Path, chunk_rows: int, run_rows: int,
+               compiled: Any, output_schema: Any) -> float:  # fmt: skip
+    """The bare loop plus what any sticky experiment must do: hash every unit, write the
+    job's columns. Both variants serve the same model, so one run covers every row."""
+    import numpy as np
+    import onnxruntime as ort
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from service.assignment.batch import assign_batch
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    outputs = [name for name in output_schema.names if name not in FIXED_COLUMNS]
+    started = time.perf_counter()
+    rows = 0
+    with pq.ParquetWriter(target, output_schema) as writer:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
+            units = batch.column("unit")
+            assigned = assign_batch(compiled, units.to_pylist(), None, lambda units: {})
+            matrix = np.column_stack([batch.column(f).to_numpy() for f in FEATURES])
+            features = ((matrix - 1.0) * 0.5).astype(np.float32)
+            runs = [session.run(None, {"features": features[s : s + run_rows]})
+                    for s in range(0, len(features), run_rows)]  # fmt: skip
+            variants = assigned.variants()
+            columns: dict[str, Any] = {
+                "unit": units, "variant": variants, "reason": assigned.reasons(),
+                "served_by": variants,
+            }  # fmt: skip
+            for index, name in enumerate(outputs):
+                columns[name] = np.concatenate([run[index].reshape(-1) for run in runs])
+            writer.write_table(pa.table(columns).cast(output_schema))
+            rows += batch.num_rows
+    return rows / (time.perf_counter() - started)
+
+
+PROFILE_PARTS = {
+    # (file, function) -> what it is; cumulative time, so nested parts are listed apart
+    ("service/jobs/files.py", "read_chunks"): "read the input (generator resumes)",
+    ("service/jobs/scoring.py", "score"): "ChunkScorer.score (assign + checks + model)",
+    ("service/assignment/service.py", "assign_batch"): "  assignment (AssignmentService)",
+    ("service/assignment/hashing.py", "unit_hashes"): "    of which SHA-256 loops",
+    ("service/inference/runner.py", "run"): "  model (SessionRunner.run)",
+    ("service/jobs/files.py", "write_part"): "write part files",
+    ("service/jobs/store.py", "commit_chunk"): "commit chunks",
+    ("service/jobs/files.py", "assemble"): "assemble parts into the output",
+}
+
+
+def profile_job(env: dict[str, str], key: str, source: Path, folder: Path,
+                chunk_rows: int) -> None:  # fmt: skip
+    """One job in this process (``run_now``, as ``abx score --inline``) under cProfile."""
+    import psycopg
+
+    os.environ.update(env)
+    from service.experiments.validation import load_experiments
+    from service.jobs.submit import submit
+    from service.jobs.tasks import run_now
+
+    loaded = load_experiments([Path(env["ABX_EXPERIMENTS"])])
+    experiment = loaded.experiments[[i.experiment.key for i in loaded.experiments].index(key)]
+    with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
+        job = submit(conn, experiment.experiment, key, variant=None, input_path=source,
+                     input_format="parquet", output_path=folder / f"{key}-profiled.parquet",
+                     output_table=None, rejects_dir=folder / "rejects", log_exposures=False,
+                     chunk_rows=chunk_rows, created_by="bench", request_id=None)  # fmt: skip
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    status = run_now(job.job_id)
+    profiler.disable()
+    wall = time.perf_counter() - started
+    assert status == "done", status
+    stats: Any = pstats.Stats(profiler).stats  # {(file, line, function): (cc, nc, tt, ct, callers)}
+    print(f"\nwhere one {key} job's time went (in this process, cProfile on, {wall:.2f} s):")
+    for (file, function), what in PROFILE_PARTS.items():
+        spent = sum(ct for (path, _, name), (_, _, _, ct, _) in stats.items()
+                    if path.endswith(file) and name == function)  # fmt: skip
+        print(f"  {what:<46} {spent:>7.2f} s {100 * spent / wall:>5.1f} %")
+
+
 def experiment_yaml(key: str, model: str, sha: str) -> str:
     names = ", ".join(FEATURES)
     variant = (f"    model: {{path: {model}, sha256: {sha}, inputs: {{features: "
@@ -148,10 +247,18 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--run-rows", type=int, default=4096)
     parser.add_argument("--warm-rows", type=int, default=5_000)
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one logistic job in this process"
+    )
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--profile-rows", type=int, default=200_000)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--broker-url", default=os.environ.get("ABX_BENCH_BROKER_URL",
                                                                "redis://127.0.0.1:6379/0"))  # fmt: skip
     args = parser.parse_args()
+    import pyarrow.parquet as pq
+
+    from service.assignment.core import compile_experiment
     from service.demo.models import build_demo_models
     from service.settings import PROJECT_ROOT
 
@@ -185,24 +292,36 @@ def main() -> None:
         )  # fmt: skip
         try:
             time.sleep(8)
-            print_header(f"{'model':<10} {'bare rows/s':>12} {'2 jobs rows/s':>14} {'ratio':>6}"
-                         f" {'1 job rows/s':>13} {'ratio':>6} {'1 job to table':>15}"
-                         f" {'vs file':>7}")  # fmt: skip
-            for name, model in MODELS.items():
+            print_header(f"{'model':<10} {'bare rows/s':>12} {'floor rows/s':>13}"
+                         f" {'2 jobs rows/s':>14} {'/bare':>6} {'/floor':>6}"
+                         f" {'1 job rows/s':>13} {'/bare':>6} {'/floor':>6}"
+                         f" {'1 job to table':>15} {'vs file':>7}")  # fmt: skip
+            for name in args.models:
+                model = MODELS[name]
                 key = "score_" + name.split()[-1].lower()
                 run_jobs(env, key, warm_halves, folder / "warm", args.chunk_rows)
+                compiled = compile_experiment(experiments_by_key(env)[key])
+                schema = pq.read_schema(folder / "warm" / f"{key}-0.parquet")
                 bare = bare_loop(models_root / model, source, folder / "bare.parquet",
                                  args.chunk_rows, args.run_rows)  # fmt: skip
+                floor = floor_loop(models_root / model, source, folder / "floor.parquet",
+                                   args.chunk_rows, args.run_rows, compiled, schema)  # fmt: skip
                 two = run_jobs(env, key, halves, folder, args.chunk_rows)
                 one = run_jobs(env, key, [source], folder, args.chunk_rows)
                 into_table = run_jobs(env, key, [source], folder, args.chunk_rows, table=True)
-                print(f"{name:<10} {bare:>12,.0f} {two:>14,.0f} {two / bare:>6.2f}"
-                      f" {one:>13,.0f} {one / bare:>6.2f} {into_table:>15,.0f}"
-                      f" {into_table / one:>7.2f}")  # fmt: skip
+                print(f"{name:<10} {bare:>12,.0f} {floor:>13,.0f}"
+                      f" {two:>14,.0f} {two / bare:>6.2f} {two / floor:>6.2f}"
+                      f" {one:>13,.0f} {one / bare:>6.2f} {one / floor:>6.2f}"
+                      f" {into_table:>15,.0f} {into_table / one:>7.2f}", flush=True)  # fmt: skip
+            print(f"load {load_average()} after the jobs")
             rss = [peak_rss_mib(pid) for pid in children_of(worker.pid)]
             print(f"\nworker processes' peak RSS (VmHWM): {', '.join(f'{r:.0f}' for r in rss)} MiB")
         finally:
             stop(worker)
+        if args.profile:
+            profiled = folder / "profiled.parquet"
+            write_input(profiled, args.profile_rows)
+            profile_job(env, "score_logistic", profiled, folder, args.chunk_rows)
             if os.environ.get("ABX_BENCH_SHOW_LOG"):
                 print((folder / "worker.log").read_text()[-3000:])
 
