@@ -20,8 +20,8 @@ bare loop plus assigning every row exactly as a job does (``assignment.batch.ass
 on the compiled experiment: one SHA-256 of each unit with the spec's prefix) and writing the
 job's own output columns (``unit, variant, reason, served_by`` and the model's outputs) in one
 Parquet file. Each job rate is reported against both. ``--profile`` then runs one
-``--profile-rows`` job of the logistic model in this process under cProfile and prints where
-its time went (read, assignment, model, write parts, commit, assemble).
+``--profile-rows`` job of the logistic model in this process and prints where its time
+went: read, assignment, model, write parts, commit, assemble (wall time of its functions).
 
 Run: ``python benchmarks/score.py [--rows N] [--chunk-rows N]``.
 """
@@ -29,9 +29,7 @@ Run: ``python benchmarks/score.py [--rows N] [--chunk-rows N]``.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
-import pstats
 import subprocess
 import sys
 import tempfile
@@ -149,26 +147,49 @@ def floor_loop(model: Path, source: Path, target: Path, chunk_rows: int, run_row
     return rows / (time.perf_counter() - started)
 
 
-PROFILE_PARTS = {
-    # (file, function) -> what it is; cumulative time, so nested parts are listed apart
-    ("service/jobs/files.py", "read_chunks"): "read the input (generator resumes)",
-    ("service/jobs/scoring.py", "score"): "ChunkScorer.score (assign + checks + model)",
-    ("service/assignment/service.py", "assign_batch"): "  assignment (AssignmentService)",
-    ("service/assignment/hashing.py", "unit_hashes"): "    of which SHA-256 loops",
-    ("service/inference/runner.py", "run"): "  model (SessionRunner.run)",
-    ("service/jobs/files.py", "write_part"): "write part files",
-    ("service/jobs/store.py", "commit_chunk"): "commit chunks",
-    ("service/jobs/files.py", "assemble"): "assemble parts into the output",
-}
+def _timed(spent: dict[str, float], part: str, function: Any) -> Any:
+    """``function`` adding its wall time to ``spent[part]`` (a generator: each resume)."""
+    import inspect
+
+    if inspect.isgeneratorfunction(function):
+
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            items = function(*args, **kwargs)
+            while True:
+                began = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                finally:
+                    spent[part] += time.perf_counter() - began
+                yield item
+
+        return generator
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[part] += time.perf_counter() - began
+
+    return timed
 
 
 def profile_job(env: dict[str, str], key: str, source: Path, folder: Path,
                 chunk_rows: int) -> None:  # fmt: skip
-    """One job in this process (``run_now``, as ``abx score --inline``) under cProfile."""
+    """One job in this process (``run_now``, as ``abx score --inline``), its parts timed.
+
+    Wall-clock wrappers around the job's own functions, not cProfile: a profiler's cost per
+    Python call would inflate the per-unit hashing loop several times over."""
     import psycopg
 
     os.environ.update(env)
+    from service.assignment import batch
+    from service.assignment.service import AssignmentService
     from service.experiments.validation import load_experiments
+    from service.jobs import files, scoring, store
     from service.jobs.submit import submit
     from service.jobs.tasks import run_now
 
@@ -179,19 +200,39 @@ def profile_job(env: dict[str, str], key: str, source: Path, folder: Path,
                      input_format="parquet", output_path=folder / f"{key}-profiled.parquet",
                      output_table=None, rejects_dir=folder / "rejects", log_exposures=False,
                      chunk_rows=chunk_rows, created_by="bench", request_id=None)  # fmt: skip
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
-    profiler.enable()
-    status = run_now(job.job_id)
-    profiler.disable()
-    wall = time.perf_counter() - started
+    parts = {
+        "read the input (files.read_chunks)": (files, "read_chunks"),
+        "score chunks (ChunkScorer.score)": (scoring.ChunkScorer, "score"),
+        "  assignment (AssignmentService.assign_batch)": (AssignmentService, "assign_batch"),
+        "    of which SHA-256 loops (unit_hashes)": (batch, "unit_hashes"),
+        "  model runs (run_with_fallback)": (scoring, "run_with_fallback"),
+        "write part files (files.write_part)": (files, "write_part"),
+        "commit chunks (store.commit_chunk)": (store, "commit_chunk"),
+        "assemble the output (files.assemble)": (files, "assemble"),
+    }
+    spent = dict.fromkeys(parts, 0.0)
+    originals = {part: getattr(owner, name) for part, (owner, name) in parts.items()}
+    for part, (owner, name) in parts.items():
+        setattr(owner, name, _timed(spent, part, originals[part]))
+    try:
+        started = time.perf_counter()
+        status = run_now(job.job_id)
+        wall = time.perf_counter() - started
+    finally:
+        for part, (owner, name) in parts.items():
+            setattr(owner, name, originals[part])
     assert status == "done", status
-    stats: Any = pstats.Stats(profiler).stats  # {(file, line, function): (cc, nc, tt, ct, callers)}
-    print(f"\nwhere one {key} job's time went (in this process, cProfile on, {wall:.2f} s):")
-    for (file, function), what in PROFILE_PARTS.items():
-        spent = sum(ct for (path, _, name), (_, _, _, ct, _) in stats.items()
-                    if path.endswith(file) and name == function)  # fmt: skip
-        print(f"  {what:<46} {spent:>7.2f} s {100 * spent / wall:>5.1f} %")
+    with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
+        done = store.get_job(conn, job.job_id)
+    rows = done.rows_done if done is not None else 0
+    print(f"\nwhere one {key} job's time went (in this process; {wall:.2f} s, "
+          f"{rows / wall if rows else float('nan'):,.0f} rows/s):")  # fmt: skip
+    for part, seconds in spent.items():
+        print(f"  {part:<48} {seconds:>6.3f} s {100 * seconds / wall:>5.1f} %"
+              f" {1e6 * seconds / rows if rows else float('nan'):>6.2f} us/row")  # fmt: skip
+    counted = sum(v for k, v in spent.items() if not k.startswith(" "))
+    print(f"  {'rest (set-up, sessions, finish)':<48} {wall - counted:>6.3f} s"
+          f" {100 * (wall - counted) / wall:>5.1f} %")  # fmt: skip
 
 
 def experiment_yaml(key: str, model: str, sha: str) -> str:
