@@ -19,7 +19,8 @@ A second baseline, the floor of any sticky experiment, in this process and the s
 bare loop plus assigning every row exactly as a job does (``assignment.batch.assign_batch``
 on the compiled experiment: one SHA-256 of each unit with the spec's prefix) and writing the
 job's own output columns (``unit, variant, reason, served_by`` and the model's outputs) in one
-Parquet file. Each job rate is reported against both. ``--profile`` then runs one
+Parquet file (checked: its variants equal the job's, row for row). Each job rate is reported
+against both. ``--profile`` then runs one
 ``--profile-rows`` job of the logistic model in this process and prints where its time
 went: read, assignment, model, write parts, commit, assemble (wall time of its functions).
 
@@ -350,6 +351,10 @@ def main() -> None:
                 two = run_jobs(env, key, halves, folder, args.chunk_rows)
                 one = run_jobs(env, key, [source], folder, args.chunk_rows)
                 into_table = run_jobs(env, key, [source], folder, args.chunk_rows, table=True)
+                # the floor did the job's assignment: the same variant for every row, in order
+                job_variants = pq.read_table(folder / f"{key}-0.parquet", columns=["variant"])
+                floor_variants = pq.read_table(folder / "floor.parquet", columns=["variant"])
+                assert job_variants.equals(floor_variants), "the floor assigned otherwise"
                 print(f"{name:<10} {bare:>12,.0f} {floor:>13,.0f}"
                       f" {two:>14,.0f} {two / bare:>6.2f} {two / floor:>6.2f}"
                       f" {one:>13,.0f} {one / bare:>6.2f} {one / floor:>6.2f}"
