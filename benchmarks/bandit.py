@@ -18,9 +18,12 @@ the confidence sequence). Reported with 95 % Wilson intervals:
     python benchmarks/bandit.py --part periods [--exposures 1000000]   # PostgreSQL
 
 ``--part periods`` times what a bandit's analysis reads on top of a test's: its sums split
-by allocation period (one pass over its exposures and unit totals, ``events/periods.py``),
-against the pooled reads of the rollup tables every method makes, on a scratch database
-with ``--exposures`` units in 3 arms over 30 periods and a conversion for 10 % of them.
+by allocation period, read from the rollup's per-period tables (``events/periods.py``,
+``period_sums``), against the scan of its exposures and unit totals that read replaces
+(``scan_period_sums``, the old read) and the pooled reads of the rollup tables every
+method makes, in the same run on a scratch database with ``--exposures`` units in 3 arms
+over 30 periods and a conversion for 10 % of them; also the one-off filing of the periods
+(``periods.track``, the rollup's first round for a bandit).
 """
 
 from __future__ import annotations
@@ -73,9 +76,17 @@ def periods_part(exposures: int) -> None:
     """Time the period read against the pooled rollup reads on the same data."""
     import psycopg
 
-    from service.assignment.sync import append_allocation, sync_experiments
+    from service.assignment.sync import allocation_history, append_allocation, sync_experiments
     from service.decisions.inputs import bandit_periods
+    from service.events.periods import (
+        BanditPeriods,
+        period_sums,
+        scan_period_sums,
+        settle_guard,
+        track,
+    )
     from service.events.sums import exposed_units, metric_stats
+    from service.settings import Settings
 
     experiment = experiment_for(3, "bandit")
     with common.bench_database(None) as url, psycopg.connect(url, autocommit=True) as conn:
@@ -121,13 +132,43 @@ def periods_part(exposures: int) -> None:
         def pooled() -> object:
             return exposed_units(conn, key, seed), metric_stats(conn, key, seed)
 
+        print(f"load average {common.load_average()}")
+        guard = settle_guard(Settings().state_poll_seconds)
+        history = allocation_history(conn, experiment)
         pooled_times, _ = common.timed(pooled, 5)
-        period_times, found = common.timed(lambda: bandit_periods(conn, experiment), 5)
+        scan_times, scanned = common.timed(
+            lambda: scan_period_sums(conn, key, seed, history, guard), 5
+        )
+        filed = time.perf_counter()
+        with conn.transaction():
+            track(conn, BanditPeriods(lambda: [(key, seed)], guard))
+        filed = time.perf_counter() - filed
+        conn.execute("ANALYZE")
+        period_times, found = common.timed(lambda: period_sums(conn, key, seed, history, guard), 5)
+        look_times, _ = common.timed(lambda: bandit_periods(conn, experiment), 5)
+        assert [(p.units, p.settled_units, p.stats) for p in found] == [
+            (p.units, p.settled_units, p.stats) for p in scanned
+        ], "the rolled-up periods differ from the scan"
         units = sum(sum(p.units.values()) for p in found)
-        print(f"pooled rollup reads: median {statistics.median(pooled_times):.1f} ms")
-        print(f"period read ({len(found)} periods, {units} units): median "
-              f"{statistics.median(period_times):.0f} ms "
-              f"({statistics.median(period_times) / statistics.median(pooled_times):.0f}x)")  # fmt: skip
+        pooled_ms = statistics.median(pooled_times)
+        print(f"pooled rollup reads: median {pooled_ms:.1f} ms")
+        print(
+            f"period read, scan of units (old; {len(scanned)} periods, {units} units): median "
+            f"{statistics.median(scan_times):.0f} ms "
+            f"({statistics.median(scan_times) / pooled_ms:.0f}x pooled)"
+        )
+        print(
+            f"period read, rolled up (new, what a look runs): median "
+            f"{statistics.median(period_times):.1f} ms "
+            f"({statistics.median(period_times) / pooled_ms:.1f}x pooled, "
+            f"{statistics.median(scan_times) / statistics.median(period_times):.0f}x faster than"
+            f" the scan)"
+        )
+        print(
+            f"bandit_periods (allocation history, settings and the rolled-up read): median "
+            f"{statistics.median(look_times):.1f} ms"
+        )
+        print(f"filing the periods once (rollup's first round for a bandit): {filed:.1f} s")  # fmt: skip
 
 
 def main() -> None:

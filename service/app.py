@@ -44,6 +44,7 @@ from service.assignment.sync import StateSync
 from service.background import PeriodicThread
 from service.decisions.webhooks import check_secrets
 from service.events.ingest import EventIngestor
+from service.events.periods import configured_bandits_from, settle_guard
 from service.events.ratios import configured_pairs_from
 from service.events.rollup import RollupScheduler, metric_windows_from, windows_from
 from service.events.segments import segment_specs_from
@@ -187,6 +188,7 @@ def build_runtime(settings: Settings) -> Runtime:
         metric_windows_from(registry.live(with_holdouts=True)),
         segment_specs_from(registry.live()),
         configured_pairs_from(registry.live()),
+        configured_bandits_from(registry.live(), settle_guard(settings.state_poll_seconds)),
     )
     assignment_service = AssignmentService(
         registry, sticky, lookup_grace=2 * settings.flush_interval_seconds + 0.1

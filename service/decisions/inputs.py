@@ -11,12 +11,12 @@ from service.assignment.sync import allocation_history
 from service.decisions.bandit import Period
 from service.decisions.drift import DriftCheck, check_drift, comparisons, group, window_starts
 from service.decisions.evaluation import ExperimentAnalysis, StatsKey, analyze
-from service.decisions.ratios import ratio_stats
+from service.decisions.ratios import period_ratio, ratio_stats
 from service.decisions.results import MetricMaturity, json_safe
 from service.decisions.segments import analyze_segments, srm_drill_down
 from service.decisions.sequential import Design, design_for
 from service.decisions.store import fix_design, last_run_numbers, stored_design
-from service.events.periods import period_sums
+from service.events.periods import period_sums, settle_guard
 from service.events.segments import (
     SegmentStats,
     SegmentUnits,
@@ -40,7 +40,7 @@ from service.experiments.schema import Experiment
 from service.experiments.segments import CLIENT
 from service.inference.sketches import load_profile, read_sketches
 from service.observability import metrics
-from service.settings import LIVE_WRITER_SECONDS, Settings
+from service.settings import Settings
 
 
 def _mature_only(
@@ -151,13 +151,36 @@ def bandit_periods(conn: Any, experiment: Experiment) -> list[Period]:
     """A bandit's allocation periods with their units and sums (``events.periods``).
 
     Units exposed within a few state polls after a switch are left out of the SRM counts:
-    a process may not have switched yet (``allocation.py``; heartbeats live 10 s).
+    a process may not have switched yet (``allocation.py``; heartbeats live 10 s). Each
+    ratio metric is linearised period by period (``ratios.period_ratio``); until the rollup
+    keeps its cross products (``ratio_pairs``) it has no units in any period, so it waits.
     """
-    guard = timedelta(seconds=LIVE_WRITER_SECONDS + 2 * Settings().state_poll_seconds)
+    guard = settle_guard(Settings().state_poll_seconds)
     found = period_sums(
         conn, experiment.key, experiment.seed, allocation_history(conn, experiment), guard
     )
-    return [Period(p.weights, p.settled_units, p.stats, p.units) for p in found]
+    ratios = [
+        m for m in experiment.metrics.ratio_metrics()
+        if m.numerator is not None and m.denominator is not None
+        and ratio_since(conn, experiment.key, experiment.seed, m.numerator, m.denominator)
+    ]  # fmt: skip
+    periods = []
+    for p in found:
+        stats = dict(p.stats)
+        for metric in ratios:
+            assert metric.numerator is not None and metric.denominator is not None
+            for variant, n in p.units.items():
+                none = SufficientStats(n, 0.0, 0.0)
+                stats[(variant, metric.name)] = period_ratio(
+                    p.stats.get((variant, metric.numerator), none),
+                    p.stats.get((variant, metric.denominator), none),
+                    p.cross.get((variant, metric.numerator, metric.denominator), 0.0),
+                )
+        for metric in experiment.metrics.ratio_metrics():
+            for variant in p.units:
+                stats.setdefault((variant, metric.name), SufficientStats(0, 0.0, 0.0))
+        periods.append(Period(p.weights, p.settled_units, stats, p.units))
+    return periods
 
 
 def _segment_ratio_stats(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from analysis.ratio_metric import linearized_stats
+from analysis.ratio_metric import RatioCrossSums, linearized_stats
 from analysis.sufficient_stats import SufficientStats
 from service.events.sums import RatioSums
 from service.experiments.schema import Experiment
@@ -46,3 +46,23 @@ def ratio_stats(
             except ValueError as error:  # sums that real units cannot have: report, go on
                 errors.append(f"{name}/{variant}: {error}")
     return stats, waiting, errors
+
+
+def period_ratio(
+    numerator: SufficientStats, denominator: SufficientStats, sum_xy: float
+) -> SufficientStats:
+    """One allocation period's ratio in one arm, linearised (a bandit's stratum); no pre-period.
+
+    The delta method within the period (its own ``R_p`` and ``ybar_p``), so the stratified
+    estimator of ``analysis.bandit`` combines the periods' ratios as it combines means. A
+    period whose arm has no denominator yet (or fewer than two units) has no ratio: it gets
+    zero units, which the stratified estimator leaves out, as it leaves out a period with
+    fewer than two units in an arm.
+    """
+    if numerator.n < 2 or denominator.total <= 0:
+        return SufficientStats(0, 0.0, 0.0)
+    plain = (
+        SufficientStats(numerator.n, numerator.total, numerator.total_squares),
+        SufficientStats(denominator.n, denominator.total, denominator.total_squares),
+    )
+    return linearized_stats(*plain, RatioCrossSums(sum_xy))

@@ -25,7 +25,8 @@ from service.decisions import bandit
 from service.decisions.evaluation import ExperimentAnalysis
 from service.decisions.rules import Decision, active_treatments
 from service.decisions.store import record_decision
-from service.events.sums import exposed_units, metric_stats
+from service.decisions.ratios import ratio_stats
+from service.events.sums import exposed_units, metric_stats, ratio_since, ratio_sums
 from service.experiments.schema import Experiment
 from service.settings import Settings
 
@@ -79,9 +80,24 @@ def reweight_bandit(
 
 
 def _pooled_primary(conn: Any, experiment: Experiment) -> dict[tuple[str, str], SufficientStats]:
-    """Every variant's sums on the primary metric (units without outcomes count as 0)."""
+    """Every variant's sums on the primary metric (units without outcomes count as 0).
+
+    A ratio primary's are its linearised sums (``ratios.ratio_stats``: mean the ratio,
+    variance of the mean the delta method's), the normal approximation Thompson sampling
+    draws from; a variant whose ratio is undefined yet (no denominator) is left out, so the
+    weights wait. Until the rollup keeps the ratio's cross products, all are left out.
+    """
     name = experiment.metrics.primary.name
     units = exposed_units(conn, experiment.key, experiment.seed)
+    primary = experiment.metrics.primary
+    if primary.numerator is not None and primary.denominator is not None:
+        if ratio_since(conn, experiment.key, experiment.seed, primary.numerator,
+                       primary.denominator) is None:  # fmt: skip
+            return {}
+        sums = ratio_sums(conn, experiment.key, experiment.seed, primary.numerator,
+                          primary.denominator, units)  # fmt: skip
+        linearized, _, _ = ratio_stats(experiment, {(v, name): s for v, s in sums.items()})
+        return {k: v for k, v in linearized.items() if k[1] == name}
     found = {
         (s.variant_key, s.metric): s.stats
         for s in metric_stats(conn, experiment.key, experiment.seed)

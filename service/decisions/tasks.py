@@ -28,6 +28,7 @@ from service.decisions.webhooks import (
     retry_delay_seconds,
     stale_deliveries,
 )
+from service.events.periods import configured_bandits_from, settle_guard
 from service.events.ratios import configured_pairs_from
 from service.events.rollup import metric_windows_from, roll_up_once, windows_from
 from service.events.segments import segment_specs_from
@@ -93,6 +94,9 @@ def analyze_now(key: str) -> AnalysisOutcome:
                     conn, windows_from(windows), grace,
                     metric_windows_from(windows), segment_specs_from(ctx.experiments),
                     configured_pairs_from(windows),
+                    configured_bandits_from(
+                        ctx.experiments, settle_guard(ctx.settings.state_poll_seconds)
+                    ),
                 )  # fmt: skip
                 if done is None or done == (0, 0) or done[1] < 50_000:
                     break

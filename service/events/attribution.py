@@ -16,12 +16,17 @@ new product minus old product, with the other metric's current total, to the var
 (and the unit's segments') ``ratio_deltas`` in the same event-day bucket. Squares and
 products are not additive over increments, but these differences telescope: summed over
 all changes they give the sum of the products of the units' final totals, exactly.
+
+A bandit's changes are also kept by allocation period (``period_deltas``; a ratio's Σxy in
+``period_ratio_deltas``): the period in force at the unit's first exposure, the number of
+the experiment's switch times at or before it (``period_bounds``), as ``events.periods``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -81,6 +86,12 @@ RatioKey = tuple[str, str, str, str, str, str, str, date]
 """experiment, seed, numerator, denominator, attribute, segment, variant, bucket; attribute
 and segment are '' for the whole experiment."""
 WHOLE = ("", "")
+PeriodKey = tuple[str, str, str, str, int]
+"""experiment, seed, variant, metric, allocation period (0: before the first switch)."""
+PeriodRatioKey = tuple[str, str, str, str, str, int]
+"""experiment, seed, numerator, denominator, variant, allocation period."""
+PeriodBounds = Mapping[tuple[str, str], Sequence[datetime]]
+"""(experiment, seed) -> a bandit's switch times after its first allocation, in order."""
 COHORT = ("abx.cohort", "")
 """The (attribute, segment) under which ``ratio_deltas`` holds a windowed ratio's changes by
 exposure cohort (the key's date is then the unit's first-exposure day; attributes starting
@@ -129,6 +140,19 @@ class Rollup:
         default_factory=lambda: defaultdict(CrossDelta)
     )
     """Changes of ratio cross products (by event day), whole experiment and per segment."""
+    period_deltas: dict[PeriodKey, StatsDelta] = field(
+        default_factory=lambda: defaultdict(StatsDelta)
+    )
+    """A bandit's changes by the allocation period of the unit's first exposure."""
+    period_ratio_deltas: dict[PeriodRatioKey, float] = field(
+        default_factory=lambda: defaultdict(float)
+    )
+    """A bandit's changes of a ratio's Σxy by allocation period."""
+
+
+def period_of(bounds: Sequence[datetime], first_exposed_at: datetime) -> int:
+    """The allocation period in force at a first exposure: switches at or before it."""
+    return bisect_right(bounds, first_exposed_at)
 
 
 def _cross_change(
@@ -155,13 +179,15 @@ def apply_events(
     cohort_metrics: Collection[tuple[str, str]] = (),
     unit_segments: UnitSegments | None = None,
     ratio_pairs: RatioPairs | None = None,
+    period_bounds: PeriodBounds | None = None,
 ) -> Rollup:
     """Fold attributed and pre-period events into unit totals and per-bucket deltas.
 
     ``cohort_metrics`` names the (experiment, metric) pairs whose changes are also kept by
     exposure cohort; ``unit_segments`` the segments whose sums a unit's changes also go to;
     ``ratio_pairs`` the ratios whose cross products they change (``current_totals`` must then
-    hold the unit's total of the other metric of each pair, where it has one).
+    hold the unit's total of the other metric of each pair, where it has one);
+    ``period_bounds`` the bandits whose changes are also kept by allocation period.
     """
     rollup = Rollup()
     ordered = sorted(
@@ -207,20 +233,29 @@ def apply_events(
             target.sum_x += totals.x_total - old_x
             target.sum_x2 += totals.x_total**2 - old_x**2
             target.sum_xy += totals.x_total * totals.y_total - old_x * old_y
+        bounds = (period_bounds or {}).get((event.experiment_key, event.seed))
+        period = None if bounds is None else period_of(bounds, exposure.first_exposed_at)
+        if period is not None:
+            target = rollup.period_deltas[
+                (event.experiment_key, event.seed, totals.variant_key, event.metric, period)
+            ]
+            target.sum_y += totals.y_total - old_y
+            target.sum_y2 += totals.y_total**2 - old_y**2
         windowed = (event.experiment_key, event.metric) in cohort_metrics
         _add_cross(rollup, event, before, totals, bucket,
                    exposure.first_exposed_at.date() if windowed else None, current_totals,
-                   unit_segments, ratio_pairs)  # fmt: skip
+                   unit_segments, ratio_pairs, period)  # fmt: skip
     return rollup
 
 
 def _add_cross(
     rollup: Rollup, event: Event, before: UnitTotals, after: UnitTotals, bucket: date,
     cohort: date | None, current_totals: Mapping[UnitKey, UnitTotals],
-    unit_segments: UnitSegments | None, ratio_pairs: RatioPairs | None,
+    unit_segments: UnitSegments | None, ratio_pairs: RatioPairs | None, period: int | None,
 ) -> None:  # fmt: skip
     """Add the change of every ratio cross product the event's metric is a part of; with a
-    ``cohort`` (a windowed metric), also under :data:`COHORT` on the unit's exposure day."""
+    ``cohort`` (a windowed metric), also under :data:`COHORT` on the unit's exposure day;
+    with a ``period`` (a bandit's), Σxy's change also under that allocation period."""
     pairs = (ratio_pairs or {}).get((event.experiment_key, event.seed), ())
     for numerator, denominator in pairs:
         if event.metric not in (numerator, denominator):
@@ -230,6 +265,17 @@ def _add_cross(
         other = rollup.totals.get(other_key) or current_totals.get(other_key)
         change = _cross_change(event.metric == numerator, before, after,
                                other or UnitTotals(after.variant_key))  # fmt: skip
+        if period is not None:
+            rollup.period_ratio_deltas[
+                (
+                    event.experiment_key,
+                    event.seed,
+                    numerator,
+                    denominator,
+                    after.variant_key,
+                    period,
+                )
+            ] += change.sum_xy
         places = [(*WHOLE, bucket), *((a, s, bucket) for a, s in (unit_segments or {}).get(
             (event.experiment_key, event.seed, event.unit_id), ()))]  # fmt: skip
         if cohort is not None:

@@ -111,12 +111,13 @@ def tracked_pairs(
     counted_through: int,
     specs: SegmentSpecs | None = None,
     windows: Windowed | None = None,
+    started: list[RatioPair] | None = None,
 ) -> RatioPairs:
     """The pairs the rollup keeps, after starting those the YAML names for the first time.
 
     Call within the rollup's transaction and lock: a first sum and the changes after it must
     see the same unit totals. A ratio of windowed parts (``windows``) also gets its first
-    sums by exposure cohort.
+    sums by exposure cohort. The pairs started this round are added to ``started``.
     """
     known = {
         tuple(row) for row in conn.execute(
@@ -140,6 +141,8 @@ def tracked_pairs(
             (*pair, today),
         )
         known.add(pair)
+        if started is not None:
+            started.append(pair)
     found: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for key, seed, numerator, denominator in sorted(known):
         found.setdefault((key, seed), []).append((numerator, denominator))

@@ -20,10 +20,11 @@ from datetime import timedelta
 from typing import Any
 
 from service.background import PeriodicThread
-from service.events import ratios, segments
+from service.events import periods, ratios, segments
 from service.events.attribution import (
     Event,
     Exposure,
+    PeriodBounds,
     RatioPairs,
     Status,
     UnitKey,
@@ -33,6 +34,7 @@ from service.events.attribution import (
     classify,
 )
 from service.events.latency import BIN_COUNT, bin_of
+from service.events.periods import BanditPeriods
 from service.events.ratios import ConfiguredPairs
 from service.events.segments import SegmentSpecs
 from service.experiments.schema import duration_hours
@@ -49,7 +51,11 @@ PARTITION_CHECK_SECONDS = 3600.0
 
 
 def _roll_exposures(
-    conn: Any, through: int, segment_specs: SegmentSpecs | None = None
+    conn: Any,
+    through: int,
+    segment_specs: SegmentSpecs | None = None,
+    bandits: BanditPeriods | None = None,
+    bounds: PeriodBounds | None = None,
 ) -> tuple[int, int]:
     """Count new exposures per variant and day; return how many, and the pk counted through.
 
@@ -60,8 +66,8 @@ def _roll_exposures(
         "SELECT value FROM rollup_state WHERE name = 'exposures'"
     ).fetchone()
     rows = conn.execute(
-        "SELECT exposure_pk, experiment_key, seed, variant_key, first_exposed_at::date"
-        " FROM exposures WHERE exposure_pk > %s AND exposure_pk <= %s"
+        "SELECT exposure_pk, experiment_key, seed, variant_key, first_exposed_at::date,"
+        " first_exposed_at FROM exposures WHERE exposure_pk > %s AND exposure_pk <= %s"
         " ORDER BY exposure_pk LIMIT %s",
         (watermark, through, EXPOSURE_CHUNK),
     ).fetchall()
@@ -74,7 +80,9 @@ def _roll_exposures(
         return 0, counted_through
     if segment_specs is not None:
         segments.count_exposures(conn, watermark, counted_through, segment_specs)
-    counts = Counter((key, seed, variant, day) for _, key, seed, variant, day in rows)
+    if bandits is not None and bounds:
+        periods.count_exposures(conn, rows, bounds, bandits.guard)
+    counts = Counter((key, seed, variant, day) for _, key, seed, variant, day, _ in rows)
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO exposure_counts (experiment_key, seed, variant_key, bucket, units)"
@@ -177,10 +185,13 @@ def _write(
     cohort_metrics: set[tuple[str, str]],
     unit_segments: UnitSegments | None = None,
     ratio_pairs: RatioPairs | None = None,
+    period_bounds: PeriodBounds | None = None,
 ) -> None:
-    rollup = apply_events(events, exposures, totals, cohort_metrics, unit_segments, ratio_pairs)
+    rollup = apply_events(events, exposures, totals, cohort_metrics, unit_segments, ratio_pairs,
+                          period_bounds)  # fmt: skip
     segments.write_stats(conn, rollup.segment_deltas)
     ratios.write_deltas(conn, rollup.ratio_deltas)
+    periods.write_deltas(conn, rollup.period_deltas, rollup.period_ratio_deltas)
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO unit_outcomes (experiment_key, seed, metric, unit_id, variant_key, y_total,"
@@ -258,6 +269,7 @@ def roll_up_once(
     metric_windows: MetricWindows | None = None,
     segment_specs: SegmentSpecs | None = None,
     ratio_pairs: ConfiguredPairs | None = None,
+    bandits: BanditPeriods | None = None,
 ) -> tuple[int, int] | None:
     """One chunk of work in one transaction; None when another process holds the lock.
 
@@ -265,7 +277,9 @@ def roll_up_once(
     its outcomes count only within it, and are also summed by exposure cohort.
     ``segment_specs(experiment)`` are the attributes it is analysed by (``segments.py``).
     ``ratio_pairs()`` are the YAML's ratio metrics; the pairs already kept (``ratio_pairs``
-    table) are kept whatever it says (``ratios.py``).
+    table) are kept whatever it says (``ratios.py``). ``bandits`` are the YAML's bandits, whose
+    sums are also kept by allocation period (``periods.py``; those kept are kept whatever it
+    says).
     """
     through = committed_through(conn)
     with conn.transaction():
@@ -274,11 +288,16 @@ def roll_up_once(
         ).fetchone()
         if not locked:
             return None
-        exposures_counted, counted_through = _roll_exposures(conn, through.exposures, segment_specs)
-        exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
-        pairs = ratios.tracked_pairs(
-            conn, ratio_pairs, counted_through, segment_specs, metric_windows
+        bounds = periods.track(conn, bandits)
+        exposures_counted, counted_through = _roll_exposures(
+            conn, through.exposures, segment_specs, bandits, bounds
         )
+        exposures_done = exposures_counted + _roll_predictions(conn, through.predictions)
+        started: list[ratios.RatioPair] = []
+        pairs = ratios.tracked_pairs(
+            conn, ratio_pairs, counted_through, segment_specs, metric_windows, started
+        )
+        periods.track_ratios(conn, bounds, started)
         if counted_through < through.exposures:
             # A backlog of exposures: outcomes wait until the exposures before them are
             # counted, so none is judged unexposed while its exposure is still unread.
@@ -318,7 +337,7 @@ def roll_up_once(
             if segment_specs is not None else None
         )  # fmt: skip
         _write(conn, classified, exposures, _load_totals(conn, keys), cohort_metrics, by_unit,
-               pairs)  # fmt: skip
+               pairs, bounds)  # fmt: skip
         return exposures_done, len(events)
 
 
@@ -352,9 +371,11 @@ class RollupScheduler(PeriodicThread):
         metric_windows: MetricWindows | None = None,
         segment_specs: SegmentSpecs | None = None,
         ratio_pairs: ConfiguredPairs | None = None,
+        bandits: BanditPeriods | None = None,
     ) -> None:
         super().__init__("abx-rollup", interval, join_timeout=3.0)
         self._ratio_pairs = ratio_pairs
+        self._bandits = bandits
         self._database = database
         self._windows = windows
         self._metric_windows = metric_windows
@@ -373,6 +394,7 @@ class RollupScheduler(PeriodicThread):
                     self._metric_windows,
                     self._segment_specs,
                     self._ratio_pairs,
+                    self._bandits,
                 )
             if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 return
@@ -392,6 +414,7 @@ class RollupScheduler(PeriodicThread):
                         self._metric_windows,
                         self._segment_specs,
                         self._ratio_pairs,
+                        self._bandits,
                     )
                     is None
                 ):

@@ -85,17 +85,6 @@ def _bandit_problems(experiment: Experiment) -> Iterator[RuleProblem]:
                 ("policy", "bandit"), f"a bandit block needs method: bandit (it is {policy.method})"
             )
         return
-    metrics = experiment.metrics
-    placed: list[tuple[DataPath, str]] = [(("metrics", "primary", "type"), metrics.primary.type)]
-    placed += [
-        (("metrics", "secondary", i, "type"), m.type) for i, m in enumerate(metrics.secondary)
-    ]
-    placed += [
-        (("metrics", "guardrails", i, "type"), m.type) for i, m in enumerate(metrics.guardrails)
-    ]
-    for path, kind in placed:
-        if kind == "ratio":  # its per-period sums are not read yet
-            yield RuleProblem(path, "a bandit cannot analyse ratio metrics yet")
     bandit = policy.bandit_settings
     arms = len(experiment.variants)
     control_floor = max(bandit.control_floor, bandit.arm_floor)
