@@ -15,7 +15,14 @@ the confidence sequence). Reported with 95 % Wilson intervals:
   traffic, and the share of runs where the bandit's final comparison found the better arm.
 
     python benchmarks/bandit.py [--replays 1000] [--periods 30] [--units 1000]
+    python benchmarks/bandit.py --part ratio [--replays 500]           # a ratio primary
     python benchmarks/bandit.py --part periods [--exposures 1000000]   # PostgreSQL
+
+``--part ratio`` replays a bandit on revenue per session (``replay_ratio_bandit``: the delta
+method per period, combined by the stratified estimator; Thompson sampling on the ratio's
+normal approximation): the A/A false-positive rate of the final comparison under adaptive
+weights with and without a common trend, and with a true best arm the regret (expected
+revenue lost) against a fixed 50/50 design on the same traffic.
 
 ``--part periods`` times what a bandit's analysis reads on top of a test's: its sums split
 by allocation period, read from the rollup's per-period tables (``events/periods.py``,
@@ -36,7 +43,12 @@ import time
 import common
 import numpy as np
 
-from service.decisions.bandit_simulation import BanditReplay, BanditScenario, replay_bandit
+from service.decisions.bandit_simulation import (
+    BanditReplay,
+    BanditScenario,
+    replay_bandit,
+    replay_ratio_bandit,
+)
 from service.decisions.simulation import experiment_for
 from service.experiments.schema import Experiment
 
@@ -64,6 +76,44 @@ def runs(arms: int, scenario: BanditScenario, replays: int, seed: int) -> list[B
     experiment = Experiment.model_validate(definition)
     rng = np.random.default_rng(seed)
     return [replay_bandit(experiment, scenario, rng) for _ in range(replays)]
+
+
+def ratio_part(replays: int, periods: int, units: int) -> None:
+    """A ratio primary (revenue per session): A/A false positives, then regret vs 50/50."""
+    experiment = experiment_for(
+        2, "bandit", metric="ratio", alpha=0.05, planned_units=units * periods,
+        bandit={"control_floor": 0.2, "arm_floor": 0.1, "draws": 2000, "min_units": 100},
+    )  # fmt: skip
+    print(f"abx {common.code_version()}: ratio primary, {replays} replays, {periods} periods of "
+          f"{units} units, alpha 0.05, load average {common.load_average()}")  # fmt: skip
+    started = time.perf_counter()
+    for trend in (0.0, 0.01):
+        rng = np.random.default_rng(201 + int(trend * 1000))
+        scenario = BanditScenario((0.05, 0.05), units, periods, trend, metric="ratio")
+        found = [replay_ratio_bandit(experiment, scenario, rng) for _ in range(replays)]
+        moved = statistics.fmean(max(abs(w["t1"] - 0.5) for w in r.weights) for r in found)
+        print(f"  A/A, trend {trend:+.2f}/period: false positives "
+              f"{wilson(sum(r.significant for r in found), len(found))}, SRM alarms "
+              f"{wilson(sum(r.srm_flagged for r in found), len(found))}, mean largest move of "
+              f"t1's weight from 0.5: {moved:.2f}")  # fmt: skip
+    rates = (0.10, 0.12)
+    rng = np.random.default_rng(301)
+    adaptive = [replay_ratio_bandit(experiment, BanditScenario(rates, units, periods,
+                metric="ratio"), rng) for _ in range(replays)]  # fmt: skip
+    fixed = [replay_ratio_bandit(experiment, BanditScenario(rates, units, periods,
+             adaptive=False, metric="ratio"), rng) for _ in range(replays)]  # fmt: skip
+    saved = 1 - statistics.fmean(r.regret for r in adaptive) / statistics.fmean(
+        r.regret for r in fixed
+    )
+    share = statistics.fmean(r.units["t1"] / sum(r.units.values()) for r in adaptive)
+    found_best = sum(bool(r.better) and r.variant == "t1" for r in adaptive)
+    print(f"  conversion per session {rates} (revenue per session {rates[0] * 10:.1f} vs "
+          f"{rates[1] * 10:.1f}), {units * periods} units: regret (revenue) bandit "
+          f"{mean_with_ci([r.regret for r in adaptive])}, fixed 50/50 "
+          f"{mean_with_ci([r.regret for r in fixed])} ({saved:.0%} saved); best arm got "
+          f"{share:.0%} of units; final comparison found it better in "
+          f"{wilson(found_best, len(adaptive))}")  # fmt: skip
+    print(f"\n{time.perf_counter() - started:.0f} s")
 
 
 def mean_with_ci(values: list[float]) -> str:
@@ -176,11 +226,14 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=1000)
     parser.add_argument("--periods", type=int, default=30)
     parser.add_argument("--units", type=int, default=1000, help="units per period")
-    parser.add_argument("--part", choices=["simulation", "periods"], default="simulation")
+    parser.add_argument("--part", choices=["simulation", "ratio", "periods"], default="simulation")
     parser.add_argument("--exposures", type=int, default=1_000_000)
     args = parser.parse_args()
     if args.part == "periods":
         periods_part(args.exposures)
+        return
+    if args.part == "ratio":
+        ratio_part(args.replays, args.periods, args.units)
         return
     print(f"abx {common.code_version()}: {args.replays} replays, {args.periods} periods of "
           f"{args.units} units, alpha 0.05, one look and one re-weighting per period")  # fmt: skip

@@ -23,9 +23,9 @@ from service.assignment.sync import (
 )
 from service.decisions import bandit
 from service.decisions.evaluation import ExperimentAnalysis
+from service.decisions.ratios import ratio_stats
 from service.decisions.rules import Decision, active_treatments
 from service.decisions.store import record_decision
-from service.decisions.ratios import ratio_stats
 from service.events.sums import exposed_units, metric_stats, ratio_since, ratio_sums
 from service.experiments.schema import Experiment
 from service.settings import Settings

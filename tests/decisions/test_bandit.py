@@ -12,7 +12,12 @@ from scipy import stats
 from analysis import guardrails
 from analysis.sufficient_stats import SufficientStats
 from service.decisions import bandit
-from service.decisions.bandit_simulation import BanditScenario, replay_bandit
+from service.decisions.bandit_simulation import (
+    BanditScenario,
+    replay_bandit,
+    replay_ratio_bandit,
+)
+from service.decisions.ratios import period_ratio
 from service.decisions.sequential import design_for
 from service.decisions.simulation import experiment_for
 from service.experiments.schema import Experiment
@@ -61,6 +66,51 @@ def test_a_bandit_with_a_true_best_arm_loses_less_than_a_fixed_50_50_design() ->
         for weights in replay.weights:
             assert weights["control"] >= 0.2 - 1e-12 and weights["t1"] >= 0.1 - 1e-12
     assert sum(r.significant and r.better for r in adaptive) >= 10  # it still finds the winner
+
+
+RATIO = experiment_for(2, "bandit", metric="ratio", alpha=0.05, planned_units=6000,
+                       bandit=FLOORS)  # fmt: skip
+
+
+def test_an_aa_ratio_bandit_with_a_trend_keeps_the_false_positive_rate_at_alpha() -> None:
+    """Revenue per session by period (delta method per period, stratified), weights adaptive."""
+    rng = np.random.default_rng(21)
+    scenario = BanditScenario((0.05, 0.05), 500, 12, trend=0.02)
+    found = [replay_ratio_bandit(RATIO, scenario, rng) for _ in range(100)]
+    rejections = sum(r.significant for r in found)
+    assert stats.binomtest(rejections, 100, 0.05, alternative="greater").pvalue > 0.001
+    assert not any(r.srm_flagged for r in found)
+    # The weights did move (Thompson sampling on the ratio's normal approximation).
+    assert sum(any(abs(w["t1"] - 0.5) > 0.1 for w in r.weights) for r in found) >= 50
+
+
+def test_a_ratio_bandit_with_a_true_best_arm_loses_less_than_a_fixed_50_50_design() -> None:
+    rng = np.random.default_rng(22)
+    best = BanditScenario((0.10, 0.14), 500, 12, metric="ratio")
+    adaptive = [replay_ratio_bandit(RATIO, best, rng) for _ in range(15)]
+    fixed_design = BanditScenario((0.10, 0.14), 500, 12, adaptive=False, metric="ratio")
+    fixed = [replay_ratio_bandit(RATIO, fixed_design, rng) for _ in range(15)]
+    assert np.mean([r.regret for r in adaptive]) < 0.75 * np.mean([r.regret for r in fixed])
+    for replay in adaptive:
+        for weights in replay.weights:
+            assert weights["control"] >= 0.2 - 1e-12 and weights["t1"] >= 0.1 - 1e-12
+    assert sum(r.significant and r.better for r in adaptive) >= 8  # it still finds the winner
+
+
+def test_a_period_ratio_is_the_delta_method_within_the_period() -> None:
+    rng = np.random.default_rng(23)
+    y = 1.0 + rng.poisson(1.0, 400)
+    x = rng.gamma(2.0, 5.0, 400) * y
+    found = period_ratio(SufficientStats(400, x.sum(), x @ x), SufficientStats(400, y.sum(), y @ y),
+                         float(x @ y))  # fmt: skip
+    ratio = x.sum() / y.sum()
+    # Deng, Knoblich & Lu (2018): Var(R) ~ sum (x - R y)^2 / (sum y)^2, plug-in moments.
+    assert found.mean == pytest.approx(ratio, rel=1e-12)
+    assert found.variance_of_mean == pytest.approx(((x - ratio * y) ** 2).sum() / y.sum() ** 2,
+                                                   rel=1e-9)  # fmt: skip
+    # No denominator yet, or under two units: no ratio, zero units (the stratum is left out).
+    assert period_ratio(SufficientStats(5, 1.0, 1.0), SufficientStats(5, 0.0, 0.0), 0.0).n == 0
+    assert period_ratio(SufficientStats(1, 1.0, 1.0), SufficientStats(1, 2.0, 4.0), 2.0).n == 0
 
 
 def test_reweigh_waits_for_units_is_reproducible_and_leaves_rolled_back_arms_out() -> None:

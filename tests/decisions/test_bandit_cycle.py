@@ -6,12 +6,15 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
 from service.assignment.sync import allocation_history, sync_experiments
 from service.decisions.cycle import analyze_and_decide
 from service.decisions.store import decision_log
+from service.events.periods import BanditPeriods
+from service.events.ratios import configured_pairs_from
 from service.events.rollup import roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from service.experiments.validation import load_experiments
@@ -199,3 +202,77 @@ def test_a_bandit_end_to_end_keeps_units_sticky_and_shows_on_every_page(
     assert analysis.json()["weights"] == weights
     page = api.get("/dashboards/offer_banner")
     assert page.status_code == 200 and "reweight" in page.text, server.log()[-3000:]
+
+
+RATIO_BANDIT = Experiment.model_validate(
+    minimal_experiment(
+        "ratio_bandit",
+        metrics={
+            "primary": {
+                "name": "revenue_per_session",
+                "type": "ratio",
+                "numerator": "revenue",
+                "denominator": "sessions",
+            },
+            "secondary": [
+                {"name": "revenue", "type": "continuous"},
+                {"name": "sessions", "type": "count"},
+            ],
+        },
+        policy=BANDIT.policy.model_dump(by_alias=True, exclude_none=True),
+    )
+)
+
+
+def test_a_ratio_bandit_reweights_on_its_ratio_and_compares_it_by_period(
+    conn: psycopg.Connection,
+) -> None:
+    """Through the rollup's per-period tables (kept bandit, kept ratio) and the real cycle."""
+    experiment = RATIO_BANDIT
+    kept = BanditPeriods(lambda: [(experiment.key, experiment.seed)], timedelta(seconds=20))
+    pairs = configured_pairs_from({experiment.key: experiment})
+    sync_experiments(conn, [(experiment, "ratio_bandit.yaml")], settle_seconds=0.0)
+    (now,) = conn.execute("SELECT now()").fetchone()
+    at = now - timedelta(hours=1)
+    rng = np.random.default_rng(5)
+    exposures, outcomes = [], []
+    for variant, per_session in (("a", 2.0), ("b", 4.0)):
+        for i in range(300):
+            unit = f"{variant}-{i}"
+            exposures.append((experiment.key, experiment.seed, unit, variant, at))
+            for s in range(1 + int(rng.poisson(1.0))):
+                when = at + timedelta(minutes=1 + s)
+                outcomes += [
+                    (experiment.key, experiment.seed, f"s-{unit}-{s}", unit, "sessions", "sum",
+                     1.0, when, when),
+                    (experiment.key, experiment.seed, f"r-{unit}-{s}", unit, "revenue", "sum",
+                     float(rng.gamma(2.0, per_session / 2.0)), when, when),
+                ]  # fmt: skip
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            exposures,
+        )
+        cursor.executemany(
+            "INSERT INTO outcomes (experiment_key, seed, event_id, unit_id, metric, aggregation,"
+            " value, occurred_at, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            outcomes,
+        )
+    windows = windows_from({experiment.key: experiment})
+    while roll_up_once(conn, windows, timedelta(0), ratio_pairs=pairs, bandits=kept) != (0, 0):
+        pass
+
+    outcome = analyze_and_decide(conn, experiment)
+
+    assert outcome.decision.kind == "reweight", outcome.decision
+    weights = allocation_history(conn, experiment)[-1][0]
+    assert weights["b"] > 0.5 and weights["a"] >= 0.2
+    assert outcome.numbers["bandit"]["posterior"] == "normal, flat prior, plug-in variance"
+    [primary] = outcome.numbers["primary"]
+    assert primary["method"] == "bandit" and primary["metric"] == "revenue_per_session"
+    assert primary["control_units"] == 300 and primary["treatment_units"] == 300
+    # One period so far: the stratified ratio is the pooled one, 2 vs 4 per session.
+    assert primary["control_mean"] == pytest.approx(2.0, rel=0.2)
+    assert primary["treatment_mean"] == pytest.approx(4.0, rel=0.2)
+    assert primary["ci_low"] > 0

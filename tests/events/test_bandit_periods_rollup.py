@@ -25,7 +25,7 @@ from service.assignment.sync import allocation_history, append_allocation, sync_
 from service.events.ingest import ingest_rows
 from service.events.periods import BanditPeriods, period_sums, scan_period_sums
 from service.events.ratios import configured_pairs_from
-from service.events.rollup import roll_up_once, windows_from
+from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once, windows_from
 from service.experiments.schema import Experiment
 from tests.experiment_files import minimal_experiment
 
@@ -57,8 +57,9 @@ def roll(conn: Any, experiment: Experiment) -> None:
     kept = BanditPeriods(lambda: [(experiment.key, experiment.seed)], GUARD)
     pairs = configured_pairs_from({experiment.key: experiment})
     windows = windows_from({experiment.key: experiment})
-    for _ in range(50):
-        if roll_up_once(conn, windows, GRACE, ratio_pairs=pairs, bandits=kept) in (None, (0, 0)):
+    for _ in range(50):  # until a round is short of a full chunk (as ``run_until_idle``)
+        done = roll_up_once(conn, windows, GRACE, ratio_pairs=pairs, bandits=kept)
+        if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
             return
 
 
