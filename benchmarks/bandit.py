@@ -17,6 +17,11 @@ the confidence sequence). Reported with 95 % Wilson intervals:
     python benchmarks/bandit.py [--replays 1000] [--periods 30] [--units 1000]
     python benchmarks/bandit.py --part ratio [--replays 500]           # a ratio primary
     python benchmarks/bandit.py --part periods [--exposures 1000000]   # PostgreSQL
+    python benchmarks/bandit.py --part rollup [--exposures 200000]     # PostgreSQL
+
+``--part rollup`` rolls the same exposures and events (a session per unit, an order for 10 %)
+up twice on scratch databases, without and with the bandit's periods kept: the write side's
+added cost.
 
 ``--part ratio`` replays a bandit on revenue per session (``replay_ratio_bandit``: the delta
 method per period, combined by the stratified estimator; Thompson sampling on the ratio's
@@ -39,6 +44,7 @@ import argparse
 import math
 import statistics
 import time
+from datetime import timedelta
 
 import common
 import numpy as np
@@ -221,16 +227,84 @@ def periods_part(exposures: int) -> None:
         print(f"filing the periods once (rollup's first round for a bandit): {filed:.1f} s")  # fmt: skip
 
 
+def rollup_part(units: int) -> None:
+    """The rollup's added cost of keeping a bandit's periods: the same events rolled up twice."""
+    import psycopg
+
+    from service.assignment.sync import allocation_history, append_allocation, sync_experiments
+    from service.events.periods import BanditPeriods, period_sums, scan_period_sums, settle_guard
+    from service.events.ratios import configured_pairs_from
+    from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once, windows_from
+    from service.settings import Settings
+
+    experiment = experiment_for(3, "bandit", metric="ratio")
+    key, seed = experiment.key, experiment.seed
+    kept = BanditPeriods(lambda: [(key, seed)], settle_guard(Settings().state_poll_seconds))
+    print(f"abx {common.code_version()}: {units} units in 3 arms over 30 periods, each with a"
+          f" session and a 10 % chance of an order (ratio primary), load average "
+          f"{common.load_average()}")  # fmt: skip
+    for label, bandits in (("without periods (before)", None), ("with periods (now)", kept)):
+        with common.bench_database(None) as url, psycopg.connect(url, autocommit=True) as conn:
+            sync_experiments(conn, [(experiment, "bench.yaml")], 0.0)
+            for _ in range(29):
+                append_allocation(conn, experiment, {"control": 0.4, "t1": 0.3, "t2": 0.3}, 0.0)
+            conn.execute(
+                "UPDATE allocations SET effective_at = now() - interval '30 hours' + (allocation_id"
+                " - (SELECT min(allocation_id) FROM allocations)) * interval '1 hour'"
+            )
+            conn.execute(
+                "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key,"
+                " first_exposed_at) SELECT %s, %s, 'u' || i, (ARRAY['control', 't1', 't2'])"
+                "[1 + i %% 3], now() - interval '30 hours' + (i::float / %s) * interval '30 hours'"
+                " FROM generate_series(1, %s) AS i",
+                (key, seed, units, units),
+            )
+            conn.execute(
+                "INSERT INTO outcomes (experiment_key, seed, event_id, unit_id, metric,"
+                " aggregation, value, occurred_at, received_at) SELECT experiment_key, seed,"
+                " m || unit_id, unit_id, m, 'sum', CASE WHEN m = 'sessions' THEN 1 ELSE 20 END,"
+                " first_exposed_at + interval '1 minute', now() FROM exposures,"
+                " unnest(ARRAY[%s, %s]) AS m WHERE m = %s OR hashtext(unit_id) %% 10 = 0",
+                ("sessions", "order_value", "sessions"),
+            )
+            conn.execute("ANALYZE")
+            windows = windows_from({key: experiment})
+            pairs = configured_pairs_from({key: experiment})
+            events, started = 0, time.perf_counter()
+            for _ in range(10_000):
+                done = roll_up_once(conn, windows, timedelta(hours=1), ratio_pairs=pairs,
+                                    bandits=bandits)  # fmt: skip
+                assert done is not None
+                events += done[1]
+                if done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
+                    break
+            seconds = time.perf_counter() - started
+            if bandits is not None:
+                history = allocation_history(conn, experiment)
+                rolled = period_sums(conn, key, seed, history, bandits.guard)
+                scanned = scan_period_sums(conn, key, seed, history, bandits.guard)
+                assert [(p.units, p.settled_units) for p in rolled] == [
+                    (p.units, p.settled_units) for p in scanned
+                ], "the kept periods differ from the scan"
+            print(f"  {label:26}: {events} events rolled up in {seconds:.1f} s "
+                  f"({events / seconds:,.0f} events/s), load average {common.load_average()}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replays", type=int, default=1000)
     parser.add_argument("--periods", type=int, default=30)
     parser.add_argument("--units", type=int, default=1000, help="units per period")
-    parser.add_argument("--part", choices=["simulation", "ratio", "periods"], default="simulation")
+    parser.add_argument(
+        "--part", choices=["simulation", "ratio", "periods", "rollup"], default="simulation"
+    )
     parser.add_argument("--exposures", type=int, default=1_000_000)
     args = parser.parse_args()
     if args.part == "periods":
         periods_part(args.exposures)
+        return
+    if args.part == "rollup":
+        rollup_part(args.exposures)
         return
     if args.part == "ratio":
         ratio_part(args.replays, args.periods, args.units)
