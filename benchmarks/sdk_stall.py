@@ -9,7 +9,9 @@ Then, for each SDK in turn, ``--units`` new units are timed one by one, with the
 collector on and off, first with the followers alive and then closed. For each pass it prints
 the calls over 1 ms, what took most of each (``sdk.py`` says how: own CPU, run queue,
 blocked), how many overlapped a collection, and the CPU seconds the SDK's background threads
-used meanwhile (``/proc/self/task/*/stat``).
+used meanwhile (``/proc/self/task/*/stat``); then the collections that ran in the pass by
+generation (how many, the longest) and the objects in the young generation before and after
+(what a young collection must walk).
 
 Run: ``python benchmarks/sdk_stall.py [--baseline REV] [--units N]``.
 """
@@ -87,19 +89,23 @@ def background_cpu() -> dict[str, float]:
 def timed_pass(client: Any, tag: str, count: int, collect: bool) -> None:
     units, attributes = make_units(count, seed=sum(tag.encode()))
     units = [f"{tag}-{unit}" for unit in units]
-    spans: list[tuple[float, float]] = []
+    spans: list[tuple[float, float, int]] = []
     started_at = [0.0]
 
     def on_collection(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             started_at[0] = time.perf_counter()
         else:
-            spans.append((started_at[0], time.perf_counter()))
+            spans.append((started_at[0], time.perf_counter(), info["generation"]))
 
+    # Both SDKs share this process's collector: start each pass from an empty young
+    # generation, or one SDK's pass would walk what the other's left there.
+    gc.collect()
     gc.callbacks.append(on_collection)
     if not collect:
         gc.disable()
     cpu_before, load = background_cpu(), load_average()
+    young_before = len(gc.get_objects(0))
     times: list[float] = []
     starts: list[float] = []
     causes = {"own CPU": 0, "run queue": 0, "blocked": 0}
@@ -125,11 +131,19 @@ def timed_pass(client: Any, tag: str, count: int, collect: bool) -> None:
         gc.callbacks.remove(on_collection)
     cpu_after = background_cpu()
     slow = [(s, t) for s, t in zip(starts, times, strict=True) if t > 0.001]
-    in_collection = sum(1 for s, t in slow if any(a < s + t and b > s for a, b in spans))
+    in_collection = sum(1 for s, t in slow if any(a < s + t and b > s for a, b, _ in spans))
+    collections = []
+    for generation in range(3):
+        seconds = [b - a for a, b, g in spans if g == generation]
+        collections.append(
+            f"gen {generation}: {len(seconds)}, max {max(seconds, default=0) * 1e3:.2f} ms"
+        )
     background = sum(cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after)
     print(f"  {tag:<34} over 1 ms: {len(slow):>5} ({causes}; {in_collection} during a"
           f" collection); p99 {percentile(times, 0.99) * 1e6:.1f} µs, max {max(times) * 1e3:.1f}"
           f" ms; background threads {background:.2f} CPU s; load {load}", flush=True)  # fmt: skip
+    print(f"  {'':<34} collections {'; '.join(collections)}; young generation {young_before:,}"
+          f" objects before, {len(gc.get_objects(0)):,} after", flush=True)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

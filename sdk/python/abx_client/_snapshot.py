@@ -19,6 +19,7 @@ from abx_client._hashing import (
     pick_index,
     unit_fraction,
 )
+from abx_client._memory import memory_key
 from abx_client._targeting import Predicate, compile_targeting
 
 EXPOSED_REASONS = frozenset({"sticky", "hashed"})
@@ -68,6 +69,8 @@ class CompiledExperiment:
     segments: tuple[str, ...] = ()
     """The attributes the experiment is analysed by: sent with the unit's exposure."""
     holdout: CompiledHoldout | None = None
+    memory_prefix: str = ""
+    """``memory_key(key, seed)``: the client's memories key a unit by this plus its id."""
     answers: _Answers | None = field(default=None, compare=False, repr=False)
     """Every local answer this experiment can give, made once (``evaluate`` allocates none)."""
 
@@ -124,6 +127,7 @@ class CompiledHoldout:
     seed: str
     share: float
     prefix: bytes
+    memory_prefix: str = ""
 
 
 def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
@@ -161,9 +165,11 @@ def compile_experiment(data: Mapping[str, Any]) -> CompiledExperiment:
             holdout["seed"],
             float(holdout["share"]),
             hash_prefix("holdout", holdout["key"], holdout["seed"]),
+            memory_key(holdout["key"], holdout["seed"]),
         )
         if holdout
         else None,
+        memory_prefix=memory_key(key, seed),
     )
     return replace(compiled, answers=_answers(compiled))
 

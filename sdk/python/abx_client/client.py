@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from abx_client._breaker import CircuitBreaker
+from abx_client._memory import UnitMemory
 from abx_client._queue import BatchQueue, QueueFull
 from abx_client._snapshot import (
     Assignment,
@@ -97,7 +98,6 @@ class _Batch:
     """The request body, encoded once: a retry sends the same bytes without encoding again."""
 
 
-_Memory = OrderedDict[tuple[str, str, str], str]
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
@@ -179,8 +179,8 @@ class Client:
         self._events = BatchQueue(self._max_queue, self._queue_full)
         self._pending: dict[str, _Batch | None] = {"exposures": None, "events": None}
         self._backoff: dict[str, float] = {"exposures": 0.0, "events": 0.0}
-        self._exposed: _Memory = OrderedDict()
-        self._stored: _Memory = OrderedDict()
+        self._exposed = UnitMemory(self._memory_size, self._calls_lock)
+        self._stored = UnitMemory(self._memory_size, self._calls_lock)
         self._waiting: list[_Waiting] = []
         self._waiting_ready = threading.Condition(threading.Lock())
         self._wake_flusher = threading.Event()
@@ -291,8 +291,9 @@ class Client:
             self._expose(compiled, unit_id, answer.variant, attributes)
         if compiled.holdout is not None and answer.holdout_group is not None:
             # The unit reached the holdout's check: an exposure of the holdout, in its group.
+            holdout = compiled.holdout
             self._expose_holdout(
-                compiled.holdout.key, compiled.holdout.seed, unit_id, answer.holdout_group
+                holdout.key, holdout.seed, holdout.memory_prefix, unit_id, answer.holdout_group
             )
         return answer
 
@@ -433,19 +434,25 @@ class Client:
     ) -> None:  # fmt: skip
         """Queue the first assignment and exposure once per unit and process (as the server's
         sticky store does); a full queue drops per ``queue_full``, counted. The experiment's
-        segment attributes (only those, only plain values) go with it."""
-        key = (compiled.key, compiled.seed, unit)
+        segment attributes (only those, only plain values) go with it.
+
+        The queued item holds only strings and numbers, segment attributes flattened into it
+        (``_ATTRIBUTE`` + name; ``_exposure_body`` nests them again when the batch is sent): a
+        dict of such values is one the garbage collector does not track, so a full queue of
+        them adds nothing to its collections (see ``_memory.py``)."""
+        key = compiled.memory_prefix + unit
         if variant is None or self._exposed.get(key) == variant:
             return
         item: dict[str, Any] = {"experiment": compiled.key, "unit": unit, "seed": compiled.seed,
                                 "variant": variant, "exposed_at": time.time()}  # fmt: skip
         if compiled.segments:
             given = attributes or {}
-            item["attributes"] = {
-                name: given[name] for name in compiled.segments if _plain(given.get(name))
-            }
+            for name in compiled.segments:
+                value = given.get(name)
+                if _plain(value):
+                    item[_ATTRIBUTE + name] = value
         self._exposures.put(item)
-        _remember(self._exposed, key, variant, self._memory_size, self._calls_lock)
+        self._exposed.put(key, variant)
         self._wake_if_due("exposures", self._exposures)
 
     def _wake_if_due(self, kind: str, queue: BatchQueue) -> None:
@@ -463,20 +470,22 @@ class Client:
         ):
             self._wake_flusher.set()
 
-    def _expose_holdout(self, holdout: str, seed: str, unit: str, group: str) -> None:
+    def _expose_holdout(
+        self, holdout: str, seed: str, memory_prefix: str, unit: str, group: str
+    ) -> None:
         """Queue the unit's exposure of a holdout (its group as the variant), once per process."""
-        key = (holdout, seed, unit)
+        key = memory_prefix + unit
         if self._exposed.get(key) == group:
             return
         self._exposures.put({"experiment": holdout, "unit": unit, "seed": seed,
                              "variant": group, "exposed_at": time.time()})  # fmt: skip
-        _remember(self._exposed, key, group, self._memory_size, self._calls_lock)
+        self._exposed.put(key, group)
         self._wake_if_due("exposures", self._exposures)
 
     def _ask_server(
         self, compiled: CompiledExperiment, unit: str, attributes: Mapping[str, Any]
     ) -> Assignment:
-        key = (compiled.key, compiled.seed, unit)
+        key = compiled.memory_prefix + unit
         stored = self._stored.get(key)
         if stored is not None:
             return from_stored(compiled, stored)
@@ -496,7 +505,7 @@ class Client:
         answer = waiting.answer
         self._count_call("server")
         if answer["reason"] in ("sticky", "hashed"):
-            _remember(self._stored, key, answer["variant"], self._memory_size, self._calls_lock)
+            self._stored.put(key, answer["variant"])
         holdout = answer.get("holdout")
         group = (
             None if holdout is None else ("holdout" if answer["reason"] == "holdout" else "rest")
@@ -709,7 +718,8 @@ class Client:
         path = "/v1/sdk/exposures" if kind == "exposures" else "/v1/events"
         if batch.body is None:
             if kind == "exposures":
-                body = {"batch_id": batch.batch_id, "exposures": batch.items, "client": CLIENT_NAME}
+                body = {"batch_id": batch.batch_id, "client": CLIENT_NAME,
+                        "exposures": [_exposure_body(item) for item in batch.items]}  # fmt: skip
             else:
                 body = {"events": [{**e, "timestamp": _iso(e["timestamp"])} for e in batch.items]}
             batch.body = json.dumps(body, separators=(",", ":")).encode()
@@ -769,16 +779,22 @@ def _unit_text(unit: Any) -> str:
     return str(unit)
 
 
-def _remember(
-    memory: _Memory, key: tuple[str, str, str], value: str, size: int, lock: threading.Lock
-) -> None:
-    """Keep the newest ``size`` entries. An OrderedDict drops its oldest in constant time; a
-    dict's ``next(iter(d))`` walks every slot its earlier deletions left empty, up to tens of
-    microseconds per call once full."""
-    with lock:
-        memory[key] = value
-        if len(memory) > size:
-            memory.popitem(last=False)
+_ATTRIBUTE = "attributes."
+"""A queued exposure's segment attribute ``name`` is its key ``_ATTRIBUTE + name``."""
+
+
+def _exposure_body(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A queued exposure as the server reads it: segment attributes nested again."""
+    body: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    for name, value in item.items():
+        if name.startswith(_ATTRIBUTE):
+            attributes[name[len(_ATTRIBUTE) :]] = value
+        else:
+            body[name] = value
+    if attributes:
+        body["attributes"] = attributes
+    return body
 
 
 def _backoff(attempt: int, ceiling: float) -> float:

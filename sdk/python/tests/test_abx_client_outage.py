@@ -6,6 +6,7 @@ every request of the SDK's threads is refused, as with a stopped ``abx serve``.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from abx_client import Client
+from abx_client._memory import UnitMemory, memory_key
+from abx_client.client import _exposure_body
 
 SNAPSHOT = {
     "version": "v1",
@@ -24,6 +27,7 @@ SNAPSHOT = {
             "key": "e", "status": "running", "seed": "e.v1", "hashing_version": 1,
             "control": "a", "variants": [{"key": "a", "weight": 0.5}, {"key": "b", "weight": 0.5}],
             "coverage": 1.0, "layer": None, "targeting": None, "forced": {}, "metrics": ["m"],
+            "segments": ["country", "platform"],
             "allocation": {"earlier_weights": [], "pending_weights": None, "moved_ranges": []},
             "decision": {"state": "running", "winner": None, "rolled_back": [], "stopped": None,
                          "coverage_cap": None},
@@ -147,3 +151,59 @@ def test_events_tracked_before_any_snapshot_do_not_spin_the_flusher() -> None:
         assert switches_after - switches <= 2 * (elapsed / 0.5) + 10
         assert client.stats()["events_queued"] == 10_000  # max_queue; the rest dropped, counted
         assert client.stats()["events_dropped"] == 10_001
+
+
+def test_assigning_leaves_the_garbage_collector_nothing_to_walk(server: _Server) -> None:
+    # With the memory and the queue full, each call adds an entry and drops one. Tracked
+    # entries (tuple keys, nested attribute dicts) then pile up in the young generation, whose
+    # count hardly moves, until one collection walks them all: milliseconds in one call
+    # (abx_client/_memory.py). Counted, not timed: objects the collector tracks.
+    with Client(
+        server.url, None, close_timeout=0.5, memory_size=10_000, max_queue=500, timeout=0.5
+    ) as client:
+        assert client.wait_ready(5)
+        server.stop()
+        for index in range(12_000):
+            client.assign("e", f"warm-{index}", {"country": "US", "platform": "ios"})
+        deadline = time.monotonic() + 10  # the flusher holds its failed batch, takes no more
+        while "batch_failures" not in client.stats() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gc.collect()
+        gc.disable()
+        try:
+            before = len(gc.get_objects())
+            for index in range(20_000):
+                client.assign("e", f"u{index}", {"country": "US", "platform": "ios", "x": [1]})
+            grown = len(gc.get_objects()) - before
+        finally:
+            gc.enable()
+        # Before: a tracked key per remembered unit (10,000) and a tracked dict per queued
+        # exposure (500); the SDK's threads may add a few.
+        assert grown < 2_000
+        (item,) = [i for i in client._exposures.take(500) if i["unit"] == "u19999"]
+        assert not gc.is_tracked(item)
+        body = _exposure_body(item)
+        assert body["attributes"] == {"country": "US", "platform": "ios"}
+        assert {k: body[k] for k in ("experiment", "unit", "seed", "variant")} == {
+            "experiment": "e",
+            "unit": "u19999",
+            "seed": "e.v1",
+            "variant": body["variant"],
+        }
+
+
+def test_the_unit_memory_keeps_the_newest_within_its_size() -> None:
+    memory = UnitMemory(5_000, threading.Lock())
+    for index in range(20_000):
+        memory.put(f"k{index}", "a")
+    assert len(memory) <= 5_000
+    assert memory.get("k0") is None
+    # A shard (at most 512 entries) forgets its own oldest first: the newest 500 are all
+    # kept, and almost all of the newest 5,000.
+    assert all(memory.get(f"k{index}") == "a" for index in range(19_500, 20_000))
+    assert sum(memory.get(f"k{index}") == "a" for index in range(15_000, 20_000)) > 4_500
+    small = UnitMemory(100, threading.Lock())  # one shard: exactly the newest 100
+    for index in range(150):
+        small.put(f"k{index}", "a")
+    assert [small.get(f"k{index}") for index in (49, 50, 149)] == [None, "a", "a"]
+    assert memory_key("ab", "c") + "u" != memory_key("a", "bc") + "u"
