@@ -20,7 +20,10 @@ One real ``abx serve`` (2 workers, the example experiments, production poll sett
    or neither (blocked: asleep on a lock or the GIL). A thread woken from a GIL or lock wait
    also queues for a core, so on a loaded machine a wait for another thread of this process
    shows mostly as ``run queue`` too: ``sdk_stall.py`` prints the background threads' CPU to
-   tell the two apart. CPU time is counted in scheduler ticks, so ``own CPU`` is approximate.
+   tell the two apart. CPU time is counted in scheduler ticks, so ``own CPU`` is approximate;
+   the slow calls whose own CPU (``time.thread_time``, exact; waits for a core do not count)
+   exceeded 1 ms are counted too, and the garbage collections of the pass by generation (how
+   many, the longest) with the young generation's size before and after.
 3. **Propagation**: ``--clients`` SDKs follow the stream; ``--changes`` decisions (pause,
    resume through the API) and YAML weight changes; the time from the change (the API's
    answer, the file's write) until each SDK holds a new snapshot. Target: median under 1 s.
@@ -33,6 +36,7 @@ Run: ``python benchmarks/sdk.py [--units N] [--repeats R] [--clients C] [--chang
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import shutil
@@ -159,12 +163,24 @@ def call_times(
 
 def attributed_call_times(
     client: Client, units: Sequence[str], attributes: Sequence[dict[str, Any]]
-) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """``call_times``, and for each call over 1 ms what took most of it (see the docstring)."""
+) -> tuple[dict[str, list[float]], dict[str, int], list[float], list[list[float]]]:
+    """``call_times``; for each call over 1 ms what took most of it (see the docstring); the
+    slow calls' own CPU seconds (``time.thread_time``); each generation's collections (s)."""
     times: dict[str, list[float]] = {"local": [], "server": [], "sdk": []}
     causes = {"own CPU": 0, "run queue": 0, "blocked": 0}
-    clock = time.perf_counter
+    busy: list[float] = []
+    collections: list[list[float]] = [[], [], []]
+    collection_started = [0.0]
+
+    def on_collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collection_started[0] = time.perf_counter()
+        else:
+            collections[info["generation"]].append(time.perf_counter() - collection_started[0])
+
+    clock, cpu_clock = time.perf_counter, time.thread_time
     schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    gc.callbacks.append(on_collection)
 
     def read() -> tuple[int, int]:
         running, waiting, _ = os.pread(schedstat, 100, 0).split()
@@ -174,18 +190,21 @@ def attributed_call_times(
         for index, (unit_id, unit_attributes) in enumerate(zip(units, attributes, strict=True)):
             experiment = EXPERIMENTS[index % len(EXPERIMENTS)]
             running, waiting = read()
+            cpu = cpu_clock()
             started = clock()
             answer = client.assign(experiment, unit_id, unit_attributes)
             seconds = clock() - started
             times[answer.source].append(seconds)
             if seconds > 0.001:
+                busy.append(cpu_clock() - cpu)
                 running_after, waiting_after = read()
                 parts = {"own CPU": running_after - running, "run queue": waiting_after - waiting}
                 parts["blocked"] = int(seconds * 1e9) - sum(parts.values())
                 causes[max(parts, key=lambda part: parts[part])] += 1
     finally:
+        gc.callbacks.remove(on_collection)
         os.close(schedstat)
-    return times, causes
+    return times, causes, busy, collections
 
 
 def describe(times: Sequence[float]) -> str:
@@ -293,14 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_header("2. the server stopped: one client, one thread, every call timed")
             time.sleep(1.0)
             load = load_average()
-            times, causes = attributed_call_times(
+            young = len(gc.get_objects(0))
+            times, causes, busy, collections = attributed_call_times(
                 client, list(reversed(units)), list(reversed(attributes))
             )
             every = [t for group in times.values() for t in group]
             slow = sum(t > 0.001 for t in every)
             print(f"  {len(every):,} calls: {describe(every)}; over 1 ms: {slow} (target 0);"
                   f" load {load} before, {load_average()} after")  # fmt: skip
-            print(f"  calls over 1 ms by what took most of them: {causes}")
+            print(f"  calls over 1 ms by what took most of them: {causes}; own CPU over 1 ms"
+                  f" (thread_time): {sum(b > 0.001 for b in busy)}, max"
+                  f" {max(busy, default=0) * 1e3:.2f} ms")  # fmt: skip
+            print("  garbage collections: " + "; ".join(
+                f"gen {g}: {len(s)}, max {max(s, default=0) * 1e3:.2f} ms"
+                for g, s in enumerate(collections)) + f"; young generation {young:,} objects"
+                f" before, {len(gc.get_objects(0)):,} after")  # fmt: skip
             for source, group in times.items():
                 over = sum(t > 0.001 for t in group)
                 print(f"    answered by {source:<6} {len(group):>7,}: {describe(group)};"

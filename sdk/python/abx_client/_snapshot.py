@@ -31,7 +31,7 @@ class Assignment:
 
     ``source`` says who answered: ``local`` (from the snapshot), ``server`` (asked because
     the unit's hash lies in a moved range) or ``sdk`` (the SDK could not know: reasons
-    ``sdk-not-ready``, ``sdk-server-unavailable``, ``unknown-experiment``).
+    ``sdk-not-ready``, ``sdk-server-unavailable``, ``unknown-experiment``, ``sdk-stale``).
     """
 
     experiment: str
@@ -90,6 +90,8 @@ class _Answers:
     """Reason -> the control's answer with that reason."""
     forced: Mapping[str, Assignment]
     promoted: Assignment | None
+    stale: Assignment
+    """The control with reason ``sdk-stale`` (``stale_policy="control"``; source ``sdk``)."""
 
 
 def _answers(compiled: CompiledExperiment) -> _Answers:
@@ -118,7 +120,8 @@ def _answers(compiled: CompiledExperiment) -> _Answers:
         else None
     )
     forced = {unit: Assignment(key, variant, "forced") for unit, variant in compiled.forced.items()}
-    return _Answers(hashed, controls, forced, promoted)
+    stale = Assignment(key, control, "sdk-stale", source="sdk")
+    return _Answers(hashed, controls, forced, promoted, stale)
 
 
 @dataclass(frozen=True)

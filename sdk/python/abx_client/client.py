@@ -32,7 +32,7 @@ import weakref
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -49,6 +49,7 @@ from abx_client._snapshot import (
 from abx_client._version import __version__
 
 Unit = str | int
+StalePolicy = Literal["serve", "control"]
 log = logging.getLogger("abx_client")
 MIN_POLL_SECONDS = 0.1
 CLIENT_NAME = f"abx-client-python/{__version__}"
@@ -139,7 +140,10 @@ class Client:
         breaker_reset_seconds: float = 10.0,
         close_timeout: float = 5.0,
         memory_size: int = 100_000,
+        stale_policy: StalePolicy = "serve",
     ) -> None:
+        if stale_policy not in ("serve", "control"):
+            raise ValueError(f"stale_policy must be 'serve' or 'control', not {stale_policy!r}")
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ready_timeout = ready_timeout
@@ -155,7 +159,11 @@ class Client:
         self._memory_size = memory_size
         self._max_queue, self._queue_full = max_queue, queue_full
         self._breaker_settings = (breaker_failures, breaker_reset_seconds)
+        self._stale_control = stale_policy == "control"
         self._snapshot: Snapshot | None = None
+        self._heard_at = -math.inf
+        """When the follower last heard from the server (monotonic): a snapshot, a 304, any
+        line of the stream. The snapshot's lease runs ``settle_seconds`` from then."""
         self._ready = threading.Event()
         self._created = time.monotonic()
         self._closed = False
@@ -242,6 +250,14 @@ class Client:
         snapshot = self._snapshot
         return snapshot.version if snapshot is not None else None
 
+    @property
+    def stale(self) -> bool:
+        """True once the server has not been heard from for longer than the snapshot's
+        settle time: a weight change this SDK has not seen may have taken effect."""
+        snapshot = self._snapshot
+        settle = snapshot.settle_seconds if snapshot is not None else None
+        return settle is not None and time.monotonic() - self._heard_at > settle
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait for the first snapshot (at most ``timeout``); True once there is one."""
         if not self._started:
@@ -249,7 +265,7 @@ class Client:
         return self._ready.wait(timeout)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``sdk-not-ready``, ``server``, ``sdk-server-unavailable``,
+        """Counters: ``sdk-not-ready``, ``server``, ``sdk-server-unavailable``, ``sdk-stale``,
         ``exposures_dropped``, ``events_dropped``, ``batches_sent``, ``batch_failures``,
         ``predict_default``... (only those that happened)."""
         with self._lock:
@@ -288,6 +304,11 @@ class Client:
         if answer is None:
             return self._ask_server(compiled, unit_id, attributes or {})
         if answer.in_experiment:
+            if self._stale_control:
+                refused = self._refuse_stale(snapshot, compiled, unit_id, answer)
+                if refused is not None:
+                    self._count_call("sdk-stale")
+                    return refused
             self._expose(compiled, unit_id, answer.variant, attributes)
         if compiled.holdout is not None and answer.holdout_group is not None:
             # The unit reached the holdout's check: an exposure of the holdout, in its group.
@@ -428,6 +449,20 @@ class Client:
             self._ready.wait(remaining)
         return self._snapshot
 
+    def _refuse_stale(
+        self, snapshot: Snapshot, compiled: CompiledExperiment, unit: str, answer: Assignment
+    ) -> Assignment | None:
+        """The control (reason ``sdk-stale``) when ``stale_policy="control"`` withholds this
+        hashed answer: the lease has run out (``stale``) and the unit is new to this process.
+        A unit whose exposure this process already queued keeps its answer: repeating it adds
+        no second variant."""
+        settle = snapshot.settle_seconds
+        if settle is None or time.monotonic() - self._heard_at <= settle:
+            return None
+        if self._exposed.get(unit, compiled.memory_prefix) == answer.variant:
+            return None
+        return compiled.answers.stale if compiled.answers is not None else None
+
     def _expose(
         self, compiled: CompiledExperiment, unit: str, variant: str | None,
         attributes: Mapping[str, Any] | None = None,
@@ -440,8 +475,9 @@ class Client:
         (``_ATTRIBUTE`` + name; ``_exposure_body`` nests them again when the batch is sent): a
         dict of such values is one the garbage collector does not track, so a full queue of
         them adds nothing to its collections (see ``_memory.py``)."""
-        key = compiled.memory_prefix + unit
-        if variant is None or self._exposed.get(key) == variant:
+        memory = self._exposed
+        entry = memory.shards[hash(unit) % memory.count].get(unit)
+        if variant is None or (entry is not None and entry.get(compiled.memory_prefix) == variant):
             return
         item: dict[str, Any] = {"experiment": compiled.key, "unit": unit, "seed": compiled.seed,
                                 "variant": variant, "exposed_at": time.time()}  # fmt: skip
@@ -452,7 +488,7 @@ class Client:
                 if _plain(value):
                     item[_ATTRIBUTE + name] = value
         self._exposures.put(item)
-        self._exposed.put(key, variant)
+        memory.put(unit, compiled.memory_prefix, variant)
         self._wake_if_due("exposures", self._exposures)
 
     def _wake_if_due(self, kind: str, queue: BatchQueue) -> None:
@@ -474,19 +510,17 @@ class Client:
         self, holdout: str, seed: str, memory_prefix: str, unit: str, group: str
     ) -> None:
         """Queue the unit's exposure of a holdout (its group as the variant), once per process."""
-        key = memory_prefix + unit
-        if self._exposed.get(key) == group:
+        if self._exposed.get(unit, memory_prefix) == group:
             return
         self._exposures.put({"experiment": holdout, "unit": unit, "seed": seed,
                              "variant": group, "exposed_at": time.time()})  # fmt: skip
-        self._exposed.put(key, group)
+        self._exposed.put(unit, memory_prefix, group)
         self._wake_if_due("exposures", self._exposures)
 
     def _ask_server(
         self, compiled: CompiledExperiment, unit: str, attributes: Mapping[str, Any]
     ) -> Assignment:
-        key = compiled.memory_prefix + unit
-        stored = self._stored.get(key)
+        stored = self._stored.get(unit, compiled.memory_prefix)
         if stored is not None:
             return from_stored(compiled, stored)
         unavailable = Assignment(
@@ -505,7 +539,7 @@ class Client:
         answer = waiting.answer
         self._count_call("server")
         if answer["reason"] in ("sticky", "hashed"):
-            self._stored.put(key, answer["variant"])
+            self._stored.put(unit, compiled.memory_prefix, answer["variant"])
         holdout = answer.get("holdout")
         group = (
             None if holdout is None else ("holdout" if answer["reason"] == "holdout" else "rest")
@@ -541,6 +575,7 @@ class Client:
 
     def _install(self, document: Mapping[str, Any]) -> None:
         snapshot = Snapshot.from_json(document)
+        self._heard_at = time.monotonic()
         current = self._snapshot
         if current is None or current.version != snapshot.version:
             self._snapshot = snapshot
@@ -555,6 +590,7 @@ class Client:
         headers = {"If-None-Match": f'"{self.version}"'} if self.version else {}
         response = client.get(self.url + "/v1/sdk/config", headers=headers)
         if response.status_code == 304:
+            self._heard_at = time.monotonic()
             return
         response.raise_for_status()
         self._install(response.json())
@@ -575,6 +611,9 @@ class Client:
                 for line in response.iter_lines():
                     if self._stopping.is_set():
                         return
+                    # Any line renews the lease: the server sends a keep-alive well within
+                    # the settle time while nothing changes.
+                    self._heard_at = time.monotonic()
                     if not line:
                         if event == "config" and data:
                             self._install(json.loads("\n".join(data)))

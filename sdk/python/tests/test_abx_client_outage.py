@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/v1/sdk/config":
             self.send_error(404)  # no stream: the SDK polls
             return
-        body = json.dumps(SNAPSHOT).encode()
+        body = json.dumps(getattr(self.server, "snapshot", SNAPSHOT)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("ETag", '"v1"')
@@ -56,8 +57,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server:
     """A server that publishes ``SNAPSHOT`` until ``stop()``; refused connections after."""
 
-    def __init__(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    def __init__(self, port: int = 0, snapshot: dict[str, Any] | None = None) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self._server.snapshot = snapshot or SNAPSHOT  # type: ignore[attr-defined]
+        self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self._stopped = False
@@ -195,15 +198,70 @@ def test_assigning_leaves_the_garbage_collector_nothing_to_walk(server: _Server)
 def test_the_unit_memory_keeps_the_newest_within_its_size() -> None:
     memory = UnitMemory(5_000, threading.Lock())
     for index in range(20_000):
-        memory.put(f"k{index}", "a")
+        memory.put(f"k{index}", "e", "a")
+        memory.put(f"k{index}", "f", "b")  # a second experiment: the same unit's entry
     assert len(memory) <= 5_000
-    assert memory.get("k0") is None
-    # A shard (at most 512 entries) forgets its own oldest first: the newest 500 are all
-    # kept, and almost all of the newest 5,000.
-    assert all(memory.get(f"k{index}") == "a" for index in range(19_500, 20_000))
-    assert sum(memory.get(f"k{index}") == "a" for index in range(15_000, 20_000)) > 4_500
+    assert memory.get("k0", "e") is None
+    # A shard (at most 512 units) forgets its own oldest first: the newest 500 are all kept,
+    # and almost all of the newest 5,000.
+    newest = range(19_500, 20_000)
+    assert all((memory.get(f"k{i}", "e"), memory.get(f"k{i}", "f")) == ("a", "b") for i in newest)
+    assert sum(memory.get(f"k{index}", "e") == "a" for index in range(15_000, 20_000)) > 4_500
+    assert memory.get("k19999", "g") is None
     small = UnitMemory(100, threading.Lock())  # one shard: exactly the newest 100
     for index in range(150):
-        small.put(f"k{index}", "a")
-    assert [small.get(f"k{index}") for index in (49, 50, 149)] == [None, "a", "a"]
-    assert memory_key("ab", "c") + "u" != memory_key("a", "bc") + "u"
+        small.put(f"k{index}", "e", "a")
+    assert [small.get(f"k{index}", "e") for index in (49, 50, 149)] == [None, "a", "a"]
+    assert memory_key("ab", "c") != memory_key("a", "bc")
+
+
+def test_a_stale_snapshot_gives_new_units_the_control_until_the_server_is_heard_again() -> None:
+    # The server publishes a settle time of 0.6 s; no stream, so the SDK polls (every 0.2 s).
+    snapshot = {**SNAPSHOT, "allocation_settle_seconds": 0.6}
+    server = _Server(snapshot=snapshot)
+    guarded = Client(server.url, None, stale_policy="control", close_timeout=0.2, timeout=0.5)
+    available = Client(server.url, None, close_timeout=0.2, timeout=0.5)
+    try:
+        assert guarded.wait_ready(5) and available.wait_ready(5)
+        time.sleep(1.0)  # longer than the settle time, but polls keep renewing the lease
+        assert not guarded.stale
+        assert guarded.assign("e", "known").reason == "hashed"
+        server.stop()
+        assert _wait(lambda: guarded.stale and available.stale)
+        stale = guarded.assign("e", "new", {"country": "US"})
+        assert (stale.variant, stale.reason, stale.source) == ("a", "sdk-stale", "sdk")
+        assert guarded.stats()["sdk-stale"] == 1
+        assert guarded.assign("e", "known").reason == "hashed"  # its exposure is queued already
+        queued = guarded.stats()["exposures_queued"]
+        guarded.assign("e", "new-2")
+        assert guarded.stats()["exposures_queued"] == queued  # no exposure for sdk-stale
+        assert available.assign("e", "new").reason == "hashed"  # "serve": availability first
+
+        server = _Server(server.port, snapshot)  # back on the same port: heard, lease renewed
+        assert _wait(lambda: not guarded.stale)
+        assert guarded.assign("e", "new").reason == "hashed"
+    finally:
+        guarded.close()
+        available.close()
+        server.stop()
+    with pytest.raises(ValueError, match="stale_policy"):
+        Client(server.url, None, stale_policy="refuse")  # type: ignore[arg-type]
+
+
+def test_a_server_that_publishes_no_settle_time_never_makes_the_snapshot_stale(
+    server: _Server,
+) -> None:
+    with Client(server.url, None, stale_policy="control", close_timeout=0.2) as client:
+        assert client.wait_ready(5)
+        server.stop()
+        time.sleep(0.5)
+        assert not client.stale and client.assign("e", "u").reason == "hashed"
+
+
+def _wait(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
