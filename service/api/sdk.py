@@ -99,6 +99,11 @@ class _Events:
     def __iter__(self) -> Iterator[bytes]:
         state, sent = self._state, self._last_version
         deadline = time.monotonic() + self._seconds
+        # An SDK counts any line as word from the server, and its snapshot's lease runs out
+        # after the settle time without one (docs/sdk.md, "Cut off from the server"): a
+        # quiet stream speaks at least three times within it.
+        settle = state.cache.settle_seconds
+        keepalive = KEEPALIVE_SECONDS if settle is None else min(KEEPALIVE_SECONDS, settle / 3)
         yield b"retry: 1000\n\n"
         quiet_since = time.monotonic()
         while state.worker_alive() and time.monotonic() < deadline:
@@ -112,7 +117,7 @@ class _Events:
                 sent = snapshot.version
                 yield b"id: " + sent.encode() + b"\nevent: config\ndata: " + snapshot.body + b"\n\n"
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+            elif time.monotonic() - quiet_since >= keepalive:
                 yield b": keep-alive\n\n"
                 quiet_since = time.monotonic()
             time.sleep(STREAM_POLL_SECONDS)

@@ -147,6 +147,11 @@ class SnapshotCache:
         self._snapshot: Snapshot | None = None
         self._held: tuple[object, object] | None = None
 
+    @property
+    def settle_seconds(self) -> float | None:
+        """The settle time the snapshot publishes (None: not published)."""
+        return self._settle_seconds
+
     def current(self) -> Snapshot:
         served, states = self._registry.view()
         with self._lock:
