@@ -1,6 +1,7 @@
 """The ``predictions`` table: one row per answer and per shadow run, buffered off the request
 path, and the bounded read of its newest rows that the dashboards show; the
-``registry_versions`` table: which registry version each loaded model was.
+``registry_versions`` table: which registry version each loaded model was; the
+``score_job_models`` table: which models a batch scoring job used, and for how many rows.
 
 ``predictions`` holds one row per request, so it is the one table a page cannot sum whole
 without scanning millions of rows. Each variant is read through its index
@@ -11,7 +12,7 @@ bounded however long the experiment has run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -232,6 +233,41 @@ def shadow_reports(conn: Any, experiment: Experiment, since: datetime) -> list[S
     ]
 
 
+class JobModel(NamedTuple):
+    """A model a scoring job ran for some of its rows (a ``score_job_models`` key)."""
+
+    variant: str
+    """The rows' variant: assigned, or the job's explicit one."""
+    served_by: str
+    """The variant whose model answered (the fallback's when the variant's own failed)."""
+    model_sha256: str
+    provider: str
+    registry_name: str | None
+    registry_version: str | None
+
+
+_RECORD_JOB_MODEL = (
+    "INSERT INTO score_job_models AS m (job_id, experiment_key, variant_key, served_by,"
+    " model_sha256, provider, registry_name, registry_version, first_scored_at, last_scored_at,"
+    " rows_scored) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), now(), %s)"
+    " ON CONFLICT (job_id, variant_key, served_by, model_sha256, provider) DO UPDATE"
+    " SET last_scored_at = now(), rows_scored = m.rows_scored + EXCLUDED.rows_scored"
+)
+
+
+def record_job_models(
+    conn: Any, job_id: str, experiment_key: str, rows: Mapping[JobModel, int]
+) -> None:
+    """Add one committed chunk's rows to the job's lineage: one row per model, not per row.
+
+    Called in the transaction that commits the chunk, so the counts are the committed rows."""
+    if rows:
+        conn.cursor().executemany(
+            _RECORD_JOB_MODEL,
+            [(job_id, experiment_key, *model, count) for model, count in rows.items() if count],
+        )
+
+
 _LINEAGE = (
     "SELECT variant_key, served_by, model_sha256, provider, shadow, min(predicted_at),"
     " max(predicted_at), count(*) FROM predictions WHERE experiment_key = %s"
@@ -260,6 +296,41 @@ def model_lineage(conn: Any, experiment_key: str) -> list[ServedModel]:
     return [
         ServedModel(str(v), str(s), str(sha), str(p), bool(sh), first, last, int(n))
         for v, s, sha, p, sh, first, last, n in conn.execute(_LINEAGE, (experiment_key,))
+    ]
+
+
+_JOB_LINEAGE = (
+    "SELECT variant_key, served_by, model_sha256, provider, registry_name, registry_version,"
+    " min(first_scored_at), max(last_scored_at), sum(rows_scored), count(DISTINCT job_id)"
+    " FROM score_job_models WHERE experiment_key = %s"
+    " GROUP BY variant_key, served_by, model_sha256, provider, registry_name, registry_version"
+    " ORDER BY variant_key, min(first_scored_at), served_by"
+)
+
+
+@dataclass(frozen=True)
+class JobScored:
+    """One model that scored rows of a variant in batch jobs, and when (committed chunks)."""
+
+    variant: str
+    served_by: str
+    model_sha256: str
+    provider: str
+    registry_name: str | None
+    registry_version: str | None
+    first_scored_at: datetime
+    last_scored_at: datetime
+    rows: int
+    jobs: int
+
+
+def job_lineage(conn: Any, experiment_key: str) -> list[JobScored]:
+    """Every model that scored each variant's rows in the experiment's scoring jobs."""
+    return [
+        JobScored(str(v), str(s), str(sha), str(p), name, version, first, last, int(n), int(j))
+        for v, s, sha, p, name, version, first, last, n, j in conn.execute(
+            _JOB_LINEAGE, (experiment_key,)
+        )
     ]
 
 
@@ -313,8 +384,14 @@ class LineageEntry:
     """The registered model's name in the registry (None: a file)."""
     shadow: bool
     first_served_at: datetime
+    """The first answer or batch-scored chunk of this model for the variant."""
     last_served_at: datetime
     predictions: int
+    """Answers logged in ``predictions`` (requests; batch jobs log none)."""
+    scored_rows: int = 0
+    """Rows that scoring jobs scored with this model for the variant (committed chunks)."""
+    score_jobs: int = 0
+    """How many scoring jobs those rows came from."""
 
 
 @dataclass(frozen=True)
@@ -331,12 +408,18 @@ def experiment_lineage(conn: Any, experiment: Experiment) -> list[VariantLineage
     a variant that served once but has left the file follows. A registry model's version
     comes from ``registry_versions`` (what the serving processes loaded), joined on the
     variant that answered and the checksum; answers logged before that table existed fall
-    back to the version a current reference resolves to."""
+    back to the version a current reference resolves to. Batch scoring jobs add their rows
+    (``score_job_models``) to the entry of the same variant, model and provider, or an entry
+    of their own with the registry version the job ran."""
     models = [v.model for v in experiment.variants if v.model is not None]
     configured = {ref.sha256: ref.path for ref in models}
     current = {ref.sha256: ref.resolved for ref in models if ref.resolved is not None}
     loads = loaded_versions(conn, experiment.key)
     variants: dict[str, list[LineageEntry]] = {v.key: [] for v in experiment.variants}
+    batches: dict[tuple[str, str, str, str], list[JobScored]] = {}
+    for scored in job_lineage(conn, experiment.key):
+        key = (scored.variant, scored.served_by, scored.model_sha256, scored.provider)
+        batches.setdefault(key, []).append(scored)
     for item in model_lineage(conn, experiment.key):
         name = version = None
         if (found := loads.get((item.served_by, item.model_sha256))) is not None:
@@ -344,6 +427,12 @@ def experiment_lineage(conn: Any, experiment: Experiment) -> list[VariantLineage
             name, version = served.name, served.version
         elif (resolved := current.get(item.model_sha256)) is not None:
             name, version = resolved.name, resolved.version
+        first, last, rows, jobs = item.first_served_at, item.last_served_at, 0, 0
+        key = (item.variant, item.served_by, item.model_sha256, item.provider)
+        if not item.shadow and key in batches:
+            for scored in batches.pop(key):
+                first, last = min(first, scored.first_scored_at), max(last, scored.last_scored_at)
+                rows, jobs = rows + scored.rows, jobs + scored.jobs
         variants.setdefault(item.variant, []).append(
             LineageEntry(
                 item.served_by,
@@ -353,9 +442,32 @@ def experiment_lineage(conn: Any, experiment: Experiment) -> list[VariantLineage
                 version,
                 name,
                 item.shadow,
-                item.first_served_at,
-                item.last_served_at,
+                first,
+                last,
                 item.predictions,
+                rows,
+                jobs,
             )
         )
+    # Models that only scored batches: the version each job resolved and ran.
+    for group in batches.values():
+        for scored in group:
+            variants.setdefault(scored.variant, []).append(
+                LineageEntry(
+                    scored.served_by,
+                    scored.model_sha256,
+                    configured.get(scored.model_sha256),
+                    scored.provider,
+                    scored.registry_version,
+                    scored.registry_name,
+                    False,
+                    scored.first_scored_at,
+                    scored.last_scored_at,
+                    0,
+                    scored.rows,
+                    scored.jobs,
+                )
+            )
+    for entries in variants.values():
+        entries.sort(key=lambda entry: (entry.first_served_at, entry.served_by))
     return [VariantLineage(key, entries) for key, entries in variants.items()]

@@ -1,14 +1,19 @@
-"""A job's input read in chunks, and its output written chunk by chunk, then assembled.
+"""A job's input read in chunks, and its output written chunk by chunk as it is committed.
 
 Inputs are CSV (every column read as text, so one odd value never fails the file),
 NDJSON (one JSON object a line) or Parquet, chosen by the file's extension. Chunks hold
 exactly ``chunk_rows`` rows (the last fewer) and are the same on every read of the same
 file, which is what lets a resumed job skip the chunks already committed.
 
-Each chunk's scores and rejects go to numbered part files, written to a temporary name and
-renamed; a part left by a killed worker past the committed chunk is simply overwritten.
-When every chunk is committed the parts are joined, in order, into the output. A job whose
-scores go to a table (``tables.py``) has rejects parts only, joined the same way.
+A CSV or NDJSON output, and every job's rejects file, is appended to chunk by chunk under
+a ``.partial`` name (``write_chunk``): each chunk is written at the length the file had at
+the last committed chunk (``score_jobs.output_bytes``/``rejects_bytes``, committed with the
+chunk), cutting off whatever a killed worker wrote past it, and fsynced before the commit.
+When every chunk is committed the files are renamed into place (``publish``). A Parquet
+output cannot be appended to and resumed: its footer is written only when the writer
+closes, so a killed worker leaves a file no reader can open. Its scores go to numbered part
+files instead, joined into the output at the end (``assemble``); a part left by a killed
+worker past the committed chunk is simply overwritten.
 """
 
 from __future__ import annotations
@@ -169,8 +174,78 @@ def read_chunks(path: Path, fmt: str, rows: int) -> Iterator[Chunk]:
         first += len(frame)
 
 
+def partial_path(path: Path) -> Path:
+    """Where a file is appended to until its job is done."""
+    return path.with_name(path.name + ".partial")
+
+
 def parts_dir(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
+
+
+@dataclass(frozen=True)
+class Written:
+    """The committed length of a job's appended files: where the next chunk is written."""
+
+    output_bytes: int
+    """Of a CSV or NDJSON output (0 for Parquet and table outputs, which are not appended)."""
+    rejects_bytes: int
+
+
+def _write_at(path: Path, offset: int, data: bytes) -> int:
+    """``data`` at ``offset``, the rest of the file cut off, on disk before it returns."""
+    partial = partial_path(path)
+    if offset and not partial.exists():
+        raise FileProblem(f"{partial.name}: the output written so far is missing")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("r+b" if partial.exists() else "wb") as handle:
+        if offset > handle.seek(0, os.SEEK_END):
+            raise FileProblem(f"{partial.name}: shorter than its committed {offset} bytes")
+        handle.seek(offset)
+        handle.truncate()
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+        return offset + len(data)
+
+
+def _encoded(scored: pd.DataFrame, fmt: str, header: bool) -> bytes:
+    if fmt == "ndjson":
+        # An empty frame would write one empty line, which no NDJSON reader accepts.
+        return scored.to_json(orient="records", lines=True).encode() if len(scored) else b""
+    sink = pa.BufferOutputStream()
+    table = pa.Table.from_pandas(scored, preserve_index=False)
+    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=header))
+    return bytes(sink.getvalue())
+
+
+def encoded_rejects(rejects: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(reject, default=str) + "\n" for reject in rejects).encode()
+
+
+def write_chunk(
+    output: Path | None,
+    fmt: str,
+    rejects: Path,
+    index: int,
+    written: Written,
+    scored: pd.DataFrame | None,
+    rejected: list[dict[str, Any]],
+) -> Written:
+    """Chunk ``index``'s scores and rejects, at the committed lengths ``written``; the new
+    lengths, to commit with the chunk.
+
+    ``output`` is None (and ``scored`` too) for a job whose scores go to a table; a Parquet
+    chunk goes to its part file (``write_part``)."""
+    output_bytes = written.output_bytes
+    if output is not None and scored is not None:
+        if fmt == "parquet":
+            write_part(output, index, scored)
+        else:
+            data = _encoded(scored, fmt, header=index == 0)
+            output_bytes = _write_at(output, written.output_bytes, data)
+    rejects_bytes = _write_at(rejects, written.rejects_bytes, encoded_rejects(rejected))
+    return Written(output_bytes, rejects_bytes)
 
 
 def _replace(tmp: Path, final: Path) -> None:
@@ -179,37 +254,42 @@ def _replace(tmp: Path, final: Path) -> None:
     tmp.replace(final)
 
 
-def write_part(output: Path, fmt: str, index: int, scored: pd.DataFrame | None,
-               rejects: list[dict[str, Any]]) -> None:  # fmt: skip
-    """Chunk ``index``'s scores and rejects, each renamed into place once complete.
-
-    ``scored`` is None for a job whose scores go to a table: only its rejects have a part
-    (``output`` is then the rejects file, and its parts sit beside it)."""
+def write_part(output: Path, index: int, scored: pd.DataFrame) -> None:
+    """A Parquet output's chunk ``index``, renamed into place once complete."""
     folder = parts_dir(output)
     folder.mkdir(parents=True, exist_ok=True)
-    if scored is not None:
-        target = folder / f"{index:08d}{EXTENSIONS[fmt]}"
-        tmp = target.with_name(target.name + ".tmp")
-        table = pa.Table.from_pandas(scored, preserve_index=False)
-        if fmt == "csv":
-            pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(include_header=index == 0))
-        elif fmt == "parquet":
-            pq.write_table(table, tmp)
+    target = folder / f"{index:08d}.parquet"
+    tmp = target.with_name(target.name + ".tmp")
+    pq.write_table(pa.Table.from_pandas(scored, preserve_index=False), tmp)
+    _replace(tmp, target)
+
+
+def _publish_one(path: Path) -> None:
+    """Rename the appended file into place. A run resumed after it did (every chunk was
+    committed, the worker killed before the job was marked done) finds it in place already;
+    a job with no chunk at all has an empty file."""
+    partial = partial_path(path)
+    if partial.exists():
+        _replace(partial, path)
+    elif not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+
+def publish(output: Path | None, fmt: str, rejects: Path, chunks: int) -> None:
+    """The job's end: its output and rejects file in place (a Parquet output assembled)."""
+    if output is not None:
+        if fmt == "parquet":
+            assemble(output, chunks)
         else:
-            scored.to_json(tmp, orient="records", lines=True)
-        _replace(tmp, target)
-    reject_file = folder / f"{index:08d}.rejects.ndjson"
-    tmp = reject_file.with_name(reject_file.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for reject in rejects:
-            handle.write(json.dumps(reject, default=str) + "\n")
-    _replace(tmp, reject_file)
+            _publish_one(output)
+    _publish_one(rejects)
 
 
 def _assembled(folder: Path, chunks: int) -> bool:
     """True when an earlier run already assembled: the parts are removed only after the output
-    and rejects are in place, so committed chunks without their folder mean it is done (a
-    worker killed after assembling, before the job was marked done, resumes here)."""
+    is in place, so committed chunks without their folder mean it is done (a worker killed
+    after assembling, before the job was marked done, resumes here)."""
     if chunks == 0 or folder.exists():
         return False
     shutil.rmtree(_removing(folder), ignore_errors=True)
@@ -229,53 +309,30 @@ def _remove_parts(folder: Path) -> None:
     shutil.rmtree(gone, ignore_errors=True)
 
 
-def assemble(output: Path, fmt: str, chunks: int) -> None:
-    """Join parts 0..chunks-1 into the output and the rejects file; remove the parts."""
+def assemble(output: Path, chunks: int) -> None:
+    """Join a Parquet output's parts 0..chunks-1 into the output; remove the parts."""
     folder = parts_dir(output)
     if _assembled(folder, chunks):
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
-    parts = [folder / f"{index:08d}{EXTENSIONS[fmt]}" for index in range(chunks)]
-    if fmt == "parquet":
-        writer: pq.ParquetWriter | None = None
-        for part in parts:
-            table = pq.read_table(part)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-        if writer is not None:
-            writer.close()
-        else:
-            pq.write_table(pa.table({}), tmp)
+    writer: pq.ParquetWriter | None = None
+    for index in range(chunks):
+        table = pq.read_table(folder / f"{index:08d}.parquet")
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table.cast(writer.schema))
+    if writer is not None:
+        writer.close()
     else:
-        with tmp.open("wb") as target:
-            for part in parts:
-                with part.open("rb") as source:
-                    shutil.copyfileobj(source, target)
+        pq.write_table(pa.table({}), tmp)
     _replace(tmp, output)
-    _join_rejects(folder, chunks, rejects_path(output))
     _remove_parts(folder)
 
 
-def assemble_rejects(rejects: Path, chunks: int) -> None:
-    """A table job's end: join its rejects parts (``write_part`` with no scores) into ``rejects``."""
-    folder = parts_dir(rejects)
-    if _assembled(folder, chunks):
-        return
-    _join_rejects(folder, chunks, rejects)
-    _remove_parts(folder)
-
-
-def _join_rejects(folder: Path, chunks: int, rejects: Path) -> None:
-    rejects.parent.mkdir(parents=True, exist_ok=True)
-    tmp = rejects.with_name(rejects.name + ".tmp")
-    with tmp.open("wb") as target:
-        for index in range(chunks):
-            with (folder / f"{index:08d}.rejects.ndjson").open("rb") as source:
-                shutil.copyfileobj(source, target)
-    _replace(tmp, rejects)
-
-
-def discard_parts(output: Path) -> None:
-    shutil.rmtree(parts_dir(output), ignore_errors=True)
+def discard(output: Path | None, rejects: Path) -> None:
+    """A cancelled or failed job's unfinished files (its published ones are left alone)."""
+    if output is not None:
+        shutil.rmtree(parts_dir(output), ignore_errors=True)
+        partial_path(output).unlink(missing_ok=True)
+    partial_path(rejects).unlink(missing_ok=True)

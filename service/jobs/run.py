@@ -3,11 +3,13 @@
 A job runs under an advisory lock on its own connection, so two deliveries of its task
 (a redelivery after a worker was killed, the beat's resume) never score it at once; a
 killed runner's connection closes and the lock with it. Each chunk: read, assign, score,
-write its part files, flush any exposures, then commit the chunk count with the progress.
-Only then is the chunk final; the chunk after it is redone from the file if the worker
-dies. A job writing to a table inserts the chunk's rows in that same transaction, so the
-table holds exactly the committed chunks. The last commit also queues the completion
-webhooks, in the same transaction.
+write it to the output and rejects files (``files.write_chunk``), flush any exposures, then
+commit the chunk count with the progress and the files' lengths. Only then is the chunk
+final; the chunk after it is redone from the file if the worker dies, written at the
+committed lengths. A job writing to a table inserts the chunk's rows in that same
+transaction, so the table holds exactly the committed chunks, and so are the models each
+chunk ran recorded (the lineage). When the files are published, the last commit queues the
+completion webhooks, in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from service.decisions.webhooks import queue_job_deliveries
 from service.experiments.model_registry import model_registry
 from service.experiments.validation import LoadResult, field_name, resolve_registry_models
 from service.inference.catalog import BatchingConfig, build_catalog
+from service.inference.records import record_job_models
 from service.inference.runner import SessionRunner
 from service.inference.sessions import SessionPool
 from service.jobs import files, store, tables
@@ -112,8 +115,9 @@ def _run_locked(
     scorer = ChunkScorer(assignments, models, SessionRunner(settings.job_run_rows),
                          job.variant_key, settings.job_run_rows)  # fmt: skip
     table = parse_table_name(job.output_table) if job.output_table else None
-    # A table job's part files are its rejects' only: they sit beside the rejects file.
-    output = Path(job.output_path) if job.output_path else Path(job.rejects_path)
+    output = Path(job.output_path) if job.output_path else None
+    rejects_file = Path(job.rejects_path)
+    written = files.Written(job.output_bytes, job.rejects_bytes)
     if table is not None:
         try:
             with database.pool.connection(timeout=10.0) as conn:
@@ -131,18 +135,21 @@ def _run_locked(
             began = time.perf_counter()
             result = scorer.score(chunk.frame)
             rejects = sorted(chunk.rejects + result.rejects, key=lambda r: r.get("row", -1))
-            files.write_part(output, job.output_format, chunk.index,
-                             None if table else result.scored, rejects)  # fmt: skip
+            written = files.write_chunk(output, job.output_format, rejects_file, chunk.index,
+                                        written, None if table else result.scored, rejects)  # fmt: skip
             if job.log_exposures and not writer.flush():
                 raise RuntimeError("could not write exposures; the chunk will be redone")
             with database.pool.connection(timeout=10.0) as conn, conn.transaction():
                 committed = store.commit_chunk(
-                    conn, job_id, chunk.index + 1, len(result.scored), len(rejects)
-                )
+                    conn, job_id, chunk.index + 1, len(result.scored), len(rejects),
+                    written.output_bytes, written.rejects_bytes,
+                )  # fmt: skip
+                if committed:
+                    record_job_models(conn, job_id, job.experiment_key, result.models)
                 if committed and table is not None:
                     tables.insert_rows(conn, table, job_id, result.scored, scorer.outputs)
             if not committed:
-                files.discard_parts(output)
+                files.discard(output, rejects_file)
                 metrics.JOBS.labels(job.experiment_key, "cancelled").inc()
                 log.info("score job cancelled", job=job_id, chunks_done=chunk.index)
                 return JobOutcome("cancelled")
@@ -152,15 +159,14 @@ def _run_locked(
             metrics.JOB_CHUNK_DURATION.labels(job.experiment_key).observe(
                 time.perf_counter() - began
             )
+    except files.FileProblem as problem:  # the output written so far is gone or cut short
+        return _fail(database, job_id, job.experiment_key, f"cannot append the output: {problem}")
     except (OSError, ValueError) as error:  # the file itself is unreadable: no row can be read
         return _fail(database, job_id, job.experiment_key, f"cannot read the input: {error}")
     except tables.TableProblem as problem:  # the chunk's transaction was rolled back whole
-        files.discard_parts(output)
+        files.discard(output, rejects_file)
         return _fail(database, job_id, job.experiment_key, f"output table: {problem}")
-    if table is None:
-        files.assemble(output, job.output_format, chunks)
-    else:
-        files.assemble_rejects(output, chunks)
+    files.publish(output, job.output_format, rejects_file, chunks)
     with database.pool.connection(timeout=10.0) as conn, conn.transaction():
         finished = store.finish_job(conn, job_id, "done")
         if finished is None:

@@ -10,7 +10,7 @@ runner with its fallback; a row that cannot be scored is a reject with its reaso
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -24,6 +24,7 @@ from service.assignment.sticky import SegmentAttributes, StickyStore
 from service.assignment.units import MAX_UNIT_LENGTH
 from service.errors import AbxError
 from service.inference.catalog import ExperimentModels, ServingModel
+from service.inference.records import JobModel
 from service.inference.runner import FailureCounts, ModelRunner, run_with_fallback
 from service.inference.signature import InputPlan, convert_inputs
 from service.storage.values import text_problem
@@ -77,6 +78,8 @@ class ChunkResult:
     scored: pd.DataFrame
     """Scored rows, indexed by their input data-row numbers (files leave the index out)."""
     rejects: list[dict[str, Any]]
+    models: dict[JobModel, int] = field(default_factory=dict)
+    """How many of the scored rows each model answered (the job's lineage)."""
 
 
 class ChunkScorer:
@@ -130,9 +133,10 @@ class ChunkScorer:
         served_by = np.full(rows, None, dtype=object)
         scored = np.zeros(rows, dtype=bool)
         assigned = variants[valid]
+        used: dict[JobModel, int] = {}
         for variant in pd.unique(assigned):  # in order of first appearance
             self._score_group(frame, variant, valid[assigned == variant], values, served_by,
-                              scored, rejects)  # fmt: skip
+                              scored, rejects, used)  # fmt: skip
         keep = np.flatnonzero(scored)
         columns: dict[str, Any] = {
             # Text ids pass through as the input's own (Arrow) column: no per-row objects.
@@ -148,7 +152,7 @@ class ChunkScorer:
         for name in self.outputs:
             columns[name] = values[name][keep]
         rejects.sort(key=lambda reject: reject.get("row", -1))
-        return ChunkResult(pd.DataFrame(columns, index=frame.index[keep]), rejects)
+        return ChunkResult(pd.DataFrame(columns, index=frame.index[keep]), rejects, used)
 
     def _empty(self) -> pd.DataFrame:
         columns: dict[str, Any] = {name: pd.Series([], dtype=object) for name in FIXED_COLUMNS}
@@ -164,6 +168,7 @@ class ChunkScorer:
         served_by: np.ndarray,
         scored: np.ndarray,
         rejects: list[dict[str, Any]],
+        used: dict[JobModel, int],
     ) -> None:
         models = self._models
         variant = models.variants.get(variant_key) or models.variants.get(models.fallback)
@@ -196,6 +201,8 @@ class ChunkScorer:
                 values[name][batch] = flat[:, 0]
             served_by[batch] = result.served_by.variant
             scored[batch] = True
+            model = _job_model(variant_key, result.served_by, result.provider)
+            used[model] = used.get(model, 0) + len(batch)
 
     def _fallback_feeds(
         self, frame: pd.DataFrame, positions: np.ndarray, other: ServingModel
@@ -204,6 +211,17 @@ class ChunkScorer:
         if bad:
             raise ValueError("the fallback's model takes columns these rows lack")
         return convert_inputs(matrices, other.plans, self._run_rows)[0]
+
+
+def _job_model(variant_key: str, served: ServingModel, provider: str | None) -> JobModel:
+    """The lineage key of rows of ``variant_key`` that ``served``'s model answered."""
+    model = served.model
+    assert model is not None  # it answered
+    resolved = served.ref.resolved
+    return JobModel(
+        variant_key, served.variant, model.sha256, provider or model.provider,
+        resolved.name if resolved else None, resolved.version if resolved else None,
+    )  # fmt: skip
 
 
 def _unit_text(value: Any) -> str | None:

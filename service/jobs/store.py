@@ -16,7 +16,7 @@ COLUMNS = (
     "job_id, experiment_key, variant_key, input_path, input_format, output_path, output_format,"
     " rejects_path, log_exposures, chunk_rows, status, rows_total, rows_done, rows_rejected,"
     " chunks_done, attempts, error, created_by, created_at, started_at, updated_at, finished_at,"
-    " output_table"
+    " output_table, output_bytes, rejects_bytes"
 )
 ACTIVE = ("queued", "running")
 
@@ -49,6 +49,10 @@ class Job:
     finished_at: datetime | None
     output_table: str | None = None
     """``schema.table`` in abx's database (``tables.py``), or None for a file."""
+    output_bytes: int = 0
+    """The CSV or NDJSON output's length at the last committed chunk (``files.write_chunk``)."""
+    rejects_bytes: int = 0
+    """The rejects file's length at the last committed chunk."""
 
     def progress(self) -> dict[str, Any]:
         """Rows done, rate and ETA as ``GET /v1/jobs/<id>`` shows them."""
@@ -147,13 +151,22 @@ def start_job(conn: Any, job_id: str, rows_total: int | None) -> Job | None:
     return _job(row) if row else None
 
 
-def commit_chunk(conn: Any, job_id: str, chunks_done: int, scored: int, rejected: int) -> bool:
-    """Record one more chunk as final; False when the job was cancelled meanwhile."""
+def commit_chunk(
+    conn: Any,
+    job_id: str,
+    chunks_done: int,
+    scored: int,
+    rejected: int,
+    output_bytes: int = 0,
+    rejects_bytes: int = 0,
+) -> bool:
+    """Record one more chunk as final, with its files' lengths after it; False when the job
+    was cancelled meanwhile."""
     updated = conn.execute(
         "UPDATE score_jobs SET chunks_done = %s, rows_done = rows_done + %s,"
-        " rows_rejected = rows_rejected + %s, updated_at = now()"
-        " WHERE job_id = %s AND status = 'running' AND chunks_done = %s",
-        (chunks_done, scored, rejected, job_id, chunks_done - 1),
+        " rows_rejected = rows_rejected + %s, output_bytes = %s, rejects_bytes = %s,"
+        " updated_at = now() WHERE job_id = %s AND status = 'running' AND chunks_done = %s",
+        (chunks_done, scored, rejected, output_bytes, rejects_bytes, job_id, chunks_done - 1),
     )
     return bool(updated.rowcount)
 

@@ -11,10 +11,13 @@ from service.experiments.schema import Experiment, RegistryVersion
 from service.inference.records import (
     PREDICTIONS,
     REGISTRY_VERSIONS,
+    JobModel,
     PredictionRecord,
     experiment_lineage,
+    record_job_models,
     registry_version_rows,
 )
+from service.jobs import store
 from service.storage.database import Database
 from service.storage.writer import BatchWriter
 from tests.conftest import Api, wait_for
@@ -173,3 +176,49 @@ def test_a_file_model_has_no_registry_version(db: str) -> None:
         None,
     )
     assert b.models == []
+
+
+def test_batch_jobs_add_their_rows_to_the_lineage(db: str) -> None:
+    """A scoring job's committed chunks count once per model in the lineage: merged into the
+    entry of a model that also answered requests, or an entry of their own with the registry
+    version the job ran (the experiment's file names no checksum for it)."""
+    experiment = Experiment.model_validate(minimal_experiment("lin"))
+    sha_a, sha_b = "5" * 64, "6" * 64
+    with psycopg.connect(db, autocommit=True) as conn:
+        jobs = [
+            store.create_job(
+                conn, experiment_key="lin", variant_key=None, input_path="in.csv",
+                input_format="csv", output_path=f"out{i}.csv", output_format="csv",
+                rejects_path=f"out{i}.rejects.ndjson", log_exposures=False, chunk_rows=10,
+                created_by="test", request_id=None,
+            ).job_id
+            for i in range(2)
+        ]  # fmt: skip
+        conn.execute(
+            "INSERT INTO predictions (experiment_key, unit_id, variant_key, reason,"
+            " in_experiment, served_by, model_sha256, provider, batch_rows, latency_ms,"
+            " fallback, failure, cached, shadow, predicted_at)"
+            " VALUES ('lin', 'u1', 'a', 'hash', true, 'a', %s, 'CPUExecutionProvider', 1, 1.0,"
+            " false, NULL, false, false, now() - interval '1 day')",
+            (sha_a,),
+        )
+        own = JobModel("a", "a", sha_a, "CPUExecutionProvider", None, None)
+        registry = JobModel("b", "b", sha_b, "CPUExecutionProvider", "churn", "7")
+        fallback = JobModel("b", "a", sha_a, "CPUExecutionProvider", None, None)
+        chunks = [(jobs[0], {own: 6, registry: 4}), (jobs[0], {own: 5, registry: 3, fallback: 2}),
+                  (jobs[1], {own: 1})]  # fmt: skip
+        for job_id, rows in chunks:
+            with conn.transaction():
+                record_job_models(conn, job_id, "lin", rows)
+        a, b = experiment_lineage(conn, experiment)
+    shown = {
+        lineage.variant: [(m.served_by, m.model_sha256, m.registry_name, m.registry_version,
+                           m.predictions, m.scored_rows, m.score_jobs) for m in lineage.models]
+        for lineage in (a, b)
+    }  # fmt: skip
+    assert shown == {
+        "a": [("a", sha_a, None, None, 1, 12, 2)],
+        "b": [("b", sha_b, "churn", "7", 0, 7, 1), ("a", sha_a, None, None, 0, 2, 1)],
+    }
+    (merged,) = a.models
+    assert merged.first_served_at < merged.last_served_at  # the answer a day before the jobs

@@ -1,4 +1,5 @@
-"""Inputs read in the same exact chunks every time, bad lines reported, parts joined in order."""
+"""Inputs read in the same exact chunks every time, bad lines reported; outputs appended at
+the committed length (a killed worker's extra bytes cut off), Parquet parts joined in order."""
 
 from __future__ import annotations
 
@@ -52,24 +53,88 @@ def test_parquet_chunks_cross_row_groups(tmp_path: Path) -> None:
     assert files.estimate_rows(path, "parquet") == 10
 
 
-@pytest.mark.parametrize("fmt", ["csv", "ndjson", "parquet"])
-def test_parts_are_joined_in_order_and_removed(tmp_path: Path, fmt: str) -> None:
-    output = tmp_path / f"out{files.EXTENSIONS[fmt]}"
-    for index in (1, 0, 2):  # any order of writing; a rewritten part replaces the old one
-        part = frame(3).assign(unit=lambda f, i=index: [f"c{i}-{u}" for u in f["unit"]])
-        files.write_part(output, fmt, index, part, [{"row": index, "reason": "r"}])
-    files.write_part(output, fmt, 2, frame(2).assign(unit=["c2-a", "c2-b"]), [])
-    files.assemble(output, fmt, 3)
+def read_units(output: Path, fmt: str) -> list[str]:
     if fmt == "csv":
-        units = list(pd.read_csv(output)["unit"])
-    elif fmt == "ndjson":
-        units = list(pd.read_json(output, lines=True)["unit"])
-    else:
-        units = list(pq.read_table(output).column("unit").to_pylist())
-    assert units == ["c0-u0", "c0-u1", "c0-u2", "c1-u0", "c1-u1", "c1-u2", "c2-a", "c2-b"]
-    rejects = [json.loads(line) for line in files.rejects_path(output).read_text().splitlines()]
-    assert [r["row"] for r in rejects] == [0, 1]
-    assert not files.parts_dir(output).exists()
+        return list(pd.read_csv(output)["unit"])
+    if fmt == "ndjson":
+        return list(pd.read_json(output, lines=True)["unit"])
+    return list(pq.read_table(output).column("unit").to_pylist())
+
+
+def chunk(index: int, rows: int = 3) -> pd.DataFrame:
+    return frame(rows).assign(unit=lambda f: [f"c{index}-{u}" for u in f["unit"]])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "parquet"])
+def test_chunks_written_again_after_a_kill_replace_the_uncommitted_ones(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A worker killed between writing a chunk and committing it: the resumed run writes that
+    chunk again at the committed lengths, so nothing of the first try is left."""
+    output = tmp_path / f"out{files.EXTENSIONS[fmt]}"
+    rejects = files.rejects_path(output)
+    written = files.Written(0, 0)
+    for index in range(2):
+        written = files.write_chunk(output, fmt, rejects, index, written, chunk(index),
+                                    [{"row": index, "reason": "r"}])  # fmt: skip
+    committed = written
+    # Chunk 2 written, longer than it will be, then the worker dies before the commit.
+    files.write_chunk(output, fmt, rejects, 2, committed, chunk(9, rows=50),
+                      [{"row": 99, "reason": "uncommitted"}] * 5)  # fmt: skip
+    # The resumed run: chunk 2 again from the committed lengths, then the last one.
+    written = files.write_chunk(output, fmt, rejects, 2, committed, chunk(2), [])
+    written = files.write_chunk(output, fmt, rejects, 3, written, chunk(3, rows=2),
+                                [{"row": 3, "reason": "r"}])  # fmt: skip
+    if fmt != "parquet":
+        assert written.output_bytes == files.partial_path(output).stat().st_size
+    assert written.rejects_bytes == files.partial_path(rejects).stat().st_size
+    assert not output.exists()  # published only at the end
+    files.publish(output, fmt, rejects, 4)
+    assert read_units(output, fmt) == [f"c{i}-u{r}" for i in range(4) for r in range(3 - i // 3)]
+    found = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [r["row"] for r in found] == [0, 1, 3]
+    assert not files.partial_path(output).exists() and not files.parts_dir(output).exists()
+    # Killed after publishing, before the job was marked done: publishing again keeps it.
+    first = output.read_bytes(), rejects.read_bytes()
+    files.publish(output, fmt, rejects, 4)
+    assert (output.read_bytes(), rejects.read_bytes()) == first
+
+
+def test_a_csv_header_is_written_once_and_rejects_are_byte_exact(tmp_path: Path) -> None:
+    output = tmp_path / "out.csv"
+    rejects = files.rejects_path(output)
+    written = files.Written(0, 0)
+    rejected = [{"row": 1, "unit": None, "reason": "unit is empty"},
+                {"row": 2, "unit": "ü", "reason": "column 'x': not a finite number ('n/a')"}]  # fmt: skip
+    for index in range(2):
+        written = files.write_chunk(output, "csv", rejects, index, written, chunk(index, 1),
+                                    rejected[index:index + 1])  # fmt: skip
+    files.publish(output, "csv", rejects, 2)
+    assert output.read_text() == '"unit","x"\n"c0-u0",0\n"c1-u0",0\n'
+    # As the part files wrote them: json.dumps's defaults, one object a line.
+    assert rejects.read_bytes() == (
+        b'{"row": 1, "unit": null, "reason": "unit is empty"}\n'
+        b'{"row": 2, "unit": "\\u00fc", "reason": "column \'x\': not a finite number (\'n/a\')"}\n'
+    )
+
+
+def test_a_lost_or_cut_short_output_is_a_file_problem(tmp_path: Path) -> None:
+    output, rejects = tmp_path / "out.ndjson", tmp_path / "out.rejects.ndjson"
+    written = files.write_chunk(output, "ndjson", rejects, 0, files.Written(0, 0), chunk(0), [])
+    files.partial_path(output).write_bytes(b"{}")  # shorter than committed
+    with pytest.raises(files.FileProblem, match="shorter"):
+        files.write_chunk(output, "ndjson", rejects, 1, written, chunk(1), [])
+    files.partial_path(output).unlink()
+    with pytest.raises(files.FileProblem, match="missing"):
+        files.write_chunk(output, "ndjson", rejects, 1, written, chunk(1), [])
+
+
+def test_a_job_without_chunks_publishes_empty_files(tmp_path: Path) -> None:
+    output, rejects = tmp_path / "out.csv", tmp_path / "out.rejects.ndjson"
+    files.publish(output, "csv", rejects, 0)
+    assert output.read_bytes() == b"" and rejects.read_bytes() == b""
+    files.publish(tmp_path / "o.parquet", "parquet", tmp_path / "o.rejects.ndjson", 0)
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 0
 
 
 def test_unknown_extensions_are_refused(tmp_path: Path) -> None:
@@ -78,25 +143,19 @@ def test_unknown_extensions_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_run_resumed_after_assembling_finds_the_job_assembled(tmp_path: Path) -> None:
-    """A worker killed after assembling, before the job was marked done: the resumed run
-    assembles again, which must keep the output (its parts are gone) and not fail."""
-    output = tmp_path / "out.csv"
+    """A Parquet output's worker killed after assembling, before the job was marked done: the
+    resumed run assembles again, which must keep the output (its parts are gone)."""
+    output = tmp_path / "out.parquet"
     for index in range(2):
-        files.write_part(output, "csv", index, frame(2), [{"row": index, "reason": "r"}])
-    files.assemble(output, "csv", 2)
-    first = output.read_bytes(), files.rejects_path(output).read_bytes()
-    files.assemble(output, "csv", 2)  # the resumed run
-    assert (output.read_bytes(), files.rejects_path(output).read_bytes()) == first
+        files.write_part(output, index, frame(2))
+    files.assemble(output, 2)
+    first = output.read_bytes()
+    files.assemble(output, 2)  # the resumed run
+    assert output.read_bytes() == first
     # Killed while removing the parts: they were renamed aside first, so the folder is gone
     # whole and what is left aside is cleared by the next run.
-    aside = files.parts_dir(output).with_name("out.csv.parts.removing")
+    aside = files.parts_dir(output).with_name("out.parquet.parts.removing")
     aside.mkdir()
-    (aside / "00000000.csv").write_text("unit,x\n")
-    files.assemble(output, "csv", 2)
-    assert not aside.exists() and output.read_bytes() == first[0]
-    # A table job's rejects alike.
-    rejects = tmp_path / "job.rejects.ndjson"
-    files.write_part(rejects, "csv", 0, None, [{"row": 7, "reason": "r"}])
-    files.assemble_rejects(rejects, 1)
-    files.assemble_rejects(rejects, 1)
-    assert [json.loads(line)["row"] for line in rejects.read_text().splitlines()] == [7]
+    (aside / "00000000.parquet").write_text("")
+    files.assemble(output, 2)
+    assert not aside.exists() and output.read_bytes() == first

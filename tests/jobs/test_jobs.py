@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,8 +185,10 @@ def test_a_job_assigns_and_scores_like_the_api_and_reports_bad_rows(
 
 def test_a_killed_worker_resumes_from_its_last_chunk(
     server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
-    start_worker: WorkerFactory, celery_broker: dict[str, str],
+    start_worker: WorkerFactory, celery_broker: dict[str, str], built: dict[str, str],
 ) -> None:  # fmt: skip
+    """Killed between writing chunk 3 to the output and committing it: the resumed run
+    writes chunk 3 again at the committed length, cutting off the first try's bytes."""
     jobs = tmp_path / "data" / "jobs"
     jobs.mkdir(parents=True)
     rows(1000).to_parquet(jobs / "in.parquet")
@@ -193,21 +196,34 @@ def test_a_killed_worker_resumes_from_its_last_chunk(
         db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
     )
     api = Api(server.base_url)
-    worker = start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH,
-                          ABX_TEST_CHUNK_SLEEP="0.3")  # fmt: skip
+    mark = tmp_path / "killed"
+    start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH, ABX_TEST_CHUNK_SLEEP="0.3",
+                 ABX_TEST_KILL_AFTER_CHUNK="3", ABX_TEST_KILL_MARK=str(mark))  # fmt: skip
     job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.parquet",
                                       "output": "out.ndjson", "chunk_rows": 50}).json()  # fmt: skip
-    assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 3, timeout=60)
-    # The pool's process (its children share the parent's command line, so the embedded
-    # beat goes too): the main process sees the worker lost and the task is delivered again.
-    for child in psutil.Process(worker.pid).children(recursive=True):
-        child.send_signal(signal.SIGKILL)
-    killed_at = job_row(db, job["job_id"])["chunks_done"]
-    assert killed_at < 20
+    assert wait_for(mark.exists, timeout=60, interval=0.05)
+    # The pool process wrote chunk 3 and died: past the committed length there is more, which
+    # the resumed run (0.3 s of fault sleep away at least) has not rewritten yet.
+    at_kill = job_row(db, job["job_id"])
+    assert at_kill["chunks_done"] == 3
+    assert (jobs / "out.ndjson.partial").stat().st_size > at_kill["output_bytes"] > 0
     done = wait_status(api, job["job_id"], "done", timeout=120)
     assert done["attempts"] >= 2 and done["rows_done"] == 1000
     units = [json.loads(x)["unit"] for x in (jobs / "out.ndjson").read_text().splitlines()]
     assert units == [f"user-{i}" for i in range(1000)]  # none twice, none missing, in order
+    assert not (jobs / "out.ndjson.partial").exists()
+    assert job_row(db, job["job_id"])["output_bytes"] == (jobs / "out.ndjson").stat().st_size
+    # The lineage counts the committed chunks' rows once each, the rewritten chunk included:
+    # each variant's rows, scored by its own model, in the API and on the dashboard.
+    scored = pd.read_json(jobs / "out.ndjson", lines=True)
+    lineage = api.get("/v1/experiments/score/models").json()
+    shown = {v["variant"]: [(m["served_by"], m["model_sha256"], m["predictions"], m["scored_rows"],
+                             m["score_jobs"]) for m in v["models"]] for v in lineage["variants"]}  # fmt: skip
+    sha = {"a": built["churn_logreg.onnx"], "b": built["churn_mlp.onnx"]}
+    assert shown == {v: [(v, sha[v], 0, int((scored["variant"] == v).sum()), 1)] for v in "ab"}
+    page = api.get("/dashboards/score").text
+    cells = re.findall(r'data-field="scored_rows" data-value="(\d+)"', page)
+    assert sorted(map(int, cells)) == sorted(m[0][3] for m in shown.values())
 
 
 def test_a_cancelled_job_stops_and_the_cli_scores_inline(
@@ -228,7 +244,7 @@ def test_a_cancelled_job_stops_and_the_cli_scores_inline(
     response = api.post(f"/v1/jobs/{job['job_id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     at_cancel = job_row(db, job["job_id"])["chunks_done"]
-    assert wait_for(lambda: not (jobs / "out.csv.parts").exists(), timeout=30)
+    assert wait_for(lambda: not (jobs / "out.csv.partial").exists(), timeout=30)
     assert job_row(db, job["job_id"])["chunks_done"] <= at_cancel + 1
     assert not (jobs / "out.csv").exists()
 
@@ -314,7 +330,7 @@ def test_a_killed_worker_resumes_into_the_output_table(
     assert rejects_file.parent == (jobs / "rejects").resolve()
     rejects = [json.loads(x) for x in rejects_file.read_text().splitlines()]
     assert [(r["row"], r["unit"]) for r in rejects] == [(420, "user-420"), (777, None)]
-    assert not list((jobs / "rejects").glob("*.parts"))
+    assert not list((jobs / "rejects").glob("*.partial"))
 
 
 def test_table_outputs_are_checked_and_a_misfit_table_fails_the_job(
