@@ -148,6 +148,21 @@ def floor_loop(model: Path, source: Path, target: Path, chunk_rows: int, run_row
     return rows / (time.perf_counter() - started)
 
 
+def job_column(path: Path, name: str) -> list[Any]:
+    """One column of a job's output file, whichever its format."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".csv":
+        table = pa_csv.read_csv(path)
+    elif path.suffix == ".ndjson":
+        table = pa_json.read_json(path)
+    else:
+        table = pq.read_table(path, columns=[name])
+    return table.column(name).to_pylist()
+
+
 def _timed(spent: dict[str, float], part: str, function: Any) -> Any:
     """``function`` adding its wall time to ``spent[part]`` (a generator: each resume)."""
     import inspect
@@ -179,7 +194,7 @@ def _timed(spent: dict[str, float], part: str, function: Any) -> Any:
 
 
 def profile_job(env: dict[str, str], key: str, source: Path, folder: Path,
-                chunk_rows: int) -> None:  # fmt: skip
+                chunk_rows: int, output_format: str = "parquet") -> None:  # fmt: skip
     """One job in this process (``run_now``, as ``abx score --inline``), its parts timed.
 
     Wall-clock wrappers around the job's own functions, not cProfile: a profiler's cost per
@@ -198,7 +213,7 @@ def profile_job(env: dict[str, str], key: str, source: Path, folder: Path,
     experiment = loaded.experiments[[i.experiment.key for i in loaded.experiments].index(key)]
     with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
         job = submit(conn, experiment.experiment, key, variant=None, input_path=source,
-                     input_format="parquet", output_path=folder / f"{key}-profiled.parquet",
+                     input_format="parquet", output_path=folder / f"{key}-profiled.{output_format}",
                      output_table=None, rejects_dir=folder / "rejects", log_exposures=False,
                      chunk_rows=chunk_rows, created_by="bench", request_id=None)  # fmt: skip
     parts = {
@@ -207,10 +222,14 @@ def profile_job(env: dict[str, str], key: str, source: Path, folder: Path,
         "  assignment (AssignmentService.assign_batch)": (AssignmentService, "assign_batch"),
         "    of which SHA-256 loops (unit_hashes)": (batch, "unit_hashes"),
         "  model runs (run_with_fallback)": (scoring, "run_with_fallback"),
+        "write chunks (files.write_chunk)": (files, "write_chunk"),
         "write part files (files.write_part)": (files, "write_part"),
         "commit chunks (store.commit_chunk)": (store, "commit_chunk"),
         "assemble the output (files.assemble)": (files, "assemble"),
+        "publish the output (files.publish)": (files, "publish"),
     }
+    # Older code has other functions: time those this code has.
+    parts = {part: found for part, found in parts.items() if hasattr(*found)}
     spent = dict.fromkeys(parts, 0.0)
     originals = {part: getattr(owner, name) for part, (owner, name) in parts.items()}
     for part, (owner, name) in parts.items():
@@ -246,7 +265,7 @@ def experiment_yaml(key: str, model: str, sha: str) -> str:
 
 
 def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
-             chunk_rows: int, table: bool = False) -> float:  # fmt: skip
+             chunk_rows: int, table: bool = False, output_format: str = "parquet") -> float:  # fmt: skip
     """Submit one job per input, wait for all; rows/s from submission to the last done."""
     import psycopg
 
@@ -262,7 +281,7 @@ def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
     ids = []
     with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
         for index, source in enumerate(inputs):
-            output = None if table else folder / f"{key}-{index}.parquet"
+            output = None if table else folder / f"{key}-{index}.{output_format}"
             job = submit(conn, experiment.experiment, key, variant=None, input_path=source,
                          input_format="parquet", output_path=output,
                          output_table=f"{key}_{index}_{time.time_ns()}" if table else None,
@@ -293,6 +312,8 @@ def main() -> None:
         "--profile", action="store_true", help="also profile one logistic job in this process"
     )
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--output-format", choices=("parquet", "csv", "ndjson"),
+                        default="parquet", help="the timed file jobs' output")  # fmt: skip
     parser.add_argument("--profile-rows", type=int, default=200_000)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--broker-url", default=os.environ.get("ABX_BENCH_BROKER_URL",
@@ -307,7 +328,7 @@ def main() -> None:
     models_root = PROJECT_ROOT / "experiments" / "models"
     shas = build_demo_models(models_root)
     print(f"code {code_version()}; load {load_average()}; rows {args.rows:,}; "
-          f"chunk {args.chunk_rows:,}; run {args.run_rows:,}")  # fmt: skip
+          f"chunk {args.chunk_rows:,}; run {args.run_rows:,}; output {args.output_format}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="abx-score-") as scratch, \
             bench_database(args.database_url) as database_url:  # fmt: skip
         folder = Path(scratch)
@@ -348,13 +369,17 @@ def main() -> None:
                                  args.chunk_rows, args.run_rows)  # fmt: skip
                 floor = floor_loop(models_root / model, source, folder / "floor.parquet",
                                    args.chunk_rows, args.run_rows, compiled, schema)  # fmt: skip
-                two = run_jobs(env, key, halves, folder, args.chunk_rows)
-                one = run_jobs(env, key, [source], folder, args.chunk_rows)
+                two = run_jobs(env, key, halves, folder, args.chunk_rows,
+                               output_format=args.output_format)  # fmt: skip
+                one = run_jobs(env, key, [source], folder, args.chunk_rows,
+                               output_format=args.output_format)  # fmt: skip
                 into_table = run_jobs(env, key, [source], folder, args.chunk_rows, table=True)
                 # the floor did the job's assignment: the same variant for every row, in order
-                job_variants = pq.read_table(folder / f"{key}-0.parquet", columns=["variant"])
+                job_variants = job_column(folder / f"{key}-0.{args.output_format}", "variant")
                 floor_variants = pq.read_table(folder / "floor.parquet", columns=["variant"])
-                assert job_variants.equals(floor_variants), "the floor assigned otherwise"
+                assert job_variants == floor_variants.column("variant").to_pylist(), (
+                    "the floor assigned otherwise"
+                )
                 print(f"{name:<10} {bare:>12,.0f} {floor:>13,.0f}"
                       f" {two:>14,.0f} {two / bare:>6.2f} {two / floor:>6.2f}"
                       f" {one:>13,.0f} {one / bare:>6.2f} {one / floor:>6.2f}"
@@ -367,7 +392,8 @@ def main() -> None:
         if args.profile:
             profiled = folder / "profiled.parquet"
             write_input(profiled, args.profile_rows)
-            profile_job(env, "score_logistic", profiled, folder, args.chunk_rows)
+            profile_job(env, "score_logistic", profiled, folder, args.chunk_rows,
+                        args.output_format)  # fmt: skip
             if os.environ.get("ABX_BENCH_SHOW_LOG"):
                 print((folder / "worker.log").read_text()[-3000:])
 
