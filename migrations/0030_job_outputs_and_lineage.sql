@@ -6,6 +6,11 @@
 -- file is appended like the others.
 ALTER TABLE score_jobs ADD COLUMN output_bytes bigint NOT NULL DEFAULT 0;
 ALTER TABLE score_jobs ADD COLUMN rejects_bytes bigint NOT NULL DEFAULT 0;
+-- A job that ran chunks before this version wrote them as part files, which the new code does
+-- not read: -1 makes its resumed run fail ("submit it again") instead of writing its next chunk
+-- at the start of an empty file.
+UPDATE score_jobs SET output_bytes = -1, rejects_bytes = -1
+    WHERE status IN ('queued', 'running') AND chunks_done > 0;
 
 -- Lineage of batch scoring (issue 21): score jobs write no `predictions`, so the lineage read
 -- (service/inference/records.py) would never show that a model version scored a batch. One row

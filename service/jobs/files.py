@@ -195,6 +195,9 @@ class Written:
 def _write_at(path: Path, offset: int, data: bytes) -> int:
     """``data`` at ``offset``, the rest of the file cut off, on disk before it returns."""
     partial = partial_path(path)
+    if offset < 0:  # see migrations/0030_job_outputs_and_lineage.sql
+        raise FileProblem(f"{path.name}: its chunks so far are part files written by an abx "
+                          "before migration 0030; submit the job again")  # fmt: skip
     if offset and not partial.exists():
         raise FileProblem(f"{partial.name}: the output written so far is missing")
     partial.parent.mkdir(parents=True, exist_ok=True)

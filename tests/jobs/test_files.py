@@ -127,6 +127,10 @@ def test_a_lost_or_cut_short_output_is_a_file_problem(tmp_path: Path) -> None:
     files.partial_path(output).unlink()
     with pytest.raises(files.FileProblem, match="missing"):
         files.write_chunk(output, "ndjson", rejects, 1, written, chunk(1), [])
+    # A job whose chunks were part files (before migration 0030) cannot go on.
+    with pytest.raises(files.FileProblem, match="submit the job again"):
+        files.write_chunk(output, "ndjson", rejects, 1, files.Written(-1, -1), chunk(1), [])
+    assert not files.partial_path(output).exists()
 
 
 def test_a_job_without_chunks_publishes_empty_files(tmp_path: Path) -> None:
