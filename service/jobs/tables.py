@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from service.jobs.targets import MAX_IDENTIFIER_BYTES, TableName
@@ -122,29 +124,33 @@ def ensure_table(conn: Any, name: TableName, outputs: Sequence[str]) -> None:
         )
 
 
-def _nullable(numbers: np.ndarray) -> list[float | None]:
-    """A variant without this output has NaN in the frame: NULL in the table."""
-    finite = np.isfinite(numbers)
-    if finite.all():
-        return list(numbers.tolist())
-    return [float(v) if ok else None for v, ok in zip(numbers.tolist(), finite, strict=True)]
-
-
 def insert_rows(
     conn: Any, name: TableName, job_id: str, scored: pd.DataFrame, outputs: Sequence[str]
 ) -> None:
-    """COPY one chunk's scores, keyed by the input row numbers in ``scored``'s index."""
+    """COPY one chunk's scores, keyed by the input row numbers in ``scored``'s index.
+
+    The rows go as one CSV block that Arrow writes from the columns (no Python object per
+    row or cell): every text quoted, a NaN output (a variant without that output) an unquoted
+    empty field, which COPY's CSV format reads as NULL; doubles in their shortest exact form."""
     columns = [c for c, _ in KEY_COLUMNS] + list(TEXT_COLUMNS) + list(outputs)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
         sql.Identifier(name.schema, name.table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
-    values: list[list[Any]] = [[int(i) for i in scored.index]]
-    values += [scored[column].tolist() for column in TEXT_COLUMNS]
-    values += [_nullable(np.asarray(scored[column], dtype=np.float64)) for column in outputs]
+    rows = len(scored)
+    arrays: list[pa.Array] = [
+        pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)),
+                                       pa.array([job_id])).cast(pa.string()),
+        pa.array(np.asarray(scored.index, dtype=np.int64)),
+    ]  # fmt: skip
+    arrays += [pa.array(scored[column], type=pa.string()) for column in TEXT_COLUMNS]
+    arrays += [pa.array(np.asarray(scored[column], dtype=np.float64), from_pandas=True)
+               for column in outputs]  # fmt: skip
+    block = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.Table.from_arrays(arrays, names=columns), block,
+                     pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))  # fmt: skip
     try:
         with conn.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in zip(*values, strict=True):
-                copy.write_row((job_id, *row))
+            copy.write(block.getvalue().to_pybytes())
     except psycopg.OperationalError:
         raise  # the database is away: the chunk is redone when it is back
     except psycopg.DatabaseError as error:

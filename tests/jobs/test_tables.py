@@ -84,6 +84,22 @@ def test_the_table_is_made_typed_marked_and_keyed(db: str) -> None:
         with pytest.raises(tables.TableProblem, match="refused the rows"), conn.transaction():
             tables.insert_rows(conn, name, job, scored.iloc[:1], ["probability", "margin"])
         assert conn.execute("SELECT count(*) FROM churn_scores").fetchone() == (2,)
+        # Texts CSV must quote, doubles at full precision, an empty output a NULL: the rows
+        # as COPY's CSV format reads them back.
+        odd = pd.DataFrame(
+            {"unit": ['a,"b"\nc', "é 𝔘", "NULL"], "variant": ["a", "b", "a"],
+             "reason": ["hashed"] * 3, "served_by": ["a", "a", "a"],
+             "probability": [0.1 + 0.2, 1e-310, 5e300], "margin": [np.nan, -0.0, 1 / 3]},
+            index=[10, 11, 12],
+        )  # fmt: skip
+        with conn.transaction():
+            tables.insert_rows(conn, name, job, odd, ["probability", "margin"])
+        rows = conn.execute(
+            "SELECT row_number, unit, served_by, probability, margin FROM churn_scores"
+            " WHERE row_number >= 10 ORDER BY row_number"
+        ).fetchall()
+        assert rows == [(10, 'a,"b"\nc', "a", 0.1 + 0.2, None), (11, "é 𝔘", "a", 1e-310, -0.0),
+                        (12, "NULL", "a", 5e300, 1 / 3)]  # fmt: skip
         # Another job's outputs do not fit the table made for these.
         with pytest.raises(tables.TableProblem, match="other columns"):
             tables.ensure_table(conn, name, ["probability"])
