@@ -135,14 +135,20 @@ def sample_size_means(
     alpha: float = 0.05,
     power: float = 0.8,
     allocation_ratio: float = 1.0,
+    treatment_standard_deviation: float | None = None,
 ) -> SampleSizePlan:
     """Return the fixed-design sample size for a difference of two means.
 
-    n_a = (z_{1-alpha/2} + z_{1-beta})^2 sigma^2 (1 + 1/r) / delta^2, the normal
-    approximation with a common standard deviation sigma and r = n_b / n_a (Chow, Shao &
-    Wang 2008, "Sample Size Calculations in Clinical Research", 2nd ed., section 3.2.1),
-    computed in closed form by ``statsmodels.stats.power.normal_sample_size_one_tail`` at
-    alpha / 2 with ``std_null = sigma sqrt(1 + 1/r)``. It equals
+    With control and treatment standard deviations sigma_a and sigma_b and r = n_b / n_a,
+
+        n_a = (z_{1-alpha/2} + z_{1-beta})^2 (sigma_a^2 + sigma_b^2 / r) / delta^2,
+
+    the normal approximation for the unpooled (Welch-type) z-test the decisions run (Chow,
+    Shao & Wang 2008, "Sample Size Calculations in Clinical Research", 2nd ed., section
+    3.2.4, unequal variances; section 3.2.1 when sigma_b = sigma_a, which gives
+    sigma^2 (1 + 1/r)). Computed in closed form by
+    ``statsmodels.stats.power.normal_sample_size_one_tail`` at alpha / 2 with
+    ``std_null = sqrt(sigma_a^2 + sigma_b^2 / r)``. With equal deviations it equals
     ``NormalIndPower().solve_power`` with ``alternative="larger"`` at alpha / 2 (the
     two-sided version there adds the negligible opposite tail). For small samples the
     t-test needs a few units more.
@@ -150,15 +156,24 @@ def sample_size_means(
     Parameters
     ----------
     standard_deviation : float
-        Outcome standard deviation sigma, > 0.
+        Outcome standard deviation sigma_a of the control, > 0 (of both arms unless
+        ``treatment_standard_deviation`` is given).
     minimum_detectable_effect : float
         delta = mean_b - mean_a, or a relative lift of ``baseline_mean`` when ``relative``.
     baseline_mean : float, optional
         Control mean, required (and non-zero) when ``relative``.
     relative, alpha, power, allocation_ratio
         As in :func:`sample_size_proportions`.
+    treatment_standard_deviation : float, optional
+        sigma_b, >= 0; default sigma_a. Under a multiplicative effect (the treatment's
+        outcome is the control's times 1 + lift) it is sigma_a |1 + lift|.
     """
     check_positive("standard_deviation", standard_deviation)
+    other = (
+        standard_deviation if treatment_standard_deviation is None else treatment_standard_deviation
+    )
+    if not (math.isfinite(other) and other >= 0.0):
+        raise ValueError(f"treatment_standard_deviation must be finite and >= 0, got {other}")
     if relative and (baseline_mean is None or not math.isfinite(baseline_mean)):
         raise ValueError("a relative effect needs a finite baseline_mean")
     delta = _absolute_effect(minimum_detectable_effect, baseline_mean or 0.0, relative)
@@ -168,7 +183,7 @@ def sample_size_means(
     n_control = float(
         normal_sample_size_one_tail(
             abs(delta), power, alpha / 2.0,
-            std_null=standard_deviation * math.sqrt(1.0 + 1.0 / r),
+            std_null=math.sqrt(standard_deviation**2 + other**2 / r),
         )
     )  # fmt: skip
     return _plan(n_control, delta, alpha, power, r, 1.0)

@@ -167,6 +167,15 @@ PLAN_DESIGNS = ["policy", "msprt", "confidence_sequence", "group_sequential", "f
     "--sd", "standard_deviation", type=float, help="Metric standard deviation (default: observed)."
 )
 @click.option("--daily-units", type=float, help="Units entering per day (default: observed).")
+@click.option(
+    "--effect",
+    type=click.Choice(["multiplicative", "additive"]),
+    default="multiplicative",
+    show_default=True,
+    help="Count, continuous or ratio metrics: a multiplicative lift scales the treatment's"
+    " standard deviation by 1 + lift (needs the relative lift: --relative or a baseline);"
+    " additive keeps equal deviations.",
+)
 def plan(
     experiment_key: str,
     mde: float,
@@ -178,6 +187,7 @@ def plan(
     baseline: float | None,
     standard_deviation: float | None,
     daily_units: float | None,
+    effect: str,
 ) -> None:
     """Sample size per variant and expected duration of EXPERIMENT_KEY's primary metric."""
     from service.decisions.plan import PlanInputs, make_plan, observed_inputs
@@ -198,8 +208,9 @@ def plan(
         except psycopg.Error as error:
             click.echo(f"(no observed data: {error})", err=True)
     inputs = PlanInputs(
-        mde, relative, alpha, power, design, looks, baseline, standard_deviation, daily_units
-    )
+        mde, relative, alpha, power, design, looks, baseline, standard_deviation, daily_units,
+        effect,
+    )  # fmt: skip
     try:
         result_plan = make_plan(experiment, inputs, observed)
     except ValueError as error:
@@ -208,10 +219,10 @@ def plan(
     metric = experiment.metrics.primary
     shown = f"{design} ({experiment.policy.method})" if design == "policy" else design
     click.echo(f"{experiment.key}: primary metric {metric.name} ({metric.type}), design {shown}")
-    for name in ("baseline", "standard_deviation", "daily_units"):
+    for name in ("baseline", "standard_deviation", "treatment_standard_deviation", "daily_units"):
         value = getattr(result_plan, name)
         if value is not None:
-            click.echo(f"  {name:<20} {value:.6g} ({result_plan.sources.get(name, '')})")
+            click.echo(f"  {name:<28} {value:.6g} ({result_plan.sources.get(name, '')})")
     click.echo(f"  alpha per comparison {result_plan.alpha_per_comparison:.4g}, power {power}")
     if result_plan.inflation_factor > 1.0:
         click.echo(f"  inflation factor     {result_plan.inflation_factor:.4f}")

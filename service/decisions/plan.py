@@ -3,10 +3,17 @@
 Numbers come from ``analysis.planning``; this module only gathers the inputs:
 the configured weights, the primary metric's type, and (when the caller does
 not give them) the traffic and the control's baseline observed so far.
+
+A lift on a count, continuous or ratio metric is taken as multiplicative by default (the
+treatment's outcome is the control's times 1 + lift: revenue, time spent), so the
+treatment's standard deviation is the control's times 1 + lift and the sample size is the
+unequal-variance one (docs/statistics.md#planning-sample-size-inflation-duration).
+``effect="additive"`` keeps equal variances (a shift of every outcome by the effect).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +34,8 @@ from service.events.sums import (
 )
 from service.experiments.schema import Experiment
 
+EFFECTS = ("multiplicative", "additive")
+
 
 @dataclass(frozen=True)
 class PlanInputs:
@@ -44,6 +53,10 @@ class PlanInputs:
     standard_deviation: float | None = None
     daily_units: float | None = None
     """Units entering the experiment per day; observed when None."""
+    effect: str = "multiplicative"
+    """How a count, continuous or ratio metric's lift acts: multiplicative (the treatment's
+    standard deviation is the control's times 1 + relative lift; the relative lift is the
+    MDE when ``relative``, else MDE / baseline) or additive (equal standard deviations)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,8 @@ class Plan:
     baseline: float | None
     standard_deviation: float | None
     sources: dict[str, str]
+    treatment_standard_deviation: float | None = None
+    """The treatment's standard deviation the plan assumed (None for a binary metric)."""
 
 
 def observed_inputs(conn: Any, experiment: Experiment) -> dict[str, float]:
@@ -114,7 +129,11 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         return None
 
     binary = experiment.metrics.primary.type == "binary"
-    baseline = pick("baseline", inputs.baseline) if binary or inputs.relative else inputs.baseline
+    if inputs.effect not in EFFECTS:
+        raise ValueError(f"unknown effect {inputs.effect!r} (one of {', '.join(EFFECTS)})")
+    multiplicative = not binary and inputs.effect == "multiplicative"
+    needs_baseline = binary or inputs.relative or multiplicative
+    baseline = pick("baseline", inputs.baseline) if needs_baseline else inputs.baseline
     deviation = None if binary else pick("standard_deviation", inputs.standard_deviation)
     daily = pick("daily_units", inputs.daily_units)
     weights = {v.key: v.weight for v in experiment.variants}
@@ -123,6 +142,7 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         raise ValueError("the plan needs a control and at least one treatment with traffic")
     alpha = bonferroni_alpha(inputs.alpha, len(treatments)) if len(treatments) > 1 else inputs.alpha
     ratio = min(weights[t] for t in treatments) / weights[experiment.control]
+    treatment_deviation: float | None = None
     if binary:
         if baseline is None:
             raise ValueError("a binary metric needs --baseline (no control data observed yet)")
@@ -135,9 +155,11 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
             raise ValueError(
                 "a count or continuous metric needs --sd (no control data observed yet)"
             )
+        treatment_deviation = _treatment_deviation(inputs, deviation, baseline, sources)
         plan = planning.sample_size_means(
             deviation, inputs.minimum_detectable_effect, baseline_mean=baseline,
             relative=inputs.relative, alpha=alpha, power=inputs.power, allocation_ratio=ratio,
+            treatment_standard_deviation=treatment_deviation,
         )  # fmt: skip
     inflation = 1.0
     design, looks = inputs.design, inputs.looks
@@ -170,7 +192,35 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
     return Plan(
         plan.n_control, plan.n_treatment, plan.n_control + plan.n_treatment * len(treatments),
         inflation, alpha, daily, days, baseline, deviation, sources,
+        treatment_deviation,
     )  # fmt: skip
+
+
+def _treatment_deviation(
+    inputs: PlanInputs, deviation: float, baseline: float | None, sources: dict[str, str]
+) -> float:
+    """The treatment's standard deviation under the plan's effect model.
+
+    Multiplicative: sigma (1 + lift) with the relative lift known (the MDE when relative,
+    else MDE / baseline). Without a baseline an absolute MDE's relative lift is unknown, and
+    the plan falls back to equal deviations, which the sources say.
+    """
+    if inputs.effect == "additive":
+        sources["treatment_standard_deviation"] = "equal (additive effect)"
+        return deviation
+    if inputs.relative:
+        lift = inputs.minimum_detectable_effect
+    elif baseline:
+        lift = inputs.minimum_detectable_effect / baseline
+    else:
+        sources["treatment_standard_deviation"] = (
+            "equal: no baseline, so the relative lift of a multiplicative effect is unknown"
+        )
+        return deviation
+    if not (math.isfinite(lift) and lift > -1.0):
+        raise ValueError(f"a multiplicative effect must be a lift above -100 %, got {lift:g}")
+    sources["treatment_standard_deviation"] = f"control x (1 + lift {lift:g}), multiplicative"
+    return deviation * (1.0 + lift)
 
 
 def underpowered(experiment: Experiment) -> str | None:

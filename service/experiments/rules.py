@@ -68,9 +68,6 @@ def _power_input_problems(experiment: Experiment) -> Iterator[RuleProblem]:
     policy, binary = experiment.policy, experiment.metrics.primary.type == "binary"
     if policy.baseline is not None and binary and not policy.baseline < 1.0:
         yield RuleProblem(("policy", "baseline"), f"a rate below 1, got {policy.baseline}")
-    if policy.baseline is not None and not binary:
-        yield RuleProblem(("policy", "baseline"), "only for a binary primary metric (its "
-                          "rate); give standard_deviation for this one")  # fmt: skip
     if policy.standard_deviation is not None and binary:
         yield RuleProblem(("policy", "standard_deviation"), "not for a binary primary metric "
                           "(its variance follows from baseline)")  # fmt: skip

@@ -400,7 +400,9 @@ class Policy(StrictModel):
     power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
     """Power ``abx validate`` checks ``planned_units`` against, for ``expected_effect``."""
     baseline: Annotated[float, Field(gt=0.0)] | None = None
-    """Binary primary metric: the control's expected rate, for the power check."""
+    """The control's expected rate (binary primary) or mean (count, continuous, ratio: the
+    relative lift ``expected_effect / baseline`` scales the treatment's standard deviation
+    under the multiplicative effect the power check assumes; without it, equal deviations)."""
     standard_deviation: Annotated[float, Field(gt=0.0)] | None = None
     """Count or continuous primary metric: its per-unit standard deviation, for the power check."""
     looks: Annotated[int, Field(ge=1, le=100)] = 10

@@ -74,8 +74,27 @@ def test_mean_sample_size_matches_hand_calculation(case: dict[str, Any]) -> None
         alpha=case["alpha"],
         power=case["power"],
         allocation_ratio=case["allocation_ratio"],
+        treatment_standard_deviation=case.get("treatment_standard_deviation"),
     )
     assert plan.n_control_exact == pytest.approx(case["n_control_exact"], abs=case["atol"])
+
+
+def test_unequal_variance_sample_size_has_its_power_in_simulation() -> None:
+    # A treatment 1.5 times as variable, twice as many treatment units: the Welch z-test at
+    # the planned size (67 control, 134 treatment) rejects in 80 % of 20,000 experiments,
+    # within 3 Monte-Carlo standard errors (0.0028 each); sizing for equal variances (48 and
+    # 95 units) would give 65 %.
+    plan = sample_size_means(1.0, 0.5, allocation_ratio=2.0, treatment_standard_deviation=1.5)
+    rng = np.random.default_rng(7)
+    runs = 20_000
+    control = rng.normal(0.0, 1.0, (runs, plan.n_control))
+    treatment = rng.normal(0.5, 1.5, (runs, plan.n_treatment))
+    z = (treatment.mean(axis=1) - control.mean(axis=1)) / np.sqrt(
+        treatment.var(axis=1, ddof=1) / plan.n_treatment
+        + control.var(axis=1, ddof=1) / plan.n_control
+    )
+    power = float((np.abs(z) > 1.959964).mean())
+    assert abs(power - 0.8) < 3 * math.sqrt(0.8 * 0.2 / runs) + 0.004  # + the plan's rounding up
 
 
 @pytest.mark.parametrize(
@@ -205,6 +224,7 @@ def test_sequential_design_keeps_alpha_and_reaches_planned_power_in_simulation()
         (lambda: sample_size_means(1.0, 1.0, relative=True), "needs a finite baseline_mean"),
         (lambda: sample_size_means(1.0, 0.1, baseline_mean=0.0, relative=True), "zero baseline"),
         (lambda: sample_size_means(1.0, math.nan), "non-zero"),
+        (lambda: sample_size_means(1.0, 0.5, treatment_standard_deviation=-1.0), "treatment_stan"),
         (lambda: sequential_inflation_factor([0.5, 0.9]), "must end at 1"),
         (lambda: sequential_inflation_factor([0.5, 1.0], power=0.02), "must exceed"),
         (lambda: sequential_inflation_factor([0.5, 1.0], spending="hsd"), "gamma is required"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -174,3 +175,85 @@ def test_observed_ratio_baseline_is_the_delta_method_unit(db: str, tmp_path) -> 
     assert observed["standard_deviation"] == pytest.approx(linearised.std())
     plan = make_plan(exp, PlanInputs(0.1), observed)
     assert plan.sources["standard_deviation"] == "observed"
+
+
+def continuous(method: str = "msprt", arms: int = 2, metric: str = "continuous"):  # type: ignore[no-untyped-def]
+    from service.decisions.simulation import experiment_for
+
+    return experiment_for(arms, method, metric)
+
+
+def fixed_n(sd_a: float, sd_b: float, delta: float, alpha: float = 0.05) -> float:
+    """(z_{1-alpha/2} + z_0.8)^2 (s_a^2 + s_b^2) / delta^2: a z-test with unequal variances."""
+    from scipy.stats import norm
+
+    z = norm.ppf(1 - alpha / 2) + norm.ppf(0.8)
+    return float(z**2 * (sd_a**2 + sd_b**2) / delta**2)
+
+
+@pytest.mark.parametrize("metric", ["continuous", "ratio", "count"])
+def test_a_multiplicative_lift_scales_the_treatments_deviation(metric: str) -> None:
+    exp = continuous("msprt", 2, metric)
+    relative = make_plan(exp, PlanInputs(0.1, relative=True, design="fixed", baseline=20.0,
+                                         standard_deviation=26.0), {})  # fmt: skip
+    assert relative.treatment_standard_deviation == pytest.approx(28.6)
+    assert relative.n_control == math.ceil(fixed_n(26.0, 28.6, 2.0))
+    # The same lift given in the metric's units, with the baseline observed: the same plan.
+    absolute = make_plan(exp, PlanInputs(2.0, design="fixed", standard_deviation=26.0),
+                         {"baseline": 20.0})  # fmt: skip
+    assert absolute.n_control == relative.n_control
+    assert absolute.sources["baseline"] == "observed"
+    additive = make_plan(exp, PlanInputs(2.0, design="fixed", standard_deviation=26.0,
+                                         effect="additive"), {"baseline": 20.0})  # fmt: skip
+    assert additive.treatment_standard_deviation == 26.0
+    assert additive.n_control == math.ceil(fixed_n(26.0, 26.0, 2.0))
+    # No baseline: an absolute lift's relative size is unknown; equal deviations, said so.
+    unknown = make_plan(exp, PlanInputs(2.0, design="fixed", standard_deviation=26.0), {})
+    assert unknown.n_control == additive.n_control
+    assert "no baseline" in unknown.sources["treatment_standard_deviation"]
+
+
+@pytest.mark.parametrize(
+    ("method", "arms"),
+    [("msprt", 2), ("confidence_sequence", 3), ("group_sequential", 2), ("group_sequential", 5)],
+)
+def test_every_method_inflates_the_unequal_variance_size(method: str, arms: int) -> None:
+    """The inflation factors are ratios of information, which the unequal deviations leave
+    alone: each method's size is its factor times the unequal-variance fixed size."""
+    exp = continuous(method, arms, "ratio")
+    inputs = PlanInputs(0.125, relative=True, design="policy", baseline=1.0,
+                        standard_deviation=3.16)  # fmt: skip
+    plan = make_plan(exp, inputs, {})
+    fixed = fixed_n(3.16, 3.16 * 1.125, 0.125, alpha=0.05 / (arms - 1))
+    assert plan.inflation_factor > 1.0
+    assert plan.n_control == pytest.approx(fixed * plan.inflation_factor, abs=1)
+    equal = make_plan(exp, replace(inputs, effect="additive"), {})
+    assert plan.n_control / equal.n_control == pytest.approx((1 + 1.125**2) / 2, rel=1e-3)
+
+
+def test_effect_model_errors() -> None:
+    exp = continuous()
+    with pytest.raises(ValueError, match="unknown effect 'log'"):
+        make_plan(exp, PlanInputs(0.1, relative=True, baseline=1.0, standard_deviation=1.0,
+                                  effect="log"), {})  # fmt: skip
+    with pytest.raises(ValueError, match=r"lift above -100 %, got -1\.5"):
+        make_plan(exp, PlanInputs(-3.0, baseline=2.0, standard_deviation=1.0), {})
+
+
+def test_cli_effect_option(runner: CliRunner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.experiment_files import minimal_experiment, write_experiment
+
+    metrics = {"primary": {"name": "revenue", "type": "continuous"}}
+    path = write_experiment(tmp_path, minimal_experiment("rev", metrics=metrics))
+    env = {"ABX_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "ABX_EXPERIMENTS": str(path)}
+    common = ["plan", "rev", "--mde", "0.1", "--relative", "--baseline", "20", "--sd", "26",
+              "--daily-units", "1000", "--design", "fixed"]  # fmt: skip
+    scaled = runner.invoke(main, common, env=env)
+    assert scaled.exit_code == 0, scaled.output
+    assert "treatment_standard_deviation 28.6 (control x (1 + lift 0.1), multiplicative)" in (
+        scaled.output
+    )
+    equal = runner.invoke(main, [*common, "--effect", "additive"], env=env)
+    assert equal.exit_code == 0 and "28.6" not in equal.output
+    bad = runner.invoke(main, [*common, "--effect", "log"], env=env)
+    assert bad.exit_code == 2 and "'log' is not one of" in bad.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 import time
 from pathlib import Path
@@ -348,11 +349,38 @@ def test_validate_warns_when_planned_units_are_too_few_for_the_power(
     assert quiet.exit_code == 0 and "warning" not in quiet.output
 
 
+def test_validate_sizes_a_multiplicative_lift_of_a_continuous_primary(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Revenue of mean 20 and SD 26 lifted by 2 (10 %): the treatment's SD is 28.6, so the
+    mSPRT needs R (z_0.975 + z_0.8)^2 (26^2 + 28.6^2) / 2^2 = R x 2,931.3 units, not the
+    R x 2,652.6 of equal deviations (R: the mixture's inflation factor)."""
+    from scipy.stats import norm
+
+    from analysis.inflation_factor import mixture_inflation_factor
+
+    z2 = (norm.ppf(0.975) + norm.ppf(0.8)) ** 2
+    inflation = mixture_inflation_factor(0.05, 0.8)
+    unequal, equal = z2 * (26**2 + 28.6**2) / 4 * inflation, z2 * 2 * 26**2 / 4 * inflation
+    policy = {"expected_effect": 2.0, "standard_deviation": 26.0,
+              "planned_units": round((unequal + equal) / 2)}  # fmt: skip
+    metrics = {"primary": {"name": "revenue", "type": "continuous"}}
+    for key, extra, warns in (("mean_known", {"baseline": 20.0}, True), ("no_mean", {}, False)):
+        path = tmp_path / key / f"{key}.yaml"
+        path.parent.mkdir()
+        path.write_text(experiment_yaml(minimal_experiment(key, metrics=metrics,
+                                                           policy={**policy, **extra})))  # fmt: skip
+        result = runner.invoke(main, ["validate", str(path)])
+        assert result.exit_code == 0 and "1 experiment(s) valid" in result.output, result.output
+        assert ("warning: msprt needs " in result.output) is warns, result.output
+        if warns:
+            assert int(result.output.split(" needs ")[1].split()[0]) == math.ceil(unequal)
+
+
 @pytest.mark.parametrize(
     ("primary", "policy", "complaint"),
     [
         ("binary", {"baseline": 1.2}, "policy.baseline: a rate below 1, got 1.2"),
-        ("continuous", {"baseline": 0.2}, "policy.baseline: only for a binary primary metric"),
         ("binary", {"standard_deviation": 3.0}, "policy.standard_deviation: not for a binary"),
         ("binary", {"power": 1.0}, "policy.power"),
     ],
