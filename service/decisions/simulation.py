@@ -20,6 +20,16 @@ the horizon) lies between the two looks, the look would decide "continue" again 
 same state to carry (but the mixture tests' informational look counter). Such looks are
 counted, not recomputed; ``tests/decisions/test_simulation.py`` checks the replay is the
 same with and without.
+
+A bandit (``policy.method: bandit``) is replayed the same way, with what the cycle adds for
+it: each look's analysis reads the sums split by allocation period (``bandit.Period``: a
+unit belongs to the period in force when it arrived and keeps its arm, as the sticky store
+keeps it), and after a look that decided "continue", Thompson sampling re-weights the
+active arms with ``bandit.reweigh`` exactly as ``reweight.reweight_bandit`` does (the same
+wait between moves, seed, floors and 0.01 threshold); new weights start a period and apply
+to the units of the next look. The switch is taken as exact at the look (the cycle's 3 s
+settle notice and the SRM's guard after a switch are not modelled), and the idle-look
+shortcut is off (a re-weighting may move the weights at a look no unit reached).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import numpy as np
 from analysis import fixed
 from analysis.sufficient_stats import SufficientStats
 from service.assignment.state import ExperimentState
-from service.decisions import synthetic
+from service.decisions import bandit, synthetic
 from service.decisions.evaluation import ExperimentAnalysis, analyze
 from service.decisions.ratios import ratio_stats
 from service.decisions.rules import active_treatments, decide
@@ -78,6 +88,34 @@ class Replay:
     fixed_horizon: list[str] = field(default_factory=list)
     """Treatments a fixed-horizon test (z or Welch, Bonferroni across treatments) finds
     better at ``planned_units``, on the same data (with ``fixed_horizon=True``)."""
+    weight_moves: int = 0
+    """A bandit's re-weightings: allocation changes, each starting a period."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """A bandit's weights in force at the end (the YAML's for a test)."""
+
+
+@dataclass
+class _Period:
+    """One allocation period's weights, units and per-(variant, metric) running sums."""
+
+    weights: dict[str, float]
+    units: dict[str, int] = field(default_factory=dict)
+    sums: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, before: dict[str, SufficientStats], after: dict[str, SufficientStats],
+            count: int) -> None:  # fmt: skip
+        """The look's new units of arm ``key``: the arm's sums after minus before."""
+        self.units[key] = self.units.get(key, 0) + count
+        for name, now in after.items():
+            was = before.get(name)
+            sums = self.sums.setdefault((key, name), [0.0, 0.0, 0.0])
+            sums[0] += now.n - (was.n if was else 0)
+            sums[1] += now.total - (was.total if was else 0.0)
+            sums[2] += now.total_squares - (was.total_squares if was else 0.0)
+
+    def frozen(self) -> bandit.Period:
+        stats = {k: SufficientStats(int(n), t, q) for k, (n, t, q) in self.sums.items()}
+        return bandit.Period(dict(self.weights), dict(self.units), stats, dict(self.units))
 
 
 def _inputs(
@@ -134,6 +172,12 @@ def replay(
     per_look = scenario.units_per_day * scenario.look_every_hours / 24.0
     decided = fixed_done = False
     fixed_n = fixed_units or experiment.policy.planned_units
+    is_bandit = design.method == "bandit"
+    if is_bandit and scenario.metric == "ratio":
+        raise ValueError("the bandit replay reads per-unit sums: binary or continuous primaries")
+    allocation = {v.key: v.weight for v in experiment.variants}  # the weights in force
+    periods = [_Period(dict(allocation))] if is_bandit else []
+    last_move: datetime | None = None
     last: tuple[date, tuple[bool, ...]] | None = None  # the last look that decided "continue"
     repeated = (False, False)  # what that look counted: an error, a primary missing
     for look in range(1, looks + 1):
@@ -141,7 +185,7 @@ def replay(
         active = [experiment.control, *active_treatments(experiment, state)]
         if decided:
             active = list(keys)
-        weights = {v.key: v.weight for v in experiment.variants if v.key in active}
+        weights = {v.key: allocation[v.key] for v in experiment.variants if v.key in active}
         total_weight = sum(weights.values())
         arrivals = rng.multinomial(
             rng.poisson(per_look * len(keys)), [weights[k] / total_weight for k in active]
@@ -150,7 +194,11 @@ def replay(
         for key, count in zip(active, arrivals, strict=True):
             daily.setdefault(day, {}).setdefault(key, 0)
             daily[day][key] += int(count)
+            before = arms[key].stats(scenario.metric, scenario.guardrails) if periods else {}
             arms[key].add(rng, scenario.metric, int(count), scenario.guardrails)
+            if periods and not decided:
+                after = arms[key].stats(scenario.metric, scenario.guardrails)
+                periods[-1].add(key, before, after, int(count))
         if fixed_horizon and not fixed_done and min(a.units for a in arms.values()) >= fixed_n:
             stats, _, _ = _inputs(experiment, scenario, arms)
             result.fixed_horizon = _fixed_horizon(experiment, stats, metric)
@@ -161,7 +209,7 @@ def replay(
             continue
         hours = look * scenario.look_every_hours
         here = (now.date(), _gates(experiment, now - START))
-        if skip_unchanged and not arrivals.any() and last == here:
+        if skip_unchanged and not is_bandit and not arrivals.any() and last == here:
             result.looks += 1
             result.looks_repeated += 1
             result.looks_with_errors += repeated[0]
@@ -171,6 +219,7 @@ def replay(
         analysis, carried = analyze(
             experiment, {k: a.units for k, a in arms.items() if a.units}, stats, weights,
             design=design, carried=carried, daily_units=daily, health=health, today=now.date(),
+            periods=[p.frozen() for p in periods] or None,
         )  # fmt: skip
         repeated = (bool(analysis.errors or ratio_errors),
                     _without_primary(experiment, state, analysis))  # fmt: skip
@@ -183,6 +232,15 @@ def replay(
             result.rollbacks.append(decision.variant)
             result.rollback_metrics.append(_rollback_metric(analysis, decision.variant, metric))
         state = decision.state_after
+        moved = None
+        if is_bandit and decision.kind == "continue":
+            moved = _reweight(experiment, state, stats, allocation, result.weight_moves,
+                              last_move, now)  # fmt: skip
+        if moved is not None:
+            allocation, last_move = moved, now
+            result.weight_moves += 1
+            periods.append(_Period(dict(allocation)))
+            last = None
         if decision.kind in ("promote", "halt", "inconclusive") or state.state == "rolled_back":
             result.decision = "rolled_back" if decision.kind == "rollback" else decision.kind
             result.variant = decision.variant
@@ -190,7 +248,32 @@ def replay(
             decided = True
             if not fixed_horizon or fixed_done:
                 break
+    result.weights = allocation
     return result
+
+
+def _reweight(
+    experiment: Experiment, state: ExperimentState, stats: dict[tuple[str, str], SufficientStats],
+    allocation: dict[str, float], moves: int, last_move: datetime | None, now: datetime,
+) -> dict[str, float] | None:  # fmt: skip
+    """New weights, or None where ``reweight.reweight_bandit`` keeps them (its pure steps).
+
+    The cycle calls it after a look that decided "continue" on a running or ramping
+    experiment, waits ``min_hours_between_moves`` after its last move, seeds the generator
+    with ``bandit.rng_seed`` of the allocations so far (the YAML's first and every move),
+    and moves only when some arm changes by ``bandit.MIN_WEIGHT_CHANGE``.
+    """
+    if state.state not in ("running", "ramping"):
+        return None
+    wait = timedelta(hours=experiment.policy.bandit_settings.min_hours_between_moves)
+    if last_move is not None and now - last_move < wait:
+        return None
+    active = [experiment.control, *active_treatments(experiment, state)]
+    seed = bandit.rng_seed(experiment, 1 + moves)
+    found = bandit.reweigh(experiment, active, stats, np.random.default_rng(seed))
+    if isinstance(found, str) or not bandit.changed(allocation, found.weights):
+        return None
+    return found.weights
 
 
 def _without_primary(

@@ -100,3 +100,48 @@ def test_replay_reports_what_a_harmful_variant_is_rolled_back_for() -> None:
     found: Replay = replay(experiment, scenario, np.random.default_rng(7))
     assert found.rollbacks[:1] == ["t2"]
     assert found.rollback_metrics[:1] == [MODEL_LATENCY_P99]
+
+
+def offer_banner(arms: int):  # type: ignore[no-untyped-def]
+    """``experiments/offer_banner.yaml``'s bandit policy on ``arms`` equal arms."""
+    import yaml
+
+    from tests.conftest import EXAMPLES
+
+    policy = yaml.safe_load((EXAMPLES / "offer_banner.yaml").read_text())["policy"]
+    return experiment_for(arms, **policy)
+
+
+@pytest.mark.parametrize("arms", [2, 3])
+def test_a_bandit_replayed_with_moving_weights_keeps_alpha(arms: int) -> None:
+    """offer_banner's bandit, A/A, its weights moved by Thompson sampling after each look.
+
+    20,000 units a day per arm at the YAML's weights, a look every 2 hours for its 1-day
+    horizon (the YAML moves at every look): 120 replays; false promotions, SRM halts and
+    uncomputed looks held to the bounds of the tests above. ``benchmarks/decisions_e2e.py
+    --bandit`` is the long version (60 s looks).
+    """
+    experiment = offer_banner(arms)
+    scenario = Scenario(units_per_day=20_000, days=1, look_every_hours=2,
+                        lifts=(0.0,) * (arms - 1))  # fmt: skip
+    rng = np.random.default_rng(31 + arms)
+    results = [replay(experiment, scenario, rng) for _ in range(EXPERIMENTS)]
+    false = sum(r.decision == "promote" or "primary" in r.rollback_metrics for r in results)
+    assert false / EXPERIMENTS <= limit(ALPHA, EXPERIMENTS)
+    assert sum(r.decision == "halt" for r in results) / EXPERIMENTS <= limit(0.002, EXPERIMENTS)
+    assert all(r.looks_with_errors == 0 and r.looks_without_primary == 0 for r in results)
+    assert all(r.weight_moves >= 1 for r in results)  # the weights did move
+    floors = experiment.policy.bandit_settings
+    for found in results:
+        assert sum(found.weights.values()) == pytest.approx(1.0)
+        assert found.weights["control"] >= floors.control_floor - 1e-9
+        assert min(found.weights.values()) >= floors.arm_floor - 1e-9
+
+
+def test_a_bandit_moves_traffic_to_and_promotes_a_clearly_better_arm() -> None:
+    experiment = offer_banner(3)
+    scenario = Scenario(units_per_day=20_000, days=1, look_every_hours=2, lifts=(0.0, 0.3))
+    rng = np.random.default_rng(5)
+    results = [replay(experiment, scenario, rng) for _ in range(20)]
+    assert sum(r.decision == "promote" and r.variant == "t2" for r in results) >= 18
+    assert all(max(r.weights, key=r.weights.__getitem__) == "t2" for r in results)
