@@ -8,8 +8,10 @@ each), the same file split in two halves submitted as two jobs of an experiment 
 variants both use the model (each row assigned as /v1/assign would, checked, scored, its
 chunk written and committed), timed from submission until both are done; and once more with
 the whole file as one job (one process), to a Parquet file and to a PostgreSQL table (each
-chunk's rows COPYed in the transaction that commits it). Run for the logistic model and the
-heavy MLP. Before the timed jobs of each model, two small jobs (``--warm-rows`` rows each)
+chunk's rows COPYed in the transaction that commits it); and the two halves again as jobs
+of one explicit variant (``--variant a``: every row scored by that model, none assigned),
+the same work as the bare loop plus the job's checks, commits and output columns. Run for the
+logistic model and the heavy MLP. Before the timed jobs of each model, two small jobs (``--warm-rows`` rows each)
 warm both worker processes (their context, the model's session), as the baseline's session
 is made before its clock starts: the ratio compares rates, not the workers' first-job start.
 Reported: rows/s, the ratio to the baseline, and the workers' peak RSS (VmHWM), which
@@ -265,8 +267,11 @@ def experiment_yaml(key: str, model: str, sha: str) -> str:
 
 
 def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
-             chunk_rows: int, table: bool = False, output_format: str = "parquet") -> float:  # fmt: skip
-    """Submit one job per input, wait for all; rows/s from submission to the last done."""
+             chunk_rows: int, table: bool = False, output_format: str = "parquet",
+             variant: str | None = None) -> float:  # fmt: skip
+    """Submit one job per input, wait for all; rows/s from submission to the last done.
+
+    ``variant``: every row scored by that variant's model, no assignment (``--variant``)."""
     import psycopg
 
     os.environ.update(env)  # before the Celery app is made: the worker's broker and queue
@@ -282,7 +287,7 @@ def run_jobs(env: dict[str, str], key: str, inputs: list[Path], folder: Path,
     with psycopg.connect(env["ABX_DATABASE_URL"], autocommit=True) as conn:
         for index, source in enumerate(inputs):
             output = None if table else folder / f"{key}-{index}.{output_format}"
-            job = submit(conn, experiment.experiment, key, variant=None, input_path=source,
+            job = submit(conn, experiment.experiment, key, variant=variant, input_path=source,
                          input_format="parquet", output_path=output,
                          output_table=f"{key}_{index}_{time.time_ns()}" if table else None,
                          rejects_dir=folder / "rejects",
@@ -339,6 +344,7 @@ def main() -> None:
         write_input(warm_source, max(2, args.warm_rows * 2))
         warm_halves = split(warm_source, 2)
         (folder / "warm").mkdir()
+        (folder / "explicit").mkdir()
         experiments = folder / "experiments"
         experiments.mkdir()
         for name, model in MODELS.items():
@@ -358,7 +364,8 @@ def main() -> None:
             print_header(f"{'model':<10} {'bare rows/s':>12} {'floor rows/s':>13}"
                          f" {'2 jobs rows/s':>14} {'/bare':>6} {'/floor':>6}"
                          f" {'1 job rows/s':>13} {'/bare':>6} {'/floor':>6}"
-                         f" {'1 job to table':>15} {'vs file':>7}")  # fmt: skip
+                         f" {'1 job to table':>15} {'vs file':>7}"
+                         f" {'2 jobs, variant a':>18} {'/bare':>6}")  # fmt: skip
             for name in args.models:
                 model = MODELS[name]
                 key = "score_" + name.split()[-1].lower()
@@ -374,6 +381,8 @@ def main() -> None:
                 one = run_jobs(env, key, [source], folder, args.chunk_rows,
                                output_format=args.output_format)  # fmt: skip
                 into_table = run_jobs(env, key, [source], folder, args.chunk_rows, table=True)
+                explicit = run_jobs(env, key, halves, folder / "explicit", args.chunk_rows,
+                                    output_format=args.output_format, variant="a")  # fmt: skip
                 # the floor did the job's assignment: the same variant for every row, in order
                 job_variants = job_column(folder / f"{key}-0.{args.output_format}", "variant")
                 floor_variants = pq.read_table(folder / "floor.parquet", columns=["variant"])
@@ -383,7 +392,8 @@ def main() -> None:
                 print(f"{name:<10} {bare:>12,.0f} {floor:>13,.0f}"
                       f" {two:>14,.0f} {two / bare:>6.2f} {two / floor:>6.2f}"
                       f" {one:>13,.0f} {one / bare:>6.2f} {one / floor:>6.2f}"
-                      f" {into_table:>15,.0f} {into_table / one:>7.2f}", flush=True)  # fmt: skip
+                      f" {into_table:>15,.0f} {into_table / one:>7.2f}"
+                      f" {explicit:>18,.0f} {explicit / bare:>6.2f}", flush=True)  # fmt: skip
             print(f"load {load_average()} after the jobs")
             rss = [peak_rss_mib(pid) for pid in children_of(worker.pid)]
             print(f"\nworker processes' peak RSS (VmHWM): {', '.join(f'{r:.0f}' for r in rss)} MiB")
