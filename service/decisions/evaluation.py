@@ -8,7 +8,7 @@ function, so a page never shows a number the decision did not use.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date
 
 from analysis import cuped, guardrails, srm
@@ -34,7 +34,19 @@ from service.events.sums import ModelHealth
 from service.experiments.schema import Experiment, Metric
 
 StatsKey = tuple[str, str]  # variant, metric
-__all__ = ["Comparison", "ExperimentAnalysis", "GuardrailCheck", "SrmCheck", "StatsKey", "analyze"]
+__all__ = [
+    "Comparison",
+    "ExperimentAnalysis",
+    "GuardrailCheck",
+    "SrmCheck",
+    "SrmPeriod",
+    "StatsKey",
+    "analyze",
+    "srm_check_of",
+    "srm_day_flagged",
+    "srm_look",
+    "srm_period",
+]
 WEIGHT_TOLERANCE = 1e-9
 
 
@@ -42,20 +54,32 @@ class NotYet(Exception):
     """Not decidable yet (no outcomes, no variance): wait for data, not an error."""
 
 
-def _srm(
+@dataclass(frozen=True)
+class SrmPeriod:
+    """The anytime-valid SRM test of the current allocation period after one look."""
+
+    keys: list[str]
+    """The variants with weight in force, in the order of ``shares``."""
+    shares: dict[str, float]
+    result: srm.SequentialSrmResult
+    started_on: str | None
+    """The day the current period began (None: the first period); days after it are its own."""
+    state: Carried
+
+
+def srm_period(
     design: Design, units: Mapping[str, int], weights: Mapping[str, float],
-    daily: Mapping[date, Mapping[str, int]], carried: Carried | None, today: date | None,
-) -> tuple[SrmCheck | None, Carried | None]:  # fmt: skip
+    carried: Carried | None, today: date | None,
+) -> SrmPeriod | None:  # fmt: skip
     """The anytime-valid SRM test on the cumulative counts of each allocation period.
 
     A change of the weights in force (a YAML edit, a rolled-back variant) closes the period:
     its final log e-value is kept and a new one starts from the counts of the last look.
-    Per-day chi-square tests run on completed days of the current period only, each at
-    its share of a second budget of ``srm_threshold`` (``srm.daily_threshold``).
+    None when fewer than two variants have weight or no unit has arrived.
     """
     keys = [key for key, w in weights.items() if w > 0]
     if len(keys) < 2 or sum(units.get(key, 0) for key in keys) == 0:
-        return None, carried
+        return None
     total = sum(weights[key] for key in keys)
     shares = {key: weights[key] / total for key in keys}
     closed, started_on = 0.0, None
@@ -82,23 +106,58 @@ def _srm(
         concentration=design.srm_concentration, closed_log_e_value=closed,
         previous_max_log_e_value=float(carried["max_log_e"]) if carried else 0.0,
     )  # fmt: skip
-    all_days = sorted(daily)
-    flagged_days: list[str] = []
-    for number, day in enumerate(all_days, start=1):
-        complete = today is None or day < today
-        in_period = started_on is None or day.isoformat() > started_on
-        observed = [daily[day].get(k, 0) for k in keys]
-        if complete and in_period and sum(observed) > 0:
-            threshold = srm.daily_threshold(design.srm_threshold, number)
-            if srm.srm_check(observed, [shares[k] for k in keys], threshold).flagged:
-                flagged_days.append(day.isoformat())
-    check = SrmCheck(result.p_value_always_valid, result.flagged or bool(flagged_days),
-                     design.srm_threshold, {k: units.get(k, 0) for k in keys}, shares,
-                     flagged_days, result.log_e_value)  # fmt: skip
     state = {"weights": shares, "start": start, "last": {k: units.get(k, 0) for k in keys},
              "closed_log_e": closed, "max_log_e": result.max_log_e_value,
              "started_on": started_on}  # fmt: skip
-    return check, state
+    return SrmPeriod(keys, shares, result, started_on, state)
+
+
+def srm_day_flagged(
+    design: Design, period: SrmPeriod, day: date, day_number: int, counts: Mapping[str, int]
+) -> bool:
+    """Whether one completed day of the current period fails its own chi-square test.
+
+    ``day_number`` is the day's 1-based position among the experiment's days; its test runs
+    at its share of a second budget of ``srm_threshold`` (``srm.daily_threshold``). A day
+    before the period began, or without units, is not tested. Nothing here reads a later
+    look: once a day is complete, its answer stays the same while the period lasts.
+    """
+    if period.started_on is not None and day.isoformat() <= period.started_on:
+        return False
+    observed = [counts.get(k, 0) for k in period.keys]
+    if sum(observed) == 0:
+        return False
+    threshold = srm.daily_threshold(design.srm_threshold, day_number)
+    return srm.srm_check(observed, [period.shares[k] for k in period.keys], threshold).flagged
+
+
+def srm_look(
+    design: Design, units: Mapping[str, int], weights: Mapping[str, float],
+    daily: Mapping[date, Mapping[str, int]], carried: Carried | None, today: date | None,
+) -> tuple[SrmCheck | None, Carried | None]:  # fmt: skip
+    """The SRM check of one look: :func:`srm_period`, and each completed day of the period.
+
+    Per-day chi-square tests run on completed days of the current period only, each at
+    its share of a second budget of ``srm_threshold`` (:func:`srm_day_flagged`).
+    """
+    period = srm_period(design, units, weights, carried, today)
+    if period is None:
+        return None, carried
+    flagged_days = [
+        day.isoformat()
+        for number, day in enumerate(sorted(daily), start=1)
+        if (today is None or day < today)
+        and srm_day_flagged(design, period, day, number, daily[day])
+    ]
+    return srm_check_of(period, units, flagged_days), period.state
+
+
+def srm_check_of(period: SrmPeriod, units: Mapping[str, int], flagged_days: list[str]) -> SrmCheck:
+    """The check the rules read: flagged by the period's test or by any completed day."""
+    result = period.result
+    return SrmCheck(result.p_value_always_valid, result.flagged or bool(flagged_days),
+                    result.threshold, {k: units.get(k, 0) for k in period.keys}, period.shares,
+                    flagged_days, result.log_e_value)  # fmt: skip
 
 
 def _compare(
@@ -171,7 +230,7 @@ def analyze(
         active = [k for k, w in weights.items() if w > 0]
         srm_check, srm_state = bandit.period_srm(design, periods, active, carried.get("srm"))
     else:
-        srm_check, srm_state = _srm(
+        srm_check, srm_state = srm_look(
             design, units, weights, daily_units or {}, carried.get("srm"), today
         )
     result = ExperimentAnalysis(experiment.key, experiment.seed, design.method, design.alpha,
