@@ -8,7 +8,11 @@ decision does not read, so a look costs about 35 us instead of 0.6-2.6 ms. Repor
 
 * healthy (traffic at the configured split) experiments halted within ``--days``, for each
   arm count, split into halts by the period's anytime-valid test and by a day's own test;
-* a 49/51 split of 2 arms (configured 50/50) detected before 100,000 units in all.
+* a 49/51 split of 2 arms (configured 50/50) detected by 100,000 units in all (the look
+  that reaches them included).
+
+The rows are replayed in turn (one replay of each, then the next), so that a run stopped
+early has them all at about the same count; progress every 25.
 
     python benchmarks/srm_replay.py [--experiments 400] [--arms 2 3] [--days 60]
         [--look-minutes 1] [--units-per-day 2000] [--detection 400]
@@ -63,26 +67,22 @@ def main() -> None:
     print(f"# {common.code_version()}: pid {os.getpid()}, a look every {args.look_minutes:g} min"
           f" for {args.days:g} days, {args.units_per_day} units/day/arm, srm_threshold 0.001",
           flush=True)  # fmt: skip
-    if args.detection:
-        experiment = srm_experiment(2)
-        scenario = SrmScenario(args.units_per_day, args.days, hours, (0.49, 0.51), 100_000)
-        rng = np.random.default_rng(args.seed + 49)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        detected = [replay_srm(experiment, scenario, rng) for _ in range(args.detection)]
-        cpu = time.process_time() - cpu_started
-        print(rows("49/51, 2 arms, by 100,000 units", detected, started, cpu), flush=True)
-        at = [r.units for r in detected if r.halted]
-        if at:
-            print(f"  units in all at the halt: median {statistics.median(at):.0f}, "
-                  f"max {max(at)}", flush=True)  # fmt: skip
-    experiments = {arms: srm_experiment(arms) for arms in args.arms}
+    experiments = {arms: srm_experiment(arms) for arms in {*args.arms, 2}}
     scenario = SrmScenario(args.units_per_day, args.days, hours)
     rngs = {arms: np.random.default_rng(args.seed + arms) for arms in args.arms}
     found: dict[int, list[SrmReplay]] = {arms: [] for arms in args.arms}
     cpu_used = dict.fromkeys(args.arms, 0.0)
+    broken = SrmScenario(args.units_per_day, args.days, hours, (0.49, 0.51), 100_000)
+    broken_rng = np.random.default_rng(args.seed + 49)
+    detected: list[SrmReplay] = []
+    detection_cpu = 0.0
     started = time.perf_counter()
-    for index in range(args.experiments):  # the arm counts in turn, so both grow together
-        for arms in args.arms:
+    for index in range(max(args.experiments, args.detection)):  # all rows grow together
+        if index < args.detection:
+            cpu_started = time.process_time()
+            detected.append(replay_srm(experiments[2], broken, broken_rng))
+            detection_cpu += time.process_time() - cpu_started
+        for arms in args.arms if index < args.experiments else ():
             cpu_started = time.process_time()
             replay = replay_srm(experiments[arms], scenario, rngs[arms])
             cpu_used[arms] += time.process_time() - cpu_started
@@ -91,10 +91,15 @@ def main() -> None:
                 print(f"  {arms} arms, replay {index + 1}: halt at {replay.hours:.2f} h, "
                       f"{replay.units} units, {'a day' if replay.by_day else 'the period'}'s test",
                       flush=True)  # fmt: skip
-        if (index + 1) % 25 == 0 or index + 1 == args.experiments:
+        if (index + 1) % 25 == 0 or index + 1 == max(args.experiments, args.detection):
             for arms in args.arms:
                 print(rows(f"healthy {arms} arms", found[arms], started, cpu_used[arms]),
                       flush=True)  # fmt: skip
+            if detected:
+                at = sorted(r.units for r in detected if r.halted)
+                print(rows("49/51, 2 arms, by 100,000 units", detected, started, detection_cpu)
+                      + (f"; units at the halt: median {statistics.median(at):.0f}, max {at[-1]}"
+                         if at else ""), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

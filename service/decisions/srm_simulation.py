@@ -8,13 +8,18 @@ force, the units per day and the carried state alone (``evaluation.srm_look``), 
 ``rules.decide`` halts when that check is flagged. This replay runs exactly that at every
 look: ``evaluation.srm_period`` (the anytime-valid test of the current allocation period),
 ``evaluation.srm_day_flagged`` for each completed day, ``evaluation.srm_check_of`` and
-``rules.decide`` on an analysis that holds only the SRM check.
+``rules.decide`` on an analysis that holds only the SRM check (see below when).
 
-One shortcut, exact: ``srm_look`` re-tests every completed day at every look, and a
-completed day's answer never changes while the period lasts (its counts are final: the
-units of a look go to the day of the middle of its interval, never before the previous
-look's day; the weights never change here, so the period never does). Each day is tested
-once, at the first look that finds it complete. ``exhaustive=True`` runs
+Two shortcuts, both exact. ``rules.decide`` runs at every look whose SRM check is
+flagged, and at the look of each day that tests the day just completed; at the other looks
+the analysis holds an unflagged SRM check and nothing else, and the experiment cannot end
+another way (no planned units or horizon in reach, no guardrail), so the rules, whose first
+gate after the terminal states is that check, can only continue. And ``srm_look``
+re-tests every completed day at every look, and a completed day's answer never changes
+while the period lasts (its counts are final: the units of a look go to the day of the
+middle of its interval, never before the previous look's day; the weights never change
+here, so the period never does). Each day is tested once, at the first look that finds it
+complete. ``exhaustive=True`` runs
 ``evaluation.analyze`` itself (no metric statistics, so no comparison) and ``rules.decide``
 at every look instead; ``tests/decisions/test_srm_simulation.py`` requires the same
 decisions, at the same looks, both ways.
@@ -126,10 +131,19 @@ def replay_srm(
             if carried is not None and period.started_on is not None:
                 raise AssertionError("the weights never change here: one period")
             carried = period.state
+            day_tested = False
             while tested < len(days) and days[tested] < today:
                 if srm_day_flagged(design, period, days[tested], tested + 1, daily[days[tested]]):
                     flagged_days.append(days[tested].isoformat())
                 tested += 1
+                day_tested = True
+            if not (period.result.flagged or flagged_days or day_tested):
+                if (
+                    scenario.stop_at_units is not None
+                    and sum(units.values()) >= scenario.stop_at_units
+                ):
+                    return SrmReplay(False, None, sum(units.values()), look, False)
+                continue  # an unflagged check, nothing else: the rules can only continue
             analysis = ExperimentAnalysis(
                 experiment.key, experiment.seed, design.method, design.alpha, dict(units),
                 srm_check_of(period, units, flagged_days),
