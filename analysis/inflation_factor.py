@@ -12,6 +12,7 @@ Multiply a fixed plan by it with :func:`analysis.planning.inflate`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from scipy import optimize, special
@@ -19,7 +20,7 @@ from scipy import optimize, special
 from analysis import group_sequential
 from analysis.mixture_tuning import optimal_variance_ratio
 from analysis.normal_mixture import two_sided_boundary_z
-from analysis.validation import check_probability
+from analysis.validation import check_positive, check_probability
 
 
 def sequential_inflation_factor(
@@ -78,22 +79,90 @@ def _inflation(
     return float((drift / fixed_drift) ** 2)
 
 
-def mixture_inflation_factor(alpha: float = 0.05, power: float = 0.8) -> float:
+MIXTURE_LOOKS = 200
+"""Equally spaced looks up to the planned size in :func:`mixture_inflation_factor`: a dense
+grid standing in for the decisions' frequent looks (hourly in ``decisions_e2e.py``, which
+reaches its planned sizes in some 200 looks; every minute in production, where the factor is
+a little smaller still). Two-sided alpha = 0.05, power 0.8: 1.779 at 10 looks, 1.698 at 50,
+1.675 at 100, 1.657 at 200; the step shrinks as 1/sqrt(K), towards about 1.62 for continuous
+monitoring. Beyond some 200 looks the increments are too fine for the recursion's grid
+(:data:`analysis.recursive_integration.GRID_SIZE`), so the grid stops here."""
+
+MIXTURE_BOUNDARY_CAP = 8.0
+"""Looks whose mixture boundary on |Z| exceeds this are left out of the recursion: early,
+where ``x = x* t`` is small, the boundary is far out (|Z| > 11 at t = 0.05 for alpha = 0.05),
+no path crosses there with probability worth counting (< 1e-14), and the recursion's grid
+overflows on such boundaries."""
+
+
+def mixture_inflation_factor(
+    alpha: float = 0.05,
+    power: float = 0.8,
+    *,
+    looks: int = MIXTURE_LOOKS,
+    variance_ratio: float | None = None,
+) -> float:
     """Return units needed by an always-valid mixture test over the fixed design's, at ``power``.
 
-    The mSPRT and the confidence sequence with ``tau2 / V`` optimal at the planned size
-    (x* = :func:`analysis.mixture_tuning.optimal_variance_ratio`) reject at the planned size
-    when |Z| exceeds b = :func:`analysis.normal_mixture.two_sided_boundary_z` (x*, alpha)
-    (Johari, Pekelis & Walsh 2022; Waudby-Smith et al. 2024). Asking that final look alone
-    for the power gives the closed form
+    The mSPRT and the confidence sequence with ``tau2 / V = x`` at the planned size (by
+    default ``x* =`` :func:`analysis.mixture_tuning.optimal_variance_ratio` (alpha), what the
+    decisions run; ``variance_ratio`` gives another ``x``) have at information fraction t the
+    ratio ``x t`` (``tau2`` fixed, ``V`` shrinking as 1/t) and reject once |Z_t| reaches
+    :func:`analysis.normal_mixture.two_sided_boundary_z` (x t, alpha), where the mixture
+    likelihood ratio reaches 1/alpha (Johari, Pekelis & Walsh 2022; Waudby-Smith et al.
+    2024). Under an effect of drift theta (the expected z at the planned size),
+    ``Z_t = (B(t) + theta t) / sqrt(t)``, the canonical joint distribution of
+    :mod:`analysis.recursive_integration`. The theta whose probability of crossing at ANY of
+    ``looks`` equally spaced looks up to t = 1 is ``power`` is found by root-finding on the
+    exact crossing probabilities (through the upper boundary, the effect's side; the lower
+    one is kept in the recursion, as the two-sided test stops there too), and
 
-        R = ((b + z_{1-beta}) / (z_{1-alpha/2} + z_{1-beta}))^2,
+        R = (theta / (z_{1-alpha/2} + z_{1-beta}))^2.
 
-    a slight overestimate, since an experiment may also cross at an earlier look (so the
-    plan delivers at least ``power``). About 1.9 at alpha = 0.05 and power 0.8.
+    About 1.66 at alpha = 0.05, power 0.8 and 200 looks (see :data:`MIXTURE_LOOKS`).
+    ``looks=1`` asks the final look alone: :func:`final_look_mixture_inflation_factor`.
     """
     check_probability("alpha", alpha)
     check_probability("power", power)
-    boundary = float(two_sided_boundary_z(optimal_variance_ratio(alpha), alpha))
+    if not (isinstance(looks, int) and looks >= 1):
+        raise ValueError(f"looks must be an integer >= 1, got {looks!r}")
+    ratio = optimal_variance_ratio(alpha) if variance_ratio is None else variance_ratio
+    check_positive("variance_ratio", ratio)
+    return _mixture_inflation(float(alpha), float(power), looks, float(ratio))
+
+
+@functools.lru_cache(maxsize=64)
+def _mixture_inflation(alpha: float, power: float, looks: int, ratio: float) -> float:
+    """The root-finding of :func:`mixture_inflation_factor` (about a second at 200 looks),
+    kept per process: ``abx validate`` and the replays plan the same few levels many times."""
+    fractions, bounds = [], []
+    for look in range(1, looks + 1):
+        fraction = look / looks
+        boundary = float(two_sided_boundary_z(ratio * fraction, alpha))
+        if boundary <= MIXTURE_BOUNDARY_CAP or look == looks:
+            fractions.append(fraction)
+            bounds.append(boundary)
+    return _inflation(fractions, bounds, alpha, power, two_sided=True)
+
+
+def final_look_mixture_inflation_factor(
+    alpha: float = 0.05, power: float = 0.8, *, variance_ratio: float | None = None
+) -> float:
+    """Return the mixture's inflation factor asking the final look alone for the power.
+
+    With the boundary b = :func:`analysis.normal_mixture.two_sided_boundary_z` (x, alpha) at
+    the planned size (``x = x*`` unless ``variance_ratio`` says otherwise), the closed form
+
+        R = ((b + z_{1-beta}) / (z_{1-alpha/2} + z_{1-beta}))^2
+
+    overstates the size: an experiment may cross at an earlier look. About 1.91 at alpha =
+    0.05 and power 0.8 (against 1.66 for 200 looks, :func:`mixture_inflation_factor`); what
+    ``abx plan`` used before, when the replays measured 0.85-0.88 power for a planned 0.80.
+    """
+    check_probability("alpha", alpha)
+    check_probability("power", power)
+    ratio = optimal_variance_ratio(alpha) if variance_ratio is None else variance_ratio
+    check_positive("variance_ratio", ratio)
+    boundary = float(two_sided_boundary_z(ratio, alpha))
     z_power = float(special.ndtri(power))
     return ((boundary + z_power) / (float(-special.ndtri(alpha / 2.0)) + z_power)) ** 2

@@ -22,6 +22,7 @@ from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
 
 from analysis.inflation_factor import (
     classic_inflation_factor,
+    final_look_mixture_inflation_factor,
     mixture_inflation_factor,
     sequential_inflation_factor,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "SampleSizePlan",
     "classic_inflation_factor",
     "expected_duration",
+    "final_look_mixture_inflation_factor",
     "inflate",
     "mixture_inflation_factor",
     "sample_size_means",

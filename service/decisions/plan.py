@@ -23,6 +23,7 @@ from analysis.inflation_factor import (
     mixture_inflation_factor,
     sequential_inflation_factor,
 )
+from analysis.mixture_tuning import optimal_variance_ratio
 from analysis.multiple_testing import bonferroni_alpha
 from service.decisions.ratios import ratio_stats
 from service.events.sums import (
@@ -169,7 +170,11 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         design = "spending-obf"
     if design == "bandit":  # its comparison runs under the confidence sequence
         design = "confidence_sequence"
-    if design in ("msprt", "confidence_sequence"):
+    if design == "msprt":  # tuned at the family's alpha; Holm's first step rejects at alpha / m
+        inflation = mixture_inflation_factor(
+            alpha, inputs.power, variance_ratio=optimal_variance_ratio(inputs.alpha)
+        )
+    elif design == "confidence_sequence":  # tuned and tested at alpha / m (Bonferroni)
         inflation = mixture_inflation_factor(alpha, inputs.power)
     elif design in ("obf", "pocock"):
         inflation = classic_inflation_factor(looks, alpha=alpha, power=inputs.power, kind=design)

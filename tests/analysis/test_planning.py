@@ -16,11 +16,14 @@ from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
 
 from analysis.fixed import two_proportion_z
 from analysis.group_sequential import spending_boundaries
+from analysis.mixture_tuning import optimal_variance_ratio
 from analysis.planning import (
     SampleSizePlan,
     classic_inflation_factor,
     expected_duration,
+    final_look_mixture_inflation_factor,
     inflate,
+    mixture_inflation_factor,
     sample_size_means,
     sample_size_proportions,
     sequential_inflation_factor,
@@ -211,6 +214,67 @@ def test_sequential_design_keeps_alpha_and_reaches_planned_power_in_simulation()
     assert naive > 0.10, naive
 
 
+def _mixture_power(
+    factor: float, alpha: float, power: float, ratio: float, looks: int, seed: int
+) -> float:
+    """Share of Brownian paths with the factor's drift whose mixture ratio reaches 1/alpha.
+
+    Independent of the recursion: B(t) by its increments, ``Z_t = (B(t) + theta t) / sqrt(t)``
+    with ``theta = sqrt(factor) (z_{1-alpha/2} + z_{1-beta})``, and the normal-mixture log
+    likelihood ratio ``x z^2 / (2 (1 + x)) - log(1 + x) / 2`` (``x = ratio t``) written out here
+    (Johari, Pekelis & Walsh 2022) compared with log(1/alpha) at each look, on the effect's side.
+    """
+    rng = np.random.default_rng(seed)
+    theta = math.sqrt(factor) * (stats.norm.isf(alpha / 2) + stats.norm.ppf(power))
+    t = np.arange(1, looks + 1) / looks
+    brownian = np.cumsum(rng.standard_normal((TRIALS, looks)) * math.sqrt(1 / looks), axis=1)
+    z = (brownian + theta * t) / np.sqrt(t)
+    x = ratio * t
+    log_ratio = x * z**2 / (2 * (1 + x)) - np.log1p(x) / 2
+    return float(np.mean(np.any((log_ratio >= math.log(1 / alpha)) & (z > 0), axis=1)))
+
+
+@pytest.mark.parametrize(
+    ("alpha", "power", "ratio", "looks"),
+    [(0.05, 0.8, None, 200), (0.05, 0.8, None, 20), (0.025, 0.9, 0.05, 200)],
+)
+def test_mixture_factor_gives_its_power_at_any_look_in_simulation(
+    alpha: float, power: float, ratio: float | None, looks: int
+) -> None:
+    """The any-look factor has its power in a Monte Carlo of Brownian motion; the final look
+    alone (the closed form's question) has less, so the closed form oversizes."""
+    # ratio 0.05: the mSPRT of three arms, tuned at the family's alpha 0.05 and tested at 0.025
+    x = optimal_variance_ratio(alpha if ratio is None else ratio)
+    factor = mixture_inflation_factor(
+        alpha, power, looks=looks, variance_ratio=None if ratio is None else x
+    )
+    closed = final_look_mixture_inflation_factor(
+        alpha, power, variance_ratio=None if ratio is None else x
+    )
+    assert 1.0 < factor < closed
+    simulated = _mixture_power(factor, alpha, power, x, looks, seed=looks)
+    assert _within_monte_carlo_error(simulated, power), simulated
+    final_only = _mixture_power(factor, alpha, power, x, 1, seed=7)
+    assert final_only < power - 4 * math.sqrt(power * (1 - power) / TRIALS), final_only
+
+
+def test_mixture_factor_asking_the_final_look_is_the_closed_form() -> None:
+    # Independently: x* solves x = 2 log(1/alpha) + log(1 + x); the mixture rejects at the
+    # planned size when |Z| > sqrt((1 + x)/x (2 log(1/alpha) + log(1 + x))).
+    x = 8.0
+    for _ in range(200):
+        x = 2 * math.log(20) + math.log1p(x)
+    boundary = math.sqrt((1 + x) / x * (2 * math.log(20) + math.log1p(x)))
+    expected = (
+        (boundary + stats.norm.ppf(0.8)) / (stats.norm.ppf(0.975) + stats.norm.ppf(0.8))
+    ) ** 2
+    assert final_look_mixture_inflation_factor(0.05, 0.8) == pytest.approx(expected, rel=1e-9)
+    assert mixture_inflation_factor(0.05, 0.8, looks=1) == pytest.approx(expected, rel=1e-8)
+    # More looks, more chances to cross: the factor falls with the number of looks.
+    factors = [mixture_inflation_factor(0.05, 0.8, looks=k) for k in (1, 10, 50, 200)]
+    assert factors == sorted(factors, reverse=True)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -229,6 +293,10 @@ def test_sequential_design_keeps_alpha_and_reaches_planned_power_in_simulation()
         (lambda: sequential_inflation_factor([0.5, 1.0], power=0.02), "must exceed"),
         (lambda: sequential_inflation_factor([0.5, 1.0], spending="hsd"), "gamma is required"),
         (lambda: classic_inflation_factor(0), "integer >= 1"),
+        (lambda: mixture_inflation_factor(looks=0), "looks must be an integer >= 1"),
+        (lambda: mixture_inflation_factor(variance_ratio=0.0), "variance_ratio must be"),
+        (lambda: mixture_inflation_factor(power=1.0), "power must be in"),
+        (lambda: final_look_mixture_inflation_factor(variance_ratio=-1.0), "variance_ratio must"),
         (lambda: inflate(sample_size_means(1.0, 0.5), 0.9), "inflation_factor must be"),
         (lambda: expected_duration([10, 10], [0.5, 0.6], 100), "sum to 1 within 1e-9"),
         (lambda: expected_duration([10, 10], [1.0, 0.0], 100), "weights must be positive"),

@@ -107,18 +107,12 @@ def test_cli(runner: CliRunner, db: str) -> None:
 
 
 def test_always_valid_designs_need_the_mixture_inflation_factor() -> None:
-    from scipy.stats import norm
+    from analysis.planning import final_look_mixture_inflation_factor, mixture_inflation_factor
 
-    from analysis.planning import mixture_inflation_factor
-
-    # Independently: x* solves x = 2 log(1/alpha) + log(1 + x); the mixture rejects at the
-    # planned size when |Z| > sqrt((1 + x)/x (2 log(1/alpha) + log(1 + x))).
-    x = 8.0
-    for _ in range(200):
-        x = 2 * math.log(20) + math.log1p(x)
-    boundary = math.sqrt((1 + x) / x * (2 * math.log(20) + math.log1p(x)))
-    expected = ((boundary + norm.ppf(0.8)) / (norm.ppf(0.975) + norm.ppf(0.8))) ** 2
-    assert mixture_inflation_factor(0.05, 0.8) == pytest.approx(expected, rel=1e-9)
+    # The factor asks for the power at any of the looks (analysis tests check it against
+    # simulation); it is below the closed form that asks the final look alone.
+    expected = mixture_inflation_factor(0.05, 0.8)
+    assert 1.0 < expected < final_look_mixture_inflation_factor(0.05, 0.8)
     fixed = make_plan(experiment("search_embeddings"), PlanInputs(0.01, baseline=0.1), {})
     for design in ("msprt", "confidence_sequence"):
         plan = make_plan(
@@ -126,6 +120,30 @@ def test_always_valid_designs_need_the_mixture_inflation_factor() -> None:
         )
         assert plan.inflation_factor == pytest.approx(expected, rel=1e-9)
         assert plan.n_control == pytest.approx(fixed.n_control * expected, abs=1)
+
+
+def test_mixture_factor_of_several_treatments_follows_each_methods_tuning() -> None:
+    """Three arms: the confidence sequence is tuned and tested at alpha / 2; the mSPRT is
+    tuned at the family's alpha (its design's comparison level) and Holm's first step
+    rejects at alpha / 2, so its mixture is a little wider than the plan's level alone says."""
+    from analysis.mixture_tuning import optimal_variance_ratio
+    from analysis.planning import mixture_inflation_factor
+    from service.decisions.simulation import experiment_for
+
+    inputs = PlanInputs(0.1, relative=True, baseline=0.1, design="policy")
+    factors = {
+        method: make_plan(experiment_for(3, method), inputs, {})
+        for method in ("msprt", "confidence_sequence")
+    }
+    assert factors["confidence_sequence"].inflation_factor == pytest.approx(
+        mixture_inflation_factor(0.025, 0.8), rel=1e-9
+    )
+    assert factors["msprt"].inflation_factor == pytest.approx(
+        mixture_inflation_factor(0.025, 0.8, variance_ratio=optimal_variance_ratio(0.05)),
+        rel=1e-9,
+    )
+    assert factors["msprt"].inflation_factor != factors["confidence_sequence"].inflation_factor
+    assert factors["msprt"].alpha_per_comparison == pytest.approx(0.025)
 
 
 def test_the_policy_design_is_the_experiments_own_method() -> None:
