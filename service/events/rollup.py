@@ -387,15 +387,7 @@ class RollupScheduler(PeriodicThread):
         """Roll up everything that is there now (for tests, CLI and benchmarks)."""
         for _ in range(max_rounds):
             with self._database.pool.connection(timeout=5.0) as conn:
-                done = roll_up_once(
-                    conn,
-                    self._windows,
-                    self._grace,
-                    self._metric_windows,
-                    self._segment_specs,
-                    self._ratio_pairs,
-                    self._bandits,
-                )
+                done = self._roll_up(conn)
             if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
                 return
 
@@ -406,24 +398,29 @@ class RollupScheduler(PeriodicThread):
                     # Months of outcome partitions exist ahead; keep it so as time passes.
                     conn.execute("SELECT abx_ensure_outcome_partitions()")
                     self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
-                if (
-                    roll_up_once(
-                        conn,
-                        self._windows,
-                        self._grace,
-                        self._metric_windows,
-                        self._segment_specs,
-                        self._ratio_pairs,
-                        self._bandits,
-                    )
-                    is None
-                ):
-                    return  # another process holds the rollup: it reports the lag
-                metrics.ROLLUP_LAST_SUCCESS.set(time.time())
-                for stream, seconds in rollup_lag(conn).items():
-                    metrics.ROLLUP_LAG.labels(stream).set(seconds)
+                self._roll_up(conn)
         except Exception as error:  # the database is away: the next tick tries again
             log.warning("rollup failed, will retry: %s", error)
+
+    def _roll_up(self, conn: Any) -> tuple[int, int] | None:
+        """One round with this process's configuration, and its success and lag reported.
+
+        None when another process holds the rollup: that one reports the lag.
+        """
+        done = roll_up_once(
+            conn,
+            self._windows,
+            self._grace,
+            self._metric_windows,
+            self._segment_specs,
+            self._ratio_pairs,
+            self._bandits,
+        )
+        if done is not None:
+            metrics.ROLLUP_LAST_SUCCESS.set(time.time())
+            for stream, seconds in rollup_lag(conn).items():
+                metrics.ROLLUP_LAG.labels(stream).set(seconds)
+        return done
 
 
 def windows_from(experiments: Mapping[str, Any]) -> Callable[[str], timedelta]:

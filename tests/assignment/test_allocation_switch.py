@@ -7,7 +7,7 @@ only PostgreSQL, exactly like two gunicorn workers or two hosts.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -21,29 +21,6 @@ from tests.conftest import wait_for
 from tests.experiment_files import minimal_experiment, write_experiment
 
 
-def runtime_with_weights(db: str, folder: Path, a: float, b: float, **settings: float) -> Runtime:
-    variants = [{"key": "a", "weight": a}, {"key": "b", "weight": b}]
-    write_experiment(folder, minimal_experiment("switch_test", variants=variants))
-    return build_runtime(
-        Settings(
-            database_url=db,
-            experiments=folder,
-            data_dir=folder / "data",
-            state_poll_seconds=0.1,
-            allocation_settle_seconds=0.5,
-            **settings,  # type: ignore[arg-type]
-        )
-    )
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    started: list[Runtime] = []
-    yield started
-    for runtime in started:
-        runtime.close()
-
-
 def stored_variants(db: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     with psycopg.connect(db) as conn:
@@ -53,18 +30,18 @@ def stored_variants(db: str) -> dict[str, set[str]]:
 
 
 def test_buffered_first_assignments_survive_a_weight_change(
-    db: str, tmp_path: Path, runtimes: list[Runtime]
+    db: str, tmp_path: Path, runtime_with_weights: Callable[..., Runtime]
 ) -> None:
     # Process A buffers its first assignments and does not flush on its own.
-    first = runtime_with_weights(db, tmp_path / "a", 0.5, 0.5, flush_interval_seconds=3600)
-    runtimes.append(first)
+    first = runtime_with_weights(
+        tmp_path / "a", "switch_test", 0.5, 0.5, flush_interval_seconds=3600
+    )
     units = [f"user-{i}" for i in range(400)]
     seen = {unit: first.assignments.assign("switch_test", unit, {}).variant for unit in units}
     assert first.writer.pending_rows() > 0
 
     # Process B starts with new weights: the change is announced, then due...
-    second = runtime_with_weights(db, tmp_path / "b", 0.9, 0.1)
-    runtimes.append(second)
+    second = runtime_with_weights(tmp_path / "b", "switch_test", 0.9, 0.1)
     served = second.registry.served("switch_test")
     assert served is not None and served.after_switch is not None
     time.sleep(max(0.0, served.switch_at_epoch - time.time()) + 0.5)
@@ -97,15 +74,17 @@ def test_buffered_first_assignments_survive_a_weight_change(
 
 
 def test_a_lookup_just_after_the_switch_waits_for_other_buffers(
-    db: str, tmp_path: Path, runtimes: list[Runtime]
+    db: str, tmp_path: Path, runtime_with_weights: Callable[..., Runtime]
 ) -> None:
     # The default flush interval (0.2 s), so the lookup grace is the default too: 0.5 s for a
     # flush that is due within 0.2 s. With 0.05 s (a 0.2 s grace) a CI machine busy with the
     # rest of the suite once delayed A's flush past B's lookup.
-    first = runtime_with_weights(db, tmp_path / "a", 0.5, 0.5, flush_interval_seconds=0.2)
-    runtimes.append(first)
-    second = runtime_with_weights(db, tmp_path / "b", 0.1, 0.9, flush_interval_seconds=0.2)
-    runtimes.append(second)
+    first = runtime_with_weights(
+        tmp_path / "a", "switch_test", 0.5, 0.5, flush_interval_seconds=0.2
+    )
+    second = runtime_with_weights(
+        tmp_path / "b", "switch_test", 0.1, 0.9, flush_interval_seconds=0.2
+    )
     served = second.registry.served("switch_test")
     assert served is not None and served.after_switch is not None
     time.sleep(max(0.0, served.switch_at_epoch - time.time() - 0.02))
@@ -125,7 +104,10 @@ def test_a_lookup_just_after_the_switch_waits_for_other_buffers(
 
 
 def test_a_late_process_holds_the_switch_until_its_old_view_is_flushed(
-    db: str, tmp_path: Path, runtimes: list[Runtime]
+    db: str,
+    tmp_path: Path,
+    runtimes: list[Runtime],
+    runtime_with_weights: Callable[..., Runtime],
 ) -> None:
     # A reads the allocations every 5 s (the most allowed), so it hears of B's change after
     # the switch time and assigns under the old weights meanwhile; it flushes only when told.
@@ -136,8 +118,7 @@ def test_a_late_process_holds_the_switch_until_its_old_view_is_flushed(
         state_poll_seconds=5.0, allocation_settle_seconds=0.5, flush_interval_seconds=3600,
     ))  # fmt: skip
     runtimes.append(first)
-    second = runtime_with_weights(db, tmp_path / "b", 0.9, 0.1)
-    runtimes.append(second)
+    second = runtime_with_weights(tmp_path / "b", "switch_test", 0.9, 0.1)
     served = second.registry.served("switch_test")
     assert served is not None and served.after_switch is not None
     time.sleep(max(0.0, served.switch_at_epoch - time.time()) + 0.2)

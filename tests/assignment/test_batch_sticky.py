@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from service.app import Runtime, build_runtime
 from service.assignment.core import Reason, assign
@@ -23,28 +22,7 @@ from service.storage.writer import BatchWriter
 from tests.conftest import wait_for
 from tests.experiment_files import minimal_experiment, write_experiment
 
-
-def runtime_with_weights(db: str, folder: Path, a: float, b: float) -> Runtime:
-    variants = [{"key": "a", "weight": a}, {"key": "b", "weight": b}]
-    write_experiment(folder, minimal_experiment("batch_sticky", variants=variants))
-    return build_runtime(
-        Settings(
-            database_url=db,
-            experiments=folder,
-            data_dir=folder / "data",
-            state_poll_seconds=0.1,
-            allocation_settle_seconds=0.5,
-            flush_interval_seconds=3600,  # the tests flush by hand
-        )
-    )
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    started: list[Runtime] = []
-    yield started
-    for runtime in started:
-        runtime.close()
+BY_HAND = 3600  # flush interval: the tests flush by hand
 
 
 def rows(db: str, table: str) -> dict[str, str]:
@@ -56,16 +34,18 @@ def rows(db: str, table: str) -> dict[str, str]:
 
 
 def test_batch_keeps_stored_assignments_after_a_weight_change_and_records_new_ones(
-    db: str, tmp_path: Path, runtimes: list[Runtime]
+    db: str, tmp_path: Path, runtime_with_weights: Callable[..., Runtime]
 ) -> None:
-    first = runtime_with_weights(db, tmp_path / "a", 0.5, 0.5)
-    runtimes.append(first)
+    first = runtime_with_weights(
+        tmp_path / "a", "batch_sticky", 0.5, 0.5, flush_interval_seconds=BY_HAND
+    )
     old_units = [f"old-{i}" for i in range(300)]
     seen = {unit: first.assignments.assign("batch_sticky", unit, {}).variant for unit in old_units}
     assert first.writer.flush()
 
-    second = runtime_with_weights(db, tmp_path / "b", 0.9, 0.1)
-    runtimes.append(second)
+    second = runtime_with_weights(
+        tmp_path / "b", "batch_sticky", 0.9, 0.1, flush_interval_seconds=BY_HAND
+    )
 
     def switched() -> bool:
         current = second.registry.get("batch_sticky")
@@ -84,8 +64,9 @@ def test_batch_keeps_stored_assignments_after_a_weight_change_and_records_new_on
     assert set(reasons[: len(old_units)]) <= {Reason.STICKY.value, Reason.HASHED.value}
     assert Reason.STICKY.value in reasons[: len(old_units)]
     # The per-unit path of a third process answers the same for every unit.
-    third = runtime_with_weights(db, tmp_path / "c", 0.9, 0.1)
-    runtimes.append(third)
+    third = runtime_with_weights(
+        tmp_path / "c", "batch_sticky", 0.9, 0.1, flush_interval_seconds=BY_HAND
+    )
     assert wait_for(lambda: third.registry.get("batch_sticky").allocation.weights  # type: ignore[union-attr]
                     == (0.9, 0.1), timeout=10)  # fmt: skip
     scalar = [third.assignments.assign("batch_sticky", unit, {}) for unit in units]
@@ -166,7 +147,7 @@ def test_batch_records_holdout_exposures_and_segments_like_the_per_unit_path(
     (folder / "holdouts").mkdir()
     (folder / "holdouts" / "launches.yaml").write_text(HOLDOUT, encoding="utf-8")
     runtime = build_runtime(Settings(database_url=db, experiments=folder,
-                                     data_dir=folder / "data", flush_interval_seconds=3600))  # fmt: skip
+                                     data_dir=folder / "data", flush_interval_seconds=BY_HAND))  # fmt: skip
     runtimes.append(runtime)
     units = [f"user-{i}" for i in range(3000)]
     attributes = [{"platform": ("ios", "web")[i % 2]} for i in range(3000)]
