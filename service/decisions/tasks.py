@@ -30,7 +30,7 @@ from service.decisions.webhooks import (
 )
 from service.events.periods import configured_bandits_from, settle_guard
 from service.events.ratios import configured_pairs_from
-from service.events.rollup import metric_windows_from, roll_up_once, windows_from
+from service.events.rollup import caught_up, metric_windows_from, roll_up_once, windows_from
 from service.events.segments import segment_specs_from
 from service.experiments.model_registry import ModelRegistry, model_registry
 from service.experiments.schema import Experiment
@@ -98,7 +98,7 @@ def analyze_now(key: str) -> AnalysisOutcome:
                         ctx.experiments, settle_guard(ctx.settings.state_poll_seconds)
                     ),
                 )  # fmt: skip
-                if done is None or done == (0, 0) or done[1] < 50_000:
+                if caught_up(done):
                     break
             outcome = analyze_and_decide(conn, analysed, registry=registry_of(ctx))
             awaiting = awaiting_approval_counts(conn, [analysed])[key]

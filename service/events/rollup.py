@@ -262,6 +262,13 @@ def _write(
 MetricWindows = Callable[[str, str], timedelta | None]
 
 
+def caught_up(done: tuple[int, int] | None) -> bool:
+    """Whether a round of ``roll_up_once`` (its answer ``done``) left nothing it could have
+    taken: no round ran (the lock is elsewhere), or fewer than a full chunk of exposures and
+    of events were new."""
+    return done is None or (done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK)
+
+
 def roll_up_once(
     conn: Any,
     windows: Callable[[str], timedelta],
@@ -388,7 +395,7 @@ class RollupScheduler(PeriodicThread):
         for _ in range(max_rounds):
             with self._database.pool.connection(timeout=5.0) as conn:
                 done = self._roll_up(conn)
-            if done is not None and done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK:
+            if caught_up(done):
                 return
 
     def tick(self) -> None:
