@@ -26,7 +26,7 @@ import numpy as np
 from analysis.ratio_metric import RatioCrossSums, linearized_stats
 from analysis.sufficient_stats import SufficientStats
 from service.decisions import bandit
-from service.decisions.evaluation import analyze
+from service.decisions.evaluation import ExperimentAnalysis, analyze
 from service.decisions.ratios import period_ratio
 from service.decisions.sequential import Carried, design_for
 from service.experiments.schema import Experiment
@@ -106,23 +106,41 @@ def replay_bandit(
             experiment, units, pooled, weights, design=design, carried=carried,
             periods=periods if scenario.stratified else None,
         )  # fmt: skip
-        result.srm_flagged |= bool(analysis.srm is not None and analysis.srm.flagged)
         result.guardrail_breached |= any(check.breached for check in analysis.guardrails)
-        for comparison in analysis.primary:
-            if comparison.significant and not result.significant:
-                result.significant, result.better = True, comparison.better
-                result.variant = comparison.variant
-                result.significant_look = index + 1
-        if scenario.adaptive:
-            found = bandit.reweigh(experiment, keys, pooled, rng)
-            if not isinstance(found, str) and bandit.changed(weights, found.weights):
-                weights = found.weights
+        weights = _after_look(result, analysis, index, scenario.adaptive, experiment, keys,
+                              pooled, rng, weights)  # fmt: skip
     result.units = {k: int(totals[k][0]) for k in keys}
     return result
 
 
 SESSIONS_MEAN = 2.0
 REVENUE_PER_CONVERSION = 10.0
+
+
+def _after_look(
+    result: BanditReplay,
+    analysis: ExperimentAnalysis,
+    index: int,
+    adaptive: bool,
+    experiment: Experiment,
+    keys: list[str],
+    pooled: dict[tuple[str, str], SufficientStats],
+    rng: np.random.Generator,
+    weights: dict[str, float],
+) -> dict[str, float]:
+    """Note look ``index``'s SRM flag and first significant primary; the weights in force
+    next (Thompson sampling's, where the scenario adapts and they changed)."""
+    result.srm_flagged |= bool(analysis.srm is not None and analysis.srm.flagged)
+    for comparison in analysis.primary:
+        if comparison.significant and not result.significant:
+            result.significant, result.better = True, comparison.better
+            result.variant = comparison.variant
+            result.significant_look = index + 1
+    if adaptive:
+        found = bandit.reweigh(experiment, keys, pooled, rng)
+        if not isinstance(found, str) and bandit.changed(weights, found.weights):
+            return found.weights
+    return weights
 
 
 def _ratio_arm(count: int, rate: float, rng: np.random.Generator) -> tuple[float, ...]:
@@ -184,15 +202,7 @@ def replay_ratio_bandit(
         analysis, carried = analyze(
             experiment, units, pooled, weights, design=design, carried=carried, periods=periods
         )
-        result.srm_flagged |= bool(analysis.srm is not None and analysis.srm.flagged)
-        for comparison in analysis.primary:
-            if comparison.significant and not result.significant:
-                result.significant, result.better = True, comparison.better
-                result.variant = comparison.variant
-                result.significant_look = index + 1
-        if scenario.adaptive:
-            found = bandit.reweigh(experiment, keys, pooled, rng)
-            if not isinstance(found, str) and bandit.changed(weights, found.weights):
-                weights = found.weights
+        weights = _after_look(result, analysis, index, scenario.adaptive, experiment, keys,
+                              pooled, rng, weights)  # fmt: skip
     result.units = {k: int(totals[k][0]) for k in keys}
     return result
