@@ -59,16 +59,6 @@ from service.decisions.simulation import experiment_for
 from service.experiments.schema import Experiment
 
 
-def wilson(successes: int, trials: int) -> str:
-    """``rate [low, high]`` with the 95 % Wilson score interval."""
-    z, rate = 1.959964, successes / trials
-    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = (
-        z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials**2)) / (1 + z * z / trials)
-    )
-    return f"{rate:.4f} [{max(0.0, centre - half):.4f}, {min(1.0, centre + half):.4f}]"
-
-
 def runs(arms: int, scenario: BanditScenario, replays: int, seed: int) -> list[BanditReplay]:
     experiment = experiment_for(
         arms, "bandit", alpha=0.05, planned_units=scenario.units_per_period * scenario.periods,
@@ -99,8 +89,8 @@ def ratio_part(replays: int, periods: int, units: int) -> None:
         found = [replay_ratio_bandit(experiment, scenario, rng) for _ in range(replays)]
         moved = statistics.fmean(max(abs(w["t1"] - 0.5) for w in r.weights) for r in found)
         print(f"  A/A, trend {trend:+.2f}/period: false positives "
-              f"{wilson(sum(r.significant for r in found), len(found))}, SRM alarms "
-              f"{wilson(sum(r.srm_flagged for r in found), len(found))}, mean largest move of "
+              f"{common.wilson(sum(r.significant for r in found), len(found), digits=4)}, SRM alarms "
+              f"{common.wilson(sum(r.srm_flagged for r in found), len(found), digits=4)}, mean largest move of "
               f"t1's weight from 0.5: {moved:.2f}")  # fmt: skip
     rates = (0.10, 0.12)
     rng = np.random.default_rng(301)
@@ -118,7 +108,7 @@ def ratio_part(replays: int, periods: int, units: int) -> None:
           f"{mean_with_ci([r.regret for r in adaptive])}, fixed 50/50 "
           f"{mean_with_ci([r.regret for r in fixed])} ({saved:.0%} saved); best arm got "
           f"{share:.0%} of units; final comparison found it better in "
-          f"{wilson(found_best, len(adaptive))}")  # fmt: skip
+          f"{common.wilson(found_best, len(adaptive), digits=4)}")  # fmt: skip
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 
@@ -320,9 +310,9 @@ def main() -> None:
             found = runs(arms, scenario, args.replays, seed=arms * 10 + int(trend * 1000))
             label = "stratified" if stratified else "pooled (naive; SRM on current weights)"
             print(f"  arms {arms}, trend {trend:+.2f}/period, {label:38}: false positives "
-                  f"{wilson(sum(r.significant for r in found), len(found))}, SRM alarms "
-                  f"{wilson(sum(r.srm_flagged for r in found), len(found))}, guardrail breaches "
-                  f"{wilson(sum(r.guardrail_breached for r in found), len(found))}")  # fmt: skip
+                  f"{common.wilson(sum(r.significant for r in found), len(found), digits=4)}, SRM alarms "
+                  f"{common.wilson(sum(r.srm_flagged for r in found), len(found), digits=4)}, guardrail breaches "
+                  f"{common.wilson(sum(r.guardrail_breached for r in found), len(found), digits=4)}")  # fmt: skip
     print("\nA/B with a true best arm: regret (expected conversions lost) vs a fixed design")
     for rates in ((0.10, 0.12), (0.10, 0.11, 0.13)):
         total = args.units * args.periods
@@ -339,7 +329,7 @@ def main() -> None:
         print(f"  rates {rates}, {total} units: bandit {mean_with_ci([r.regret for r in adaptive])}"
               f", fixed {mean_with_ci([r.regret for r in fixed])} ({saved:.0%} saved); best arm "
               f"got {best_share:.0%} of units; final comparison found it better than the control in "
-              f"{wilson(found_best, len(adaptive))}")  # fmt: skip
+              f"{common.wilson(found_best, len(adaptive), digits=4)}")  # fmt: skip
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

@@ -524,3 +524,16 @@ def run_wrk(
         http_errors=int(summary["status"]),
         cpu_seconds=usage.ru_utime + usage.ru_stime,
     )
+
+
+def wilson(successes: int, trials: int, digits: int = 3) -> str:
+    """``rate [low, high]`` with the 95 % Wilson score interval (``n/a`` for no trials)."""
+    if trials == 0:
+        return "n/a"
+    z, rate = 1.959963984540054, successes / trials
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = (
+        z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials**2)) / (1 + z * z / trials)
+    )
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return f"{rate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

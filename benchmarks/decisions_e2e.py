@@ -63,18 +63,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "experiments"
 METHODS = ("msprt", "confidence_sequence", "group_sequential")
 
 
-def wilson(successes: int, trials: int) -> str:
-    """``rate [low, high]`` with the 95 % Wilson score interval."""
-    if trials == 0:
-        return "n/a"
-    z, rate = 1.959964, successes / trials
-    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = (
-        z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials**2)) / (1 + z * z / trials)
-    )
-    return f"{rate:.3f} [{max(0.0, centre - half):.3f}, {min(1.0, centre + half):.3f}]"
-
-
 def lift_for_power(
     arms: int, units: int, sd: float, alpha: float = 0.05, power: float = 0.8,
     multiplicative: bool = False,
@@ -149,10 +137,10 @@ def bandit_rows(args: argparse.Namespace) -> None:
             moves = statistics.mean(r.weight_moves for r in found)
             looks = sum(r.looks for r in found)
             print(f"bandit {arms} arms {name}: lift {lifts[-1]:.3f}; false decisions "
-                  f"{wilson(len(false), len(found))}; better arm promoted "
-                  f"{wilson(len(right), len(found))} (median {hours:.1f} h, plan: 0.80 at "
+                  f"{common.wilson(len(false), len(found))}; better arm promoted "
+                  f"{common.wilson(len(right), len(found))} (median {hours:.1f} h, plan: 0.80 at "
                   f"{experiment.policy.planned_units}/arm); SRM halts "
-                  f"{wilson(sum(r.decision == 'halt' for r in found), len(found))}; "
+                  f"{common.wilson(sum(r.decision == 'halt' for r in found), len(found))}; "
                   f"inconclusive {sum(r.decision == 'inconclusive' for r in found)}; "
                   f"{moves:.1f} moves per replay, {best}'s final weight {share:.3f}; looks with "
                   f"an error {sum(r.looks_with_errors for r in found)}, without a primary "
@@ -280,11 +268,11 @@ def aa_row(method: str, arms: int, metric: str, planned: int, args: argparse.Nam
     missing = sum(r.looks_without_primary for r in null)
     fixed_false = sum(bool(r.fixed_horizon) for r in null)
     row = f"{metric:10s} {method:19s} {arms} arms"
-    print(f"{row} A/A: false decisions {wilson(len(primary), len(null))}; guardrail "
-          f"rollbacks {', '.join(f'{k} {wilson(v, len(null))}' for k, v in guarded.items())}; "
-          f"SRM halts {wilson(halts, len(null))}; looks with an error {errors}, "
+    print(f"{row} A/A: false decisions {common.wilson(len(primary), len(null))}; guardrail "
+          f"rollbacks {', '.join(f'{k} {common.wilson(v, len(null))}' for k, v in guarded.items())}; "
+          f"SRM halts {common.wilson(halts, len(null))}; looks with an error {errors}, "
           f"without a primary comparison {missing} of {sum(r.looks for r in null)}; "
-          f"fixed horizon false positives {wilson(fixed_false, len(null))}", flush=True)  # fmt: skip
+          f"fixed horizon false positives {common.wilson(fixed_false, len(null))}", flush=True)  # fmt: skip
 
 
 def ab_row(method: str, arms: int, metric: str, lift: float, planned: int,
@@ -300,9 +288,9 @@ def ab_row(method: str, arms: int, metric: str, lift: float, planned: int,
     fixed_power = sum(best in r.fixed_horizon for r in lifted)
     fixed_hours = args.fixed_units / args.units_per_day * 24
     print(f"{row} lift {lift:.3f}, planned {planned}: promoted the better arm "
-          f"{wilson(len(right), len(lifted))} (median {hours:.0f} h), wrong promotions "
+          f"{common.wilson(len(right), len(lifted))} (median {hours:.0f} h), wrong promotions "
           f"{wrong}, rollbacks {sum(bool(r.rollbacks) for r in lifted)}; fixed horizon "
-          f"power {wilson(fixed_power, len(lifted))} (at {fixed_hours:.0f} h) "
+          f"power {common.wilson(fixed_power, len(lifted))} (at {fixed_hours:.0f} h) "
           f"[{time.perf_counter() - started:.0f} s]", flush=True)  # fmt: skip
 
 

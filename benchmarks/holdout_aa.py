@@ -17,7 +17,6 @@ intervals:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import common
@@ -25,17 +24,6 @@ import numpy as np
 
 from service.decisions.holdouts import replay_holdout
 from service.experiments.holdouts import Holdout
-
-
-def wilson(successes: int, trials: int) -> str:
-    """``rate [low, high]`` with the 95 % Wilson score interval."""
-    z = 1.959963984540054
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = (
-        z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    )
-    return f"{p:.3f} [{max(0.0, centre - half):.3f}, {min(1.0, centre + half):.3f}]"
 
 
 def main() -> None:
@@ -66,8 +54,8 @@ def main() -> None:
         excluded = sum(r.excluded_zero for r in results)
         covered = sum(r.always_covered for r in results)
         held = np.median([r.final_units["holdout"] for r in results])
-        print(f"{label:>10}: excluded zero at some look {wilson(excluded, args.replays)}; "
-              f"covered the truth at every look {wilson(covered, args.replays)}; "
+        print(f"{label:>10}: excluded zero at some look {common.wilson(excluded, args.replays)}; "
+              f"covered the truth at every look {common.wilson(covered, args.replays)}; "
               f"median held-out units at the end {held:,.0f} "
               f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
 

@@ -21,7 +21,6 @@ early has them all at about the same count; progress every 25.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -32,21 +31,11 @@ import numpy as np
 from service.decisions.srm_simulation import SrmReplay, SrmScenario, replay_srm, srm_experiment
 
 
-def wilson(successes: int, trials: int) -> str:
-    """``rate [low, high]`` with the 95 % Wilson score interval."""
-    z, rate = 1.959964, successes / trials
-    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = (
-        z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials**2)) / (1 + z * z / trials)
-    )
-    return f"{rate:.4f} [{max(0.0, centre - half):.4f}, {min(1.0, centre + half):.4f}]"
-
-
 def rows(label: str, found: list[SrmReplay], started: float, cpu: float) -> str:
     halts = [r for r in found if r.halted]
     by_day = sum(r.by_day for r in halts)
     looks = sum(r.looks for r in found)
-    return (f"{label}: halted {wilson(len(halts), len(found))} ({len(halts)} of {len(found)}; "
+    return (f"{label}: halted {common.wilson(len(halts), len(found), digits=4)} ({len(halts)} of {len(found)}; "
             f"{by_day} by a day's test); {looks} looks, {cpu / looks * 1e6:.0f} us CPU a look; "
             f"{time.perf_counter() - started:.0f} s wall, load {common.load_average()}")  # fmt: skip
 
