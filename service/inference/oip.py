@@ -26,7 +26,9 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -271,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
+_log = logging.getLogger(__name__)
+
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: 45\r\n\r\n"
@@ -310,6 +314,15 @@ class OipServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or silent mid-request is a line in the log, not a traceback on
+        stderr (socketserver's default); anything else keeps the default."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            _log.info("oip connection dropped: %s", type(error).__name__)
+            return
+        super().handle_error(request, client_address)
 
 
 def http_server(
