@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -34,6 +35,23 @@ BANDIT = Experiment.model_validate(
 )
 
 
+def _insert(
+    conn: psycopg.Connection[Any], exposures: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]]
+) -> None:
+    """Write the exposures and outcome events as the writers would."""
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            exposures,
+        )
+        cursor.executemany(
+            "INSERT INTO outcomes (experiment_key, seed, event_id, unit_id, metric, aggregation,"
+            " value, occurred_at, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            outcomes,
+        )
+
+
 @pytest.fixture
 def conn(db: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db, autocommit=True) as connection:
@@ -53,17 +71,7 @@ def expose(
             if i < round(n * rates[variant]):
                 outcomes.append((BANDIT.key, BANDIT.seed, f"e-{unit}", unit, "conversion", "max",
                                  1.0, at + timedelta(minutes=1), at + timedelta(minutes=1)))  # fmt: skip
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            exposures,
-        )
-        cursor.executemany(
-            "INSERT INTO outcomes (experiment_key, seed, event_id, unit_id, metric, aggregation,"
-            " value, occurred_at, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            outcomes,
-        )
+    _insert(conn, exposures, outcomes)
     for _ in range(10):
         done = roll_up_once(conn, windows_from({BANDIT.key: BANDIT}), timedelta(0))
         if done == (0, 0):
@@ -248,17 +256,7 @@ def test_a_ratio_bandit_reweights_on_its_ratio_and_compares_it_by_period(
                     (experiment.key, experiment.seed, f"r-{unit}-{s}", unit, "revenue", "sum",
                      float(rng.gamma(2.0, per_session / 2.0)), when, when),
                 ]  # fmt: skip
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO exposures (experiment_key, seed, unit_id, variant_key, first_exposed_at)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            exposures,
-        )
-        cursor.executemany(
-            "INSERT INTO outcomes (experiment_key, seed, event_id, unit_id, metric, aggregation,"
-            " value, occurred_at, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            outcomes,
-        )
+    _insert(conn, exposures, outcomes)
     windows = windows_from({experiment.key: experiment})
     while roll_up_once(conn, windows, timedelta(0), ratio_pairs=pairs, bandits=kept) != (0, 0):
         pass
