@@ -265,3 +265,8 @@ def _wait(condition: Any, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_an_unknown_stale_policy_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="stale_policy must be 'serve' or 'control'"):
+        Client("http://127.0.0.1:9", "k", stale_policy="later")  # type: ignore[arg-type]
