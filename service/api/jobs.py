@@ -13,6 +13,7 @@ from service.api.bodies import ApiModel
 from service.api.body import invalid_request, parse_json_body
 from service.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
 from service.jobs import files, store
+from service.jobs.run import cancel_job
 from service.jobs.submit import check_format, check_table, inside, submit
 from service.jobs.tasks import enqueue
 from service.observability.logging import annotate, current_request_id
@@ -145,8 +146,7 @@ def get_job(job_id: str) -> dict[str, Any]:
 @bp.post("/v1/jobs/<job_id>/cancel")
 def cancel(job_id: str) -> dict[str, Any]:
     job = _job(job_id)
-    with _runtime().database.pool.connection(timeout=2.0) as conn:
-        cancelled = store.cancel_job(conn, job_id)
+    cancelled = cancel_job(_runtime().database, job_id)
     if cancelled is None:
         raise Conflict(f"Job {job_id} has already ended ({job.status}).")
     return cancelled.describe()

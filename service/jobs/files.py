@@ -333,9 +333,23 @@ def assemble(output: Path, chunks: int) -> None:
     _remove_parts(folder)
 
 
-def discard(output: Path | None, rejects: Path) -> None:
-    """A cancelled or failed job's unfinished files (its published ones are left alone)."""
+def unfinished(output: Path | None, rejects: Path) -> list[Path]:
+    """A job's files that exist only until it is published: the appended ``.partial`` files
+    and a Parquet output's parts (with a removal a killed worker left half done)."""
+    found = []
     if output is not None:
-        shutil.rmtree(parts_dir(output), ignore_errors=True)
-        partial_path(output).unlink(missing_ok=True)
-    partial_path(rejects).unlink(missing_ok=True)
+        found += [parts_dir(output), _removing(parts_dir(output)), partial_path(output)]
+    found.append(partial_path(rejects))
+    return [path for path in found if path.exists()]
+
+
+def discard(output: Path | None, rejects: Path) -> list[Path]:
+    """A cancelled or failed job's unfinished files, removed (its published ones are left
+    alone: the output of a job cancelled after its last chunk stays whole); those removed."""
+    removed = unfinished(output, rejects)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed

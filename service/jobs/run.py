@@ -10,6 +10,9 @@ committed lengths. A job writing to a table inserts the chunk's rows in that sam
 transaction, so the table holds exactly the committed chunks, and so are the models each
 chunk ran recorded (the lineage). When the files are published, the last commit queues the
 completion webhooks, in the same transaction.
+
+A job that fails or is cancelled is never resumed, so its unfinished files (``.partial``,
+parts) are removed (``_fail``, ``cancel_job``); only a killed worker's are kept, for the resume.
 """
 
 from __future__ import annotations
@@ -74,13 +77,15 @@ def _run_locked(
     with database.pool.connection(timeout=10.0) as conn:
         job = store.get_job(conn, job_id)
         if job is None or job.status not in store.ACTIVE:
+            if job is not None and job.status in ("cancelled", "failed"):
+                files.discard(*_files(job))  # cancelled while no runner held the lock
             return JobOutcome("gone")
         try:
             total = job.rows_total
             if total is None:
                 total = files.estimate_rows(Path(job.input_path), job.input_format)
         except OSError as error:
-            return _fail(database, job_id, job.experiment_key, f"cannot read the input: {error}")
+            return _fail(database, job, f"cannot read the input: {error}")
         started = store.start_job(conn, job_id, total)
     if started is None:
         return JobOutcome("gone")
@@ -88,7 +93,7 @@ def _run_locked(
     registry = Registry(loaded)
     experiment = registry.experiments.get(job.experiment_key)
     if experiment is None:
-        return _fail(database, job_id, job.experiment_key, "the experiment is no longer served")
+        return _fail(database, job, "the experiment is no longer served")
     with database.pool.connection(timeout=10.0) as conn:
         plans, now = read_allocations(conn, registry)
         states = read_states(conn, registry.experiments)
@@ -100,12 +105,12 @@ def _run_locked(
     )
     if unresolved:
         problems = "; ".join(f"{field_name(p.path)}: {p.message}" for p in unresolved)
-        return _fail(database, job_id, job.experiment_key, f"registry models: {problems}")
+        return _fail(database, job, f"registry models: {problems}")
     batching = BatchingConfig(False, settings.job_run_rows, 0.0)
     catalog = build_catalog([experiment], settings.models, pool, batching)
     models = catalog.get(experiment.key)
     if models is None:
-        return _fail(database, job_id, job.experiment_key, "the experiment serves no models")
+        return _fail(database, job, "the experiment serves no models")
     writer = BatchWriter(database, {s.table: s for s in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES)},
                          max_rows=settings.flush_max_rows)  # fmt: skip
     sticky_type = StickyStore if job.log_exposures else LookupOnlySticky
@@ -123,7 +128,7 @@ def _run_locked(
             with database.pool.connection(timeout=10.0) as conn:
                 tables.ensure_table(conn, table, scorer.outputs)
         except tables.TableProblem as problem:
-            return _fail(database, job_id, job.experiment_key, f"output table: {problem}")
+            return _fail(database, job, f"output table: {problem}")
     log.info("score job started", job=job_id, experiment=job.experiment_key,
              resume_at_chunk=job.chunks_done, attempt=job.attempts)  # fmt: skip
     chunks = job.chunks_done
@@ -160,12 +165,11 @@ def _run_locked(
                 time.perf_counter() - began
             )
     except files.FileProblem as problem:  # the output written so far is gone or cut short
-        return _fail(database, job_id, job.experiment_key, f"cannot append the output: {problem}")
+        return _fail(database, job, f"cannot append the output: {problem}")
     except (OSError, ValueError) as error:  # the file itself is unreadable: no row can be read
-        return _fail(database, job_id, job.experiment_key, f"cannot read the input: {error}")
+        return _fail(database, job, f"cannot read the input: {error}")
     except tables.TableProblem as problem:  # the chunk's transaction was rolled back whole
-        files.discard(output, rejects_file)
-        return _fail(database, job_id, job.experiment_key, f"output table: {problem}")
+        return _fail(database, job, f"output table: {problem}")
     files.publish(output, job.output_format, rejects_file, chunks)
     with database.pool.connection(timeout=10.0) as conn, conn.transaction():
         finished = store.finish_job(conn, job_id, "done")
@@ -185,9 +189,42 @@ def _payload(job: store.Job) -> dict[str, Any]:
             "rows_done": job.rows_done, "rows_rejected": job.rows_rejected}  # fmt: skip
 
 
-def _fail(database: Database, job_id: str, experiment_key: str, reason: str) -> JobOutcome:
+def _files(job: store.Job) -> tuple[Path | None, Path]:
+    return (Path(job.output_path) if job.output_path else None), Path(job.rejects_path)
+
+
+def _fail(database: Database, job: store.Job, reason: str) -> JobOutcome:
+    """Mark the job failed, then remove its unfinished files: a failed job is never resumed,
+    so its ``.partial`` files and parts could only be left behind. Marked first, so that a
+    database that fails the update leaves the job running, files intact, for its resume."""
+    unfinished = files.unfinished(*_files(job))
+    if unfinished:
+        names = ", ".join(path.name for path in unfinished)
+        reason = f"{reason} (its unfinished output was removed: {names})"
     with database.pool.connection(timeout=10.0) as conn:
-        store.finish_job(conn, job_id, "failed", reason)
-    metrics.JOBS.labels(experiment_key, "failed").inc()
-    log.warning("score job failed", job=job_id, experiment=experiment_key, reason=reason)
+        store.finish_job(conn, job.job_id, "failed", reason)
+    files.discard(*_files(job))
+    metrics.JOBS.labels(job.experiment_key, "failed").inc()
+    log.warning("score job failed", job=job.job_id, experiment=job.experiment_key, reason=reason)
     return JobOutcome("failed")
+
+
+def cancel_job(database: Database, job_id: str) -> store.Job | None:
+    """Cancel a queued or running job; None when it has already ended.
+
+    A runner at work (it holds the job's lock) removes the unfinished files itself when its
+    next commit finds the job cancelled. Without one (queued, or its worker was killed and the
+    job awaits its resume) nobody would, so they are removed here, under the lock, which keeps
+    a runner from starting meanwhile."""
+    with database.pool.connection(timeout=2.0) as conn:
+        key = store.lock_key(job_id)
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        held = bool(locked and locked[0])
+        try:
+            cancelled = store.cancel_job(conn, job_id)
+            if cancelled is not None and held:
+                files.discard(*_files(cancelled))
+        finally:
+            if held:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    return cancelled

@@ -133,6 +133,25 @@ def test_a_lost_or_cut_short_output_is_a_file_problem(tmp_path: Path) -> None:
     assert not files.partial_path(output).exists()
 
 
+def test_discarding_removes_the_unfinished_files_and_keeps_published_ones(
+    tmp_path: Path,
+) -> None:
+    """What a failed or cancelled job leaves: nothing but the files it had published."""
+    parquet, csv_out = tmp_path / "a.parquet", tmp_path / "b.csv"
+    for output, fmt in ((parquet, "parquet"), (csv_out, "csv")):
+        files.write_chunk(output, fmt, files.rejects_path(output), 0, files.Written(0, 0),
+                          chunk(0), [{"row": 0, "reason": "r"}])  # fmt: skip
+    aside = files.parts_dir(parquet).with_name("a.parquet.parts.removing")
+    aside.mkdir()  # a removal a killed worker left half done
+    removed = files.discard(parquet, files.rejects_path(parquet))
+    assert sorted(p.name for p in removed) == [
+        "a.parquet.parts", "a.parquet.parts.removing", "a.rejects.ndjson.partial"
+    ]  # fmt: skip
+    files.publish(csv_out, "csv", files.rejects_path(csv_out), 1)
+    assert files.discard(csv_out, files.rejects_path(csv_out)) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv", "b.rejects.ndjson"]
+
+
 def test_a_job_without_chunks_publishes_empty_files(tmp_path: Path) -> None:
     output, rejects = tmp_path / "out.csv", tmp_path / "out.rejects.ndjson"
     files.publish(output, "csv", rejects, 0)

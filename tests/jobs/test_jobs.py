@@ -101,6 +101,11 @@ def wait_status(api: Api, job_id: str, status: str, timeout: float = 90) -> dict
     return found
 
 
+def unfinished(folder: Path) -> list[str]:
+    """The appended files and part folders a job keeps only until it is published."""
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".partial", ".parts")))
+
+
 def test_a_job_assigns_and_scores_like_the_api_and_reports_bad_rows(
     server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
     start_worker: WorkerFactory, receiver: Receiver, celery_broker: dict[str, str],
@@ -244,7 +249,7 @@ def test_a_cancelled_job_stops_and_the_cli_scores_inline(
     response = api.post(f"/v1/jobs/{job['job_id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     at_cancel = job_row(db, job["job_id"])["chunks_done"]
-    assert wait_for(lambda: not (jobs / "out.csv.partial").exists(), timeout=30)
+    assert wait_for(lambda: not unfinished(jobs), timeout=30), unfinished(jobs)
     assert job_row(db, job["job_id"])["chunks_done"] <= at_cancel + 1
     assert not (jobs / "out.csv").exists()
 
@@ -268,6 +273,83 @@ def test_a_cancelled_job_stops_and_the_cli_scores_inline(
     assert set(scored["reason"]) == {"hashed"} and set(scored["variant"]) == {"a", "b"}
     scored = cli(tmp_path / "cli" / "explicit.parquet", "--variant", "b")
     assert set(scored["variant"]) == {"b"} and set(scored["reason"]) == {"explicit"}
+
+
+def test_a_failed_job_removes_its_partial_output_and_parts(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    """A failed job is never resumed, so what it appended so far goes: the output's
+    ``.partial`` (or a Parquet output's parts) and the rejects' ``.partial``. Each job here
+    fails as an operator's mistake makes it: a ``.partial`` file cut short between chunks."""
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    frame = rows(300)
+    frame["x3"] = frame["x3"].astype(object)
+    frame.loc[3, "x3"] = "abc"  # a reject in chunk 0: the rejects file has committed bytes
+    frame.to_csv(jobs / "in.csv", index=False)
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    # A second between a chunk's commit and the next chunk's write: the file is cut in it.
+    start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH, ABX_TEST_CHUNK_SLEEP="1")
+    for output, cut in [("out.csv", "out.csv.partial"),
+                        ("out.parquet", "out.rejects.ndjson.partial")]:  # fmt: skip
+        job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.csv",
+                                          "output": output, "chunk_rows": 50}).json()  # fmt: skip
+        assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 1, timeout=60)  # noqa: B023
+        kept = unfinished(jobs)
+        assert cut in kept and "out.rejects.ndjson.partial" in kept, kept
+        with (jobs / cut).open("r+b") as handle:
+            handle.truncate(0)
+        failed = wait_status(api, job["job_id"], "failed")
+        assert failed["error"].startswith("cannot append the output:"), failed["error"]
+        assert "its unfinished output was removed" in failed["error"]
+        assert unfinished(jobs) == []
+        assert failed["chunks_done"] < 6 and not (jobs / output).exists()
+    assert "out.parquet.parts" in failed["error"]
+
+
+def test_a_job_cancelled_while_its_worker_is_dead_leaves_no_parts(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    start_worker: WorkerFactory, celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    """No runner is left to see the cancel (the job waits for its resume), so the cancel
+    itself removes the parts and the rejects' ``.partial``, never to be resumed."""
+    from service.jobs.store import lock_key
+
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    rows(1000).to_csv(jobs / "in.csv", index=False)
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    worker = start_worker(setup, ABX_JOBS_DIR=str(jobs), PYTHONPATH=FAULT_PATH,
+                          ABX_TEST_CHUNK_SLEEP="0.3")  # fmt: skip
+    job = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.csv",
+                                      "output": "out.parquet", "chunk_rows": 50}).json()  # fmt: skip
+    assert wait_for(lambda: job_row(db, job["job_id"])["chunks_done"] >= 2, timeout=60)
+    family = [worker, *psutil.Process(worker.pid).children(recursive=True)]
+    for process in family:  # the parent first: it must not start another pool process
+        process.send_signal(signal.SIGKILL)
+    worker.wait()
+
+    def lock_free() -> bool:  # PostgreSQL has seen the runner's connection close
+        with psycopg.connect(db, autocommit=True) as conn:
+            key = lock_key(job["job_id"])
+            free = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            return bool(free and free[0])
+
+    assert wait_for(lock_free, timeout=30)
+    assert job_row(db, job["job_id"])["status"] == "running"
+    assert unfinished(jobs) == ["out.parquet.parts", "out.rejects.ndjson.partial"]
+    response = api.post(f"/v1/jobs/{job['job_id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert unfinished(jobs) == [] and not (jobs / "out.parquet").exists()
+    assert api.post(f"/v1/jobs/{job['job_id']}/cancel").status_code == 409
 
 
 def table_rows(db: str, table: str) -> list[tuple[Any, ...]]:
