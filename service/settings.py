@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -303,3 +304,24 @@ class Settings(BaseSettings):
         return self.spool_path.with_name(self.spool_path.name + "-writes")
 
     lookup_timeout_seconds: float = Field(default=0.25, gt=0)
+
+
+def current_settings() -> Settings:
+    """The settings the environment gives now, built once per distinct ``ABX_*`` environment.
+
+    Building ``Settings()`` reads and validates every field, a few milliseconds each time;
+    code that runs on every look of the decision workers asks here instead. The cache is keyed
+    on the ``ABX_*`` variables themselves (names are read in any case, as ``Settings`` reads
+    them), so a command or a test that changes one gets fresh settings, never stale ones.
+    """
+    environment = tuple(
+        sorted((name.upper(), value) for name, value in os.environ.items()
+               if name[:4].upper() == "ABX_")
+    )  # fmt: skip
+    return _settings_for(environment)
+
+
+@lru_cache(maxsize=8)
+def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
+    """``Settings()`` for the ``ABX_*`` environment ``environment`` (the key; read as it is)."""
+    return Settings()

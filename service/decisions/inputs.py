@@ -40,7 +40,7 @@ from service.experiments.schema import Experiment
 from service.experiments.segments import CLIENT
 from service.inference.sketches import load_profile, read_sketches
 from service.observability import metrics
-from service.settings import Settings
+from service.settings import current_settings
 
 
 def _mature_only(
@@ -137,7 +137,7 @@ def drift_checks(
     profiles = {}
     for variant in experiment.variants:
         if variant.model is not None and variant.model.reference is not None:
-            profiles[variant.key] = load_profile(Settings().models, variant.model.reference)
+            profiles[variant.key] = load_profile(current_settings().models, variant.model.reference)
     return [
         check_drift(guardrail, variant, experiment.control, grouped, now, history_windows,
                     profiles.get(variant) if against == "reference" else None)
@@ -155,7 +155,7 @@ def bandit_periods(conn: Any, experiment: Experiment) -> list[Period]:
     ratio metric is linearised period by period (``ratios.period_ratio``); until the rollup
     keeps its cross products (``ratio_pairs``) it has no units in any period, so it waits.
     """
-    guard = settle_guard(Settings().state_poll_seconds)
+    guard = settle_guard(current_settings().state_poll_seconds)
     found = period_sums(
         conn, experiment.key, experiment.seed, allocation_history(conn, experiment), guard
     )

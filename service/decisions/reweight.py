@@ -28,7 +28,7 @@ from service.decisions.rules import Decision, active_treatments
 from service.decisions.store import record_decision
 from service.events.sums import exposed_units, metric_stats, ratio_since, ratio_sums
 from service.experiments.schema import Experiment
-from service.settings import Settings
+from service.settings import current_settings
 
 
 def reweight_bandit(
@@ -63,7 +63,7 @@ def reweight_bandit(
         numbers["bandit"] = {"weights": current, "kept": "no arm would move by 0.01 or more",
                              "probability_best": found.probability_best}  # fmt: skip
         return None
-    settle = Settings().allocation_settle_seconds
+    settle = current_settings().allocation_settle_seconds
     append_allocation(conn, experiment, found.weights, settle, origin="bandit")
     detail = {**dataclasses.asdict(found), "weights_before": current, "rng_seed": seed,
               "allocation": len(history) + 1}  # fmt: skip

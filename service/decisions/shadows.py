@@ -22,7 +22,7 @@ from service.decisions.graduation import (
 from service.decisions.rules import Decision
 from service.experiments.schema import Experiment
 from service.inference.records import shadow_hours
-from service.settings import Settings
+from service.settings import current_settings
 
 
 class GraduationRefused(ValueError):
@@ -72,6 +72,6 @@ def apply_graduation(
         raise GraduationRefused(
             f"{variant} already takes traffic, or the control's weight is too small to give it"
         )
-    settle = Settings().allocation_settle_seconds
+    settle = current_settings().allocation_settle_seconds
     append_allocation(conn, experiment, after, settle, "graduation", decision_id)
     return after
