@@ -87,7 +87,7 @@ def test_decisions_and_moved_ranges() -> None:
     definition = {"key": "e", "status": "running", "control": "a", "metrics": {
         "primary": {"name": "m"}}, "variants": [{"key": "a", "weight": 0.5},
                                                   {"key": "b", "weight": 0.5}]}  # fmt: skip
-    decision = {"state": "running", "winner": None, "rolled_back": [], "stopped": None,
+    decision: dict[str, Any] = {"state": "running", "winner": None, "rolled_back": [], "stopped": None,
                 "coverage_cap": None}  # fmt: skip
     plain = compile_experiment(snapshot_entry(definition))
     units = [f"u{i}" for i in range(400)]
@@ -104,9 +104,9 @@ def test_decisions_and_moved_ranges() -> None:
     rolled = compile_experiment(snapshot_entry(definition, decision={
         **decision, "rolled_back": ["b"]}))  # fmt: skip
     for unit in units:
-        answer = evaluate(rolled, unit, {})
-        assert answer is not None and answer.variant == "a"
-        assert answer.reason == ("rolled-back" if hashed[unit].variant == "b" else "hashed")
+        answer, before = evaluate(rolled, unit, {}), hashed[unit]
+        assert answer is not None and answer.variant == "a" and before is not None
+        assert answer.reason == ("rolled-back" if before.variant == "b" else "hashed")
     ramp = compile_experiment(
         snapshot_entry(definition, decision={**decision, "coverage_cap": 0.1})
     )
