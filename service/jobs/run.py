@@ -46,10 +46,6 @@ from service.storage.writer import BatchWriter
 log = get_logger(__name__)
 
 
-class JobFailed(Exception):
-    """The job cannot run at all (its experiment or input is gone); it is marked failed."""
-
-
 @dataclass(frozen=True)
 class JobOutcome:
     status: str
