@@ -101,6 +101,26 @@ def lock_key(job_id: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def path_lock_key(path: str) -> int:
+    """The transaction lock two submits of one output path take turns on."""
+    digest = hashlib.sha256(f"abx-score-output:{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def active_job_using(conn: Any, input_path: str, output: str | None) -> tuple[str, str] | None:
+    """A queued or running job whose files a new job reading ``input_path`` and writing
+    ``output`` would clash with (its id and the shared file's path), if any: one that writes
+    either file, or reads the output."""
+    row = conn.execute(
+        "SELECT job_id, CASE WHEN output_path IN (%(input)s, %(output)s) THEN output_path"
+        " ELSE input_path END FROM score_jobs WHERE status = ANY(%(active)s)"
+        " AND (output_path IN (%(input)s, %(output)s) OR input_path = %(output)s)"
+        " ORDER BY created_at LIMIT 1",
+        {"input": input_path, "output": output, "active": list(ACTIVE)},
+    ).fetchone()
+    return (str(row[0]), str(row[1])) if row else None
+
+
 def create_job(
     conn: Any,
     *,

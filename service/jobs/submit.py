@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service.errors import InvalidRequest, UnknownExperiment
+from service.errors import Conflict, InvalidRequest, UnknownExperiment
 from service.experiments.schema import Experiment
 from service.jobs import files, store, tables
 from service.jobs.targets import TableName, TableNameProblem, parse_table_name
@@ -91,9 +91,10 @@ def submit(
         if output_path.resolve() == input_path.resolve():
             message = "the output would overwrite the input"
             raise InvalidRequest(message, [{"field": "output", "message": message}])
-        output_path.parent.mkdir(parents=True, exist_ok=True)
         output, output_name = str(output_path.resolve()), None
+        output_path.parent.mkdir(parents=True, exist_ok=True)
         rejects = files.rejects_path(output_path.resolve())
+    claim_files(conn, str(input_path.resolve()), output)
     return store.create_job(
         conn,
         job_id=job_id,
@@ -110,3 +111,21 @@ def submit(
         created_by=created_by,
         request_id=request_id,
     )
+
+
+def claim_files(conn: Any, input_path: str, output: str | None) -> None:
+    """Refuse a job whose files a queued or running job is using.
+
+    Two jobs appending to one ``.partial`` file would interleave their rows, and a failed or
+    cancelled job removes its unfinished files, the other's with them. A job whose output
+    replaces another's input would change that job's rows on its resume, and a job reading
+    another's output would read it before or after its last chunk. The transaction's advisory
+    locks on the paths make two submits naming one file take turns, so only one gets it.
+    """
+    for path in sorted({input_path} | ({output} if output else set())):
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (store.path_lock_key(path),))
+    holder = store.active_job_using(conn, input_path, output)
+    if holder is not None:
+        job_id, path = holder
+        message = f"job {job_id} is still using {Path(path).name!r}; wait for it or cancel it"
+        raise Conflict(message)

@@ -352,6 +352,60 @@ def test_a_job_cancelled_while_its_worker_is_dead_leaves_no_parts(
     assert api.post(f"/v1/jobs/{job['job_id']}/cancel").status_code == 409
 
 
+def test_a_file_another_active_job_uses_is_refused(
+    server_factory: ServerFactory, db: str, setup: Path, tmp_path: Path,
+    celery_broker: dict[str, str],
+) -> None:  # fmt: skip
+    """A queued job's output and input are its own until it ends: a second job writing the
+    same output, writing over its input or reading its output is a 409, and nothing is
+    recorded. Once the first job is cancelled the same request is accepted. No worker runs, so
+    the first job stays queued."""
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    for name in ("in.ndjson", "other.ndjson"):
+        rows(20).to_json(jobs / name, orient="records", lines=True)
+    (jobs / "out").mkdir()
+    rows(20).to_csv(jobs / "out" / "scores.csv", index=False)  # an earlier run's output
+    server = server_factory(
+        db, setup, ABX_WEBHOOK_SECRET=SECRET, ABX_JOBS_DIR=str(jobs), **celery_broker
+    )
+    api = Api(server.base_url)
+    first = api.post("/v1/jobs/score", {"experiment": "score", "input": "in.ndjson",
+                                        "output": "out/scores.csv"})  # fmt: skip
+    assert first.status_code == 202, first.text
+    job_id = first.json()["job_id"]
+    recorded = job_count(db)
+    clashes = [
+        ("other.ndjson", "out/scores.csv", "scores.csv"),  # the same output
+        ("other.ndjson", "in.ndjson", "in.ndjson"),  # over the first job's input
+        ("out/scores.csv", "out/again.csv", "scores.csv"),  # the first job's output as input
+    ]
+    for source, output, shared in clashes:
+        refused = api.post("/v1/jobs/score", {"experiment": "score", "input": source,
+                                              "output": output})  # fmt: skip
+        assert refused.status_code == 409, refused.text
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert job_id in refused.json()["detail"] and shared in refused.json()["detail"]
+    assert job_count(db) == recorded
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "service.cli", "score", "score", str(jobs / "other.ndjson"),
+         "-o", str(jobs / "out" / "scores.csv"), "--no-wait"],
+        env={**os.environ, "ABX_DATABASE_URL": db, "ABX_EXPERIMENTS": str(setup),
+             "ABX_WEBHOOK_SECRET": SECRET, "ABX_DATA_DIR": str(tmp_path / "cli-data"),
+             **celery_broker},
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 2 and f"job {job_id} is still using 'scores.csv'" in cli.stderr
+    assert job_count(db) == recorded
+
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    again = api.post("/v1/jobs/score", {"experiment": "score", "input": "other.ndjson",
+                                        "output": "out/scores.csv"})  # fmt: skip
+    assert again.status_code == 202, again.text
+    assert api.post(f"/v1/jobs/{again.json()['job_id']}/cancel").status_code == 200
+
+
 def table_rows(db: str, table: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(db) as conn:
         return conn.execute(
