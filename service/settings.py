@@ -299,6 +299,11 @@ class Settings(BaseSettings):
         return self.jobs_dir or self.data_dir / "jobs"
 
     @property
+    def uploads_path(self) -> Path:
+        """Inputs sent in a request's body, one file per job, removed when the job ends."""
+        return self.jobs_path.resolve() / "uploads"
+
+    @property
     def writes_spool_path(self) -> Path:
         """Where buffered assignments, exposures and predictions wait for PostgreSQL."""
         return self.spool_path.with_name(self.spool_path.name + "-writes")

@@ -89,7 +89,7 @@ def post_score() -> tuple[dict[str, Any], int]:
         check_table(body.output_table)  # before an upload is stored
     experiment = runtime.registry.experiments.get(body.experiment)
     if not request.is_json:
-        upload = root / "uploads" / f"{uuid.uuid4().hex}{files.EXTENSIONS[input_format]}"
+        upload = settings.uploads_path / f"{uuid.uuid4().hex}{files.EXTENSIONS[input_format]}"
         _save_upload(upload, settings.job_upload_max_bytes)
         input_path = upload
     try:
@@ -146,7 +146,8 @@ def get_job(job_id: str) -> dict[str, Any]:
 @bp.post("/v1/jobs/<job_id>/cancel")
 def cancel(job_id: str) -> dict[str, Any]:
     job = _job(job_id)
-    cancelled = cancel_job(_runtime().database, job_id)
+    runtime = _runtime()
+    cancelled = cancel_job(runtime.database, job_id, runtime.settings.uploads_path)
     if cancelled is None:
         raise Conflict(f"Job {job_id} has already ended ({job.status}).")
     return cancelled.describe()

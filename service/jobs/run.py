@@ -74,14 +74,14 @@ def _run_locked(
         job = store.get_job(conn, job_id)
         if job is None or job.status not in store.ACTIVE:
             if job is not None and job.status in ("cancelled", "failed"):
-                files.discard(*_files(job))  # cancelled while no runner held the lock
+                _remove_leftovers(job, settings.uploads_path)  # ended while no runner held it
             return JobOutcome("gone")
         try:
             total = job.rows_total
             if total is None:
                 total = files.estimate_rows(Path(job.input_path), job.input_format)
         except OSError as error:
-            return _fail(database, job, f"cannot read the input: {error}")
+            return _fail(database, settings.uploads_path, job, f"cannot read the input: {error}")
         started = store.start_job(conn, job_id, total)
     if started is None:
         return JobOutcome("gone")
@@ -89,7 +89,7 @@ def _run_locked(
     registry = Registry(loaded)
     experiment = registry.experiments.get(job.experiment_key)
     if experiment is None:
-        return _fail(database, job, "the experiment is no longer served")
+        return _fail(database, settings.uploads_path, job, "the experiment is no longer served")
     with database.pool.connection(timeout=10.0) as conn:
         plans, now = read_allocations(conn, registry)
         states = read_states(conn, registry.experiments)
@@ -101,12 +101,12 @@ def _run_locked(
     )
     if unresolved:
         problems = "; ".join(f"{field_name(p.path)}: {p.message}" for p in unresolved)
-        return _fail(database, job, f"registry models: {problems}")
+        return _fail(database, settings.uploads_path, job, f"registry models: {problems}")
     batching = BatchingConfig(False, settings.job_run_rows, 0.0)
     catalog = build_catalog([experiment], settings.models, pool, batching)
     models = catalog.get(experiment.key)
     if models is None:
-        return _fail(database, job, "the experiment serves no models")
+        return _fail(database, settings.uploads_path, job, "the experiment serves no models")
     writer = BatchWriter(database, {s.table: s for s in (ASSIGNMENTS, EXPOSURES, EXPOSURE_ATTRIBUTES)},
                          max_rows=settings.flush_max_rows)  # fmt: skip
     sticky_type = StickyStore if job.log_exposures else LookupOnlySticky
@@ -124,7 +124,7 @@ def _run_locked(
             with database.pool.connection(timeout=10.0) as conn:
                 tables.ensure_table(conn, table, scorer.outputs)
         except tables.TableProblem as problem:
-            return _fail(database, job, f"output table: {problem}")
+            return _fail(database, settings.uploads_path, job, f"output table: {problem}")
     log.info("score job started", job=job_id, experiment=job.experiment_key,
              resume_at_chunk=job.chunks_done, attempt=job.attempts)  # fmt: skip
     chunks = job.chunks_done
@@ -150,7 +150,7 @@ def _run_locked(
                 if committed and table is not None:
                     tables.insert_rows(conn, table, job_id, result.scored, scorer.outputs)
             if not committed:
-                files.discard(output, rejects_file)
+                _remove_leftovers(job, settings.uploads_path)
                 metrics.JOBS.labels(job.experiment_key, "cancelled").inc()
                 log.info("score job cancelled", job=job_id, chunks_done=chunk.index)
                 return JobOutcome("cancelled")
@@ -161,18 +161,20 @@ def _run_locked(
                 time.perf_counter() - began
             )
     except files.FileProblem as problem:  # the output written so far is gone or cut short
-        return _fail(database, job, f"cannot append the output: {problem}")
+        return _fail(database, settings.uploads_path, job, f"cannot append the output: {problem}")
     except (OSError, ValueError) as error:  # the file itself is unreadable: no row can be read
-        return _fail(database, job, f"cannot read the input: {error}")
+        return _fail(database, settings.uploads_path, job, f"cannot read the input: {error}")
     except tables.TableProblem as problem:  # the chunk's transaction was rolled back whole
-        return _fail(database, job, f"output table: {problem}")
+        return _fail(database, settings.uploads_path, job, f"output table: {problem}")
     files.publish(output, job.output_format, rejects_file, chunks)
     with database.pool.connection(timeout=10.0) as conn, conn.transaction():
         finished = store.finish_job(conn, job_id, "done")
-        if finished is None:
-            return JobOutcome("cancelled")
-        deliveries = queue_job_deliveries(conn, job_id, experiment.policy.webhooks,
-                                          _payload(finished))  # fmt: skip
+        if finished is not None:
+            deliveries = queue_job_deliveries(conn, job_id, experiment.policy.webhooks,
+                                              _payload(finished))  # fmt: skip
+    _remove_upload(job, settings.uploads_path)
+    if finished is None:  # cancelled after its output was published
+        return JobOutcome("cancelled")
     metrics.JOBS.labels(job.experiment_key, "done").inc()
     log.info("score job done", job=job_id, experiment=job.experiment_key, **finished.progress())
     return JobOutcome("done", tuple(deliveries))
@@ -189,7 +191,20 @@ def _files(job: store.Job) -> tuple[Path | None, Path]:
     return (Path(job.output_path) if job.output_path else None), Path(job.rejects_path)
 
 
-def _fail(database: Database, job: store.Job, reason: str) -> JobOutcome:
+def _remove_upload(job: store.Job, uploads: Path) -> None:
+    """An input sent in the request's body belongs to its job alone: gone when the job ends."""
+    path = Path(job.input_path)
+    if path.parent == uploads:
+        path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(job: store.Job, uploads: Path) -> None:
+    """What a failed or cancelled job leaves: its unfinished files and its uploaded input."""
+    files.discard(*_files(job))
+    _remove_upload(job, uploads)
+
+
+def _fail(database: Database, uploads: Path, job: store.Job, reason: str) -> JobOutcome:
     """Mark the job failed, then remove its unfinished files: a failed job is never resumed,
     so its ``.partial`` files and parts could only be left behind. Marked first, so that a
     database that fails the update leaves the job running, files intact, for its resume."""
@@ -199,13 +214,13 @@ def _fail(database: Database, job: store.Job, reason: str) -> JobOutcome:
         reason = f"{reason} (its unfinished output was removed: {names})"
     with database.pool.connection(timeout=10.0) as conn:
         store.finish_job(conn, job.job_id, "failed", reason)
-    files.discard(*_files(job))
+    _remove_leftovers(job, uploads)
     metrics.JOBS.labels(job.experiment_key, "failed").inc()
     log.warning("score job failed", job=job.job_id, experiment=job.experiment_key, reason=reason)
     return JobOutcome("failed")
 
 
-def cancel_job(database: Database, job_id: str) -> store.Job | None:
+def cancel_job(database: Database, job_id: str, uploads: Path) -> store.Job | None:
     """Cancel a queued or running job; None when it has already ended.
 
     A runner at work (it holds the job's lock) removes the unfinished files itself when its
@@ -219,7 +234,7 @@ def cancel_job(database: Database, job_id: str) -> store.Job | None:
         try:
             cancelled = store.cancel_job(conn, job_id)
             if cancelled is not None and held:
-                files.discard(*_files(cancelled))
+                _remove_leftovers(cancelled, uploads)
         finally:
             if held:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

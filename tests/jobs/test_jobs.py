@@ -135,6 +135,7 @@ def test_a_job_assigns_and_scores_like_the_api_and_reports_bad_rows(
 
     scored = pd.read_csv(jobs / "out" / "scores.csv", keep_default_na=False)
     assert list(scored.columns) == ["unit", "variant", "reason", "served_by", "probability"]
+    assert list((jobs / "uploads").iterdir()) == []  # the uploaded input went with its job
     good = frame.drop(index=[7, 9])
     with psycopg.connect(db) as conn:  # offline scoring logged no exposure
         assert conn.execute("SELECT count(*) FROM exposures").fetchone() == (0,)
@@ -398,6 +399,18 @@ def test_a_file_another_active_job_uses_is_refused(
     )  # fmt: skip
     assert cli.returncode == 2 and f"job {job_id} is still using 'scores.csv'" in cli.stderr
     assert job_count(db) == recorded
+
+    # An upload is a job's own input, removed with the job when it is cancelled.
+    upload = api.session.post(
+        f"{server.base_url}/v1/jobs/score",
+        params={"experiment": "score", "output": "out/uploaded.csv"},
+        data=rows(20).to_csv(index=False).encode(), headers={"Content-Type": "text/csv"},
+        timeout=10,
+    )  # fmt: skip
+    assert upload.status_code == 202, upload.text
+    assert len(list((jobs / "uploads").iterdir())) == 1
+    assert api.post(f"/v1/jobs/{upload.json()['job_id']}/cancel").status_code == 200
+    assert list((jobs / "uploads").iterdir()) == []
 
     assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     again = api.post("/v1/jobs/score", {"experiment": "score", "input": "other.ndjson",
