@@ -15,7 +15,15 @@ from typing import Any
 import httpx
 
 from abx_client._snapshot import Assignment, evaluate
-from abx_client.client import Client, Prediction, RequestRejected, Unit, _problem, _unit_text
+from abx_client.client import (
+    Client,
+    Prediction,
+    RequestRejected,
+    Unit,
+    _problem,
+    _released,
+    _unit_text,
+)
 
 
 class AsyncClient:
@@ -91,8 +99,12 @@ class AsyncClient:
         body = {"experiment": experiment, "unit": unit, "attributes": dict(attributes or {}),
                 "inputs": dict(inputs or {})}  # fmt: skip
         try:
-            response = await self._http.post(
-                client.url + "/v1/predict", json=body, timeout=timeout or client._predict_timeout
+            response = _released(
+                await self._http.post(
+                    client.url + "/v1/predict",
+                    json=body,
+                    timeout=timeout or client._predict_timeout,
+                )
             )
         except httpx.HTTPError as error:
             breaker.failure()

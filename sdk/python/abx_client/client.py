@@ -374,8 +374,10 @@ class Client:
             "inputs": dict(inputs or {}),
         }
         try:
-            response = self._http().post(
-                self.url + "/v1/predict", json=body, timeout=timeout or self._predict_timeout
+            response = _released(
+                self._http().post(
+                    self.url + "/v1/predict", json=body, timeout=timeout or self._predict_timeout
+                )
             )
         except httpx.HTTPError as error:
             self._predict_breaker.failure()
@@ -558,8 +560,10 @@ class Client:
             body = {"items": [{"experiment": w.experiment, "unit": w.unit,
                                "attributes": dict(w.attributes)} for w in batch]}  # fmt: skip
             try:
-                response = self._http().post(
-                    self.url + "/v1/assign/batch", json=body, timeout=self._fallback_timeout
+                response = _released(
+                    self._http().post(
+                        self.url + "/v1/assign/batch", json=body, timeout=self._fallback_timeout
+                    )
                 )
                 response.raise_for_status()
                 answers = response.json()["assignments"]
@@ -588,7 +592,7 @@ class Client:
 
     def _poll(self, client: httpx.Client) -> None:
         headers = {"If-None-Match": f'"{self.version}"'} if self.version else {}
-        response = client.get(self.url + "/v1/sdk/config", headers=headers)
+        response = _released(client.get(self.url + "/v1/sdk/config", headers=headers))
         if response.status_code == 304:
             self._heard_at = time.monotonic()
             return
@@ -604,9 +608,9 @@ class Client:
         with client.stream(
             "GET", self.url + "/v1/sdk/stream", headers=headers, timeout=timeout
         ) as response:
-            response.raise_for_status()
-            self._stream_response = response
             try:
+                response.raise_for_status()
+                self._stream_response = response
                 event, data = "message", list[str]()
                 for line in response.iter_lines():
                     if self._stopping.is_set():
@@ -624,6 +628,8 @@ class Client:
                         event = line[6:].strip()
             finally:
                 self._stream_response = None
+                response.close()
+                _released(response)
 
     def _follow(self) -> None:
         client = httpx.Client(headers=self._headers, timeout=self._timeout)
@@ -763,7 +769,9 @@ class Client:
                 body = {"events": [{**e, "timestamp": _iso(e["timestamp"])} for e in batch.items]}
             batch.body = json.dumps(body, separators=(",", ":")).encode()
         try:
-            response = self._http().post(self.url + path, content=batch.body, headers=_JSON_HEADERS)
+            response = _released(
+                self._http().post(self.url + path, content=batch.body, headers=_JSON_HEADERS)
+            )
         except httpx.HTTPError:
             return self._retry_later(kind, batch)
         if response.status_code == 429 or response.status_code >= 500:
@@ -806,6 +814,22 @@ class Client:
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_NO_STREAM = httpx.ByteStream(b"")
+
+
+def _released(response: httpx.Response) -> httpx.Response:
+    """``response`` (read and closed) without the reference cycle httpx gives every response.
+
+    httpx's ``response.stream`` (a ``BoundSyncStream``) refers back to the response, so each
+    request leaves a cycle of ~46 objects (request, headers, URL, pool request, events) that
+    only the garbage collector frees, in whichever thread's allocation next triggers a young
+    collection: the application's thread then pays for the SDK's batches and polls. The body
+    is in ``response.content`` by now (a stream's response is closed); replacing the spent
+    stream breaks the cycle, and reference counting frees it all where the response is
+    dropped (encode/httpx#3733 would remove the cycle in httpx itself).
+    """
+    response.stream = _NO_STREAM
+    return response
 
 
 def _why(error: BaseException) -> str:
