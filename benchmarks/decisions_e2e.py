@@ -53,7 +53,7 @@ import numpy as np
 import yaml
 from scipy import optimize, special
 
-from service.decisions.plan import PlanInputs, make_plan
+from service.decisions.plan import PlanInputs, make_plan, planned_bandit_units
 from service.decisions.simulation import Replay, Scenario, experiment_for, replay
 from service.decisions.synthetic import BINARY_RATE, relative_sd
 from service.experiments.schema import Experiment
@@ -102,15 +102,19 @@ def bandit_experiment(arms: int, move_hours: float | None) -> Experiment:
 
 
 def bandit_lift(experiment: Experiment) -> float:
-    """The relative lift for which ``abx plan`` sizes exactly ``planned_units`` per arm."""
-    target = experiment.policy.planned_units
+    """The relative lift for which ``abx plan`` sizes exactly the horizon's traffic.
+
+    ``abx plan`` sizes a bandit in units in all, for the allocation Thompson sampling is
+    expected to run (``plan.n_total``); the replay's horizon brings ``planned_units`` per
+    arm at the YAML's weights (``planned_bandit_units``).
+    """
+    target = planned_bandit_units(experiment)
 
     def excess(lift: float) -> float:
         inputs = PlanInputs(lift, relative=True, design="policy", baseline=BINARY_RATE)
-        plan = make_plan(experiment, inputs, {})
-        return max(plan.n_control, plan.n_per_treatment) - target
+        return make_plan(experiment, inputs, {}).n_total - target
 
-    return float(optimize.brentq(excess, 0.01, 1.0, xtol=1e-6))
+    return float(optimize.brentq(excess, 0.01, 1.0, xtol=1e-4))
 
 
 def bandit_rows(args: argparse.Namespace) -> None:
@@ -122,11 +126,17 @@ def bandit_rows(args: argparse.Namespace) -> None:
         experiment = bandit_experiment(arms, args.bandit_move_hours)
         days = experiment.policy.horizon_days or args.days
         lift = bandit_lift(experiment)
-        for name, lifts in (("A/A", (0.0,) * (arms - 1)), ("A/B", (0.0,) * (arms - 2) + (lift,))):
+        rows = [
+            ("A/A", (0.0,) * (arms - 1), args.experiments),
+            ("A/B", (0.0,) * (arms - 2) + (lift,), args.ab_experiments or args.experiments),
+        ]
+        for name, lifts, count in rows:
+            if (name == "A/A" and args.ab_only) or (name == "A/B" and args.aa_only):
+                continue
             started, cpu = time.perf_counter(), time.process_time()
             scenario = Scenario(args.bandit_units_per_day, days, args.look_minutes / 60.0, lifts)
             rng = np.random.default_rng(args.seed + 10 * arms + len(name))
-            found = [replay(experiment, scenario, rng) for _ in range(args.experiments)]
+            found = [replay(experiment, scenario, rng) for _ in range(count)]
             best = f"t{arms - 1}"
             promoted = [r for r in found if r.decision == "promote"]
             right = [r for r in promoted if name == "A/B" and r.variant == best]
@@ -139,7 +149,7 @@ def bandit_rows(args: argparse.Namespace) -> None:
             print(f"bandit {arms} arms {name}: lift {lifts[-1]:.3f}; false decisions "
                   f"{common.wilson(len(false), len(found))}; better arm promoted "
                   f"{common.wilson(len(right), len(found))} (median {hours:.1f} h, plan: 0.80 at "
-                  f"{experiment.policy.planned_units}/arm); SRM halts "
+                  f"{planned_bandit_units(experiment)} units in all); SRM halts "
                   f"{common.wilson(sum(r.decision == 'halt' for r in found), len(found))}; "
                   f"inconclusive {sum(r.decision == 'inconclusive' for r in found)}; "
                   f"{moves:.1f} moves per replay, {best}'s final weight {share:.3f}; looks with "

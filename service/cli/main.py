@@ -226,9 +226,16 @@ def plan(
     click.echo(f"  alpha per comparison {result_plan.alpha_per_comparison:.4g}, power {power}")
     if result_plan.inflation_factor > 1.0:
         click.echo(f"  inflation factor     {result_plan.inflation_factor:.4f}")
-    click.echo(
-        f"  units: control {result_plan.n_control}, each treatment {result_plan.n_per_treatment}, total {result_plan.n_total}"
-    )
+    if result_plan.bandit is not None:
+        click.echo(f"  assumed              {result_plan.bandit_assumption}")
+        click.echo(
+            f"  units (expected under that allocation): control {result_plan.n_control}, the"
+            f" better arm {result_plan.n_per_treatment}, total {result_plan.n_total}"
+        )
+    else:
+        click.echo(
+            f"  units: control {result_plan.n_control}, each treatment {result_plan.n_per_treatment}, total {result_plan.n_total}"
+        )
     if result_plan.days is not None:
         click.echo(f"  expected duration    {result_plan.days} day(s)")
     else:

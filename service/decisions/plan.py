@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis import planning
+from analysis.bandit_sizing import (
+    DEFAULT_PERIODS,
+    DEFAULT_REPLICATES,
+    BanditSampleSize,
+    bandit_sample_size,
+)
 from analysis.inflation_factor import (
     classic_inflation_factor,
     mixture_inflation_factor,
@@ -74,6 +80,12 @@ class Plan:
     sources: dict[str, str]
     treatment_standard_deviation: float | None = None
     """The treatment's standard deviation the plan assumed (None for a binary metric)."""
+    bandit: BanditSampleSize | None = None
+    """A bandit's plan: the allocation Thompson sampling is expected to run under the
+    alternative, which ``n_control``, ``n_per_treatment`` (the better arm's) and
+    ``n_total`` are read from; None for a test."""
+    bandit_assumption: str = ""
+    """What the bandit's plan assumed, in words (``abx plan`` prints it)."""
 
 
 def observed_inputs(conn: Any, experiment: Experiment) -> dict[str, float]:
@@ -168,7 +180,8 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         design, looks = experiment.policy.method, experiment.policy.looks
     if design == "group_sequential":
         design = "spending-obf"
-    if design == "bandit":  # its comparison runs under the confidence sequence
+    is_bandit = design == "bandit"
+    if is_bandit:  # its comparison runs under the confidence sequence
         design = "confidence_sequence"
     if design == "msprt":  # tuned at the family's alpha; Holm's first step rejects at alpha / m
         inflation = mixture_inflation_factor(
@@ -183,6 +196,11 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         inflation = sequential_inflation_factor(fractions, alpha=alpha, power=inputs.power)
     elif design != "fixed":
         raise ValueError(f"unknown design {inputs.design!r}")
+    if is_bandit:
+        return _bandit_plan(
+            experiment, inputs, plan, inflation, alpha, daily, baseline, deviation,
+            treatment_deviation, sources,
+        )  # fmt: skip
     if inflation > 1.0:
         plan = planning.inflate(plan, inflation)
     needed = [plan.n_control if k == experiment.control else plan.n_treatment for k in weights]
@@ -198,6 +216,88 @@ def make_plan(experiment: Experiment, inputs: PlanInputs, observed: dict[str, fl
         plan.n_control, plan.n_treatment, plan.n_control + plan.n_treatment * len(treatments),
         inflation, alpha, daily, days, baseline, deviation, sources,
         treatment_deviation,
+    )  # fmt: skip
+
+
+def bandit_periods(experiment: Experiment) -> int:
+    """Re-weightings the plan simulates: the horizon's, at most one per
+    ``min_hours_between_moves``, capped at ``BANDIT_MAX_PERIODS``; else the default."""
+    policy = experiment.policy
+    move_hours = policy.bandit_settings.min_hours_between_moves
+    if policy.horizon_days is None:
+        return DEFAULT_PERIODS
+    if move_hours <= 0:  # a move at every analysis: as fine as the cap allows
+        return BANDIT_MAX_PERIODS
+    return max(1, min(BANDIT_MAX_PERIODS, round(policy.horizon_days * 24 / move_hours)))
+
+
+BANDIT_MAX_PERIODS = 48
+"""Finer re-weighting moves the plan by about a point of power at most (docs/statistics.md,
+"Planning a bandit"), and each period costs the simulation time."""
+
+
+def _bandit_plan(
+    experiment: Experiment, inputs: PlanInputs, fixed: planning.SampleSizePlan,
+    inflation: float, alpha: float, daily: float | None, baseline: float | None,
+    deviation: float | None, treatment_deviation: float | None, sources: dict[str, str],
+) -> Plan:  # fmt: skip
+    """Size a bandit for the allocation Thompson sampling runs when one arm is better.
+
+    The treatment with the smallest configured weight is given the MDE, the others none
+    (the alternative the plan is for); ``analysis.bandit_sizing`` simulates the weights
+    and finds the total units at which the period-stratified comparison of that arm with
+    the control has the power, under the confidence sequence at the comparison's level.
+    """
+    settings = experiment.policy.bandit_settings
+    keys = [v.key for v in experiment.variants if v.weight > 0]
+    keys.remove(experiment.control)
+    keys.insert(0, experiment.control)
+    weights = {v.key: v.weight for v in experiment.variants}
+    total_weight = sum(weights[k] for k in keys)
+    best = min(range(1, len(keys)), key=lambda i: (weights[keys[i]], -i))
+    delta = fixed.effect_absolute
+    if (delta > 0) != (experiment.metrics.primary.direction == "increase"):
+        raise ValueError(
+            f"a bandit is planned for an arm better by the MDE: give it in the direction of "
+            f"{experiment.metrics.primary.name} ({experiment.metrics.primary.direction}), "
+            f"got {inputs.minimum_detectable_effect:g}"
+        )
+    if experiment.metrics.primary.type == "binary":
+        assert baseline is not None
+        control_mean, control_variance = baseline, baseline * (1.0 - baseline)
+        treated_variance = (baseline + delta) * (1.0 - baseline - delta)
+    else:
+        assert deviation is not None and treatment_deviation is not None
+        control_mean, control_variance = baseline or 0.0, deviation**2
+        treated_variance = treatment_deviation**2
+    means = [control_mean] * len(keys)
+    means[best] = control_mean + delta
+    variances = [control_variance] * len(keys)
+    variances[best] = treated_variance
+    control_floor = max(settings.control_floor, settings.arm_floor)
+    periods = bandit_periods(experiment)
+    sized = bandit_sample_size(
+        means, variances, [weights[k] / total_weight for k in keys],
+        [control_floor] + [settings.arm_floor] * (len(keys) - 1), best=best,
+        binary=experiment.metrics.primary.type == "binary", alpha=alpha, power=inputs.power,
+        inflation_factor=inflation,
+        higher_is_better=experiment.metrics.primary.direction == "increase",
+        periods=periods, min_units=settings.min_units,
+    )  # fmt: skip
+    others = [n for i, n in enumerate(sized.units_by_arm) if i not in (0, best)]
+    assumption = (
+        f"Thompson sampling's allocation with {keys[best]} better by the MDE and "
+        f"{'the other treatments equal to the control' if others else 'no other treatment'}: "
+        f"{periods} re-weightings over the planned units (floors: control "
+        f"{control_floor:g}, arms {settings.arm_floor:g}), mean power over "
+        f"{DEFAULT_REPLICATES} simulated weight paths; expected shares "
+        + ", ".join(f"{k} {s:.3f}" for k, s in zip(keys, sized.share_by_arm, strict=True))
+        + f"; at the configured weights held fixed: {sized.fixed_total_units} units in all"
+    )
+    days = None if daily is None else math.ceil(sized.total_units / daily * (1.0 - 1e-12))
+    return Plan(
+        sized.units_by_arm[0], sized.units_by_arm[best], sized.total_units, inflation, alpha,
+        daily, days, baseline, deviation, sources, treatment_deviation, sized, assumption,
     )  # fmt: skip
 
 
@@ -249,11 +349,35 @@ def underpowered(experiment: Experiment) -> str | None:
         plan = make_plan(experiment, inputs, {})
     except ValueError:  # no treatment with traffic, or a method with no sample-size formula
         return None
+    if plan.bandit is not None:
+        return _bandit_underpowered(experiment, plan)
     needed = max(plan.n_control, plan.n_per_treatment)
     if needed <= policy.planned_units:
         return None
     return (
         f"{policy.method} needs {needed} units per variant for power {policy.power:g} at "
         f"expected_effect {policy.expected_effect:g}; planned_units is {policy.planned_units} "
+        f"(raise it, or expect less power)"
+    )
+
+
+def planned_bandit_units(experiment: Experiment) -> int:
+    """A bandit's planned traffic: ``planned_units`` for each arm with traffic, in all.
+
+    ``planned_units`` is per variant at the configured weights; a bandit moves them, so
+    what its plan is checked against is the traffic those units add up to.
+    """
+    return experiment.policy.planned_units * sum(1 for v in experiment.variants if v.weight > 0)
+
+
+def _bandit_underpowered(experiment: Experiment, plan: Plan) -> str | None:
+    policy = experiment.policy
+    planned = planned_bandit_units(experiment)
+    if plan.n_total <= planned:
+        return None
+    return (
+        f"bandit needs {plan.n_total} units in all (Thompson sampling's expected allocation) "
+        f"for power {policy.power:g} at expected_effect {policy.expected_effect:g}; "
+        f"planned_units {policy.planned_units} per arm is {planned} "
         f"(raise it, or expect less power)"
     )

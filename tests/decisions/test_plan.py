@@ -275,3 +275,74 @@ def test_cli_effect_option(runner: CliRunner, tmp_path) -> None:  # type: ignore
     assert equal.exit_code == 0 and "28.6" not in equal.output
     bad = runner.invoke(main, [*common, "--effect", "log"], env=env)
     assert bad.exit_code == 2 and "'log' is not one of" in bad.output
+
+
+def bandit_experiment(arms: int, **bandit: float):  # type: ignore[no-untyped-def]
+    from service.decisions.simulation import experiment_for
+
+    settings = {"control_floor": 0.2, "arm_floor": 0.05, "min_hours_between_moves": 1.0} | bandit
+    return experiment_for(arms, "bandit", "continuous", planned_units=20_000, horizon_days=1,
+                          bandit=settings)  # fmt: skip
+
+
+def test_a_bandit_is_sized_for_thompson_samplings_allocation() -> None:
+    """Two arms: the control drifts towards its floor, so the comparison needs more units in
+    all than at the YAML's weights; the plan says what it assumed."""
+    inputs = PlanInputs(0.1, relative=True, design="policy", baseline=1.0, standard_deviation=3.0,
+                        daily_units=10_000)  # fmt: skip
+    plan = make_plan(bandit_experiment(2), inputs, {})
+    assert plan.bandit is not None and plan.bandit.periods == 24  # hourly moves over a day
+    assert plan.n_total == plan.bandit.total_units > 1.2 * plan.bandit.fixed_total_units
+    assert plan.n_control < plan.n_per_treatment and plan.bandit.share_by_arm[0] < 0.35
+    assert plan.days == -(-plan.n_total // 10_000)
+    assert "Thompson sampling's allocation with t1 better by the MDE" in plan.bandit_assumption
+    assert plan.alpha_per_comparison == 0.05 and plan.inflation_factor > 1.0
+
+
+def test_a_bandit_whose_floors_fix_the_weights_is_planned_as_its_confidence_sequence() -> None:
+    """Floors of 0.5 leave Thompson sampling nothing to move: the bandit's plan is the
+    confidence sequence's at those weights (the same closed form, times the same factor)."""
+    inputs = PlanInputs(0.1, relative=True, design="policy", baseline=1.0, standard_deviation=3.0)
+    fixed = bandit_experiment(2, control_floor=0.5, arm_floor=0.5)
+    plan = make_plan(fixed, inputs, {})
+    sequence = make_plan(fixed, replace(inputs, design="confidence_sequence"), {})
+    assert plan.bandit is not None and sequence.bandit is None
+    assert plan.n_total == pytest.approx(sequence.n_total, rel=2e-3)
+    assert plan.n_total == pytest.approx(plan.bandit.fixed_total_units, abs=1)
+
+
+def test_a_bandits_power_check_counts_units_in_all() -> None:
+    from service.decisions.plan import planned_bandit_units, underpowered
+
+    base = bandit_experiment(2)
+    policy = base.policy.model_copy(update={"expected_effect": 0.05, "standard_deviation": 3.0,
+                                            "baseline": 1.0})  # fmt: skip
+    experiment = base.model_copy(update={"policy": policy})
+    warning = underpowered(experiment)
+    assert warning is not None and "units in all" in warning and "40000" in warning
+    assert planned_bandit_units(experiment) == 40_000
+    roomy = experiment.model_copy(
+        update={"policy": policy.model_copy(update={"planned_units": 200_000})}
+    )
+    assert underpowered(roomy) is None
+
+
+def test_a_bandits_effect_must_point_the_metrics_way() -> None:
+    with pytest.raises(ValueError, match=r"direction of primary \(increase\), got -0\.1"):
+        make_plan(bandit_experiment(2), PlanInputs(-0.1, relative=True, design="policy",
+                                                   baseline=1.0, standard_deviation=3.0), {})  # fmt: skip
+
+
+def test_cli_plans_a_bandit(runner: CliRunner) -> None:
+    env = {"ABX_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+           "ABX_EXPERIMENTS": str(EXAMPLES)}  # fmt: skip
+    common = ["plan", "offer_banner", "--baseline", "0.1", "--daily-units", "60000"]
+    ok = runner.invoke(main, [*common, "--mde", "0.12", "--relative"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "design policy (bandit)" in ok.output
+    assert "assumed              Thompson sampling's allocation with social better" in ok.output
+    assert "the other treatments equal to the control" in ok.output
+    assert "units (expected under that allocation): control" in ok.output
+    assert "expected duration    1 day(s)" in ok.output
+    wrong = runner.invoke(main, [*common, "--mde", "-0.01"], env=env)
+    assert wrong.exit_code == 1 and "give it in the direction of banner_click" in wrong.output
