@@ -56,6 +56,8 @@ __all__ = [
     "BanditSampleSize",
     "allocation_paths",
     "bandit_sample_size",
+    "normal_probability_best",
+    "posterior",
 ]
 
 DEFAULT_REPLICATES = 400
@@ -148,8 +150,8 @@ def allocation_paths(
         sums += arrived * mean + np.sqrt(arrived * variance) * noise[:, period]
         if period == periods - 1 or units.min() < max(min_units, 2):
             continue
-        location, scale = _posterior(units, sums, variance, binary)
-        best_probability = _probability_best(sign * location, scale, nodes, node_weights)
+        location, scale = posterior(units, sums, variance, binary)
+        best_probability = normal_probability_best(sign * location, scale, nodes, node_weights)
         current = floor + (1.0 - floor.sum()) * best_probability
     units_by_period = weights * per_period
     share = units_by_period.sum(axis=1) / float(total_units)
@@ -197,7 +199,7 @@ def _check_arms(
     return mean, variance, start, floor
 
 
-def _posterior(
+def posterior(
     units: FloatArray, sums: FloatArray, variance: FloatArray, binary: bool
 ) -> tuple[FloatArray, FloatArray]:
     """Location and scale of each arm's (normal-approximated) posterior."""
@@ -209,14 +211,20 @@ def _posterior(
     return sums / units, np.sqrt(variance / units)
 
 
-def _probability_best(
-    location: FloatArray, scale: FloatArray, nodes: FloatArray, node_weights: FloatArray
+def normal_probability_best(
+    location: FloatArray,
+    scale: FloatArray,
+    nodes: FloatArray | None = None,
+    node_weights: FloatArray | None = None,
 ) -> FloatArray:
     """P(arm k has the largest draw) for independent normals, per row, by Gauss-Hermite.
 
     ``P_k = E[prod_{j != k} Phi((X_k - m_j) / s_j)]``, ``X_k ~ N(m_k, s_k^2)``; the rows
-    are renormalised to sum to one (the quadrature's error).
+    are renormalised to sum to one (the quadrature's error). ``nodes`` and
+    ``node_weights``: ``numpy.polynomial.hermite.hermgauss(QUADRATURE_NODES)`` by default.
     """
+    if nodes is None or node_weights is None:
+        nodes, node_weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
     # x[r, k, q]: arm k's quadrature points; cdf[r, k, j, q] = Phi((x[r,k,q] - m_j) / s_j)
     x = location[:, :, None] + math.sqrt(2.0) * scale[:, :, None] * nodes[None, None, :]
     cdf = special.ndtr((x[:, :, None, :] - location[:, None, :, None]) / scale[:, None, :, None])

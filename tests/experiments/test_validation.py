@@ -321,14 +321,15 @@ def test_model_guardrails_must_be_the_built_in_ones(
     assert expected in problem and problem.startswith(f"{path}:"), problem
 
 
-@pytest.mark.parametrize("method", ["msprt", "confidence_sequence", "group_sequential"])
+@pytest.mark.parametrize("method", ["msprt", "confidence_sequence", "group_sequential", "bandit"])
 def test_validate_warns_when_planned_units_are_too_few_for_the_power(
     runner: CliRunner, tmp_path: Path, method: str
 ) -> None:
     """10 % -> 11 % needs 14,751 units per arm for 80 % power in a fixed two-sided test at 5 %
     (Fleiss, Levin & Paik, Statistical Methods for Rates and Proportions, 3rd ed., eq. 4.14
     without continuity correction: 14,750.8; statsmodels' arcsine NormalIndPower: 14,744);
-    no sequential method can need fewer."""
+    no sequential method can need fewer (a bandit's need is in units in all, which its
+    ``planned_units`` per arm, doubled, must cover)."""
     policy = {"method": method, "expected_effect": 0.01, "baseline": 0.10}
     few = tmp_path / "few.yaml"
     few.write_text(experiment_yaml(minimal_experiment("few", policy={**policy,
