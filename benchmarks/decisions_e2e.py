@@ -29,8 +29,9 @@ confidence sequence, group-sequential), arm count, metric kind and truth, it rep
 sampling, floors, ``planned_units`` 20,000, a 1-day horizon) on a binary primary with 2 and 3
 arms, its weights moved by ``bandit.reweigh`` after each look as the cycle moves them
 (``--bandit-move-hours`` overrides the YAML's ``min_hours_between_moves``: 0, a move at
-every look, tuned for the demo), A/A and A/B (the last arm lifted so that ``abx plan``
-sizes exactly ``planned_units`` for 80 % power):
+every look, tuned for the demo), A/A and A/B (the last arm lifted so that ``abx plan``, which
+sizes a bandit in units in all for the allocation Thompson sampling is expected to run,
+asks exactly the horizon's traffic, ``planned_units`` per arm, for 80 % power):
 
     python benchmarks/decisions_e2e.py --bandit --look-minutes 1 [--bandit-move-hours 1]
 
