@@ -66,18 +66,30 @@ METHODS = ("msprt", "confidence_sequence", "group_sequential")
 
 def lift_for_power(
     arms: int, units: int, sd: float, alpha: float = 0.05, power: float = 0.8,
-    multiplicative: bool = False,
+    multiplicative: bool = False, binary_rate: float | None = None,
 ) -> float:  # fmt: skip
     """Relative lift a Bonferroni z-test detects with ``power`` at ``units`` per arm.
 
-    ``multiplicative``: the lift multiplies the treatment's outcomes (``synthetic.py``'s
-    revenue and ratio), so its standard deviation is ``sd (1 + lift)``; the lift solves
-    ``lift = z sd sqrt((1 + (1 + lift)^2) / units)`` (a contraction: fixed-point iteration).
+    The lift solves ``lift = z sqrt((sd^2 + sd_b(lift)^2) / units)`` with ``sd_b`` the lifted
+    arm's relative standard deviation (a contraction: fixed-point iteration):
+
+    * ``multiplicative``: the lift multiplies the treatment's outcomes (``synthetic.py``'s
+      revenue and ratio), so ``sd_b = sd (1 + lift)``;
+    * ``binary_rate`` p: a conversion rate lifted to p (1 + lift) has its own variance,
+      ``sd_b = sqrt(p (1 + lift) (1 - p (1 + lift))) / p`` (the control's is ``sd``);
+    * neither: equal deviations, ``sd_b = sd``.
     """
     z = -special.ndtri(alpha / (arms - 1) / 2) + special.ndtri(power)
+
+    def treatment_sd(lift: float) -> float:
+        if binary_rate is not None:
+            lifted = binary_rate * (1.0 + lift)
+            return math.sqrt(lifted * (1.0 - lifted)) / binary_rate
+        return sd * (1.0 + lift) if multiplicative else sd
+
     lift = float(z * sd * math.sqrt(2.0 / units))
-    for _ in range(100 if multiplicative else 0):
-        lift = float(z * sd * math.sqrt((1.0 + (1.0 + lift) ** 2) / units))
+    for _ in range(100 if multiplicative or binary_rate is not None else 0):
+        lift = float(z * math.sqrt((sd**2 + treatment_sd(lift) ** 2) / units))
     return lift
 
 
@@ -89,7 +101,7 @@ def planned_units(
     inputs = PlanInputs(lift, relative=True, design="policy", baseline=1.0,
                         standard_deviation=sd, effect=effect)  # fmt: skip
     if metric == "binary":  # the plan reads a rate and its own variance
-        inputs = PlanInputs(lift, relative=True, design="policy", baseline=0.10)
+        inputs = PlanInputs(lift, relative=True, design="policy", baseline=BINARY_RATE)
     plan = make_plan(experiment, inputs, {})
     return max(plan.n_control, plan.n_per_treatment)
 
@@ -220,8 +232,9 @@ def main() -> None:
         help="the plan's effect model (additive: equal deviations, as before)",
     )
     parser.add_argument("--lift-for", choices=("multiplicative", "equal"), default="multiplicative",
-                        help="the fixed test's 80 %% lift: with the lifted arm's larger deviation,"
-                        " or equal deviations (as before)")  # fmt: skip
+                        help="the fixed test's 80 %% lift: with the lifted arm's own deviation"
+                        " (times 1 + lift; a binary arm's from its lifted rate), or the"
+                        " control's for both (as before)")  # fmt: skip
     parser.add_argument("--timing", action="store_true", help="cost per look, one A/A per row")
     parser.add_argument(
         "--bandit",
@@ -249,8 +262,10 @@ def main() -> None:
     for metric in args.metrics:
         sd = relative_sd(metric, np.random.default_rng(args.seed))
         for arms in args.arms:
-            scaled = metric != "binary" and args.lift_for == "multiplicative"
-            lift = lift_for_power(arms, args.fixed_units, sd, multiplicative=scaled)
+            own = args.lift_for == "multiplicative"  # the lifted arm's own deviation
+            rate = BINARY_RATE if metric == "binary" and own else None
+            lift = lift_for_power(arms, args.fixed_units, sd, binary_rate=rate,
+                                  multiplicative=metric != "binary" and own)  # fmt: skip
             for method in args.methods:
                 started = time.perf_counter()
                 planned = planned_units(method, arms, metric, lift, sd, args.gs_looks,
