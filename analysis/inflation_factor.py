@@ -86,7 +86,11 @@ reaches its planned sizes in some 200 looks; every minute in production, where t
 a little smaller still). Two-sided alpha = 0.05, power 0.8: 1.779 at 10 looks, 1.698 at 50,
 1.675 at 100, 1.657 at 200; the step shrinks as 1/sqrt(K), towards about 1.62 for continuous
 monitoring. Beyond some 200 looks the increments are too fine for the recursion's grid
-(:data:`analysis.recursive_integration.GRID_SIZE`), so the grid stops here."""
+(:data:`analysis.recursive_integration.GRID_SIZE`): far from the centre the kernel is
+narrower than the grid's spacing, the error grows look by look (at alpha = 0.05 the lower
+side's crossing probability passed 1 by drift 3.6 with 400 looks, and the root-finding met
+NaN at 800), so the grid stops here and :func:`mixture_inflation_factor` answers more looks
+with this one's factor (the bound is in its docstring)."""
 
 MIXTURE_BOUNDARY_CAP = 8.0
 """Looks whose mixture boundary on |Z| exceeds this are left out of the recursion: early,
@@ -121,6 +125,15 @@ def mixture_inflation_factor(
 
     About 1.66 at alpha = 0.05, power 0.8 and 200 looks (see :data:`MIXTURE_LOOKS`).
     ``looks=1`` asks the final look alone: :func:`final_look_mixture_inflation_factor`.
+
+    More than :data:`MIXTURE_LOOKS` looks get the factor of :data:`MIXTURE_LOOKS`, where the
+    recursion is still exact: a bound on the safe side, as more looks only add chances to
+    cross (exactly so when the looks include the 200, at multiples of 200), and a close one,
+    as no number of looks crosses more than continuous monitoring. At alpha = 0.05 and power
+    0.8 the 200-look factor gives power 0.805 with 1,000 looks and 0.812 with 5,000 (seeded
+    Monte Carlo of Brownian motion, 20,000 paths, +- 0.006), about a point of power more
+    than asked; with 400 looks, where the recursion still holds at this level, the factor is
+    1.645 against 1.657.
     """
     check_probability("alpha", alpha)
     check_probability("power", power)
@@ -128,7 +141,7 @@ def mixture_inflation_factor(
         raise ValueError(f"looks must be an integer >= 1, got {looks!r}")
     ratio = optimal_variance_ratio(alpha) if variance_ratio is None else variance_ratio
     check_positive("variance_ratio", ratio)
-    return _mixture_inflation(float(alpha), float(power), looks, float(ratio))
+    return _mixture_inflation(float(alpha), float(power), min(looks, MIXTURE_LOOKS), float(ratio))
 
 
 @functools.lru_cache(maxsize=64)
