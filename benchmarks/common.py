@@ -266,8 +266,12 @@ def roll_up(
     expected_events: int,
     timeout: float,
     segment_specs: Callable[[str], Any] | None = None,
+    **configuration: Any,
 ) -> Rollup:
-    """``roll_up_once`` from one connection until idle or ``timeout`` seconds, every round timed."""
+    """``roll_up_once`` from one connection until idle or ``timeout`` seconds, every round timed.
+
+    ``configuration``: ``roll_up_once``'s other keywords (``metric_windows``, ``ratio_pairs``,
+    ``bandits``)."""
     import psycopg
 
     from service.events.rollup import EVENT_CHUNK, EXPOSURE_CHUNK, roll_up_once
@@ -281,7 +285,7 @@ def roll_up(
         started = time.perf_counter()
         for _ in range(expected_events // EVENT_CHUNK + expected_events // EXPOSURE_CHUNK + 50):
             round_started = time.perf_counter()
-            done = roll_up_once(conn, windows, grace, segment_specs=segment_specs)
+            done = roll_up_once(conn, windows, grace, segment_specs=segment_specs, **configuration)
             if done is None:
                 time.sleep(0.1)  # another process holds the rollup lock
                 continue

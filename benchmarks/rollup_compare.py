@@ -30,38 +30,115 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from analysis_cycle import (
-    EVENTS_PER_UNIT,
-    WINDOW_DAYS,
-    Dataset,
-    load,
-    segments_yaml,
-    write_experiments,
+from common import (
+    DEFAULT_ADMIN_URL,
+    ROOT,
+    abx_command,
+    bench_database,
+    code_version,
+    load_average,
+    roll_up,
 )
-from common import DEFAULT_ADMIN_URL, ROOT, bench_database, code_version, load_average, roll_up
+from psycopg.types.json import Jsonb
+
+# ``common`` put this tree first on sys.path: ``service`` is imported only inside functions,
+# and a child first puts its own tree (``--child``'s TREE) before it, so that the baseline's
+# child runs the baseline's ``service`` (``analysis_cycle`` imports ``service``: the same).
 
 COMPARED = (
     "unit_outcomes", "metric_stats", "metric_cohort_stats", "exposure_counts", "segment_values",
     "segment_exposure_counts", "segment_metric_stats", "outcome_counts", "outcomes",
-    "rollup_state",
+    "rollup_state", "ratio_pairs", "ratio_stats", "ratio_cohort_stats", "bandit_periods",
+    "period_exposure_counts", "period_metric_stats", "period_ratio_stats",
 )  # fmt: skip
+RATIO = (
+    "    - {name: revenue_per_session, type: ratio, numerator: revenue, denominator: sessions}\n"
+)
+BANDIT = """  bandit:
+    control_floor: 0.2
+    arm_floor: 0.05
+"""
 
 
-def child_main(url: str, folder: Path) -> int:
-    """Roll ``url`` up until idle with this interpreter's ``service``; print the result."""
-    from service.events.rollup import windows_from
-    from service.events.segments import segment_specs_from
+def add_designs(folder: Path, count: int) -> list[Any]:
+    """Give the generated experiments the rest of what the rollup keeps.
+
+    Every one a ratio metric (revenue per session, with CUPED from the pre-period events);
+    every fourth (index 2 mod 4) a 3-day window on the ratio and its parts (cohort sums);
+    every tenth (index 5 mod 10) ``method: bandit`` (per-period sums, ``bandit_allocations``).
+    """
+    from analysis_cycle import experiment_key
+
     from service.experiments.validation import load_experiments
+
+    for index in range(count):
+        path = folder / f"{experiment_key(index)}.yaml"
+        text = path.read_text()
+        sessions = "    - {name: sessions, type: count, direction: increase}\n"
+        text = text.replace(sessions, sessions + RATIO)
+        if index % 4 == 2:
+            for name in ("revenue", "sessions", "revenue_per_session"):
+                start = text.index(f"{{name: {name},")
+                end = text.index("}", start)
+                text = f"{text[:end]}, window: 3d{text[end:]}"
+        if index % 10 == 5:
+            text = text.replace("  method: msprt\n", "  method: bandit\n" + BANDIT)
+        path.write_text(text)
+    checked = subprocess.run([*abx_command(), "validate", str(folder)], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    if checked.returncode != 0:
+        raise SystemExit(f"the experiment files are invalid:\n{checked.stdout}{checked.stderr}")
+    return [item.experiment for item in load_experiments([folder]).experiments]
+
+
+def bandit_allocations(url: str, experiments: Sequence[Any], start: datetime, days: int) -> None:
+    """Three allocations per bandit (at the start, a third and two thirds into the exposures):
+    its exposures fall into three periods."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for experiment in experiments:
+            if experiment.policy.method != "bandit":
+                continue
+            conn.execute(
+                "INSERT INTO experiments (key, seed, status, definition, definition_sha256,"
+                " source_file) VALUES (%s, %s, 'running', '{}', '', 'bench')",
+                (experiment.key, experiment.seed),
+            )
+            for third in range(3):
+                conn.execute(
+                    "INSERT INTO allocations (experiment_key, seed, weights, fingerprint,"
+                    " effective_at) VALUES (%s, %s, %s, 'bench', %s)",
+                    (experiment.key, experiment.seed, Jsonb({"control": 0.5}),
+                     start + timedelta(days=days * third / 3)),
+                )  # fmt: skip
+
+
+def child_main(tree: Path, url: str, folder: Path) -> int:
+    """Roll ``url`` up until idle with ``tree``'s ``service``; print the result."""
+    sys.path[:0] = [str(tree), str(tree / "sdk" / "python")]
+    import service
+    from service.experiments.validation import load_experiments
+
+    if Path(service.__file__).resolve().parents[1] != tree.resolve():
+        raise SystemExit(f"service imported from {service.__file__}, not from {tree}")
+    from service.events.periods import configured_bandits_from, settle_guard
+    from service.events.ratios import configured_pairs_from
+    from service.events.rollup import metric_windows_from, windows_from
+    from service.events.segments import segment_specs_from
     from service.settings import Settings
 
     experiments = {i.experiment.key: i.experiment for i in load_experiments([folder]).experiments}
-    grace = timedelta(seconds=Settings().attribution_grace_seconds)
+    settings = Settings()
+    grace = timedelta(seconds=settings.attribution_grace_seconds)
     with psycopg.connect(url) as conn:
         (events,) = conn.execute("SELECT count(*) FROM outcomes").fetchone() or (0,)
-    result = roll_up(url, windows_from(experiments), grace, int(events), 7200.0,
-                     segment_specs_from(experiments))  # fmt: skip
+    result = roll_up(
+        url, windows_from(experiments), grace, int(events), 7200.0,
+        segment_specs_from(experiments), metric_windows=metric_windows_from(experiments),
+        ratio_pairs=configured_pairs_from(experiments),
+        bandits=configured_bandits_from(experiments, settle_guard(settings.state_poll_seconds)),
+    )  # fmt: skip
     print(json.dumps({
-        "events": result.events, "seconds": result.seconds, "complete": result.complete,
+        "service": str(Path(service.__file__).resolve().parent), "events": result.events, "seconds": result.seconds, "complete": result.complete,
         "client_cpu": result.client_cpu_seconds, "database_cpu": result.database_cpu_seconds,
     }))  # fmt: skip
     return 0
@@ -86,12 +163,14 @@ def url_of(url: str, database: str) -> str:
 def run_child(tree: Path, url: str, folder: Path) -> dict[str, Any]:
     path = os.pathsep.join([str(tree), str(tree / "sdk" / "python")])
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", url, str(folder)],
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(tree), url, str(folder)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"the rollup with {tree} failed:\n{done.stderr[-3000:]}")
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if Path(found["service"]) != (tree / "service").resolve():
+        raise SystemExit(f"the child for {tree} ran {found['service']}")
     return found
 
 
@@ -112,6 +191,7 @@ def differences(url_a: str, url_b: str) -> list[str]:
                 ).fetchone())  # fmt: skip
         if digests[0] != digests[1]:
             found.append(f"{table} ({digests[0][0]:,} vs {digests[1][0]:,} rows)")
+        print(f"    {table}: {digests[0][0]:,} rows", flush=True)
     return found
 
 
@@ -133,11 +213,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--segment-attributes", type=int, default=2)
     parser.add_argument("--segment-values", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=1, help="runs of each, alternating")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no ratio metric, metric window or bandit (only segments, CUPED)",
+    )
     parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL)
-    parser.add_argument("--child", nargs=2, metavar=("URL", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("TREE", "URL", "FOLDER"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.child:
-        return child_main(args.child[0], Path(args.child[1]))
+        return child_main(Path(args.child[0]), args.child[1], Path(args.child[2]))
+    from analysis_cycle import (
+        EVENTS_PER_UNIT,
+        WINDOW_DAYS,
+        Dataset,
+        load,
+        segments_yaml,
+        write_experiments,
+    )
+
     if not 1_000 <= args.events <= 20_000_000 or not 1 <= args.pairs <= 10:
         parser.error("--events must be 1,000..20,000,000 and --pairs 1..10")
     print(f"{os.cpu_count()} cores; {args.events:,} events, {args.experiments} experiments, "
@@ -157,12 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder.mkdir()
         segments = segments_yaml(args.segment_attributes, args.segment_values)
         experiments = write_experiments(folder, args.experiments, segments)
+        if not args.plain:
+            experiments = add_designs(folder, args.experiments)
         data = Dataset(
             experiments, datetime.now(UTC) - timedelta(days=args.days + WINDOW_DAYS), args.days,
             args.segment_attributes, args.segment_values,
         )  # fmt: skip
         units = max(len(experiments) * 4, args.events // EVENTS_PER_UNIT)
         print(f"  loaded in {load(url, data, (0, units), (0, args.events)):.0f} s", flush=True)
+        bandit_allocations(url, experiments, data.start, args.days)
         source = str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
         order = [("baseline", baseline), ("this tree", ROOT)]
         results: dict[str, list[dict[str, Any]]] = {"baseline": [], "this tree": []}
