@@ -30,6 +30,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
+from typing import NamedTuple
 
 
 class Status(StrEnum):
@@ -46,8 +48,9 @@ class Exposure:
     first_exposed_at: datetime
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One outcome event as the rollup reads it (a named tuple: the rollup makes one per row)."""
+
     event_pk: int
     experiment_key: str
     seed: str
@@ -98,14 +101,14 @@ exposure cohort (the key's date is then the unit's first-exposure day; attribute
 with ``abx.`` are never segments)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class UnitTotals:
     variant_key: str
     y_total: float = 0.0
     x_total: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class StatsDelta:
     sum_y: float = 0.0
     sum_y2: float = 0.0
@@ -114,7 +117,7 @@ class StatsDelta:
     sum_xy: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class CrossDelta:
     """Changes of Σxy, Σx'y', Σxy' and Σx'y (x numerator, y denominator, ' pre-period)."""
 
@@ -148,6 +151,13 @@ class Rollup:
         default_factory=lambda: defaultdict(float)
     )
     """A bandit's changes of a ratio's Σxy by allocation period."""
+
+
+_by_time = attrgetter("occurred_at", "event_pk")
+
+
+def _event_order(pair: tuple[Event, Status]) -> tuple[datetime, int]:
+    return _by_time(pair[0])
 
 
 def period_of(bounds: Sequence[datetime], first_exposed_at: datetime) -> int:
@@ -192,12 +202,21 @@ def apply_events(
     rollup = Rollup()
     ordered = sorted(
         ((e, s) for e, s in events if s in (Status.ATTRIBUTED, Status.PRE_PERIOD)),
-        key=lambda pair: (pair[0].occurred_at, pair[0].event_pk),
+        key=_event_order,
     )
+    # One pass, the changes computed once per event and added to each place it counts in;
+    # every sum gets the same additions in the same order as one place at a time would.
+    windowed_metrics = set(cohort_metrics)
+    segments_of = unit_segments or {}
+    pairs_of = ratio_pairs or {}
+    bounds_of = period_bounds or {}
+    all_totals, deltas = rollup.totals, rollup.deltas
+    cohort_deltas, segment_deltas = rollup.cohort_deltas, rollup.segment_deltas
     for event, status in ordered:
-        key = (event.experiment_key, event.seed, event.metric, event.unit_id)
-        exposure = exposures[(event.experiment_key, event.seed, event.unit_id)]
-        totals = rollup.totals.get(key)
+        experiment, seed, metric = event.experiment_key, event.seed, event.metric
+        key = (experiment, seed, metric, event.unit_id)
+        exposure = exposures[(experiment, seed, event.unit_id)]
+        totals = all_totals.get(key)
         if totals is None:
             known = current_totals.get(key)
             totals = (
@@ -205,47 +224,47 @@ def apply_events(
                 if known
                 else UnitTotals(exposure.variant_key)
             )
-            rollup.totals[key] = totals
+            all_totals[key] = totals
+        variant = totals.variant_key
         old_y, old_x = totals.y_total, totals.x_total
-        before = UnitTotals(totals.variant_key, old_y, old_x)
         if status is Status.ATTRIBUTED:
-            totals.y_total = _combine(event.aggregation, old_y, event.value)
+            new_y, new_x = _combine(event.aggregation, old_y, event.value), old_x
+            totals.y_total = new_y
         else:
-            totals.x_total = _combine(event.aggregation, old_x, event.value)
-        bucket = max(event.occurred_at, exposure.first_exposed_at).date()
-        delta = rollup.deltas[
-            (event.experiment_key, event.seed, totals.variant_key, event.metric, bucket)
-        ]
-        targets = [delta]
-        if (event.experiment_key, event.metric) in cohort_metrics:
-            cohort = exposure.first_exposed_at.date()
-            targets.append(rollup.cohort_deltas[
-                (event.experiment_key, event.seed, totals.variant_key, event.metric, cohort)
-            ])  # fmt: skip
-        for attribute, segment in (unit_segments or {}).get(
-            (event.experiment_key, event.seed, event.unit_id), ()
-        ):
-            targets.append(rollup.segment_deltas[(event.experiment_key, event.seed, attribute,
-                           segment, totals.variant_key, event.metric, bucket)])  # fmt: skip
-        for target in targets:
-            target.sum_y += totals.y_total - old_y
-            target.sum_y2 += totals.y_total**2 - old_y**2
-            target.sum_x += totals.x_total - old_x
-            target.sum_x2 += totals.x_total**2 - old_x**2
-            target.sum_xy += totals.x_total * totals.y_total - old_x * old_y
-        bounds = (period_bounds or {}).get((event.experiment_key, event.seed))
-        period = None if bounds is None else period_of(bounds, exposure.first_exposed_at)
+            new_y, new_x = old_y, _combine(event.aggregation, old_x, event.value)
+            totals.x_total = new_x
+        d_y, d_y2 = new_y - old_y, new_y**2 - old_y**2
+        d_x, d_x2, d_xy = new_x - old_x, new_x**2 - old_x**2, new_x * new_y - old_x * old_y
+        first_exposed_at = exposure.first_exposed_at
+        bucket = max(event.occurred_at, first_exposed_at).date()
+        windowed = (experiment, metric) in windowed_metrics
+        unit_places = segments_of.get((experiment, seed, event.unit_id), ())
+        _add(deltas[(experiment, seed, variant, metric, bucket)], d_y, d_y2, d_x, d_x2, d_xy)
+        if windowed:
+            _add(cohort_deltas[(experiment, seed, variant, metric, first_exposed_at.date())],
+                 d_y, d_y2, d_x, d_x2, d_xy)  # fmt: skip
+        for attribute, segment in unit_places:
+            _add(segment_deltas[(experiment, seed, attribute, segment, variant, metric, bucket)],
+                 d_y, d_y2, d_x, d_x2, d_xy)  # fmt: skip
+        bounds = bounds_of.get((experiment, seed))
+        period = None if bounds is None else period_of(bounds, first_exposed_at)
         if period is not None:
-            target = rollup.period_deltas[
-                (event.experiment_key, event.seed, totals.variant_key, event.metric, period)
-            ]
-            target.sum_y += totals.y_total - old_y
-            target.sum_y2 += totals.y_total**2 - old_y**2
-        windowed = (event.experiment_key, event.metric) in cohort_metrics
-        _add_cross(rollup, event, before, totals, bucket,
-                   exposure.first_exposed_at.date() if windowed else None, current_totals,
-                   unit_segments, ratio_pairs, period)  # fmt: skip
+            target = rollup.period_deltas[(experiment, seed, variant, metric, period)]
+            target.sum_y += d_y
+            target.sum_y2 += d_y2
+        if (experiment, seed) in pairs_of:
+            _add_cross(rollup, event, UnitTotals(variant, old_y, old_x), totals, bucket,
+                       first_exposed_at.date() if windowed else None, current_totals,
+                       unit_segments, ratio_pairs, period)  # fmt: skip
     return rollup
+
+
+def _add(target: StatsDelta, d_y: float, d_y2: float, d_x: float, d_x2: float, d_xy: float) -> None:
+    target.sum_y += d_y
+    target.sum_y2 += d_y2
+    target.sum_x += d_x
+    target.sum_x2 += d_x2
+    target.sum_xy += d_xy
 
 
 def _add_cross(

@@ -34,6 +34,7 @@ from service.events.attribution import (
     period_of,
 )
 from service.settings import LIVE_WRITER_SECONDS
+from service.storage.staging import merge_rows
 
 ConfiguredBandits = Callable[[], Collection[tuple[str, str]]]
 """The (experiment, seed) of every bandit, as the YAML now says."""
@@ -373,21 +374,15 @@ def write_deltas(
     conn: Any, deltas: Mapping[PeriodKey, StatsDelta], ratio_deltas: Mapping[PeriodRatioKey, float]
 ) -> None:
     """Add a round's changes of the kept bandits' per-period sums."""
-    with conn.cursor() as cursor:
-        if deltas:
-            cursor.executemany(
-                "INSERT INTO period_metric_stats (experiment_key, seed, variant_key, metric,"
-                " period, sum_y, sum_y2) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (experiment_key, seed, variant_key, metric, period) DO UPDATE SET"
-                " sum_y = period_metric_stats.sum_y + EXCLUDED.sum_y,"
-                " sum_y2 = period_metric_stats.sum_y2 + EXCLUDED.sum_y2",
-                [(*k, d.sum_y, d.sum_y2) for k, d in deltas.items()],
-            )
-        if ratio_deltas:
-            cursor.executemany(
-                "INSERT INTO period_ratio_stats (experiment_key, seed, numerator, denominator,"
-                " variant_key, period, sum_xy) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (experiment_key, seed, numerator, denominator, variant_key, period)"
-                " DO UPDATE SET sum_xy = period_ratio_stats.sum_xy + EXCLUDED.sum_xy",
-                [(*k, d) for k, d in ratio_deltas.items()],
-            )
+    if deltas:
+        merge_rows(
+            conn, "period_metric_stats",
+            ("experiment_key", "seed", "variant_key", "metric", "period"), ("sum_y", "sum_y2"),
+            [(*k, d.sum_y, d.sum_y2) for k, d in deltas.items()],
+        )  # fmt: skip
+    if ratio_deltas:
+        merge_rows(
+            conn, "period_ratio_stats",
+            ("experiment_key", "seed", "numerator", "denominator", "variant_key", "period"),
+            ("sum_xy",), [(*k, d) for k, d in ratio_deltas.items()],
+        )  # fmt: skip

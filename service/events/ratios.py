@@ -21,6 +21,7 @@ from typing import Any
 
 from service.events.attribution import COHORT, WHOLE, CrossDelta, RatioKey, RatioPairs
 from service.events.segments import SegmentSpecs, segments_of_units
+from service.storage.staging import merge_rows
 
 RatioPair = tuple[str, str, str, str]
 """experiment, seed, numerator, denominator."""
@@ -168,29 +169,17 @@ def write_deltas(conn: Any, deltas: Mapping[RatioKey, CrossDelta]) -> None:
     by_cohort = [(*k[:4], k[6], k[7], d.sum_xy, d.sum_xpyp, d.sum_xyp, d.sum_xpy)
                  for k, d in deltas.items() if k[4:6] == COHORT]  # fmt: skip
     deltas = {k: d for k, d in deltas.items() if k[4:6] != COHORT}
-    with conn.cursor() as cursor:
-        if by_cohort:
-            cursor.executemany(
-                "INSERT INTO ratio_cohort_stats (experiment_key, seed, numerator, denominator,"
-                " variant_key, cohort, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (experiment_key, seed, numerator, denominator, variant_key, cohort)"
-                " DO UPDATE SET sum_xy = ratio_cohort_stats.sum_xy + EXCLUDED.sum_xy,"
-                " sum_xpyp = ratio_cohort_stats.sum_xpyp + EXCLUDED.sum_xpyp,"
-                " sum_xyp = ratio_cohort_stats.sum_xyp + EXCLUDED.sum_xyp,"
-                " sum_xpy = ratio_cohort_stats.sum_xpy + EXCLUDED.sum_xpy",
-                by_cohort,
-            )
-        if not deltas:
-            return
-        cursor.executemany(
-            "INSERT INTO ratio_stats (experiment_key, seed, numerator, denominator, attribute,"
-            " segment, variant_key, bucket, sum_xy, sum_xpyp, sum_xyp, sum_xpy)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (experiment_key, seed, numerator, denominator, attribute, segment,"
-            " variant_key, bucket) DO UPDATE SET sum_xy = ratio_stats.sum_xy + EXCLUDED.sum_xy,"
-            " sum_xpyp = ratio_stats.sum_xpyp + EXCLUDED.sum_xpyp,"
-            " sum_xyp = ratio_stats.sum_xyp + EXCLUDED.sum_xyp,"
-            " sum_xpy = ratio_stats.sum_xpy + EXCLUDED.sum_xpy",
-            [(*k, d.sum_xy, d.sum_xpyp, d.sum_xyp, d.sum_xpy) for k, d in deltas.items()],
-        )
+    sums = ("sum_xy", "sum_xpyp", "sum_xyp", "sum_xpy")
+    if by_cohort:
+        merge_rows(
+            conn, "ratio_cohort_stats",
+            ("experiment_key", "seed", "numerator", "denominator", "variant_key", "cohort"),
+            sums, by_cohort,
+        )  # fmt: skip
+    if deltas:
+        merge_rows(
+            conn, "ratio_stats",
+            ("experiment_key", "seed", "numerator", "denominator", "attribute", "segment",
+             "variant_key", "bucket"),
+            sums, [(*k, d.sum_xy, d.sum_xpyp, d.sum_xyp, d.sum_xpy) for k, d in deltas.items()],
+        )  # fmt: skip

@@ -22,6 +22,7 @@ from service.events.attribution import Event, SegmentKey, StatsDelta, UnitSegmen
 from service.experiments.schema import SegmentAttribute
 from service.experiments.segments import OTHER, admits, counted_attributes, segment_of
 from service.observability import metrics
+from service.storage.staging import merge_rows
 
 SegmentSpecs = Callable[[str], tuple[SegmentAttribute, ...]]
 Admitted = dict[
@@ -101,8 +102,9 @@ def unit_segments(
     conn: Any, events: Iterable[Event], counted_through: int, specs: SegmentSpecs
 ) -> UnitSegments:
     """The segments of the events' units, as their exposures were counted."""
+    analysed = {key: bool(specs(key)) for key in {e.experiment_key for e in events}}
     keys = sorted(
-        {(e.experiment_key, e.seed, e.unit_id) for e in events if specs(e.experiment_key)}
+        {(e.experiment_key, e.seed, e.unit_id) for e in events if analysed[e.experiment_key]}
     )
     return segments_of_units(conn, keys, counted_through, specs)
 
@@ -125,11 +127,12 @@ def segments_of_units(
     admitted = _admitted(conn, {(k[0], k[1]) for k in keys})
     found: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
     # Descending order: the earliest exposure (the one attribution uses) is written last.
+    specs_of = {key: specs(key) for key in {k[0] for k in keys}}
     for key, seed, unit, pk, attributes in rows:
         found[(key, seed, unit)] = tuple(
             (spec.attribute, segment_of(spec, admitted.get((key, seed, spec.attribute), {}),
                                         attributes[spec.attribute], pk))
-            for spec in specs(key)
+            for spec in specs_of[key]
             if spec.attribute in attributes
         )  # fmt: skip
     return found
@@ -139,19 +142,12 @@ def write_stats(conn: Any, deltas: Mapping[SegmentKey, StatsDelta]) -> None:
     """Add the rollup's per-segment changes to ``segment_metric_stats``."""
     if not deltas:
         return
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO segment_metric_stats (experiment_key, seed, attribute, segment,"
-            " variant_key, metric, bucket, sum_y, sum_y2, sum_x, sum_x2, sum_xy)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (experiment_key, seed, attribute, segment, variant_key, metric, bucket)"
-            " DO UPDATE SET sum_y = segment_metric_stats.sum_y + EXCLUDED.sum_y,"
-            " sum_y2 = segment_metric_stats.sum_y2 + EXCLUDED.sum_y2,"
-            " sum_x = segment_metric_stats.sum_x + EXCLUDED.sum_x,"
-            " sum_x2 = segment_metric_stats.sum_x2 + EXCLUDED.sum_x2,"
-            " sum_xy = segment_metric_stats.sum_xy + EXCLUDED.sum_xy",
-            [(*k, d.sum_y, d.sum_y2, d.sum_x, d.sum_x2, d.sum_xy) for k, d in deltas.items()],
-        )
+    merge_rows(
+        conn, "segment_metric_stats",
+        ("experiment_key", "seed", "attribute", "segment", "variant_key", "metric", "bucket"),
+        ("sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy"),
+        ((*k, d.sum_y, d.sum_y2, d.sum_x, d.sum_x2, d.sum_xy) for k, d in deltas.items()),
+    )  # fmt: skip
 
 
 SegmentDays = dict[tuple[str, str], dict[date, dict[str, int]]]

@@ -40,3 +40,72 @@ def clear_stage(conn: Any, table: str) -> None:
     would otherwise move the first one in again.
     """
     conn.execute(f"DELETE FROM stage_{table}")
+
+
+def copy_binary(
+    conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """COPY ``rows`` into ``table`` in PostgreSQL's binary format; return how many.
+
+    The columns' types are read from the catalog, so each value is sent as the column's
+    own type: no text to format here or to parse there (floats go bit for bit, and a
+    fifth of the cost of the text format for rows of floats and dates).
+    """
+    types = [
+        name
+        for (name,) in conn.execute(
+            "SELECT format_type(a.atttypid, NULL) FROM unnest(%s::text[]) WITH ORDINALITY"
+            " AS c(name, i) JOIN pg_attribute a ON a.attrelid = %s::regclass"
+            " AND a.attname = c.name ORDER BY c.i",
+            (list(columns), table),
+        )
+    ]
+    copied = 0
+    with conn.cursor().copy(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+            copied += 1
+    return copied
+
+
+def merge_rows(
+    conn: Any,
+    table: str,
+    keys: Sequence[str],
+    values: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    add: bool = True,
+    kept: Sequence[str] = (),
+) -> None:
+    """Upsert ``rows`` (``keys``, ``kept``, ``values``) into ``table``: COPY, then one INSERT.
+
+    A row whose key exists adds its values to the stored ones (``add``) or replaces them,
+    and leaves the ``kept`` columns as stored. Each key must occur once in ``rows``. A
+    binary COPY and one ``INSERT … ON CONFLICT`` cost a fraction of an ``executemany`` of
+    single-row upserts (a statement and a text rendering of every value per row) and store
+    the same: each stored value gets the same one addition. The stage
+    (``stage_merge_<table>``, apart from the writers' stages) is emptied by the statement
+    that moves its rows, so a table may be merged into several times in one transaction.
+    """
+    stage = f"stage_merge_{table}"
+    names = [*keys, *kept, *values]
+    columns = ", ".join(names)
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+        f" AS SELECT {columns} FROM {table} WITH NO DATA"
+    )
+    if not copy_binary(conn, stage, names, rows):
+        return
+    updates = ", ".join(
+        f"{name} = {table}.{name} + EXCLUDED.{name}" if add else f"{name} = EXCLUDED.{name}"
+        for name in values
+    )
+    conn.execute(
+        f"WITH staged AS (DELETE FROM {stage} RETURNING {columns})"
+        f" INSERT INTO {table} ({columns}) SELECT {columns} FROM staged"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
