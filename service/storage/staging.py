@@ -2,7 +2,8 @@
 
 The staging table is a temporary table emptied at commit, so a batch is COPYed (the fastest
 way into PostgreSQL) and then moved into the real table by one ``INSERT … SELECT`` that may
-deduplicate or add defaults, all inside the caller's transaction.
+deduplicate or add defaults, all inside the caller's transaction. ``merge_rows`` does the same
+for upserts (the rollup's sums and totals): a binary COPY and one ``INSERT … ON CONFLICT``.
 """
 
 from __future__ import annotations
