@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -269,22 +270,33 @@ def caught_up(done: tuple[int, int] | None) -> bool:
     return done is None or (done[0] < EXPOSURE_CHUNK and done[1] < EVENT_CHUNK)
 
 
+_collector_lock = threading.Lock()
+_collector_holders = [0, False]  # rounds holding the collector; whether it was on before
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Hold Python's cyclic garbage collector for one round (it was on: turn it back on).
+    """Hold Python's cyclic garbage collector for one round (on again after the last one).
 
     A round makes a few hundred thousand short-lived tuples and rows and no reference
     cycles; each allocation burst would start collections that walk every object of the
-    process, which cost about a third of the round's Python time. Memory is still freed by
-    reference counting; cycles made meanwhile by other threads wait until the round ends.
+    process, which cost about 40 % of ``apply_events``. Memory is still freed by reference
+    counting; cycles made meanwhile by other threads wait until the round ends. Rounds of
+    several threads (one holds the lock, the others find it taken) count: the first turns
+    the collector off, the last one out turns it back on if it was on.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    with _collector_lock:
+        if _collector_holders[0] == 0:
+            _collector_holders[1] = gc.isenabled()
+            gc.disable()
+        _collector_holders[0] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _collector_lock:
+            _collector_holders[0] -= 1
+            if _collector_holders[0] == 0 and _collector_holders[1]:
+                gc.enable()
 
 
 def roll_up_once(

@@ -91,6 +91,7 @@ def merge_rows(
     the same: each stored value gets the same one addition. The stage
     (``stage_merge_<table>``, apart from the writers' stages) is emptied by the statement
     that moves its rows, so a table may be merged into several times in one transaction.
+    Call it inside a transaction: in autocommit the stage would be emptied after the COPY.
     """
     stage = f"stage_merge_{table}"
     names = [*keys, *kept, *values]
