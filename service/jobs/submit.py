@@ -94,23 +94,26 @@ def submit(
         output, output_name = str(output_path.resolve()), None
         output_path.parent.mkdir(parents=True, exist_ok=True)
         rejects = files.rejects_path(output_path.resolve())
-    claim_files(conn, str(input_path.resolve()), output)
-    return store.create_job(
-        conn,
-        job_id=job_id,
-        experiment_key=experiment.key,
-        variant_key=variant,
-        input_path=str(input_path.resolve()),
-        input_format=input_format,
-        output_path=output,
-        output_table=output_name,
-        output_format=output_format,
-        rejects_path=str(rejects),
-        log_exposures=log_exposures,
-        chunk_rows=chunk_rows,
-        created_by=created_by,
-        request_id=request_id,
-    )
+    # One transaction: the path locks hold until the job is recorded (the pool's
+    # connections autocommit, which would release them after their own statement).
+    with conn.transaction():
+        claim_files(conn, str(input_path.resolve()), output)
+        return store.create_job(
+            conn,
+            job_id=job_id,
+            experiment_key=experiment.key,
+            variant_key=variant,
+            input_path=str(input_path.resolve()),
+            input_format=input_format,
+            output_path=output,
+            output_table=output_name,
+            output_format=output_format,
+            rejects_path=str(rejects),
+            log_exposures=log_exposures,
+            chunk_rows=chunk_rows,
+            created_by=created_by,
+            request_id=request_id,
+        )
 
 
 def claim_files(conn: Any, input_path: str, output: str | None) -> None:
@@ -120,7 +123,8 @@ def claim_files(conn: Any, input_path: str, output: str | None) -> None:
     cancelled job removes its unfinished files, the other's with them. A job whose output
     replaces another's input would change that job's rows on its resume, and a job reading
     another's output would read it before or after its last chunk. The transaction's advisory
-    locks on the paths make two submits naming one file take turns, so only one gets it.
+    locks on the paths, held until the caller's transaction records the job, make two submits
+    naming one file take turns, so only one gets it.
     """
     for path in sorted({input_path} | ({output} if output else set())):
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (store.path_lock_key(path),))

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +418,54 @@ def test_a_file_another_active_job_uses_is_refused(
                                         "output": "out/scores.csv"})  # fmt: skip
     assert again.status_code == 202, again.text
     assert api.post(f"/v1/jobs/{again.json()['job_id']}/cancel").status_code == 200
+
+
+def test_a_submit_holds_its_path_locks_until_its_job_is_recorded(
+    db: str, setup: Path, tmp_path: Path
+) -> None:
+    """Two submits naming one file take turns on its lock, so the lock must last until the
+    first one's job row is committed (the pool's connections autocommit: a lock released
+    after its own statement would let the second submit check before the first inserts).
+    Here the first submit's INSERT waits on a table lock held by another connection; while
+    it waits, the output's lock must still be held."""
+    from service.experiments.validation import load_experiments
+    from service.jobs.store import path_lock_key
+    from service.jobs.submit import submit
+
+    experiment = load_experiments([setup]).experiments[0].experiment
+    source = tmp_path / "in.ndjson"
+    rows(5).to_json(source, orient="records", lines=True)
+    output = tmp_path / "out.csv"
+    key = path_lock_key(str(output.resolve()))
+    recorded: list[str] = []
+    with psycopg.connect(db, autocommit=True) as blocker, \
+            psycopg.connect(db, autocommit=True) as submitter, \
+            psycopg.connect(db, autocommit=True) as probe:  # fmt: skip
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE score_jobs IN SHARE MODE")
+
+        def first() -> None:
+            job = submit(
+                submitter, experiment, experiment.key, variant=None, input_path=source,
+                input_format="ndjson", output_path=output, log_exposures=False,
+                chunk_rows=10, created_by="test", request_id=None,
+            )  # fmt: skip
+            recorded.append(job.job_id)
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'score_jobs'::regclass"
+        )
+        try:
+            assert wait_for(lambda: probe.execute(waiting).fetchone() == (1,), timeout=30)
+            with probe.transaction():
+                taken = probe.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+        finally:  # let the first submit finish whatever happened, before any connection closes
+            blocker.execute("COMMIT")
+            thread.join(30)
+        assert taken == (False,), "the output's lock was released before the job was recorded"
+    assert len(recorded) == 1 and job_row(db, recorded[0])["output_path"] == str(output.resolve())
 
 
 def table_rows(db: str, table: str) -> list[tuple[Any, ...]]:
